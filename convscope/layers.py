@@ -268,6 +268,13 @@ class LayerCatalogue(Sequence[LayerInfo]):
                 max(1, round(delta / dy)) if dy > 0 else 0,
                 max(1, round(delta / dx)) if dx > 0 else 0,
             )
+        fixed = [r for r in records if 0 in r["stride"] and r["shape"][1] * r["shape"][2] > 1]
+        for r in fixed:
+            notes.append(
+                f"{r['name']} ({r['type']}) is left out: its map size is fixed whatever the input "
+                "(an adaptive pool), so its units have no stable receptive field"
+            )
+        records = [r for r in records if r not in fixed]
         chosen = set(default_layers(records))
         for r in records:
             r["default"] = r["name"] in chosen
@@ -485,10 +492,10 @@ def _probe_geometry(model, records, strides, input_size, device, max_size):
     H, W = input_size
     for r in records:
         sy, sx = strides[r["name"]]
-        if sy == 0 or sx == 0:  # a global map (1x1 whatever the input): it sees everything
-            result[r["name"]] = ((sy or H, sx or W), (H, W), (0, 0))
-        else:
+        if sy and sx:
             pending.append(r["name"])
+        else:  # a global map (1x1 whatever the input): it sees everything
+            result[r["name"]] = ((H, W), (H, W), (0, 0))
     size = 64
     while pending:
         budget = max(1, (32 * 224 * 224) // (size * size))  # images per chunk, bounded memory

@@ -385,8 +385,12 @@ def load_model(
     if isinstance(spec, nn.Module):
         module = spec
         prep = preprocessing or Preprocessing((224, 224), 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-        num = getattr(module, "num_classes", 1000)
-        return LoadedModel(type(module).__name__, module.eval().to(dev), prep, labels or _labels_for(num), dev, "user module")
+        module.eval().to(dev)
+        if labels is None:
+            with torch.no_grad():  # the number of classes, from the output width
+                out = module(torch.zeros(1, 3, *prep.input_size, device=dev))
+            labels = _labels_for(int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else 0)
+        return LoadedModel(type(module).__name__, module, prep, labels, dev, "user module")
     if not isinstance(spec, str) or not spec.strip():
         raise UnknownModelError(f"model spec must be a non-empty string, got {spec!r}; run `convscope models`")
     spec = spec.strip()

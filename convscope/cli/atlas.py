@@ -1,0 +1,161 @@
+"""`convscope atlas build | info | show`: the top images of every unit, on disk."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from ._common import main, model_options
+
+
+@main.group()
+def atlas():
+    """Build and read atlases: each unit's top images, patches and projections.
+
+    \b
+    Examples:
+      convscope atlas build photos/ --out atlas/ --top 9
+      convscope atlas info atlas/
+      convscope atlas show atlas/ --layer blocks.2 --unit 7
+    """
+
+
+@atlas.command()
+@click.argument("images", nargs=-1)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the atlas.")
+@click.option("--samples", is_flag=True, help="Also scan scikit-image's sample photos.")
+@click.option("--layers", default=None, metavar="L1,L2", help="Dotted layer names (default: `convscope layers --default-only`).")
+@click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000), help="Top images kept per unit.")
+@click.option("--crops", default="1", show_default=True, metavar="LEVELS",
+              help="Grid levels per photo, e.g. 1,2,3: the whole photo plus 2x2 and 3x3 overlapping crops (14 images per photo).")
+@click.option("--project", "project", default=None, type=click.IntRange(0, 1000),
+              help="Top examples per unit that get deconvnet and guided projections (default: all --top; 0: none).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Model inputs per forward pass.")
+@click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes (default: by input count).")
+@click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1), help="Photos between saved checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted build in --out (same arguments).")
+@click.option("--overwrite", is_flag=True, help="Replace an atlas or unfinished build in --out.")
+@model_options
+def build(images, out, samples, layers, top, crops, project, batch_size, workers, checkpoint_every, resume, overwrite, get_model):
+    """Scan photos (files, folders, globs, @LIST files) and write an atlas to --out.
+
+    One pass over the photos keeps each unit's --top images; then only those photos are read
+    again to cut patches and compute projections. Bad files are skipped and counted. A build
+    killed half-way continues with --resume and gives the same atlas.
+
+    \b
+    Examples:
+      convscope atlas build photos/ --out atlas/
+      convscope atlas build --samples --crops 1,2,3 --out demo-atlas/
+      convscope atlas build photos/ --out atlas/ --resume
+    """
+    from ..atlas import build as build_atlas
+    from ..data import sample_photos
+
+    inputs = list(images)
+    if samples:
+        inputs += [str(p) for p in sample_photos()]
+    if not inputs:
+        raise click.UsageError("give image files, folders or globs, or --samples")
+    model = get_model()
+    skipped = []
+
+    def on_skip(path, reason):
+        skipped.append(path)
+        click.echo(f"skipped {path}: {reason}", err=True)
+
+    started = time.time()
+    result = build_atlas(
+        model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
+        resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project, on_skip=on_skip,
+    )
+    info = result.info()
+    images_info = info["images"]
+    click.echo(
+        f"atlas of {len(info['layers'])} layers, {sum(l['units'] for l in info['layers'])} units over "
+        f"{images_info['scanned']} photos ({images_info['skipped']} skipped) written to {out} "
+        f"in {time.time() - started:.0f} s",
+        err=True,
+    )
+    sys.exit(0 if images_info["scanned"] else 1)
+
+
+@atlas.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The info as one JSON object.")
+def info(directory, as_json):
+    """Model, preprocessing, images and layers of an atlas.
+
+    \b
+    Example:
+      convscope atlas info atlas/
+    """
+    from ..atlas import Atlas
+
+    with Atlas.open(directory) as a:
+        data = a.info()
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    model = data["model"] or {}
+    imgs = data["images"] or {}
+    click.echo(f"model        {model.get('spec')} ({model.get('weights')})")
+    prep = data["preprocessing"] or {}
+    click.echo(f"input        {prep.get('input_size')} (resize {prep.get('resize')}, {prep.get('interpolation')})")
+    click.echo(f"created      {data['created']}")
+    click.echo(
+        f"images       {imgs.get('scanned')} scanned, {imgs.get('skipped')} skipped, "
+        f"{imgs.get('crops_per_photo')} crop(s) per photo"
+    )
+    click.echo(f"top          {data['top_k']} per unit; projections: {', '.join(data['projections']['methods'])} "
+               f"for the top {data['projections']['per_unit']}")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col, just in (("layer", "left"), ("shape", "right"), ("stride", "right"), ("receptive field", "right"), ("complete", "left")):
+        table.add_column(col, justify=just)
+    for layer in data["layers"]:
+        table.add_row(
+            layer["name"], "x".join(map(str, layer["shape"])), str(layer["stride"][0]),
+            str(layer["receptive_field"][0]), "yes" if layer["complete"] else "no",
+        )
+    Console(width=max(100, Console().width)).print(table)
+
+
+@atlas.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--layer", required=True, help="Dotted layer name (see `convscope atlas info`).")
+@click.option("--unit", required=True, type=int, help="Channel index.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: layer, unit, examples.")
+def show(directory, layer, unit, as_json):
+    """The top examples of one unit: image, value, position on the layer's map, and box
+    (top, left, bottom, right) on the model input.
+
+    \b
+    Example:
+      convscope atlas show atlas/ --layer blocks.2 --unit 7 --json
+    """
+    from ..atlas import Atlas
+
+    with Atlas.open(directory) as a:
+        examples = a.examples(layer, unit)
+        root = a.root
+    rows = [
+        {
+            "image": e["image"], "value": e["value"], "y": e["y"], "x": e["x"], "box": e["box"],
+            "rank": e["rank"], "box_original": e["box_original"],
+            "patch": e["patch"], "deconvnet": e["deconvnet"], "guided": e["guided"],
+        }
+        for e in examples
+    ]
+    if as_json:
+        click.echo(json.dumps({"layer": layer, "unit": unit, "examples": rows}))
+        return
+    click.echo(f"{layer} unit {unit}: {len(rows)} examples (files under {root})")
+    for r in rows:
+        click.echo(
+            f"{r['rank']:3d}  {r['value']:10.4f}  y={r['y']:<3d} x={r['x']:<3d} box={r['box']}  {r['image']}"
+        )

@@ -1,0 +1,54 @@
+"""One-image explanations: occlusion sensitivity, Grad-CAM, guided Grad-CAM, saliency, a layer's
+activations, and invariance to transforms.
+
+Each function takes a :class:`~convscope.models.LoadedModel` and one image (a path, PIL image,
+(H, W, 3) array, or normalized model-input tensor) and returns a result object holding the
+arrays, with ``figure()`` (matplotlib, Agg), ``save(dir, npy=...)`` and ``_repr_png_`` for
+Jupyter. Hooks live inside each call; the model is left as it came in.
+
+>>> from convscope import load_model
+>>> from convscope.explain import explain
+>>> model = load_model()
+>>> result = explain(model, "cat.jpg", method="occlusion", window=48, stride=16)
+>>> result.save("out", npy=True)
+
+:data:`METHODS` maps each method name to its function; the CLI's ``--method`` choices read it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ._common import Explanation, ExplainError, default_layer
+from .activations import Activations, activations
+from .cam import GradCAM, GuidedGradCAM, Saliency, gradcam, guided_backprop, guided_gradcam, saliency
+from .invariance import TRANSFORMS, Invariance, invariance
+from .occlusion import DEFAULT_STRIDE, DEFAULT_WINDOW, Occlusion, OcclusionSplitWarning, occlusion
+
+#: method name -> function(model, image, *, target, layer, **options) -> Explanation
+METHODS: dict[str, Callable[..., Explanation]] = {
+    "occlusion": occlusion,
+    "gradcam": gradcam,
+    "guided-gradcam": guided_gradcam,
+    "saliency": saliency,
+    "activations": activations,
+}
+
+
+def explain(model, image, method: str = "gradcam", *, target="top", layer: str | None = None, **options) -> Explanation:
+    """Run one method of :data:`METHODS` by name; ``options`` go to it (``window``, ``stride``,
+    ``batch_size``, ``progress`` for occlusion).
+
+    >>> explain(model, "cat.jpg", "guided-gradcam", target=281).save("out", npy=True)
+    """
+    try:
+        fn = METHODS[method]
+    except (KeyError, TypeError):
+        raise ExplainError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}") from None
+    return fn(model, image, target=target, layer=layer, **options)
+
+
+__all__ = [
+    "Activations", "DEFAULT_STRIDE", "DEFAULT_WINDOW", "ExplainError", "Explanation", "GradCAM", "GuidedGradCAM",
+    "Invariance", "METHODS", "Occlusion", "OcclusionSplitWarning", "Saliency", "TRANSFORMS", "activations",
+    "default_layer", "explain", "gradcam", "guided_backprop", "guided_gradcam", "invariance", "occlusion", "saliency",
+]

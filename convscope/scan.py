@@ -1,0 +1,673 @@
+"""The streaming top-k engine: which images excite each unit most, in one pass over any number
+of photos, with a state that merges, serializes and resumes exactly.
+
+Per image and unit the scan keeps the spatial maximum of the unit's map and its position (an
+image counts at most once per unit, as in Zeiler & Fergus); per unit it keeps the best ``top``
+images as tensors on the model's device, merged with one ``topk`` over all units of a layer at a
+time. Ties are broken by value, then by the lower image id, through a 64-bit key
+``(order-preserving bits of the float32 value) << 32 | (2**32 - 1 - id)``, so every key is unique
+and the result does not depend on batch order or on how the work was split.
+
+Alongside, per unit, a summary of the whole activation distribution (every position of every
+image): an exact fixed-point sum (for the mean), exact minimum and maximum, and a streaming
+histogram with fixed log-spaced bins (:class:`Sketch`) for quantiles and the fraction of positive
+positions. All of it merges exactly: ``merge(scan(A), scan(B)) == scan(A + B)`` bit for bit, as
+long as ``A`` and ``B`` are disjoint and carry global image ids (``offset``).
+
+>>> result = scan(model, ["photos/"], layers=["layer3"], top=9)
+>>> values, ids, ys, xs = result.state.top("layer3")       # each (C, 9), best first
+>>> result.examples("layer3", 17)[0]                       # the best image of unit 17
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from .errors import ConvscopeError, ImageError
+
+STATE_VERSION = 1
+_ID_LIMIT = 2**32 - 1  # image ids live in the low 32 bits of the tie-break key
+_FIXED_POINT = 2.0**16  # per-image sums are rounded to 1/65536 before the exact integer sum
+
+
+# --------------------------------------------------------------------------- the sketch
+
+
+@dataclasses.dataclass(frozen=True)
+class Sketch:
+    """Fixed log-spaced histogram bins, read straight from the float32 bit pattern.
+
+    A magnitude ``|v|`` in ``[2**lo, 2**hi)`` falls into one of ``2**sub`` equal slices of its
+    octave (the exponent and the top ``sub`` mantissa bits), so a bin spans at most
+    ``1 / 2**sub`` of its lower edge: with the defaults (``sub=3``, ``lo=-12``, ``hi=12``) 192
+    bins per sign, 385 in all, and quantiles read at bin midpoints are within 6.25 percent
+    (relative) of the truth. ``|v| < 2**lo`` counts as zero (the middle bin); larger than
+    ``2**hi`` counts in the outermost bin. Why this and not a t-digest or a KLL sketch: the bins are
+    fixed before any data is seen, so counts from any split of the data add up to exactly the
+    counts of the whole (integer addition), identically on CPU and GPU, and computing the bin is
+    four integer operations per value.
+    """
+
+    sub: int = 3
+    lo: int = -12
+    hi: int = 12
+
+    @property
+    def per_sign(self) -> int:
+        return (self.hi - self.lo) << self.sub
+
+    @property
+    def bins(self) -> int:
+        return 2 * self.per_sign + 1
+
+    @property
+    def zero(self) -> int:
+        """Index of the middle bin (``|v| < 2**lo``)."""
+        return self.per_sign
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """Bin index (int64, same shape) of each value of a float32 tensor."""
+        bits = x.contiguous().view(torch.int32)
+        code = (bits & 0x7FFFFFFF) >> (23 - self.sub)
+        code -= (127 + self.lo) << self.sub
+        code.clamp_(-1, self.per_sign - 1)
+        code += 1  # 0 for the zero bin, 1..per_sign outwards
+        code = torch.where(bits < 0, -code, code)
+        code += self.zero
+        return code.long()
+
+    def edges(self) -> torch.Tensor:
+        """The ``bins + 1`` bin edges, float64, ascending; the outer edges are +-2**hi."""
+        k = torch.arange(self.per_sign + 1, dtype=torch.float64)
+        octave, slice_ = torch.div(k, 1 << self.sub, rounding_mode="floor"), k % (1 << self.sub)
+        pos = torch.pow(2.0, octave + self.lo) * (1 + slice_ / (1 << self.sub))
+        return torch.cat([-pos.flip(0), pos])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _order_key(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """int64 keys, one per (value, id): a larger value gives a larger key, and of equal values the
+    lower id does; empty slots (id < 0) get the smallest key. NaN must be replaced beforehand."""
+    bits = values.contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    key = (ordered << 32) | (_ID_LIMIT - ids.clamp(min=0))
+    return torch.where(ids < 0, torch.full_like(key, torch.iinfo(torch.int64).min), key)
+
+
+# --------------------------------------------------------------------------- the state
+
+
+class ScanState:
+    """Mergeable per-layer statistics of a scan; every field is a tensor on ``device``.
+
+    Per layer (``C`` units, map ``H x W``, ``K = top``):
+
+    * ``values`` (C, K) float32, ``ids`` (C, K) int64, ``pos`` (C, K) int64 (``y * W + x``): the
+      best images per unit, best first; empty slots have id -1 and value -inf;
+    * ``hist`` (C, bins) int64: the :class:`Sketch` counts over every position;
+    * ``sum`` (C,) int64: sum over images of round(per-image sum of the map * 2**16);
+    * ``min``/``max`` (C,) float32.
+
+    ``images`` counts the images seen. Feed it with :meth:`update`; combine shards with
+    :meth:`merge`; serialize with :meth:`state_dict` / :meth:`from_state_dict` (tensors, numbers
+    and strings only: ``torch.load(..., weights_only=True)`` reads it back).
+
+    >>> state = ScanState({"layer1": (64, 56, 56)}, top=9)
+    >>> state.update({"layer1": acts}, image_ids=torch.arange(32))     # acts (32, 64, 56, 56)
+    >>> state.merge(other_state)
+    """
+
+    def __init__(self, layers: Mapping[str, Sequence[int]], top: int = 9, device: torch.device | str = "cpu",
+                 sketch: Sketch = Sketch()):
+        if not isinstance(top, int) or top < 1:
+            raise ValueError(f"top must be a positive whole number, got {top!r}")
+        self.top_k = top
+        self.device = torch.device(device)
+        self.sketch = sketch
+        self.shapes = {name: tuple(int(s) for s in shape) for name, shape in layers.items()}
+        self.images = 0
+        self.tensors: dict[str, dict[str, torch.Tensor]] = {}
+        for name, (c, _h, _w) in self.shapes.items():
+            dev = self.device
+            self.tensors[name] = {
+                "values": torch.full((c, top), float("-inf"), device=dev),
+                "ids": torch.full((c, top), -1, dtype=torch.long, device=dev),
+                "pos": torch.full((c, top), -1, dtype=torch.long, device=dev),
+                "hist": torch.zeros((c, sketch.bins), dtype=torch.long, device=dev),
+                "sum": torch.zeros(c, dtype=torch.long, device=dev),
+                "min": torch.full((c,), float("inf"), device=dev),
+                "max": torch.full((c,), float("-inf"), device=dev),
+            }
+        self._offsets: dict[str, torch.Tensor] = {}
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.shapes)
+
+    # ------------------------------------------------------------------ streaming
+
+    def update(self, activations: Mapping[str, torch.Tensor], image_ids: torch.Tensor | Sequence[int]) -> None:
+        """Fold in one batch: ``activations[layer]`` is (B, C, H, W) for every layer of the state,
+        ``image_ids`` (B,) the global ids (0 <= id < 2**32) of the batch's images."""
+        ids = torch.as_tensor(image_ids, dtype=torch.long).to(self.device)
+        if ids.dim() != 1:
+            raise ValueError(f"image_ids must be one id per image, got shape {tuple(ids.shape)}")
+        if len(ids) == 0:
+            return
+        if int(ids.min()) < 0 or int(ids.max()) > _ID_LIMIT - 1:
+            raise ValueError(f"image ids must lie in [0, {_ID_LIMIT - 1}]")
+        for name, shape in self.shapes.items():
+            if name not in activations:
+                raise ValueError(f"no activations for layer {name!r} in this batch")
+            act = activations[name]
+            if act.dim() != 4 or tuple(act.shape[1:]) != shape or act.shape[0] != len(ids):
+                raise ValueError(
+                    f"layer {name!r}: expected activations of shape ({len(ids)}, {', '.join(map(str, shape))}), "
+                    f"got {tuple(act.shape)}"
+                )
+            self._update_layer(name, act.detach().to(self.device, torch.float32), ids)
+        self.images += len(ids)
+
+    def _update_layer(self, name: str, act: torch.Tensor, ids: torch.Tensor) -> None:
+        t = self.tensors[name]
+        b, c = act.shape[:2]
+        flat = act.reshape(b, c, -1)
+        best, where = flat.max(dim=2)  # (B, C): first position of the maximum
+        best = torch.where(torch.isnan(best), torch.full_like(best, float("-inf")), best)
+        self._merge_top(t, best.t(), ids.view(1, b).expand(c, b), where.t())
+        # every position, every unit, one bincount for the whole layer
+        offsets = self._offsets.get(name)
+        if offsets is None:
+            offsets = self._offsets[name] = (torch.arange(c, device=act.device) * self.sketch.bins).view(1, c, 1)
+        index = self.sketch.index(flat)
+        index += offsets
+        t["hist"] += torch.bincount(index.view(-1), minlength=c * self.sketch.bins).view(c, -1)
+        sums = flat.sum(dim=2, dtype=torch.float64)  # (B, C), one image at a time: split-independent
+        t["sum"] += torch.round(sums * _FIXED_POINT).long().sum(0)
+        torch.minimum(t["min"], flat.amin(dim=2).amin(0), out=t["min"])
+        torch.maximum(t["max"], best.amax(0), out=t["max"])
+
+    def _merge_top(self, t: dict, values: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor) -> None:
+        """Merge candidates (C, N) into the running top-K of one layer with one topk."""
+        all_v = torch.cat([t["values"], values], dim=1)
+        all_i = torch.cat([t["ids"], ids], dim=1)
+        all_p = torch.cat([t["pos"], pos], dim=1)
+        keys = _order_key(all_v, all_i)
+        _, order = keys.topk(self.top_k, dim=1, largest=True, sorted=True)
+        t["values"] = all_v.gather(1, order)
+        t["ids"] = all_i.gather(1, order)
+        t["pos"] = all_p.gather(1, order)
+
+    def merge(self, other: "ScanState") -> "ScanState":
+        """Fold ``other`` (a scan of other images: ids must not overlap) into this state, in place;
+        returns ``self``."""
+        if other.shapes != self.shapes or other.top_k != self.top_k or other.sketch != self.sketch:
+            raise ValueError(
+                "cannot merge scans of different layers, top or sketch "
+                f"({list(self.shapes)} top {self.top_k} vs {list(other.shapes)} top {other.top_k})"
+            )
+        for name, t in self.tensors.items():
+            o = {k: v.to(self.device) for k, v in other.tensors[name].items()}
+            self._merge_top(t, o["values"], o["ids"], o["pos"])
+            t["hist"] += o["hist"]
+            t["sum"] += o["sum"]
+            torch.minimum(t["min"], o["min"], out=t["min"])
+            torch.maximum(t["max"], o["max"], out=t["max"])
+        self.images += other.images
+        return self
+
+    # ------------------------------------------------------------------ reading
+
+    def top(self, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, ids, ys, xs), each (C, K) on the CPU, best first; empty slots have id -1."""
+        t = self.tensors[self._check(layer)]
+        w = self.shapes[layer][2]
+        pos = t["pos"].cpu()
+        ys = torch.where(pos >= 0, pos // w, pos)
+        xs = torch.where(pos >= 0, pos % w, pos)
+        return t["values"].cpu(), t["ids"].cpu(), ys, xs
+
+    def summary(self, layer: str, quantiles: Sequence[float] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)) -> dict:
+        """Per-unit distribution summary of ``layer`` as CPU tensors: ``mean``, ``min``, ``max``
+        (C,), ``frac_positive`` (C,) (share of positions above 2**lo), ``quantiles`` (C, Q) read
+        from the sketch at bin midpoints (clamped to [min, max]), ``hist`` (C, bins) and
+        ``edges`` (bins + 1,)."""
+        t = {k: v.cpu() for k, v in self.tensors[self._check(layer)].items()}
+        _c, h, w = self.shapes[layer]
+        n = max(1, self.images * h * w)
+        hist = t["hist"]
+        edges = self.sketch.edges()
+        mids = (edges[:-1] + edges[1:]) / 2
+        mids[self.sketch.zero] = 0.0
+        cum = hist.cumsum(1)
+        total = cum[:, -1:].clamp(min=1)
+        qs = torch.tensor(list(quantiles), dtype=torch.float64)
+        # the bin holding the value of rank q * (n - 1) (0-based, as numpy's 'lower' method)
+        ranks = torch.floor(qs.view(1, -1) * (total - 1)).long()
+        bins = torch.searchsorted(cum, ranks, right=True).clamp(max=hist.shape[1] - 1)
+        qv = mids[bins]
+        lo, hi = t["min"].double().view(-1, 1), t["max"].double().view(-1, 1)
+        qv = torch.minimum(torch.maximum(qv, lo), hi)
+        return {
+            "mean": t["sum"].double() / _FIXED_POINT / n,
+            "min": t["min"],
+            "max": t["max"],
+            "frac_positive": hist[:, self.sketch.zero + 1 :].sum(1).double() / n,
+            "quantiles": qv,
+            "quantile_levels": qs,
+            "hist": hist,
+            "edges": edges,
+        }
+
+    def _check(self, layer: str) -> str:
+        if layer not in self.shapes:
+            from .layers import unknown_layer_error
+
+            raise unknown_layer_error(layer, self.shapes)
+        return layer
+
+    # ------------------------------------------------------------------ serialization
+
+    def state_dict(self) -> dict:
+        """Plain data: ints, strings, lists and CPU tensors (safe for ``weights_only`` loading)."""
+        return {
+            "version": STATE_VERSION,
+            "top": self.top_k,
+            "images": self.images,
+            "sketch": self.sketch.to_dict(),
+            "layers": [[name, list(shape)] for name, shape in self.shapes.items()],
+            "tensors": {name: {k: v.cpu().clone() for k, v in t.items()} for name, t in self.tensors.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, data: Mapping, device: torch.device | str = "cpu") -> "ScanState":
+        if not isinstance(data, Mapping) or data.get("version") != STATE_VERSION:
+            raise ConvscopeError(
+                f"not a convscope scan state of version {STATE_VERSION} "
+                f"(found {data.get('version') if isinstance(data, Mapping) else type(data).__name__}); rescan the images"
+            )
+        state = cls({name: shape for name, shape in data["layers"]}, int(data["top"]), device, Sketch(**data["sketch"]))
+        state.images = int(data["images"])
+        for name, t in data["tensors"].items():
+            for k, v in t.items():
+                if tuple(v.shape) != tuple(state.tensors[name][k].shape):
+                    raise ConvscopeError(f"scan state tensor {name}.{k} has shape {tuple(v.shape)}; the file is damaged")
+                state.tensors[name][k] = v.to(state.device)
+        return state
+
+    def save(self, path: str | os.PathLike, extra: Mapping | None = None) -> None:
+        """Write the state (and ``extra`` plain data) atomically: a temporary file, then rename."""
+        save_atomic({"state": self.state_dict(), "extra": dict(extra or {})}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "ScanState":
+        return cls.from_state_dict(load_checkpoint(path)["state"], device)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, ScanState):
+            return NotImplemented
+        if (self.shapes, self.top_k, self.images, self.sketch) != (other.shapes, other.top_k, other.images, other.sketch):
+            return False
+        return all(
+            torch.equal(v.cpu(), other.tensors[name][k].cpu()) for name, t in self.tensors.items() for k, v in t.items()
+        )
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        return f"ScanState({len(self.shapes)} layers, top {self.top_k}, {self.images} images)"
+
+
+def merge(*states: ScanState) -> ScanState:
+    """A new state holding all of ``states`` (scans of disjoint images with global ids)."""
+    if not states:
+        raise ValueError("merge needs at least one scan state")
+    out = ScanState.from_state_dict(states[0].state_dict(), states[0].device)
+    for s in states[1:]:
+        out.merge(s)
+    return out
+
+
+def save_atomic(data, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside ``path``, fsync, then os.replace: a reader (or a
+    resumed run) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConvscopeError(f"no scan checkpoint at {path}") from None
+    except Exception as exc:
+        raise ConvscopeError(
+            f"cannot read scan checkpoint {path} ({type(exc).__name__}); delete it and start over"
+        ) from None
+
+
+# --------------------------------------------------------------------------- crops
+
+
+@dataclasses.dataclass(frozen=True)
+class Crops:
+    """Several views per photo, each scanned as its own image: grid ``levels``.
+
+    Level 1 is the whole photo (exactly what ``classify`` sees after the model's resize and
+    centre crop). Level ``n`` is an ``n x n`` grid of windows, each ``2 / (n + 1)`` of the photo's
+    width and height, so that neighbours overlap by half and the grid covers the photo; each
+    window then goes through the model's transform like a whole photo. ``Crops((1, 2, 3))`` gives
+    1 + 4 + 9 = 14 images per photo, a crop ``c`` of photo ``p`` having image id
+    ``p * 14 + c``.
+
+    >>> Crops.parse("1,2,3").count
+    14
+    """
+
+    levels: tuple[int, ...] = (1,)
+
+    def __post_init__(self):
+        if not self.levels or any((not isinstance(n, int)) or n < 1 or n > 16 for n in self.levels):
+            raise ValueError(f"crop levels must be whole numbers from 1 to 16, got {self.levels!r}")
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"crop levels repeat: {self.levels!r}")
+
+    @classmethod
+    def parse(cls, value) -> "Crops":
+        """``None``/1 -> whole photos; ``"1,2,3"`` or ``(1, 2, 3)`` -> those grid levels; an int
+        ``n`` -> levels 1..n."""
+        if value is None:
+            return cls()
+        if isinstance(value, Crops):
+            return value
+        if isinstance(value, int):
+            return cls(tuple(range(1, value + 1)))
+        if isinstance(value, str):
+            try:
+                levels = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+            except ValueError:
+                raise ValueError(f"crops must be grid levels like '1,2,3', got {value!r}") from None
+            return cls(levels)
+        return cls(tuple(int(v) for v in value))
+
+    @property
+    def count(self) -> int:
+        return sum(n * n for n in self.levels)
+
+    def windows(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
+        """The ``count`` windows as (left, top, right, bottom) photo pixels, level by level,
+        row-major within a level."""
+        out = []
+        for n in self.levels:
+            ww = width if n == 1 else max(1, round(2 * width / (n + 1)))
+            wh = height if n == 1 else max(1, round(2 * height / (n + 1)))
+            for i in range(n):
+                top = 0 if n == 1 else round(i * (height - wh) / (n - 1))
+                for j in range(n):
+                    left = 0 if n == 1 else round(j * (width - ww) / (n - 1))
+                    out.append((left, top, left + ww, top + wh))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"levels": list(self.levels), "count": self.count}
+
+
+class CropTransform:
+    """PIL image -> (count, 3, H, W) model inputs, one per window (picklable for workers)."""
+
+    def __init__(self, transform: Callable, crops: Crops):
+        self.transform = transform
+        self.crops = crops
+
+    def __call__(self, img):
+        return torch.stack([self.transform(img.crop(box)) for box in self.crops.windows(*img.size)])
+
+
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """(width, height) after torchvision's ``Resize(resize)`` (shorter side to ``resize``)."""
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
+
+
+def input_box_to_original(box: Sequence[int], window: Sequence[int], preprocessing) -> tuple[int, int, int, int]:
+    """A (top, left, bottom, right) box on the model input -> the same box on the original photo,
+    undoing the resize and centre crop of ``preprocessing`` applied to ``window`` (left, top,
+    right, bottom) of the photo; rounded outwards and clipped to the window."""
+    left0, top0, right0, bottom0 = window
+    ww, wh = right0 - left0, bottom0 - top0
+    rw, rh = resized_size(ww, wh, preprocessing.resize)
+    ch, cw = preprocessing.input_size
+    ct, cl = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+    sy, sx = wh / rh, ww / rw
+    t, l, b, r = box
+    top = top0 + math.floor((t + ct) * sy + 1e-9)
+    left = left0 + math.floor((l + cl) * sx + 1e-9)
+    bottom = top0 + math.ceil((b + ct) * sy - 1e-9)
+    right = left0 + math.ceil((r + cl) * sx - 1e-9)
+    return (max(top, top0), max(left, left0), min(bottom, bottom0), min(right, right0))
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+@dataclasses.dataclass
+class Example:
+    """One of a unit's top images: ``value`` at map position (``y``, ``x``), ``image_id``
+    (``photo * crops.count + crop``), ``path`` of the photo and the ``crop`` index."""
+
+    rank: int
+    image_id: int
+    photo: int
+    crop: int
+    path: str
+    value: float
+    y: int
+    x: int
+
+
+@dataclasses.dataclass
+class Scan:
+    """What :func:`scan` returns: the :class:`ScanState`, the photo ``paths`` it numbered (image
+    id ``(offset + i) * crops.count + c`` for crop ``c`` of ``paths[i]``), the ``layers``
+    (LayerInfo, network order), ``crops`` and the ``skipped`` photos as (path, reason)."""
+
+    state: ScanState
+    paths: list[str]
+    layers: list
+    crops: Crops
+    skipped: list[tuple[str, str]]
+    offset: int = 0
+
+    @property
+    def photos_scanned(self) -> int:
+        return self.state.images // self.crops.count
+
+    def photo_of(self, image_id: int) -> tuple[int, int]:
+        """(index into ``paths``, crop index) of an image id."""
+        photo, crop = divmod(int(image_id), self.crops.count)
+        return photo - self.offset, crop
+
+    def examples(self, layer: str, unit: int) -> list[Example]:
+        values, ids, ys, xs = self.state.top(layer)
+        if not 0 <= unit < values.shape[0]:
+            raise ValueError(f"unit {unit} is out of range for layer {layer!r} (0..{values.shape[0] - 1})")
+        out = []
+        for rank, (v, i, y, x) in enumerate(zip(values[unit].tolist(), ids[unit].tolist(), ys[unit].tolist(), xs[unit].tolist())):
+            if i < 0:
+                break
+            photo, crop = self.photo_of(i)
+            out.append(Example(rank, i, photo, crop, self.paths[photo], v, y, x))
+        return out
+
+
+def _fingerprint(paths: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.path.abspath(p).encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def scan(
+    model,
+    images: Iterable[str | os.PathLike],
+    layers: Sequence[str] | str | None = None,
+    top: int = 9,
+    *,
+    crops=None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
+    offset: int = 0,
+    autocast: bool = False,
+    progress: bool | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> Scan:
+    """Scan photos through ``model`` once, keeping each unit's ``top`` images in ``layers``.
+
+    ``images`` are files, folders, globs or ``@LIST`` files (as ``classify`` takes them), each
+    preprocessed with the model's own transform; bad files are skipped and listed in
+    ``Scan.skipped``. ``layers`` are dotted names (default: the catalogue's default selection);
+    all are hooked at once and the forward pass stops after the deepest. ``crops`` adds grid
+    crops per photo (:class:`Crops`). ``batch_size`` counts model inputs (crops included).
+
+    With ``checkpoint`` (a file path) the state is saved atomically every ``checkpoint_every``
+    photos (rounded up to whole batches); ``resume=True`` continues from it and gives exactly
+    the result of an uninterrupted run. ``offset`` is the index of the first photo in a larger
+    list, for scans split across machines and merged with :func:`merge`. ``autocast`` runs the
+    forward pass in bfloat16 on CUDA (not exact).
+
+    >>> result = scan(load_model(), ["photos/"], top=9)
+    >>> result.examples(result.state.layers[0], 0)
+    """
+    from .data import expand_inputs, iter_batches
+    from .hooks import capture, run
+    from .progress import Bar
+
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"--top must be a positive whole number, got {top!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint interval must be at least 1 image, got {checkpoint_every}")
+    crops = Crops.parse(crops)
+    paths_p, missing = expand_inputs(images)
+    paths = [str(p) for p in paths_p]
+    infos = model.layers.select(layers)
+    if not infos:
+        raise ValueError("no layers to scan; name some with --layers (run `convscope layers`)")
+    names = [i.name for i in infos]
+    photos_per_batch = max(1, batch_size // crops.count)
+    every = -(-checkpoint_every // photos_per_batch) * photos_per_batch
+    config = {
+        "model": model.spec,
+        "weights": model.weights,
+        "input_size": list(model.preprocessing.input_size),
+        "layers": names,
+        "top": top,
+        "crops": list(crops.levels),
+        "photos_per_batch": photos_per_batch,
+        "offset": offset,
+        "photos": len(paths),
+        "paths_sha256": _fingerprint(paths),
+    }
+    skipped: list[tuple[str, str]] = [(e.path, e.reason) for e in missing]
+    start = 0
+    state = None
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        data = load_checkpoint(checkpoint)
+        extra = data.get("extra", {})
+        if extra.get("config") != config:
+            diff = [k for k in config if extra.get("config", {}).get(k) != config[k]]
+            raise ConvscopeError(
+                f"the checkpoint {checkpoint} was made with other settings ({', '.join(diff) or 'unknown'} differ); "
+                "rerun with the same images and options, or start over without --resume"
+            )
+        state = ScanState.from_state_dict(data["state"], model.device)
+        start = int(extra["next"])
+        skipped = [tuple(s) for s in extra["skipped"]]
+    if state is None:
+        state = ScanState({i.name: i.shape for i in infos}, top, model.device)
+    if on_skip is not None:
+        for p, r in skipped:
+            on_skip(p, r)
+
+    def save(next_index: int) -> None:
+        if checkpoint is not None:
+            state.save(checkpoint, {"config": config, "next": next_index, "skipped": [list(s) for s in skipped]})
+
+    transform = model.transform if crops.count == 1 else CropTransform(model.transform, crops)
+    h, w = model.preprocessing.input_size
+    done = start
+    last_saved = start
+    use_autocast = autocast and model.device.type == "cuda"
+    with Bar(len(paths), "scanning", disable=None if progress is None else not progress) as bar:
+        bar.advance(start)
+        with capture(model.module, names, stop=True) as outs:
+            for batch in iter_batches(paths[start:], transform, batch_size=photos_per_batch, workers=workers):
+                for err in batch.errors:
+                    skipped.append((err.path, err.reason))
+                    if on_skip is not None:
+                        on_skip(err.path, err.reason)
+                if batch.indices:
+                    x = batch.tensors.reshape(-1, 3, h, w).to(model.device, non_blocking=True)
+                    photo = torch.tensor(batch.indices, dtype=torch.long) + (start + offset)
+                    ids = (photo.view(-1, 1) * crops.count + torch.arange(crops.count)).view(-1)
+                    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=use_autocast):
+                        run(model.module, x, outs)
+                        missing_layers = [n for n in names if n not in outs]
+                        if missing_layers:
+                            raise ConvscopeError(
+                                f"layer {missing_layers[0]!r} did not run in the forward pass of this model"
+                            )
+                        state.update(outs, ids)
+                    outs.clear()
+                n = len(batch.indices) + len(batch.errors)
+                done += n
+                bar.advance(n)
+                if checkpoint is not None and done - last_saved >= every and done < len(paths):
+                    save(done)
+                    last_saved = done
+    save(len(paths))
+    return Scan(state, paths, infos, crops, skipped, offset)
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> dict:
+    """The settings and progress stored with a checkpoint (for messages)."""
+    data = load_checkpoint(path)
+    extra = data.get("extra", {})
+    return {"config": extra.get("config"), "next": extra.get("next"), "skipped": len(extra.get("skipped", []))}
+
+
+__all__ = [
+    "Crops",
+    "Example",
+    "Scan",
+    "ScanState",
+    "Sketch",
+    "input_box_to_original",
+    "merge",
+    "scan",
+]
+

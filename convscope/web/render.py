@@ -1,0 +1,189 @@
+"""Turning page data into HTML: the Jinja environment, URLs, and the histogram drawing.
+
+The same templates serve the live server and the static export; only :class:`Links` differs.
+On the server every URL is absolute (``/layers/conv1``); in an export every URL is relative to
+the page (``../../layers/conv1/index.html``), so the folder works from any web server, any
+sub-path, or straight from disk.
+
+>>> links = Links(static=True, depth=2)
+>>> links.unit("layer1.0", 3)
+'../../layers/layer1.0/units/3/index.html'
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from urllib.parse import quote
+
+import jinja2
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+
+def segment(name) -> str:
+    """One URL path segment for a layer name or number (``/`` and ``..`` cannot survive it)."""
+    return quote(str(name), safe="")
+
+
+def static_dirname(name) -> str:
+    """A file-system-safe folder name for a layer in an export (dotted names stay as they are)."""
+    text = segment(name)
+    return text if text not in (".", "..") else text.replace(".", "%2E")
+
+
+class Links:
+    """URLs of pages and files, for the server (``static=False``) or an export page ``depth``
+    folders below the export root."""
+
+    def __init__(self, static: bool = False, depth: int = 0):
+        self.static = static
+        self.depth = depth
+        self.root = "../" * depth if static else "/"
+
+    def _page(self, *parts) -> str:
+        if self.static:
+            path = "".join(quote(static_dirname(p), safe="") + "/" for p in parts)
+            return (self.root + path + "index.html") if (self.root or path) else "index.html"
+        return "/" + "/".join(segment(p) for p in parts)
+
+    def home(self) -> str:
+        return self._page()
+
+    def layer(self, name: str) -> str:
+        return self._page("layers", name)
+
+    def unit(self, layer: str, unit: int) -> str:
+        return self._page("layers", layer, "units", unit)
+
+    def example(self, layer: str, unit: int, rank: int) -> str:
+        return self._page("layers", layer, "units", unit, "examples", rank)
+
+    def upload(self) -> str | None:
+        return None if self.static else "/image"
+
+    def atlas_file(self, relative: str | None) -> str | None:
+        if not relative:
+            return None
+        return self.root + "atlas/" + quote(str(relative).replace("\\", "/"))
+
+    def source(self, layer: str, unit: int, rank: int, hash_: str | None = None) -> str:
+        if self.static:
+            return self.root + "sources/" + quote(source_filename(layer, unit, rank, hash_))
+        return f"/sources/{segment(layer)}/{unit}/{rank}.jpg"
+
+    def asset(self, name: str) -> str:
+        return self.root + "static/" + name
+
+    def api(self, *parts) -> str:
+        if self.static:
+            return self.root + "api/" + "/".join(static_dirname(p) for p in parts) + ".json"
+        return "/api/" + "/".join(segment(p) for p in parts)
+
+
+def source_filename(layer: str, unit: int, rank: int, hash_: str | None) -> str:
+    """Export file name of a source photo: by content hash when the atlas has one (so a photo
+    used by many units is written once)."""
+    if hash_ and all(c.isalnum() for c in str(hash_)):
+        return f"{hash_}.jpg"
+    return f"{static_dirname(layer)}-{unit}-{rank}.jpg"
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for people: ``None`` as an en dash, large and small values in short form."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt(v, digits) for v in value)
+    if isinstance(value, dict):
+        return " · ".join(f"{str(k).replace('_', ' ')} {fmt(v, digits)}" for k, v in value.items())
+    return str(value)
+
+
+def dims(value) -> str:
+    """A shape, stride or size for people: ``[8, 8]`` -> ``8 × 8``."""
+    if isinstance(value, (list, tuple)) and value:
+        return " × ".join(fmt(v) for v in value)
+    return fmt(value)
+
+
+def box(value) -> str:
+    """A box (top, left, bottom, right) for people: ``y 10–60, x 20–90``."""
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        t, l, b, r = value
+        return f"y {t}–{b}, x {l}–{r}"
+    return "–"
+
+
+def percentile(q) -> str:
+    """A quantile level ``"0.99"`` as ``p99``."""
+    try:
+        return f"p{float(q) * 100:g}"
+    except (TypeError, ValueError):
+        return str(q)
+
+
+def histogram_svg(counts, edges, width: int = 480, height: int = 150, mark: float | None = None) -> dict:
+    """Bars of an activation histogram for an inline SVG, heights on a log scale (a ReLU map is
+    mostly zeros, which would flatten every other bar). Returns the bars, axis ticks and the
+    x position of ``mark`` (for example the unit's top activation)."""
+    counts = [max(0, int(c)) for c in (counts or [])]
+    edges = [float(e) for e in (edges or [])]
+    if not counts or len(edges) != len(counts) + 1 or edges[-1] <= edges[0]:
+        return {"bars": [], "width": width, "height": height}
+    pad_l, pad_b, pad_t = 8, 22, 6
+    inner_w, inner_h = width - 2 * pad_l, height - pad_b - pad_t
+    lo, hi = edges[0], edges[-1]
+    top = math.log1p(max(counts)) or 1.0
+
+    def x_of(v):
+        return pad_l + (v - lo) / (hi - lo) * inner_w
+
+    bars = []
+    for c, a, b in zip(counts, edges, edges[1:]):
+        h = math.log1p(c) / top * inner_h
+        bars.append({
+            "x": round(x_of(a), 2), "w": round(max(0.5, x_of(b) - x_of(a) - 0.5), 2),
+            "y": round(pad_t + inner_h - h, 2), "h": round(h, 2),
+            "title": f"{fmt(a)} to {fmt(b)}: {c:,}",
+        })
+    ticks = [{"x": round(x_of(v), 2), "label": fmt(v, 2)} for v in (lo, (lo + hi) / 2, hi)]
+    if lo < 0 < hi:
+        ticks.append({"x": round(x_of(0.0), 2), "label": "0"})
+    out = {"bars": bars, "ticks": ticks, "width": width, "height": height, "base": pad_t + inner_h}
+    if mark is not None and lo <= mark <= hi:
+        out["mark"] = round(x_of(mark), 2)
+    return out
+
+
+def environment() -> jinja2.Environment:
+    """The template environment: HTML autoescaping on, undefined variables are errors."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = fmt
+    env.filters["dims"] = dims
+    env.filters["box"] = box
+    env.filters["percentile"] = percentile
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
+    env.globals["histogram_svg"] = histogram_svg
+    return env
+
+
+def render(env: jinja2.Environment, template: str, links: Links, **data) -> str:
+    return env.get_template(template).render(links=links, **data)

@@ -1,0 +1,307 @@
+"""Uploaded photos: size-limited intake, server-named storage, and the model's view of them.
+
+An upload is written under a random server-made name, decoded only by
+:func:`convscope.data.load_image` (so anything that is not a real image is refused with a
+reason), and never unpickled or executed. :class:`Analyzer` then runs the atlas's model once on
+it: the top predictions, the units that fire most in every atlas layer, and occlusion and
+Grad-CAM maps where :mod:`convscope.explain` provides them.
+
+>>> store = UploadStore(tmp_dir, keep=50)
+>>> token, image = store.ingest(data_bytes)                  # ImageError for a non-image
+>>> result = Analyzer(gallery, model).analyze(image, explain=False)
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ConvscopeError, ImageError
+
+#: Largest upload accepted, in bytes (a phone photo is a few MB).
+MAX_UPLOAD_BYTES = 12 * 1024 * 1024
+#: Largest decoded upload, in pixels: bigger files are refused before decoding.
+MAX_UPLOAD_PIXELS = 40_000_000
+TOKEN = re.compile(r"^[0-9a-f]{32}$")
+#: The only files ever served back from an upload's folder.
+FILES = ("input.png", "occlusion.png", "gradcam.png")
+
+
+class UploadTooLarge(ConvscopeError):
+    status = 413
+
+
+class BadUpload(ConvscopeError):
+    status = 400
+
+
+class ModelUnavailable(ConvscopeError):
+    status = 503
+
+
+class UploadStore:
+    """A folder of uploads, each in a subfolder named by a random 128-bit token; only the
+    newest ``keep`` are kept. The folder is a private temporary one unless ``root`` is given,
+    and a temporary one is removed when the store is garbage-collected or the process ends."""
+
+    def __init__(self, root: str | os.PathLike | None = None, keep: int = 200, max_pixels: int = MAX_UPLOAD_PIXELS):
+        if root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="convscope-uploads-"))
+            self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.root), True)
+        else:
+            self.root = Path(root)
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = max(1, keep)
+        self.max_pixels = max_pixels
+        self._lock = threading.Lock()
+        self._order: list[str] = []
+
+    def ingest(self, data: bytes) -> tuple[str, Image.Image]:
+        """Store ``data`` under a new token and decode it; :class:`ImageError` (with the reason
+        only, never the server path) when it is not an image we can read."""
+        if not data:
+            raise BadUpload("the upload is empty; choose an image file")
+        token = secrets.token_hex(16)
+        folder = self.root / token
+        folder.mkdir()
+        raw = folder / "upload"
+        raw.write_bytes(data)
+        from ..data import load_image
+
+        try:
+            image = load_image(raw, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ImageError("upload", exc.reason) from None
+        finally:
+            raw.unlink(missing_ok=True)  # keep only what we wrote ourselves
+        self._remember(token)
+        return token, image
+
+    def _remember(self, token: str) -> None:
+        with self._lock:
+            self._order.append(token)
+            old, self._order = self._order[: -self.keep], self._order[-self.keep:]
+        for gone in old:
+            shutil.rmtree(self.root / gone, ignore_errors=True)
+
+    def save(self, token: str, name: str, image: Image.Image) -> None:
+        if name not in FILES or not TOKEN.match(token):
+            raise ValueError(f"not an upload file name: {name!r}")
+        image.save(self.root / token / name, optimize=False, compress_level=3)
+
+    def path(self, token: str, name: str) -> Path:
+        """The stored file ``name`` of upload ``token``; only well-formed tokens and the fixed
+        file names pass, so no URL can reach anything else."""
+        if not TOKEN.match(token or "") or name not in FILES:
+            raise FileNotFoundError("no such upload file")
+        path = self.root / token / name
+        if not path.is_file():
+            raise FileNotFoundError("no such upload file (uploads are kept for a limited time)")
+        return path
+
+
+def model_from_info(info: dict):
+    """Load the model an atlas was made with, as its info records it."""
+    from ..models import load_model
+
+    model = info.get("model") or {}
+    spec = model if isinstance(model, str) else model.get("spec") or model.get("name")
+    if not spec:
+        raise ModelUnavailable("the atlas does not say which model made it; start the server with a model")
+    weights = "" if isinstance(model, str) else str(model.get("weights") or "")
+    if weights == "user module":
+        raise ModelUnavailable(
+            f"the atlas was made with a model object ({spec}) that cannot be loaded by name; "
+            "serve it from Python with create_app(atlas_dir, model=your_loaded_model)"
+        )
+    pretrained = not (isinstance(model, dict) and (model.get("pretrained") is False or weights.startswith("random")))
+    weights_file = weights if weights and os.path.isfile(weights) else None
+    try:
+        return load_model(spec, weights=weights_file, device="cpu", pretrained=pretrained)
+    except ConvscopeError as exc:
+        raise ModelUnavailable(f"cannot load the atlas's model {spec!r}: {exc}") from None
+
+
+def overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> Image.Image:
+    """A heat map (h, w), any range, resized and blended over ``picture`` (H, W, 3) uint8."""
+    import matplotlib
+
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
+    if heat.ndim == 3:
+        heat = heat.mean(axis=0) if heat.shape[0] in (1, 3) else heat.mean(axis=-1)
+    lo, hi = float(heat.min()), float(heat.max())
+    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    H, W = picture.shape[:2]
+    if heat.shape != (H, W):
+        heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((W, H), Image.BILINEAR), np.float32) / 255
+    colours = matplotlib.colormaps[cmap](heat)[..., :3] * 255
+    mixed = (1 - alpha) * picture.astype(np.float32) + alpha * colours
+    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
+
+
+EXPLANATIONS = {
+    "occlusion": ("Occlusion", "Grey squares slid over the photo: bright where hiding the region lowers the top class most."),
+    "gradcam": ("Grad-CAM", "Gradient-weighted activations of the last convolutional layer for the top class."),
+}
+
+
+class Analyzer:
+    """Runs one model over uploaded photos for the gallery. Thread-safe: one analysis at a time,
+    since hooks on a shared model must not overlap.
+
+    ``model`` is a :class:`~convscope.models.LoadedModel`, or ``None`` to load the atlas's own
+    model on first use.
+    """
+
+    def __init__(self, gallery, model=None, top_units: int = 8, top_classes: int = 5):
+        self.gallery = gallery
+        self._model = model
+        self.top_units = top_units
+        self.top_classes = top_classes
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = model_from_info(self.gallery.info)
+        return self._model
+
+    def analyze(self, image: Image.Image, explain: bool = True) -> dict:
+        """Predictions, most excited units per atlas layer and (with ``explain``) occlusion and
+        Grad-CAM maps for one RGB image. Returned images are PIL images under ``"images"``."""
+        with self._lock:
+            model = self.model
+            x = model.transform(image).unsqueeze(0).to(model.device)
+            picture = model.preprocessing.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            picture = (picture * 255).round().astype(np.uint8)
+            logits, maxima, skipped = self._forward(model, x)
+            probs = torch.softmax(logits.float()[0], dim=0)
+            k = min(self.top_classes, probs.numel())
+            values, indices = probs.topk(k)
+            predictions = [
+                {"index": int(i), "label": model.label(int(i)), "probability": round(float(v), 6)}
+                for v, i in zip(values.tolist(), indices.tolist())
+            ]
+            images = {"input.png": Image.fromarray(picture)}
+            explanations = {}
+            for name, (title, about) in EXPLANATIONS.items():
+                entry = {"title": title, "about": about, "url": None, "reason": None}
+                if not explain:
+                    entry["reason"] = "not computed yet: explanations were not asked for"
+                else:
+                    try:
+                        heat = _explain(name, model, x, int(indices[0]))
+                        images[f"{name}.png"] = overlay(picture, heat)
+                    except _NotAvailable as exc:
+                        entry["reason"] = f"not computed yet: {exc}"
+                explanations[name] = entry
+        return {
+            "model": model.spec,
+            "input_size": list(model.input_size),
+            "predictions": predictions,
+            "explanations": explanations,
+            "layers": self._excited(maxima),
+            "skipped_layers": skipped,
+            "images": images,
+        }
+
+    def _forward(self, model, x):
+        from ..hooks import capture, named_modules, run
+
+        present = named_modules(model.module)
+        names = [n for n in self.gallery.layer_names if n in present]
+        skipped = [n for n in self.gallery.layer_names if n not in present]
+        with torch.inference_mode(), capture(model.module, names, stop=False) as outputs:
+            logits = run(model.module, x, outputs)
+            maxima = {}
+            for name in names:
+                out = outputs[name]
+                if out.dim() == 4:
+                    maxima[name] = out[0].flatten(1).amax(dim=1).float().cpu()
+                elif out.dim() == 2:
+                    maxima[name] = out[0].float().cpu()
+        return logits, maxima, skipped
+
+    def _excited(self, maxima: dict) -> list[dict]:
+        layers = []
+        for name, values in maxima.items():
+            units = self.gallery.unit_records(name)
+            if len(units) != values.numel():
+                continue  # a different model than the atlas's: its units would not match
+            tops = torch.tensor([_float(u.get("top", u.get("max"))) for u in units])
+            relative = torch.where(tops > 0, values / tops.clamp_min(1e-12), torch.full_like(values, float("nan")))
+            score = torch.nan_to_num(relative, nan=-1.0) if bool((tops > 0).any()) else values
+            order = torch.argsort(score, descending=True)[: self.top_units].tolist()
+            layer_page = self.gallery.layer(name)
+            layers.append({
+                "name": name,
+                "units": [
+                    {
+                        "unit": int(u),
+                        "value": round(float(values[u]), 6),
+                        "relative": None if torch.isnan(relative[u]) else round(float(relative[u]), 4),
+                        "patch": layer_page["units"][u]["patch"],
+                    }
+                    for u in order
+                ],
+            })
+        return layers
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+class _NotAvailable(Exception):
+    pass
+
+
+def _explain(name: str, model, x: torch.Tensor, target: int) -> np.ndarray:
+    """A heat map (H, W) on the model input from :mod:`convscope.explain`, bright where the
+    evidence for ``target`` is; :class:`_NotAvailable` saying why not where it cannot be had."""
+    import importlib
+
+    try:
+        module = importlib.import_module("convscope.explain")
+    except ImportError:
+        raise _NotAvailable("convscope.explain is not part of this installation") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise _NotAvailable(f"convscope.explain has no {name}() yet")
+    try:
+        if name == "occlusion":
+            result = fn(model, x[0], target=target, progress=False)
+            return _occlusion_heat(result, x.shape[2:])
+        result = fn(model, x[0], target=target)
+    except ConvscopeError as exc:
+        raise _NotAvailable(str(exc)) from None
+    heat = getattr(result, "heatmap", None)
+    if heat is None:
+        raise _NotAvailable(f"convscope.explain.{name}() gave no heat map")
+    return np.asarray(heat, dtype=np.float32)
+
+
+def _occlusion_heat(result, size) -> np.ndarray:
+    """Per pixel, the mean drop in the target's probability over the squares that covered it."""
+    drop = float(result.base_probability) - np.asarray(result.probability, dtype=np.float64)
+    H, W = int(size[0]), int(size[1])
+    total = np.zeros((H, W))
+    count = np.zeros((H, W))
+    for i, y in enumerate(result.ys):
+        for j, x in enumerate(result.xs):
+            total[y:y + result.window, x:x + result.window] += drop[i, j]
+            count[y:y + result.window, x:x + result.window] += 1
+    return np.maximum(total / np.maximum(count, 1), 0).astype(np.float32)

@@ -1,0 +1,302 @@
+"""The atlas on disk: contents, projections, the CLI, crash safety and exact resume."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from convscope.atlas import Atlas, IncompleteAtlasError, build
+from convscope.errors import ConvscopeError
+from convscope.hooks import hook_count
+from convscope.models import Preprocessing, load_model
+
+SIZE = 32
+LAYERS = ["features.1", "features.4", "features"]
+SETTINGS = dict(layers=LAYERS, top=4, crops="1,2", batch_size=8, workers=0, checkpoint_every=3)
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(12, 16, 3, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    prep = Preprocessing((SIZE, SIZE), SIZE, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return load_model(TinyNet(), preprocessing=prep, device="cpu")
+
+
+def make_photos(folder: Path, n: int = 20) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(n):
+        h, w = int(rng.integers(36, 52)), int(rng.integers(36, 52))
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        arr[h // 2 :, : w // 2] = (30 * i % 255, 200, 90)
+        p = folder / f"photo{i:02d}.png"
+        Image.fromarray(arr).save(p)
+        out.append(str(p))
+    (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out.append(str(folder / "zz_broken.jpg"))
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two (and far faster on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(model, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("atlases") / "atlas"
+    build(model, photos, out, **SETTINGS)
+    return out
+
+
+def test_atlas_contents(model, photos, atlas_dir):
+    atlas = Atlas.open(atlas_dir)
+    info = atlas.info()
+    assert info["complete"] is True and info["model"]["spec"] == "TinyNet"
+    assert info["images"] == {"inputs": 21, "scanned": 20, "skipped": 1, "crops_per_photo": 5, "scanned_crops": 100}
+    assert info["preprocessing"]["input_size"] == [SIZE, SIZE] and info["top_k"] == 4
+    assert atlas.layers == LAYERS  # network order
+    geometry = {i.name: i for i in model.layers.select(LAYERS)}
+    for entry in info["layers"]:
+        g = geometry[entry["name"]]
+        assert entry["shape"] == list(g.shape) and entry["stride"] == list(g.stride) and entry["complete"]
+        assert entry["receptive_field"] == list(g.receptive_field) and atlas.layer(g.name) == entry
+    assert atlas.skipped()[0][0].endswith("zz_broken.jpg")
+
+    state = atlas.state()
+    for layer in LAYERS:
+        units = atlas.units(layer)
+        assert [u["unit"] for u in units] == list(range(geometry[layer].shape[0]))
+        summary = state.summary(layer)
+        values, ids, ys, xs = state.top(layer)
+        for u in (0, len(units) - 1):
+            rec = units[u]
+            assert rec["top"] == float(values[u, 0]) == rec["max"]
+            assert rec["mean"] == pytest.approx(float(summary["mean"][u]))
+            assert sum(rec["histogram"]["counts"]) == sum(rec["sketch"]["counts"]) == 100 * np.prod(geometry[layer].shape[1:])
+            assert len(rec["histogram"]["edges"]) == len(rec["histogram"]["counts"]) + 1
+            assert rec["quantiles"]["0.01"] <= rec["quantiles"]["0.5"] <= rec["quantiles"]["0.99"] <= rec["max"]
+            examples = atlas.examples(layer, u)
+            assert [e["rank"] for e in examples] == [0, 1, 2, 3]
+            assert [e["value"] for e in examples] == sorted((e["value"] for e in examples), reverse=True)
+            assert [e["image_id"] for e in examples] == ids[u].tolist()
+            for e in examples:
+                assert e["box"] == list(geometry[layer].box(e["y"], e["x"], (SIZE, SIZE)))
+                assert e["image"] == os.path.abspath(photos[e["image_id"] // 5]) and e["crop"] == e["image_id"] % 5
+                assert e["hash"] == hashlib.sha256(Path(e["image"]).read_bytes()).hexdigest()
+                t, l, b, r = e["box"]
+                for kind in ("patch", "deconvnet", "guided"):
+                    with Image.open(atlas.path(e[kind])) as im:
+                        assert im.size == (r - l, b - t)
+                top, left, bottom, right = e["box_original"]
+                ct, cl, cb, cr = e["crop_box"]
+                assert ct <= top < bottom <= cb and cl <= left < right <= cr
+                assert e["image_size"] == list(Image.open(e["image"]).size)
+
+
+def test_patch_and_projections_are_those_of_the_example(model, photos, atlas_dir):
+    """Cross-check one deep example against a direct computation."""
+    from convscope.backproject import project, to_image
+    from convscope.scan import Crops
+
+    atlas = Atlas.open(atlas_dir)
+    e = atlas.examples("features", 5)[1]
+    img = Image.open(photos[e["image_id"] // 5]).convert("RGB")
+    window = Crops.parse("1,2").windows(*img.size)[e["crop"]]
+    assert list(window) == [e["crop_box"][1], e["crop_box"][0], e["crop_box"][3], e["crop_box"][2]]
+    x = model.transform(img.crop(window)).unsqueeze(0)
+    with torch.no_grad():
+        act = model.module.features(x)
+    assert float(act[0, 5, e["y"], e["x"]]) == pytest.approx(e["value"], rel=1e-5)
+    t, l, b, r = e["box"]
+    pixels = (model.preprocessing.denormalize(x)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(Image.open(atlas.path(e["patch"]))), pixels[t:b, l:r])
+    for method in ("deconvnet", "guided"):
+        p = project(model, x, "features", [5], [(e["y"], e["x"])], method=method)[0]
+        expected = to_image(p[:, t:b, l:r])
+        got = np.asarray(Image.open(atlas.path(e[method])))
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert hook_count(model.module) == 0
+
+
+def test_featvis_and_paths_stay_inside(atlas_dir, tmp_path):
+    atlas = Atlas.open(atlas_dir)
+    assert atlas.featvis("features", 2) is None
+    png = tmp_path / "fv.png"
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(png)
+    rel = atlas.set_featvis("features", 2, png)
+    assert atlas.featvis("features", 2) == rel and atlas.path(rel).read_bytes() == png.read_bytes()
+    assert Atlas.open(atlas_dir).units("features")[2]["featvis"] == rel
+    for bad in ("../outside.png", "/etc/passwd", "patches/../../x", ""):
+        with pytest.raises(ConvscopeError):
+            atlas.path(bad)
+    with pytest.raises(ConvscopeError, match="units 0 to 15"):
+        atlas.examples("features", 16)
+    with pytest.raises(ConvscopeError, match="not in this atlas"):
+        atlas.units("features.9")
+
+
+def test_cli_info_and_show(atlas_dir):
+    from convscope.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["atlas", "show", str(atlas_dir), "--layer", "features.4", "--unit", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["layer"] == "features.4" and data["unit"] == 3 and len(data["examples"]) == 4
+    first = data["examples"][0]
+    assert {"image", "value", "y", "x", "box"} <= set(first) and len(first["box"]) == 4
+    assert [e["value"] for e in data["examples"]] == sorted((e["value"] for e in data["examples"]), reverse=True)
+    res = runner.invoke(main, ["atlas", "info", str(atlas_dir), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["layers"][0]["name"] == "features.1"
+    res = runner.invoke(main, ["atlas", "info", str(atlas_dir)])
+    assert res.exit_code == 0 and "features.4" in res.output and "20 scanned, 1 skipped" in res.output
+    res = runner.invoke(main, ["atlas", "show", str(atlas_dir), "--layer", "nope", "--unit", "0"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "not in this atlas" in res.output
+
+
+def test_cli_build_with_a_torchvision_model(tmp_path):
+    from convscope.cli import main
+
+    photo_dir = tmp_path / "in"
+    make_photos(photo_dir, n=3)
+    out = tmp_path / "cli-atlas"
+    args = ["atlas", "build", str(photo_dir), "--out", str(out), "--model", "torchvision:resnet18", "--no-pretrained",
+            "--layers", "layer1,layer2", "--top", "2", "--project", "0", "--device", "cpu", "--workers", "0"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "zz_broken.jpg" in res.output
+    atlas = Atlas.open(out)
+    assert atlas.layers == ["layer1", "layer2"] and len(atlas.units("layer2")) == 128
+    e = atlas.examples("layer2", 0)
+    assert len(e) == 2 and e[0]["patch"] and e[0]["deconvnet"] is None
+    res = CliRunner().invoke(main, args)  # refuses to overwrite silently
+    assert res.exit_code == 1 and "--overwrite" in res.output
+
+
+def _tables(path: Path) -> dict:
+    conn = sqlite3.connect(path)
+    try:
+        out = {}
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            rows = conn.execute(f"SELECT * FROM {name}").fetchall()
+            if name == "meta":
+                rows = [r for r in rows if r[0] not in ("created", "build_seconds")]
+            if name == "units":  # feature visualizations are added later, by other tests too
+                rows = [r[:-1] for r in rows]
+            out[name] = sorted(rows, key=repr)
+        return out
+    finally:
+        conn.close()
+
+
+def _files(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*.png"))
+    }
+
+
+SCRIPT = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+from test_atlas import tiny_model, SETTINGS
+from convscope.atlas import build
+torch.set_num_threads({threads})
+model = tiny_model()
+model.module.features[0].register_forward_pre_hook(lambda m, a: time.sleep(0.15))  # slow it down
+build(model, {photos!r}, {out!r}, resume={resume}, **SETTINGS)
+"""
+
+
+def test_killed_build_reads_incomplete_and_resumes_exactly(model, photos, atlas_dir, tmp_path):
+    out = tmp_path / "killed"
+    script = tmp_path / "run_build.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), threads=torch.get_num_threads(),
+                                    photos=photos, out=str(out), resume=False))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckpt = out / ".partial" / "scan.ckpt"
+    deadline = time.time() + 120
+    try:
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert ckpt.exists(), proc.stdout.read().decode() if proc.poll() is not None else "no checkpoint in time"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = torch.load(ckpt, weights_only=True)
+    assert 0 < saved["extra"]["next"] < len(photos)  # killed mid-scan
+    with pytest.raises(IncompleteAtlasError) as err:
+        Atlas.open(out)
+    message = str(err.value)
+    assert "\n" not in message and "--resume" in message and "incomplete" in message
+    with pytest.raises(ConvscopeError, match="--resume"):
+        build(model, photos, out, **SETTINGS)  # no silent restart over an unfinished build
+
+    resumed = build(model, photos, out, resume=True, **SETTINGS)
+    assert resumed.info()["complete"] and not (out / ".partial").exists()
+    assert _tables(out / "atlas.sqlite") == _tables(atlas_dir / "atlas.sqlite")
+    mine, reference = _files(out), _files(atlas_dir)
+    reference = {k: v for k, v in reference.items() if not k.startswith("featvis/")}
+    assert mine.keys() == reference.keys() and mine == reference
+    assert resumed.state() == Atlas.open(atlas_dir).state()
+
+
+def test_failure_after_the_scan_leaves_an_incomplete_atlas(model, photos, tmp_path, monkeypatch):
+    import convscope.atlas as atlas_mod
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    out = tmp_path / "broken"
+    monkeypatch.setattr(atlas_mod, "_write_db", broken)
+    with pytest.raises(OSError):
+        build(model, photos[:4], out, layers=["features"], top=2, workers=0)
+    assert hook_count(model.module) == 0
+    with pytest.raises(IncompleteAtlasError, match="--resume"):
+        Atlas.open(out)
+    monkeypatch.undo()
+    atlas = build(model, photos[:4], out, layers=["features"], top=2, workers=0, resume=True)
+    assert atlas.info()["images"]["scanned"] == 4

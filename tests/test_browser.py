@@ -1,0 +1,219 @@
+"""The gallery in real headless Chromium: navigation, tiles, images, arrow keys, an upload.
+
+Needs Debian's Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and Playwright for
+Python (``pip install playwright``; its own browser download is never used). Screenshots go to
+``artifacts/`` in the repository root.
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium"),
+]
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
+uvicorn = pytest.importorskip("uvicorn")
+
+# the same tiny atlas as the HTTP tests (tests/ may or may not be a package)
+if __package__:
+    from .test_web import LAYERS, tiny_atlas_dir, tiny_model  # noqa: E402
+else:
+    from test_web import LAYERS, tiny_atlas_dir, tiny_model  # noqa: E402
+
+from convscope.web import create_app  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(tmp_path_factory):
+    return tiny_atlas_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def atlas(atlas_dir):
+    from convscope.atlas import Atlas
+
+    with Atlas.open(atlas_dir) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def server(atlas_dir):
+    """The gallery on 127.0.0.1 at a free port, in a background thread, stopped after the tests."""
+    port = free_port()
+    config = uvicorn.Config(create_app(atlas_dir, model=tiny_model()), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the gallery server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 860})
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    # every failed request counts, except the upload form's own answer to a bad photo
+    expected = "/image"
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and not m.location.get("url", "").endswith(expected) else None)
+    pg.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 and not r.url.endswith(expected) else None)
+    yield pg
+    context.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+def shot(pg, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
+
+
+def images_loaded(pg) -> tuple[int, list[str]]:
+    """Wait for every <img> to finish; the number of images and the sources of broken ones."""
+    pg.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=10_000)
+    broken = pg.evaluate("Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+    return pg.evaluate("document.images.length"), broken
+
+
+def test_home_layer_unit_and_back(server, page, atlas):
+    page.goto(server + "/")
+    assert page.locator("h1").inner_text() == "TinyNet"
+    assert page.locator("table.layers tbody tr").count() == len(LAYERS)
+    n, broken = images_loaded(page)
+    assert n == sum(LAYERS.values()) and not broken  # the preview strips
+    shot(page, "home")
+
+    page.get_by_role("link", name="features.1", exact=True).click()
+    page.wait_for_url(server + "/layers/features.1")
+    assert page.locator(".tile").count() == atlas.layer("features.1")["shape"][0] == 8
+    n, broken = images_loaded(page)
+    assert n == 8 and not broken
+    shot(page, "layer")
+
+    page.locator(".tile").nth(3).click()
+    page.wait_for_url(server + "/layers/features.1/units/3")
+    assert "unit 3" in page.locator("h1").inner_text()
+    assert page.locator(".ex").count() == 3
+    assert page.locator("svg.hist rect").count() == len(atlas.units("features.1")[3]["histogram"]["counts"])
+    n, broken = images_loaded(page)
+    assert n == 9 and not broken  # 3 x (patch, deconvnet, guided); unit 3 has no featvis
+    assert page.locator(".featvis .missing").inner_text() == "not computed yet"
+    shot(page, "unit")
+
+    page.locator(".src").first.click()
+    page.wait_for_url(server + "/layers/features.1/units/3/examples/0")
+    page.wait_for_function("() => document.querySelector('svg.source-img image').getBBox().width > 0")
+    images_loaded(page)
+    shot(page, "source")
+
+    page.go_back()
+    page.go_back()
+    page.wait_for_url(server + "/layers/features.1")
+    assert page.locator(".tile").count() == 8
+
+
+def test_unit_with_feature_visualization(server, page):
+    page.goto(server + "/layers/features/units/1")
+    n, broken = images_loaded(page)
+    assert n == 10 and not broken
+    assert page.locator(".featvis img").count() == 1
+
+
+def test_toggle_shows_projections_and_feature_visualizations(server, page):
+    page.goto(server + "/layers/features.1")
+    page.get_by_role("button", name="projection").click()
+    srcs = page.eval_on_selector_all(".tile img", "els => els.map(e => e.getAttribute('src'))")
+    assert len(srcs) == 8 and all(s.endswith("top_00_deconvnet.png") for s in srcs)
+    n, broken = images_loaded(page)
+    assert n == 8 and not broken
+    page.get_by_role("button", name="feature visualization").click()
+    assert page.locator(".tile img").count() == 2 and page.locator(".tile .missing").count() == 6
+    n, broken = images_loaded(page)
+    assert n == 2 and not broken
+    assert page.get_by_role("button", name="feature visualization").get_attribute("aria-pressed") == "true"
+    shot(page, "layer-featvis")
+    page.keyboard.press("ArrowRight")  # the choice follows to the next layer
+    page.wait_for_url(server + "/layers/features")
+    assert page.locator(".tile img").count() == 1 and page.locator(".tile .missing").count() == 5
+    page.get_by_role("button", name="top patch").click()
+    assert page.locator(".tile img").count() == 6
+
+
+def test_arrow_keys_move_between_layers(server, page):
+    page.goto(server + "/layers/features.1")
+    page.keyboard.press("ArrowLeft")  # the first layer: nothing before it
+    page.wait_for_timeout(200)
+    assert page.url == server + "/layers/features.1"
+    page.keyboard.press("ArrowRight")
+    page.wait_for_url(server + "/layers/features")
+    assert page.locator(".tile").count() == LAYERS["features"]
+    page.keyboard.press("ArrowRight")  # the last layer: nothing after it
+    page.wait_for_timeout(200)
+    assert page.url == server + "/layers/features"
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_url(server + "/layers/features.1")
+    page.keyboard.press("ArrowUp")
+    page.wait_for_url(server + "/")
+
+
+def test_upload_shows_predictions(server, page, tmp_path):
+    import skimage.data
+    from PIL import Image
+
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(skimage.data.chelsea()).save(photo)
+    page.goto(server + "/image")
+    page.set_input_files("input[type=file]", str(photo))
+    page.get_by_role("button", name="Analyze").click()
+    page.wait_for_selector("#predictions li")
+    assert page.locator("#predictions li").count() == 5
+    assert page.locator("#predictions li").first.inner_text().startswith("thing ")
+    n, broken = images_loaded(page)
+    assert n == 1 + 2 + sum(LAYERS.values()) and not broken  # photo, occlusion, Grad-CAM, units
+    shot(page, "upload")
+    page.locator(".result ~ section .tile").first.click()
+    page.wait_for_url(server + "/layers/features.1/units/*")
+
+
+def test_not_an_image_upload_shows_the_reason(server, page, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("just text")
+    page.goto(server + "/image")
+    page.set_input_files("input[type=file]", str(bad))
+    page.get_by_role("button", name="Analyze").click()
+    page.wait_for_selector(".error")
+    assert "not an image" in page.locator(".error").inner_text()

@@ -1,0 +1,145 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import convscope
+from convscope.errors import UnknownLayerError
+from convscope.hooks import hook_count
+from convscope.layers import LayerCatalogue
+
+# Receptive fields and strides computed by hand from the architectures' kernel/stride tables.
+ALEXNET = {
+    "features.0": (11, 4), "features.1": (11, 4), "features.2": (19, 8), "features.3": (51, 8),
+    "features.5": (67, 16), "features.6": (99, 16), "features.8": (131, 16), "features.10": (163, 16),
+    "features.11": (163, 16), "features": (195, 32),
+}
+VGG16 = {
+    "features.0": (3, 1), "features.2": (5, 1), "features.4": (6, 2), "features.5": (10, 2),
+    "features.9": (16, 4), "features.16": (44, 8), "features.23": (100, 16), "features.28": (196, 16),
+    "features": (212, 32),
+}
+RESNET18 = {
+    "conv1": (7, 2), "relu": (7, 2), "maxpool": (11, 4), "layer1.0": (27, 4), "layer1": (43, 4),
+    "layer2.0.downsample": (43, 8), "layer2": (99, 8), "layer3": (211, 16), "layer4": (435, 32),
+}
+
+
+@pytest.fixture(scope="module")
+def tv_models():
+    return {
+        name: convscope.load_model(f"torchvision:{name}", pretrained=False, device="cpu")
+        for name in ("alexnet", "vgg16", "resnet18")
+    }
+
+
+@pytest.mark.parametrize("arch,expected", [("alexnet", ALEXNET), ("vgg16", VGG16), ("resnet18", RESNET18)])
+def test_receptive_fields_match_hand_computed(tv_models, arch, expected):
+    cat = tv_models[arch].layers
+    for name, (rf, stride) in expected.items():
+        info = cat.get(name)
+        assert info.receptive_field == (rf, rf), name
+        assert info.stride == (stride, stride), name
+
+
+def test_shapes_and_reused_modules(tv_models):
+    cat = tv_models["resnet18"].layers
+    assert cat.get("layer3").shape == (256, 14, 14)
+    assert cat.get("conv1").shape == (64, 112, 112)
+    # BasicBlock calls its one ReLU twice: left out, with a note saying why
+    assert "layer1.0.relu" not in cat
+    assert any("layer1.0.relu" in n and "2 times" in n for n in cat.notes)
+    assert cat.default == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert tv_models["alexnet"].layers.default == ["features.1", "features.4", "features.11", "features"]
+
+
+@pytest.mark.parametrize("arch,size", [("alexnet", 128), ("resnet18", 96), ("vgg16", 64)])
+def test_gradient_support_lies_inside_reported_field(tv_models, arch, size):
+    """With the real (random) weights, the input-gradient support of a centre and a corner unit
+    of every listed layer lies inside the unit's reported box (one batched backward pass)."""
+    from convscope.hooks import capture, run
+    from convscope.layers import _support_box
+
+    model = tv_models[arch].module
+    cat = LayerCatalogue.probe(model, (size, size), cache=False)
+    infos = list(cat)
+    torch.manual_seed(0)
+    units = []
+    for info in infos:
+        _, h, w = info.shape
+        units += [(info, (h - 1) // 2, (w - 1) // 2), (info, h - 1, w - 1)]
+    x = torch.randn(1, 3, size, size).repeat(len(units), 1, 1, 1).requires_grad_(True)
+    with capture(model, [i.name for i in infos]) as outs:
+        run(model, x, outs)
+        total = sum(outs[info.name][k, :, y, xx].sum() for k, (info, y, xx) in enumerate(units))
+        (grad,) = torch.autograd.grad(total, x)
+    checked = 0
+    for k, (info, y, xx) in enumerate(units):
+        support = _support_box(grad[k])
+        if support is None:  # a dead unit (random weights): nothing to check
+            continue
+        top, left, bottom, right = info.box(y, xx, (size, size))
+        assert top <= support[0] and left <= support[1], (info.name, y, xx)
+        assert support[2] <= bottom and support[3] <= right, (info.name, y, xx)
+        checked += 1
+    assert checked >= len(infos)
+    assert hook_count(model) == 0
+
+
+def test_default_model_catalogue(default_model):
+    cat = default_model.layers
+    assert cat.default == ["bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks", "bn2"]
+    bn2 = cat.get("bn2")
+    assert bn2.shape == (1280, 7, 7) and bn2.stride == (32, 32)
+    assert cat.get("conv_stem").receptive_field == (3, 3)
+    # TensorFlow "same" padding of a stride-2 conv pads bottom/right only: unit (0, 0) starts at 0
+    assert cat.get("conv_stem").offset == (0, 0)
+
+
+def test_unknown_layer_lists_close_matches(tv_models):
+    cat = tv_models["resnet18"].layers
+    with pytest.raises(UnknownLayerError) as err:
+        cat.get("layer3.1.conv")
+    msg = str(err.value)
+    assert "layer3.1.conv1" in msg and "run `convscope layers`" in msg.lower()
+    with pytest.raises(UnknownLayerError):
+        cat.select("layer1,nope")
+
+
+def test_catalogue_leaves_model_unchanged(tv_models):
+    model = tv_models["alexnet"].module
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        before = model(x)
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    LayerCatalogue.probe(model, (224, 224), cache=False).select("all")
+    with torch.no_grad():
+        after = model(x)
+    assert torch.equal(before, after)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before_state[k])
+    assert hook_count(model) == 0
+    assert all(isinstance(m, nn.MaxPool2d) for m in (model.features[2], model.features[5]))
+
+
+def test_cli_layers_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "convscope", "layers", "--model", "torchvision:alexnet", "--no-pretrained", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    by = {r["name"]: r for r in rows}
+    assert by["features.0"] == {
+        "name": "features.0", "type": "Conv2d", "shape": [64, 55, 55], "stride": 4, "receptive_field": 11,
+        "offset": [-2, -2], "default": False,
+    }
+    assert by["features.11"]["default"] is True
+    bad = subprocess.run(
+        [sys.executable, "-m", "convscope", "layers", "--model", "torchvision:nope", "--no-pretrained"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
