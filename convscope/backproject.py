@@ -108,9 +108,9 @@ class Rule:
 
 #: The projection methods, by name: the library and the CLI's ``--method`` choices both read this.
 METHODS: dict[str, Rule] = {
-    "deconvnet": Rule("deconvnet", _rectify, False, "Zeiler & Fergus: backward signal rectified, forward mask ignored"),
-    "guided": Rule("guided", _rectify, True, "guided backprop: backward signal rectified, then the ReLU's mask"),
-    "gradient": Rule("gradient", None, True, "plain gradient (saliency): nothing changed"),
+    "deconvnet": Rule("deconvnet", _rectify, False, "Zeiler & Fergus (backward signal rectified, forward mask ignored)"),
+    "guided": Rule("guided", _rectify, True, "guided backprop (backward signal rectified, then the ReLU's mask)"),
+    "gradient": Rule("gradient", None, True, "plain gradient, as in saliency maps (nothing changed)"),
 }
 
 
@@ -250,7 +250,8 @@ def _make_hooks(state_ref: "weakref.ref[_State]"):
         name, kind = state.kinds[module]
         state.calls[name] = state.calls.get(name, 0) + 1
         if state.calls[name] == 2:
-            state.note(f"reused:{name}", f"{name} runs more than once per forward pass; the rule applies at each call", warn=False)
+            message = f"{name} runs more than once per forward pass; the rule applies at each call"
+            state.note(f"reused:{name}", message, warn=False)
         if not isinstance(output, torch.Tensor):
             return None
         if kind == "gate":

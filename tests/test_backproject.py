@@ -23,6 +23,8 @@ from convscope.errors import UnknownLayerError
 from convscope.hooks import forward_layers, hook_count
 from convscope.models import load_model
 
+# Substitute-rule warnings are asserted where they matter (record_rule_warnings) and noise elsewhere.
+pytestmark = pytest.mark.filterwarnings("ignore::convscope.backproject.ActivationRuleWarning")
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
@@ -425,7 +427,10 @@ def test_model_unchanged_after_success_and_errors(method):
 
 def test_project_leaves_no_param_grads():
     net = _TwoStage(lambda: nn.ReLU(inplace=True)).eval()
-    project(net, X_SMALL, "c3", UNITS, POS)
+    x = X_SMALL.clone().requires_grad_(True)  # a caller's tensor that requires grad is fine too
+    out = project(net, x, "c3", UNITS, POS)
+    torch.testing.assert_close(out, project(net, X_SMALL, "c3", UNITS, POS), rtol=0, atol=0)
+    assert x.grad is None and not out.requires_grad
     assert all(p.grad is None for p in net.parameters())
 
 

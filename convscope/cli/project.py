@@ -18,7 +18,7 @@ from ._common import main, model_options
 @click.option("--y", type=int, default=None, help="Row on the layer's map (default: the unit's strongest position).")
 @click.option("--x", type=int, default=None, help="Column on the layer's map (give with --y).")
 @click.option("--method", type=click.Choice(list(METHODS)), default="deconvnet", show_default=True,
-              help="deconvnet (Zeiler & Fergus), guided (guided backprop) or the plain gradient.")
+              help="; ".join(f"{name}: {rule.description}" for name, rule in METHODS.items()) + ".")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="PNG of the projection with the unit's receptive field drawn "
                    "(default: IMAGE-LAYER-UNIT-METHOD.png here, unless only --npy is given).")
@@ -38,11 +38,11 @@ def project_cmd(image, layer, unit, y, x, method, out, npy, get_model):
       convscope project cat.jpg --layer features.10 --unit 3 --y 4 --x 6 --method guided \\
           --model torchvision:alexnet --npy unit3.npy
     """
-    from ..backproject import ActivationRuleWarning, check_ranges, project_full
+    from ..backproject import ActivationRuleWarning, ProjectionError, check_ranges, project_full
     from ..data import load_image
 
     if (y is None) != (x is None):
-        raise click.UsageError("give both --y and --x, or neither (for the unit's strongest position)")
+        raise ProjectionError("give both --y and --x, or neither (for the unit's strongest position)")
     if out is None and npy is None:
         out = f"{Path(image).stem}-{layer}-{unit}-{method}.png"
     pil = load_image(image)
