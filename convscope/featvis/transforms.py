@@ -63,9 +63,10 @@ class Jitter(Transform):
         d = self.d
         h, w = x.shape[-2] - d, x.shape[-1] - d
         crops = []
-        for i, g in enumerate(generators):
+        # unbind first: each crop's backward then fills one element, not the whole batch
+        for xi, g in zip(x.unbind(0), generators):
             dy, dx = (int(v) for v in torch.randint(d + 1, (2,), generator=g))
-            crops.append(x[i, :, dy:dy + h, dx:dx + w])
+            crops.append(xi[:, dy:dy + h, dx:dx + w])
         return torch.stack(crops)
 
     def __repr__(self):
