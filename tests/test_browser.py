@@ -6,7 +6,6 @@ Python (``pip install playwright``; its own browser download is never used). Scr
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import threading
@@ -76,7 +75,8 @@ def browser():
     with playwright_sync.sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run"],
         )
         yield b
         b.close()
@@ -90,8 +90,17 @@ def page(browser):
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     # every failed request counts, except the upload form's own answer to a bad photo
     expected = "/image"
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and not m.location.get("url", "").endswith(expected) else None)
-    pg.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 and not r.url.endswith(expected) else None)
+
+    def on_console(msg):
+        if msg.type == "error" and not msg.location.get("url", "").endswith(expected):
+            errors.append(msg.text)
+
+    def on_response(resp):
+        if resp.status >= 400 and not resp.url.endswith(expected):
+            errors.append(f"{resp.status} {resp.url}")
+
+    pg.on("console", on_console)
+    pg.on("response", on_response)
     yield pg
     context.close()
     assert not errors, f"the page logged errors: {errors}"

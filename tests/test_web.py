@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convscope.errors import ConvscopeError
 
 httpx = pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
@@ -211,9 +210,9 @@ def test_example_page_draws_the_box_on_the_source(client, atlas):
     with Image.open(ex["image"]) as img:
         assert data["source_size"] == list(img.size)
     assert data["example"]["box_original"] == ex["box_original"]
-    t, l, b, r = ex["box_original"]
+    top, left, bottom, right = ex["box_original"]
     html = client.get("/layers/features.1/units/4/examples/1").text
-    assert f'<rect class="box" x="{l}" y="{t}" width="{r - l}" height="{b - t}"' in html
+    assert f'<rect class="box" x="{left}" y="{top}" width="{right - left}" height="{bottom - top}"' in html
     resp = client.get("/sources/features.1/4/1.jpg")
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(resp.content)).size == Image.open(ex["image"]).size
@@ -496,3 +495,36 @@ def test_serve_and_export_commands(atlas_dir, tmp_path):
     assert r.exit_code == 1 and r.output.startswith("error: no atlas folder") and "Traceback" not in r.output
     r = runner.invoke(main, ["serve", str(tmp_path / "site")])
     assert r.exit_code == 1 and "holds no atlas" in r.output
+
+
+@pytest.mark.slow
+def test_demo_builds_once_then_reuses(tmp_path, monkeypatch):
+    """`convscope demo --no-serve` with a tiny recipe: a real build with projections and feature
+    visualizations, a stamp, and a second run that reuses the atlas."""
+    from click.testing import CliRunner
+
+    from convscope.atlas import Atlas
+    from convscope.cli import main
+    from convscope.web import demo
+
+    tiny = {"version": 1, "model": "torchvision:alexnet", "pretrained": False, "layers": ["features.1"], "top": 2,
+            "project": 1, "crops": "1,2", "featvis": {"units": 2, "steps": 2, "size": 32}}
+    monkeypatch.setattr(demo, "RECIPE", tiny)
+    out = tmp_path / "demo"
+    runner = CliRunner()
+    r = runner.invoke(main, ["demo", "--no-serve", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "building the demo atlas" in r.output and "atlas ready" in r.output
+    with Atlas.open(out) as atlas:
+        info = atlas.info()
+        assert info["crops"]["levels"] == [1, 2] and info["images"]["scanned"] == len(demo._photos([])[0])
+        assert atlas.featvis("features.1", 1) is not None and atlas.featvis("features.1", 2) is None
+        assert atlas.examples("features.1", 0)[0]["deconvnet"] and atlas.examples("features.1", 0)[1]["deconvnet"] is None
+    stamp = json.loads((out / "demo.json").read_text())
+    assert stamp["recipe"] == tiny and stamp["complete"] is True
+    db_time = (out / "atlas.sqlite").stat().st_mtime_ns
+    r = runner.invoke(main, ["demo", "--no-serve", "--out", str(out)])
+    assert r.exit_code == 0 and "reusing the demo atlas" in r.output
+    assert (out / "atlas.sqlite").stat().st_mtime_ns == db_time
+    r = runner.invoke(main, ["demo", "--no-serve", "--out", str(out), "--images", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "does not exist" in r.output

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import main, model_options
+from ._common import main
 
 
 def _run_server(app, host: str, port: int) -> None:
@@ -56,3 +56,33 @@ def export(atlas, out):
     )
     if counts["missing_sources"]:
         click.echo(f"note: {counts['missing_sources']} source photos were no longer on disk", err=True)
+
+
+@main.command()
+@click.option("--images", "images", multiple=True, type=click.Path(exists=True),
+              help="Also scan this folder (or file); repeatable.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Atlas folder (default: the convscope cache's demo-atlas).")
+@click.option("--no-serve", is_flag=True, help="Build (or check) the atlas, then exit.")
+@click.option("--rebuild", is_flag=True, help="Build again even if the atlas is up to date.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def demo(images, out, no_serve, rebuild, host, port):
+    """Build an atlas of the default model over scikit-image's sample photos (plus --images),
+    with deconvnet and guided projections and feature visualizations for a subset of units,
+    then open the gallery. A second run reuses the atlas while its inputs are unchanged.
+
+    \b
+    Examples:
+      convscope demo
+      convscope demo --images my_photos/ --out my-demo/ --no-serve
+    """
+    from ..web.demo import ensure_demo_atlas
+
+    atlas_dir = ensure_demo_atlas(out, images, rebuild=rebuild, echo=lambda line: click.echo(line, err=True))
+    if no_serve:
+        click.echo(f"atlas ready in {atlas_dir}; browse it with `convscope serve {atlas_dir}`", err=True)
+        return
+    from ..web import create_app
+
+    _run_server(create_app(atlas_dir), host, port)

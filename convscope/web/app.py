@@ -319,8 +319,8 @@ def _status(exc: Exception) -> tuple[int, str]:
     """The HTTP status and one-line reason for an exception raised while serving a request."""
     if isinstance(exc, HTTPException):
         reasons = {404: "no such page; start from / or see /api", 405: "this URL does not accept that method"}
-        detail = exc.detail if exc.detail and exc.detail not in ("Not Found", "Method Not Allowed") else reasons.get(exc.status_code, str(exc.detail))
-        return exc.status_code, detail
+        generic = not exc.detail or exc.detail in ("Not Found", "Method Not Allowed")
+        return exc.status_code, reasons.get(exc.status_code, str(exc.detail)) if generic else exc.detail
     if isinstance(exc, ImageError):
         too_big = "too large" in exc.reason
         return (413 if too_big else 400), f"not a usable image: {exc.reason}"

@@ -114,6 +114,10 @@ class Gallery:
         return self._cached(("examples", layer, unit), lambda: list(self.atlas.examples(layer, unit) or []))
 
     def _featvis(self, layer: str, unit: int) -> str | None:
+        record = self.check_unit(layer, unit)
+        if "featvis" in record:  # the unit records carry it: no query per unit
+            return record["featvis"]
+
         def read():
             try:
                 return self.atlas.featvis(layer, unit)

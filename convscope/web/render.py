@@ -92,7 +92,7 @@ def source_filename(layer: str, unit: int, rank: int, hash_: str | None) -> str:
 
 def fmt(value, digits: int = 3) -> str:
     """A number for people: ``None`` as an en dash, large and small values in short form."""
-    if value is None:
+    if value is None or isinstance(value, jinja2.Undefined):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -111,6 +111,25 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def brief(value, limit: int = 160) -> str:
+    """A setting in one short line: nested tables and long lists are summarized, not dumped."""
+
+    def short(v):
+        if isinstance(v, dict):
+            return "{…}"
+        if isinstance(v, (list, tuple)) and (len(v) > 6 or any(isinstance(x, (dict, list, tuple)) for x in v)):
+            return f"({len(v)} items)"
+        if isinstance(v, str) and len(v) > 60:
+            return v[:57] + "…"
+        return fmt(v)
+
+    if isinstance(value, dict):
+        text = " · ".join(f"{str(k).replace('_', ' ')} {short(v)}" for k, v in value.items())
+    else:
+        text = short(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def dims(value) -> str:
     """A shape, stride or size for people: ``[8, 8]`` -> ``8 × 8``."""
     if isinstance(value, (list, tuple)) and value:
@@ -118,11 +137,18 @@ def dims(value) -> str:
     return fmt(value)
 
 
+def side(value) -> str:
+    """A per-axis pair that is usually square: ``[8, 8]`` -> ``8``, ``[8, 4]`` -> ``8 × 4``."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        return fmt(value[0])
+    return dims(value)
+
+
 def box(value) -> str:
     """A box (top, left, bottom, right) for people: ``y 10–60, x 20–90``."""
     if isinstance(value, (list, tuple)) and len(value) == 4:
-        t, l, b, r = value
-        return f"y {t}–{b}, x {l}–{r}"
+        top, left, bottom, right = value
+        return f"y {top}–{bottom}, x {left}–{right}"
     return "–"
 
 
@@ -159,8 +185,9 @@ def histogram_svg(counts, edges, width: int = 480, height: int = 150, mark: floa
             "title": f"{fmt(a)} to {fmt(b)}: {c:,}",
         })
     ticks = [{"x": round(x_of(v), 2), "label": fmt(v, 2)} for v in (lo, (lo + hi) / 2, hi)]
-    if lo < 0 < hi:
-        ticks.append({"x": round(x_of(0.0), 2), "label": "0"})
+    if lo < 0 < hi:  # zero matters most; it replaces any tick too close to it
+        zero = round(x_of(0.0), 2)
+        ticks = [t for t in ticks if abs(t["x"] - zero) >= 40] + [{"x": zero, "label": "0"}]
     out = {"bars": bars, "ticks": ticks, "width": width, "height": height, "base": pad_t + inner_h}
     if mark is not None and lo <= mark <= hi:
         out["mark"] = round(x_of(mark), 2)
@@ -168,16 +195,19 @@ def histogram_svg(counts, edges, width: int = 480, height: int = 150, mark: floa
 
 
 def environment() -> jinja2.Environment:
-    """The template environment: HTML autoescaping on, undefined variables are errors."""
+    """The template environment: HTML autoescaping on; a field an atlas does not record renders
+    as a dash, not an error (atlases from other versions may lack some)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.ChainableUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     env.filters["fmt"] = fmt
     env.filters["dims"] = dims
+    env.filters["brief"] = brief
+    env.filters["side"] = side
     env.filters["box"] = box
     env.filters["percentile"] = percentile
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)

@@ -19,6 +19,8 @@
 
   function show(view) {
     buttons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.dataset.view === view)); });
+    var grid = document.getElementById("units");
+    if (grid) grid.dataset.view = view;
     document.querySelectorAll(".tile").forEach(function (tile) {
       var url = tile.dataset[view];
       var img = tile.querySelector("img");

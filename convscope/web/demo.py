@@ -1,0 +1,147 @@
+"""The demo atlas: the default model over scikit-image's sample photos, ready for the gallery.
+
+One recipe (:data:`RECIPE`) sized to finish in minutes on a laptop's CPU: five stages from edges
+to object parts, every photo also seen as 2x2 and 3x3 overlapping crops (so small patterns have
+their own examples), top 6 examples per unit with deconvnet and guided projections for the top
+3, and feature visualizations for the first units of each layer. A stamp file beside the atlas
+records the recipe and the photos (path, size, modification time); the next run reuses the atlas
+while both are unchanged, resumes an interrupted build, and rebuilds otherwise.
+
+>>> atlas_dir = ensure_demo_atlas()          # builds once, then reuses
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+RECIPE = {
+    "version": 1,
+    "model": "efficientnet_lite0",
+    "pretrained": True,
+    # edges and colours to object parts; the deepest stages (blocks.5, blocks.6, bn2) would
+    # multiply the projection time (each needs a backward pass through the whole network)
+    "layers": ["bn1", "blocks.1", "blocks.2", "blocks.3", "blocks.4"],
+    "top": 6,
+    "project": 3,
+    "crops": "1,2,3",
+    "featvis": {"units": 8, "steps": 128, "size": 96},
+}
+STAMP = "demo.json"
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("CONVSCOPE_CACHE", Path.home() / ".cache" / "convscope")) / "demo-atlas"
+
+
+def _photos(extra: Iterable[str | os.PathLike]) -> tuple[list[str], list[dict]]:
+    from ..data import expand_inputs, sample_photos
+
+    paths = [str(p) for p in sample_photos()]
+    found, errors = expand_inputs([str(e) for e in extra])
+    for err in errors:
+        raise ValueError(f"--images {err.path}: {err.reason}")
+    paths += [str(p) for p in found]
+    listing = []
+    for p in paths:
+        st = os.stat(p)
+        listing.append({"path": os.path.abspath(p), "size": st.st_size, "mtime": int(st.st_mtime)})
+    return paths, listing
+
+
+def _read_stamp(out: Path) -> dict | None:
+    try:
+        return json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_demo_atlas(
+    out: str | os.PathLike | None = None,
+    images: Iterable[str | os.PathLike] = (),
+    rebuild: bool = False,
+    echo: Callable[[str], None] = print,
+    recipe: dict | None = None,
+) -> Path:
+    """Build the demo atlas in ``out`` (default :func:`default_dir`) over the sample photos and
+    ``images``, or reuse it when it is up to date; returns its folder. Progress goes to stderr."""
+    from ..atlas import DB_NAME, PARTIAL, Atlas, build
+    from ..errors import ConvscopeError
+    from ..models import load_model
+
+    recipe = dict(recipe or RECIPE)
+    out = Path(out) if out else default_dir()
+    paths, listing = _photos(images)
+    wanted = {"recipe": recipe, "photos": listing}
+    stamp = _read_stamp(out)
+    if not rebuild and stamp is not None and stamp.get("recipe") == recipe and stamp.get("photos") == listing:
+        try:
+            Atlas.open(out).close()
+            echo(f"reusing the demo atlas in {out} (up to date; --rebuild to build it again)")
+            return out
+        except ConvscopeError:
+            pass
+    # an interrupted demo build (no stamp yet) is resumed; anything else stale is replaced
+    resume = not rebuild and (out / PARTIAL).exists() and stamp is None
+    overwrite = not resume and ((out / DB_NAME).exists() or (out / PARTIAL).exists())
+    if (out / STAMP).exists():
+        (out / STAMP).unlink()
+    if out.exists() and not resume and not overwrite and any(out.iterdir()):
+        raise ConvscopeError(f"{out} is not empty and holds no demo atlas; give another --out")
+    echo(
+        f"building the demo atlas in {out}: {recipe['model']} over {len(paths)} photos "
+        f"(crops {recipe['crops']}), layers {', '.join(recipe['layers'])}"
+        + (" (resuming the interrupted build)" if resume else "")
+    )
+    started = time.time()
+    model = load_model(recipe["model"], device="cpu", pretrained=recipe.get("pretrained", True))
+
+    def run(resume: bool, overwrite: bool):
+        return build(
+            model, paths, out, layers=recipe["layers"], top=recipe["top"], crops=recipe["crops"],
+            project=recipe["project"], resume=resume, overwrite=overwrite, progress=True,
+            on_skip=lambda p, r: echo(f"skipped {p}: {r}"),
+        )
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            atlas = run(resume, overwrite)
+        except ConvscopeError as exc:
+            if not resume:
+                raise
+            echo(f"cannot resume ({exc}); starting again")
+            atlas = run(False, True)
+    for w in caught:  # the rest were only notes about ReLU6 taken as ReLU by the projections
+        if not issubclass(w.category, UserWarning) or "ActivationRule" not in w.category.__name__:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    relu6 = sum(1 for w in caught if "ActivationRule" in w.category.__name__)
+    echo(f"scanned and projected in {time.time() - started:.0f} s")
+    _featvis(model, atlas, recipe["featvis"], echo)
+    atlas.close()
+    (out / STAMP).write_text(json.dumps({**wanted, "complete": True}, indent=1))
+    if relu6:
+        echo("note: this model's activations are ReLU6, which the deconvnet and guided projections treat as ReLUs")
+    echo(f"demo atlas ready in {time.time() - started:.0f} s")
+    return out
+
+
+def _featvis(model, atlas, settings: dict, echo) -> None:
+    import tempfile
+
+    from .. import featvis
+
+    with tempfile.TemporaryDirectory(prefix="convscope-demo-fv-") as tmp:
+        for layer in atlas.layers:
+            channels = atlas.layer(layer)["shape"][0]
+            units = list(range(min(settings["units"], channels)))
+            t = time.time()
+            result = featvis.render(model, layer, units, steps=settings["steps"], size=settings["size"], progress=True)
+            for i, u in enumerate(units):
+                png = Path(tmp) / f"{u}.png"
+                result.image(i).save(png)
+                atlas.set_featvis(layer, u, png)
+            echo(f"feature visualizations of {layer} units 0-{units[-1]} in {time.time() - t:.0f} s")
