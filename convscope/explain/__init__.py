@@ -16,13 +16,27 @@ Jupyter. Hooks live inside each call; the model is left as it came in.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from ._common import Explanation, ExplainError, default_layer
+from ._common import ExplainError, Explanation, default_layer
 from .activations import Activations, activations
-from .cam import GradCAM, GuidedGradCAM, Saliency, gradcam, guided_backprop, guided_gradcam, saliency
+from .cam import (
+    GradCAM,
+    GuidedGradCAM,
+    Saliency,
+    gradcam,
+    guided_backprop,
+    guided_gradcam,
+    saliency,
+)
 from .invariance import TRANSFORMS, Invariance, invariance
-from .occlusion import DEFAULT_STRIDE, DEFAULT_WINDOW, Occlusion, OcclusionSplitWarning, occlusion
+from .occlusion import (
+    DEFAULT_STRIDE,
+    DEFAULT_WINDOW,
+    Occlusion,
+    OcclusionSplitWarning,
+    occlusion,
+)
 
 #: method name -> function(model, image, *, target, layer, **options) -> Explanation
 METHODS: dict[str, Callable[..., Explanation]] = {
@@ -48,7 +62,26 @@ def explain(model, image, method: str = "gradcam", *, target="top", layer: str |
 
 
 __all__ = [
-    "Activations", "DEFAULT_STRIDE", "DEFAULT_WINDOW", "ExplainError", "Explanation", "GradCAM", "GuidedGradCAM",
-    "Invariance", "METHODS", "Occlusion", "OcclusionSplitWarning", "Saliency", "TRANSFORMS", "activations",
-    "default_layer", "explain", "gradcam", "guided_backprop", "guided_gradcam", "invariance", "occlusion", "saliency",
+    "DEFAULT_STRIDE",
+    "DEFAULT_WINDOW",
+    "METHODS",
+    "TRANSFORMS",
+    "Activations",
+    "ExplainError",
+    "Explanation",
+    "GradCAM",
+    "GuidedGradCAM",
+    "Invariance",
+    "Occlusion",
+    "OcclusionSplitWarning",
+    "Saliency",
+    "activations",
+    "default_layer",
+    "explain",
+    "gradcam",
+    "guided_backprop",
+    "guided_gradcam",
+    "invariance",
+    "occlusion",
+    "saliency",
 ]

@@ -13,7 +13,15 @@ import torch
 
 from ..hooks import capture, run
 from . import figures
-from ._common import Explanation, ExplainError, as_loaded, check_layer, prepare, resolve_target, top_predictions
+from ._common import (
+    ExplainError,
+    Explanation,
+    as_loaded,
+    check_layer,
+    prepare,
+    resolve_target,
+    top_predictions,
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -31,6 +39,9 @@ class Activations(Explanation):
     @property
     def strongest(self) -> int:
         return int(self.activations.reshape(len(self.activations), -1).max(axis=1).argmax())
+
+    def summary(self) -> dict:
+        return {**super().summary(), "layer": self.layer, "shape": list(self.activations.shape), "strongest": self.strongest}
 
     def mosaic(self) -> np.ndarray:
         """The tiled picture (rows, cols) in [0, 1], white gaps between channels."""

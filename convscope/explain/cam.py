@@ -1,8 +1,9 @@
 """Gradient explanations of one class for one image: Grad-CAM, guided Grad-CAM and saliency.
 
 * Grad-CAM (Selvaraju et al. 2017): the layer's maps weighted by the spatial mean of the target
-  logit's gradient, summed over channels, rectified; the figure and ``heatmap`` min-max
-  normalize it to [0, 1] and upsample it bilinearly to the input (exactly as pytorch-grad-cam).
+  logit's gradient, summed over channels, rectified. ``heatmap`` (and the figure) upsample it
+  bilinearly to the input and min-max normalize it to [0, 1] (exactly as pytorch-grad-cam: its
+  output is normalized before and after the upsampling, which can lower the maximum).
 * Guided Grad-CAM: guided backprop of the target logit (:mod:`convscope.backproject`'s
   ``guided`` rule) times that upsampled, normalized CAM.
 * Saliency (Simonyan et al. 2014): the input gradient of the target logit, max of the absolute
@@ -22,7 +23,17 @@ import torch
 
 from ..hooks import capture, run
 from . import figures
-from ._common import Explanation, ExplainError, as_loaded, check_layer, normalize01, prepare, resolve_target, top_predictions, upsample
+from ._common import (
+    ExplainError,
+    Explanation,
+    as_loaded,
+    check_layer,
+    normalize01,
+    prepare,
+    resolve_target,
+    top_predictions,
+    upsample,
+)
 
 
 def _forward_keeping(module, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +72,11 @@ def _cam_pass(model, x: torch.Tensor, layer: str, target) -> tuple[torch.Tensor,
     return logits.detach(), cls, cam.float().cpu().numpy(), weights.float().cpu().numpy()
 
 
+def _heatmap(cam: np.ndarray, size) -> np.ndarray:
+    # normalized, upsampled, normalized again: pytorch-grad-cam's steps, so the two agree
+    return normalize01(upsample(normalize01(cam), size))
+
+
 def guided_backprop(model, x: torch.Tensor, target: int) -> tuple[np.ndarray, list[str]]:
     """Guided backprop of the ``target`` logit: (3, H, W) input-gradient array, and notes on
     activations that got a substitute rule (ReLU6 and the like; see :mod:`convscope.backproject`)."""
@@ -82,8 +98,8 @@ class GradCAM(Explanation):
     """Grad-CAM of ``target`` at ``layer``.
 
     ``cam`` (h, w): the rectified weighted sum at the layer's resolution, before normalization
-    (saved as ``gradcam.npy``); ``heatmap`` (H, W): min-max normalized to [0, 1] and upsampled
-    to the input; ``weights`` (C,): the channel weights (mean gradients).
+    (saved as ``gradcam.npy``); ``heatmap`` (H, W): upsampled to the input and min-max
+    normalized to [0, 1]; ``weights`` (C,): the channel weights (mean gradients).
     """
 
     layer: str = ""
@@ -94,6 +110,9 @@ class GradCAM(Explanation):
     def __post_init__(self):
         self.name = "gradcam"
         self.arrays = {"gradcam": "cam"}
+
+    def summary(self) -> dict:
+        return {**super().summary(), "layer": self.layer, "map_shape": list(self.cam.shape)}
 
     def figure(self):
         fig, (a, b) = figures.new_figure(2)
@@ -166,7 +185,7 @@ def gradcam(model, image, *, target="top", layer: str | None = None) -> GradCAM:
     layer = check_layer(model, layer)
     x, pixels, name = prepare(model, image)
     logits, cls, cam, weights = _cam_pass(model, x, layer, target)
-    heat = upsample(normalize01(cam), x.shape[2:])
+    heat = _heatmap(cam, x.shape[2:])
     return GradCAM(
         image=pixels, target=cls, target_label=model.label(cls), top=top_predictions(model, logits), image_name=name,
         layer=layer, cam=cam, heatmap=heat, weights=weights,
@@ -184,7 +203,7 @@ def guided_gradcam(model, image, *, target="top", layer: str | None = None) -> G
     layer = check_layer(model, layer)
     x, pixels, name = prepare(model, image)
     logits, cls, cam, weights = _cam_pass(model, x, layer, target)
-    heat = upsample(normalize01(cam), x.shape[2:])
+    heat = _heatmap(cam, x.shape[2:])
     gb, notes = guided_backprop(model, x, cls)
     return GuidedGradCAM(
         image=pixels, target=cls, target_label=model.label(cls), top=top_predictions(model, logits), image_name=name,

@@ -3,22 +3,24 @@ in servers and threads). Every panel takes arrays and an ``Axes``; the result cl
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def new_figure(n_panels: int, panel_inches: float = 3.0, height: float | None = None):
-    """A ``Figure`` with one row of ``n_panels`` axes; returns ``(fig, axes)``."""
+def new_figure(n_panels: int, panel_inches: float = 3.0, height: float | None = None, ticks: bool = False):
+    """A ``Figure`` with one row of ``n_panels`` axes (no ticks, for pictures, unless ``ticks``);
+    returns ``(fig, axes)``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(panel_inches * n_panels, height or panel_inches + 0.6))
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, n_panels, i + 1) for i in range(n_panels)]
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    if not ticks:
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
     return fig, axes
 
 

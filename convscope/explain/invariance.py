@@ -17,8 +17,8 @@ import csv
 import dataclasses
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,29 +41,33 @@ def _check_transform(transform: str) -> None:
 
 
 def transformed_inputs(model, image, transform: str, amounts: Sequence[float]) -> torch.Tensor:
-    """The model inputs (len(amounts), 3, H, W) of ``image`` (a PIL image) under ``transform``."""
+    """The model inputs (len(amounts), 3, H, W) of ``image`` (a PIL image) under ``transform``;
+    the untransformed amount gives exactly the model's own preprocessing of the image."""
     from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
     from torchvision.transforms.v2 import functional as TF
 
     _check_transform(transform)
     prep = model.preprocessing
     interp = {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(prep.interpolation, InterpolationMode.BILINEAR)
-    resized = TF.pil_to_tensor(image.convert("RGB"))
-    resized = TF.resize(resized, prep.resize, interpolation=interp, antialias=True)
-    resized = TF.to_dtype(resized, torch.float32, scale=True)
-    fill = list(prep.mean)
+    resized = T.Resize(prep.resize, interpolation=interp, antialias=True)(image.convert("RGB"))
+    finish = T.Compose([T.CenterCrop(prep.input_size), T.PILToTensor(), T.ToDtype(torch.float32, scale=True),
+                        T.Normalize(prep.mean, prep.std)])
+    fill = tuple(round(255 * m) for m in prep.mean)
+    identity = TRANSFORMS[transform][2]
     out = []
     for a in amounts:
-        if transform == "translate":
-            img = TF.affine(resized, angle=0.0, translate=[0, int(round(a))], scale=1.0, shear=[0.0, 0.0], fill=fill)
+        if a == identity:
+            img = resized
+        elif transform == "translate":
+            img = TF.affine(resized, angle=0.0, translate=[0, round(a)], scale=1.0, shear=[0.0, 0.0], fill=fill)
         elif transform == "scale":
             img = TF.affine(resized, angle=0.0, translate=[0, 0], scale=float(a), shear=[0.0, 0.0],
                             interpolation=InterpolationMode.BILINEAR, fill=fill)
         else:
             img = TF.rotate(resized, float(a), interpolation=InterpolationMode.BILINEAR, fill=fill)
-        out.append(TF.center_crop(img, list(prep.input_size)))
-    pixels = torch.stack(out).clamp(0, 1)
-    return prep.normalize(pixels)
+        out.append(finish(img))
+    return torch.stack(out)
 
 
 @dataclasses.dataclass(eq=False)
@@ -105,7 +109,7 @@ class Invariance:
         return text
 
     def figure(self):
-        fig, axes = figures.new_figure(3, panel_inches=3.6, height=3.6)
+        fig, axes = figures.new_figure(3, panel_inches=3.6, height=3.6, ticks=True)
         label = TRANSFORMS[self.transform][1]
         for ax, layer in zip(axes[:2], [self.layers[0], self.layers[-1]]):
             for i, name in enumerate(self.images):
@@ -114,7 +118,7 @@ class Invariance:
             ax.set_ylabel("Euclidean distance", fontsize=8)
         for i, name in enumerate(self.images):
             axes[2].plot(self.amounts, self.probability[i], marker=".", label=f"{name}: {self.target_labels[i]}")
-        axes[2].set_title("probability of the true/target class", fontsize=9)
+        axes[2].set_title("probability of the target class", fontsize=9)
         axes[2].set_ylim(-0.02, 1.02)
         axes[2].legend(fontsize=6, loc="best")
         for ax in axes:
@@ -164,11 +168,18 @@ def invariance(model, images, *, transform: str = "translate", amounts: Sequence
     amounts = np.asarray(default_amounts if amounts is None else list(amounts), dtype=np.float64)
     if amounts.size == 0:
         raise ExplainError("give at least one amount for the transform")
-    chosen = model.layers.select(layers)
+    cat = model.layers
+    if layers is None or layers == "default":
+        chosen = cat.default
+    else:
+        if isinstance(layers, str):
+            layers = [n.strip() for n in layers.split(",") if n.strip()]
+        for n in layers:
+            cat.shape(n)  # an unknown name: error with close matches
+        chosen = [n for n in cat.names if n in set(layers)]  # execution order
     if not chosen:
         raise ExplainError("no layers chosen; pass layer names (run `convscope layers`)")
-    names = [chosen[0].name, chosen[-1].name]
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys([chosen[0], chosen[-1]]))
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     all_amounts = np.concatenate([[identity], amounts])
