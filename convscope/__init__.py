@@ -3,15 +3,19 @@ from .errors import ConvscopeError, ImageError, UnknownLayerError, UnknownModelE
 from .classify import classify
 from .data import expand_inputs, iter_batches, load_image, sample_photos
 from .models import DEFAULT_MODEL, LoadedModel, Preprocessing, available_models, load_model
+from .scan import ScanState, scan
+from .atlas import Atlas
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Atlas",
     "ConvscopeError",
     "DEFAULT_MODEL",
     "ImageError",
     "LoadedModel",
     "Preprocessing",
+    "ScanState",
     "UnknownLayerError",
     "UnknownModelError",
     "WeightsUnavailableError",
@@ -22,4 +26,5 @@ __all__ = [
     "load_image",
     "sample_photos",
     "load_model",
+    "scan",
 ]

@@ -3,16 +3,20 @@ of photos, with a state that merges, serializes and resumes exactly.
 
 Per image and unit the scan keeps the spatial maximum of the unit's map and its position (an
 image counts at most once per unit, as in Zeiler & Fergus); per unit it keeps the best ``top``
-images as tensors on the model's device, merged with one ``topk`` over all units of a layer at a
-time. Ties are broken by value, then by the lower image id, through a 64-bit key
-``(order-preserving bits of the float32 value) << 32 | (2**32 - 1 - id)``, so every key is unique
-and the result does not depend on batch order or on how the work was split.
+images as tensors on the model's device, merged for all units of a layer at once. The order is
+total: by value, then (for ties, such as a ReLU6 unit saturating at 6.0 in many images) by the
+sum of the image's map (the image where more of the map responds first), then by the lower image
+id: the sums and ids are ordered by one argsort of int64 keys ``(order-preserving bits of the
+float32) << 32 | (2**32 - 1 - id)``, then one ``topk`` of the unique keys ``value bits << 32 |
+place in that order`` picks the best K, so the result does not depend on batch order or on how
+the work was split.
 
-Alongside, per unit, a summary of the whole activation distribution (every position of every
-image): an exact fixed-point sum (for the mean), exact minimum and maximum, and a streaming
-histogram with fixed log-spaced bins (:class:`Sketch`) for quantiles and the fraction of positive
-positions. All of it merges exactly: ``merge(scan(A), scan(B)) == scan(A + B)`` bit for bit, as
-long as ``A`` and ``B`` are disjoint and carry global image ids (``offset``).
+Alongside, per unit, a summary of its activation distribution: an exact fixed-point sum over
+every position (for the mean), the maximum, and a streaming histogram with fixed log-spaced bins
+(:class:`Sketch`, over a fixed grid of at most 32 x 32 positions per map) for quantiles, the
+minimum and the fraction of positive positions. All of it merges exactly:
+``merge(scan(A), scan(B)) == scan(A + B)`` bit for bit, as long as ``A`` and ``B`` are disjoint
+and carry global image ids (``offset``).
 
 >>> result = scan(model, ["photos/"], layers=["layer3"], top=9)
 >>> values, ids, ys, xs = result.state.top("layer3")       # each (C, 9), best first
@@ -29,7 +33,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .errors import ConvscopeError, ImageError
+from .errors import ConvscopeError
 
 STATE_VERSION = 1
 _ID_LIMIT = 2**32 - 1  # image ids live in the low 32 bits of the tie-break key
@@ -41,64 +45,113 @@ _FIXED_POINT = 2.0**16  # per-image sums are rounded to 1/65536 before the exact
 
 @dataclasses.dataclass(frozen=True)
 class Sketch:
-    """Fixed log-spaced histogram bins, read straight from the float32 bit pattern.
+    """A streaming histogram with fixed log-spaced bins, read straight from the float32 bits.
 
-    A magnitude ``|v|`` in ``[2**lo, 2**hi)`` falls into one of ``2**sub`` equal slices of its
-    octave (the exponent and the top ``sub`` mantissa bits), so a bin spans at most
-    ``1 / 2**sub`` of its lower edge: with the defaults (``sub=3``, ``lo=-12``, ``hi=12``) 192
-    bins per sign, 385 in all, and quantiles read at bin midpoints are within 6.25 percent
-    (relative) of the truth. ``|v| < 2**lo`` counts as zero (the middle bin); larger than
-    ``2**hi`` counts in the outermost bin. Why this and not a t-digest or a KLL sketch: the bins are
-    fixed before any data is seen, so counts from any split of the data add up to exactly the
-    counts of the whole (integer addition), identically on CPU and GPU, and computing the bin is
-    four integer operations per value.
+    Each value's bin is its sign, its 8 exponent bits and the top ``sub`` mantissa bits: with
+    ``sub=3``, 2 x 2048 bins that cover every float32 (zero, denormals, infinities and NaN
+    included), each octave cut into 8 equal slices, so a bin spans at most 1/8 of its lower edge
+    and a quantile read at a bin's midpoint is within 6.25 percent (relative) of the truth.
+    Computing a bin is one shift of the bit pattern.
+
+    Why this and not a t-digest or a KLL sketch: the bins are fixed before any data is seen, so
+    counts from any split of the data add up to exactly the counts of the whole (integer
+    addition), identically on CPU and GPU, with no range to guess in advance.
+
+    Positions: maps larger than ``grid`` x ``grid`` are sampled on a fixed grid (every
+    ``ceil(H / grid)``-th row and ``ceil(W / grid)``-th column, the same positions in every
+    image), so that a 112 x 112 map costs what a 28 x 28 one does; ``grid=0`` counts every
+    position. Quantiles, the fraction of positive positions and the minimum come from these
+    positions; the mean and the maximum from all of them.
     """
 
     sub: int = 3
-    lo: int = -12
-    hi: int = 12
+    grid: int = 32
+
+    def __post_init__(self):
+        if not 0 <= self.sub <= 6 or self.grid < 0:
+            raise ValueError(f"sketch needs 0 <= sub <= 6 and grid >= 0, got {self}")
 
     @property
-    def per_sign(self) -> int:
-        return (self.hi - self.lo) << self.sub
+    def half(self) -> int:
+        return 1 << (8 + self.sub)
 
     @property
     def bins(self) -> int:
-        return 2 * self.per_sign + 1
+        return 2 * self.half
 
     @property
-    def zero(self) -> int:
-        """Index of the middle bin (``|v| < 2**lo``)."""
-        return self.per_sign
+    def shift(self) -> int:
+        return 23 - self.sub
 
-    def index(self, x: torch.Tensor) -> torch.Tensor:
-        """Bin index (int64, same shape) of each value of a float32 tensor."""
-        bits = x.contiguous().view(torch.int32)
-        code = (bits & 0x7FFFFFFF) >> (23 - self.sub)
-        code -= (127 + self.lo) << self.sub
-        code.clamp_(-1, self.per_sign - 1)
-        code += 1  # 0 for the zero bin, 1..per_sign outwards
-        code = torch.where(bits < 0, -code, code)
-        code += self.zero
-        return code.long()
+    def steps(self, height: int, width: int) -> tuple[int, int]:
+        """Row and column steps of the sampling grid for an ``height`` x ``width`` map."""
+        if not self.grid:
+            return 1, 1
+        return -(-height // self.grid), -(-width // self.grid)
+
+    def positions(self, height: int, width: int) -> int:
+        sy, sx = self.steps(height, width)
+        return -(-height // sy) * -(-width // sx)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """int32 codes of float32 values: -half..-1 for negative values (by magnitude, -half being
+        -0.0's neighbourhood), 0..half-1 for positive ones. Bin ``code + half`` in the raw layout."""
+        return x.view(torch.int32) >> self.shift
+
+    def order(self) -> torch.Tensor:
+        """Raw bin indices sorted by the values they hold (ascending)."""
+        half = self.half
+        return torch.cat([torch.arange(half - 1, -1, -1), torch.arange(half, 2 * half)])
 
     def edges(self) -> torch.Tensor:
-        """The ``bins + 1`` bin edges, float64, ascending; the outer edges are +-2**hi."""
-        k = torch.arange(self.per_sign + 1, dtype=torch.float64)
-        octave, slice_ = torch.div(k, 1 << self.sub, rounding_mode="floor"), k % (1 << self.sub)
-        pos = torch.pow(2.0, octave + self.lo) * (1 + slice_ / (1 << self.sub))
-        return torch.cat([-pos.flip(0), pos])
+        """The ``bins + 1`` edges (float64, ascending, outermost +-inf) of the bins in
+        :meth:`order`; negative bins are (left, right], positive ones [left, right)."""
+        half = self.half
+        lower = (torch.arange(half, dtype=torch.int64) << self.shift).to(torch.int32).view(torch.float32).double()
+        lower = torch.where(torch.isfinite(lower), lower, torch.full_like(lower, float("inf")))
+        lower = torch.cat([lower, torch.tensor([float("inf")], dtype=torch.float64)])
+        return torch.cat([-lower.flip(0), lower[1:]])
+
+    def mids(self) -> torch.Tensor:
+        """Representative value of each bin in :meth:`order` (float64): its midpoint; 0 for the
+        bins of zero and denormals (``|v| < 2**-126``), the finite edge for the outermost."""
+        edges = self.edges()
+        left, right = edges[:-1], edges[1:]
+        mids = torch.where(torch.isinf(left), right, torch.where(torch.isinf(right), left, (left + right) / 2))
+        tiny = 1 << self.sub
+        mids[self.half - tiny : self.half + tiny] = 0.0
+        return mids
+
+    @property
+    def first_positive(self) -> int:
+        """Index (in :meth:`order`) of the first bin of values >= 2**-126 (normal positives)."""
+        return self.half + (1 << self.sub)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+def _value_key(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys in the order of the float32 values (-0.0 just below +0.0)."""
+    bits = values.contiguous().view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _top_order(values: torch.Tensor, sums: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Column indices (C, k) of the best ``k`` candidates per row: by value, then by the map's
+    sum, then by the lower id. One argsort by (sum, id), then one ``topk`` over unique int64 keys
+    ``value bits << 32 | place in that order``, for all rows at once."""
+    by_sum = torch.argsort(_order_key(sums, ids), dim=1, descending=True)
+    n = values.shape[1]
+    place = torch.arange(n - 1, -1, -1, device=values.device)  # earlier in by_sum: larger
+    keys = (_value_key(values.gather(1, by_sum)).long() << 32) | place
+    return by_sum.gather(1, keys.topk(k, dim=1).indices)
+
+
 def _order_key(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """int64 keys, one per (value, id): a larger value gives a larger key, and of equal values the
     lower id does; empty slots (id < 0) get the smallest key. NaN must be replaced beforehand."""
-    bits = values.contiguous().view(torch.int32)
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
-    key = (ordered << 32) | (_ID_LIMIT - ids.clamp(min=0))
+    key = (_value_key(values).long() << 32) | (_ID_LIMIT - ids.clamp(min=0))
     return torch.where(ids < 0, torch.full_like(key, torch.iinfo(torch.int64).min), key)
 
 
@@ -110,11 +163,12 @@ class ScanState:
 
     Per layer (``C`` units, map ``H x W``, ``K = top``):
 
-    * ``values`` (C, K) float32, ``ids`` (C, K) int64, ``pos`` (C, K) int64 (``y * W + x``): the
-      best images per unit, best first; empty slots have id -1 and value -inf;
-    * ``hist`` (C, bins) int64: the :class:`Sketch` counts over every position;
-    * ``sum`` (C,) int64: sum over images of round(per-image sum of the map * 2**16);
-    * ``min``/``max`` (C,) float32.
+    * ``values`` (C, K) float32, ``ids`` (C, K) int64, ``pos`` (C, K) int64 (``y * W + x``),
+      ``sums`` (C, K) float32 (the sum of the image's map, the first tie-break): the best images
+      per unit, best first; empty slots have id -1 and value -inf;
+    * ``hist`` (C, bins) int64: :class:`Sketch` counts (raw bin layout) over the sampled positions;
+    * ``sum`` (C,) int64: sum over images of round(per-image sum of the whole map * 2**16);
+    * ``min`` (C,) float32 over the sampled positions, ``max`` (C,) float32 over all of them.
 
     ``images`` counts the images seen. Feed it with :meth:`update`; combine shards with
     :meth:`merge`; serialize with :meth:`state_dict` / :meth:`from_state_dict` (tensors, numbers
@@ -141,12 +195,12 @@ class ScanState:
                 "values": torch.full((c, top), float("-inf"), device=dev),
                 "ids": torch.full((c, top), -1, dtype=torch.long, device=dev),
                 "pos": torch.full((c, top), -1, dtype=torch.long, device=dev),
+                "sums": torch.full((c, top), float("-inf"), device=dev),
                 "hist": torch.zeros((c, sketch.bins), dtype=torch.long, device=dev),
                 "sum": torch.zeros(c, dtype=torch.long, device=dev),
                 "min": torch.full((c,), float("inf"), device=dev),
                 "max": torch.full((c,), float("-inf"), device=dev),
             }
-        self._offsets: dict[str, torch.Tensor] = {}
 
     @property
     def layers(self) -> list[str]:
@@ -173,38 +227,61 @@ class ScanState:
                     f"layer {name!r}: expected activations of shape ({len(ids)}, {', '.join(map(str, shape))}), "
                     f"got {tuple(act.shape)}"
                 )
-            self._update_layer(name, act.detach().to(self.device, torch.float32), ids)
+        for name in self.shapes:
+            self._update_layer(name, activations[name].detach().to(self.device, torch.float32), ids)
         self.images += len(ids)
 
     def _update_layer(self, name: str, act: torch.Tensor, ids: torch.Tensor) -> None:
+        # Reductions only over the full map (they allocate nothing large); everything that
+        # writes per-position temporaries runs on the sketch's sampling grid.
         t = self.tensors[name]
-        b, c = act.shape[:2]
-        flat = act.reshape(b, c, -1)
-        best, where = flat.max(dim=2)  # (B, C): first position of the maximum
+        b, c, h, w = act.shape
+        flat = act.reshape(b, c, h * w)
+        best = flat.amax(dim=2)  # (B, C); the position is looked up only for new top-K entries
         best = torch.where(torch.isnan(best), torch.full_like(best, float("-inf")), best)
-        self._merge_top(t, best.t(), ids.view(1, b).expand(c, b), where.t())
-        # every position, every unit, one bincount for the whole layer
-        offsets = self._offsets.get(name)
-        if offsets is None:
-            offsets = self._offsets[name] = (torch.arange(c, device=act.device) * self.sketch.bins).view(1, c, 1)
-        index = self.sketch.index(flat)
-        index += offsets
-        t["hist"] += torch.bincount(index.view(-1), minlength=c * self.sketch.bins).view(c, -1)
-        sums = flat.sum(dim=2, dtype=torch.float64)  # (B, C), one image at a time: split-independent
-        t["sum"] += torch.round(sums * _FIXED_POINT).long().sum(0)
-        torch.minimum(t["min"], flat.amin(dim=2).amin(0), out=t["min"])
+        sums = flat.sum(dim=2)  # (B, C) float32, one image at a time
+        clean = torch.where(torch.isnan(sums), torch.full_like(sums, float("-inf")), sums)
+        self._merge_top(t, best.t(), clean.t(), ids.view(1, b).expand(c, b), None, flat)
+        # the mean: per-image sums in fixed point, so that from here on addition is exact
+        t["sum"] += torch.round(sums.double() * _FIXED_POINT).long().sum(0)
         torch.maximum(t["max"], best.amax(0), out=t["max"])
+        sy, sx = self.sketch.steps(h, w)
+        sample = act[:, :, ::sy, ::sx] if (sy, sx) != (1, 1) else act
+        torch.minimum(t["min"], sample.amin(dim=(0, 2, 3)), out=t["min"])
+        codes = self.sketch.codes(sample)  # int32, (B, C, h', w')
+        lo, hi = (int(v) for v in torch.aminmax(codes))
+        span = hi - lo + 1
+        # one bincount for all units: unit u's codes shifted into [u * span, (u + 1) * span)
+        codes += (torch.arange(c, device=codes.device, dtype=torch.int32) * span - lo).view(1, c, 1, 1)
+        counts = torch.bincount(codes.reshape(-1), minlength=c * span).view(c, span)
+        half = self.sketch.half
+        t["hist"][:, lo + half : hi + half + 1] += counts
 
-    def _merge_top(self, t: dict, values: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor) -> None:
-        """Merge candidates (C, N) into the running top-K of one layer with one topk."""
+    def _merge_top(self, t: dict, values: torch.Tensor, sums: torch.Tensor, ids: torch.Tensor,
+                   pos: torch.Tensor | None, flat: torch.Tensor | None = None) -> None:
+        """Merge candidates (C, N) into the running top-K of one layer, all units at once. Without
+        ``pos``, candidate ``n`` is image ``n`` of ``flat`` (N, C, H*W), and the position of
+        each candidate that enters the top-K is its map's first maximum."""
+        k = t["values"].shape[1]
         all_v = torch.cat([t["values"], values], dim=1)
+        all_s = torch.cat([t["sums"], sums], dim=1)
         all_i = torch.cat([t["ids"], ids], dim=1)
-        all_p = torch.cat([t["pos"], pos], dim=1)
-        keys = _order_key(all_v, all_i)
-        _, order = keys.topk(self.top_k, dim=1, largest=True, sorted=True)
+        order = _top_order(all_v, all_s, all_i, self.top_k)
+        if pos is None:
+            new_u, new_r = torch.nonzero(order >= k, as_tuple=True)
+            all_p = torch.cat([t["pos"], torch.full_like(values, -1, dtype=torch.long)], dim=1)
+            if len(new_u):
+                maps = flat[order[new_u, new_r] - k, new_u]  # (n_new, H*W)
+                picked = all_p.gather(1, order)
+                picked[new_u, new_r] = maps.argmax(dim=1)  # the first maximum, as torch documents
+                t["pos"] = picked
+            else:
+                t["pos"] = all_p.gather(1, order)
+        else:
+            t["pos"] = torch.cat([t["pos"], pos], dim=1).gather(1, order)
         t["values"] = all_v.gather(1, order)
+        t["sums"] = all_s.gather(1, order)
         t["ids"] = all_i.gather(1, order)
-        t["pos"] = all_p.gather(1, order)
 
     def merge(self, other: "ScanState") -> "ScanState":
         """Fold ``other`` (a scan of other images: ids must not overlap) into this state, in place;
@@ -216,7 +293,7 @@ class ScanState:
             )
         for name, t in self.tensors.items():
             o = {k: v.to(self.device) for k, v in other.tensors[name].items()}
-            self._merge_top(t, o["values"], o["ids"], o["pos"])
+            self._merge_top(t, o["values"], o["sums"], o["ids"], o["pos"])
             t["hist"] += o["hist"]
             t["sum"] += o["sum"]
             torch.minimum(t["min"], o["min"], out=t["min"])
@@ -236,35 +313,34 @@ class ScanState:
         return t["values"].cpu(), t["ids"].cpu(), ys, xs
 
     def summary(self, layer: str, quantiles: Sequence[float] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)) -> dict:
-        """Per-unit distribution summary of ``layer`` as CPU tensors: ``mean``, ``min``, ``max``
-        (C,), ``frac_positive`` (C,) (share of positions above 2**lo), ``quantiles`` (C, Q) read
-        from the sketch at bin midpoints (clamped to [min, max]), ``hist`` (C, bins) and
-        ``edges`` (bins + 1,)."""
+        """Per-unit distribution summary of ``layer`` as CPU tensors: ``mean`` and ``max`` (C,)
+        over all positions; over the sketch's sampled positions ``min`` (C,),
+        ``frac_positive`` (C,) (share of values >= 2**-126), ``quantiles`` (C, Q) read at bin
+        midpoints and clamped to [min, max] (rank ``floor(q * (n - 1))``, numpy's 'lower'),
+        ``hist`` (C, bins) in value order and its ``edges`` (bins + 1,)."""
         t = {k: v.cpu() for k, v in self.tensors[self._check(layer)].items()}
         _c, h, w = self.shapes[layer]
-        n = max(1, self.images * h * w)
-        hist = t["hist"]
+        hist = t["hist"][:, self.sketch.order()]
         edges = self.sketch.edges()
-        mids = (edges[:-1] + edges[1:]) / 2
-        mids[self.sketch.zero] = 0.0
+        mids = self.sketch.mids()
         cum = hist.cumsum(1)
-        total = cum[:, -1:].clamp(min=1)
+        total = cum[:, -1:]
         qs = torch.tensor(list(quantiles), dtype=torch.float64)
-        # the bin holding the value of rank q * (n - 1) (0-based, as numpy's 'lower' method)
-        ranks = torch.floor(qs.view(1, -1) * (total - 1)).long()
+        ranks = torch.floor(qs.view(1, -1) * (total - 1).clamp(min=0)).long()
         bins = torch.searchsorted(cum, ranks, right=True).clamp(max=hist.shape[1] - 1)
-        qv = mids[bins]
         lo, hi = t["min"].double().view(-1, 1), t["max"].double().view(-1, 1)
-        qv = torch.minimum(torch.maximum(qv, lo), hi)
+        qv = torch.minimum(torch.maximum(mids[bins], lo), hi)
+        qv = torch.where(total > 0, qv, torch.full_like(qv, float("nan")))
         return {
-            "mean": t["sum"].double() / _FIXED_POINT / n,
+            "mean": t["sum"].double() / _FIXED_POINT / max(1, self.images * h * w),
             "min": t["min"],
             "max": t["max"],
-            "frac_positive": hist[:, self.sketch.zero + 1 :].sum(1).double() / n,
+            "frac_positive": hist[:, self.sketch.first_positive :].sum(1).double() / total.view(-1).clamp(min=1),
             "quantiles": qv,
             "quantile_levels": qs,
             "hist": hist,
             "edges": edges,
+            "positions": self.sketch.positions(h, w),
         }
 
     def _check(self, layer: str) -> str:
@@ -572,6 +648,8 @@ def scan(
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint interval must be at least 1 image, got {checkpoint_every}")
     crops = Crops.parse(crops)
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
     paths_p, missing = expand_inputs(images)
     paths = [str(p) for p in paths_p]
     infos = model.layers.select(layers)
@@ -651,13 +729,6 @@ def scan(
                     last_saved = done
     save(len(paths))
     return Scan(state, paths, infos, crops, skipped, offset)
-
-
-def read_checkpoint_info(path: str | os.PathLike) -> dict:
-    """The settings and progress stored with a checkpoint (for messages)."""
-    data = load_checkpoint(path)
-    extra = data.get("extra", {})
-    return {"config": extra.get("config"), "next": extra.get("next"), "skipped": len(extra.get("skipped", []))}
 
 
 __all__ = [

@@ -160,6 +160,54 @@ def test_patch_and_projections_are_those_of_the_example(model, photos, atlas_dir
     assert hook_count(model.module) == 0
 
 
+class SENet(nn.Module):
+    """A squeeze-excitation gate fed a detached tensor: every unit after it sees the whole
+    input, but no gradient says so, so the layer catalogue reports a local receptive field."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(6, 6, 1), nn.Sigmoid())
+        self.body = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.body(x * self.gate(x.detach())))
+
+
+@pytest.mark.filterwarnings("ignore:gate.2 is Sigmoid")
+@pytest.mark.parametrize("kind", ["local", "squeeze-excitation"])
+def test_projections_on_windows_equal_whole_input_projections(kind, model, photos, tmp_path):
+    """Projections run on the window holding the receptive field; where a gate sees the whole
+    input the unit's value differs on the window, and the example falls back to the whole input."""
+    from convscope.backproject import project, to_image
+
+    if kind == "local":
+        net, layers = model, ["features.1", "features.4"]
+    else:
+        torch.manual_seed(0)
+        prep = Preprocessing((SIZE, SIZE), SIZE, "bilinear", (0.5,) * 3, (0.25,) * 3)
+        net, layers = load_model(SENet(), preprocessing=prep, device="cpu"), ["stem", "body"]
+    atlas = build(net, photos[:6], tmp_path / "a", layers=layers, top=2, workers=0, batch_size=4)
+    stats = atlas.info()["projections"]["layers"]
+    if kind == "local":
+        assert all(s["windowed"] > 0 and s["fallbacks"] == 0 for s in stats.values()), stats
+    else:
+        assert stats["stem"]["windowed"] > 0 and stats["stem"]["fallbacks"] == 0
+        assert stats["body"]["windowed"] == 0 and stats["body"]["fallbacks"] > 0, stats
+    for layer in layers:
+        for u in range(3):
+            for e in atlas.examples(layer, u):
+                img = Image.open(e["image"]).convert("RGB")
+                x = net.transform(img).unsqueeze(0)
+                t, l, b, r = e["box"]
+                for method in ("deconvnet", "guided"):
+                    p = project(net, x, layer, [u], [(e["y"], e["x"])], method=method)[0]
+                    got = np.asarray(Image.open(atlas.path(e[method]))).astype(int)
+                    assert np.abs(got - to_image(p[:, t:b, l:r]).astype(int)).max() <= 1, (layer, u, method)
+
+
 def test_featvis_and_paths_stay_inside(atlas_dir, tmp_path):
     atlas = Atlas.open(atlas_dir)
     assert atlas.featvis("features", 2) is None
@@ -291,10 +339,15 @@ def test_failure_after_the_scan_leaves_an_incomplete_atlas(model, photos, tmp_pa
         raise OSError("disk full")
 
     out = tmp_path / "broken"
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        before = model.module(x)
     monkeypatch.setattr(atlas_mod, "_write_db", broken)
     with pytest.raises(OSError):
         build(model, photos[:4], out, layers=["features"], top=2, workers=0)
-    assert hook_count(model.module) == 0
+    assert hook_count(model.module) == 0 and not model.module.training
+    with torch.no_grad():
+        assert torch.equal(model.module(x), before)  # the projections ran on a private copy
     with pytest.raises(IncompleteAtlasError, match="--resume"):
         Atlas.open(out)
     monkeypatch.undo()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 
 import click
 
@@ -67,10 +68,14 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
         click.echo(f"skipped {path}: {reason}", err=True)
 
     started = time.time()
-    result = build_atlas(
-        model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
-        resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project, on_skip=on_skip,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        result = build_atlas(
+            model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
+            resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project, on_skip=on_skip,
+        )
+    for w in caught:  # one line each, no source line
+        click.echo(f"note: {w.message}", err=True)
     info = result.info()
     images_info = info["images"]
     click.echo(

@@ -1,0 +1,297 @@
+"""Benchmark of the atlas scan, side by side in one run, on one model, batch size and thread count.
+
+1. scan throughput (every default layer hooked, the ScanState updated) vs the bare forward
+   pass, both on already-decoded tensors (target: ratio >= 0.9);
+2. end-to-end images/s of ``convscope.scan.scan`` on JPEG files (decoding included);
+3. projections per second: batched ``backproject.project`` as the atlas runs it vs captum's
+   ``NeuronDeconvolution`` one example at a time (target: ratio >= 5);
+4. peak memory (RSS growth of the scanning process) for 1,000 vs 10,000 small images on disk
+   (target: within 10 percent), each size in a fresh subprocess.
+
+    python bench/scan.py                       # about 5 minutes on 2 CPU cores
+    python bench/scan.py --device cuda         # channels_last + bfloat16 autocast
+    python bench/scan.py --quick               # smaller sizes, for a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+warnings.simplefilter("ignore")  # the projections' rule notes (ReLU6 treated as ReLU)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def prepare_model(spec: str, device: str, input_size: int | None = None):
+    from convscope.models import Preprocessing, load_model
+
+    model = load_model(spec, device=device)
+    if input_size:  # the same network, fed small images
+        p = model.preprocessing
+        small = Preprocessing((input_size, input_size), input_size, p.interpolation, p.mean, p.std)
+        model = dataclasses.replace(model, preprocessing=small)
+    if model.device.type == "cuda":
+        model.module.to(memory_format=torch.channels_last)  # the bench's own model: fine to convert
+    return model
+
+
+def autocast(device):
+    return torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+
+
+# --------------------------------------------------------------------------- 1. overhead
+
+
+def bench_overhead(model, batch: int, batches: int, rounds: int) -> dict:
+    from convscope.hooks import capture, run
+    from convscope.scan import ScanState
+
+    infos = model.layers.select(None)
+    names = [i.name for i in infos]
+    dev = model.device
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    xs = [torch.randn(batch, 3, *model.input_size).to(dev).contiguous(memory_format=fmt) for _ in range(batches)]
+    state = ScanState({i.name: i.shape for i in infos}, 9, dev)
+
+    def bare():
+        with torch.inference_mode(), autocast(dev):
+            for x in xs:
+                model.module(x)
+        sync(dev)
+
+    def scanned():
+        with torch.inference_mode(), autocast(dev), capture(model.module, names) as outs:
+            for i, x in enumerate(xs):
+                run(model.module, x, outs)
+                state.update(outs, torch.arange(i * batch, (i + 1) * batch))
+        sync(dev)
+
+    bare(), scanned()  # warm up
+    rates = {"bare": [], "scan": []}
+    for _ in range(rounds):  # interleaved, so that a busy moment hurts both alike
+        for name, fn in (("bare", bare), ("scan", scanned)):
+            t = time.perf_counter()
+            fn()
+            rates[name].append(batch * batches / (time.perf_counter() - t))
+    bare_r, scan_r = statistics.median(rates["bare"]), statistics.median(rates["scan"])
+    return {"layers": names, "bare_images_per_s": bare_r, "scan_images_per_s": scan_r, "ratio": scan_r / bare_r}
+
+
+# --------------------------------------------------------------------------- 2. end to end
+
+
+def write_photos(folder: Path, n: int, size: tuple[int, int], fmt: str = "JPEG") -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    w, h = size
+    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    paths = []
+    for i in range(n):
+        small = np.roll(base, i, axis=(0, 1)) ^ np.uint8(i % 256)
+        img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+        p = folder / f"img{i:05d}.{'jpg' if fmt == 'JPEG' else 'png'}"
+        img.save(p, fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
+        paths.append(str(p))
+    return paths
+
+
+def bench_end_to_end(model, folder: Path, n: int, batch: int, workers: int | None) -> dict:
+    from convscope.scan import scan
+
+    paths = write_photos(folder, n, (640, 480))
+    scan(model, paths[: batch], top=9, batch_size=batch, workers=0, autocast=True)  # warm up
+    t = time.perf_counter()
+    result = scan(model, paths, top=9, batch_size=batch, workers=workers, autocast=True)
+    sync(model.device)
+    dt = time.perf_counter() - t
+    return {"images": n, "seconds": dt, "images_per_s": result.state.images / dt, "photo_size": "640x480 JPEG"}
+
+
+# --------------------------------------------------------------------------- 3. projections
+
+
+def bench_projections(model, batch: int, layers: list[str], captum_per_layer: int, per_pass: int) -> dict:
+    """Deconvnet projections of ``batch`` examples per layer, as the atlas computes them
+    (``project_boxes``: batched, on receptive-field windows, value-checked, cropped to the box),
+    vs captum's NeuronDeconvolution on the whole input, one example at a time."""
+    from captum.attr import NeuronDeconvolution
+
+    from convscope.atlas import _projection_module, project_boxes
+
+    dev = model.device
+    module, fmt = _projection_module(model.module)
+    x = torch.randn(batch, 3, *model.input_size, device=dev)
+    infos = {i.name: i for i in model.layers.select(layers)}
+    ours_t = ours_n = theirs_t = theirs_n = 0.0
+    per_layer = {}
+    for layer in layers:
+        info = infos[layer]
+        c, h, w = info.shape
+        units = [(7 * i) % c for i in range(batch)]
+        positions = [((3 * i) % h, (5 * i) % w) for i in range(batch)]
+        project_boxes(module, info, list(x[:2]), units[:2], positions[:2], methods=("deconvnet",), memory_format=fmt)
+        t = time.perf_counter()
+        with autocast(dev):
+            _, counts = project_boxes(module, info, list(x), units, positions, methods=("deconvnet",),
+                                      batch_size=per_pass, memory_format=fmt)
+        sync(dev)
+        dt = time.perf_counter() - t
+        deconv = NeuronDeconvolution(model.module, model.module.get_submodule(layer))
+        deconv.attribute(x[:1].clone().requires_grad_(), neuron_selector=(units[0], *positions[0]))  # warm up
+        t = time.perf_counter()
+        for i in range(captum_per_layer):
+            deconv.attribute(x[i : i + 1].clone().requires_grad_(), neuron_selector=(units[i], *positions[i]))
+        sync(dev)
+        dt2 = time.perf_counter() - t
+        ours_t, ours_n, theirs_t, theirs_n = ours_t + dt, ours_n + batch, theirs_t + dt2, theirs_n + captum_per_layer
+        per_layer[layer] = {"ours_per_s": batch / dt, "captum_per_s": captum_per_layer / dt2, "units": c,
+                            "ratio": (batch / dt) / (captum_per_layer / dt2), "windowed": counts["windowed"]}
+    ours, theirs = ours_n / ours_t, theirs_n / theirs_t
+    # an atlas projects K examples of every unit: weigh each layer by its number of units
+    t_ours = sum(v["units"] / v["ours_per_s"] for v in per_layer.values())
+    t_theirs = sum(v["units"] / v["captum_per_s"] for v in per_layer.values())
+    return {"per_layer": per_layer, "ours_per_s": ours, "captum_per_s": theirs, "ratio": ours / theirs,
+            "atlas_ratio": t_theirs / t_ours}
+
+
+# --------------------------------------------------------------------------- 4. memory
+
+
+def reset_peak_rss() -> bool:
+    """Linux: writing 5 to /proc/self/clear_refs resets VmHWM (the peak RSS)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def current_rss_kib() -> int:
+    return _status_kib("VmRSS")
+
+
+def peak_rss_kib() -> int:
+    return _status_kib("VmHWM")
+
+
+def memory_child(args) -> None:
+    """Run in a fresh process: scan the first ``n`` images, print the RSS growth as JSON."""
+    from convscope.scan import scan
+
+    torch.set_num_threads(args.threads)
+    model = prepare_model(args.model, args.device, args.memory_input)
+    paths = sorted(str(p) for p in Path(args.folder).iterdir())[: args.n]
+    scan(model, paths[: args.batch_size], top=9, batch_size=args.batch_size, workers=args.workers, autocast=True)
+    # The layer catalogue's receptive-field probe (done once, above) peaks far higher than a scan:
+    # reset the kernel's high-water mark so that the peak below is the scan's own.
+    reset = reset_peak_rss()
+    base = current_rss_kib()
+    t = time.perf_counter()
+    result = scan(model, paths, top=9, batch_size=args.batch_size, workers=args.workers, autocast=True)
+    dt = time.perf_counter() - t
+    peak = peak_rss_kib() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": args.n, "images": result.state.images, "base_kib": base, "peak_kib": peak,
+                      "growth_kib": peak - base, "seconds": dt}))
+
+
+def bench_memory(args, folder: Path, sizes: list[int]) -> dict:
+    write_photos(folder, max(sizes), (64, 64), fmt="PNG")
+    out = {}
+    for n in sizes:
+        cmd = [sys.executable, __file__, "--memory-child", "--n", str(n), "--folder", str(folder),
+               "--model", args.model, "--device", args.device, "--threads", str(args.threads),
+               "--batch-size", str(args.batch_size), "--memory-input", str(args.memory_input)]
+        if args.workers is not None:
+            cmd += ["--workers", str(args.workers)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[n] = json.loads(res.stdout.strip().splitlines()[-1])
+    a, b = out[sizes[0]], out[sizes[-1]]
+    return {"runs": out, "peak_ratio": b["peak_kib"] / a["peak_kib"], "growth_ratio": b["growth_kib"] / max(1, a["growth_kib"])}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--memory-input", type=int, default=64, help="model input size for the memory runs (px)")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args)
+        return
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    model = prepare_model(args.model, args.device)
+    b = args.batch_size
+    print(f"model {args.model} on {model.device}, input {model.input_size}, batch {b}, threads {args.threads}, "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
+
+    r = bench_overhead(model, b, batches=1 if quick else 2, rounds=2 if quick else 5)
+    print(f"[1] scan vs bare forward ({len(r['layers'])} default layers hooked, decoded tensors): "
+          f"bare {r['bare_images_per_s']:.1f} img/s, scan {r['scan_images_per_s']:.1f} img/s, "
+          f"ratio {r['ratio']:.2f} (target >= 0.9)", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        e = bench_end_to_end(model, Path(tmp) / "photos", 2 * b if quick else 6 * b, b, args.workers)
+        print(f"[2] end to end (decode {e['photo_size']} + scan): {e['images_per_s']:.1f} img/s "
+              f"({e['images']} photos in {e['seconds']:.1f} s; {e['images_per_s'] / r['bare_images_per_s']:.2f} of the bare forward)",
+              flush=True)
+
+        layers = model.layers.default
+        chosen = [layers[1], layers[len(layers) // 2], layers[-1]] if quick and len(layers) >= 3 else layers
+        per_pass = b if model.device.type == "cuda" else min(b, 8)  # as `atlas build` does
+        p = bench_projections(model, b, chosen, captum_per_layer=4 if quick else 8, per_pass=per_pass)
+        for name, v in p["per_layer"].items():
+            print(f"    {name:12s} ours {v['ours_per_s']:6.1f}/s  captum {v['captum_per_s']:6.1f}/s  ratio {v['ratio']:5.1f}"
+                  f"  ({v['windowed']}/{b} on receptive-field windows)")
+        print(f"[3] projections (deconvnet, {b} examples per layer above, {per_pass} whole inputs per pass) "
+              f"{p['ours_per_s']:.1f}/s vs captum "
+              f"NeuronDeconvolution one at a time {p['captum_per_s']:.1f}/s: ratio {p['ratio']:.1f} (target >= 5); "
+              f"weighted by units per layer (an atlas's mix): ratio {p['atlas_ratio']:.1f}", flush=True)
+
+        sizes = [200, 2000] if quick else [1000, 10000]
+        m = bench_memory(args, Path(tmp) / "small", sizes)
+        a, z = m["runs"][sizes[0]], m["runs"][sizes[-1]]
+        print(f"[4] peak RSS scanning {sizes[0]} vs {sizes[-1]} images (64x64 PNG, input {args.memory_input}px): "
+              f"{a['peak_kib'] / 1024:.0f} MiB vs {z['peak_kib'] / 1024:.0f} MiB (ratio {m['peak_ratio']:.3f}, target <= 1.10); "
+              f"growth during the scan {a['growth_kib'] / 1024:.1f} vs {z['growth_kib'] / 1024:.1f} MiB; "
+              f"{z['images'] / z['seconds']:.0f} img/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
