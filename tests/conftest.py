@@ -1,4 +1,4 @@
-"""Shared fixtures. Everything here runs offline; nothing reads ../shared."""
+"""Shared fixtures. Everything here runs offline and uses only files the tests make or a dependency ships."""
 from __future__ import annotations
 
 import os

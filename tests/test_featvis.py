@@ -55,14 +55,9 @@ def tiny_model():
     return load_model(net, preprocessing=prep, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small tensors gain nothing from a second thread, and on a shared, busy machine two
-    # threads spin-wait for each other (measured: 10x slower here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small tensors gain nothing from a second thread, and on a shared, busy machine two threads
+# spin-wait for each other (measured: 10x slower here).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
