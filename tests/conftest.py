@@ -24,6 +24,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def web_atlas_dir(tmp_path_factory):
+    """The tiny real atlas the HTTP and browser tests share, built once per session."""
+    from .test_web import tiny_atlas_dir
+
+    return tiny_atlas_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def default_model():
     import convscope
 

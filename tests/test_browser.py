@@ -26,9 +26,9 @@ uvicorn = pytest.importorskip("uvicorn")
 
 # the same tiny atlas as the HTTP tests (tests/ may or may not be a package)
 if __package__:
-    from .test_web import LAYERS, tiny_atlas_dir, tiny_model  # noqa: E402
+    from .test_web import LAYERS, tiny_model  # noqa: E402
 else:
-    from test_web import LAYERS, tiny_atlas_dir, tiny_model  # noqa: E402
+    from test_web import LAYERS, tiny_model  # noqa: E402
 
 from convscope.web import create_app  # noqa: E402
 
@@ -40,8 +40,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def atlas_dir(tmp_path_factory):
-    return tiny_atlas_dir(tmp_path_factory)
+def atlas_dir(web_atlas_dir):
+    return web_atlas_dir
 
 
 @pytest.fixture(scope="module")

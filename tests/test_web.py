@@ -51,15 +51,13 @@ def tiny_model():
     return load_model(net, preprocessing=prep, labels=[f"thing {i}" for i in range(10)], device="cpu")
 
 
-_BUILT: dict[str, Path] = {}
 
 
 def tiny_atlas_dir(tmp_path_factory) -> Path:
     """A real atlas (convscope.atlas.build) of :class:`TinyNet` over three scikit-image photos,
     two crop levels, top 3, with feature visualizations (convscope.featvis) for three units.
-    Built once per test session and shared by the HTTP and browser tests."""
-    if "dir" in _BUILT:
-        return _BUILT["dir"]
+    Built once per test session (the ``web_atlas_dir`` fixture in conftest.py) and shared by the
+    HTTP and browser tests."""
     import skimage.data
 
     from convscope import featvis
@@ -80,13 +78,12 @@ def tiny_atlas_dir(tmp_path_factory) -> Path:
             atlas.set_featvis(layer, u, png)
     atlas.close()
     Atlas.open(out).close()
-    _BUILT["dir"] = out
     return out
 
 
 @pytest.fixture(scope="module")
-def atlas_dir(tmp_path_factory):
-    return tiny_atlas_dir(tmp_path_factory)
+def atlas_dir(web_atlas_dir):
+    return web_atlas_dir
 
 
 @pytest.fixture(scope="module")
