@@ -162,55 +162,131 @@ def _rule_note(where: str, type_name: str, kind: str, rule: Rule) -> str | None:
 # --------------------------------------------------------------------------- mechanism
 
 
-class _SkipUnit(torch.autograd.Function):
-    """Forward: the unit's output, computed beforehand without autograd. Backward: ``signal(g)``
-    straight to the unit's input, skipping the unit's own backward (the deconvnet rule)."""
+class _Mode:
+    """The rule the next backward pass follows; one per :func:`modified_backward` block, held by
+    every node of its graphs, so one forward pass can serve several methods in turn."""
+
+    def __init__(self, rule: Rule):
+        self.rule = rule
+
+
+def _unit_backward(kind: str, module: nn.Module | None):
+    """The unit's own derivative applied to a signal, given what :class:`_RuleUnit` saved: the
+    output for ReLU and clamps (exactly PyTorch's own backward kernels), or the derivative
+    itself for other rectifiers."""
+    if kind == "relu":
+        return lambda g, out: torch.ops.aten.threshold_backward(g, out, 0)
+    if kind == "clamp":
+        hi = float(getattr(module, "max_val", 6.0)) if module is not None else 6.0
+        return lambda g, out: torch.ops.aten.hardtanh_backward(g, out, 0.0, hi)
+    return lambda g, deriv: g * deriv
+
+
+class _RuleUnit(torch.autograd.Function):
+    """Forward: the unit's output, computed beforehand without autograd. Backward, by the rule of
+    the moment: ``signal(g)`` straight to the unit's input (deconvnet), or the signal then the
+    unit's own derivative (guided), or the plain derivative (gradient)."""
 
     @staticmethod
-    def forward(ctx, x, out, signal):
-        ctx.signal = signal
+    def forward(ctx, x, out, mode, own, saved):
+        ctx.mode, ctx.own = mode, own
         # Marking the output dirty (as an in-place op does) returns it without a copy and without
         # making it a view, so later in-place ops on it stay legal. For an in-place unit, `out`
         # is an alias of `x`: `x` itself then carries this node, exactly as after `relu_(x)`.
-        if out.data_ptr() == x.data_ptr() and out.shape == x.shape:
-            ctx.mark_dirty(x)
-            return x
-        ctx.mark_dirty(out)
-        return out
+        result = x if out.data_ptr() == x.data_ptr() and out.shape == x.shape else out
+        ctx.mark_dirty(result)
+        if saved is None:  # the unit's derivative is needed by no method of the block
+            ctx.save_for_backward()
+        elif saved is out:
+            ctx.save_for_backward(result)
+        else:
+            ctx.save_for_backward(saved)
+        return result
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.signal(grad), None, None
+        rule = ctx.mode.rule
+        if rule.signal is not None:
+            grad = rule.signal(grad)
+        if rule.through_unit:
+            (saved,) = ctx.saved_tensors
+            grad = ctx.own(grad, saved)
+        return grad, None, None, None, None
 
 
 class _State:
     """Per-context bookkeeping; hooks reach it through a weak reference."""
 
-    def __init__(self, rule: Rule, kinds: dict[nn.Module, tuple[str, str]]):
-        self.rule = rule
+    def __init__(self, rules: Sequence[Rule], kinds: dict[nn.Module, tuple[str, str]]):
+        self.rules = list(rules)
+        self.mode = _Mode(self.rules[0])
+        self.through_unit = any(r.through_unit for r in self.rules)
         self.kinds = kinds  # module -> (dotted name, kind)
         self.inputs: dict[nn.Module, list[torch.Tensor]] = {}
         self.depth = 0  # > 0 while an activation module's forward runs
         self.calls: dict[str, int] = {}
         self.noted: set[str] = set()
-        self.notes = Notes()
+        self.notes = Rules(self.mode, self.rules)
         self.tensor_hooks: list = []
 
-    def note(self, key: str, message: str | None, warn: bool = True) -> None:
+    def note(self, key: str, message: str | None, warn: bool = True, method: str | None = None) -> None:
         if message is None or key in self.noted:
             return
         self.noted.add(key)
         self.notes.append(message)
+        for name in [method] if method else [r.name for r in self.rules]:
+            self.notes.by_method.setdefault(name, []).append(message)
         if warn:
             self.notes.warnings.append(message)
 
+    def note_rules(self, key: str, where: str, type_name: str, kind: str) -> None:
+        for rule in self.rules:
+            if rule.signal is not None:
+                self.note(f"{key}:{rule.name}", _rule_note(where, type_name, kind, rule), method=rule.name)
 
-class Notes(list):
-    """What got a substitute rule, one line per layer; ``.warnings`` are those that are warned."""
+    def derivative(self, kind: str, module: nn.Module | None, fn, x: torch.Tensor, out: torch.Tensor):
+        """What :class:`_RuleUnit` saves for the unit's own derivative, or None if unneeded."""
+        if not self.through_unit:
+            return None
+        if kind in ("relu", "clamp"):
+            return out
+        self.depth += 1  # the functional calls inside are this unit's own, not new units
+        try:
+            with torch.enable_grad():  # a smooth or leaky rectifier: its elementwise derivative at x
+                leaf = x.detach().requires_grad_(True)
+                y = fn(leaf * 1.0)  # a non-leaf copy, so in-place functions may run on it
+                (deriv,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
+        finally:
+            self.depth -= 1
+        return deriv
 
-    def __init__(self):
+
+class Rules(list):
+    """What :func:`modified_backward` yields: the notes on substitute rules (one line per layer
+    and method; ``.warnings`` are those that are warned), and, for a block opened with several
+    methods, :meth:`use` to pick the rule of the next backward pass over the same forward."""
+
+    def __init__(self, mode: _Mode | None = None, rules: Sequence[Rule] = ()):
         super().__init__()
         self.warnings: list[str] = []
+        self.by_method: dict[str, list[str]] = {}  # the notes that concern each method
+        self._mode = mode
+        self._rules = {r.name: r for r in rules}
+
+    @property
+    def method(self) -> str | None:
+        return self._mode.rule.name if self._mode is not None else None
+
+    def use(self, method: str | Rule) -> None:
+        rule = _rule(method)
+        if rule.name not in self._rules:
+            if rule.signal is None and not self._rules:
+                return  # a plain-gradient block has no rules to switch
+            raise ValueError(f"this block was opened for {', '.join(self._rules) or 'gradient'}, not {rule.name!r}")
+        self._mode.rule = self._rules[rule.name]
+
+
+Notes = Rules  # the name used before several methods could share a forward pass
 
 
 def _warn(messages: Sequence[str], stacklevel: int) -> None:
@@ -233,7 +309,7 @@ def _make_hooks(state_ref: "weakref.ref[_State]"):
             return None
         state.depth += 1
         x = args[0]
-        if state.rule.through_unit or not _wants_rule(x) or state.kinds[module][1] == "gate":
+        if not _wants_rule(x) or state.kinds[module][1] == "gate":
             state.inputs.setdefault(module, []).append(None)
             return None
         state.inputs.setdefault(module, []).append(x)
@@ -256,15 +332,13 @@ def _make_hooks(state_ref: "weakref.ref[_State]"):
             return None
         if kind == "gate":
             if _wants_rule(output) or x is not None:
-                state.note(name, _rule_note(name, type(module).__name__, kind, state.rule))
+                state.note_rules(name, name, type(module).__name__, kind)
             return None
-        if x is not None:
-            state.note(name, _rule_note(name, type(module).__name__, kind, state.rule))
-            return _SkipUnit.apply(x, output, state.rule.signal)
-        if state.rule.through_unit and _wants_rule(output):
-            state.note(name, _rule_note(name, type(module).__name__, kind, state.rule))
-            state.tensor_hooks.append(output.register_hook(state.rule.signal))
-        return None
+        if x is None:
+            return None
+        state.note_rules(name, name, type(module).__name__, kind)
+        saved = state.derivative(kind, module, module.forward, x, output)
+        return _RuleUnit.apply(x, output, state.mode, _unit_backward(kind, module), saved)
 
     return reset, pre, post
 
@@ -305,49 +379,70 @@ class _FunctionalRules(TorchFunctionMode):
         if isinstance(inplace_at, int) and inplace_at is not True and len(args) > inplace_at:
             inplace = inplace or bool(args[inplace_at])
         fname = getattr(func, "__name__", str(func))
-        rule = state.rule
         where = f"functional {fname}() (called in a forward method, outside any module)"
-        if not rule.through_unit and not inplace:
-            state.note(f"fn:{fname}", _rule_note(where, fname, kind, rule) or f"{where}: {rule.name} rule applied to it")
+        if not inplace:
+            for rule in state.rules:
+                if rule.signal is not None:
+                    message = _rule_note(where, fname, kind, rule) or f"{where}: {rule.name} rule applied to it"
+                    state.note(f"fn:{fname}:{rule.name}", message, method=rule.name)
             out = func(x.detach(), *args[1:], **kwargs)
-            return _SkipUnit.apply(x, out, rule.signal)
+            saved = state.derivative(kind, None, lambda t: func(t, *args[1:], **kwargs), x, out)
+            return _RuleUnit.apply(x, out, state.mode, _unit_backward(kind, None), saved)
+        # In place: the call must run on x itself, so its own backward (its mask) is recorded and
+        # cannot be skipped; the signal is rectified before it (the guided rule).
         out = func(*args, **kwargs)
-        if rule.through_unit:
-            state.note(f"fn:{fname}", _rule_note(where, fname, kind, rule) or f"{where}: {rule.name} rule applied to it")
-        else:
-            state.note(
-                f"fn:{fname}",
-                f"{where} works in place, so {rule.name} cannot skip its mask there: the guided rule "
-                "(rectified signal, then its mask) is applied to it instead",
-            )
+        for rule in state.rules:
+            if rule.signal is None:
+                continue
+            if rule.through_unit:
+                message = _rule_note(where, fname, kind, rule) or f"{where}: {rule.name} rule applied to it"
+            else:
+                message = (
+                    f"{where} works in place, so {rule.name} cannot skip its mask there: the guided rule "
+                    "(rectified signal, then its mask) is applied to it instead"
+                )
+            state.note(f"fn:{fname}:{rule.name}", message, method=rule.name)
         if isinstance(out, torch.Tensor) and out.requires_grad:
-            state.tensor_hooks.append(out.register_hook(rule.signal))
+            mode = state.mode
+            state.tensor_hooks.append(out.register_hook(lambda g: g if mode.rule.signal is None else mode.rule.signal(g)))
         return out
 
 
 @contextlib.contextmanager
-def modified_backward(model: nn.Module, method: str | Rule = "deconvnet", warn: bool = True) -> Iterator[Notes]:
+def modified_backward(
+    model: nn.Module, method: str | Rule | Sequence[str | Rule] = "deconvnet", warn: bool = True
+) -> Iterator[Rules]:
     """Inside the block, backward passes through ``model`` follow ``method``'s rule (see the
-    module docstring). Yields a list that fills with one note per layer that got a substitute
-    rule; with ``warn`` they are also issued as :class:`ActivationRuleWarning` when the block ends.
+    module docstring). Yields a list (:class:`Rules`) that fills with one note per layer that
+    got a substitute rule; with ``warn`` they are also issued as :class:`ActivationRuleWarning`
+    when the block ends.
+
+    ``method`` may name several methods: the forward pass is then recorded once, and
+    ``rules.use(name)`` picks the rule of each backward pass over it (``retain_graph=True``
+    between them). The first method is in force until then.
 
     The forward pass must run inside the block too (the hooks act on it). The model's forward
     values are unchanged; after the block no hook remains, also when it raises.
 
-    >>> with modified_backward(model, "guided") as notes:
+    >>> with modified_backward(model, ("deconvnet", "guided")) as rules:
     ...     out = model(x.requires_grad_())
+    ...     (d,) = torch.autograd.grad(out[0, 3], x, retain_graph=True)
+    ...     rules.use("guided")
     ...     (g,) = torch.autograd.grad(out[0, 3], x)
     """
-    rule = _rule(method)
-    if rule.signal is None:
-        yield Notes()
+    methods = [method] if isinstance(method, (str, Rule)) else list(method)
+    if not methods:
+        raise ValueError(f"name at least one projection method: {', '.join(METHODS)}")
+    rules = list({r.name: r for r in map(_rule, methods)}.values())
+    if all(r.signal is None for r in rules):
+        yield Rules()
         return
     kinds = {}
     for name, m in model.named_modules():
         kind = activation_kind(m)
         if kind is not None:
             kinds[m] = (name or type(m).__name__, kind)
-    state = _State(rule, kinds)
+    state = _State(rules, kinds)
     reset, pre, post = _make_hooks(weakref.ref(state))
     handles = []
     try:
@@ -443,34 +538,78 @@ def check_ranges(layer: str, shape: tuple[int, int, int], units: Sequence[int], 
             raise ProjectionError(f"x={x} is out of range: layer {layer!r} has a {h}x{w} map, so use x in 0..{w - 1}")
 
 
-def project_full(
-    model,
-    x: torch.Tensor,
-    layer: str,
-    units: Sequence[int] | torch.Tensor,
-    positions: Sequence[tuple[int, int]] | None = None,
-    method: str = "deconvnet",
-    *,
-    _stacklevel: int = 1,
-) -> Projection:
-    """:func:`project`, also returning where each unit was taken and its value (a :class:`Projection`)."""
+class ForwardPass:
+    """One forward pass with the rules of several methods recorded (see :func:`forward_pass`):
+    ``input`` the private leaf the gradients are taken for, ``outputs`` the layers' outputs
+    (graph attached), ``rules`` the notes on substitute rules."""
+
+    def __init__(self, x: torch.Tensor, outputs: dict[str, torch.Tensor], rules: Rules):
+        self.input, self.outputs, self.rules = x, outputs, rules
+
+    def backward(self, seeds: dict[str, torch.Tensor], method: str, retain: bool = True) -> torch.Tensor:
+        """The input gradient (N, C, H, W) of ``sum(seeds[layer] * outputs[layer])`` under
+        ``method``'s rule. ``retain``: keep the graph for more backward passes (the last one may
+        free it). Each example's seed should be one-hot (a rectifying rule is not linear)."""
+        names = [n for n in seeds if self.outputs[n].requires_grad]
+        self.rules.use(method)
+        if not names:  # the layers do not depend on the input
+            return torch.zeros_like(self.input)
+        grads = torch.autograd.grad(
+            [self.outputs[n] for n in names], self.input, grad_outputs=[seeds[n] for n in names],
+            retain_graph=retain, allow_unused=True,
+        )
+        return torch.zeros_like(self.input) if grads[0] is None else grads[0]
+
+
+@contextlib.contextmanager
+def forward_pass(model, x: torch.Tensor, layers: Sequence[str], methods: Sequence[str] = ("deconvnet",)) -> Iterator[ForwardPass]:
+    """Run ``model`` on ``x`` once, cut after the deepest of ``layers``, with the rules of every
+    method in ``methods`` recorded; inside the block, :meth:`ForwardPass.backward` projects any
+    seeds on those layers back to the input by any of the methods, as often as wanted. The
+    hooks come off when the block ends; notes on substitute rules are in ``.rules`` (not
+    warned: the caller decides).
+
+    >>> with forward_pass(model, x, ["features.10"], ("deconvnet", "guided")) as fp:
+    ...     seed = torch.zeros_like(fp.outputs["features.10"]); seed[0, 3, 2, 2] = 1
+    ...     d = fp.backward({"features.10": seed}, "deconvnet")
+    ...     g = fp.backward({"features.10": seed}, "guided", retain=False)
+    """
     module = _module_of(model)
-    rule = _rule(method)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a model input tensor of shape (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
-    n = x.shape[0]
-    unit_list = _as_units(units, n)
-    pos_list = _as_positions(positions, n)
     device = getattr(model, "device", None)
     if device is not None:
         x = x.to(device)
     # A private leaf: the caller's tensor gets no grad and is never modified in place.
     x_in = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), modified_backward(module, rule, warn=False) as notes, capture(module, [layer], stop=True) as outs:
+    with torch.enable_grad(), modified_backward(module, methods, warn=False) as rules, capture(module, list(layers), stop=True) as outs:
         run(module, x_in, outs)
-        if layer not in outs:
-            raise ConvscopeError(f"layer {layer!r} did not run in the forward pass of this model; run `convscope layers`")
-        out = outs[layer]
+        for layer in layers:
+            if layer not in outs:
+                raise ConvscopeError(f"layer {layer!r} did not run in the forward pass of this model; run `convscope layers`")
+        yield ForwardPass(x_in, dict(outs), rules)
+
+
+def project_methods(
+    model,
+    x: torch.Tensor,
+    layer: str,
+    units: Sequence[int] | torch.Tensor,
+    positions: Sequence[tuple[int, int]] | None = None,
+    methods: Sequence[str] = ("deconvnet", "guided"),
+    *,
+    _stacklevel: int = 1,
+) -> dict[str, Projection]:
+    """:func:`project_full` by several methods, sharing one forward pass: ``{method: Projection}``."""
+    rules = [_rule(m) for m in methods]
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a model input tensor of shape (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    n = x.shape[0]
+    unit_list = _as_units(units, n)
+    pos_list = _as_positions(positions, n)
+    result: dict[str, Projection] = {}
+    with forward_pass(model, x, [layer], [r.name for r in rules]) as fp:
+        out = fp.outputs[layer]
         if out.dim() != 4:
             raise ProjectionError(
                 f"layer {layer!r} has output shape {tuple(out.shape[1:])}, not a (C, H, W) map; "
@@ -491,16 +630,31 @@ def project_full(
         values = out.detach()[idx, ch, ys, xs].clone()
         seed = torch.zeros_like(out)
         seed[idx, ch, ys, xs] = 1.0
-        # One backward for all N examples: each seed is one-hot in its own example, and the
-        # model in eval mode does not mix examples. Only the input's gradient is computed.
-        if out.requires_grad:
-            (grad,) = torch.autograd.grad(out, x_in, grad_outputs=seed, allow_unused=True)
-        else:
-            grad = None
+        # One backward per method for all N examples: each seed is one-hot in its own example,
+        # and the model in eval mode does not mix examples. Only the input's gradient is computed.
+        for k, rule in enumerate(rules):
+            grad = fp.backward({layer: seed}, rule.name, retain=k < len(rules) - 1)
+            result[rule.name] = Projection(grad.detach(), unit_list, pos_list, values, layer, shape, rule.name, [])
+        notes = fp.rules
+    for p in result.values():
+        p.notes = list(notes.by_method.get(p.method, []))
     _warn(notes.warnings, stacklevel=_stacklevel + 1)
-    if grad is None:  # the layer does not depend on the input
-        grad = torch.zeros_like(x_in)
-    return Projection(grad.detach(), unit_list, pos_list, values, layer, shape, rule.name, list(notes))
+    return result
+
+
+def project_full(
+    model,
+    x: torch.Tensor,
+    layer: str,
+    units: Sequence[int] | torch.Tensor,
+    positions: Sequence[tuple[int, int]] | None = None,
+    method: str = "deconvnet",
+    *,
+    _stacklevel: int = 1,
+) -> Projection:
+    """:func:`project`, also returning where each unit was taken and its value (a :class:`Projection`)."""
+    rule = _rule(method)
+    return project_methods(model, x, layer, units, positions, [rule.name], _stacklevel=_stacklevel + 1)[rule.name]
 
 
 def project(

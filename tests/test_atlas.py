@@ -347,3 +347,27 @@ def test_failure_after_the_scan_leaves_an_incomplete_atlas(model, photos, tmp_pa
     monkeypatch.undo()
     atlas = build(model, photos[:4], out, layers=["features"], top=2, workers=0, resume=True)
     assert atlas.info()["images"]["scanned"] == 4
+
+
+def test_whole_input_examples_share_a_forward_pass_per_input():
+    """Where the receptive field is the whole input, examples on one input share its forward
+    pass and take turns in the backward passes; each still equals its projection alone."""
+    from convscope.atlas import project_boxes
+    from convscope.backproject import project_full
+
+    torch.manual_seed(0)
+    prep = Preprocessing((64, 64), 64, "bilinear", (0.5,) * 3, (0.25,) * 3)
+    net = load_model("torchvision:resnet18", pretrained=False, preprocessing=prep, device="cpu")
+    info = net.layers.get("layer4")  # a 2x2 map whose units see all 64 x 64 pixels
+    images = list(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+    which = [0, 1, 0, 2, 0, 1, 0]  # four examples on input 0, two on input 1, one on input 2
+    units, positions = [3, 8, 3, 100, 511, 0, 42], [(0, 0), (1, 1), (1, 0), (0, 1), (1, 1), (0, 0), (0, 1)]
+    results, counts = project_boxes(net.module, info, [images[i] for i in which], units, positions, batch_size=2)
+    assert counts == {"windowed": 0, "whole_input": 7, "fallbacks": 0}
+    for k, i in enumerate(which):
+        for method in ("deconvnet", "guided"):
+            alone = project_full(net, images[i][None], "layer4", [units[k]], [positions[k]], method).pixels[0]
+            assert results[k][method].shape == (3, 64, 64)
+            torch.testing.assert_close(results[k][method], alone, rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(results[k]["deconvnet"], results[k]["guided"])
+    assert hook_count(net.module) == 0

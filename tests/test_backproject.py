@@ -14,9 +14,11 @@ from convscope.backproject import (
     METHODS,
     ActivationRuleWarning,
     ProjectionError,
+    forward_pass,
     modified_backward,
     project,
     project_full,
+    project_methods,
     to_image,
 )
 from convscope.errors import UnknownLayerError
@@ -526,3 +528,71 @@ def test_cli_one_line_errors(chelsea, tmp_path, default_model, monkeypatch):
     assert not (tmp_path / "x.png").exists()
     r = CliRunner().invoke(main, base + ["--layer", "blocks.2", "--unit", "1", "--y", "3", "--x", "4", "--method", "guided"])
     assert r.exit_code == 0 and "taken at y=3 x=4" in r.output and (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------------------------- 5. one forward, several methods
+
+
+ALL = ("deconvnet", "guided", "gradient")
+
+
+def _each_alone(net, x, layer, units, pos):
+    return {m: project_full(net, x, layer, units, pos, method=m) for m in ALL}
+
+
+def test_methods_share_one_forward_on_real_nets(real_net):
+    """project_methods records the forward once and switches the rule between backward passes:
+    each method's answer equals that method run alone (in-place ReLUs, max-pool switches, the
+    ResNet's shared ReLU module)."""
+    model, layer, x = real_net
+    together = project_methods(model, x, layer, [5, 9], None, ALL)
+    for m, alone in _each_alone(model, x, layer, [5, 9], None).items():
+        assert together[m].method == m and together[m].positions == alone.positions
+        torch.testing.assert_close(together[m].pixels, alone.pixels, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(together[m].activations, alone.activations)
+    assert rel_err(together["deconvnet"].pixels, together["guided"].pixels) > 1e-2  # really switched
+    assert hook_count(model.module) == 0
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, nn.ReLU6, lambda: nn.LeakyReLU(0.1, inplace=True)], ids=["silu", "relu6", "leaky-inplace"])
+def test_methods_share_one_forward_on_substitute_rules(act):
+    """Smooth and leaky rectifiers (their derivative is taken at the forward pass), clamps, and
+    the in-place functional fallback, all switched per backward pass."""
+    net = _TwoStage(act).eval()
+    with torch.no_grad():
+        net.c1.weight.mul_(3)  # some ReLU6 units saturate
+    together, warned = record_rule_warnings(project_methods, net, X_SMALL, "c3", UNITS, POS, ALL)
+    for m, alone in _each_alone(net, X_SMALL, "c3", UNITS, POS).items():
+        # (a smooth unit's derivative times the signal rounds apart from its fused backward kernel)
+        torch.testing.assert_close(together[m].pixels, alone.pixels, rtol=1e-5, atol=1e-6)
+        assert together[m].notes == alone.notes
+    assert len(warned) == 4  # two layers, for deconvnet and for guided; none for the plain gradient
+    functional = _TwoStage(None, functional="relu_").eval()
+    together = project_methods(functional, X_SMALL, "c3", UNITS, POS, ALL)
+    for m, alone in _each_alone(functional, X_SMALL, "c3", UNITS, POS).items():
+        torch.testing.assert_close(together[m].pixels, alone.pixels, rtol=1e-6, atol=1e-7)
+
+
+def test_forward_pass_seeds_on_two_layers_and_rounds():
+    """One forward pass serves seeds on two layers (one per example) and several rounds of
+    backward passes; each equals the projection computed alone."""
+    torch.manual_seed(2)
+    net = _inplace_net()[:3].append(nn.Conv2d(4, 4, 3)).append(nn.ReLU()).append(nn.Conv2d(4, 2, 1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with forward_pass(net, x, ["2", "5"], ("deconvnet", "guided")) as fp:
+        a, b = fp.outputs["2"], fp.outputs["5"]
+        sa, sb = torch.zeros_like(a), torch.zeros_like(b)
+        sa[0, 1, 3, 2] = 1  # example 0: layer 2, unit 1
+        sb[1, 0, 1, 4] = 1  # example 1: layer 5, unit 0
+        first = {m: fp.backward({"2": sa, "5": sb}, m) for m in ("guided", "deconvnet")}
+        sb2 = torch.zeros_like(b)
+        sb2[0, 1, 2, 2] = 1
+        second = fp.backward({"5": sb2}, "deconvnet", retain=False)
+        with pytest.raises(ValueError, match="opened for deconvnet, guided"):
+            fp.rules.use("gradient")
+    assert hook_count(net) == 0
+    for m in ("deconvnet", "guided"):
+        torch.testing.assert_close(first[m][0], project(net, x[:1], "2", [1], [(3, 2)], m)[0])
+        torch.testing.assert_close(first[m][1], project(net, x[1:], "5", [0], [(1, 4)], m)[0])
+    torch.testing.assert_close(second[0], project(net, x[:1], "5", [1], [(2, 2)], "deconvnet")[0])
+    assert float(second[1].abs().max()) == 0
