@@ -516,7 +516,8 @@ def _render(model, result, jobs, items, photos, out: Path, project: int, methods
     from .scan import input_box_to_original
 
     prep = model.preprocessing
-    module, memory_format = _projection_module(model.module)
+    example = torch.randn(1, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
+    module, memory_format = _projection_module(model.module, example, [info.name for info in result.layers])
     by_item: dict[int, list[dict]] = {}
     for job in jobs:
         by_item.setdefault(job["image"], []).append(job)
@@ -727,14 +728,24 @@ def _project_layer(module, memory_format, info, group, inputs, methods, batch_si
     return counts
 
 
-def _projection_module(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.memory_format]:
-    """A private channels-last copy of the model for the projections (about 1.3x faster
-    convolution backward passes on CPU, more on GPU); the user's model is left as it is. Falls
-    back to the model itself where it cannot be copied."""
+def _projection_module(module: torch.nn.Module, example: torch.Tensor | None = None,
+                       layers: Sequence[str] = ()) -> tuple[torch.nn.Module, torch.memory_format]:
+    """A private copy of the model for the projections: eval-mode BatchNorms folded into their
+    convolutions (:func:`convscope.fold.fold_batchnorm`, checked on ``example`` against the
+    outputs of ``layers``; about 1.3x faster on EfficientNet) and channels-last (about 1.3x
+    faster convolution backward passes on CPU, more on GPU); the user's model is left as it
+    is. Falls back to the model itself where it cannot be copied."""
     import copy
 
+    from .fold import fold_batchnorm
+
     try:
-        private = copy.deepcopy(module)
+        if example is not None:
+            device = next((p.device for p in module.parameters()), torch.device("cpu"))
+            # TF32 convolutions on a GPU round at about 1e-3
+            private, _ = fold_batchnorm(module, example.to(device), layers, rtol=1e-3 if device.type == "cuda" else 1e-4)
+        else:
+            private = copy.deepcopy(module)
     except Exception:  # a module holding something uncopyable: use it as it is
         return module, torch.contiguous_format
     for p in private.parameters():

@@ -50,6 +50,9 @@ def main():
       convscope classify --samples
       convscope layers --model torchvision:resnet18 --no-pretrained
     """
+    from ..runtime import keep_freed_memory
+
+    keep_freed_memory()  # large freed tensors stay in the heap: no page faults on the next one
 
 
 def model_options(fn):
