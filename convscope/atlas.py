@@ -612,7 +612,8 @@ def project_boxes(
     scan's; computed on the whole input when not given) to 1e-4 of the largest, else the
     example runs on the whole input (a gate that sees everything without the gradient showing
     it). ``batch_size`` whole inputs per batch, or as many windows as fit in the same number of
-    pixels (at most 16 times as many).
+    pixels (at most 16 times as many). A window of more than half the input is not worth its
+    own forward pass: such examples go with the whole-input ones.
 
     Examples whose field is the whole input share a forward pass per input: examples given the
     same tensor object are on the same input, and a batch of ``batch_size`` distinct inputs
@@ -702,6 +703,8 @@ def project_boxes(
     by_size: dict[tuple[int, int], list[tuple[int, tuple]]] = {}
     for k in range(n):
         w = _window(info, positions[k][0], positions[k][1], size)
+        if 2 * (w[2] - w[0]) * (w[3] - w[1]) > size[0] * size[1]:
+            w = full  # a window of most of the input saves little; the shared forward saves more
         by_size.setdefault((w[2] - w[0], w[3] - w[1]), []).append((k, w))
     redo: list[int] = []
     for hw in sorted(key for key in by_size if key != size):
