@@ -18,14 +18,16 @@ method         backward of a ReLU ``y = relu(x)`` given the signal ``g`` arrivin
 Mechanism apart from policy (as zennit): :data:`METHODS` holds the rules, one line each;
 :func:`modified_backward` holds the hooks and their lifetime. The rule is installed with forward
 hooks on the activation modules only (never full backward hooks, which break on in-place ReLUs):
-
-* deconvnet: a forward pre-hook hands the module a detached alias of its input, so the module's
-  own backward is never recorded; the forward hook then re-attaches its output to the input's
-  graph through :class:`_SkipUnit`, whose backward is ``relu(g)``. In-place modules work: the
-  alias shares storage, and :class:`_SkipUnit` marks the tensor dirty exactly as an in-place op
-  would, so the model sees the very same values and aliasing as without convscope.
-* guided: the forward hook registers ``tensor.register_hook(relu)`` on the module's output; the
-  module's own backward then applies its mask.
+a forward pre-hook hands the module a detached alias of its input, so the module's own backward
+is never recorded; the forward hook then re-attaches its output to the input's graph through
+:class:`_RuleUnit`, whose backward applies the rule in force *when the backward pass runs*:
+``relu(g)`` straight to the input (deconvnet), or the signal, rectified or not, times the unit's
+own derivative (guided, gradient; for ReLUs and clamps computed from the saved output by
+PyTorch's own backward kernels, for smooth rectifiers taken at the forward pass). So one
+recorded forward pass serves several methods (:func:`forward_pass`, :func:`project_methods`;
+``retain_graph`` between their backward passes). In-place modules work: the alias shares
+storage, and :class:`_RuleUnit` marks the tensor dirty exactly as an in-place op would, so the
+model sees the very same values and aliasing as without convscope.
 
 Every hook lives inside the ``with`` block and is removed in ``finally``; closures hold the
 context's state through weak references. A module that runs several times in one forward pass
@@ -538,6 +540,11 @@ def check_ranges(layer: str, shape: tuple[int, int, int], units: Sequence[int], 
             raise ProjectionError(f"x={x} is out of range: layer {layer!r} has a {h}x{w} map, so use x in 0..{w - 1}")
 
 
+def _check_input(x) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a model input tensor of shape (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+
+
 class ForwardPass:
     """One forward pass with the rules of several methods recorded (see :func:`forward_pass`):
     ``input`` the private leaf the gradients are taken for, ``outputs`` the layers' outputs
@@ -575,8 +582,7 @@ def forward_pass(model, x: torch.Tensor, layers: Sequence[str], methods: Sequenc
     ...     g = fp.backward({"features.10": seed}, "guided", retain=False)
     """
     module = _module_of(model)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a model input tensor of shape (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    _check_input(x)
     device = getattr(model, "device", None)
     if device is not None:
         x = x.to(device)
@@ -602,8 +608,7 @@ def project_methods(
 ) -> dict[str, Projection]:
     """:func:`project_full` by several methods, sharing one forward pass: ``{method: Projection}``."""
     rules = [_rule(m) for m in methods]
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a model input tensor of shape (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    _check_input(x)
     n = x.shape[0]
     unit_list = _as_units(units, n)
     pos_list = _as_positions(positions, n)
