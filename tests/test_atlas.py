@@ -371,3 +371,36 @@ def test_whole_input_examples_share_a_forward_pass_per_input():
             torch.testing.assert_close(results[k][method], alone, rtol=1e-5, atol=1e-7)
         assert not torch.allclose(results[k]["deconvnet"], results[k]["guided"])
     assert hook_count(net.module) == 0
+
+
+@pytest.mark.filterwarnings("ignore::convscope.backproject.ActivationRuleWarning")
+def test_private_projection_copy_of_the_default_model_projects_as_the_model(default_model):
+    """The atlas projects on a private copy (BatchNorm folded, static TF padding, channels-last):
+    its pictures are the model's own, windowed (blocks.2) and whole-input (bn2) alike."""
+    from skimage import data as skdata
+
+    from convscope.atlas import _projection_module, project_boxes
+    from convscope.backproject import project_full, to_image
+
+    model = default_model
+    x = model.transform(Image.fromarray(skdata.chelsea())).unsqueeze(0)
+    layers = ["blocks.2", "bn2"]
+    module, fmt = _projection_module(model.module, x, layers)
+    assert fmt == torch.channels_last
+    assert "forward" in vars(module.bn2) and "forward" not in vars(model.module.bn2)  # folded: only its act runs
+    assert type(module.blocks[1][0].conv_dw).__name__ == "StaticSameConv2d"
+    assert type(model.module.blocks[1][0].conv_dw).__name__ == "Conv2dSame"  # the model is not touched
+    for layer, units in (("blocks.2", [3, 11]), ("bn2", [7, 640])):
+        info = model.layers.get(layer)
+        full = [project_full(model, x, layer, [u]) for u in units]  # each unit's strongest position
+        positions = [p.positions[0] for p in full]
+        values = [float(p.activations[0]) for p in full]
+        results, counts = project_boxes(module, info, [x[0]] * 2, units, positions, values, memory_format=fmt)
+        assert counts["fallbacks"] == 0 and counts["windowed" if layer == "blocks.2" else "whole_input"] == 2
+        for k, u in enumerate(units):
+            t, l, b, r = info.box(*positions[k], model.input_size)
+            for method in ("deconvnet", "guided"):
+                ref = project_full(model, x, layer, [u], [positions[k]], method).pixels[0]
+                got, want = to_image(results[k][method]).astype(int), to_image(ref[:, t:b, l:r]).astype(int)
+                assert np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.05, (layer, u, method)
+    assert hook_count(model.module) == 0
