@@ -459,8 +459,9 @@ def _summarize_warnings(caught) -> list[str]:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if notes:
+        layers = {n.split(" is ")[0].split(" works in place")[0] for n in notes}  # a note per activation and method
         warnings.warn(
-            f"projections: {len(notes)} substitute rules for activations that are not plain ReLUs, "
+            f"projections: substitute rules for {len(layers)} activations that are not plain ReLUs, "
             f"e.g. {notes[0]} (all listed in `convscope atlas info --json`, under projections.notes)",
             ActivationRuleWarning, stacklevel=3,
         )
