@@ -33,6 +33,11 @@ Every hook lives inside the ``with`` block and is removed in ``finally``; closur
 context's state through weak references. A module that runs several times in one forward pass
 (ResNet's ``BasicBlock.relu``) gets the rule at every call.
 
+The projected unit's own activation (a layer that ends in one, as timm's ``BatchNormAct2d``)
+rectifies its seed but does not mask it under guided backprop: a ReLU6 unit saturated at 6 (most
+of EfficientNet's top examples at ``bn2``) would otherwise project to nothing, and below
+saturation the mask is 1 there anyway. The plain gradient stays the true gradient.
+
 Activations other than ``nn.ReLU`` get a documented rule, and one :class:`ActivationRuleWarning`
 per layer names it:
 
@@ -212,7 +217,13 @@ class _RuleUnit(torch.autograd.Function):
             grad = rule.signal(grad)
         if rule.through_unit:
             (saved,) = ctx.saved_tensors
-            grad = ctx.own(grad, saved)
+            through = ctx.own(grad, saved)
+            seed = getattr(ctx, "seed", None)  # set while this unit's output is being projected
+            if seed is not None and rule.signal is not None:
+                # The projected unit's own mask is not applied to its seed: a ReLU6 saturated at
+                # 6 (most of EfficientNet's top examples) would otherwise project to nothing.
+                through = torch.where(seed != 0, grad, through)
+            grad = through
         return grad, None, None, None, None
 
 
@@ -561,10 +572,19 @@ class ForwardPass:
         self.rules.use(method)
         if not names:  # the layers do not depend on the input
             return torch.zeros_like(self.input)
-        grads = torch.autograd.grad(
-            [self.outputs[n] for n in names], self.input, grad_outputs=[seeds[n] for n in names],
-            retain_graph=retain, allow_unused=True,
-        )
+        # a layer that ends in an activation: its seeds pass their own unit (see _RuleUnit)
+        tops = [(self.outputs[n].grad_fn, seeds[n]) for n in names]
+        tops = [(node, seed) for node, seed in tops if isinstance(node, _RuleUnit._backward_cls)]
+        try:
+            for node, seed in tops:
+                node.seed = seed
+            grads = torch.autograd.grad(
+                [self.outputs[n] for n in names], self.input, grad_outputs=[seeds[n] for n in names],
+                retain_graph=retain, allow_unused=True,
+            )
+        finally:
+            for node, _seed in tops:
+                node.seed = None
         return torch.zeros_like(self.input) if grads[0] is None else grads[0]
 
 

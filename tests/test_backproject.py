@@ -596,3 +596,39 @@ def test_forward_pass_seeds_on_two_layers_and_rounds():
         torch.testing.assert_close(first[m][1], project(net, x[1:], "5", [0], [(1, 4)], m)[0])
     torch.testing.assert_close(second[0], project(net, x[:1], "5", [1], [(2, 2)], "deconvnet")[0])
     assert float(second[1].abs().max()) == 0
+
+
+def test_the_projected_units_own_activation_passes_its_seed():
+    """A layer that ends in an activation (timm's BatchNormAct2d, a ReLU6 module): under guided
+    backprop the projected unit's own mask is not applied to its seed, so a unit saturated at 6
+    projects as its pre-activation does instead of to nothing; below saturation nothing changes."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3), nn.ReLU6()).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for conv in (net[0], net[2]):
+            conv.weight.copy_(torch.randn(conv.weight.shape) * 2)
+    x = X_SMALL[:1]
+    pre = net[:3](x)[0]
+    sat = [(c, (y, xx)) for c in range(4) for y in range(8) for xx in range(8) if pre[c, y, xx] > 6.5]
+    mid = [(c, (y, xx)) for c in range(4) for y in range(8) for xx in range(8) if 0.5 < pre[c, y, xx] < 5.5]
+    assert sat and mid
+    for c, p in (sat[0], mid[0]):
+        got = project(net, x, "3", [c], [p], "guided")
+        as_pre = project(net, x, "2", [c], [p], "guided")  # the same unit before its ReLU6
+        torch.testing.assert_close(got, as_pre, rtol=1e-6, atol=1e-8)
+        assert float(got.abs().max()) > 0
+        # deconvnet: unchanged, the signal was never masked there
+        torch.testing.assert_close(project(net, x, "3", [c], [p], "deconvnet"), project(net, x, "2", [c], [p], "deconvnet"))
+    # the plain gradient stays the true gradient: zero for the saturated unit
+    assert float(project(net, x, "3", [sat[0][0]], [sat[0][1]], "gradient").abs().max()) == 0
+    # seeds on two layers in one pass (example 0 on layer 1, example 1 on layer 3): the deeper
+    # seed still goes through the shallower layer's masks; each equals its projection alone
+    xx2 = torch.cat([x, x])
+    (c1, (y1, x1)), (c3, (y3, x3)) = (0, (4, 4)), mid[0]
+    with forward_pass(net, xx2, ["1", "3"], ("guided",)) as fp:
+        s1, s3 = torch.zeros_like(fp.outputs["1"]), torch.zeros_like(fp.outputs["3"])
+        s1[0, c1, y1, x1] = 1
+        s3[1, c3, y3, x3] = 1
+        both = fp.backward({"1": s1, "3": s3}, "guided")
+    torch.testing.assert_close(both[0], project(net, x, "1", [c1], [(y1, x1)], "guided")[0])
+    torch.testing.assert_close(both[1], project(net, x, "3", [c3], [(y3, x3)], "guided")[0])
