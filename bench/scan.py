@@ -288,7 +288,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from convscope.runtime import keep_freed_memory
 
-    keep_freed_memory()  # as the command line does: large freed tensors stay in the heap
+    keep_freed_memory()  # as convscope's heavy calls do: large freed tensors stay in the heap
     quick = args.quick
     model = prepare_model(args.model, args.device)
     b = args.batch_size

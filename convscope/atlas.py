@@ -400,8 +400,10 @@ def build(
 
     >>> atlas = build(load_model(), ["photos/"], "atlas/", layers=["blocks.2"], top=9)
     """
+    from .runtime import keep_freed_memory
     from .scan import scan
 
+    keep_freed_memory()  # big batches reuse freed memory instead of page-faulting (see runtime)
     started = time.time()
     out = Path(out)
     if not isinstance(top, int) or top < 1:

@@ -601,6 +601,9 @@ def forward_pass(model, x: torch.Tensor, layers: Sequence[str], methods: Sequenc
     ...     d = fp.backward({"features.10": seed}, "deconvnet")
     ...     g = fp.backward({"features.10": seed}, "guided", retain=False)
     """
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # large gradients reuse freed memory instead of page-faulting (see runtime)
     module = _module_of(model)
     _check_input(x)
     device = getattr(model, "device", None)

@@ -9,14 +9,17 @@ third of the time: an elementwise op on one of them ran at 18 ms instead of 2 ms
 
 :func:`keep_freed_memory` raises the mmap and trim thresholds so freed blocks stay in the heap
 for the next tensor of that size. The cost: memory freed by the process is not returned to the
-operating system until it exits (the peak is unchanged). The command line calls it; library
-users who build atlases call it themselves (once, at start-up) if they want the speed. It does
-nothing off glibc (macOS, Windows, musl).
+operating system until it exits (the peak is unchanged). The command line calls it at start-up,
+and the heavy library calls (:func:`convscope.scan.scan`, :func:`convscope.atlas.build`, every
+projection through :func:`convscope.backproject.forward_pass`) call it on first use, so that
+`project` on a batch of 32 runs 3x faster (BENCHMARKS.md); set ``CONVSCOPE_KEEP_FREED_MEMORY=0``
+to leave malloc alone. It does nothing off glibc (macOS, Windows, musl).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -26,10 +29,13 @@ _done = False
 
 def keep_freed_memory() -> bool:
     """Keep large freed blocks in the heap for reuse (see the module docstring). Returns whether
-    the setting is in force: ``False`` where the C library is not glibc. Safe to call twice."""
+    the setting is in force: ``False`` where the C library is not glibc or
+    ``CONVSCOPE_KEEP_FREED_MEMORY=0``. Safe to call any number of times."""
     global _done
     if _done:
         return True
+    if os.environ.get("CONVSCOPE_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "no", "false", "off"):
+        return False
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -640,6 +640,9 @@ def scan(
     from .data import expand_inputs, iter_batches
     from .hooks import capture, run
     from .progress import Bar
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # big batches reuse freed memory instead of page-faulting (see runtime)
 
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"--top must be a positive whole number, got {top!r}")
