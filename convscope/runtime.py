@@ -11,7 +11,7 @@ third of the time: an elementwise op on one of them ran at 18 ms instead of 2 ms
 for the next tensor of that size. The cost: memory freed by the process is not returned to the
 operating system until it exits (the peak is unchanged). The command line calls it at start-up,
 and the heavy library calls (:func:`convscope.scan.scan`, :func:`convscope.atlas.build`, every
-projection through :func:`convscope.backproject.forward_pass`) call it on first use, so that
+projection through :func:`convscope.backproject.forward_pass`, occlusion maps) call it on first use, so that
 `project` on a batch of 32 runs 3x faster (BENCHMARKS.md); set ``CONVSCOPE_KEEP_FREED_MEMORY=0``
 to leave malloc alone. It does nothing off glibc (macOS, Windows, musl).
 """

@@ -385,6 +385,9 @@ def occlusion(
     >>> result.probability.shape                     # (12, 12)
     >>> result.save("out", npy=True)                 # occlusion.png, occlusion_*.npy
     """
+    from ..runtime import keep_freed_memory
+
+    keep_freed_memory()  # batches of occluded copies reuse freed memory (see convscope.runtime)
     model = as_loaded(model)
     layer = check_layer(model, layer)
     for what, v in (("window", window), ("stride", stride)):
