@@ -688,7 +688,7 @@ def project_boxes(
             batch = queues[s : s + batch_size]
             x = torch.stack([inputs[q[0]] for q in batch]).to(device).contiguous(memory_format=memory_format)
             rounds = len(batch[0])
-            with forward_pass(module, x, [info.name], methods) as fp:
+            with forward_pass(module, x, [info.name], methods, warn=True) as fp:
                 out = fp.outputs[info.name]
                 for r in range(rounds):
                     rows = [(i, q[r]) for i, q in enumerate(batch) if r < len(q)]

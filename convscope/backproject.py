@@ -589,12 +589,14 @@ class ForwardPass:
 
 
 @contextlib.contextmanager
-def forward_pass(model, x: torch.Tensor, layers: Sequence[str], methods: Sequence[str] = ("deconvnet",)) -> Iterator[ForwardPass]:
+def forward_pass(
+    model, x: torch.Tensor, layers: Sequence[str], methods: Sequence[str] = ("deconvnet",), warn: bool = False
+) -> Iterator[ForwardPass]:
     """Run ``model`` on ``x`` once, cut after the deepest of ``layers``, with the rules of every
     method in ``methods`` recorded; inside the block, :meth:`ForwardPass.backward` projects any
     seeds on those layers back to the input by any of the methods, as often as wanted. The
-    hooks come off when the block ends; notes on substitute rules are in ``.rules`` (not
-    warned: the caller decides).
+    hooks come off when the block ends; notes on substitute rules are in ``.rules``, and issued
+    as :class:`ActivationRuleWarning` when the block ends normally if ``warn``.
 
     >>> with forward_pass(model, x, ["features.10"], ("deconvnet", "guided")) as fp:
     ...     seed = torch.zeros_like(fp.outputs["features.10"]); seed[0, 3, 2, 2] = 1
@@ -617,6 +619,8 @@ def forward_pass(model, x: torch.Tensor, layers: Sequence[str], methods: Sequenc
             if layer not in outs:
                 raise ConvscopeError(f"layer {layer!r} did not run in the forward pass of this model; run `convscope layers`")
         yield ForwardPass(x_in, dict(outs), rules)
+    if warn:
+        _warn(rules.warnings, stacklevel=3)
 
 
 def project_methods(

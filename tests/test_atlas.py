@@ -404,3 +404,25 @@ def test_private_projection_copy_of_the_default_model_projects_as_the_model(defa
                 got, want = to_image(results[k][method]).astype(int), to_image(ref[:, t:b, l:r]).astype(int)
                 assert np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.05, (layer, u, method)
     assert hook_count(model.module) == 0
+
+
+def test_whole_input_projections_report_their_substitute_rules():
+    """The atlas lists the substitute rules of every activation its projections went through,
+    the whole-input ones included (ReLU6 after layer1 of a ResNet-18 variant)."""
+    import warnings
+
+    from convscope.atlas import project_boxes
+    from convscope.backproject import ActivationRuleWarning
+
+    torch.manual_seed(0)
+    prep = Preprocessing((64, 64), 64, "bilinear", (0.5,) * 3, (0.25,) * 3)
+    net = load_model("torchvision:resnet18", pretrained=False, preprocessing=prep, device="cpu")
+    net.module.layer4[1].relu = nn.ReLU6()  # the last activation before layer4's output
+    info = net.layers.get("layer4")
+    x = torch.randn(3, 64, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        project_boxes(net.module, info, [x], [3], [(0, 0)], batch_size=2)
+    notes = {str(w.message) for w in caught if issubclass(w.category, ActivationRuleWarning)}
+    assert any(n.startswith("layer4.1.relu is ReLU6") and "deconvnet rule" in n for n in notes), notes
+    assert any(n.startswith("layer4.1.relu is ReLU6") and "guided rule" in n for n in notes), notes
