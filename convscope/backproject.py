@@ -299,8 +299,6 @@ class Rules(list):
         self._mode.rule = self._rules[rule.name]
 
 
-Notes = Rules  # the name used before several methods could share a forward pass
-
 
 def _warn(messages: Sequence[str], stacklevel: int) -> None:
     for message in messages:

@@ -19,8 +19,6 @@ CPU); a dense convolution (the stem) pays the extra multiply-adds in full and ra
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,8 +27,11 @@ __all__ = ["StaticSameConv2d", "static_same_padding"]
 
 
 def _same(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "same" padding of one dimension: (before, after), ``after - before`` 0 or 1."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    """TensorFlow's "same" padding of one dimension, as timm's ``Conv2dSame`` computes it:
+    (before, after), ``after - before`` 0 or 1."""
+    from timm.layers.padding import get_same_padding
+
+    total = get_same_padding(size, kernel, stride, 1)
     return total // 2, total - total // 2
 
 

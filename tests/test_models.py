@@ -1,9 +1,7 @@
-import json
 import subprocess
 import sys
 import urllib.error
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
