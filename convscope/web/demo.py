@@ -22,7 +22,7 @@ RECIPE = {
     "version": 2,
     "model": "efficientnet_lite0",
     "pretrained": True,
-    # edges and colours, textures, object parts, objects: about 4 minutes on 2 CPU cores
+    # edges and colours, textures, object parts, objects: about 5 minutes on 2 CPU cores
     "layers": ["bn1", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "bn2"],
     "top": 6,
     "project": 3,
