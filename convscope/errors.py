@@ -1,4 +1,12 @@
-"""Errors a user can act on. The CLI prints their message as one line, never a traceback."""
+"""Errors a user can act on. The CLI prints their message as one line, never a traceback.
+
+:func:`unknown_name_error` is the one "unknown X, did you mean" message of the library: every
+lookup of a name a user typed (a layer, a model, a method, a unit) goes through it.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
 
 
 class ConvscopeError(Exception):
@@ -14,6 +22,14 @@ class UnknownLayerError(ConvscopeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownNameError(ConvscopeError, ValueError):
+    """A name (method, transform, atlas layer, ...) that is not one of the known ones."""
+
+
+class LayerNotRunError(ConvscopeError):
+    """A hooked layer exists in the model but did not run in its forward pass."""
+
+
 class WeightsUnavailableError(ConvscopeError):
     pass
 
@@ -25,3 +41,40 @@ class ImageError(ConvscopeError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+def close_matches(name: str, known: Iterable[str], n: int = 5, cutoff: float = 0.5) -> list[str]:
+    """Up to ``n`` names from ``known`` that look like ``name``, closest first."""
+    return difflib.get_close_matches(str(name), [str(k) for k in known], n=n, cutoff=cutoff)
+
+
+def unknown_name_error(kind: str, name: str, known: Iterable[str], *, hint: str | None = None,
+                       cls: type[ConvscopeError] = UnknownNameError, n: int = 5,
+                       cutoff: float = 0.5, list_all: bool = False) -> ConvscopeError:
+    """The library's one "unknown X" error: ``unknown {kind} {name!r}``, the close matches from
+    ``known`` (or all of them with ``list_all``), and ``hint``, a sentence that says what to do.
+
+    >>> str(unknown_name_error("method", "gradcm", ["gradcam", "saliency"]))
+    "unknown method 'gradcm'. Close matches: gradcam."
+    """
+    known = list(known)
+    if list_all:
+        found = f" Choose one of: {', '.join(map(str, known))}." if known else ""
+    else:
+        close = close_matches(name, known, n=n, cutoff=cutoff)
+        found = f" Close matches: {', '.join(close)}." if close else ""
+    tail = f" {hint}" if hint else ""
+    return cls(f"unknown {kind} {name!r}.{found}{tail}")
+
+
+def unknown_layer_error(name: str, known: Iterable[str]) -> UnknownLayerError:
+    """An unknown layer name: close matches, and the command that lists them all."""
+    return unknown_name_error("layer", name, known, hint="Run `convscope layers` to list them.",
+                              cls=UnknownLayerError)
+
+
+def layer_not_run_error(name: str) -> LayerNotRunError:
+    return LayerNotRunError(
+        f"layer {name!r} did not run in the forward pass of this model; "
+        "choose another from `convscope layers`"
+    )

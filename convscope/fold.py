@@ -78,7 +78,7 @@ def _observe(
     modules = dict(model.named_modules())
     missing = [n for n in layers if n not in modules or not n]
     if missing:
-        from .layers import unknown_layer_error
+        from .errors import unknown_layer_error
 
         raise unknown_layer_error(missing[0], [n for n in modules if n])
     # A module with user hooks or under two names is left alone: a hook would see a changed

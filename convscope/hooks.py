@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import ConvscopeError
+from .errors import ConvscopeError, layer_not_run_error, unknown_layer_error
 
 
 class _StopForward(Exception):
@@ -20,7 +20,40 @@ class _StopForward(Exception):
 
 
 class _Outputs(dict):
-    """A dict that hooks can hold weakly, so a hook never keeps captured tensors alive."""
+    """A dict that hooks can hold weakly, so a hook never keeps captured tensors alive; ``wanted``
+    are the names :func:`run` checks after each forward pass."""
+
+    wanted: tuple[str, ...] = ()
+
+
+class Handles:
+    """The one owner of hook handles: ``add`` each handle as it is registered, and leave the
+    ``with`` block (or call :meth:`remove`) to take every one off, also after an error.
+
+    >>> with Handles() as handles:
+    ...     handles.add(module.register_forward_hook(hook))
+    ...     model(x)
+    """
+
+    def __init__(self) -> None:
+        self._handles: list = []
+
+    def add(self, handle):
+        self._handles.append(handle)
+        return handle
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __enter__(self) -> "Handles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 class ReusedModuleError(ConvscopeError):
@@ -44,17 +77,17 @@ def capture(
     With ``stop=True`` the forward pass is cut once every named layer has produced its output
     (use :func:`run` to call the model; it swallows the cut). ``transform`` may replace a
     layer's output as it is captured (for example to attach a gradient hook). A layer that runs
-    twice in one pass raises :class:`ReusedModuleError`.
+    twice in one pass raises :class:`ReusedModuleError`. An unknown name raises
+    :class:`~convscope.errors.UnknownLayerError` with close matches; :func:`run` raises
+    :class:`~convscope.errors.LayerNotRunError` for a named layer that the pass did not reach.
     """
     modules = named_modules(model)
     missing = [n for n in names if n not in modules]
     if missing:
-        from .layers import unknown_layer_error
-
         raise unknown_layer_error(missing[0], list(modules))
-    outputs: dict[str, torch.Tensor] = _Outputs()
+    outputs = _Outputs()
+    outputs.wanted = tuple(dict.fromkeys(names))
     wanted = set(names)
-    handles = []
     store = weakref.ref(outputs)
 
     def make_hook(name: str):
@@ -82,33 +115,31 @@ def capture(
 
         return hook
 
-    try:
-        for name in dict.fromkeys(names):
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
+    with Handles() as handles:
+        for name in outputs.wanted:
+            handles.add(modules[name].register_forward_hook(make_hook(name)))
         yield outputs
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def run(model: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """Run ``model(x)`` inside a :func:`capture` block; returns the logits unless the pass was cut."""
+    """Run ``model(x)`` inside a :func:`capture` block; returns the logits unless the pass was cut.
+    Raises :class:`~convscope.errors.LayerNotRunError` if a captured layer did not run."""
     outputs.clear()
     try:
-        return model(x)
+        logits = model(x)
     except _StopForward:
-        return None
+        logits = None
+    for name in outputs.wanted:
+        if name not in outputs:
+            raise layer_not_run_error(name)
+    return logits
 
 
 def forward_layers(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Outputs of ``names`` for input ``x``, the forward cut after the deepest of them."""
     with capture(model, names) as outputs:
         run(model, x, outputs)
-        result = dict(outputs)
-    missing = [n for n in names if n not in result]
-    if missing:
-        raise ConvscopeError(f"layer {missing[0]!r} did not run in the forward pass of this model")
-    return result
+        return dict(outputs)
 
 
 def hook_count(model: nn.Module) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import html
 import json
@@ -31,7 +30,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import UnknownLayerError
+from .errors import UnknownLayerError, unknown_layer_error
+from .files import cache_dir, write_text_atomic
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
@@ -102,13 +102,6 @@ class LayerInfo:
             "offset": list(self.offset),
             "default": self.default,
         }
-
-
-def unknown_layer_error(name: str, known: Iterable[str]) -> UnknownLayerError:
-    known = list(known)
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
-    return UnknownLayerError(f"unknown layer {name!r}.{hint} Run `convscope layers` to list them.")
 
 
 class LayerCatalogue(Sequence[LayerInfo]):
@@ -283,7 +276,7 @@ class LayerCatalogue(Sequence[LayerInfo]):
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("CONVSCOPE_CACHE", Path.home() / ".cache" / "convscope")) / "layers"
+    return cache_dir("layers")
 
 
 def _cache_key(model: nn.Module, input_size) -> str:
@@ -306,11 +299,7 @@ def _read_cache(key: str) -> dict:
 
 def _write_cache(key: str, geometry: dict) -> None:
     try:
-        path = _cache_dir() / f"{key}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({k: [list(a) for a in v] for k, v in geometry.items()}))
-        os.replace(tmp, path)
+        write_text_atomic(_cache_dir() / f"{key}.json", json.dumps({k: [list(a) for a in v] for k, v in geometry.items()}))
     except OSError:  # a read-only home is no reason to fail; the cache is an optimisation
         pass
 

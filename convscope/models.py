@@ -12,7 +12,6 @@ One registry (:data:`MODELS`) serves both the library and the CLI's ``--model`` 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import html
 from pathlib import Path
@@ -21,10 +20,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import UnknownModelError, WeightsUnavailableError
+from .errors import UnknownModelError, WeightsUnavailableError, unknown_name_error
 
 DEFAULT_MODEL = "efficientnet_lite0"
 SEED = 0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +159,12 @@ def register_model(name: str, description: str, *, family: bool = False):
     With ``family=True`` the entry handles every spec ``"{name}:ARCH"``.
     """
 
+    registry = FAMILIES if family else MODELS
+    if name in registry:
+        raise ValueError(f"a model is already registered under the name {name!r}; choose another name")
+
     def deco(fn):
-        (FAMILIES if family else MODELS)[name] = ModelEntry(name, description, fn)
+        registry[name] = ModelEntry(name, description, fn)
         return fn
 
     return deco
@@ -289,7 +294,7 @@ def _timm_model(arch: str, pretrained: bool, weights_file):
     import timm
 
     if not timm.is_model(arch):
-        raise UnknownModelError(_unknown_message(f"timm:{arch}", [f"timm:{n}" for n in timm.list_models()]))
+        raise _unknown_model(f"timm:{arch}", [f"timm:{n}" for n in timm.list_models()])
     want_hub = pretrained and weights_file is None
     try:
         module = _seeded(timm.create_model, arch, pretrained=want_hub)
@@ -313,7 +318,7 @@ def _torchvision_model(arch: str, pretrained: bool, weights_file):
 
     names = tvm.list_models(module=tvm)
     if arch not in names:
-        raise UnknownModelError(_unknown_message(f"torchvision:{arch}", [f"torchvision:{n}" for n in names]))
+        raise _unknown_model(f"torchvision:{arch}", [f"torchvision:{n}" for n in names])
     weights_enum = tvm.get_model_weights(arch)
     weights = weights_enum.DEFAULT
     module = _seeded(tvm.get_model, arch, weights=None)
@@ -341,12 +346,35 @@ def _torchvision_model(arch: str, pretrained: bool, weights_file):
     return module, preprocessing, labels, source
 
 
-def _unknown_message(spec: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(spec, candidates, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return (
-        f"unknown model {spec!r}.{hint} Known: {', '.join(available_models())} "
-        "(run `convscope models`)"
+def _unknown_model(spec: str, candidates: list[str] | None = None) -> UnknownModelError:
+    return unknown_name_error(
+        "model", spec, available_models() if candidates is None else candidates, cls=UnknownModelError, cutoff=0.6,
+        hint=f"Known: {', '.join(available_models())} (run `convscope models`).",
+    )
+
+
+def imagenet_preprocessing(input_size: tuple[int, int] = (224, 224)) -> Preprocessing:
+    """torchvision's classic ImageNet eval transform: bilinear resize to 256/224 of the crop,
+    centre crop, ImageNet mean and std. The default for a bare ``nn.Module``."""
+    return Preprocessing(tuple(input_size), round(input_size[0] * 256 / 224), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+
+
+def as_loaded(model, device: str | torch.device | None = None) -> "LoadedModel":
+    """A :class:`LoadedModel` as it is; an ``nn.Module`` wrapped by :func:`load_model` with
+    ImageNet's preprocessing, on the device of its parameters (or ``device``).
+
+    >>> as_loaded(torchvision.models.resnet18()).preprocessing.mean
+    (0.485, 0.456, 0.406)
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        if device is None:
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else "cpu"
+        return load_model(model, device=device)
+    raise TypeError(
+        f"expected a LoadedModel (from convscope.load_model) or an nn.Module, got {type(model).__name__}"
     )
 
 
@@ -384,7 +412,7 @@ def load_model(
     dev = resolve_device(device)
     if isinstance(spec, nn.Module):
         module = spec
-        prep = preprocessing or Preprocessing((224, 224), 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        prep = preprocessing or imagenet_preprocessing()
         module.eval().to(dev)
         if labels is None:
             with torch.no_grad():  # the number of classes, from the output width
@@ -398,11 +426,11 @@ def load_model(
     if sep:
         entry = FAMILIES.get(family)
         if entry is None or not arch:
-            raise UnknownModelError(_unknown_message(spec, available_models()))
+            raise _unknown_model(spec)
     else:
         entry = MODELS.get(spec)
         if entry is None:
-            raise UnknownModelError(_unknown_message(spec, available_models()))
+            raise _unknown_model(spec)
         arch = spec
     module, prep, model_labels, source = entry.build(arch, pretrained, weights)
     module.eval().to(dev)

@@ -345,7 +345,7 @@ class ScanState:
 
     def _check(self, layer: str) -> str:
         if layer not in self.shapes:
-            from .layers import unknown_layer_error
+            from .errors import unknown_layer_error
 
             raise unknown_layer_error(layer, self.shapes)
         return layer
