@@ -1,0 +1,10 @@
+"""Words for what the network sees: WordNet's nouns above the 1,000 ImageNet classes, offline.
+
+:mod:`.wordnet` reads a query ("dog", "sports cars") as ImageNet classes with their WordNet
+paths; :mod:`.albums` files each class under a readable category ("animals > dogs").
+"""
+from .albums import ALBUMS, Album, album_for, categories
+from .wordnet import NoClassError, QueryMatch, Synset, Vocabulary, normalize
+
+__all__ = ["ALBUMS", "Album", "NoClassError", "QueryMatch", "Synset", "Vocabulary", "album_for",
+           "categories", "normalize"]
