@@ -2,10 +2,17 @@
 
 Every hook registered here lives inside a ``with`` block and is removed in ``finally``, so a
 model leaves a convscope call exactly as it came in, also when the call raises.
+
+Hooks and module swaps act on a module for every caller, so a model shared between threads (a
+web server's request threads, a notebook's background job) is used under :func:`model_lock`: one
+re-entrant lock per module, held by :func:`capture` for its whole block and by every other
+convscope function that hooks, changes or runs a user's model. Another thread then never runs
+into hooks that are not its own.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from typing import Callable, Iterator, Sequence
 
@@ -56,6 +63,28 @@ class Handles:
         self.remove()
 
 
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(module: nn.Module) -> threading.RLock:
+    """The one lock of ``module``: hold it while hooks are on the module, while any of its
+    submodules is swapped or its settings (train mode, ``requires_grad``) are changed, and while
+    running it where another thread's hooks could be on it. Re-entrant, so a function holding it
+    may call others that take it; it lives as long as the module (a weak reference).
+
+    >>> with model_lock(model.module):
+    ...     logits = model.module(x)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"model_lock takes an nn.Module (a LoadedModel's .module), got {type(module).__name__}")
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.RLock()
+        return lock
+
+
 class ReusedModuleError(ConvscopeError):
     """A hooked module ran more than once in one forward pass, so its output is ambiguous."""
 
@@ -80,6 +109,7 @@ def capture(
     twice in one pass raises :class:`ReusedModuleError`. An unknown name raises
     :class:`~convscope.errors.UnknownLayerError` with close matches; :func:`run` raises
     :class:`~convscope.errors.LayerNotRunError` for a named layer that the pass did not reach.
+    The block holds :func:`model_lock` of ``model``: other threads wait to hook or run it.
     """
     modules = named_modules(model)
     missing = [n for n in names if n not in modules]
@@ -115,7 +145,7 @@ def capture(
 
         return hook
 
-    with Handles() as handles:
+    with model_lock(model), Handles() as handles:
         for name in outputs.wanted:
             handles.add(modules[name].register_forward_hook(make_hook(name)))
         yield outputs

@@ -23,6 +23,7 @@ import hashlib
 import html
 import json
 import os
+import warnings
 import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -32,6 +33,7 @@ from torch import nn
 
 from .errors import UnknownLayerError, unknown_layer_error
 from .files import cache_dir, write_text_atomic
+from .hooks import Handles, capture, model_lock, run
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
@@ -40,6 +42,10 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
 )
 _POOLS_MAX = (nn.MaxPool2d,)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class FixedInputSizeWarning(UserWarning):
+    """The model does not run at a larger input, so strides were estimated from map sizes."""
 
 
 def is_activation(module: nn.Module) -> bool:
@@ -244,10 +250,21 @@ class LayerCatalogue(Sequence[LayerInfo]):
         records, notes = _trace(model, input_size, device)
         # Cumulative stride from how each map grows when the input grows by `delta` pixels.
         delta = 64
+        larger = (input_size[0] + delta, input_size[1] + delta)
         try:
-            bigger, _ = _trace(model, (input_size[0] + delta, input_size[1] + delta), device)
+            bigger, _ = _trace(model, larger, device)
             grown = {r["name"]: r["shape"] for r in bigger}
-        except Exception:  # a model with a fixed input size: estimate from the map size
+        except (RuntimeError, ValueError, AssertionError) as exc:
+            # A model that takes one input size only: a Linear after a flatten meets the wrong
+            # width (RuntimeError: shapes cannot be multiplied), a view/reshape does not fit
+            # (RuntimeError), or the model checks the size itself (timm's patch embeddings
+            # assert it; other code raises ValueError). Estimate the strides from the map sizes.
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            warnings.warn(
+                f"{type(model).__name__} does not run at {larger[0]}x{larger[1]} ({type(exc).__name__}: {reason}); "
+                f"the layers' strides are estimated from their map sizes at {input_size[0]}x{input_size[1]}",
+                FixedInputSizeWarning, stacklevel=2,
+            )
             grown = {
                 r["name"]: (r["shape"][0],) + tuple(
                     s + round(delta * s / i) if s > 1 else s for s, i in zip(r["shape"][1:], input_size)
@@ -344,7 +361,6 @@ def _trace(model: nn.Module, input_size, device) -> tuple[list[dict], list[str]]
     order: list[str] = []
     outputs: dict[str, torch.Tensor] = {}
     modules = {name: m for name, m in model.named_modules() if name}
-    handles = []
 
     def make(name):
         def hook(_m, _i, out):
@@ -355,15 +371,12 @@ def _trace(model: nn.Module, input_size, device) -> tuple[list[dict], list[str]]
 
         return hook
 
-    try:
+    with model_lock(model), Handles() as handles:
         for name, m in modules.items():
-            handles.append(m.register_forward_hook(make(name)))
+            handles.add(m.register_forward_hook(make(name)))
         with torch.no_grad():
             x = torch.zeros(1, 3, *input_size, device=device)
             model(x)
-    finally:
-        for h in handles:
-            h.remove()
     notes = []
     reused = {n for n, c in calls.items() if c > 1}
     for n in sorted(reused):
@@ -475,7 +488,8 @@ def _probe_geometry(model, records, strides, input_size, device, max_size):
     still touches the border. Sizes stay multiples of 32 so that TensorFlow-style "same" padding
     puts fields where it does at the model's own size.
     """
-    probe = _probe_copy(model).to(device)
+    with model_lock(model):  # a copy made while another thread's hooks are on would copy them too
+        probe = _probe_copy(model).to(device)
     result: dict[str, tuple] = {}
     pending = []
     H, W = input_size
@@ -512,8 +526,6 @@ def _probe_geometry(model, records, strides, input_size, device, max_size):
 
 
 def _probe_group(probe, group, strides, size, device, allow_clipped=False):
-    from .hooks import capture, run
-
     x = torch.ones(len(group), 3, *size, device=device, requires_grad=True)
     with capture(probe, group) as outs:
         run(probe, x, outs)
@@ -545,8 +557,6 @@ def _probe_group(probe, group, strides, size, device, allow_clipped=False):
 def receptive_field_support(model: nn.Module, layer: str, x: torch.Tensor, y: int, xx: int) -> tuple[int, int, int, int] | None:
     """Bounding box of the input-gradient support of unit (y, xx) at ``layer`` summed over
     channels, for the real weights (used in tests to check the reported field contains it)."""
-    from .hooks import capture, run
-
     x = x.clone().requires_grad_(True)
     with capture(model, [layer]) as outs:
         run(model, x, outs)

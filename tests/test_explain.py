@@ -180,11 +180,13 @@ def test_saliency_equals_captum(resnet):
 
 
 def test_activations_are_the_layer_output(resnet):
-    from convscope.hooks import forward_layers
-
     x = _input(64, seed=5)
     r = activations(resnet, x, layer="layer2")
-    ref = forward_layers(resnet.module, x, ["layer2"])["layer2"][0].detach().numpy()
+    # independent of hooks: torchvision's ResNet.forward up to layer2, its submodules called by hand
+    m = resnet.module
+    with torch.no_grad():
+        ref = m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))[0].numpy()
+    assert r.activations.shape == (128, 8, 8)
     np.testing.assert_allclose(r.activations, ref, rtol=1e-6)
     mosaic = r.mosaic()
     assert mosaic.shape == (11 * 9 - 1, 12 * 9 - 1)  # 128 channels of 8x8: 12 columns, 11 rows
@@ -224,6 +226,43 @@ def test_no_hook_remains_after_an_error(resnet, method, fail_at):
         handle.remove()
     _assert_untouched(resnet.module, before, x)
     assert torch.equal(resnet.module(x).detach(), ref)
+
+
+def test_model_lock_keeps_another_threads_explanation_out_of_a_capture(resnet):
+    """hooks.model_lock: one re-entrant lock per module, held by capture for its whole block;
+    an explanation in another thread waits for it, then gives what it gives alone."""
+    import threading
+
+    from convscope.hooks import capture, model_lock, run
+
+    m = resnet.module
+    assert model_lock(m) is model_lock(m) and model_lock(m) is not model_lock(m.layer1)
+    x = _input(64, seed=8)
+    alone = gradcam(resnet, x, target=1).cam
+    out: dict = {}
+    started, done = threading.Event(), threading.Event()
+
+    def other():
+        started.set()
+        out["cam"] = gradcam(resnet, x, target=1).cam
+        done.set()
+
+    with capture(m, ["layer1"], stop=True) as outs:
+        probe = threading.Thread(target=lambda: out.setdefault("free", model_lock(m).acquire(blocking=False)))
+        probe.start()
+        probe.join()
+        assert out["free"] is False  # held by this thread's capture
+        with model_lock(m):  # re-entrant: the holder may take it again
+            pass
+        worker = threading.Thread(target=other)
+        worker.start()
+        started.wait()
+        assert not done.wait(0.3)  # Grad-CAM waits while this thread's hooks are on
+        run(m, x, outs)
+        assert set(outs) == {"layer1"}
+    worker.join(120)
+    assert done.is_set() and np.array_equal(out["cam"], alone)
+    assert hook_count(m) == 0
 
 
 def test_results_save_documented_files(resnet, tmp_path):

@@ -318,20 +318,6 @@ def test_result_sheet_png_and_files(tiny, tmp_path):
     assert np.array_equal(np.asarray(Image.open(files[1])), r.images[1]) and sheet_path.is_file()
 
 
-def test_atlas_fallback_layout_merges(tiny, tmp_path):
-    a = featvis.render(tiny, "features.2", [2, 0], steps=2, size=SIZE, progress=False)
-    b = featvis.render(tiny, "features.2", [5], steps=2, size=SIZE, progress=False)
-    paths = save_to_atlas(a, tmp_path, {"steps": 2}, opened=(None, None))
-    save_to_atlas(b, tmp_path, {"steps": 2}, opened=(None, None))
-    folder = tmp_path / "featvis" / "features.2"
-    assert [p.name for p in paths] == ["unit_0002.png", "unit_0000.png"]
-    index = json.loads((folder / "index.json").read_text())
-    assert [e["unit"] for e in index["units"]] == [0, 2, 5]
-    assert index["units"][2]["file"] == "unit_0005.png" and index["units"][2]["steps"] == 2
-    assert index["units"][0]["objective"] == pytest.approx(a.objective[1])
-    assert (folder / "sheet.png").is_file() and (folder / "unit_0005.png").is_file()
-
-
 def test_atlas_gets_the_images(tiny, tmp_path):
     from convscope.atlas import Atlas, build
 

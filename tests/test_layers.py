@@ -9,7 +9,7 @@ from torch import nn
 import convscope
 from convscope.errors import UnknownLayerError
 from convscope.hooks import hook_count
-from convscope.layers import LayerCatalogue
+from convscope.layers import FixedInputSizeWarning, LayerCatalogue
 
 # Receptive fields and strides computed by hand from the architectures' kernel/stride tables.
 ALEXNET = {
@@ -143,3 +143,43 @@ def test_cli_layers_json():
         capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+class _FixedSize(nn.Module):
+    """Two stride-2 convs and a Linear over the flattened map: it runs at 32 x 32 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU()
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.head(self.relu2(self.conv2(self.relu1(self.conv1(x)))).flatten(1))
+
+
+def test_fixed_input_size_model_warns_why_and_estimates_strides():
+    import warnings
+
+    model = _FixedSize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cat = LayerCatalogue.probe(model, (32, 32), cache=False)
+    fixed = [w for w in caught if issubclass(w.category, FixedInputSizeWarning)]
+    assert len(fixed) == 1  # one warning, saying why
+    assert "does not run at 96x96 (RuntimeError: mat1 and mat2 shapes cannot be multiplied" in str(fixed[0].message)
+    assert "estimated from their map sizes at 32x32" in str(fixed[0].message)
+    assert cat.get("conv1").stride == (2, 2) and cat.get("relu2").stride == (4, 4)
+    assert cat.get("conv1").receptive_field == (3, 3) and cat.get("conv2").receptive_field == (7, 7)
+    assert hook_count(model) == 0
+
+
+def test_a_bug_at_a_larger_input_is_not_taken_for_a_fixed_size():
+    class Buggy(_FixedSize):
+        def forward(self, x):
+            if x.shape[-1] != 32:
+                return {"logits": 1}["scores"]  # a bug, not a size the model refuses
+            return super().forward(x)
+
+    with pytest.raises(KeyError, match="scores"):
+        LayerCatalogue.probe(Buggy(), (32, 32), cache=False)

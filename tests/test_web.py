@@ -240,9 +240,10 @@ def test_example_whose_photo_is_gone_says_so(atlas_dir, atlas, tmp_path):
 @pytest.mark.parametrize(
     "url, status, words",
     [
-        ("/api/layers/nope", 404, "layer 'nope' is not in this atlas"),
-        ("/api/layers/features.11", 404, "Did you mean features.1"),
-        ("/api/layers/features.3", 404, "Its layers: features.1, features"),
+        ("/api/layers/nope", 404, "unknown layer 'nope'"),
+        ("/api/layers/nope", 404, "not in this atlas"),
+        ("/api/layers/features.11", 404, "Close matches: features.1"),
+        ("/api/layers/features.3", 404, "whose layers are: features.1, features."),
         ("/api/layers/features.1/units/8", 404, "units 0 to 7"),
         ("/api/layers/features.1/units/-1", 404, "start at 0"),
         ("/api/layers/features.1/units/abc", 400, "whole number"),
@@ -345,7 +346,7 @@ def test_upload_leaves_nothing_behind_on_failure(client):
 
 
 def test_upload_predictions_and_excited_units_match_the_model(client, atlas):
-    from convscope.hooks import forward_layers, hook_count
+    from convscope.hooks import hook_count
 
     model = client.app.state.analyzer.model
     photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8))
@@ -355,9 +356,9 @@ def test_upload_predictions_and_excited_units_match_the_model(client, atlas):
     assert r.status_code == 200, r.text
     data = r.json()
     x = model.transform(photo).unsqueeze(0)
-    with torch.no_grad():
+    with torch.no_grad():  # independent of hooks: the Sequential's slices called by hand
         probs = model.module(x).softmax(1)[0]
-        acts = forward_layers(model.module, x, list(LAYERS))
+        acts = {"features.1": model.module.features[:2](x), "features": model.module.features(x)}
     assert [p["index"] for p in data["predictions"]] == probs.topk(5).indices.tolist()
     assert [p["probability"] for p in data["predictions"]] == pytest.approx(probs.topk(5).values.tolist(), abs=1e-5)
     assert data["predictions"][0]["label"] == f"thing {data['predictions'][0]['index']}"
@@ -417,14 +418,60 @@ def test_upload_with_explanations_gives_occlusion_and_gradcam_overlays(client):
     assert np.abs(expected - shown["gradcam"]).max() <= 1
 
 
-def test_upload_without_explain_module_says_not_computed_yet(client, monkeypatch):
-    import sys
+def test_a_model_shared_by_upload_analyses_and_a_capture_gives_what_each_gives_alone(atlas):
+    """Two threads on one LoadedModel: uploads analysed with explanations (occlusion and
+    Grad-CAM: hooks, a backward-rule context, many forward passes) while the other thread
+    captures layers with convscope.hooks. Each gets exactly what it gets alone, one after the
+    other; no hook remains."""
+    import threading
 
-    monkeypatch.setitem(sys.modules, "convscope.explain", None)  # as if it were not installed
-    r = client.post("/image", files={"image": ("x.png", png_bytes(), "image/png")}, data={"explain": "1"})
-    assert r.status_code == 200
-    assert r.text.count("not computed yet: convscope.explain is not part of this installation") == 2
-    assert r.text.count("<li>") == 5
+    from convscope.hooks import forward_layers, hook_count
+    from convscope.web.gallery import Gallery
+    from convscope.web.upload import Analyzer
+
+    model = tiny_model()
+    analyzer = Analyzer(Gallery(atlas), model)
+    photo = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(2, 3, 64, 64, generator=g) for _ in range(8)]
+
+    def analyses():
+        out = []
+        for _ in range(3):
+            r = analyzer.analyze(photo, explain=True)
+            out.append((r["predictions"], r["layers"], {k: np.asarray(v) for k, v in r["images"].items()}))
+        return out
+
+    def captures():
+        return [forward_layers(model.module, x, list(LAYERS)) for _ in range(10) for x in xs]
+
+    alone = {"analyses": analyses(), "captures": captures()}
+    together: dict = {}
+    errors: list = []
+    barrier = threading.Barrier(2)
+
+    def work(name, fn):
+        try:
+            barrier.wait()
+            together[name] = fn()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(name, fn)) for name, fn in (("analyses", analyses), ("captures", captures))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    if errors:
+        raise errors[0]
+    assert set(together) == {"analyses", "captures"}
+    for (p1, l1, i1), (p2, l2, i2) in zip(alone["analyses"], together["analyses"], strict=True):
+        assert p1 == p2 and l1 == l2
+        assert set(i1) == set(i2) == {"input.png", "occlusion.png", "gradcam.png"}
+        assert all(np.array_equal(i1[k], i2[k]) for k in i1)
+    for a, b in zip(alone["captures"], together["captures"], strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert hook_count(model.module) == 0
 
 
 def test_upload_of_an_atlas_whose_model_cannot_be_loaded_is_503(atlas_dir):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import unknown_name_error
 from ._common import ExplainError, Explanation, default_layer
 from .activations import Activations, activations
 from .cam import (
@@ -57,7 +58,7 @@ def explain(model, image, method: str = "gradcam", *, target="top", layer: str |
     try:
         fn = METHODS[method]
     except (KeyError, TypeError):
-        raise ExplainError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}") from None
+        raise unknown_name_error("method", method, METHODS, cls=ExplainError, list_all=True) from None
     return fn(model, image, target=target, layer=layer, **options)
 
 

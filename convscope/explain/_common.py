@@ -10,27 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import ConvscopeError
+from ..files import atomic_write
 
 
 class ExplainError(ConvscopeError, ValueError):
     """An explanation asked for something the model or the image cannot give (bad target, layer,
     window); the message says what to use instead."""
-
-
-def as_loaded(model):
-    """A :class:`~convscope.models.LoadedModel` as is; an ``nn.Module`` wrapped with ImageNet's
-    preprocessing (on the device of its parameters)."""
-    from ..models import LoadedModel, load_model
-
-    if isinstance(model, LoadedModel):
-        return model
-    if isinstance(model, nn.Module):
-        param = next(model.parameters(), None)
-        return load_model(model, device=param.device if param is not None else "cpu")
-    raise TypeError(f"expected a LoadedModel (from convscope.load_model) or an nn.Module, got {type(model).__name__}")
 
 
 def prepare(model, image) -> tuple[torch.Tensor, np.ndarray, str]:
@@ -174,7 +161,8 @@ class Explanation:
         out.mkdir(parents=True, exist_ok=True)
         written = []
         path = out / f"{self.name}.png"
-        path.write_bytes(self.png(dpi=dpi))
+        with atomic_write(path) as f:
+            f.write(self.png(dpi=dpi))
         written.append(str(path))
         if npy:
             for stem, attr in self.arrays.items():
@@ -182,7 +170,8 @@ class Explanation:
                 if value is None:
                     continue
                 p = out / f"{stem}.npy"
-                np.save(p, np.asarray(value))
+                with atomic_write(p) as f:
+                    np.save(f, np.asarray(value))
                 written.append(str(p))
         return written
 

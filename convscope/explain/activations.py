@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from ..hooks import capture, run
+from ..models import as_loaded
 from . import figures
 from ._common import (
     ExplainError,
     Explanation,
-    as_loaded,
     check_layer,
     prepare,
     resolve_target,
@@ -71,11 +71,8 @@ def activations(model, image, *, target="top", layer: str | None = None) -> Acti
     layer = check_layer(model, layer)
     x, pixels, name = prepare(model, image)
     with torch.inference_mode(), capture(model.module, [layer], stop=False) as outs:
-        logits = run(model.module, x, outs)
-        act = outs.get(layer)
-        if act is None:
-            raise ExplainError(f"layer {layer!r} did not run in the forward pass of this model; run `convscope layers`")
-        act = act[0].float().cpu().numpy()
+        logits = run(model.module, x, outs)  # LayerNotRunError if the layer did not run
+        act = outs[layer][0].float().cpu().numpy()
     if act.ndim != 3:
         raise ExplainError(f"layer {layer!r} has output shape {act.shape}, not a (C, H, W) map; pick a convolutional layer")
     cls = resolve_target(target, logits)

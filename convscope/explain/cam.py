@@ -16,17 +16,16 @@ nothing is left on the model, and no parameter gradient is accumulated.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import torch
 
-from ..hooks import capture, run
+from ..hooks import capture, model_lock, run
+from ..models import as_loaded
 from . import figures
 from ._common import (
     ExplainError,
     Explanation,
-    as_loaded,
     check_layer,
     normalize01,
     prepare,
@@ -49,9 +48,7 @@ def _forward_keeping(module, x: torch.Tensor, layer: str) -> tuple[torch.Tensor,
         return t.clone()
 
     with capture(module, [layer], stop=False, transform=keep) as outs:
-        logits = run(module, x, outs)
-    if layer not in kept:
-        raise ExplainError(f"layer {layer!r} did not run in the forward pass of this model; run `convscope layers`")
+        logits = run(module, x, outs)  # LayerNotRunError if the layer did not run
     act = kept[layer]
     if act.dim() != 4:
         raise ExplainError(f"layer {layer!r} has output shape {tuple(act.shape[1:])}, not a (C, H, W) map; pick a convolutional layer (run `convscope layers`)")
@@ -62,7 +59,7 @@ def _forward_keeping(module, x: torch.Tensor, layer: str) -> tuple[torch.Tensor,
 
 def _cam_pass(model, x: torch.Tensor, layer: str, target) -> tuple[torch.Tensor, int, np.ndarray, np.ndarray]:
     """(logits, target, raw CAM (h, w) before normalization, channel weights (C,))."""
-    with torch.enable_grad():
+    with model_lock(model.module), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         logits, act = _forward_keeping(model.module, xg, layer)
         cls = resolve_target(target, logits.detach())
@@ -80,13 +77,13 @@ def _heatmap(cam: np.ndarray, size) -> np.ndarray:
 def guided_backprop(model, x: torch.Tensor, target: int) -> tuple[np.ndarray, list[str]]:
     """Guided backprop of the ``target`` logit: (3, H, W) input-gradient array, and notes on
     activations that got a substitute rule (ReLU6 and the like; see :mod:`convscope.backproject`)."""
-    from ..backproject import ActivationRuleWarning, modified_backward
+    from ..backproject import modified_backward
 
     model = as_loaded(model)
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ActivationRuleWarning)
+    with model_lock(model.module), torch.enable_grad():
         xg = x.detach().clone().to(model.device).requires_grad_(True)
-        with modified_backward(model.module, "guided") as notes:
+        # The notes are returned, not warned (warnings' filters are process-wide, not thread-safe).
+        with modified_backward(model.module, "guided", warn=False) as notes:
             logits = model.module(xg)
             (grad,) = torch.autograd.grad(logits[0, int(target)], xg)
             notes = list(notes)
@@ -219,7 +216,7 @@ def saliency(model, image, *, target="top", layer: str | None = None) -> Salienc
     """
     model = as_loaded(model)
     x, pixels, name = prepare(model, image)
-    with torch.enable_grad():
+    with model_lock(model.module), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         logits = model.module(xg)
         cls = resolve_target(target, logits.detach())

@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import unknown_name_error
+from ..files import write_bytes_atomic, write_text_atomic
 from ..hooks import capture, run
+from ..models import as_loaded
 from . import figures
-from ._common import ExplainError, as_loaded, resolve_target
+from ._common import ExplainError, resolve_target
 
 #: transform name -> (default amounts, axis label, the untransformed amount)
 TRANSFORMS: dict[str, tuple[list[float], str, float]] = {
@@ -37,7 +40,7 @@ TRANSFORMS: dict[str, tuple[list[float], str, float]] = {
 
 def _check_transform(transform: str) -> None:
     if transform not in TRANSFORMS:
-        raise ExplainError(f"unknown transform {transform!r}; choose one of: {', '.join(TRANSFORMS)}")
+        raise unknown_name_error("transform", transform, TRANSFORMS, cls=ExplainError, list_all=True)
 
 
 def transformed_inputs(model, image, transform: str, amounts: Sequence[float]) -> torch.Tensor:
@@ -105,7 +108,7 @@ class Invariance:
         writer.writerows(rows)
         text = buf.getvalue()
         if path is not None:
-            Path(path).write_text(text)
+            write_text_atomic(path, text)
         return text
 
     def figure(self):
@@ -139,7 +142,7 @@ class Invariance:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         png = out / f"invariance_{self.transform}.png"
-        png.write_bytes(self.png(dpi=dpi))
+        write_bytes_atomic(png, self.png(dpi=dpi))
         table = out / f"invariance_{self.transform}.csv"
         self.to_csv(table)
         return [str(png), str(table)]

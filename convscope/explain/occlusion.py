@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..hooks import capture, run
+from ..hooks import Handles, capture, model_lock, run
+from ..models import as_loaded
 from ..progress import Bar
 from . import figures
 from ._common import (
     ExplainError,
     Explanation,
-    as_loaded,
     check_layer,
     prepare,
     resolve_target,
@@ -209,18 +209,14 @@ def _prefix_costs(module: nn.Module, x: torch.Tensor, names: Sequence[str]) -> d
         return hook
 
     modules = dict(module.named_modules())
-    handles = []
-    try:
+    with model_lock(module), Handles() as handles:
         for m in module.modules():
             if next(m.children(), None) is None:
-                handles.append(m.register_forward_hook(leaf))
+                handles.add(m.register_forward_hook(leaf))
         for n in names:
-            handles.append(modules[n].register_forward_hook(mark(n)))
+            handles.add(modules[n].register_forward_hook(mark(n)))
         with torch.inference_mode():
             module(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
     return {n: at.get(n, total[0]) / max(total[0], 1.0) for n in names}
 
 
@@ -399,15 +395,23 @@ def occlusion(
     H, W = x.shape[2:]
     if window > min(H, W):
         raise ExplainError(f"window {window} is larger than the model input ({H}x{W}); use a window up to {min(H, W)} pixels")
+    # One lock for the whole computation: hooks, the rule context of the projection and every
+    # forward pass see no other thread's hooks on the model (see convscope.hooks.model_lock).
+    with model_lock(model.module):
+        return _occlude(model, x, pixels, name, target, layer, int(window), int(stride), batch_size, split, progress)
+
+
+def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, split, progress) -> Occlusion:
+    H, W = x.shape[2:]
     ys, xs = positions(H, window, stride), positions(W, window, stride)
     module = model.module
 
     plan = _choose_split(model, x, layer, ys, xs, window, split)
     names = [layer] + ([plan.layer] if plan is not None else [])
     with torch.inference_mode(), capture(module, names, stop=False) as outs:
-        logits0 = run(module, x, outs)
+        logits0 = run(module, x, outs)  # LayerNotRunError if a layer did not run
         base = {k: v.clone() for k, v in outs.items()}
-    if layer not in base or base[layer].dim() != 4:
+    if base[layer].dim() != 4:
         raise ExplainError(f"layer {layer!r} gives no (C, H, W) map in this model's forward pass; run `convscope layers`")
     if logits0 is None or logits0.dim() != 2:
         raise ExplainError("the model does not return (N, classes) logits; occlusion needs a classifier")
@@ -457,7 +461,7 @@ def occlusion(
     labels = {int(c): model.label(int(c)) for c in np.unique(top_map)}
     return Occlusion(
         image=pixels, target=cls, target_label=model.label(cls), top=top_predictions(model, logits0), image_name=name,
-        layer=layer, channel=channel, window=int(window), stride=int(stride), ys=ys, xs=xs,
+        layer=layer, channel=channel, window=window, stride=stride, ys=ys, xs=xs,
         activation=act_map, probability=prob_map, top_class=top_map, probabilities=all_probs, projection=projection, peak=peak, peak_box=box,
         base_activation=base_act, base_probability=base_prob, labels=labels,
         split=plan.layer if plan is not None else None, notes=notes,
@@ -466,15 +470,22 @@ def occlusion(
 
 def _deconvnet(model, x, layer: str, channel: int, notes: list[str]):
     """(c): the channel's deconvnet projection at its strongest position, as an image, with the
-    position and the box where the projection is nonzero (the unit's receptive field)."""
-    from ..backproject import ActivationRuleWarning, project_full, to_image
+    position and the box where the projection is nonzero (the unit's receptive field).
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ActivationRuleWarning)
-        proj = project_full(model, x, layer, [channel], method="deconvnet")
-    notes.extend(proj.notes)
-    peak = tuple(int(v) for v in proj.positions[0])
-    support = proj.pixels[0].abs().sum(0) > 0
+    The substitute-rule notes go into ``notes`` (the result's), not out as warnings: silencing
+    warnings would need ``warnings.catch_warnings``, whose process-wide filters are not thread-safe.
+    """
+    from ..backproject import forward_pass, to_image
+
+    with forward_pass(model, x, [layer], ("deconvnet",), warn=False) as fp:
+        out = fp.outputs[layer]
+        flat = int(out.detach()[0, channel].argmax())
+        peak = (flat // out.shape[3], flat % out.shape[3])
+        seed = torch.zeros_like(out)
+        seed[0, channel, peak[0], peak[1]] = 1.0
+        pixels = fp.backward({layer: seed}, "deconvnet", retain=False)[0].detach()
+    notes.extend(fp.rules.by_method.get("deconvnet", []))
+    support = pixels.abs().sum(0) > 0
     rows, cols = torch.nonzero(support.any(1)).flatten(), torch.nonzero(support.any(0)).flatten()
     box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1) if len(rows) else None
-    return to_image(proj.pixels[0]), peak, box
+    return to_image(pixels), peak, box

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import unknown_name_error
+
 # The square root of the RGB colour covariance of ImageNet photos, from its SVD: colour
 # channel c of a pixel is sum_k M[c, k] * z_k for decorrelated components z. Optimizing the
 # decorrelated z with equal step sizes avoids the washed-out, single-colour-noise images that
@@ -130,9 +132,9 @@ def get_param(name_or_factory) -> Callable[..., ImageParam]:
     try:
         return PARAMS[name_or_factory]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown parameterization {name_or_factory!r}; use one of {', '.join(PARAMS)} "
-            "or a callable (n, size, generators, device) -> ImageParam"
+        raise unknown_name_error(
+            "parameterization", name_or_factory, PARAMS, list_all=True,
+            hint="Or pass a callable (n, size, generators, device) -> ImageParam.",
         ) from None
 
 

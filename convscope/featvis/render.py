@@ -6,7 +6,8 @@ element, summed -> Adam step. Each element has its own ``torch.Generator`` (seed
 ``seed``, its unit and how often that unit came before in the list) for its start image and its
 transforms, and Adam works elementwise, so a unit's image does not depend on the batch it was
 rendered in. The model is put in eval mode with ``requires_grad`` off while rendering, and
-restored in ``finally``; its hooks are removed in ``finally`` too.
+restored in ``finally``; its hooks are removed in ``finally`` too. All of it happens under the
+model's :func:`~convscope.hooks.model_lock`, so no other thread sees those changes.
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import torch
 from torch import nn
 
 from ..errors import ConvscopeError
-from ..hooks import capture, forward_layers, run
+from ..hooks import capture, forward_layers, model_lock, run
+from ..models import as_loaded
 from ..progress import Bar
 from .objectives import Context, Objective, as_objective
 from .param import get_param
 from .transforms import get_transforms
 
 DEFAULT_BATCH = 16
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 class UnitRangeError(ConvscopeError, ValueError):
@@ -159,18 +160,6 @@ def resolve_units(units, channels: int, layer: str) -> list[int]:
     return units
 
 
-def _unwrap(model) -> tuple[nn.Module, object, torch.device]:
-    from ..models import LoadedModel, Preprocessing
-
-    if isinstance(model, LoadedModel):
-        return model.module, model.preprocessing, model.device
-    if isinstance(model, nn.Module):
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-        return model, Preprocessing((224, 224), 256, "bilinear", *_IMAGENET), device
-    raise TypeError(f"model must be a convscope LoadedModel (load_model(...)) or an nn.Module, got {type(model).__name__}")
-
-
 def layer_channels(module: nn.Module, layer: str, size: tuple[int, int], device) -> int:
     """Channels of ``layer``'s output for an input of ``size`` (one cut forward pass)."""
     with torch.no_grad():
@@ -215,7 +204,6 @@ def render(
     >>> result.images.shape, result.objective.shape                    # doctest: +SKIP
     ((8, 128, 128, 3), (8,))
     """
-    module, prep, device = _unwrap(model)
     size = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
     if min(size) < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
@@ -232,10 +220,20 @@ def render(
     if not objective.layers:
         raise ValueError("the objective reads no layer; add one such as channel(layer)")
 
+    # A bare module is wrapped by as_loaded (ImageNet preprocessing), which puts it in eval
+    # mode: its modes are taken before, and restored in `finally` like those of a LoadedModel.
+    module = model if isinstance(model, nn.Module) else as_loaded(model).module
+    with model_lock(module):
+        return _render(model, module, layer, units, steps, size, batch, seed, make_param, compose, objective, lr, progress)
+
+
+def _render(model, module, layer, units, steps, size, batch, seed, make_param, compose, objective, lr, progress):
     params = list(module.parameters())
     grad_flags = [p.requires_grad for p in params]
     modes = [(m, m.training) for m in module.modules()]
     try:
+        loaded = as_loaded(model)
+        prep, device = loaded.preprocessing, loaded.device
         # The gradient is wanted for the image only; turning it off for the weights saves the
         # weight-gradient half of each backward pass. Eval mode keeps BatchNorm statistics
         # fixed and the batch elements independent.
@@ -262,10 +260,8 @@ def render(
             def forward(pixels, x, unit_t):
                 # Channels-last input: oneDNN then runs every convolution, depthwise ones
                 # included, without layout conversions (measured 1.3-1.8x faster on CPU).
+                # LayerNotRunError if a layer the objective reads did not run
                 run(module, prep.normalize(x).contiguous(memory_format=torch.channels_last), outs)
-                missing = [name for name in objective.layers if name not in outs]
-                if missing:
-                    raise ConvscopeError(f"layer {missing[0]!r} did not run in the forward pass of this model")
                 return objective(Context(dict(outs), pixels, x, unit_t))
 
             for chunk in chunks:

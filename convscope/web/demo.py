@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..files import cache_dir, write_text_atomic
+
 RECIPE = {
     "version": 2,
     "model": "efficientnet_lite0",
@@ -33,7 +35,7 @@ STAMP = "demo.json"
 
 
 def default_dir() -> Path:
-    return Path(os.environ.get("CONVSCOPE_CACHE", Path.home() / ".cache" / "convscope")) / "demo-atlas"
+    return cache_dir("demo-atlas")
 
 
 def _photos(extra: Iterable[str | os.PathLike]) -> tuple[list[str], list[dict]]:
@@ -121,7 +123,7 @@ def ensure_demo_atlas(
     echo(f"scanned and projected in {time.time() - started:.0f} s")
     _featvis(model, atlas, recipe["featvis"], echo)
     atlas.close()
-    (out / STAMP).write_text(json.dumps({**wanted, "complete": True}, indent=1))
+    write_text_atomic(out / STAMP, json.dumps({**wanted, "complete": True}, indent=1))
     if relu6:
         echo("note: this model's activations are ReLU6, which the deconvnet and guided projections treat as ReLUs")
     echo(f"demo atlas ready in {time.time() - started:.0f} s")

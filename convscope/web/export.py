@@ -11,14 +11,16 @@ import os
 import shutil
 from pathlib import Path
 
+from ..files import atomic_write, write_bytes_atomic
 from .gallery import Gallery, NotFound
 from .render import STATIC, Links, environment, render, source_filename, static_dirname
 
 
 def export_static(atlas, out: str | os.PathLike, progress: bool | None = None) -> dict:
     """Write the gallery of ``atlas`` (a folder or an open atlas) into ``out``; returns counts
-    of pages, JSON files, images and sources written. Files already in ``out`` are overwritten;
-    nothing outside ``out`` is written."""
+    of pages, JSON files, images and sources written. Files already in ``out`` are overwritten,
+    each atomically (a web server showing ``out`` meanwhile never sends half a file); nothing
+    outside ``out`` is written."""
     from ..progress import Bar
     from .app import open_atlas
 
@@ -30,6 +32,10 @@ def export_static(atlas, out: str | os.PathLike, progress: bool | None = None) -
     counts = {"pages": 0, "json": 0, "images": 0, "sources": 0, "missing_sources": 0}
     copied: set[str] = set()
 
+    def write(path: Path, text: str) -> None:
+        # Renamed into place, not fsynced: an export is thousands of small files, rerun at will.
+        write_bytes_atomic(path, text.encode("utf-8"), fsync=False)
+
     def inside(path: Path) -> Path:
         resolved = path.resolve()
         if resolved != root and root not in resolved.parents:
@@ -40,13 +46,13 @@ def export_static(atlas, out: str | os.PathLike, progress: bool | None = None) -
     def write_page(parts: list, template: str, **data) -> None:
         folder = out.joinpath(*[static_dirname(p) for p in parts])
         html = render(env, template, Links(static=True, depth=len(parts)), **data)
-        inside(folder / "index.html").write_text(html, encoding="utf-8")
+        write(inside(folder / "index.html"), html)
         counts["pages"] += 1
 
     def write_json(parts: list, data) -> None:
         *folders, last = [static_dirname(p) for p in parts]
         path = out.joinpath("api", *folders, f"{last}.json")
-        inside(path).write_text(json.dumps(data, indent=1), encoding="utf-8")
+        write(inside(path), json.dumps(data, indent=1))
         counts["json"] += 1
 
     def copy(relative: str | None) -> None:
@@ -57,7 +63,8 @@ def export_static(atlas, out: str | os.PathLike, progress: bool | None = None) -
             src = gallery.file(relative)
         except NotFound:
             return
-        shutil.copyfile(src, inside(out / "atlas" / relative))
+        with open(src, "rb") as f, atomic_write(inside(out / "atlas" / relative), fsync=False) as g:
+            shutil.copyfileobj(f, g)
         counts["images"] += 1
 
     shutil.copytree(STATIC, out / "static", dirs_exist_ok=True)
@@ -87,7 +94,8 @@ def export_static(atlas, out: str | os.PathLike, progress: bool | None = None) -
                     filename = source_filename(name, u, ex["rank"], example["hash"])
                     if example["source_available"] and filename not in written_sources:
                         img, _ = gallery.source_image(name, u, ex["rank"])
-                        img.save(inside(out / "sources" / filename), "JPEG", quality=88)
+                        with atomic_write(inside(out / "sources" / filename), fsync=False) as f:
+                            img.save(f, "JPEG", quality=88)
                         written_sources.add(filename)
                         counts["sources"] += 1
                     elif not example["source_available"]:

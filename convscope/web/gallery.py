@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvscopeError
+from ..errors import ConvscopeError, unknown_name_error
 
 
 class NotFound(ConvscopeError, LookupError):
@@ -27,28 +27,32 @@ class NotFound(ConvscopeError, LookupError):
     status = 404
 
 
-def _pick(d: dict, *keys, default=None):
-    """The first of ``keys`` present in ``d`` (the atlas schema names a few fields two ways)."""
-    for key in keys:
-        if isinstance(d, dict) and key in d and d[key] is not None:
-            return d[key]
-    return default
-
-
 def _num(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
+    """A statistic as a JSON number: ``None`` for a missing or non-finite value."""
+    if value is None:
         return None
+    v = float(value)
     return v if math.isfinite(v) else None
+
+
+#: data.load_image changes warnings' process-wide filters (``warnings.catch_warnings``), which
+#: is not thread-safe: the request threads of one server decode one at a time.
+_DECODE = threading.Lock()
+
+
+def decode_image(path, **options):
+    """:func:`convscope.data.load_image` for the server's threads (one decode at a time)."""
+    from ..data import load_image
+
+    with _DECODE:
+        return load_image(path, **options)
 
 
 class Gallery:
     """Read-only, cached page data for one atlas. Safe to share between request threads.
 
-    ``atlas`` follows the reading API of :class:`convscope.atlas.Atlas`: ``info()``, ``layers``,
-    ``layer(name)``, ``units(layer)``, ``examples(layer, unit)``, ``featvis(layer, unit)`` and
-    ``path(relative)``.
+    ``atlas`` is an open :class:`convscope.atlas.Atlas`; the pages read its ``info()``,
+    ``layers``, ``units(layer)``, ``examples(layer, unit)`` and ``path(relative)``.
     """
 
     def __init__(self, atlas):
@@ -75,56 +79,36 @@ class Gallery:
     def layer_names(self) -> list[str]:
         return list(self.atlas.layers)
 
-    def _layer_meta(self, name: str) -> dict:
-        for entry in self.info.get("layers") or []:
-            if isinstance(entry, dict) and entry.get("name") == name:
-                return entry
-        return {}
+    @functools.cached_property
+    def _layer_meta(self) -> dict[str, dict]:
+        return {entry["name"]: entry for entry in self.info["layers"]}
 
     def check_layer(self, name: str) -> int:
-        """Position of layer ``name``; :class:`NotFound` with the known names otherwise."""
+        """Position of layer ``name``; :class:`NotFound` with close matches and the atlas's
+        layers otherwise."""
         try:
             return self.layer_names.index(name)
         except ValueError:
-            import difflib
-
-            close = difflib.get_close_matches(name, self.layer_names, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise NotFound(
-                f"layer {name!r} is not in this atlas.{hint} Its layers: {', '.join(self.layer_names)}"
+            raise unknown_name_error(
+                "layer", name, self.layer_names, cls=NotFound,
+                hint=f"It is not in this atlas, whose layers are: {', '.join(self.layer_names)}.",
             ) from None
 
     def unit_records(self, layer: str) -> list[dict]:
-        """The atlas's per-unit statistics of ``layer`` (cached)."""
+        """The atlas's per-unit statistics of ``layer``, in unit order (cached)."""
         self.check_layer(layer)
         return self._cached(("units", layer), lambda: list(self.atlas.units(layer)))
 
     def check_unit(self, layer: str, unit: int) -> dict:
         """The statistics record of ``unit``; :class:`NotFound` with the valid range otherwise."""
         units = self.unit_records(layer)
-        if 0 <= unit < len(units) and int(units[unit].get("unit", unit)) == unit:
+        if 0 <= unit < len(units) and units[unit]["unit"] == unit:
             return units[unit]
-        for record in units:
-            if int(record.get("unit", -1)) == unit:
-                return record
         raise NotFound(f"layer {layer!r} has units 0 to {len(units) - 1}; there is no unit {unit}")
 
     def _examples(self, layer: str, unit: int) -> list[dict]:
         self.check_unit(layer, unit)
-        return self._cached(("examples", layer, unit), lambda: list(self.atlas.examples(layer, unit) or []))
-
-    def _featvis(self, layer: str, unit: int) -> str | None:
-        record = self.check_unit(layer, unit)
-        if "featvis" in record:  # the unit records carry it: no query per unit
-            return record["featvis"]
-
-        def read():
-            try:
-                return self.atlas.featvis(layer, unit)
-            except (FileNotFoundError, KeyError, LookupError):
-                return None
-
-        return self._cached(("featvis", layer, unit), read)
+        return self._cached(("examples", layer, unit), lambda: list(self.atlas.examples(layer, unit)))
 
     def file(self, relative: str) -> Path:
         """Absolute path of an atlas file, refusing anything outside the atlas or not a file."""
@@ -132,9 +116,8 @@ class Gallery:
             path = Path(self.atlas.path(relative))
         except (ConvscopeError, ValueError, OSError) as exc:
             raise NotFound(f"no such atlas file {relative!r} ({exc})") from None
-        root = Path(getattr(self.atlas, "root", None) or getattr(self.atlas, "dir", None) or path.parent)
         try:  # defence in depth: atlas.path already refuses escapes
-            path.resolve().relative_to(Path(root).resolve())
+            path.resolve().relative_to(Path(self.atlas.root).resolve())
         except ValueError:
             raise NotFound(f"no such atlas file {relative!r}") from None
         if not path.is_file():
@@ -144,30 +127,28 @@ class Gallery:
     # ------------------------------------------------------------------ pages
 
     def layer_summary(self, name: str) -> dict:
-        meta = self._layer_meta(name)
-        shape = list(meta.get("shape") or [])
+        meta = self._layer_meta[name]
         return {
             "name": name,
             "index": self.layer_names.index(name),
-            "shape": shape,
-            "channels": shape[0] if shape else len(self.unit_records(name)),
-            "stride": meta.get("stride"),
-            "receptive_field": meta.get("receptive_field"),
-            "type": meta.get("type"),
+            "shape": list(meta["shape"]),
+            "channels": meta["shape"][0],
+            "stride": meta["stride"],
+            "receptive_field": meta["receptive_field"],
+            "type": meta["type"],
         }
 
     def home(self) -> dict:
         """The atlas: model, preprocessing, how it was made, and its layers in network order."""
         info = self.info
-        images = _pick(info, "images", default={})
         # shown elsewhere on the page, or internal detail (the histogram sketch's binning)
         known = {"model", "preprocessing", "created", "images", "layers", "complete", "sketch", "format"}
         return {
-            "model": info.get("model"),
-            "preprocessing": info.get("preprocessing"),
-            "created": info.get("created"),
-            "complete": bool(info.get("complete", True)),
-            "images": images if isinstance(images, dict) else {"scanned": images},
+            "model": info["model"],
+            "preprocessing": info["preprocessing"],
+            "created": info["created"],
+            "complete": info["complete"],
+            "images": info["images"],
             "settings": {k: v for k, v in info.items() if k not in known and v is not None},
             "layers": [self.layer_summary(name) for name in self.layer_names],
         }
@@ -180,16 +161,16 @@ class Gallery:
         def build():
             units = []
             for record in self.unit_records(name):
-                u = int(record.get("unit"))
+                u = record["unit"]
                 examples = self._examples(name, u)
-                top = examples[0] if examples else {}
+                top = examples[0] if examples else dict.fromkeys(("patch", "deconvnet", "guided"))
                 units.append({
                     "unit": u,
-                    "top": _num(_pick(record, "top", "max", "top_value")),
-                    "patch": top.get("patch"),
-                    "deconvnet": top.get("deconvnet"),
-                    "guided": top.get("guided"),
-                    "featvis": self._featvis(name, u),
+                    "top": _num(record["top"]),
+                    "patch": top["patch"],
+                    "deconvnet": top["deconvnet"],
+                    "guided": top["guided"],
+                    "featvis": record["featvis"],
                 })
             return {
                 "layer": self.layer_summary(name),
@@ -208,37 +189,34 @@ class Gallery:
         boxes, the feature visualization, and neighbouring units."""
         record = self.check_unit(layer, unit)
         n = len(self.unit_records(layer))
-        examples = []
-        for ex in self._examples(layer, unit):
-            examples.append({
-                "rank": int(ex.get("rank", len(examples))),
-                "image": Path(str(ex.get("image", ""))).name,
-                "hash": ex.get("hash"),
-                "value": _num(ex.get("value")),
-                "y": ex.get("y"),
-                "x": ex.get("x"),
-                "box": ex.get("box"),
-                "box_original": ex.get("box_original"),
-                "patch": ex.get("patch"),
-                "deconvnet": ex.get("deconvnet"),
-                "guided": ex.get("guided"),
-            })
-        hist = _pick(record, "histogram", default={})
-        counts = _pick(hist, "counts", default=None) if isinstance(hist, dict) else hist
-        edges = _pick(hist, "edges", "bin_edges", default=None) if isinstance(hist, dict) else None
-        if edges is None:
-            edges = _pick(record, "bin_edges", "edges", default=None)
+        examples = [
+            {
+                "rank": ex["rank"],
+                "image": Path(ex["image"]).name,  # the file name only: no server paths
+                "hash": ex["hash"],
+                "value": _num(ex["value"]),
+                "y": ex["y"],
+                "x": ex["x"],
+                "box": ex["box"],
+                "box_original": ex["box_original"],
+                "patch": ex["patch"],
+                "deconvnet": ex["deconvnet"],
+                "guided": ex["guided"],
+            }
+            for ex in self._examples(layer, unit)
+        ]
+        hist = record["histogram"]
         return {
             "layer": self.layer_summary(layer),
             "unit": unit,
             "stats": {
-                "top": _num(_pick(record, "top", "max", "top_value")),
-                "mean": _num(record.get("mean")),
-                "frac_positive": _num(record.get("frac_positive")),
-                "quantiles": record.get("quantiles"),
+                "top": _num(record["top"]),
+                "mean": _num(record["mean"]),
+                "frac_positive": _num(record["frac_positive"]),
+                "quantiles": record["quantiles"],
             },
-            "histogram": {"counts": list(counts or []), "edges": list(edges or [])},
-            "featvis": self._featvis(layer, unit),
+            "histogram": {"counts": list(hist["counts"]), "edges": list(hist["edges"])},
+            "featvis": record["featvis"],
             "examples": examples,
             "prev": unit - 1 if unit > 0 else None,
             "next": unit + 1 if unit + 1 < n else None,
@@ -246,7 +224,7 @@ class Gallery:
 
     def _example(self, layer: str, unit: int, rank: int) -> dict:
         for ex in self._examples(layer, unit):
-            if int(ex.get("rank", -1)) == rank:
+            if ex["rank"] == rank:
                 return ex
         raise NotFound(f"unit {unit} of layer {layer!r} has no example of rank {rank}")
 
@@ -259,7 +237,7 @@ class Gallery:
             path = self.source_path(layer, unit, rank)
         except NotFound:
             path = None
-        size = ex.get("image_size")
+        size = ex["image_size"]
         if path is not None and not size:
             try:
                 size = self.source_size(layer, unit, rank)
@@ -267,32 +245,20 @@ class Gallery:
                 path = None
         size = list(size) if path is not None and size else None
         return {"layer": page["layer"], "unit": unit, "example": mine, "source_size": size,
-                "source_available": size is not None, "hash": ex.get("hash")}
+                "source_available": size is not None, "hash": ex["hash"]}
 
     def source_path(self, layer: str, unit: int, rank: int) -> Path:
-        """The source photo of an example: the atlas's own copy if it has one, else the original
-        file it scanned. Only paths the atlas itself recorded are ever returned."""
-        ex = self._example(layer, unit, rank)
-        for key in ("source", "thumbnail"):
-            if ex.get(key):
-                return self.file(ex[key])
-        image = ex.get("image")
-        if image:
-            if not Path(image).is_absolute():
-                try:
-                    return self.file(str(image))
-                except NotFound:
-                    pass
-            if Path(image).is_file():
-                return Path(image)
-        raise NotFound(f"the source image of this example ({Path(str(image)).name}) is no longer on disk")
+        """The photo an example was found in, as the atlas recorded its path (the atlas keeps
+        no copy of it); :class:`NotFound` when it is no longer on disk."""
+        image = Path(self._example(layer, unit, rank)["image"])
+        if image.is_file():
+            return image
+        raise NotFound(f"the source image of this example ({image.name}) is no longer on disk")
 
     def source_image(self, layer: str, unit: int, rank: int, max_side: int = 1600):
         """The source photo decoded as the scan saw it (RGB, EXIF upright), at most ``max_side``
         pixels wide or high, and its full size (W, H), in which the example's box is given."""
-        from ..data import load_image
-
-        img = load_image(self.source_path(layer, unit, rank))
+        img = decode_image(self.source_path(layer, unit, rank))
         size = img.size
         with self._lock:
             self._cache[("source_size", layer, unit, rank)] = size

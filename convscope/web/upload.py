@@ -4,7 +4,7 @@ An upload is written under a random server-made name, decoded only by
 :func:`convscope.data.load_image` (so anything that is not a real image is refused with a
 reason), and never unpickled or executed. :class:`Analyzer` then runs the atlas's model once on
 it: the top predictions, the units that fire most in every atlas layer, and occlusion and
-Grad-CAM maps where :mod:`convscope.explain` provides them.
+Grad-CAM maps from :mod:`convscope.explain`.
 
 >>> store = UploadStore(tmp_dir, keep=50)
 >>> token, image = store.ingest(data_bytes)                  # ImageError for a non-image
@@ -26,6 +26,10 @@ import torch
 from PIL import Image
 
 from ..errors import ConvscopeError, ImageError
+from ..explain import gradcam, occlusion
+from ..files import atomic_write
+from ..hooks import capture, named_modules, run
+from .gallery import decode_image
 
 #: Largest upload accepted, in bytes (a phone photo is a few MB).
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
@@ -73,12 +77,10 @@ class UploadStore:
         token = secrets.token_hex(16)
         folder = self.root / token
         folder.mkdir()
-        raw = folder / "upload"
+        raw = folder / "upload"  # read back at once by this thread only, then removed
         raw.write_bytes(data)
-        from ..data import load_image
-
         try:
-            image = load_image(raw, max_pixels=self.max_pixels)
+            image = decode_image(raw, max_pixels=self.max_pixels)
         except ImageError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise ImageError("upload", exc.reason) from None
@@ -97,7 +99,8 @@ class UploadStore:
     def save(self, token: str, name: str, image: Image.Image) -> None:
         if name not in FILES or not TOKEN.match(token):
             raise ValueError(f"not an upload file name: {name!r}")
-        image.save(self.root / token / name, optimize=False, compress_level=3)
+        with atomic_write(self.root / token / name) as f:  # served while it may be written
+            image.save(f, format="PNG", optimize=False, compress_level=3)
 
     def path(self, token: str, name: str) -> Path:
         """The stored file ``name`` of upload ``token``; only well-formed tokens and the fixed
@@ -114,17 +117,14 @@ def model_from_info(info: dict):
     """Load the model an atlas was made with, as its info records it."""
     from ..models import load_model
 
-    model = info.get("model") or {}
-    spec = model if isinstance(model, str) else model.get("spec") or model.get("name")
-    if not spec:
-        raise ModelUnavailable("the atlas does not say which model made it; start the server with a model")
-    weights = "" if isinstance(model, str) else str(model.get("weights") or "")
+    model = info["model"]  # LoadedModel.describe() of the model that built the atlas
+    spec, weights = model["spec"], model["weights"]
     if weights == "user module":
         raise ModelUnavailable(
             f"the atlas was made with a model object ({spec}) that cannot be loaded by name; "
             "serve it from Python with create_app(atlas_dir, model=your_loaded_model)"
         )
-    pretrained = not (isinstance(model, dict) and (model.get("pretrained") is False or weights.startswith("random")))
+    pretrained = not weights.startswith("random")
     weights_file = weights if weights and os.path.isfile(weights) else None
     try:
         return load_model(spec, weights=weights_file, device="cpu", pretrained=pretrained)
@@ -149,15 +149,38 @@ def overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str
     return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
 
 
+def _occlusion_heat(model, x: torch.Tensor, target: int) -> np.ndarray:
+    """Per pixel, the mean drop in the target's probability over the squares that covered it."""
+    result = occlusion(model, x[0], target=target, progress=False)
+    drop = float(result.base_probability) - np.asarray(result.probability, dtype=np.float64)
+    H, W = int(x.shape[2]), int(x.shape[3])
+    total = np.zeros((H, W))
+    count = np.zeros((H, W))
+    for i, y in enumerate(result.ys):
+        for j, x0 in enumerate(result.xs):
+            total[y:y + result.window, x0:x0 + result.window] += drop[i, j]
+            count[y:y + result.window, x0:x0 + result.window] += 1
+    return np.maximum(total / np.maximum(count, 1), 0).astype(np.float32)
+
+
+def _gradcam_heat(model, x: torch.Tensor, target: int) -> np.ndarray:
+    return np.asarray(gradcam(model, x[0], target=target).heatmap, dtype=np.float32)
+
+
+#: name -> (title, what it shows, heat map (H, W) on the model input, bright where the evidence
+#: for the target class is)
 EXPLANATIONS = {
-    "occlusion": ("Occlusion", "Grey squares slid over the photo: bright where hiding the region lowers the top class most."),
-    "gradcam": ("Grad-CAM", "Gradient-weighted activations of the last convolutional layer for the top class."),
+    "occlusion": ("Occlusion", "Grey squares slid over the photo: bright where hiding the region lowers the top class most.",
+                  _occlusion_heat),
+    "gradcam": ("Grad-CAM", "Gradient-weighted activations of the last convolutional layer for the top class.",
+                _gradcam_heat),
 }
 
 
 class Analyzer:
-    """Runs one model over uploaded photos for the gallery. Thread-safe: one analysis at a time,
-    since hooks on a shared model must not overlap.
+    """Runs one model over uploaded photos for the gallery. Thread-safe, and so is sharing its
+    model with other code in the process: every convscope call that hooks the model holds the
+    model's own :func:`~convscope.hooks.model_lock` meanwhile, so no lock is needed here.
 
     ``model`` is a :class:`~convscope.models.LoadedModel`, or ``None`` to load the atlas's own
     model on first use.
@@ -168,43 +191,43 @@ class Analyzer:
         self._model = model
         self.top_units = top_units
         self.top_classes = top_classes
-        self._lock = threading.Lock()
+        self._loading = threading.Lock()  # the atlas's model is loaded once
 
     @property
     def model(self):
         if self._model is None:
-            self._model = model_from_info(self.gallery.info)
+            with self._loading:
+                if self._model is None:
+                    self._model = model_from_info(self.gallery.info)
         return self._model
 
     def analyze(self, image: Image.Image, explain: bool = True) -> dict:
         """Predictions, most excited units per atlas layer and (with ``explain``) occlusion and
         Grad-CAM maps for one RGB image. Returned images are PIL images under ``"images"``."""
-        with self._lock:
-            model = self.model
-            x = model.transform(image).unsqueeze(0).to(model.device)
-            picture = model.preprocessing.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-            picture = (picture * 255).round().astype(np.uint8)
-            logits, maxima, skipped = self._forward(model, x)
-            probs = torch.softmax(logits.float()[0], dim=0)
-            k = min(self.top_classes, probs.numel())
-            values, indices = probs.topk(k)
-            predictions = [
-                {"index": int(i), "label": model.label(int(i)), "probability": round(float(v), 6)}
-                for v, i in zip(values.tolist(), indices.tolist())
-            ]
-            images = {"input.png": Image.fromarray(picture)}
-            explanations = {}
-            for name, (title, about) in EXPLANATIONS.items():
-                entry = {"title": title, "about": about, "url": None, "reason": None}
-                if not explain:
-                    entry["reason"] = "not computed yet: explanations were not asked for"
-                else:
-                    try:
-                        heat = _explain(name, model, x, int(indices[0]))
-                        images[f"{name}.png"] = overlay(picture, heat)
-                    except _NotAvailable as exc:
-                        entry["reason"] = f"not computed yet: {exc}"
-                explanations[name] = entry
+        model = self.model
+        x = model.transform(image).unsqueeze(0).to(model.device)
+        picture = model.preprocessing.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        picture = (picture * 255).round().astype(np.uint8)
+        logits, maxima, skipped = self._forward(model, x)
+        probs = torch.softmax(logits.float()[0], dim=0)
+        k = min(self.top_classes, probs.numel())
+        values, indices = probs.topk(k)
+        predictions = [
+            {"index": int(i), "label": model.label(int(i)), "probability": round(float(v), 6)}
+            for v, i in zip(values.tolist(), indices.tolist())
+        ]
+        images = {"input.png": Image.fromarray(picture)}
+        explanations = {}
+        for name, (title, about, heat_map) in EXPLANATIONS.items():
+            entry = {"title": title, "about": about, "url": None, "reason": None}
+            if not explain:
+                entry["reason"] = "not computed yet: explanations were not asked for"
+            else:
+                try:
+                    images[f"{name}.png"] = overlay(picture, heat_map(model, x, int(indices[0])))
+                except ConvscopeError as exc:  # what this model cannot give (no classifier, ...)
+                    entry["reason"] = f"not computed yet: {exc}"
+            explanations[name] = entry
         return {
             "model": model.spec,
             "input_size": list(model.input_size),
@@ -216,8 +239,6 @@ class Analyzer:
         }
 
     def _forward(self, model, x):
-        from ..hooks import capture, named_modules, run
-
         present = named_modules(model.module)
         names = [n for n in self.gallery.layer_names if n in present]
         skipped = [n for n in self.gallery.layer_names if n not in present]
@@ -238,7 +259,7 @@ class Analyzer:
             units = self.gallery.unit_records(name)
             if len(units) != values.numel():
                 continue  # a different model than the atlas's: its units would not match
-            tops = torch.tensor([_float(u.get("top", u.get("max"))) for u in units])
+            tops = torch.tensor([_float(u["top"]) for u in units])
             relative = torch.where(tops > 0, values / tops.clamp_min(1e-12), torch.full_like(values, float("nan")))
             score = torch.nan_to_num(relative, nan=-1.0) if bool((tops > 0).any()) else values
             order = torch.argsort(score, descending=True)[: self.top_units].tolist()
@@ -259,49 +280,5 @@ class Analyzer:
 
 
 def _float(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-class _NotAvailable(Exception):
-    pass
-
-
-def _explain(name: str, model, x: torch.Tensor, target: int) -> np.ndarray:
-    """A heat map (H, W) on the model input from :mod:`convscope.explain`, bright where the
-    evidence for ``target`` is; :class:`_NotAvailable` saying why not where it cannot be had."""
-    import importlib
-
-    try:
-        module = importlib.import_module("convscope.explain")
-    except ImportError:
-        raise _NotAvailable("convscope.explain is not part of this installation") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise _NotAvailable(f"convscope.explain has no {name}() yet")
-    try:
-        if name == "occlusion":
-            result = fn(model, x[0], target=target, progress=False)
-            return _occlusion_heat(result, x.shape[2:])
-        result = fn(model, x[0], target=target)
-    except ConvscopeError as exc:
-        raise _NotAvailable(str(exc)) from None
-    heat = getattr(result, "heatmap", None)
-    if heat is None:
-        raise _NotAvailable(f"convscope.explain.{name}() gave no heat map")
-    return np.asarray(heat, dtype=np.float32)
-
-
-def _occlusion_heat(result, size) -> np.ndarray:
-    """Per pixel, the mean drop in the target's probability over the squares that covered it."""
-    drop = float(result.base_probability) - np.asarray(result.probability, dtype=np.float64)
-    H, W = int(size[0]), int(size[1])
-    total = np.zeros((H, W))
-    count = np.zeros((H, W))
-    for i, y in enumerate(result.ys):
-        for j, x in enumerate(result.xs):
-            total[y:y + result.window, x:x + result.window] += drop[i, j]
-            count[y:y + result.window, x:x + result.window] += 1
-    return np.maximum(total / np.maximum(count, 1), 0).astype(np.float32)
+    """A unit's top value as a float; NaN where the atlas has none (a unit that never fired)."""
+    return float("nan") if v is None else float(v)
