@@ -141,12 +141,12 @@ def bench_projections(model, layers: list[str], images: int, top: int, photos: i
     at a time (``captum_n`` of each)."""
     from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 
-    from convscope.atlas import _projection_module, project_boxes
+    from convscope.backproject import project_boxes, projection_module
     from convscope.hooks import forward_layers
 
     dev = model.device
     example = torch.randn(1, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
-    module, fmt = _projection_module(model.module, example, layers)
+    module, fmt = projection_module(model.module, example, layers)
     x = torch.randn(images, 3, *model.input_size, generator=torch.Generator().manual_seed(1)).to(dev)
     infos = {i.name: i for i in model.layers.select(layers)}
     methods = ("deconvnet", "guided")

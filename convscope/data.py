@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .files import atomic_write, cache_dir
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico .jp2 .heic .avif".split()
@@ -34,12 +37,14 @@ _GLOB_CHARS = set("*?[")
 @dataclasses.dataclass
 class Batch:
     """Decoded images: ``tensors`` (B, 3, H, W) model inputs, their ``indices`` into the path list
-    and ``paths``; ``errors`` are the files of this stretch that could not be read."""
+    and ``paths``; ``errors`` are the files of this stretch that could not be read. With
+    ``iter_batches(..., sha256=True)``, ``hashes`` holds the sha256 (hex) of each decoded file."""
 
     indices: list[int]
     paths: list[str]
     tensors: torch.Tensor
     errors: list[ImageError]
+    hashes: list[str] = dataclasses.field(default_factory=list)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> tuple[list[Path], list[ImageError]]:
@@ -97,7 +102,19 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     on white. Raises :class:`ImageError` with a one-line reason for a missing, empty, truncated,
     corrupt, non-image or over-large (more than ``max_pixels``) file.
     """
-    path = Path(path)
+    return _load(Path(path), max_pixels, digest=False)[0]
+
+
+def load_image_hashed(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
+    """:func:`load_image`, and the sha256 (hex) of the very bytes it decoded: the file is read
+    once, so the hash names exactly the picture that was seen.
+
+    >>> img, sha256 = load_image_hashed("photos/cat.jpg")
+    """
+    return _load(Path(path), max_pixels, digest=True)
+
+
+def _load(path: Path, max_pixels: int, digest: bool) -> tuple[Image.Image, str | None]:
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -106,10 +123,19 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         raise ImageError(path, "is a folder, not an image")
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
+    sha256 = None
     try:
+        source = path
+        if digest:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ImageError(path, f"cannot read ({exc.strerror or type(exc).__name__})") from None
+            sha256 = hashlib.sha256(data).hexdigest()
+            source = io.BytesIO(data)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageError(
@@ -119,7 +145,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
                     raise ImageError(path, "image has no pixels")
                 img.load()  # decode now, so truncation shows here
                 img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img)
+                return to_rgb(img), sha256
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -166,24 +192,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Paths -> (index, model input or None, error reason or None); never raises on a bad file."""
+    """Paths -> (index, model input or None, error reason or None, sha256 or None); never raises
+    on a bad file. With ``sha256=True`` the hash is that of the bytes decoded."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, max_pixels: int = MAX_PIXELS):
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, max_pixels: int = MAX_PIXELS,
+                 sha256: bool = False):
         self.paths = [str(p) for p in paths]
         self.transform = transform
         self.max_pixels = max_pixels
+        self.sha256 = sha256
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            img = load_image(self.paths[i], self.max_pixels)
-            return i, self.transform(img), None
+            img, digest = _load(Path(self.paths[i]), self.max_pixels, digest=self.sha256)
+            return i, self.transform(img), None, digest
         except ImageError as exc:
-            return i, None, exc.reason
+            return i, None, exc.reason, None
         except Exception as exc:  # a transform failing on a strange image: still one line
-            return i, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:100]})"
+            return i, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:100]})", None
 
 
 def _collate(items):
@@ -203,12 +232,14 @@ def iter_batches(
     batch_size: int = 32,
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    sha256: bool = False,
 ) -> Iterator[Batch]:
     """Decode ``paths`` in worker processes and yield batches of up to ``batch_size`` good images,
-    in path order. Bad files come back in ``Batch.errors`` (a batch may hold only errors)."""
+    in path order. Bad files come back in ``Batch.errors`` (a batch may hold only errors). With
+    ``sha256``, ``Batch.hashes`` has the sha256 of each good file, from the bytes decoded."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    dataset = ImageDataset(paths, transform, max_pixels)
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    dataset = ImageDataset(paths, transform, max_pixels, sha256)
     workers = default_workers(len(dataset)) if workers is None else max(0, workers)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -220,10 +251,11 @@ def iter_batches(
         prefetch_factor=4 if workers else None,
     )
     for items in loader:
-        good = [(i, t) for i, t, err in items if err is None]
-        errors = [ImageError(dataset.paths[i], err) for i, t, err in items if err is not None]
-        tensors = torch.stack([t for _, t in good]) if good else torch.empty(0)
-        yield Batch([i for i, _ in good], [dataset.paths[i] for i, _ in good], tensors, errors)
+        good = [(i, t, h) for i, t, err, h in items if err is None]
+        errors = [ImageError(dataset.paths[i], err) for i, _t, err, _h in items if err is not None]
+        tensors = torch.stack([t for _, t, _ in good]) if good else torch.empty(0)
+        yield Batch([i for i, _, _ in good], [dataset.paths[i] for i, _, _ in good], tensors, errors,
+                    [h for _, _, h in good] if sha256 else [])
 
 
 #: scikit-image's bundled sample photos (no download needed), as the demo and README use them.
@@ -238,7 +270,7 @@ def sample_photos(dest: str | os.PathLike | None = None) -> list[Path]:
     and return their paths; files already there are reused."""
     import skimage.data
 
-    dest = Path(dest) if dest else Path(os.environ.get("CONVSCOPE_CACHE", Path.home() / ".cache" / "convscope")) / "samples"
+    dest = Path(dest) if dest else cache_dir("samples")
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for name in SAMPLE_PHOTOS:
@@ -254,9 +286,8 @@ def sample_photos(dest: str | os.PathLike | None = None) -> list[Path]:
             arr = np.asarray(arr)
             if arr.dtype != np.uint8:
                 arr = (np.clip(arr, 0, 1) * 255).astype(np.uint8) if arr.dtype.kind == "f" else arr.astype(np.uint8) * 255
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
-            Image.fromarray(arr).save(tmp)
-            os.replace(tmp, path)
+            with atomic_write(path) as f:
+                Image.fromarray(arr).save(f, format="PNG")
         out.append(path)
     return out
 

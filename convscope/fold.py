@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import pickle
 import types
 import weakref
 from collections import defaultdict
@@ -22,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["fold_batchnorm"]
+from .errors import ConvscopeError, unknown_layer_error
+from .hooks import Handles
+
+__all__ = ["UncopyableModuleError", "fold_batchnorm", "private_copy"]
+
+
+class UncopyableModuleError(ConvscopeError, TypeError):
+    """The model cannot be deep-copied (it holds a lock, an open file, a non-leaf tensor, ...)."""
 
 
 def fold_batchnorm(
@@ -39,6 +47,7 @@ def fold_batchnorm(
     comes back instead. The copy's parameters do not require gradients; ``module`` is not touched.
 
     Returns ``(copy, folded)``, ``folded`` being the dotted names of the folded BatchNorms.
+    A module that ``copy.deepcopy`` cannot copy raises :class:`UncopyableModuleError`.
 
     >>> private, folded = fold_batchnorm(model, torch.randn(1, 3, 224, 224), layers=["blocks.5"])
     """
@@ -49,19 +58,27 @@ def fold_batchnorm(
     if not rtol >= 0:
         raise ValueError(f"rtol must be a non-negative number, got {rtol!r}")
     layers = list(dict.fromkeys(layers))
-    private = _private_copy(module)
+    private = private_copy(module)
     reference, pairs = _observe(private, example, layers, pair=True)
     folded = [bn for conv, bn in pairs if conv not in layers and _fold_pair(private, conv, bn)]
     if not folded:
         return private, []
     result, _ = _observe(private, example, layers, pair=False)
     if not _close(reference, result, rtol):
-        return _private_copy(module), []
+        return private_copy(module), []
     return private, folded
 
 
-def _private_copy(module: nn.Module) -> nn.Module:
-    private = copy.deepcopy(module)
+def private_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters do not require gradients; one that cannot be
+    copied raises :class:`UncopyableModuleError` (with deepcopy's reason)."""
+    try:
+        private = copy.deepcopy(module)
+    except (TypeError, RuntimeError, copy.Error, pickle.PickleError) as exc:
+        # TypeError: "cannot pickle '_thread.lock' object"; RuntimeError: a non-leaf tensor
+        # ("Only Tensors created explicitly by the user support the deepcopy protocol").
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UncopyableModuleError(f"{type(module).__name__} cannot be copied ({reason})") from exc
     for p in private.parameters():
         p.requires_grad_(False)
     return private
@@ -78,8 +95,6 @@ def _observe(
     modules = dict(model.named_modules())
     missing = [n for n in layers if n not in modules or not n]
     if missing:
-        from .errors import unknown_layer_error
-
         raise unknown_layer_error(missing[0], [n for n in modules if n])
     # A module with user hooks or under two names is left alone: a hook would see a changed
     # output, and replacing one name would leave the other.
@@ -118,20 +133,16 @@ def _observe(
 
         return hook
 
-    handles = []
-    try:
+    with Handles() as handles:
         for name, m in candidates.items():
             if isinstance(m, nn.Conv2d):
-                handles.append(m.register_forward_hook(on_conv(name)))
+                handles.add(m.register_forward_hook(on_conv(name)))
             else:
-                handles.append(m.register_forward_pre_hook(on_bn(name)))
+                handles.add(m.register_forward_pre_hook(on_bn(name)))
         for name in layers:
-            handles.append(modules[name].register_forward_hook(on_layer(name)))
+            handles.add(modules[name].register_forward_hook(on_layer(name)))
         with torch.no_grad(), _side_effects_undone(model):
             out = [t.detach().clone() for t in _tensors(model(x))]
-    finally:
-        for h in handles:
-            h.remove()
     tensors = [t for n in layers for t in captured[n]] + out
     pairs = []
     if pair:

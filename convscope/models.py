@@ -79,6 +79,31 @@ class Preprocessing:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return x * std + mean
 
+    def input_box_to_original(self, box, window) -> tuple[int, int, int, int]:
+        """A (top, left, bottom, right) box on the model input -> the same box on the photo,
+        undoing this resize and centre crop as applied to ``window`` (left, top, right, bottom)
+        of the photo; rounded outwards and clipped to the window.
+
+        >>> prep.input_box_to_original((0, 0, 224, 224), (0, 0, 640, 480))  # 224 of 256
+        (30, 108, 450, 530)
+        """
+        import math
+
+        from .crops import resized_size
+
+        left0, top0, right0, bottom0 = window
+        ww, wh = right0 - left0, bottom0 - top0
+        rw, rh = resized_size(ww, wh, self.resize)
+        ch, cw = self.input_size
+        ct, cl = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+        sy, sx = wh / rh, ww / rw
+        t, l, b, r = box
+        top = top0 + math.floor((t + ct) * sy + 1e-9)
+        left = left0 + math.floor((l + cl) * sx + 1e-9)
+        bottom = top0 + math.ceil((b + ct) * sy - 1e-9)
+        right = left0 + math.ceil((r + cl) * sx - 1e-9)
+        return (max(top, top0), max(left, left0), min(bottom, bottom0), min(right, right0))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

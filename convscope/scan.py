@@ -26,109 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from .crops import Crops, CropTransform
 from .errors import ConvscopeError
+from .files import atomic_write
+from .sketch import Sketch
 
 STATE_VERSION = 1
 _ID_LIMIT = 2**32 - 1  # image ids live in the low 32 bits of the tie-break key
 _FIXED_POINT = 2.0**16  # per-image sums are rounded to 1/65536 before the exact integer sum
-
-
-# --------------------------------------------------------------------------- the sketch
-
-
-@dataclasses.dataclass(frozen=True)
-class Sketch:
-    """A streaming histogram with fixed log-spaced bins, read straight from the float32 bits.
-
-    Each value's bin is its sign, its 8 exponent bits and the top ``sub`` mantissa bits: with
-    ``sub=3``, 2 x 2048 bins that cover every float32 (zero, denormals, infinities and NaN
-    included), each octave cut into 8 equal slices, so a bin spans at most 1/8 of its lower edge
-    and a quantile read at a bin's midpoint is within 6.25 percent (relative) of the truth.
-    Computing a bin is one shift of the bit pattern.
-
-    Why this and not a t-digest or a KLL sketch: the bins are fixed before any data is seen, so
-    counts from any split of the data add up to exactly the counts of the whole (integer
-    addition), identically on CPU and GPU, with no range to guess in advance.
-
-    Positions: maps larger than ``grid`` x ``grid`` are sampled on a fixed grid (every
-    ``ceil(H / grid)``-th row and ``ceil(W / grid)``-th column, the same positions in every
-    image), so that a 112 x 112 map costs what a 28 x 28 one does; ``grid=0`` counts every
-    position. Quantiles, the fraction of positive positions and the minimum come from these
-    positions; the mean and the maximum from all of them.
-    """
-
-    sub: int = 3
-    grid: int = 32
-
-    def __post_init__(self):
-        if not 0 <= self.sub <= 6 or self.grid < 0:
-            raise ValueError(f"sketch needs 0 <= sub <= 6 and grid >= 0, got {self}")
-
-    @property
-    def half(self) -> int:
-        return 1 << (8 + self.sub)
-
-    @property
-    def bins(self) -> int:
-        return 2 * self.half
-
-    @property
-    def shift(self) -> int:
-        return 23 - self.sub
-
-    def steps(self, height: int, width: int) -> tuple[int, int]:
-        """Row and column steps of the sampling grid for an ``height`` x ``width`` map."""
-        if not self.grid:
-            return 1, 1
-        return -(-height // self.grid), -(-width // self.grid)
-
-    def positions(self, height: int, width: int) -> int:
-        sy, sx = self.steps(height, width)
-        return -(-height // sy) * -(-width // sx)
-
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """int32 codes of float32 values: -half..-1 for negative values (by magnitude, -half being
-        -0.0's neighbourhood), 0..half-1 for positive ones. Bin ``code + half`` in the raw layout."""
-        return x.view(torch.int32) >> self.shift
-
-    def order(self) -> torch.Tensor:
-        """Raw bin indices sorted by the values they hold (ascending)."""
-        half = self.half
-        return torch.cat([torch.arange(half - 1, -1, -1), torch.arange(half, 2 * half)])
-
-    def edges(self) -> torch.Tensor:
-        """The ``bins + 1`` edges (float64, ascending, outermost +-inf) of the bins in
-        :meth:`order`; negative bins are (left, right], positive ones [left, right)."""
-        half = self.half
-        lower = (torch.arange(half, dtype=torch.int64) << self.shift).to(torch.int32).view(torch.float32).double()
-        lower = torch.where(torch.isfinite(lower), lower, torch.full_like(lower, float("inf")))
-        lower = torch.cat([lower, torch.tensor([float("inf")], dtype=torch.float64)])
-        return torch.cat([-lower.flip(0), lower[1:]])
-
-    def mids(self) -> torch.Tensor:
-        """Representative value of each bin in :meth:`order` (float64): its midpoint; 0 for the
-        bins of zero and denormals (``|v| < 2**-126``), the finite edge for the outermost."""
-        edges = self.edges()
-        left, right = edges[:-1], edges[1:]
-        mids = torch.where(torch.isinf(left), right, torch.where(torch.isinf(right), left, (left + right) / 2))
-        tiny = 1 << self.sub
-        mids[self.half - tiny : self.half + tiny] = 0.0
-        return mids
-
-    @property
-    def first_positive(self) -> int:
-        """Index (in :meth:`order`) of the first bin of values >= 2**-126 (normal positives)."""
-        return self.half + (1 << self.sub)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _value_key(values: torch.Tensor) -> torch.Tensor:
@@ -380,8 +291,9 @@ class ScanState:
         return state
 
     def save(self, path: str | os.PathLike, extra: Mapping | None = None) -> None:
-        """Write the state (and ``extra`` plain data) atomically: a temporary file, then rename."""
-        save_atomic({"state": self.state_dict(), "extra": dict(extra or {})}, path)
+        """Write the state (and ``extra`` plain data) atomically (:func:`convscope.files.atomic_write`)."""
+        with atomic_write(path) as f:
+            torch.save({"state": self.state_dict(), "extra": dict(extra or {})}, f)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "ScanState":
@@ -412,23 +324,6 @@ def merge(*states: ScanState) -> ScanState:
     return out
 
 
-def save_atomic(data, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, then os.replace: a reader (or a
-    resumed run) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -440,115 +335,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         ) from None
 
 
-# --------------------------------------------------------------------------- crops
-
-
-@dataclasses.dataclass(frozen=True)
-class Crops:
-    """Several views per photo, each scanned as its own image: grid ``levels``.
-
-    Level 1 is the whole photo (exactly what ``classify`` sees after the model's resize and
-    centre crop). Level ``n`` is an ``n x n`` grid of windows, each ``2 / (n + 1)`` of the photo's
-    width and height, so that neighbours overlap by half and the grid covers the photo; each
-    window then goes through the model's transform like a whole photo. ``Crops((1, 2, 3))`` gives
-    1 + 4 + 9 = 14 images per photo, a crop ``c`` of photo ``p`` having image id
-    ``p * 14 + c``.
-
-    >>> Crops.parse("1,2,3").count
-    14
-    """
-
-    levels: tuple[int, ...] = (1,)
-
-    def __post_init__(self):
-        if not self.levels or any((not isinstance(n, int)) or n < 1 or n > 16 for n in self.levels):
-            raise ValueError(f"crop levels must be whole numbers from 1 to 16, got {self.levels!r}")
-        if len(set(self.levels)) != len(self.levels):
-            raise ValueError(f"crop levels repeat: {self.levels!r}")
-
-    @classmethod
-    def parse(cls, value) -> "Crops":
-        """``None``/1 -> whole photos; ``"1,2,3"`` or ``(1, 2, 3)`` -> those grid levels; an int
-        ``n`` -> levels 1..n."""
-        if value is None:
-            return cls()
-        if isinstance(value, Crops):
-            return value
-        if isinstance(value, int):
-            return cls(tuple(range(1, value + 1)))
-        if isinstance(value, str):
-            try:
-                levels = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-            except ValueError:
-                raise ValueError(f"crops must be grid levels like '1,2,3', got {value!r}") from None
-            return cls(levels)
-        return cls(tuple(int(v) for v in value))
-
-    @property
-    def count(self) -> int:
-        return sum(n * n for n in self.levels)
-
-    def windows(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
-        """The ``count`` windows as (left, top, right, bottom) photo pixels, level by level,
-        row-major within a level."""
-        out = []
-        for n in self.levels:
-            ww = width if n == 1 else max(1, round(2 * width / (n + 1)))
-            wh = height if n == 1 else max(1, round(2 * height / (n + 1)))
-            for i in range(n):
-                top = 0 if n == 1 else round(i * (height - wh) / (n - 1))
-                for j in range(n):
-                    left = 0 if n == 1 else round(j * (width - ww) / (n - 1))
-                    out.append((left, top, left + ww, top + wh))
-        return out
-
-    def to_dict(self) -> dict:
-        return {"levels": list(self.levels), "count": self.count}
-
-
-class CropTransform:
-    """PIL image -> (count, 3, H, W) model inputs, one per window (picklable for workers)."""
-
-    def __init__(self, transform: Callable, crops: Crops):
-        self.transform = transform
-        self.crops = crops
-
-    def __call__(self, img):
-        return torch.stack([self.transform(img.crop(box)) for box in self.crops.windows(*img.size)])
-
-
-def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
-    """(width, height) after torchvision's ``Resize(resize)`` (shorter side to ``resize``)."""
-    if width <= height:
-        return resize, int(resize * height / width)
-    return int(resize * width / height), resize
-
-
-def input_box_to_original(box: Sequence[int], window: Sequence[int], preprocessing) -> tuple[int, int, int, int]:
-    """A (top, left, bottom, right) box on the model input -> the same box on the original photo,
-    undoing the resize and centre crop of ``preprocessing`` applied to ``window`` (left, top,
-    right, bottom) of the photo; rounded outwards and clipped to the window."""
-    left0, top0, right0, bottom0 = window
-    ww, wh = right0 - left0, bottom0 - top0
-    rw, rh = resized_size(ww, wh, preprocessing.resize)
-    ch, cw = preprocessing.input_size
-    ct, cl = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
-    sy, sx = wh / rh, ww / rw
-    t, l, b, r = box
-    top = top0 + math.floor((t + ct) * sy + 1e-9)
-    left = left0 + math.floor((l + cl) * sx + 1e-9)
-    bottom = top0 + math.ceil((b + ct) * sy - 1e-9)
-    right = left0 + math.ceil((r + cl) * sx - 1e-9)
-    return (max(top, top0), max(left, left0), min(bottom, bottom0), min(right, right0))
-
-
 # --------------------------------------------------------------------------- the scan
 
 
 @dataclasses.dataclass
 class Example:
     """One of a unit's top images: ``value`` at map position (``y``, ``x``), ``image_id``
-    (``photo * crops.count + crop``), ``path`` of the photo and the ``crop`` index."""
+    (:meth:`Scan.image_id` of ``photo`` and ``crop``), ``path`` of the photo."""
 
     rank: int
     image_id: int
@@ -562,9 +355,15 @@ class Example:
 
 @dataclasses.dataclass
 class Scan:
-    """What :func:`scan` returns: the :class:`ScanState`, the photo ``paths`` it numbered (image
-    id ``(offset + i) * crops.count + c`` for crop ``c`` of ``paths[i]``), the ``layers``
-    (LayerInfo, network order), ``crops`` and the ``skipped`` photos as (path, reason)."""
+    """What :func:`scan` returns: the :class:`ScanState`, the photo ``paths`` it numbered (crop
+    ``c`` of ``paths[i]`` is image :meth:`image_id` ``(i, c)``), the ``layers`` (LayerInfo,
+    network order), ``crops``, the ``skipped`` photos as (path, reason), the ``offset`` of
+    ``paths[0]`` in a larger list, and ``hashes``: the sha256 of the bytes scanned of every photo
+    that is among the top examples (index into ``paths`` -> hex digest).
+
+    >>> result.image_id(*result.photo_of(412)) == 412
+    True
+    """
 
     state: ScanState
     paths: list[str]
@@ -572,14 +371,19 @@ class Scan:
     crops: Crops
     skipped: list[tuple[str, str]]
     offset: int = 0
+    hashes: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @property
     def photos_scanned(self) -> int:
         return self.state.images // self.crops.count
 
+    def image_id(self, photo: int, crop: int) -> int:
+        """The image id of crop ``crop`` of ``paths[photo]``."""
+        return self.crops.image_id(photo + self.offset, crop)
+
     def photo_of(self, image_id: int) -> tuple[int, int]:
-        """(index into ``paths``, crop index) of an image id."""
-        photo, crop = divmod(int(image_id), self.crops.count)
+        """(index into ``paths``, crop index) of an image id: the inverse of :meth:`image_id`."""
+        photo, crop = self.crops.photo_crop(image_id)
         return photo - self.offset, crop
 
     def examples(self, layer: str, unit: int) -> list[Example]:
@@ -593,6 +397,15 @@ class Scan:
             photo, crop = self.photo_of(i)
             out.append(Example(rank, i, photo, crop, self.paths[photo], v, y, x))
         return out
+
+
+def _referenced_photos(state: ScanState, crops: Crops, offset: int) -> set[int]:
+    """Indices (into the scan's paths) of the photos that some unit's top examples hold. A photo
+    that has left every top-K never comes back (the merge only keeps the best), so the hashes
+    of the others can go."""
+    ids = torch.cat([t["ids"].reshape(-1) for t in state.tensors.values()])
+    photos = torch.unique(ids[ids >= 0]).cpu() // crops.count - offset
+    return set(photos.tolist())
 
 
 def _fingerprint(paths: Sequence[str]) -> str:
@@ -623,8 +436,8 @@ def scan(
     """Scan photos through ``model`` once, keeping each unit's ``top`` images in ``layers``.
 
     ``images`` are files, folders, globs or ``@LIST`` files (as ``classify`` takes them), each
-    preprocessed with the model's own transform; bad files are skipped and listed in
-    ``Scan.skipped``. ``layers`` are dotted names (default: the catalogue's default selection);
+    preprocessed with the model's own transform and hashed (sha256) from the same bytes; bad
+    files are skipped and listed in ``Scan.skipped``. ``layers`` are dotted names (default: the catalogue's default selection);
     all are hooked at once and the forward pass stops after the deepest. ``crops`` adds grid
     crops per photo (:class:`Crops`). ``batch_size`` counts model inputs (crops included).
 
@@ -645,11 +458,11 @@ def scan(
     keep_freed_memory()  # big batches reuse freed memory instead of page-faulting (see runtime)
 
     if not isinstance(top, int) or top < 1:
-        raise ValueError(f"--top must be a positive whole number, got {top!r}")
+        raise ValueError(f"top must be a positive whole number, got {top!r}")
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if checkpoint_every < 1:
-        raise ValueError(f"checkpoint interval must be at least 1 image, got {checkpoint_every}")
+        raise ValueError(f"checkpoint_every must be at least 1 image, got {checkpoint_every}")
     crops = Crops.parse(crops)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
@@ -657,7 +470,7 @@ def scan(
     paths = [str(p) for p in paths_p]
     infos = model.layers.select(layers)
     if not infos:
-        raise ValueError("no layers to scan; name some with --layers (run `convscope layers`)")
+        raise ValueError("no layers to scan; name some with layers=[...] (run `convscope layers`)")
     names = [i.name for i in infos]
     photos_per_batch = max(1, batch_size // crops.count)
     every = -(-checkpoint_every // photos_per_batch) * photos_per_batch
@@ -674,6 +487,7 @@ def scan(
         "paths_sha256": _fingerprint(paths),
     }
     skipped: list[tuple[str, str]] = [(e.path, e.reason) for e in missing]
+    hashes: dict[int, str] = {}
     start = 0
     state = None
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -683,11 +497,12 @@ def scan(
             diff = [k for k in config if extra.get("config", {}).get(k) != config[k]]
             raise ConvscopeError(
                 f"the checkpoint {checkpoint} was made with other settings ({', '.join(diff) or 'unknown'} differ); "
-                "rerun with the same images and options, or start over without --resume"
+                "rerun with the same images and options, or start over with resume=False"
             )
         state = ScanState.from_state_dict(data["state"], model.device)
         start = int(extra["next"])
         skipped = [tuple(s) for s in extra["skipped"]]
+        hashes = {int(i): str(h) for i, h in extra.get("hashes", {}).items()}  # older checkpoints: none
     if state is None:
         state = ScanState({i.name: i.shape for i in infos}, top, model.device)
     if on_skip is not None:
@@ -696,7 +511,8 @@ def scan(
 
     def save(next_index: int) -> None:
         if checkpoint is not None:
-            state.save(checkpoint, {"config": config, "next": next_index, "skipped": [list(s) for s in skipped]})
+            state.save(checkpoint, {"config": config, "next": next_index, "skipped": [list(s) for s in skipped],
+                                    "hashes": dict(hashes)})
 
     transform = model.transform if crops.count == 1 else CropTransform(model.transform, crops)
     h, w = model.preprocessing.input_size
@@ -706,7 +522,8 @@ def scan(
     with Bar(len(paths), "scanning", disable=None if progress is None else not progress) as bar:
         bar.advance(start)
         with capture(model.module, names, stop=True) as outs:
-            for batch in iter_batches(paths[start:], transform, batch_size=photos_per_batch, workers=workers):
+            batches = iter_batches(paths[start:], transform, batch_size=photos_per_batch, workers=workers, sha256=True)
+            for batch in batches:
                 for err in batch.errors:
                     skipped.append((err.path, err.reason))
                     if on_skip is not None:
@@ -714,24 +531,22 @@ def scan(
                 if batch.indices:
                     x = batch.tensors.reshape(-1, 3, h, w).to(model.device, non_blocking=True)
                     photo = torch.tensor(batch.indices, dtype=torch.long) + (start + offset)
-                    ids = (photo.view(-1, 1) * crops.count + torch.arange(crops.count)).view(-1)
+                    ids = crops.image_id(photo.view(-1, 1), torch.arange(crops.count)).view(-1)
                     with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=use_autocast):
-                        run(model.module, x, outs)
-                        missing_layers = [n for n in names if n not in outs]
-                        if missing_layers:
-                            raise ConvscopeError(
-                                f"layer {missing_layers[0]!r} did not run in the forward pass of this model"
-                            )
+                        run(model.module, x, outs)  # raises LayerNotRunError for a layer not reached
                         state.update(outs, ids)
                     outs.clear()
+                    hashes.update((start + i, digest) for i, digest in zip(batch.indices, batch.hashes))
                 n = len(batch.indices) + len(batch.errors)
                 done += n
                 bar.advance(n)
-                if checkpoint is not None and done - last_saved >= every and done < len(paths):
+                if done - last_saved >= every and done < len(paths):
+                    hashes = {p: hashes[p] for p in _referenced_photos(state, crops, offset) if p in hashes}
                     save(done)
                     last_saved = done
+    hashes = {p: hashes[p] for p in sorted(_referenced_photos(state, crops, offset)) if p in hashes}
     save(len(paths))
-    return Scan(state, paths, infos, crops, skipped, offset)
+    return Scan(state, paths, infos, crops, skipped, offset, hashes)
 
 
 __all__ = [
@@ -740,7 +555,6 @@ __all__ = [
     "Scan",
     "ScanState",
     "Sketch",
-    "input_box_to_original",
     "merge",
     "scan",
 ]

@@ -253,8 +253,8 @@ def test_cli_build_with_a_torchvision_model(tmp_path):
     assert atlas.layers == ["layer1", "layer2"] and len(atlas.units("layer2")) == 128
     e = atlas.examples("layer2", 0)
     assert len(e) == 2 and e[0]["patch"] and e[0]["deconvnet"] is None
-    res = CliRunner().invoke(main, args)  # refuses to overwrite silently
-    assert res.exit_code == 1 and "--overwrite" in res.output
+    res = CliRunner().invoke(main, args)  # refuses to overwrite silently, and says how not to
+    assert res.exit_code == 1 and "overwrite" in res.output
 
 
 def _tables(path: Path) -> dict:
@@ -313,8 +313,8 @@ def test_killed_build_reads_incomplete_and_resumes_exactly(model, photos, atlas_
     with pytest.raises(IncompleteAtlasError) as err:
         Atlas.open(out)
     message = str(err.value)
-    assert "\n" not in message and "--resume" in message and "incomplete" in message
-    with pytest.raises(ConvscopeError, match="--resume"):
+    assert "\n" not in message and "resume=True" in message and "incomplete" in message
+    with pytest.raises(ConvscopeError, match="resume=True"):
         build(model, photos, out, **SETTINGS)  # no silent restart over an unfinished build
 
     resumed = build(model, photos, out, resume=True, **SETTINGS)
@@ -327,7 +327,7 @@ def test_killed_build_reads_incomplete_and_resumes_exactly(model, photos, atlas_
 
 
 def test_failure_after_the_scan_leaves_an_incomplete_atlas(model, photos, tmp_path, monkeypatch):
-    import convscope.atlas as atlas_mod
+    import convscope.atlas.builder as builder
 
     def broken(*a, **k):
         raise OSError("disk full")
@@ -336,13 +336,13 @@ def test_failure_after_the_scan_leaves_an_incomplete_atlas(model, photos, tmp_pa
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         before = model.module(x)
-    monkeypatch.setattr(atlas_mod, "_write_db", broken)
+    monkeypatch.setattr(builder, "write_db", broken)
     with pytest.raises(OSError):
         build(model, photos[:4], out, layers=["features"], top=2, workers=0)
     assert hook_count(model.module) == 0 and not model.module.training
     with torch.no_grad():
         assert torch.equal(model.module(x), before)  # the projections ran on a private copy
-    with pytest.raises(IncompleteAtlasError, match="--resume"):
+    with pytest.raises(IncompleteAtlasError, match="resume=True"):
         Atlas.open(out)
     monkeypatch.undo()
     atlas = build(model, photos[:4], out, layers=["features"], top=2, workers=0, resume=True)
@@ -352,8 +352,7 @@ def test_failure_after_the_scan_leaves_an_incomplete_atlas(model, photos, tmp_pa
 def test_whole_input_examples_share_a_forward_pass_per_input():
     """Where the receptive field is the whole input, examples on one input share its forward
     pass and take turns in the backward passes; each still equals its projection alone."""
-    from convscope.atlas import project_boxes
-    from convscope.backproject import project_full
+    from convscope.backproject import project_boxes, project_full
 
     torch.manual_seed(0)
     prep = Preprocessing((64, 64), 64, "bilinear", (0.5,) * 3, (0.25,) * 3)
@@ -379,13 +378,12 @@ def test_private_projection_copy_of_the_default_model_projects_as_the_model(defa
     its pictures are the model's own, windowed (blocks.2) and whole-input (bn2) alike."""
     from skimage import data as skdata
 
-    from convscope.atlas import _projection_module, project_boxes
-    from convscope.backproject import project_full, to_image
+    from convscope.backproject import project_boxes, project_full, projection_module, to_image
 
     model = default_model
     x = model.transform(Image.fromarray(skdata.chelsea())).unsqueeze(0)
     layers = ["blocks.2", "bn2"]
-    module, fmt = _projection_module(model.module, x, layers)
+    module, fmt = projection_module(model.module, x, layers)
     assert fmt == torch.channels_last
     assert "forward" in vars(module.bn2) and "forward" not in vars(model.module.bn2)  # folded: only its act runs
     assert type(module.blocks[1][0].conv_dw).__name__ == "StaticSameConv2d"
@@ -411,8 +409,7 @@ def test_whole_input_projections_report_their_substitute_rules():
     the whole-input ones included (ReLU6 after layer1 of a ResNet-18 variant)."""
     import warnings
 
-    from convscope.atlas import project_boxes
-    from convscope.backproject import ActivationRuleWarning
+    from convscope.backproject import ActivationRuleWarning, project_boxes
 
     torch.manual_seed(0)
     prep = Preprocessing((64, 64), 64, "bilinear", (0.5,) * 3, (0.25,) * 3)
@@ -426,3 +423,63 @@ def test_whole_input_projections_report_their_substitute_rules():
     notes = {str(w.message) for w in caught if issubclass(w.category, ActivationRuleWarning)}
     assert any(n.startswith("layer4.1.relu is ReLU6") and "deconvnet rule" in n for n in notes), notes
     assert any(n.startswith("layer4.1.relu is ReLU6") and "guided rule" in n for n in notes), notes
+
+
+def test_photos_unreadable_after_the_scan_are_written_to_the_atlas(model, photos, tmp_path, monkeypatch):
+    """A photo removed, damaged or changed between the scan and the render is kept in the atlas
+    (Atlas.unreadable), apart from the scan's own skips; its examples have no files."""
+    import convscope.atlas.builder as builder
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    mine = []
+    for p in photos[:6] + photos[-1:]:  # the broken file too: a skip of the scan
+        mine.append(str(folder / Path(p).name))
+        Path(mine[-1]).write_bytes(Path(p).read_bytes())
+    scanned = {os.path.abspath(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in mine[:-1]}
+    real_scan = builder.scan
+
+    def scan_then_tamper(*args, **kwargs):
+        result = real_scan(*args, **kwargs)
+        assert set(result.hashes) == set(range(6))  # every good photo is among a unit's top 6
+        Path(mine[0]).unlink()
+        Path(mine[1]).write_bytes(b"\x89PNG damaged")
+        Image.open(mine[3]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mine[2])  # another picture
+        return result
+
+    monkeypatch.setattr(builder, "scan", scan_then_tamper)
+    atlas = build(model, mine, tmp_path / "a", layers=["features"], top=6, workers=0)
+    assert [path for path, _reason in atlas.skipped()] == [mine[-1]]
+    unreadable = dict(atlas.unreadable())
+    assert list(unreadable) == mine[:3]
+    assert unreadable[mine[0]].startswith("cannot read") and unreadable[mine[1]].startswith("not an image")
+    assert unreadable[mine[2]] == "changed since the scan (its sha256 differs)"
+    assert atlas.layer("features")["complete"] is False
+    for u in range(16):
+        for e in atlas.examples("features", u):
+            gone = e["image"] in {os.path.abspath(p) for p in mine[:3]}
+            assert (e["patch"] is None) == gone and (e["deconvnet"] is None) == gone
+            assert e["hash"] == scanned[e["image"]]  # the bytes the scan saw
+
+
+def test_an_uncopyable_model_is_projected_as_it_is_with_one_warning():
+    """The private projection copy falls back to the model itself only where copy.deepcopy
+    cannot copy it, and says so once."""
+    import threading
+    import warnings
+
+    from convscope.backproject import projection_module
+
+    net = TinyNet().eval()
+    net.lock = threading.Lock()  # deepcopy: "cannot pickle '_thread.lock' object"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module, fmt = projection_module(net, torch.randn(1, 3, SIZE, SIZE), ["features"])
+    assert module is net and fmt == torch.contiguous_format
+    assert [str(w.message) for w in caught] == [
+        "projections run on the model itself, not on a faster private copy: TinyNet cannot be copied "
+        "(cannot pickle '_thread.lock' object)"
+    ]
+    del net.lock
+    module, fmt = projection_module(net, torch.randn(1, 3, SIZE, SIZE), ["features"])
+    assert module is not net and fmt == torch.channels_last

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convscope.data import expand_inputs, iter_batches, load_image
+from convscope.data import expand_inputs, iter_batches, load_image, load_image_hashed
 from convscope.errors import ImageError
 
 from .conftest import write_image
@@ -71,6 +71,21 @@ def test_bad_files_raise_one_line(zoo, kind):
         load_image(files[kind])
     assert BAD[kind] in err.value.reason
     assert "\n" not in str(err.value)
+    with pytest.raises(ImageError) as hashed:  # decoded from the bytes read for the hash
+        load_image_hashed(files[kind])
+    assert hashed.value.reason == err.value.reason
+
+
+def test_hashed_loading_decodes_the_same_pixels_and_hashes_those_bytes(zoo, tmp_path):
+    import hashlib
+
+    _, files = zoo
+    for kind in ("good", "palette", "cmyk", "16bit", "alpha", "odd path"):
+        img, sha256 = load_image_hashed(files[kind])
+        assert np.array_equal(np.asarray(img), np.asarray(load_image(files[kind]))), kind
+        assert sha256 == hashlib.sha256(files[kind].read_bytes()).hexdigest()
+    with pytest.raises(ImageError, match="cannot read"):
+        load_image_hashed(tmp_path / "missing.png")
 
 
 def test_conversions(zoo):
@@ -123,13 +138,16 @@ def test_iter_batches_skips_and_counts_in_workers(zoo):
 
     prep = Preprocessing((32, 32), 36, "bilinear", (0.5,) * 3, (0.5,) * 3)
     paths = [files[k] for k in sorted(files)]
-    seen, errors = [], []
-    for batch in iter_batches(paths, prep.transform(), batch_size=4, workers=2):
+    seen, errors, hashes = [], [], []
+    for batch in iter_batches(paths, prep.transform(), batch_size=4, workers=2, sha256=True):
         assert batch.tensors.shape[1:] == (3, 32, 32) or not batch.indices
         seen += batch.indices
         errors += batch.errors
+        hashes += batch.hashes
     assert len(seen) == 7 and len(errors) == 5
     assert seen == sorted(seen)
+    assert hashes == [load_image_hashed(paths[i])[1] for i in seen]
+    assert all(b.hashes == [] for b in iter_batches(paths[:2], prep.transform(), batch_size=4, workers=0))
     assert {os.path.basename(e.path) for e in errors} == {os.path.basename(files[k]) for k in BAD}
 
 

@@ -255,3 +255,19 @@ def test_unknown_layer_raises_and_leaves_no_hooks(resnet18):
     with pytest.raises(UnknownLayerError, match="layer1.0.conv1"):
         fold_batchnorm(resnet18, torch.randn(1, 3, 32, 32), ["layer1.0.conv9"])
     assert_unchanged(resnet18, before)
+
+
+def test_an_uncopyable_module_raises_its_own_error_and_is_left_as_it_was():
+    """copy.deepcopy's failures (here a lock, TypeError) become one UncopyableModuleError."""
+    import threading
+
+    from convscope.errors import ConvscopeError
+    from convscope.fold import UncopyableModuleError
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    net.lock = threading.Lock()
+    before = snapshot(net)
+    with pytest.raises(UncopyableModuleError, match=r"Sequential cannot be copied \(cannot pickle") as err:
+        fold_batchnorm(net, torch.randn(1, 3, 8, 8))
+    assert isinstance(err.value, ConvscopeError) and isinstance(err.value.__cause__, TypeError)
+    assert_unchanged(net, before)

@@ -10,7 +10,7 @@ from torch import nn
 from convscope.errors import ConvscopeError
 from convscope.hooks import hook_count
 from convscope.models import Preprocessing, load_model
-from convscope.scan import Crops, ScanState, Sketch, _order_key, input_box_to_original, merge, scan
+from convscope.scan import Crops, ScanState, Sketch, _order_key, merge, scan
 
 SIZE = 32
 
@@ -271,6 +271,7 @@ def test_checkpoint_resume_equals_uninterrupted(model, photos, tmp_path, monkeyp
     resumed = scan(model, inputs, LAYERS, top=3, batch_size=4, workers=0, checkpoint=ckpt, checkpoint_every=8, resume=True)
     assert resumed.state == whole.state
     assert resumed.skipped == whole.skipped == [(bad, "not an image (unknown or unsupported format)")]
+    assert resumed.hashes == whole.hashes and len(whole.hashes) > 0
     with pytest.raises(ConvscopeError, match="other settings"):
         scan(model, inputs, LAYERS, top=4, batch_size=4, workers=0, checkpoint=ckpt, resume=True)
 
@@ -293,7 +294,7 @@ def test_crops_windows_and_boxes_on_the_original_photo(tmp_path):
     for window in (windows[0], windows[3], windows[9]):
         x = transform(img.crop(window))  # (3, 56, 56), pixels in [0, 1]
         for box in ((0, 0, 56, 56), (10, 20, 30, 41), (40, 3, 56, 17)):
-            t, l, b, r = input_box_to_original(box, window, prep)
+            t, l, b, r = prep.input_box_to_original(box, window)
             seen_x = x[0, box[0] : box[2], box[1] : box[3]] * 255
             seen_y = x[1, box[0] : box[2], box[1] : box[3]] * 255
             assert l - 1.5 <= float(seen_x.min()) and float(seen_x.max()) <= r + 0.5
@@ -309,6 +310,21 @@ def test_scan_with_crops_numbers_images_by_photo_and_crop(model, photos):
     ex = res.examples("features", 0)
     assert len(ex) == 20 and sorted(e.image_id for e in ex) == list(range(20))
     assert all(e.photo == e.image_id // 5 and e.crop == e.image_id % 5 and e.path == paths[e.photo] for e in ex)
+
+
+def test_hashes_are_those_of_the_photos_among_the_top_examples(model, photos):
+    """The scan hashes each photo from the bytes it decodes, and keeps the hashes of the photos
+    some unit still holds among its top examples (pruned as it goes, at each checkpoint interval)."""
+    import hashlib
+    from pathlib import Path
+
+    paths, bad = photos
+    res = scan(model, [bad, *paths], ["features"], top=1, batch_size=4, workers=0, checkpoint_every=4)
+    held = {res.photo_of(i)[0] for i in res.state.top("features")[1].flatten().tolist() if i >= 0}
+    assert set(res.hashes) == held and 0 < len(held) <= 16 < len(paths)
+    for p in held:
+        assert res.hashes[p] == hashlib.sha256(Path(res.paths[p]).read_bytes()).hexdigest()
+    assert res.image_id(*res.photo_of(7)) == 7 and res.crops.photo_crop(res.crops.image_id(3, 0)) == (3, 0)
 
 
 def test_bad_arguments_are_one_line_errors(model, photos):

@@ -1,0 +1,298 @@
+"""Building an atlas: Zeiler & Fergus's figure 2 for every unit of chosen layers, over any photos.
+
+:func:`build` runs its steps in order, each a function here:
+
+1. :func:`_prepare`: check what the folder holds (``overwrite``, ``resume``) before any work;
+2. the scan (:func:`convscope.scan.scan`), checkpointed in ``.partial/``: each unit's top images,
+   and the sha256 of every photo among them, hashed from the bytes the scan decoded;
+3. :func:`_records`: the records (:mod:`convscope.atlas.records`) of every example, image and
+   photo;
+4. :func:`_render`: read only those photos again, cut the patches and project the examples in
+   batches (:func:`convscope.backproject.project_boxes`, on the private copy of
+   :func:`convscope.backproject.projection_module`), written as PNG files; a photo that cannot be
+   read again, or whose bytes changed since the scan, is recorded as unreadable;
+5. :func:`~convscope.atlas.store.write_db` into ``.partial/``, then
+   :func:`~convscope.atlas.store.commit_db` renames it to ``atlas.sqlite``: the commit point, so a
+   crash never leaves an atlas that reads as complete, and ``build(..., resume=True)`` continues
+   where it stopped.
+
+>>> atlas = build(load_model(), ["photos/"], "atlas/", top=9)
+>>> atlas.examples("blocks.2", 7)[0]["patch"]
+'patches/412/40_96_107_163.png'
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..backproject import ActivationRuleWarning, project_boxes, projection_module, to_image
+from ..data import load_image_hashed
+from ..errors import ConvscopeError, ImageError, unknown_name_error
+from ..files import atomic_write, safe_name
+from ..progress import Bar
+from ..runtime import keep_freed_memory
+from ..scan import scan
+from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
+from .store import DB_NAME, METHODS, PARTIAL, STATE_NAME, Atlas, commit_db, write_db
+
+
+def build(
+    model,
+    images: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    layers: Sequence[str] | str | None = None,
+    top: int = 9,
+    *,
+    crops=None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    checkpoint_every: int = 1000,
+    project: int | None = None,
+    methods: Sequence[str] = METHODS,
+    projection_batch: int | None = None,
+    progress: bool | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> Atlas:
+    """Build an atlas of ``model`` over ``images`` in the folder ``out``; returns it opened.
+
+    ``images``: files, folders, globs or ``@LIST`` files. ``layers``: dotted names (default: the
+    catalogue's default selection). ``top``: examples kept per unit. ``crops``: grid levels per
+    photo, e.g. ``"1,2,3"`` (see :class:`convscope.crops.Crops`). ``batch_size``: model inputs
+    per forward pass, for the scan and for the projections. The scan state is checkpointed into
+    ``out/.partial`` every ``checkpoint_every`` photos; ``resume=True`` continues an interrupted
+    build and gives exactly the atlas an uninterrupted one gives. ``project``: how many of each
+    unit's top examples get projections (default: all ``top``; 0: none). ``methods``: projection
+    methods (of :data:`convscope.atlas.METHODS`). ``projection_batch``: whole inputs per
+    projection batch (default: ``batch_size`` on a GPU, at most 8 on a CPU, where larger batches
+    outgrow the caches and run slower per example).
+
+    >>> atlas = build(load_model(), ["photos/"], "atlas/", layers=["blocks.2"], top=9)
+    """
+    keep_freed_memory()  # big batches reuse freed memory instead of page-faulting (see runtime)
+    started = time.time()
+    out = Path(out)
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive whole number, got {top!r}")
+    project = top if project is None else int(project)
+    if project < 0:
+        raise ValueError(f"project (the examples per unit to project) must be 0 or more, got {project}")
+    methods = tuple(methods)
+    for m in methods:
+        if m not in METHODS:  # the atlas has a column for these only
+            raise unknown_name_error("projection method", m, METHODS, list_all=True)
+    _prepare(out, resume, overwrite)
+    if resume and (out / DB_NAME).exists():  # finished already (say, killed while cleaning up)
+        return Atlas.open(out)
+    partial = out / PARTIAL
+    partial.mkdir(parents=True, exist_ok=True)
+    result = scan(
+        model, images, layers, top, crops=crops, batch_size=batch_size, workers=workers,
+        checkpoint=partial / "scan.ckpt", checkpoint_every=checkpoint_every, resume=resume,
+        progress=progress, on_skip=on_skip,
+    )
+    records = _records(result, model)
+    if projection_batch is None:
+        projection_batch = batch_size if model.device.type == "cuda" else min(batch_size, 8)
+    stats: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        incomplete = _render(model, result, records, out, project, methods, projection_batch, progress, stats)
+    notes = _summarize_warnings(caught)
+    stats = {info.name: stats[info.name] for info in result.layers if info.name in stats}  # network order
+    db_tmp = partial / DB_NAME
+    if db_tmp.exists():
+        db_tmp.unlink()
+    projections = {"methods": list(methods), "per_unit": project, "layers": stats, "notes": notes}
+    write_db(db_tmp, model, result, records, incomplete, projections, time.time() - started)
+    result.state.save(out / STATE_NAME, {"paths": result.paths, "crops": list(result.crops.levels)})
+    # The PNG files were written without an fsync each (tens of thousands of them, 0.4 ms
+    # apiece): one sync flushes them before the commit makes the atlas read as complete.
+    if hasattr(os, "sync"):
+        os.sync()
+    commit_db(db_tmp, out / DB_NAME)  # the commit point: the atlas is complete from here on
+    shutil.rmtree(partial, ignore_errors=True)
+    return Atlas.open(out)
+
+
+def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
+    """Check what ``out`` holds and clear it as asked, before any work."""
+    db, partial = out / DB_NAME, out / PARTIAL
+    if overwrite:
+        for name in (DB_NAME, STATE_NAME):
+            if (out / name).exists():
+                (out / name).unlink()
+        for name in (PARTIAL, "patches", "layers", "featvis"):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        return
+    if db.exists() and not resume:
+        raise ConvscopeError(f"{out} already holds an atlas; pass overwrite=True to replace it, or choose another out folder")
+    if partial.exists() and not resume:
+        raise ConvscopeError(f"{out} holds an unfinished atlas build; pass resume=True to continue it, or overwrite=True to start again")
+    if out.exists() and not out.is_dir():
+        raise ConvscopeError(f"out {out} is a file; give a folder for the atlas")
+    if out.is_dir() and not partial.exists() and any(out.iterdir()):
+        raise ConvscopeError(f"{out} is not empty and holds no atlas; give a new or empty folder as out")
+
+
+def _summarize_warnings(caught) -> list[str]:
+    """The projection rules warn once per activation module (EfficientNet: dozens of ReLU6):
+    keep their notes for the atlas and warn once; pass any other warning on unchanged."""
+    notes: list[str] = []
+    for w in caught:
+        if issubclass(w.category, ActivationRuleWarning):
+            if str(w.message) not in notes:
+                notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if notes:
+        layers = {n.split(" is ")[0].split(" works in place")[0] for n in notes}  # a note per activation and method
+        warnings.warn(
+            f"projections: substitute rules for {len(layers)} activations that are not plain ReLUs, "
+            f"e.g. {notes[0]} (all listed in the atlas's info, under projections.notes)",
+            ActivationRuleWarning, stacklevel=3,
+        )
+    return notes
+
+
+def _records(result, model) -> Records:
+    """Every (layer, unit, rank) example with its box, the images they are on, and their photos."""
+    examples: list[ExampleRecord] = []
+    images: dict[int, ImageRecord] = {}
+    size = model.preprocessing.input_size
+    for li, info in enumerate(result.layers):
+        values, ids, ys, xs = result.state.top(info.name)
+        for u, r in torch.nonzero(ids >= 0).tolist():
+            image_id = int(ids[u, r])
+            y, x = int(ys[u, r]), int(xs[u, r])
+            box = tuple(int(v) for v in info.box(y, x, size))
+            examples.append(ExampleRecord(info.name, li, u, r, image_id, float(values[u, r]), y, x, box))
+            if image_id not in images:
+                images[image_id] = ImageRecord(image_id, *result.photo_of(image_id))
+    photos: dict[int, PhotoRecord] = {}
+    for image in images.values():
+        p = image.photo
+        if p not in photos:
+            photos[p] = PhotoRecord(p, os.path.abspath(result.paths[p]), result.hashes.get(p))
+    return Records(examples, images, photos)
+
+
+def _load_inputs(model, result, photo: PhotoRecord, crops_wanted: Sequence[int]) -> tuple[dict[int, torch.Tensor], tuple[int, int], list]:
+    """Model inputs of the wanted crops of one photo, its size (W, H) and all its windows; an
+    :class:`ImageError` if it cannot be read again or its bytes are not those scanned."""
+    path = result.paths[photo.index]
+    img, sha256 = load_image_hashed(path)
+    if photo.sha256 is None:  # a scan resumed from a checkpoint that kept no hashes
+        photo.sha256 = sha256
+    elif sha256 != photo.sha256:
+        raise ImageError(path, "changed since the scan (its sha256 differs)")
+    windows = result.crops.windows(*img.size)
+    transform = model.transform
+    return {c: transform(img.crop(windows[c])) for c in crops_wanted}, img.size, windows
+
+
+def _render(model, result, records: Records, out: Path, project: int, methods, batch_size: int, progress,
+            stats: dict) -> set[str]:
+    """Patches for every example and projections for the first ``project`` ranks: photos read
+    in chunks (in image id order), examples of one layer projected ``batch_size`` at a time.
+    Fills each example's patch, box_original and projections, each image's window and each
+    photo's size (or error), and ``stats`` with per-layer counts of windowed / whole-input
+    projections; returns the layers left incomplete."""
+    prep = model.preprocessing
+    example = torch.randn(1, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
+    module, memory_format = projection_module(model.module, example, [info.name for info in result.layers])
+    by_image: dict[int, list[ExampleRecord]] = {}
+    for e in records.examples:
+        by_image.setdefault(e.image_id, []).append(e)
+    order = sorted(records.images)
+    chunk = max(1, min(256, 4 * batch_size))
+    incomplete: set[str] = set()
+    work = {i: len(es) + sum(1 for e in es if e.rank < project) * len(methods) for i, es in by_image.items()}
+    with Bar(sum(work.values()), "projecting", disable=None if progress is None else not progress) as bar:
+        for start in range(0, len(order), chunk):
+            ids = order[start : start + chunk]
+            inputs: dict[int, torch.Tensor] = {}
+            wanted: dict[int, list[int]] = {}
+            for i in ids:
+                wanted.setdefault(records.images[i].photo, []).append(records.images[i].crop)
+            for p, crops_wanted in wanted.items():
+                photo = records.photos[p]
+                if photo.error is not None:  # failed in an earlier chunk: the same for all its crops
+                    continue
+                try:
+                    tensors, size, windows = _load_inputs(model, result, photo, crops_wanted)
+                except ImageError as exc:  # removed, changed or damaged since the scan
+                    photo.error = exc.reason
+                    continue
+                photo.size = size
+                for c, t in tensors.items():
+                    image_id = result.image_id(p, c)
+                    inputs[image_id] = t
+                    records.images[image_id].window = windows[c]
+            # patches (deduplicated: deep layers share whole-input boxes)
+            for i in ids:
+                if i not in inputs:
+                    incomplete.update(e.layer for e in by_image[i])
+                    bar.advance(work[i])  # nothing to do for them
+                    continue
+                image = records.images[i]
+                pixels = None
+                for e in by_image[i]:
+                    t, l, b, r = e.box
+                    e.box_original = prep.input_box_to_original(e.box, image.window)
+                    rel = f"patches/{i}/{t}_{l}_{b}_{r}.png"
+                    if rel not in image.written:
+                        if pixels is None:
+                            pixels = prep.denormalize(inputs[i].unsqueeze(0))[0].clamp(0, 1)
+                            pixels = (pixels * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                        _save_png(np.ascontiguousarray(pixels[t:b, l:r]), out / rel)
+                        image.written.add(rel)
+                    e.patch = rel
+                bar.advance(len(by_image[i]))
+            # projections, per layer, batch_size examples per backward pass
+            todo = [e for i in ids if i in inputs for e in by_image[i] if e.rank < project]
+            todo.sort(key=lambda e: (e.layer_index, e.image_id, e.unit, e.rank))
+            for li in sorted({e.layer_index for e in todo}):
+                group = [e for e in todo if e.layer_index == li]
+                counts = _project_layer(module, memory_format, result.layers[li], group, inputs, methods,
+                                        batch_size, out, bar)
+                layer_counts = stats.setdefault(result.layers[li].name, {})
+                for k, v in counts.items():
+                    layer_counts[k] = layer_counts.get(k, 0) + v
+    return incomplete
+
+
+def _project_layer(module, memory_format, info, group: list[ExampleRecord], inputs, methods, batch_size, out,
+                   bar) -> dict:
+    """Projections of one layer's examples (``group``), written as PNG files in the atlas's
+    layout (so this stays with the atlas; the batching is :func:`convscope.backproject.project_boxes`)."""
+    results, counts = project_boxes(
+        module, info, [inputs[e.image_id] for e in group], [e.unit for e in group],
+        [(e.y, e.x) for e in group], [e.value for e in group], methods, batch_size, memory_format,
+        on_done=lambda k: bar.advance(k * len(methods)),
+    )
+    for e, res in zip(group, results):
+        for method, p in res.items():
+            rel = f"layers/{safe_name(info.name)}/unit_{e.unit:04d}/top_{e.rank:02d}_{method}.png"
+            _save_png(to_image(p), out / rel)
+            e.projections[method] = rel
+    return counts
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    """An atomic PNG write; not fsynced one by one (see :func:`build`)."""
+    with atomic_write(path, fsync=False) as f:
+        Image.fromarray(array).save(f, format="PNG", compress_level=6)
+
+
+__all__ = ["build"]

@@ -1,0 +1,460 @@
+"""The atlas on disk: its SQLite schema, the reader (:class:`Atlas`) and the writer of a build.
+
+An atlas is a folder (schema in ``docs/atlas.md``)::
+
+    atlas.sqlite                      model, preprocessing, layers, units, images, examples, skipped
+    patches/<image id>/<t>_<l>_<b>_<r>.png        an example's receptive field on the model input
+    layers/<layer>/unit_<u>/top_<r>_deconvnet.png its projection, cropped to the same box
+    layers/<layer>/unit_<u>/top_<r>_guided.png
+    featvis/<layer>/unit_<u>.png      feature visualizations added later (:meth:`Atlas.set_featvis`)
+    scan_state.pt                     the final ScanState (merge more images in later)
+
+``atlas.sqlite`` appears only once a build is complete (:mod:`convscope.atlas.builder`); until
+then the build lives in ``.partial/``, and :meth:`Atlas.open` says so.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConvscopeError, unknown_name_error
+from ..files import atomic_write, safe_name
+from ..scan import ScanState
+from .records import Records
+
+FORMAT = "convscope-atlas"
+FORMAT_VERSION = 1
+DB_NAME = "atlas.sqlite"
+PARTIAL = ".partial"
+STATE_NAME = "scan_state.pt"
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+HISTOGRAM_BINS = 32
+METHODS = ("deconvnet", "guided")  # the projection columns of the examples table, and the default
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE layers (
+    name TEXT PRIMARY KEY, position INTEGER NOT NULL UNIQUE, type TEXT NOT NULL,
+    channels INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
+    stride_y INTEGER NOT NULL, stride_x INTEGER NOT NULL, rf_y INTEGER NOT NULL, rf_x INTEGER NOT NULL,
+    offset_y INTEGER NOT NULL, offset_x INTEGER NOT NULL, complete INTEGER NOT NULL
+);
+CREATE TABLE units (
+    layer TEXT NOT NULL REFERENCES layers(name), unit INTEGER NOT NULL,
+    top REAL, mean REAL NOT NULL, min REAL, max REAL, frac_positive REAL NOT NULL,
+    quantiles TEXT NOT NULL, histogram TEXT NOT NULL, sketch TEXT NOT NULL, featvis TEXT,
+    PRIMARY KEY (layer, unit)
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY, photo INTEGER NOT NULL, crop INTEGER NOT NULL, path TEXT NOT NULL,
+    hash TEXT, width INTEGER, height INTEGER,
+    crop_top INTEGER, crop_left INTEGER, crop_bottom INTEGER, crop_right INTEGER
+);
+CREATE TABLE examples (
+    layer TEXT NOT NULL REFERENCES layers(name), unit INTEGER NOT NULL, rank INTEGER NOT NULL,
+    image INTEGER NOT NULL REFERENCES images(id), value REAL NOT NULL, y INTEGER NOT NULL, x INTEGER NOT NULL,
+    box_top INTEGER NOT NULL, box_left INTEGER NOT NULL, box_bottom INTEGER NOT NULL, box_right INTEGER NOT NULL,
+    orig_top INTEGER, orig_left INTEGER, orig_bottom INTEGER, orig_right INTEGER,
+    patch TEXT, deconvnet TEXT, guided TEXT,
+    PRIMARY KEY (layer, unit, rank)
+);
+CREATE TABLE skipped (path TEXT NOT NULL, reason TEXT NOT NULL, phase TEXT NOT NULL DEFAULT 'scan');
+"""
+
+
+class IncompleteAtlasError(ConvscopeError):
+    """A folder whose atlas build stopped before the end."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Atlas:
+    """A finished atlas, read through SQLite; safe to share between threads.
+
+    >>> atlas = Atlas.open("atlas/")
+    >>> atlas.layers                      # network order
+    ['bn1', 'blocks.0', ...]
+    >>> atlas.units("blocks.2")[7]["quantiles"]["0.5"]
+    >>> atlas.path(atlas.examples("blocks.2", 7)[0]["deconvnet"])    # absolute Path
+    """
+
+    def __init__(self, root: Path, conn: sqlite3.Connection):
+        self.root = root
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._meta = {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
+        self._layers = [dict(r) for r in self._query("SELECT * FROM layers ORDER BY position")]
+        # atlases written before photos unreadable during the build were kept have no phase
+        self._phases = "phase" in {r["name"] for r in self._query("PRAGMA table_info(skipped)")}
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "Atlas":
+        """Open the atlas in ``directory``; an unfinished build raises :class:`IncompleteAtlasError`
+        (one line, saying to run the build again with ``resume=True``)."""
+        root = Path(directory)
+        db = root / DB_NAME
+        resume_hint = "finish it by running the build again with resume=True and the same arguments"
+        build_hint = "build one with convscope.atlas.build (`convscope atlas build`)"
+        if not db.is_file():
+            if (root / PARTIAL).exists():
+                raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
+            if not root.is_dir():
+                raise ConvscopeError(f"no atlas folder {root}; {build_hint}")
+            raise ConvscopeError(f"{root} holds no atlas ({DB_NAME} is missing); {build_hint}")
+        try:
+            conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            complete = conn.execute("SELECT value FROM meta WHERE key = 'complete'").fetchone()
+            fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ConvscopeError(f"{db} is not a readable atlas database ({exc}); rebuild it with overwrite=True") from None
+        if fmt is None or json.loads(fmt[0]) != FORMAT:
+            conn.close()
+            raise ConvscopeError(f"{db} is not a convscope atlas; rebuild it with overwrite=True")
+        if complete is None or json.loads(complete[0]) is not True:
+            conn.close()
+            raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
+        return cls(root, conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "Atlas":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _query(self, sql: str, args: Sequence = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # ------------------------------------------------------------------ contents
+
+    def info(self) -> dict:
+        """Model spec, preprocessing, creation time, images scanned and skipped, settings, and the
+        layers (name, type, shape, stride, receptive_field, offset, complete) in network order."""
+        m = self._meta
+        return {
+            "format": m.get("format"),
+            "version": m.get("version"),
+            "model": m.get("model"),
+            "preprocessing": m.get("preprocessing"),
+            "created": m.get("created"),
+            "images": m.get("images"),
+            "top_k": m.get("top_k"),
+            "crops": m.get("crops"),
+            "projections": m.get("projections"),
+            "sketch": m.get("sketch"),
+            "build_seconds": m.get("build_seconds"),
+            "layers": [self._layer_dict(r) for r in self._layers],
+            "complete": m.get("complete") is True,
+        }
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer names in network order."""
+        return [r["name"] for r in self._layers]
+
+    def layer(self, name: str) -> dict:
+        """One layer: name, type, shape (C, H, W), stride, receptive_field and offset ([y, x] input
+        pixels), units (count), complete (all projections computed)."""
+        return self._layer_dict(self._layer_row(name))
+
+    def units(self, layer: str) -> list[dict]:
+        """Per unit of ``layer``: unit, top (best value), mean, min, max, frac_positive,
+        quantiles ({"0.5": v, ...}), histogram ({"counts", "edges"}: 32 equal bins from min to
+        max, rebinned from the sketch), sketch (the exact mergeable bins that hold data:
+        {"first", "counts", "edges"}) and featvis (relative path or None)."""
+        self._layer_row(layer)
+        rows = self._query("SELECT * FROM units WHERE layer = ? ORDER BY unit", (layer,))
+        out = []
+        for r in rows:
+            out.append({
+                "unit": r["unit"],
+                "top": r["top"],
+                "mean": r["mean"],
+                "min": r["min"],
+                "max": r["max"],
+                "frac_positive": r["frac_positive"],
+                "quantiles": json.loads(r["quantiles"]),
+                "histogram": json.loads(r["histogram"]),
+                "sketch": json.loads(r["sketch"]),
+                "featvis": r["featvis"],
+            })
+        return out
+
+    def examples(self, layer: str, unit: int) -> list[dict]:
+        """The top examples of one unit, best first: rank, image (photo path), image_id, crop,
+        hash (sha256 of the file), value, y, x (on the layer's map), box (top, left, bottom,
+        right on the model input), box_original (the same on the photo), crop_box (the crop's
+        window on the photo), and patch, deconvnet, guided (relative paths, or None)."""
+        self._check_unit(layer, unit)
+        rows = self._query(
+            "SELECT e.*, i.path, i.hash, i.crop, i.width, i.height, i.crop_top, i.crop_left, i.crop_bottom, i.crop_right "
+            "FROM examples e JOIN images i ON e.image = i.id WHERE e.layer = ? AND e.unit = ? ORDER BY e.rank",
+            (layer, int(unit)),
+        )
+        return [
+            {
+                "rank": r["rank"],
+                "image": r["path"],
+                "image_id": r["image"],
+                "crop": r["crop"],
+                "hash": r["hash"],
+                "value": r["value"],
+                "y": r["y"],
+                "x": r["x"],
+                "box": [r["box_top"], r["box_left"], r["box_bottom"], r["box_right"]],
+                "box_original": None if r["orig_top"] is None else [r["orig_top"], r["orig_left"], r["orig_bottom"], r["orig_right"]],
+                "crop_box": None if r["crop_top"] is None else [r["crop_top"], r["crop_left"], r["crop_bottom"], r["crop_right"]],
+                "image_size": None if r["width"] is None else [r["width"], r["height"]],
+                "patch": r["patch"],
+                "deconvnet": r["deconvnet"],
+                "guided": r["guided"],
+            }
+            for r in rows
+        ]
+
+    def featvis(self, layer: str, unit: int) -> str | None:
+        """Relative path of the unit's feature visualization, or None."""
+        self._check_unit(layer, unit)
+        row = self._query("SELECT featvis FROM units WHERE layer = ? AND unit = ?", (layer, int(unit)))
+        return row[0]["featvis"] if row else None
+
+    def set_featvis(self, layer: str, unit: int, png_path: str | os.PathLike) -> str:
+        """Copy a feature visualization image into the atlas for ``unit`` of ``layer``; returns
+        its relative path."""
+        self._check_unit(layer, unit)
+        src = Path(png_path)
+        if not src.is_file():
+            raise ConvscopeError(f"feature visualization file {src} does not exist")
+        relative = f"featvis/{safe_name(layer)}/unit_{int(unit):04d}.png"
+        with open(src, "rb") as source, atomic_write(self.root / relative) as dest:
+            shutil.copyfileobj(source, dest)
+        with self._lock:
+            rw = sqlite3.connect(self.root / DB_NAME)
+            try:
+                with rw:
+                    rw.execute("UPDATE units SET featvis = ? WHERE layer = ? AND unit = ?", (relative, layer, int(unit)))
+            finally:
+                rw.close()
+        return relative
+
+    def path(self, relative: str | os.PathLike) -> Path:
+        """Absolute path of a file inside the atlas; anything that would leave the atlas folder
+        (absolute paths, ``..``, links pointing out) raises :class:`ConvscopeError`."""
+        rel = str(relative)
+        if not rel or Path(rel).is_absolute() or rel.startswith(("/", "\\")):
+            raise ConvscopeError(f"{rel!r} is not a path inside the atlas")
+        root = self.root.resolve()
+        p = (root / rel).resolve()
+        if p != root and root not in p.parents:
+            raise ConvscopeError(f"{rel!r} is outside the atlas")
+        return p
+
+    def state(self, device: str = "cpu"):
+        """The final :class:`~convscope.scan.ScanState` (to merge more scans into)."""
+        return ScanState.load(self.root / STATE_NAME, device)
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """The photos the scan could not read, as (path as given, reason), in input order."""
+        where = " WHERE phase = 'scan'" if self._phases else ""
+        return [(r["path"], r["reason"]) for r in self._query(f"SELECT path, reason FROM skipped{where} ORDER BY rowid")]
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        """The photos that were scanned but could not be read again to cut their patches and
+        projections (removed, changed or damaged since the scan), as (path as given, reason);
+        their examples have no patch, and their layers are not ``complete``. Empty for atlases
+        written before this was kept."""
+        if not self._phases:
+            return []
+        rows = self._query("SELECT path, reason FROM skipped WHERE phase = 'render' ORDER BY rowid")
+        return [(r["path"], r["reason"]) for r in rows]
+
+    # ------------------------------------------------------------------ internals
+
+    def _layer_row(self, name: str) -> dict:
+        for r in self._layers:
+            if r["name"] == name:
+                return r
+        raise unknown_name_error("layer", name, self.layers, cls=ConvscopeError,
+                                 hint=f"It is not in this atlas, whose layers are: {', '.join(self.layers)}.")
+
+    def _check_unit(self, layer: str, unit: int) -> None:
+        c = self._layer_row(layer)["channels"]
+        if not isinstance(unit, (int, np.integer)) or not 0 <= int(unit) < c:
+            raise ConvscopeError(f"layer {layer!r} has units 0 to {c - 1}; there is no unit {unit}")
+
+    @staticmethod
+    def _layer_dict(r: dict) -> dict:
+        return {
+            "name": r["name"],
+            "type": r["type"],
+            "shape": [r["channels"], r["height"], r["width"]],
+            "stride": [r["stride_y"], r["stride_x"]],
+            "receptive_field": [r["rf_y"], r["rf_x"]],
+            "offset": [r["offset_y"], r["offset_x"]],
+            "units": r["channels"],
+            "complete": bool(r["complete"]),
+        }
+
+    def __repr__(self) -> str:
+        return f"Atlas({str(self.root)!r}, {len(self._layers)} layers)"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _display_histogram(hist: torch.Tensor, mids: np.ndarray, lo: float, hi: float) -> dict:
+    """One unit's sketch counts (value order) rebinned into HISTOGRAM_BINS equal bins over
+    [lo, hi] (each sketch bin goes whole to the bin of its midpoint), for drawing."""
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        return {"counts": [], "edges": []}
+    if hi <= lo:
+        hi = lo + max(1e-6, abs(lo) * 1e-6)
+    out_edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    counts = hist.numpy()
+    nz = counts > 0
+    which = np.clip(np.searchsorted(out_edges, np.clip(mids[nz], lo, hi), side="right") - 1, 0, HISTOGRAM_BINS - 1)
+    binned = np.bincount(which, weights=counts[nz], minlength=HISTOGRAM_BINS)
+    return {"counts": [int(v) for v in binned], "edges": [float(v) for v in out_edges]}
+
+
+def _finite(v: float) -> float | None:
+    return v if np.isfinite(v) else None
+
+
+def write_db(path: Path, model, result, records: Records, incomplete: set[str], projections: dict,
+             seconds: float) -> None:
+    """Write the whole atlas database of a build to ``path`` (a new file) in one transaction, the
+    ``complete`` flag last, then fsync it: ``model`` (LoadedModel), ``result`` (the
+    :class:`~convscope.scan.Scan`), ``records`` (the build's), ``incomplete`` (layers some of
+    whose examples have no files), ``projections`` (the meta entry) and ``seconds`` (build time)."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.executescript(SCHEMA)
+        with conn:  # one transaction: all of the atlas, the `complete` flag last
+            crops = result.crops
+            describe = model.describe()
+            meta = {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "model": describe,
+                "preprocessing": model.preprocessing.to_dict(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "images": {
+                    "inputs": len(result.paths),
+                    "scanned": result.photos_scanned,
+                    "skipped": len(result.skipped),
+                    "crops_per_photo": crops.count,
+                    "scanned_crops": result.state.images,
+                },
+                "top_k": result.state.top_k,
+                "crops": crops.to_dict(),
+                "projections": projections,
+                "sketch": {**result.state.sketch.to_dict(), "bins": result.state.sketch.bins},
+                "sampled_positions": {i.name: result.state.sketch.positions(*i.shape[1:]) for i in result.layers},
+                "quantile_levels": list(QUANTILES),
+                "build_seconds": round(seconds, 1),
+            }
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            for pos, info in enumerate(result.layers):
+                c, h, w = info.shape
+                conn.execute(
+                    "INSERT INTO layers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (info.name, pos, info.type, c, h, w, info.stride[0], info.stride[1], info.receptive_field[0],
+                     info.receptive_field[1], info.offset[0], info.offset[1], int(info.name not in incomplete)),
+                )
+                conn.executemany("INSERT INTO units VALUES (?,?,?,?,?,?,?,?,?,?,?)", unit_rows(result, info.name))
+            for image_id in sorted(records.images):
+                image = records.images[image_id]
+                photo = records.photos[image.photo]
+                size, win = photo.size, image.window
+                conn.execute(
+                    "INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (image_id, image.photo + result.offset, image.crop, photo.path, photo.sha256,
+                     size[0] if size else None, size[1] if size else None,
+                     win[1] if win else None, win[0] if win else None, win[3] if win else None, win[2] if win else None),
+                )
+            conn.executemany(
+                "INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (e.layer, e.unit, e.rank, e.image_id, e.value, e.y, e.x, *e.box, *(e.box_original or (None,) * 4),
+                     e.patch, *(e.projections.get(m) for m in METHODS))
+                    for e in records.examples
+                ],
+            )
+            conn.executemany("INSERT INTO skipped VALUES (?, ?, 'scan')", [(p, r) for p, r in result.skipped])
+            unreadable = [(result.paths[p.index], p.error) for _i, p in sorted(records.photos.items()) if p.error]
+            conn.executemany("INSERT INTO skipped VALUES (?, ?, 'render')", unreadable)
+            conn.execute("INSERT INTO meta VALUES ('complete', 'true')")
+    finally:
+        conn.close()
+    fsync_file(path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a closed file's data to disk (before it is renamed into place)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def commit_db(finished: Path, dest: Path) -> None:
+    """Rename a finished, fsynced database (:func:`write_db`) to ``dest``, then fsync the folder
+    so that the rename itself survives a crash: from here on the atlas reads as complete."""
+    os.replace(finished, dest)
+    try:
+        fd = os.open(dest.parent, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened for fsync on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot fsync folders (EINVAL): the rename stands anyway
+        pass
+    finally:
+        os.close(fd)
+
+
+def unit_rows(result, layer: str):
+    """The ``units`` rows of ``layer``, from the scan state's summary."""
+    s = result.state.summary(layer, QUANTILES)
+    values = result.state.tensors[layer]["values"].cpu()
+    edges = s["edges"]
+    mids = result.state.sketch.mids().numpy()
+    for u in range(values.shape[0]):
+        hist = s["hist"][u]
+        nz = torch.nonzero(hist).flatten()
+        first, last = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
+        sketch = {
+            "first": first,
+            "counts": hist[first:last].tolist(),
+            "edges": [_finite(float(e)) for e in edges[first : last + 1]] if last else [],
+        }
+        lo, hi = float(s["min"][u]), float(s["max"][u])
+        yield (
+            layer, u, _finite(float(values[u, 0])), float(s["mean"][u]), _finite(lo), _finite(hi),
+            float(s["frac_positive"][u]),
+            json.dumps({str(q): _finite(float(v)) for q, v in zip(QUANTILES, s["quantiles"][u].tolist())}),
+            json.dumps(_display_histogram(hist, mids, lo, hi)),
+            json.dumps(sketch),
+            None,
+        )
+
+
+__all__ = [
+    "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
+    "IncompleteAtlasError", "commit_db", "fsync_file", "unit_rows", "write_db",
+]
