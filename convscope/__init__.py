@@ -1,30 +1,54 @@
-"""convscope: see what a convolutional image classifier has learned."""
-from .errors import ConvscopeError, ImageError, UnknownLayerError, UnknownModelError, WeightsUnavailableError
-from .classify import classify
-from .data import expand_inputs, iter_batches, load_image, sample_photos
-from .models import DEFAULT_MODEL, LoadedModel, Preprocessing, available_models, load_model
-from .scan import ScanState, scan
-from .atlas import Atlas
+"""convscope: see what a convolutional image classifier has learned.
+
+The names below load on first use (PEP 562), so that ``import convscope`` and the command
+line's ``--help`` do not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Atlas",
-    "ConvscopeError",
-    "DEFAULT_MODEL",
-    "ImageError",
-    "LoadedModel",
-    "Preprocessing",
-    "ScanState",
-    "UnknownLayerError",
-    "UnknownModelError",
-    "WeightsUnavailableError",
-    "available_models",
-    "classify",
-    "expand_inputs",
-    "iter_batches",
-    "load_image",
-    "sample_photos",
-    "load_model",
-    "scan",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "ConvscopeError": "errors", "ImageError": "errors", "UnknownLayerError": "errors",
+    "UnknownModelError": "errors", "WeightsUnavailableError": "errors",
+    "classify": "classify",
+    "expand_inputs": "data", "iter_batches": "data", "load_image": "data", "sample_photos": "data",
+    "DEFAULT_MODEL": "models", "LoadedModel": "models", "Preprocessing": "models",
+    "available_models": "models", "load_model": "models",
+    "ScanState": "scan", "scan": "scan",
+    "Atlas": "atlas",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``convscope.scan`` and ``convscope.classify`` are the functions, as they were when this
+    package imported everything eagerly: importing the submodule of the same name (which sets
+    the package's attribute to the module) keeps the function there instead."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if (name in ("scan", "classify") and isinstance(value, types.ModuleType)
+                and value.__name__ == f"{__name__}.{name}"):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import UnknownModelError, WeightsUnavailableError, unknown_name_error
 
-DEFAULT_MODEL = "efficientnet_lite0"
+from .model_names import DEFAULT_MODEL  # torch-free, for the CLI's help
 SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -202,11 +202,10 @@ def available_models() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def imagenet_labels() -> list[str]:
-    """ImageNet-1k class names in the standard index order (offline; timm ships them)."""
-    from timm.data import ImageNetInfo
+    """ImageNet-1k class names in the standard index order (offline: timm's, in convscope.imagenet_labels)."""
+    from .imagenet_labels import LABELS  # timm's ImageNetInfo, written out: no timm import
 
-    info = ImageNetInfo()
-    return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+    return list(LABELS)
 
 
 def _labels_for(num_classes: int) -> list[str]:

@@ -1,89 +1,230 @@
-"""Shared CLI pieces: the root group, model options, one-line errors and progress bars."""
+"""Shared CLI pieces: the lazy root group and its one-line errors, the model options, the layer
+list type, old option spellings, and JSON records.
+
+Nothing here imports torch: ``convscope --help`` and every command's ``--help`` read only
+click and the torch-free :mod:`convscope.model_names`.
+"""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import json
 import os
+import re
 import sys
 
 import click
 
-from ..errors import ConvscopeError
+from ..errors import ConvscopeError, UnknownLayerError
+from ..model_names import BUILTIN, DEFAULT_MODEL
+
+DEBUG_HINT = "set CONVSCOPE_DEBUG=1 for the traceback"
 
 
-class _Group(click.Group):
-    """Turns library errors into one line on stderr and exit status 2 (usage) or 1 (failure)."""
+def debug() -> bool:
+    return os.environ.get("CONVSCOPE_DEBUG", "").strip().lower() not in ("", "0", "no", "false", "off")
+
+
+def describe_error(exc: Exception) -> tuple[int, str]:
+    """The exit status and the one line for an exception that ended a command.
+
+    2: bad input, told in the library's own words (its errors that are also a ValueError,
+    LookupError or TypeError, as an unknown layer or model, or a unit out of range). 1: a
+    failure the user can act on (other library errors, a file or disk problem, out of memory).
+    Anything else is a bug: 1, with its type and the way to see the traceback.
+    """
+    if isinstance(exc, UnknownLayerError):  # a KeyError too: its message, not KeyError's quoting
+        return 2, str(exc)
+    if isinstance(exc, ConvscopeError):
+        bad_input = isinstance(exc, (ValueError, LookupError, TypeError)) or getattr(exc, "usage", False)
+        return (2 if bad_input else 1), str(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA one
+        return 1, "out of memory; try a smaller --batch-size"
+    if isinstance(exc, OSError):
+        return 1, str(exc)
+    text = str(exc).strip().splitlines()
+    return 1, f"{type(exc).__name__}: {text[0] if text else '(no message)'} ({DEBUG_HINT})"
+
+
+class Group(click.Group):
+    """A click group whose commands are imported on first use (``lazy``: name -> "module:attr"
+    in this package), and which turns exceptions into one line on stderr and an exit status
+    (see :func:`describe_error`); ``CONVSCOPE_DEBUG=1`` shows the traceback of any of them."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in self.lazy:
+            module, attr = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(f"{__package__}.{module}"), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
-        except (ConvscopeError, ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-            msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-            click.echo(f"error: {msg}", err=True)
-            usage = isinstance(exc, (ValueError, TypeError, KeyError)) or getattr(exc, "usage", False)
-            sys.exit(2 if usage else 1)
         except KeyboardInterrupt:
+            if debug():
+                raise
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except MemoryError:
-            click.echo("error: out of memory; use a smaller --batch-size", err=True)
-            sys.exit(1)
-        except Exception as exc:  # last resort: still one line, with a way to see more
-            if os.environ.get("CONVSCOPE_DEBUG"):
+        except Exception as exc:
+            if debug():
                 raise
-            click.echo(
-                f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                "(set CONVSCOPE_DEBUG=1 for the traceback)",
-                err=True,
-            )
-            sys.exit(1)
+            code, line = describe_error(exc)
+            click.echo(f"error: {line}", err=True)
+            sys.exit(code)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="convscope")
-def main():
-    """convscope: see what a convolutional image classifier has learned.
-
-    \b
-    Example:
-      convscope classify --samples
-      convscope layers --model torchvision:resnet18 --no-pretrained
-    """
-    from ..runtime import keep_freed_memory
-
-    keep_freed_memory()  # large freed tensors stay in the heap: no page faults on the next one
+# --------------------------------------------------------------------------- options
 
 
-def model_options(fn):
-    """--model, --weights, --no-pretrained and --device, shared by every command."""
-    from ..models import DEFAULT_MODEL, available_models
+@dataclasses.dataclass(frozen=True)
+class ModelArgs:
+    """What --model, --weights, --no-pretrained and --device asked for; ``spec`` is ``None``
+    where the command's default is the model an atlas was built with."""
 
-    @click.option(
-        "--model",
-        "model_spec",
-        default=DEFAULT_MODEL,
-        show_default=True,
-        metavar="SPEC",
-        help="Model: " + ", ".join(available_models()) + ".",
-    )
-    @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict (.pt/.pth/.safetensors) for the architecture.")
-    @click.option("--no-pretrained", is_flag=True, help="Random-initialized weights (seeded).")
-    @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available).")
-    @functools.wraps(fn)
-    def wrapper(*args, model_spec, weights, no_pretrained, device, **kwargs):
+    spec: str | None
+    weights: str | None = None
+    pretrained: bool = True
+    device: str | None = None
+
+    def load(self, spec: str | None = None):
+        """The :class:`~convscope.models.LoadedModel` (``spec`` fills in a ``None`` spec)."""
         from ..models import load_model
 
-        def get_model():
-            return load_model(model_spec, weights=weights, device=device, pretrained=not no_pretrained)
+        if self.device is not None and self.device.startswith("cuda"):
+            import torch
 
-        return fn(*args, get_model=get_model, **kwargs)
+            if not torch.cuda.is_available():
+                raise click.BadParameter(f"{self.device!r} asked for, but no CUDA GPU is available; use cpu",
+                                         param_hint="--device")
+        return load_model(self.spec or spec, weights=self.weights, device=self.device, pretrained=self.pretrained)
 
-    return wrapper
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
 
 
-def progress(iterable=None, total=None, description="working", disable=None):
-    """A rich progress bar on stderr, quiet when stderr is not a terminal unless CONVSCOPE_PROGRESS=1."""
-    from ..progress import track
+def _check_device(ctx, param, value):
+    if value is not None and not _DEVICE.fullmatch(value.strip()):
+        raise click.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N")
+    return value.strip() if value else value
 
-    return track(iterable, total=total, description=description, disable=disable)
+
+def model_options(fn=None, *, atlas: bool = False, weights: bool = True, device: bool = True):
+    """--model, --weights, --no-pretrained and --device; the command gets ``model_args``
+    (:class:`ModelArgs`). ``atlas=True``: --model defaults to the atlas's own model.
+    ``weights``/``device=False`` leave those two out where the command cannot use them."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, model_spec, weights=None, no_pretrained=False, device=None, **kwargs):
+            return fn(*args, model_args=ModelArgs(model_spec, weights, not no_pretrained, device), **kwargs)
+
+        if device:
+            wrapper = click.option("--device", default=None, callback=_check_device,
+                                   help="cpu, cuda or cuda:N (default: cuda if available).")(wrapper)
+        wrapper = click.option("--no-pretrained", is_flag=True, help="Random-initialized weights (seeded).")(wrapper)
+        if weights:
+            wrapper = click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                                   help="State dict (.pt/.pth/.safetensors) for the architecture.")(wrapper)
+        models = ", ".join(BUILTIN) + " (`convscope models`)."
+        wrapper = click.option(
+            "--model", "model_spec", default=None if atlas else DEFAULT_MODEL, show_default=not atlas, metavar="SPEC",
+            help=("Model (default: the atlas's own; it must be the one the atlas was built with): " if atlas
+                  else "Model: ") + models,
+        )(wrapper)
+        return wrapper
+
+    return deco(fn) if fn is not None else deco
+
+
+class NameList(click.ParamType):
+    """A comma-separated list of dotted layer names: ``blocks.2`` or ``blocks.2,bn2``."""
+
+    name = "names"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "L1,L2"
+
+    def convert(self, value, param, ctx) -> list[str]:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        names = [n.strip() for n in str(value).split(",") if n.strip()]
+        if not names:
+            self.fail("give at least one dotted layer name, e.g. blocks.2 or blocks.2,bn2", param, ctx)
+        return names
+
+
+LAYERS = NameList()
+
+
+class UnitList(click.ParamType):
+    """Channels: ``7``, ``0-15``, ``3,7,9-11`` or ``all``, as a list of ints in the order given, or
+    ``"all"``; whether they fit the layer is the library's check, with the valid range."""
+
+    name = "units"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "U"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)) or value == "all":
+            return value
+        text = str(value).strip()
+        if text == "all":
+            return "all"
+        units: list[int] = []
+        for part in (p.strip() for p in text.split(",")):
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+                self.fail(f"cannot read {text!r}; write e.g. 7, 0-15, 3,7,9-11 or all", param, ctx)
+            first = int(m.group(1))
+            units += range(first, int(m.group(2) or first) + 1)
+        return units
+
+
+UNITS = UnitList()
+
+
+def renamed(old: str, new: str, *, required: bool = False, **option_kwargs):
+    """Accept the old spelling ``old`` of the option ``new`` for one more release: a hidden
+    option whose value goes to ``new``'s parameter, with a one-line note on stderr. ``required``:
+    one of the two spellings must be given (click cannot require ``new`` itself then)."""
+    dest = new.lstrip("-").replace("-", "_")
+    hidden = "old_" + old.lstrip("-").replace("-", "_")
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            value = kwargs.pop(hidden)
+            ctx = click.get_current_context()
+            if value is not None:
+                if ctx.get_parameter_source(dest) == click.core.ParameterSource.COMMANDLINE:
+                    raise click.UsageError(f"give {new} only ({old} is its old spelling)")
+                click.echo(f"note: {old} is deprecated and goes in the next release; use {new}", err=True)
+                kwargs[dest] = value
+            if required and kwargs.get(dest) is None:
+                param = next(p for p in ctx.command.params if p.name == dest)
+                raise click.MissingParameter(ctx=ctx, param=param)
+            return fn(*args, **kwargs)
+
+        return click.option(old, hidden, hidden=True, default=None, **option_kwargs)(wrapper)
+
+    return deco
+
+
+def emit(record: dict) -> None:
+    """One JSON record, one line, on stdout (the grammar of every --json)."""
+    click.echo(json.dumps(record))
+
+
+def note(text: str) -> None:
+    click.echo(f"note: {text}", err=True)

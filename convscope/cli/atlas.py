@@ -1,17 +1,16 @@
 """`convscope atlas build | info | show`: the top images of every unit, on disk."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
 
 import click
 
-from ._common import main, model_options
+from ._common import LAYERS, UNITS, emit, model_options, note, renamed
 
 
-@main.group()
+@click.group()
 def atlas():
     """Build and read atlases: each unit's top images, patches and projections.
 
@@ -19,7 +18,7 @@ def atlas():
     Examples:
       convscope atlas build photos/ --out atlas/ --top 9
       convscope atlas info atlas/
-      convscope atlas show atlas/ --layer blocks.2 --unit 7
+      convscope atlas show atlas/ --layers blocks.2 --units 7
     """
 
 
@@ -27,7 +26,7 @@ def atlas():
 @click.argument("images", nargs=-1)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the atlas.")
 @click.option("--samples", is_flag=True, help="Also scan scikit-image's sample photos.")
-@click.option("--layers", default=None, metavar="L1,L2", help="Dotted layer names (default: `convscope layers --default-only`).")
+@click.option("--layers", type=LAYERS, default=None, help="Dotted layer names (default: `convscope layers --default-only`).")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000), help="Top images kept per unit.")
 @click.option("--crops", default="1", show_default=True, metavar="LEVELS",
               help="Grid levels per photo, e.g. 1,2,3: the whole photo plus 2x2 and 3x3 overlapping crops (14 images per photo).")
@@ -38,8 +37,10 @@ def atlas():
 @click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1), help="Photos between saved checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted build in --out (same arguments).")
 @click.option("--overwrite", is_flag=True, help="Replace an atlas or unfinished build in --out.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, seconds.")
 @model_options
-def build(images, out, samples, layers, top, crops, project, batch_size, workers, checkpoint_every, resume, overwrite, get_model):
+def build(images, out, samples, layers, top, crops, project, batch_size, workers, checkpoint_every, resume, overwrite,
+          as_json, model_args):
     """Scan photos (files, folders, globs, @LIST files) and write an atlas to --out.
 
     One pass over the photos keeps each unit's --top images; then only those photos are read
@@ -60,7 +61,7 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
         inputs += [str(p) for p in sample_photos()]
     if not inputs:
         raise click.UsageError("give image files, folders or globs, or --samples")
-    model = get_model()
+    model = model_args.load()
     skipped = []
 
     def on_skip(path, reason):
@@ -75,13 +76,17 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
             resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project, on_skip=on_skip,
         )
     for w in caught:  # one line each, no source line
-        click.echo(f"note: {w.message}", err=True)
+        note(str(w.message))
     info = result.info()
     images_info = info["images"]
+    seconds = time.time() - started
+    units = sum(layer["units"] for layer in info["layers"])
+    if as_json:
+        emit({"out": str(out), "model": info["model"], "layers": [layer["name"] for layer in info["layers"]],
+              "units": units, "images": images_info, "seconds": round(seconds, 3)})
     click.echo(
-        f"atlas of {len(info['layers'])} layers, {sum(l['units'] for l in info['layers'])} units over "
-        f"{images_info['scanned']} photos ({images_info['skipped']} skipped) written to {out} "
-        f"in {time.time() - started:.0f} s",
+        f"atlas of {len(info['layers'])} layers, {units} units over {images_info['scanned']} photos "
+        f"({images_info['skipped']} skipped) written to {out} in {seconds:.0f} s",
         err=True,
     )
     sys.exit(0 if images_info["scanned"] else 1)
@@ -89,7 +94,7 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
 
 @atlas.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="The info as one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="The info as one JSON record.")
 def info(directory, as_json):
     """Model, preprocessing, images and layers of an atlas.
 
@@ -102,7 +107,7 @@ def info(directory, as_json):
     with Atlas.open(directory) as a:
         data = a.info()
     if as_json:
-        click.echo(json.dumps(data))
+        emit(data)
         return
     model = data["model"] or {}
     imgs = data["images"] or {}
@@ -132,35 +137,40 @@ def info(directory, as_json):
 
 @atlas.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--layer", required=True, help="Dotted layer name (see `convscope atlas info`).")
-@click.option("--unit", required=True, type=int, help="Channel index.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object: layer, unit, examples.")
-def show(directory, layer, unit, as_json):
-    """The top examples of one unit: image, value, position on the layer's map, and box
+@click.option("--layers", type=LAYERS, default=None, help="Layers by dotted name (see `convscope atlas info`). Required.")
+@renamed("--layer", "--layers", required=True, type=LAYERS)
+@click.option("--units", type=UNITS, default=None, help="Channels: 7, 0-15, 3,7,9-11 or all. Required.")
+@renamed("--unit", "--units", required=True, type=UNITS)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per unit: layer, unit, examples.")
+def show(directory, layers, units, as_json):
+    """The top examples of units: image, value, position on the layer's map, and box
     (top, left, bottom, right) on the model input.
 
     \b
     Example:
-      convscope atlas show atlas/ --layer blocks.2 --unit 7 --json
+      convscope atlas show atlas/ --layers blocks.2 --units 7 --json
     """
     from ..atlas import Atlas
 
     with Atlas.open(directory) as a:
-        examples = a.examples(layer, unit)
+        wanted = [(layer, u) for layer in layers
+                  for u in (range(a.layer(layer)["units"]) if units == "all" else units)]
+        found = [(layer, u, a.examples(layer, u)) for layer, u in wanted]  # all checked before any output
         root = a.root
-    rows = [
-        {
-            "image": e["image"], "value": e["value"], "y": e["y"], "x": e["x"], "box": e["box"],
-            "rank": e["rank"], "box_original": e["box_original"],
-            "patch": e["patch"], "deconvnet": e["deconvnet"], "guided": e["guided"],
-        }
-        for e in examples
-    ]
-    if as_json:
-        click.echo(json.dumps({"layer": layer, "unit": unit, "examples": rows}))
-        return
-    click.echo(f"{layer} unit {unit}: {len(rows)} examples (files under {root})")
-    for r in rows:
-        click.echo(
-            f"{r['rank']:3d}  {r['value']:10.4f}  y={r['y']:<3d} x={r['x']:<3d} box={r['box']}  {r['image']}"
-        )
+    for layer, unit, examples in found:
+        rows = [
+            {
+                "image": e["image"], "value": e["value"], "y": e["y"], "x": e["x"], "box": e["box"],
+                "rank": e["rank"], "box_original": e["box_original"],
+                "patch": e["patch"], "deconvnet": e["deconvnet"], "guided": e["guided"],
+            }
+            for e in examples
+        ]
+        if as_json:
+            emit({"layer": layer, "unit": unit, "examples": rows})
+            continue
+        click.echo(f"{layer} unit {unit}: {len(rows)} examples (files under {root})")
+        for r in rows:
+            click.echo(
+                f"{r['rank']:3d}  {r['value']:10.4f}  y={r['y']:<3d} x={r['x']:<3d} box={r['box']}  {r['image']}"
+            )

@@ -1,23 +1,22 @@
 """`convscope classify`: top-K ImageNet labels for photos."""
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from ._common import main, model_options
+from ._common import emit, model_options
 
 
-@main.command()
+@click.command()
 @click.argument("paths", nargs=-1)
 @click.option("--samples", is_flag=True, help="Also classify scikit-image's sample photos.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 1000), help="Predictions per image.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per image (path, predictions or error) instead of a table.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Images per forward pass.")
 @click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes (default: by input count).")
 @model_options
-def classify(paths, samples, top, as_json, batch_size, workers, get_model):
+def classify(paths, samples, top, as_json, batch_size, workers, model_args):
     """Classify photos: files, folders (recursive), globs or @LIST files.
 
     Bad files are reported one line each and skipped. Exit status: 0 when at least one image was
@@ -36,7 +35,7 @@ def classify(paths, samples, top, as_json, batch_size, workers, get_model):
         inputs += [str(p) for p in sample_photos()]
     if not inputs:
         raise click.UsageError("give image files, folders or globs, or --samples")
-    model = get_model()
+    model = model_args.load()
     good = bad = 0
     rows = []
     for item in iter_classify(model, inputs, top=top, batch_size=batch_size, workers=workers):
@@ -46,7 +45,7 @@ def classify(paths, samples, top, as_json, batch_size, workers, get_model):
             bad += 1
             click.echo(f"skipped {item.path}: {item.error}", err=True)
         if as_json:
-            click.echo(json.dumps(item.to_dict()))
+            emit(item.to_dict())
         elif item.ok:
             rows.append(item)
     if not as_json and rows:

@@ -1,4 +1,4 @@
-"""`convscope project`: one layer unit projected back to the pixels of one image."""
+"""`convscope project`: units of layers projected back to the pixels of one image."""
 from __future__ import annotations
 
 import collections
@@ -7,74 +7,114 @@ from pathlib import Path
 
 import click
 
-from ..backproject import METHODS
-from ._common import main, model_options
+from ._common import LAYERS, UNITS, emit, model_options, note, renamed
+
+# convscope.backproject.METHODS, written out so that --help needs no torch (tests/test_cli.py
+# checks that the two agree)
+METHODS = {
+    "deconvnet": "Zeiler & Fergus (backward signal rectified, forward mask ignored)",
+    "guided": "guided backprop (backward signal rectified, then the ReLU's mask)",
+    "gradient": "plain gradient, as in saliency maps (nothing changed)",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CHUNK = 8  # projections per backward pass: one image, several units
 
 
-@main.command("project")
+@click.command("project")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--layer", required=True, help="Layer by dotted name (see `convscope layers`).")
-@click.option("--unit", required=True, type=int, help="Channel of the layer.")
-@click.option("--y", type=int, default=None, help="Row on the layer's map (default: the unit's strongest position).")
+@click.option("--layers", type=LAYERS, default=None, help="Layers by dotted name (see `convscope layers`). Required.")
+@renamed("--layer", "--layers", required=True, type=LAYERS)
+@click.option("--units", type=UNITS, default=None, help="Channels: 7, 0-15, 3,7,9-11 or all. Required.")
+@renamed("--unit", "--units", required=True, type=UNITS)
+@click.option("--y", type=int, default=None, help="Row on the layer's map (default: each unit's strongest position).")
 @click.option("--x", type=int, default=None, help="Column on the layer's map (give with --y).")
 @click.option("--method", type=click.Choice(list(METHODS)), default="deconvnet", show_default=True,
-              help="; ".join(f"{name}: {rule.description}" for name, rule in METHODS.items()) + ".")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="PNG of the projection with the unit's receptive field drawn "
-                   "(default: IMAGE-LAYER-UNIT-METHOD.png here, unless only --npy is given).")
-@click.option("--npy", type=click.Path(dir_okay=False), default=None,
-              help="The raw projection, float32 (3, H, W) on the model input.")
+              help="; ".join(f"{name}: {text}" for name, text in METHODS.items()) + ".")
+@click.option("--out", "out", type=click.Path(), default=None,
+              help="Folder for IMAGE-LAYER-UNIT-METHOD.png, the projection with the unit's receptive field "
+                   "drawn (default: the current folder, unless only --npy FILE is given).")
+@click.option("--npy", is_flag=False, flag_value="", default=None, metavar="[FILE]",
+              help="Also the raw projection, float32 (3, H, W) on the model input: as .npy beside each PNG, "
+                   "or in FILE (one projection only).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per projection instead of a line.")
 @model_options
-def project_cmd(image, layer, unit, y, x, method, out, npy, get_model):
-    """Project one unit of a layer back to the input pixels of IMAGE.
+def project(image, layers, units, y, x, method, out, npy, as_json, model_args):
+    """Project units of layers back to the input pixels of IMAGE.
 
-    Takes the unit's strongest position in the image unless --y and --x are given, and writes
+    Takes each unit's strongest position in the image unless --y and --x are given, and writes
     the projection as a picture (centred at grey, see `convscope.backproject.to_image`) and,
     with --npy, as the raw array.
 
     \b
     Examples:
-      convscope project cat.jpg --layer blocks.2 --unit 5
-      convscope project cat.jpg --layer features.10 --unit 3 --y 4 --x 6 --method guided \\
-          --model torchvision:alexnet --npy unit3.npy
+      convscope project cat.jpg --layers blocks.2 --units 5 --out proj/
+      convscope project cat.jpg --layers features.10 --units 3 --y 4 --x 6 --method guided \\
+          --model torchvision:alexnet --npy --out proj/
     """
-    from ..backproject import ActivationRuleWarning, ProjectionError, check_ranges, project_full
+    if (y is None) != (x is None):
+        raise click.UsageError("give both --y and --x, or neither (for each unit's strongest position)")
+    out_file = None
+    if out is not None and Path(out).suffix.lower() in IMAGE_SUFFIXES and not Path(out).is_dir():
+        note("--out FILE is deprecated and goes in the next release; --out is a folder")
+        out_file, out = out, None
+    npy_file = npy or None
+    write_png = out is not None or out_file is not None or npy_file is None
+    out_dir = Path(out if out is not None else ".")
+
+    from ..backproject import ActivationRuleWarning, check_ranges, project_full
     from ..data import load_image
 
-    if (y is None) != (x is None):
-        raise ProjectionError("give both --y and --x, or neither (for the unit's strongest position)")
-    if out is None and npy is None:
-        out = f"{Path(image).stem}-{layer}-{unit}-{method}.png"
     pil = load_image(image)
-    model = get_model()
+    model = model_args.load()
     catalogue = model.layers
-    shape = catalogue.shape(layer)  # an unknown layer raises the catalogue's one-line error
-    check_ranges(layer, shape, [unit], None if y is None else [(y, x)])
     batch = model.preprocessing.transform()(pil).unsqueeze(0).to(model.device)
-    with warnings.catch_warnings():
-        # One summary line below instead of one warning per layer.
-        warnings.simplefilter("ignore", ActivationRuleWarning)
-        result = project_full(model, batch, layer, [unit], None if y is None else [(y, x)], method)
-    py, px = result.positions[0]
-    info = catalogue.get(layer)
-    box = info.box(py, px, tuple(batch.shape[-2:]))
-    pixels = result.pixels[0].float().cpu().numpy()
-    written = []
-    if npy is not None:
-        _save_npy(npy, pixels)
-        written.append(npy)
-    if out is not None:
-        _save_png(out, pixels, box)
-        written.append(out)
-    where = "peaked at" if y is None else "taken at"
-    top, left, bottom, right = box
-    click.echo(
-        f"{layer} unit {unit} {where} y={py} x={px} of {shape[1]}x{shape[2]} "
-        f"(activation {float(result.activations[0]):.4g}; input box rows {top}-{bottom - 1}, "
-        f"cols {left}-{right - 1}); {method} projection written to {', '.join(written)}"
-    )
-    if result.notes:
-        click.echo(f"note: {_summarize(result.notes)}", err=True)
+    plan = []
+    for layer in layers:
+        shape = catalogue.shape(layer)  # an unknown layer raises the catalogue's one-line error
+        wanted = list(range(shape[0])) if units == "all" else list(units)
+        check_ranges(layer, shape, wanted, None if y is None else [(y, x)])
+        plan.append((layer, shape, wanted))
+    count = sum(len(w) for _, _, w in plan)
+    if count > 1 and (out_file is not None or npy_file is not None):
+        raise click.UsageError(f"{count} projections asked for: give --out a folder and --npy without a file name")
+
+    notes: list[str] = []
+    for layer, shape, wanted in plan:
+        info = catalogue.get(layer)
+        for start in range(0, len(wanted), CHUNK):
+            chunk = wanted[start:start + CHUNK]
+            with warnings.catch_warnings():
+                # One summary line at the end instead of one warning per activation.
+                warnings.simplefilter("ignore", ActivationRuleWarning)
+                result = project_full(model, batch.expand(len(chunk), -1, -1, -1), layer, chunk,
+                                      None if y is None else [(y, x)] * len(chunk), method)
+            notes += [n for n in result.notes if n not in notes]
+            for i, unit in enumerate(chunk):
+                py, px = result.positions[i]
+                box = info.box(py, px, tuple(batch.shape[-2:]))
+                pixels = result.pixels[i].float().cpu().numpy()
+                stem = out_dir / f"{Path(image).stem}-{layer}-{unit}-{method}"
+                written = []
+                if npy is not None:
+                    written.append(_save_npy(npy_file or f"{stem}.npy", pixels))
+                if write_png:
+                    written.append(_save_png(out_file or f"{stem}.png", pixels, box))
+                record = {
+                    "image": image, "layer": layer, "unit": unit, "method": method, "y": py, "x": px,
+                    "position": "strongest" if y is None else "given", "activation": float(result.activations[i]),
+                    "box": list(box), "files": written,
+                }
+                if as_json:
+                    emit(record)
+                else:
+                    top, left, bottom, right = box
+                    click.echo(
+                        f"{layer} unit {unit} {'peaked at' if y is None else 'taken at'} y={py} x={px} of "
+                        f"{shape[1]}x{shape[2]} (activation {record['activation']:.4g}; input box rows {top}-{bottom - 1}, "
+                        f"cols {left}-{right - 1}); {method} projection written to {', '.join(written)}"
+                    )
+    if notes:
+        note(_summarize(notes))
 
 
 def _summarize(notes: list[str]) -> str:
@@ -86,14 +126,15 @@ def _summarize(notes: list[str]) -> str:
     return f"{len(notes)} layers got a substitute rule ({listed}), e.g. {notes[0]}"
 
 
-def _save_npy(path, pixels):
+def _save_npy(path, pixels) -> str:
     import numpy as np
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.save(path, pixels.astype("float32"))
+    return str(path)
 
 
-def _save_png(path, pixels, box):
+def _save_png(path, pixels, box) -> str:
     from PIL import Image, ImageDraw
 
     from ..backproject import to_image
@@ -104,3 +145,4 @@ def _save_png(path, pixels, box):
         ImageDraw.Draw(img).rectangle([left, top, right - 1, bottom - 1], outline=(255, 210, 0), width=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+    return str(path)

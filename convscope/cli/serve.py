@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import main
+from ._common import ModelArgs, emit, model_options, renamed
 
 
 def _run_server(app, host: str, port: int) -> None:
@@ -16,14 +16,35 @@ def _run_server(app, host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
-@main.command()
+def _built_with(atlas_dir) -> str | None:
+    from ..atlas import Atlas
+
+    with Atlas.open(atlas_dir) as a:
+        return (a.info()["model"] or {}).get("spec")
+
+
+def _check_model(atlas_dir, spec: str | None) -> str | None:
+    """The atlas's model spec; a usage error when ``spec`` is given and is another one."""
+    built = _built_with(atlas_dir)
+    if spec is not None and built is not None and spec != built:
+        raise click.BadParameter(
+            f"the atlas {atlas_dir} was built with {built!r}, not {spec!r} (other weights of it: --weights FILE)",
+            param_hint="--model",
+        )
+    return built
+
+
+@click.command()
 @click.argument("atlas", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-upload-mb", default=12, show_default=True, type=click.IntRange(1, 1024), help="Largest photo upload.")
-def serve(atlas, host, port, max_upload_mb):
+@model_options(atlas=True)
+def serve(atlas, host, port, max_upload_mb, model_args):
     """Browse an atlas in a web browser: layers, units, top patches, projections, feature
-    visualizations; upload a photo to see what the model makes of it.
+    visualizations; upload a photo to see what the model makes of it (the atlas's own model,
+    loaded on the first upload, unless --model, --weights, --no-pretrained or --device say
+    otherwise).
 
     \b
     Example:
@@ -31,24 +52,35 @@ def serve(atlas, host, port, max_upload_mb):
     """
     from ..web import create_app
 
-    app = create_app(atlas, max_upload_bytes=max_upload_mb * 1024 * 1024)
+    model = None
+    if model_args != ModelArgs(None):  # not the atlas's own model as it was built
+        model = model_args.load(_check_model(atlas, model_args.spec))
+    app = create_app(atlas, model, max_upload_bytes=max_upload_mb * 1024 * 1024)
     _run_server(app, host, port)
 
 
-@main.command()
+@click.command()
 @click.argument("atlas", type=click.Path(file_okay=False))
-@click.option("--static", "out", required=True, type=click.Path(file_okay=False), help="Folder to write the site into.")
-def export(atlas, out):
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Folder to write the site into. Required.")
+@renamed("--static", "--out", required=True, type=click.Path(file_okay=False))
+@click.option("--model", "model_spec", default=None, metavar="SPEC",
+              help="Check that the atlas was built with this model (exports need no model).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record: out, pages, json, images, sources, missing_sources.")
+def export(atlas, out, model_spec, as_json):
     """Write the gallery of an atlas as static files (every page, its JSON, the images) that
     any web server can host, or a browser can open from disk. The upload page is left out.
 
     \b
     Example:
-      convscope export atlas/ --static site/ && python -m http.server -d site
+      convscope export atlas/ --out site/ && python -m http.server -d site
     """
     from ..web import export_static
 
+    if model_spec is not None:
+        _check_model(atlas, model_spec)
     counts = export_static(atlas, out)
+    if as_json:
+        emit({"out": str(out), **counts})
     click.echo(
         f"wrote {counts['pages']} pages, {counts['json']} JSON files, {counts['images']} atlas images and "
         f"{counts['sources']} source photos to {out}/ (open {out}/index.html)",
@@ -58,7 +90,7 @@ def export(atlas, out):
         click.echo(f"note: {counts['missing_sources']} source photos were no longer on disk", err=True)
 
 
-@main.command()
+@click.command()
 @click.option("--images", "images", multiple=True, type=click.Path(exists=True),
               help="Also scan this folder (or file); repeatable.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -67,19 +99,29 @@ def export(atlas, out):
 @click.option("--rebuild", is_flag=True, help="Build again even if the atlas is up to date.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-def demo(images, out, no_serve, rebuild, host, port):
-    """Build an atlas of the default model over scikit-image's sample photos (plus --images),
-    with deconvnet and guided projections and feature visualizations for a subset of units,
-    then open the gallery. A second run reuses the atlas while its inputs are unchanged.
+@model_options(atlas=True, weights=False, device=False)
+def demo(images, out, no_serve, rebuild, host, port, model_args):
+    """Build an atlas of the default model (or --model, over its default layers) over
+    scikit-image's sample photos (plus --images), with deconvnet and guided projections and
+    feature visualizations for a subset of units, then open the gallery, whose uploads use the
+    same model. A second run reuses the atlas while its inputs are unchanged.
 
     \b
     Examples:
       convscope demo
       convscope demo --images my_photos/ --out my-demo/ --no-serve
+      convscope demo --model torchvision:resnet18 --out resnet-demo/
     """
-    from ..web.demo import ensure_demo_atlas
+    from ..web import demo as recipes
 
-    atlas_dir = ensure_demo_atlas(out, images, rebuild=rebuild, echo=lambda line: click.echo(line, err=True))
+    recipe = None
+    if model_args.spec is not None or not model_args.pretrained:
+        recipe = dict(recipes.RECIPE, pretrained=model_args.pretrained)
+        if model_args.spec not in (None, recipe["model"]):
+            # the recipe's layers are the default model's: take the other model's default selection
+            recipe.update(model=model_args.spec, layers=model_args.load().layers.default)
+    atlas_dir = recipes.ensure_demo_atlas(out, images, rebuild=rebuild, recipe=recipe,
+                                          echo=lambda line: click.echo(line, err=True))
     if no_serve:
         click.echo(f"atlas ready in {atlas_dir}; browse it with `convscope serve {atlas_dir}`", err=True)
         return

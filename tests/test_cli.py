@@ -1,0 +1,249 @@
+"""The command line's grammar: lazy start-up without torch, one-line errors and exit codes,
+old option spellings, JSON records, and one progress bar per phase."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from convscope.cli import main
+from convscope.cli._common import Group, renamed
+from convscope.errors import ConvscopeError, UnknownLayerError, UnknownModelError
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_help_of_every_command_imports_no_torch():
+    out = _python("""
+        import sys
+        import click
+        import convscope, convscope.cli
+        assert "torch" not in sys.modules, "import convscope.cli"
+        from convscope.cli import main
+
+        def paths(group, prefix):
+            ctx = click.Context(group)
+            for name in group.list_commands(ctx):
+                cmd = group.get_command(ctx, name)
+                yield prefix + [name]
+                if isinstance(cmd, click.Group):
+                    yield from paths(cmd, prefix + [name])
+
+        seen = []
+        for args in [[]] + list(paths(main, [])):
+            try:
+                main(args + ["--help"], prog_name="convscope")
+            except SystemExit as exc:
+                assert exc.code == 0, (args, exc.code)
+            assert "torch" not in sys.modules, args
+            seen.append(" ".join(args))
+        print("|".join(seen))
+    """)
+    assert out.returncode == 0, out.stderr
+    seen = out.stdout.strip().splitlines()[-1].split("|")
+    assert {"classify", "layers", "models", "atlas", "atlas build", "atlas info", "atlas show", "project",
+            "featvis", "explain", "invariance", "serve", "export", "demo"} <= set(seen)
+
+
+def test_a_command_imports_only_its_own_module():
+    out = _python("""
+        import sys
+        from convscope.cli import main
+        try:
+            main(["classify", "--help"])
+        except SystemExit:
+            pass
+        print(sorted(m for m in sys.modules if m.startswith("convscope.cli.")))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['convscope.cli._common', 'convscope.cli.classify']"
+
+
+def test_package_names_load_on_first_use():
+    import convscope
+
+    assert callable(convscope.scan) and callable(convscope.classify)
+    import convscope.classify as submodule  # the package keeps the function, as before it was lazy
+
+    assert callable(submodule) and convscope.load_model.__module__ == "convscope.models"
+    assert set(convscope.__all__) <= set(dir(convscope))
+    with pytest.raises(AttributeError):
+        convscope.no_such_name
+
+
+def test_written_out_names_agree_with_the_library():
+    """--help lists names without importing the registries; they must not drift."""
+    from convscope import backproject, explain, featvis, model_names, models
+    from convscope.cli import explain as explain_cli
+    from convscope.cli import featvis as featvis_cli
+    from convscope.cli import project as project_cli
+
+    assert project_cli.METHODS == {name: rule.description for name, rule in backproject.METHODS.items()}
+    assert explain_cli.METHODS == tuple(explain.METHODS)
+    assert explain_cli.TRANSFORMS == tuple(explain.TRANSFORMS)
+    assert featvis_cli.PARAMS == tuple(featvis.PARAMS)
+    assert list(model_names.BUILTIN) == models.available_models()
+    assert models.DEFAULT_MODEL == model_names.DEFAULT_MODEL
+
+
+def test_imagenet_labels_are_timms():
+    from timm.data import ImageNetInfo
+
+    from convscope.models import imagenet_labels
+
+    info = ImageNetInfo()
+    assert imagenet_labels() == [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
+
+
+# --------------------------------------------------------------------------- errors and exit codes
+
+
+def _raising(exc: BaseException) -> Group:
+    group = Group()
+
+    @group.command()
+    def boom():
+        raise exc
+
+    return group
+
+
+@pytest.mark.parametrize("exc, code, needle", [
+    (UnknownLayerError("unknown layer 'x'. Run `convscope layers` to list them."), 2, "error: unknown layer 'x'."),
+    (UnknownModelError("unknown model 'y'"), 2, "error: unknown model 'y'"),
+    (ConvscopeError("no atlas folder z"), 1, "error: no atlas folder z"),
+    (FileNotFoundError(2, "No such file or directory", "f.jpg"), 1, "error: [Errno 2] No such file or directory: 'f.jpg'"),
+    (TypeError("unsupported operand"), 1, "error: TypeError: unsupported operand (set CONVSCOPE_DEBUG=1"),
+    (KeyError("weights"), 1, "error: KeyError: 'weights' (set CONVSCOPE_DEBUG=1"),
+    (ValueError("too many values to unpack"), 1, "error: ValueError: too many values"),
+])
+def test_errors_are_one_line_with_their_exit_status(exc, code, needle, monkeypatch):
+    monkeypatch.delenv("CONVSCOPE_DEBUG", raising=False)
+    res = CliRunner().invoke(_raising(exc), ["boom"])
+    assert res.exit_code == code and res.output.startswith(needle) and res.output.count("\n") == 1, res.output
+
+
+@pytest.mark.parametrize("exc", [UnknownLayerError("u"), ConvscopeError("c"), TypeError("t"), KeyError("k"),
+                                 ValueError("v"), OSError("o")])
+def test_debug_shows_every_exception(exc, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_DEBUG", "1")
+    res = CliRunner().invoke(_raising(exc), ["boom"])
+    assert res.exception is exc or isinstance(res.exception, type(exc))
+    assert "error:" not in res.output
+
+
+def test_usage_errors_exit_2():
+    res = CliRunner().invoke(main, ["featvis", "--units", "0-3", "--out", "x"])
+    assert res.exit_code == 2 and "Missing option '--layers'" in res.output
+    res = CliRunner().invoke(main, ["featvis", "--layers", "layer1", "--units", "3-a", "--out", "x"])
+    assert res.exit_code == 2 and "cannot read '3-a'" in res.output
+    res = CliRunner().invoke(main, ["classify", "x.jpg", "--device", "gpu0"])
+    assert res.exit_code == 2 and "use cpu, cuda or cuda:N" in res.output
+
+
+# --------------------------------------------------------------------------- old spellings
+
+
+def test_renamed_option_keeps_the_old_spelling_with_a_note():
+    @click.command()
+    @click.option("--layers", default=None)
+    @renamed("--layer", "--layers", required=True)
+    def cmd(layers):
+        click.echo(f"layers={layers}")
+
+    res = CliRunner().invoke(cmd, ["--layer", "a,b"])
+    assert res.exit_code == 0 and res.stdout == "layers=a,b\n"
+    assert res.stderr == "note: --layer is deprecated and goes in the next release; use --layers\n"
+    assert CliRunner().invoke(cmd, ["--layers", "a"]).stderr == ""
+    res = CliRunner().invoke(cmd, ["--layers", "a", "--layer", "b"])
+    assert res.exit_code == 2 and "give --layers only" in res.output
+    res = CliRunner().invoke(cmd, [])
+    assert res.exit_code == 2 and "Missing option '--layers'" in res.output
+    assert "--layer " not in CliRunner().invoke(cmd, ["--help"]).output  # hidden
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photo") / "cat.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+RESNET = ["--model", "torchvision:resnet18", "--no-pretrained", "--device", "cpu"]
+
+
+def test_project_records_and_old_spellings(photo, tmp_path):
+    res = CliRunner().invoke(main, ["project", str(photo), "--layers", "layer1,layer2", "--units", "0-2",
+                                    "--out", str(tmp_path), "--npy", "--json", *RESNET])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["layer"], r["unit"]) for r in rows] == [(l, u) for l in ("layer1", "layer2") for u in range(3)]
+    for r in rows:
+        png, npy = r["files"][1], r["files"][0]
+        assert png == str(tmp_path / f"cat-{r['layer']}-{r['unit']}-deconvnet.png") and npy.endswith(".npy")
+    old = CliRunner().invoke(main, ["project", str(photo), "--layer", "layer2", "--unit", "1", "--out",
+                                    str(tmp_path / "old.png"), "--json", *RESNET])
+    assert old.exit_code == 0, old.output
+    assert old.stderr.count("deprecated") == 3 and (tmp_path / "old.png").is_file()
+    record = json.loads(old.stdout)
+    assert (record["y"], record["x"]) == (rows[4]["y"], rows[4]["x"])
+    assert record["activation"] == pytest.approx(rows[4]["activation"], rel=1e-5)
+    res = CliRunner().invoke(main, ["project", str(photo), "--layers", "layer2", "--units", "1,2", "--out",
+                                    str(tmp_path / "one.png"), *RESNET])
+    assert res.exit_code == 2 and "2 projections asked for" in res.output
+
+
+def test_models_json_records():
+    res = CliRunner().invoke(main, ["models", "--json"])
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.exit_code == 0 and [r["spec"] for r in rows] == ["efficientnet_lite0", "timm:NAME", "torchvision:NAME"]
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_nested_bars_count_into_the_open_one(monkeypatch, capsys):
+    from convscope import progress
+
+    monkeypatch.setenv("CONVSCOPE_PROGRESS", "1")
+    monkeypatch.setattr(progress, "LINE_EVERY", 0.0)
+    with progress.Bar(4, "phase") as outer:
+        for _ in range(2):
+            with progress.Bar(2, "library") as inner:
+                inner.advance()
+                inner.advance()
+    assert outer.completed == 4
+    lines = capsys.readouterr().err.splitlines()  # off a terminal: plain lines, each with the count
+    assert lines[0] == "phase 1/4 0:00:00 elapsed, 0:00:00 left" and lines[-1].startswith("phase 4/4 in ")
+    assert len(lines) == 5 and not any("library" in line for line in lines)
+    with progress.Bar(2, "quiet", disable=True):
+        with progress.Bar(2, "inside") as inner:
+            inner.advance(2)
+    assert capsys.readouterr().err == ""
+
+
+def test_featvis_over_several_layers_is_one_bar(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVSCOPE_PROGRESS", "1")
+    res = CliRunner().invoke(main, ["featvis", "--layers", "layer1,layer2", "--units", "0-2", "--steps", "2",
+                                    "--size", "32", "--batch-size", "2", "--out", str(tmp_path), "--json", *RESNET])
+    assert res.exit_code == 0, res.output
+    assert [(r["layer"], r["unit"]) for r in map(json.loads, res.stdout.splitlines())] == \
+        [(l, u) for l in ("layer1", "layer2") for u in range(3)]
+    bars = [line for line in res.stderr.splitlines() if line.startswith("featvis")]
+    assert len(bars) == 1 and bars[0].startswith("featvis 2 layers 8/8 in "), res.stderr  # 2 x 2 chunks x 2 steps
