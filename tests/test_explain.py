@@ -316,7 +316,7 @@ def test_cli_npy_names_and_shapes(photo, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--layer", "layer9"], "unknown layer 'layer9'"),
+    (["--layers", "layer9"], "unknown layer 'layer9'"),
     (["--target", "cat"], "target must be a class index"),
     (["--target", "1000"], "out of range"),
 ])

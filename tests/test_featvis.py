@@ -340,7 +340,7 @@ def test_cli_json_lines_and_files(tmp_path):
     out = tmp_path / "fv"
     res = CliRunner().invoke(
         _cli(),
-        ["featvis", "--model", "torchvision:resnet18", "--no-pretrained", "--layer", "layer1", "--units", "0-2",
+        ["featvis", "--model", "torchvision:resnet18", "--no-pretrained", "--layers", "layer1", "--units", "0-2",
          "--steps", "3", "--size", "64", "--json", "--out", str(out)],
     )
     assert res.exit_code == 0, res.output
@@ -355,10 +355,10 @@ def test_cli_json_lines_and_files(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--layer", "layer9", "--out", "x"], "unknown layer 'layer9'"),
-        (["--layer", "layer1", "--units", "60-70", "--out", "x"], "use 0-63"),
-        (["--layer", "layer1"], "--out"),
-        (["--layer", "layer1", "--atlas", "no-such-atlas"], "no-such-atlas"),
+        (["--layers", "layer9", "--out", "x"], "unknown layer 'layer9'"),
+        (["--layers", "layer1", "--units", "60-70", "--out", "x"], "use 0-63"),
+        (["--layers", "layer1"], "--out"),
+        (["--layers", "layer1", "--atlas", "no-such-atlas"], "no-such-atlas"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path, monkeypatch):

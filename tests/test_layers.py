@@ -131,7 +131,7 @@ def test_cli_layers_json():
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]  # JSON lines: one record per layer
     by = {r["name"]: r for r in rows}
     assert by["features.0"] == {
         "name": "features.0", "type": "Conv2d", "shape": [64, 55, 55], "stride": 4, "receptive_field": 11,
