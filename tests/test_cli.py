@@ -247,3 +247,41 @@ def test_featvis_over_several_layers_is_one_bar(monkeypatch, tmp_path):
         [(l, u) for l in ("layer1", "layer2") for u in range(3)]
     bars = [line for line in res.stderr.splitlines() if line.startswith("featvis")]
     assert len(bars) == 1 and bars[0].startswith("featvis 2 layers 8/8 in "), res.stderr  # 2 x 2 chunks x 2 steps
+
+
+def test_demo_model_builds_its_own_recipe(monkeypatch, tmp_path):
+    from convscope.web import demo
+
+    asked = []
+    monkeypatch.setattr(demo, "ensure_demo_atlas", lambda out, images, rebuild, recipe, echo: asked.append(recipe) or out)
+    for args in ([], ["--model", demo.RECIPE["model"]], ["--model", "torchvision:resnet18", "--no-pretrained"]):
+        res = CliRunner().invoke(main, ["demo", "--no-serve", "--out", str(tmp_path), *args])
+        assert res.exit_code == 0, res.output
+    assert asked[0] is None and asked[1] == demo.RECIPE
+    from convscope.models import load_model
+
+    default = load_model("torchvision:resnet18", pretrained=False, device="cpu").layers.default
+    assert asked[2] == {**demo.RECIPE, "model": "torchvision:resnet18", "pretrained": False, "layers": default}
+
+
+def test_atlas_build_show_export_records(photo, tmp_path):
+    from convscope.atlas import Atlas
+
+    out = tmp_path / "atlas"
+    args = ["atlas", "build", str(photo), "--out", str(out), "--layers", "layer1", "--top", "1", "--project", "0",
+            "--workers", "0", "--json", *RESNET]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["layers"] == ["layer1"] and record["units"] == 64 and record["images"]["scanned"] == 1
+    res = CliRunner().invoke(main, args)  # the refusal names the flags, and comes before the model loads
+    assert res.exit_code == 1 and "give --overwrite to replace it" in res.output
+    res = CliRunner().invoke(main, ["atlas", "show", str(out), "--layers", "layer1", "--units", "0,5", "--json"])
+    assert res.exit_code == 0 and [json.loads(l)["unit"] for l in res.stdout.splitlines()] == [0, 5]
+    with Atlas.open(out) as atlas:
+        spec = atlas.info()["model"]["spec"]
+    res = CliRunner().invoke(main, ["export", str(out), "--out", str(tmp_path / "site"), "--model", spec, "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["pages"] > 0, res.output
+    res = CliRunner().invoke(main, ["export", str(out), "--static", str(tmp_path / "old"), "--model", "timm:resnet18"])
+    assert res.exit_code == 2 and "was built with 'torchvision:resnet18', not 'timm:resnet18'" in res.output
+    assert "note: --static is deprecated" in res.output

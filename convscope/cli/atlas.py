@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import click
 
@@ -53,14 +54,22 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
       convscope atlas build --samples --crops 1,2,3 --out demo-atlas/
       convscope atlas build photos/ --out atlas/ --resume
     """
+    from ..atlas import DB_NAME, PARTIAL
     from ..atlas import build as build_atlas
     from ..data import sample_photos
+    from ..errors import ConvscopeError
 
     inputs = list(images)
     if samples:
         inputs += [str(p) for p in sample_photos()]
     if not inputs:
         raise click.UsageError("give image files, folders or globs, or --samples")
+    # The library's refusals name its parameters; say them in flags, before the model loads.
+    if not (overwrite or resume) and (Path(out) / DB_NAME).exists():
+        raise ConvscopeError(f"{out} already holds an atlas; give --overwrite to replace it, or another --out")
+    if not (overwrite or resume) and (Path(out) / PARTIAL).exists():
+        raise ConvscopeError(f"{out} holds an unfinished atlas build; give --resume to continue it, "
+                             "or --overwrite to start again")
     model = model_args.load()
     skipped = []
 
