@@ -1,4 +1,4 @@
-"""Process-wide settings for fast CPU tensor work: glibc's malloc keeps large freed blocks.
+"""Process-wide malloc settings: a batch job keeps large freed blocks, a server gives them back.
 
 PyTorch allocates every CPU tensor with ``malloc``. glibc serves blocks above its mmap threshold
 (at most 32 MiB, adjusted as blocks are freed) straight from the kernel and gives them back on
@@ -14,17 +14,45 @@ and the heavy library calls (:func:`convscope.scan.scan`, :func:`convscope.atlas
 projection through :func:`convscope.backproject.forward_pass`, occlusion maps) call it on first use, so that
 `project` on a batch of 32 runs 3x faster (BENCHMARKS.md); set ``CONVSCOPE_KEEP_FREED_MEMORY=0``
 to leave malloc alone. It does nothing off glibc (macOS, Windows, musl).
+
+A long-running server wants the opposite: its memory should come back after a burst of work.
+:func:`return_freed_memory` puts fixed thresholds back (and makes later
+:func:`keep_freed_memory` calls do nothing), and :func:`release_memory` hands the heaps' free
+pages back to the kernel at once (glibc's ``malloc_trim``): the gallery server calls the first
+at start-up and the second after each upload it analyses.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+#: For a server: blocks from 1 MiB up (decoded images, activations of a batch) are mapped
+#: straight from the kernel and unmapped on free, and a free heap top above 1 MiB is trimmed.
+#: glibc's own defaults start at 128 KiB and drift up to 32 MiB as blocks are freed, which is
+#: what leaves a decoded photo's 16 MiB blocks in the heap after the photo is gone.
+SERVER_MMAP_THRESHOLD = 1 << 20
+SERVER_TRIM_THRESHOLD = 1 << 20
 _done = False
+_server = False
+
+
+@functools.cache
+def _libc():
+    """glibc through ctypes, or ``None`` off Linux or off glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return libc
 
 
 def keep_freed_memory() -> bool:
@@ -34,20 +62,44 @@ def keep_freed_memory() -> bool:
     global _done
     if _done:
         return True
+    if _server:  # return_freed_memory() said this process is a server
+        return False
     if os.environ.get("CONVSCOPE_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "no", "false", "off"):
         return False
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # 1 GiB: tensors up to that size come from the heap; trimming the heap top: never
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
     _done = ok
     return ok
 
 
-__all__ = ["keep_freed_memory"]
+def return_freed_memory() -> bool:
+    """For a long-running server: undo :func:`keep_freed_memory` for the rest of the process
+    (large freed blocks go back to the kernel, see :data:`SERVER_MMAP_THRESHOLD`) and make its
+    later calls, such as those of the heavy library calls, do nothing. Returns whether the
+    thresholds were set (``False`` off glibc). Safe to call any number of times.
+
+    >>> return_freed_memory()       # at a server's start-up, before any work
+    True
+    """
+    global _done, _server
+    _server = True
+    _done = False
+    libc = _libc()
+    if libc is None:
+        return False
+    return (libc.mallopt(_M_MMAP_THRESHOLD, SERVER_MMAP_THRESHOLD) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, SERVER_TRIM_THRESHOLD) == 1)
+
+
+def release_memory() -> bool:
+    """Give the free pages of every malloc heap back to the kernel now (glibc's
+    ``malloc_trim(0)``, a few milliseconds); the process's resident size drops by what it had
+    freed but kept. Returns whether anything was released (``False`` off glibc)."""
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))
+
+
+__all__ = ["keep_freed_memory", "release_memory", "return_freed_memory"]

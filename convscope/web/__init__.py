@@ -1,11 +1,12 @@
-"""The gallery: browse an atlas in a web browser, live (:func:`create_app`, served by
-``convscope serve``) or as static files (:func:`export_static`, ``convscope export``).
+"""The gallery: browse an atlas in a web browser, live (:func:`create_app`, run by :func:`serve`
+as ``convscope serve`` does) or as static files (:func:`export_static`, ``convscope export``).
 
->>> from convscope.web import create_app
->>> app = create_app("atlas/")      # a Starlette app; run it with uvicorn
+>>> from convscope.web import create_app, serve
+>>> serve(create_app("atlas/"), host="127.0.0.1", port=8000)      # until Ctrl+C
 """
 from .app import create_app
 from .export import export_static
 from .gallery import Gallery, NotFound
+from .server import serve, server_config
 
-__all__ = ["create_app", "export_static", "Gallery", "NotFound"]
+__all__ = ["create_app", "export_static", "serve", "server_config", "Gallery", "NotFound"]

@@ -4,41 +4,47 @@ for each view (see docs/api.md).
 No global state: everything an app needs (the atlas, the model, the upload folder) lives on the
 app made by :func:`create_app`. Bad requests get a 4xx status with a one-line reason, as JSON on
 ``/api/...`` and as a page elsewhere; no URL can reach a file outside the atlas, the package's
-static folder or the server's own upload folder.
+static folder or the server's own upload folder, and of the atlas only its images are served.
+Foreign host names and cross-site writes are refused (:mod:`convscope.web.security`); uploads
+are bounded in time, number and decoding memory, and the memory they used is given back.
 
 >>> app = create_app("atlas/")
->>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
+>>> from convscope.web import serve; serve(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
-from pathlib import Path
+from typing import Iterable
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import ConvscopeError, ImageError
+from ..runtime import release_memory
+from .decode import MAX_DECODE_BYTES, MAX_UPLOAD_PIXELS, DecodeBudget, decode_upload
 from .gallery import Gallery, NotFound
 from .render import STATIC, Links, environment, render
-from .upload import MAX_UPLOAD_BYTES, Analyzer, BadUpload, UploadStore, UploadTooLarge
+from .security import AllowedHosts, HostAndOrigin, SecurityHeaders
+from .upload import (MAX_UPLOAD_BYTES, Analyzer, BadUpload, UploadAborted, UploadStore, UploadTimeout,
+                     UploadTooLarge)
 
-#: Atlas files the server hands out: images only.
-SERVED_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-}
+#: Seconds a client has to send a whole upload body.
+BODY_TIMEOUT = 60.0
+#: Uploads decoded at once (each within ``max_decode_bytes``).
+DECODE_CONCURRENCY = 2
+#: Uploads received and decoded at once; more wait their turn, their bodies unread.
+UPLOAD_CONCURRENCY = 8
+logger = logging.getLogger("convscope.web")
 
 
 def open_atlas(atlas):
@@ -57,6 +63,12 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     upload_dir: str | os.PathLike | None = None,
     keep_uploads: int = 200,
+    allowed_hosts: Iterable[str] = (),
+    body_timeout: float = BODY_TIMEOUT,
+    max_decode_bytes: int = MAX_DECODE_BYTES,
+    max_pixels: int = MAX_UPLOAD_PIXELS,
+    decode_concurrency: int = DECODE_CONCURRENCY,
+    upload_concurrency: int = UPLOAD_CONCURRENCY,
 ) -> Starlette:
     """A Starlette app serving the gallery of the atlas in ``atlas_dir``.
 
@@ -65,16 +77,33 @@ def create_app(
     is loaded on the first upload. Uploads are limited to ``max_upload_bytes`` and kept, newest
     ``keep_uploads`` only, in ``upload_dir`` (default: a private temporary folder).
 
+    The app answers to the loopback names, the address a connection came in on and
+    ``allowed_hosts`` (more names; ``"*"`` for any), and takes uploads and other writes only
+    from its own pages. An upload body must arrive within ``body_timeout`` seconds (else 408);
+    at most ``upload_concurrency`` uploads are received at once (more wait), at most
+    ``decode_concurrency`` decoded at once, each refused with 413 when it has more than
+    ``max_pixels`` pixels or would take more than ``max_decode_bytes`` bytes to decode.
+
     >>> from starlette.testclient import TestClient
     >>> client = TestClient(create_app("atlas/"))
     >>> client.get("/api/atlas").json()["layers"][0]["name"]
     'conv1'
     """
+    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_decode_bytes", max_decode_bytes),
+                        ("max_pixels", max_pixels), ("decode_concurrency", decode_concurrency),
+                        ("upload_concurrency", upload_concurrency)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not body_timeout > 0:
+        raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout}")
     gallery = Gallery(open_atlas(atlas_dir))
     env = environment()
     links = Links()
     store = UploadStore(upload_dir, keep=keep_uploads)
     analyzer = Analyzer(gallery, model)
+    hosts = AllowedHosts(allowed_hosts)
+    decoding = anyio.CapacityLimiter(decode_concurrency)
+    receiving = anyio.Semaphore(upload_concurrency)
 
     def page(template: str, status: int = 200, **data) -> HTMLResponse:
         return HTMLResponse(render(env, template, links, **data), status_code=status)
@@ -147,11 +176,8 @@ def create_app(
     # ------------------------------------------------------------------ files
 
     async def atlas_file(request: Request):
-        relative = request.path_params["path"]
-        if Path(relative).suffix.lower() not in SERVED_SUFFIXES:
-            raise NotFound(f"no such atlas image {relative!r}")
-        path = await run_in_threadpool(gallery.file, relative)
-        return FileResponse(path, headers={"Cache-Control": "public, max-age=600"})
+        path, media_type = await run_in_threadpool(gallery.image_file, request.path_params["path"])
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=600"})
 
     async def source(request: Request):
         p = request.path_params
@@ -179,11 +205,11 @@ def create_app(
 
     # ------------------------------------------------------------------ uploads
 
-    async def read_upload(request: Request, explain_default: bool) -> tuple[bytes, bool]:
-        """The image bytes of a multipart form (field ``image``) or a raw body, refused past
-        ``max_upload_bytes`` before it is all read; and whether explanations were asked for
-        (``explain`` in the query or the form, else ``explain_default``)."""
+    async def read_body(request: Request) -> bytes:
+        """The request body, refused past ``max_upload_bytes`` before it is all read and past
+        ``body_timeout`` seconds; :class:`UploadAborted` when the client goes away meanwhile."""
         declared = request.headers.get("content-length")
+        size = None
         if declared is not None:
             try:
                 size = int(declared)
@@ -191,15 +217,33 @@ def create_app(
                 raise BadUpload("the Content-Length header is not a number") from None
             if size > max_upload_bytes:
                 raise UploadTooLarge(_too_large(size, max_upload_bytes))
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_upload_bytes:
-                raise UploadTooLarge(_too_large(None, max_upload_bytes))
+        chunks, received = [], 0
+        try:
+            with anyio.fail_after(body_timeout):
+                async for chunk in request.stream():
+                    received += len(chunk)
+                    if received > max_upload_bytes:
+                        raise UploadTooLarge(_too_large(None, max_upload_bytes))
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise UploadTimeout(f"the upload did not arrive within {body_timeout:g} s "
+                                f"({received:,} bytes came); try again on a faster connection") from None
+        except ClientDisconnect:
+            client = request.client
+            who = f"{client[0]}:{client[1]}" if client else "the client"
+            total = f" of {size:,}" if size is not None else ""
+            raise UploadAborted(f"upload aborted by {who} after {received:,}{total} bytes") from None
+        return b"".join(chunks)
+
+    async def read_upload(request: Request, explain_default: bool) -> tuple[bytes, bool]:
+        """The image bytes of a multipart form (field ``image``) or a raw body (see
+        :func:`read_body`); and whether explanations were asked for (``explain`` in the query or
+        the form, else ``explain_default``)."""
+        body = await read_body(request)
         explain = request.query_params.get("explain")
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            request._body = bytes(body)  # form() re-reads the cached body
+            request._body = body  # form() re-reads the cached body
             try:
                 form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
             except Exception as exc:  # malformed multipart, too many parts
@@ -213,24 +257,44 @@ def create_app(
                     explain = form.get("explain")
             finally:
                 await form.close()
+                request._body = b""  # the raw form need not outlive the file it held
         elif ctype.startswith("application/x-www-form-urlencoded"):
             raise BadUpload("send the image as multipart/form-data (field 'image') or as the raw request body")
         else:
-            data = bytes(body)
+            data = body
         wanted = explain_default if explain is None else explain.lower() not in ("0", "false", "no", "off", "")
         return data, wanted
 
+    def decode(data: bytes):
+        if not data:
+            raise BadUpload("the upload is empty; choose an image file")
+        budget = DecodeBudget(max_bytes=max_decode_bytes, max_pixels=max_pixels, min_side=analyzer.min_side)
+        try:
+            return decode_upload(data, budget)
+        finally:
+            release_memory()  # the file's full-size pixels are gone: give them back now
+
+    def analyze_and_store(image, explain: bool) -> tuple[str, dict, set[str]]:
+        try:
+            result = analyzer.analyze(image, explain)
+            images = result.pop("images")
+            token = store.create()
+            for name, img in images.items():
+                store.save(token, name, img)
+            return token, result, set(images)
+        finally:
+            release_memory()  # the activations and maps of this analysis
+
     async def analyze(request: Request, explain_default: bool) -> dict:
-        data, explain = await read_upload(request, explain_default)
-        token, image = await run_in_threadpool(store.ingest, data)
-        result = await run_in_threadpool(analyzer.analyze, image, explain)
-        images = result.pop("images")
-        for name, img in images.items():
-            await run_in_threadpool(store.save, token, name, img)
+        async with receiving:  # bodies being received and decoded at once: bounded
+            data, explain = await read_upload(request, explain_default)
+            image = await anyio.to_thread.run_sync(decode, data, limiter=decoding)
+            del data  # only the decoded image waits for the model
+        token, result, stored = await run_in_threadpool(analyze_and_store, image, explain)
         result["id"] = token
         result["image"] = f"/uploads/{token}/input.png"
         for name, entry in result["explanations"].items():
-            if f"{name}.png" in images:
+            if f"{name}.png" in stored:
                 entry["url"] = f"/uploads/{token}/{name}.png"
         return result
 
@@ -252,13 +316,20 @@ def create_app(
 
     def error_response(request: Request, status: int, reason: str) -> Response:
         if request.url.path.startswith("/api/") or request.url.path == "/api":
-            return JSONResponse({"error": reason, "status": status}, status_code=status)
-        titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Too large", 503: "Unavailable"}
-        return page("error.html", status=status, code=status, title=titles.get(status, "Error"), reason=reason)
+            response = JSONResponse({"error": reason, "status": status}, status_code=status)
+        else:
+            response = page("error.html", status=status, code=status, title=TITLES.get(status, "Error"), reason=reason)
+        if status == 408:  # the rest of a late body is not waited for
+            response.headers["Connection"] = "close"
+        return response
 
     async def on_error(request: Request, exc: Exception):
         status, reason = _status(exc)
         return error_response(request, status, reason)
+
+    async def on_aborted(request: Request, exc: UploadAborted):
+        logger.info("%s", exc)  # one line: the client is gone, and so is its answer
+        return Response(status_code=400)
 
     routes = [
         Route("/", home),
@@ -280,34 +351,24 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeaders)],
-        exception_handlers={HTTPException: on_error, ConvscopeError: on_error, ValueError: on_error, Exception: on_error},
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(HostAndOrigin, allowed=hosts, respond=lambda scope, status, reason: error_response(
+                Request(scope), status, reason)),
+        ],
+        exception_handlers={HTTPException: on_error, ConvscopeError: on_error, ValueError: on_error,
+                            UploadAborted: on_aborted, Exception: on_error},
     )
 
     app.state.gallery = gallery
     app.state.store = store
     app.state.analyzer = analyzer
+    app.state.allowed_hosts = hosts
     return app
 
 
-class SecurityHeaders:
-    """ASGI middleware adding :data:`SECURITY_HEADERS` to every response that lacks them."""
-
-    def __init__(self, app):
-        self.app = app
-        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [h for h in self.headers if h[0] not in present]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed", 408: "Too slow",
+          413: "Too large", 421: "Wrong host", 503: "Unavailable"}
 
 
 def _too_large(size: int | None, limit: int) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,18 @@ def _num(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
+#: The atlas files the server hands out: images only, by suffix, each checked to begin as its
+#: suffix says (so a file named .png is served only if it is a PNG).
+IMAGE_MAGIC = {
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".gif": (b"GIF87a", b"GIF89a"),
+    ".webp": (b"RIFF",),
+}
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}
+
 #: data.load_image changes warnings' process-wide filters (``warnings.catch_warnings``), which
 #: is not thread-safe: the request threads of one server decode one at a time.
 _DECODE = threading.Lock()
@@ -46,6 +60,10 @@ def decode_image(path, **options):
 
     with _DECODE:
         return load_image(path, **options)
+
+
+def _no_follow(path, flags):
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
 
 
 class Gallery:
@@ -123,6 +141,38 @@ class Gallery:
         if not path.is_file():
             raise NotFound(f"no such atlas file {relative!r}")
         return path
+
+    def image_file(self, relative: str) -> tuple[Path, str]:
+        """The path and media type of an atlas image to serve: a regular file, reached through no
+        symbolic link, inside the atlas, whose first bytes are those of its suffix's format
+        (:data:`IMAGE_MAGIC`); :class:`NotFound` otherwise, so no name can hand out the atlas's
+        database or scan state, whatever it is called or linked as."""
+        suffix = Path(relative).suffix.lower()
+        if suffix not in IMAGE_MAGIC:
+            raise NotFound(f"no such atlas image {relative!r}")
+        root = Path(self.atlas.root).resolve()
+        parts = Path(relative).parts
+        if not parts or Path(relative).is_absolute() or any(p in ("", ".", "..") for p in parts):
+            raise NotFound(f"no such atlas image {relative!r}")
+        path = root
+        for part in parts:
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                raise NotFound(f"no such atlas file {relative!r}") from None
+            if stat.S_ISLNK(mode):
+                raise NotFound(f"no such atlas image {relative!r} (links are not served)")
+        if not stat.S_ISREG(mode):
+            raise NotFound(f"no such atlas file {relative!r}")
+        try:
+            with open(path, "rb", opener=_no_follow) as f:
+                head = f.read(12)
+        except OSError:
+            raise NotFound(f"no such atlas file {relative!r}") from None
+        if not head.startswith(IMAGE_MAGIC[suffix]) or (suffix == ".webp" and head[8:12] != b"WEBP"):
+            raise NotFound(f"no such atlas image {relative!r} (the file is not a {suffix[1:].upper()} image)")
+        return path, MEDIA_TYPES[suffix]
 
     # ------------------------------------------------------------------ pages
 

@@ -1,14 +1,15 @@
 """Uploaded photos: size-limited intake, server-named storage, and the model's view of them.
 
-An upload is written under a random server-made name, decoded only by
-:func:`convscope.data.load_image` (so anything that is not a real image is refused with a
-reason), and never unpickled or executed. :class:`Analyzer` then runs the atlas's model once on
-it: the top predictions, the units that fire most in every atlas layer, and occlusion and
-Grad-CAM maps from :mod:`convscope.explain`.
+An upload is decoded from memory only by :func:`convscope.web.decode.decode_upload`, within a
+memory budget and at the scale the model needs (so anything that is not a real image, or would
+take too much memory, is refused with a reason), and never unpickled, executed or written to
+disk as sent. :class:`UploadStore` keeps what the server itself made of it under a random
+name; :class:`Analyzer` runs the atlas's model once on it: the top predictions, the units that
+fire most in every atlas layer, and occlusion and Grad-CAM maps from :mod:`convscope.explain`.
 
->>> store = UploadStore(tmp_dir, keep=50)
->>> token, image = store.ingest(data_bytes)                  # ImageError for a non-image
+>>> image = decode_upload(data_bytes, DecodeBudget(min_side=analyzer.min_side))
 >>> result = Analyzer(gallery, model).analyze(image, explain=False)
+>>> token = UploadStore(tmp_dir, keep=50).create()
 """
 from __future__ import annotations
 
@@ -29,12 +30,9 @@ from ..errors import ConvscopeError, ImageError
 from ..explain import gradcam, occlusion
 from ..files import atomic_write
 from ..hooks import capture, named_modules, run
-from .gallery import decode_image
 
 #: Largest upload accepted, in bytes (a phone photo is a few MB).
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
-#: Largest decoded upload, in pixels: bigger files are refused before decoding.
-MAX_UPLOAD_PIXELS = 40_000_000
 TOKEN = re.compile(r"^[0-9a-f]{32}$")
 #: The only files ever served back from an upload's folder.
 FILES = ("input.png", "occlusion.png", "gradcam.png")
@@ -52,12 +50,20 @@ class ModelUnavailable(ConvscopeError):
     status = 503
 
 
+class UploadTimeout(ConvscopeError):
+    status = 408
+
+
+class UploadAborted(Exception):
+    """The client went away before its upload was all received; the message says how far it got."""
+
+
 class UploadStore:
     """A folder of uploads, each in a subfolder named by a random 128-bit token; only the
     newest ``keep`` are kept. The folder is a private temporary one unless ``root`` is given,
     and a temporary one is removed when the store is garbage-collected or the process ends."""
 
-    def __init__(self, root: str | os.PathLike | None = None, keep: int = 200, max_pixels: int = MAX_UPLOAD_PIXELS):
+    def __init__(self, root: str | os.PathLike | None = None, keep: int = 200):
         if root is None:
             self.root = Path(tempfile.mkdtemp(prefix="convscope-uploads-"))
             self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.root), True)
@@ -65,29 +71,15 @@ class UploadStore:
             self.root = Path(root)
             self.root.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
-        self.max_pixels = max_pixels
         self._lock = threading.Lock()
         self._order: list[str] = []
 
-    def ingest(self, data: bytes) -> tuple[str, Image.Image]:
-        """Store ``data`` under a new token and decode it; :class:`ImageError` (with the reason
-        only, never the server path) when it is not an image we can read."""
-        if not data:
-            raise BadUpload("the upload is empty; choose an image file")
+    def create(self) -> str:
+        """A new upload's token, its folder made; the oldest beyond ``keep`` are removed."""
         token = secrets.token_hex(16)
-        folder = self.root / token
-        folder.mkdir()
-        raw = folder / "upload"  # read back at once by this thread only, then removed
-        raw.write_bytes(data)
-        try:
-            image = decode_image(raw, max_pixels=self.max_pixels)
-        except ImageError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise ImageError("upload", exc.reason) from None
-        finally:
-            raw.unlink(missing_ok=True)  # keep only what we wrote ourselves
+        (self.root / token).mkdir()
         self._remember(token)
-        return token, image
+        return token
 
     def _remember(self, token: str) -> None:
         with self._lock:
@@ -192,6 +184,13 @@ class Analyzer:
         self.top_units = top_units
         self.top_classes = top_classes
         self._loading = threading.Lock()  # the atlas's model is loaded once
+
+    @property
+    def min_side(self) -> int:
+        """The shorter side, in pixels, an upload is decoded to at least: twice what the model's
+        resize takes, so its antialiased resize still has pixels to average."""
+        prep = self.model.preprocessing
+        return 2 * max(prep.resize, *prep.input_size)
 
     @property
     def model(self):
