@@ -8,7 +8,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .data import MAX_PIXELS, expand_inputs, iter_batches
+from .data import MAX_BYTES, MAX_PIXELS, expand_inputs, iter_batches
+from .hooks import model_lock
 from .models import LoadedModel
 from .progress import Bar
 
@@ -71,9 +72,14 @@ def iter_classify(
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
     progress: bool | None = None,
+    *,
+    max_bytes: int = MAX_BYTES,
+    target_size: int | None = None,
 ) -> Iterator[Classified]:
     """Classify images lazily, yielding one :class:`Classified` per input (bad ones included),
-    grouped by batch. ``inputs`` are files, folders, globs or ``@list`` files."""
+    grouped by batch. ``inputs`` are files, folders, globs or ``@list`` files. ``max_pixels``,
+    ``max_bytes`` and ``target_size`` are :func:`convscope.data.load_image`'s (``target_size``,
+    say the model's resize size, decodes large photos at reduced scale; default: every pixel)."""
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     paths, missing = expand_inputs(inputs)
@@ -82,12 +88,14 @@ def iter_classify(
     k = min(top, len(model.labels))
     position = {str(p): i for i, p in enumerate(paths)}
     with Bar(len(paths), "classifying", disable=None if progress is None else not progress) as bar:
-        for batch in iter_batches(paths, model.transform, batch_size=batch_size, workers=workers, max_pixels=max_pixels):
+        for batch in iter_batches(paths, model.transform, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                                  max_bytes=max_bytes, target_size=target_size):
             results: dict[int, Classified] = {}
             for err in batch.errors:
                 results[position[err.path]] = Classified(err.path, error=err.reason)
             if batch.indices:
-                with torch.inference_mode():
+                # under the model's lock: no other thread's hooks are on it meanwhile
+                with model_lock(model.module), torch.inference_mode():
                     logits = model.module(batch.tensors.to(model.device))
                 probs = torch.softmax(logits.float(), dim=1)
                 values, indices = probs.topk(k, dim=1)

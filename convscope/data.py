@@ -10,17 +10,20 @@ counted, and the rest carry on. Decoding runs in DataLoader worker processes.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import hashlib
 import io
 import os
-import warnings
+import re
+import stat
+import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError
 from .files import atomic_write, cache_dir
@@ -31,6 +34,9 @@ IMAGE_EXTENSIONS = frozenset(
 #: Largest image accepted, in pixels (width x height); larger files are rejected as possible
 #: decompression bombs. 100 megapixels covers any camera; raise it with ``max_pixels``.
 MAX_PIXELS = 100_000_000
+#: Most memory one decode may take, in bytes (:func:`decode_cost`): 1 GiB admits any camera photo
+#: (a 100 Mpx RGB JPEG takes 400 MB, 800 MB upright); a server passes a smaller ``max_bytes``.
+MAX_BYTES = 1 << 30
 _GLOB_CHARS = set("*?[")
 
 
@@ -53,18 +59,22 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -
     Each input is a file (always tried, whatever its extension), a folder (its files with image
     extensions, recursively, sorted), a glob pattern, or ``@LIST`` (a text file with one path per
     line, relative to the list's folder; blank lines and ``#`` comments skipped). Inputs that name
-    nothing come back as errors. Duplicates are kept once.
+    nothing, or that cannot be looked at (a name too long, a folder not readable), come back as
+    errors, one per input or subfolder; this never raises for one bad input. A special file
+    (FIFO, device, socket) named on its own is passed on, and :func:`load_image` refuses it
+    without opening it. Duplicates are kept once.
     """
     paths: list[Path] = []
     errors: list[ImageError] = []
     for item in inputs:
         text = os.fspath(item)
-        if text.startswith("@") and not Path(text).exists():
+        kind, problem = _stat_kind(text)
+        if text.startswith("@") and kind is None:
             listfile = Path(text[1:])
             try:
                 lines = listfile.read_text(encoding="utf-8", errors="replace").splitlines()
             except OSError as exc:
-                errors.append(ImageError(text, f"cannot read list file ({exc.strerror or exc})"))
+                errors.append(ImageError(text, f"cannot read list file ({_os_words(exc)})"))
                 continue
             for line in lines:
                 line = line.strip()
@@ -73,18 +83,19 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -
                     paths.append(p if p.is_absolute() else listfile.parent / p)
             continue
         p = Path(text)
-        if p.is_dir():
-            found = (p.rglob("*") if recursive else p.glob("*"))
-            paths.extend(sorted(f for f in found if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
-        elif p.exists():
+        if kind == "dir":
+            found, unreadable = _image_files(p, recursive)
+            paths.extend(found)
+            errors.extend(unreadable)
+        elif kind is not None:
             paths.append(p)
         elif _GLOB_CHARS & set(text):
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if _stat_kind(m)[0] == "file")
             if not matches:
                 errors.append(ImageError(text, "no file matches this pattern"))
             paths.extend(matches)
         else:
-            errors.append(ImageError(text, "no such file or folder"))
+            errors.append(ImageError(text, problem))
     seen: set[str] = set()
     unique = []
     for p in paths:
@@ -95,111 +106,398 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -
     return unique, errors
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def _stat_kind(path: str | os.PathLike) -> tuple[str | None, str]:
+    """("dir" | "file" | "special", "") for what ``path`` names, or (None, the reason) when
+    nothing can be seen there; never raises."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None, "no such file or folder"
+        return None, _os_reason(exc)
+    except ValueError:  # a NUL byte in the name
+        return None, "not a valid file name (it holds a NUL character)"
+    if stat.S_ISDIR(mode):
+        return "dir", ""
+    return ("file" if stat.S_ISREG(mode) else "special"), ""
+
+
+def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[ImageError]]:
+    """The regular files with image extensions under ``folder`` (sorted as ``Path`` objects,
+    symlinked folders not followed) and one error per subfolder that could not be listed."""
+    found: list[Path] = []
+    errors: list[ImageError] = []
+
+    def unreadable(exc: OSError) -> None:
+        errors.append(ImageError(exc.filename if exc.filename is not None else folder,
+                                 f"cannot list folder ({_os_reason(exc)})"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        if not recursive:
+            dirs.clear()
+        base = folder if root == str(folder) else Path(root)
+        for name in files:
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                p = base / name
+                if _stat_kind(p)[0] == "file":
+                    found.append(p)
+    return sorted(found), errors
+
+
+#: Reasons for the errors of the operating system that a person can act on.
+_ERRNO_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.ELOOP: "too many levels of symbolic links",
+}
+
+
+def _os_words(exc: OSError) -> str:
+    return _ERRNO_REASONS.get(exc.errno) or exc.strerror or type(exc).__name__
+
+
+def _os_reason(exc: OSError) -> str:
+    """One line for an OSError of looking at or opening a file."""
+    reason = _ERRNO_REASONS.get(exc.errno)
+    return reason or f"cannot read ({exc.strerror or type(exc).__name__})"
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of ``st_mode`` cannot be an image file, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image"
+    kind = next((name for test, name in _SPECIAL if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class ImageTooLarge(ImageError):
+    """An image over the decoder's budget (``max_pixels`` or ``max_bytes``); a server answers 413."""
+
+
+#: Bytes PIL keeps per pixel, by mode (Pillow's Storage.c): 1 for "1" (one byte per pixel in
+#: memory, not a bit), L and P; 2 for 16-bit grey; 4 for every other mode, RGB included.
+PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+#: Decoders that hold a second copy of the pixels while they decode (libwebp's own buffer).
+DECODER_COPIES = {"WEBP": 2}
+#: Conversions to RGB run one strip of rows of about this many bytes at a time.
+STRIP_BYTES = 4 * 1024 * 1024
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def pixel_bytes(mode: str) -> int:
+    """Bytes PIL stores per pixel of ``mode`` (RGB takes 4: PIL pads it)."""
+    return PIXEL_BYTES.get(mode, 4)
+
+
+def decode_cost(img: Image.Image, factor: int = 1, rotated: bool = False,
+                full_size: tuple[int, int] | None = None) -> int:
+    """Bytes of memory that decoding the opened (not yet loaded) ``img`` at its current (drafted)
+    size takes, reduced by ``factor`` and turned upright if ``rotated``: its pixels (twice for
+    decoders that keep their own copy; a progressive JPEG's coefficients at ``full_size``, its
+    size before ``draft``), plus the RGB result unless it is RGB already at full size; an
+    upright copy is made of the RGB result after the decoded pixels are freed.
+
+    >>> decode_cost(Image.open("grey16.png"))   # 6300 x 6300, mode I;16: 2 + 4 bytes per pixel
+    238140000
+    """
+    w, h = img.size
+    out = -(-w // factor) * -(-h // factor) * pixel_bytes("RGB")
+    cost = w * h * pixel_bytes(img.mode) * DECODER_COPIES.get(img.format or "", 1)
+    cost += _jpeg_coefficients(img, full_size or img.size)
+    if img.mode != "RGB" or factor > 1:
+        cost += out
+    return max(cost, 2 * out) if rotated else cost
+
+
+def _jpeg_coefficients(img: Image.Image, size: tuple[int, int]) -> int:
+    """Bytes libjpeg holds for a progressive JPEG: every DCT coefficient of the full-size image
+    (2 bytes each, per component at its sampling), whatever the drafted scale (measured: 70 MB
+    for a 24 Mpx 4:2:0 photo)."""
+    if img.format != "JPEG" or not img.info.get("progressive"):
+        return 0
+    layers = getattr(img, "layer", None) or []  # (id, horizontal, vertical sampling, table)
+    w, h = size
+    if not layers:
+        return 2 * 3 * w * h
+    hmax = max(layer[1] for layer in layers) or 1
+    vmax = max(layer[2] for layer in layers) or 1
+    return int(2 * w * h * sum(layer[1] * layer[2] for layer in layers) / (hmax * vmax))
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, max_bytes: int = MAX_BYTES,
+               target_size: int | None = None) -> Image.Image:
     """Open any image file as an 8-bit RGB PIL image, upright per its EXIF orientation.
 
     Grayscale, palette, CMYK, 16-bit and float images are converted; transparency is composited
-    on white. Raises :class:`ImageError` with a one-line reason for a missing, empty, truncated,
-    corrupt, non-image or over-large (more than ``max_pixels``) file.
+    on white. The size is checked from the header before any pixel is decoded: more than
+    ``max_pixels`` (width x height) or more than ``max_bytes`` of memory to decode
+    (:func:`decode_cost`: mode and bit depth count) raises :class:`ImageTooLarge`. With
+    ``target_size`` (pixels, the shorter side the model resizes to, say 256) a large image is
+    decoded at reduced scale, its shorter side kept at least ``target_size``: a JPEG by libjpeg
+    at 1/2, 1/4 or 1/8 (``Image.draft``), then any format by a whole box-filter factor. The pixels
+    then differ slightly from a full decode resized; ``None`` (the default) decodes every pixel.
+
+    Raises :class:`ImageError` with a one-line reason for a missing, empty, unreadable,
+    special (FIFO, device, socket: never opened), truncated, corrupt or non-image file.
+
+    >>> img = load_image("photos/cat.jpg")
+    >>> small = load_image("photos/cat.jpg", target_size=256)   # min(small.size) >= 256
     """
-    return _load(Path(path), max_pixels, digest=False)[0]
+    return _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=False)[0]
 
 
-def load_image_hashed(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
+def load_image_hashed(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, max_bytes: int = MAX_BYTES,
+                      target_size: int | None = None) -> tuple[Image.Image, str]:
     """:func:`load_image`, and the sha256 (hex) of the very bytes it decoded: the file is read
     once, so the hash names exactly the picture that was seen.
 
     >>> img, sha256 = load_image_hashed("photos/cat.jpg")
     """
-    return _load(Path(path), max_pixels, digest=True)
+    return _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=True)
 
 
-def _load(path: Path, max_pixels: int, digest: bool) -> tuple[Image.Image, str | None]:
+def load_image_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS, *,
+                     max_bytes: int = MAX_BYTES, target_size: int | None = None) -> Image.Image:
+    """:func:`load_image` for the bytes of an image file held in memory (an upload); ``name``
+    is what the :class:`ImageError` names. The file's own bytes count towards ``max_bytes``.
+
+    >>> img = load_image_bytes(request_body, "upload", max_bytes=128 << 20, target_size=256)
+    """
+    budget = _Budget.of(max_pixels, max_bytes, target_size)
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, budget, held=len(data))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Budget:
+    max_pixels: int = MAX_PIXELS
+    max_bytes: int = MAX_BYTES
+    target_size: int | None = None
+
+    @classmethod
+    def of(cls, max_pixels: int, max_bytes: int, target_size: int | None) -> "_Budget":
+        for name, value in (("max_pixels", max_pixels), ("max_bytes", max_bytes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if target_size is not None and (not isinstance(target_size, int) or target_size < 1):
+            raise ValueError(f"target_size must be a positive whole number of pixels or None, got {target_size!r}")
+        return cls(max_pixels, max_bytes, target_size)
+
+
+def _load(path: Path, budget: _Budget, digest: bool) -> tuple[Image.Image, str | None]:
+    # Looked at before it is opened: opening a FIFO blocks until a writer comes, and opening a
+    # device can act on it. O_NONBLOCK then keeps a file swapped for a FIFO meanwhile from
+    # blocking the open, and fstat checks what was opened.
     try:
-        size = path.stat().st_size
+        st = os.stat(path)
     except OSError as exc:
-        raise ImageError(path, f"cannot read ({exc.strerror or type(exc).__name__})") from None
-    if path.is_dir():
-        raise ImageError(path, "is a folder, not an image")
-    if size == 0:
-        raise ImageError(path, "empty file (0 bytes)")
-    sha256 = None
+        raise ImageError(path, _os_reason(exc)) from None
+    except ValueError:
+        raise ImageError(path, "not a valid file name (it holds a NUL character)") from None
+    why = _not_regular(st.st_mode)
+    if why:
+        raise ImageError(path, why)
     try:
-        source = path
-        if digest:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ImageError(path, f"cannot read ({exc.strerror or type(exc).__name__})") from None
-            sha256 = hashlib.sha256(data).hexdigest()
-            source = io.BytesIO(data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        path, f"too large ({w}x{h} = {w * h:,} pixels, limit {max_pixels:,}); possible decompression bomb"
-                    )
-                if w == 0 or h == 0:
-                    raise ImageError(path, "image has no pixels")
-                img.load()  # decode now, so truncation shows here
-                img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img), sha256
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise ImageError(path, _os_reason(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        why = _not_regular(st.st_mode)
+        if why:
+            raise ImageError(path, why)
+        if st.st_size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+        if not digest:
+            return _decode(f, path, budget), None
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise ImageError(path, _os_reason(exc)) from None
+        if not data:
+            raise ImageError(path, "empty file (0 bytes)")
+        return _decode(io.BytesIO(data), path, budget, held=len(data)), hashlib.sha256(data).hexdigest()
+
+
+def _decode(source, name, budget: _Budget, held: int = 0) -> Image.Image:
+    """The budgeted decode of an open binary file; ``held``: bytes of the file already in memory."""
+    img = rgb = None
+    try:
+        img = Image.open(source)
+        w, h = img.size
+        if w == 0 or h == 0:
+            raise ImageError(name, "image has no pixels")
+        if w * h > budget.max_pixels:
+            raise ImageTooLarge(
+                name, f"too large ({w}x{h} = {w * h:,} pixels, limit {budget.max_pixels:,}); possible decompression bomb"
+            )
+        target = budget.target_size
+        if target is not None and img.format == "JPEG" and min(w, h) >= 2 * target:
+            # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, to at least target on each side
+            img.draft("RGB", (target, target))
+        factor = max(1, min(img.size) // target) if target is not None else 1
+        rotated = _orientation(img) in _TRANSPOSE
+        cost = decode_cost(img, factor, rotated, full_size=(w, h)) + held
+        if cost > budget.max_bytes:
+            raise ImageTooLarge(
+                name, f"too large to decode ({w}x{h} {_describe(img)} takes {_mb(cost)}, limit {_mb(budget.max_bytes)})"
+            )
+        img.load()  # decode now, so truncation shows here
+        orientation = _orientation(img)  # PNG may carry its EXIF after the pixels
+        rgb = to_rgb(img, factor)
+        if rgb is not img:
+            img.close()  # the decoded pixels go before the upright copy is made
+        if orientation in _TRANSPOSE:
+            rgb = rgb.transpose(_TRANSPOSE[orientation])
+            for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"):
+                rgb.info.pop(key, None)  # no longer true of these pixels: no one turns them again
+        return rgb
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image (unknown or unsupported format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(path, "too large; possible decompression bomb") from None
+        raise ImageError(name, "not an image (unknown or unsupported format)") from None
+    except Image.DecompressionBombError as exc:  # PIL's own limit, twice Image.MAX_IMAGE_PIXELS
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels, " if pixels else ""
+        raise ImageTooLarge(name, f"too large ({size}over PIL's limit); possible decompression bomb") from None
+    except Image.DecompressionBombWarning:
+        # PIL warns (it does not raise) above Image.MAX_IMAGE_PIXELS; it arrives here only where
+        # the process's warning filters turn it into an error (python -W error)
+        raise ImageTooLarge(name, "too large (over PIL's Image.MAX_IMAGE_PIXELS, and warnings are errors here)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # the system's, not the decoder's
+            raise ImageError(name, _os_reason(exc)) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "truncated" in reason.lower():
             reason = "truncated image file"
-        raise ImageError(path, f"corrupt image ({reason})") from None
+        raise ImageError(name, f"corrupt image ({reason})") from None
     except MemoryError:
-        raise ImageError(path, "too large to decode in memory") from None
+        raise ImageTooLarge(name, "too large to decode in memory") from None
+    finally:
+        if img is not None and img is not rgb:
+            img.close()
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. 16-bit and float data are scaled by their range, not clipped."""
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(_EXIF_ORIENTATION)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):  # damaged EXIF: as if none
+        return None
+
+
+def _describe(img: Image.Image) -> str:
+    bits = {"1": "1-bit", "I": "32-bit", "F": "float"}.get(img.mode, "16-bit" if img.mode.startswith("I;16") else "8-bit")
+    return f"{bits} {img.mode}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} KiB"
+
+
+def to_rgb(img: Image.Image, factor: int = 1) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, box-reduced by ``factor``. 16-bit and float data are scaled by
+    their range, not clipped: 16-bit by integer arithmetic (``(v * 255 + 32767) // 65535``, the
+    value ``round(v / 65535 * 255)`` gives), 32-bit and float over the image's (min, max).
+    Modes other than plain per-pixel conversions run one strip of rows at a time, so the only
+    full-size image made is the result."""
     mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+    if factor <= 1:
+        if mode == "RGB":
+            return img
+        if mode not in _WIDE and mode not in _ALPHA and not (mode == "P" and "transparency" in img.info):
+            return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV: PIL's own, pixel by pixel
+    elif mode == "RGB":
+        return img.reduce(factor)
+    w, h = img.size
+    extrema = _extrema(img) if mode in ("I", "F") else None
+    rows = max(1, STRIP_BYTES // (4 * w * factor)) * factor  # a multiple of the factor
+    if rows >= h and factor <= 1:
+        return _strip_to_rgb(img, extrema)
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    for top in range(0, h, rows):
+        strip = _strip_to_rgb(img.crop((0, top, w, min(h, top + rows))), extrema)
+        if factor > 1:
+            strip = strip.reduce(factor)
+        out.paste(strip, (0, top // factor))
+    return out
+
+
+def _extrema(img: Image.Image) -> tuple[float, float]:
+    """(min, max) of a mode I or F image as numpy gives them (NaN if any value is NaN), by strips."""
+    w, h = img.size
+    rows = max(1, STRIP_BYTES // (4 * w))
+    lo = hi = None
+    for top in range(0, h, rows):
+        a = np.asarray(img.crop((0, top, w, min(h, top + rows))))
+        lo = a.min() if lo is None else np.minimum(lo, a.min())
+        hi = a.max() if hi is None else np.maximum(hi, a.max())
+    return float(lo), float(hi)
+
+
+def _strip_to_rgb(img: Image.Image, extrema: tuple[float, float] | None) -> Image.Image:
+    """One strip (or a small whole image) -> 8-bit RGB; ``extrema``: the whole image's (min, max)
+    for modes I and F, so that every strip is scaled alike."""
+    mode = img.mode
+    if mode in _WIDE:
+        arr = np.asarray(img)
         if mode.startswith("I;16"):
-            arr = arr / 65535.0
+            grey = _scale_16bit(arr)
         else:
-            lo, hi = float(arr.min()), float(arr.max())
+            lo, hi = extrema if extrema is not None else _extrema(img)
             if mode == "I" and lo >= 0 and hi <= 65535:
-                arr = arr / (255.0 if hi <= 255 else 65535.0)
-            elif hi > lo:
-                arr = (arr - lo) / (hi - lo)
+                # exact in integers: v / 255 * 255 rounds to v, and v / 65535 * 255 (a multiple of
+                # 1/257) is never within rounding error of a half
+                grey = arr.astype(np.uint8) if hi <= 255 else _scale_16bit(arr)
             else:
-                arr = np.zeros_like(arr)
-        arr = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+                # float64, as ever, but one strip at a time (a few MB, not 8 bytes per pixel)
+                a = arr.astype(np.float64)
+                a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+                grey = np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+    if mode in _ALPHA:
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    # L, 1, P, CMYK, YCbCr, LAB, HSV: PIL's own conversions
     return img.convert("RGB")
+
+
+def _scale_16bit(arr: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255, rounded as ``round(v / 65535 * 255)``, in uint32 arithmetic."""
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """Paths -> (index, model input or None, error reason or None, sha256 or None); never raises
-    on a bad file. With ``sha256=True`` the hash is that of the bytes decoded."""
+    on a bad file. With ``sha256=True`` the hash is that of the bytes decoded; ``max_pixels``,
+    ``max_bytes`` and ``target_size`` are :func:`load_image`'s."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, max_pixels: int = MAX_PIXELS,
-                 sha256: bool = False):
+                 sha256: bool = False, *, max_bytes: int = MAX_BYTES, target_size: int | None = None):
         self.paths = [str(p) for p in paths]
         self.transform = transform
-        self.max_pixels = max_pixels
+        self.budget = _Budget.of(max_pixels, max_bytes, target_size)
         self.sha256 = sha256
 
     def __len__(self) -> int:
@@ -207,7 +505,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            img, digest = _load(Path(self.paths[i]), self.max_pixels, digest=self.sha256)
+            img, digest = _load(Path(self.paths[i]), self.budget, digest=self.sha256)
             return i, self.transform(img), None, digest
         except ImageError as exc:
             return i, None, exc.reason, None
@@ -233,13 +531,17 @@ def iter_batches(
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
     sha256: bool = False,
+    *,
+    max_bytes: int = MAX_BYTES,
+    target_size: int | None = None,
 ) -> Iterator[Batch]:
     """Decode ``paths`` in worker processes and yield batches of up to ``batch_size`` good images,
     in path order. Bad files come back in ``Batch.errors`` (a batch may hold only errors). With
-    ``sha256``, ``Batch.hashes`` has the sha256 of each good file, from the bytes decoded."""
+    ``sha256``, ``Batch.hashes`` has the sha256 of each good file, from the bytes decoded.
+    ``max_pixels``, ``max_bytes`` and ``target_size`` are :func:`load_image`'s."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    dataset = ImageDataset(paths, transform, max_pixels, sha256)
+    dataset = ImageDataset(paths, transform, max_pixels, sha256, max_bytes=max_bytes, target_size=target_size)
     workers = default_workers(len(dataset)) if workers is None else max(0, workers)
     loader = torch.utils.data.DataLoader(
         dataset,

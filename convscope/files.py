@@ -1,17 +1,112 @@
-"""Files on disk: the cache folder and atomic writes.
+"""Files on disk: the cache folder, atomic writes, a full disk, and file names shown to people.
 
 Every file convscope writes that a reader (or a resumed run) may open is written through
 :func:`atomic_write`: to a temporary file beside the target, flushed and fsynced, then renamed over
 it, so a reader sees the old file or the new one and never half of one, also after a crash or a
-full disk (the temporary file is removed and the previous file is left as it was).
+full disk (the temporary file is removed and the previous file is left as it was; a full disk
+raises :class:`DiskFullError`, one line). A process killed mid-write cannot remove its temporary
+file: :func:`remove_stale_temps` clears those of a folder that a resumed run owns.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from pathlib import Path
 from typing import IO, Iterator
+
+from .errors import ConvscopeError
+
+#: errno values that mean "no room left": the disk, or the user's quota on it.
+_FULL = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+_TEMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")  # temp_path's pattern: .<name>.<pid>.tmp
+
+
+class DiskFullError(ConvscopeError, OSError):
+    """The disk (or the quota) filled up while writing ``path``; ``strerror`` is the system's
+    words and ``hint`` the next step. An :class:`OSError` with ``errno.ENOSPC`` too.
+
+    >>> str(DiskFullError("atlas/scan_state.pt"))
+    'disk full while writing atlas/scan_state.pt (No space left on device); free some space and try again'
+    """
+
+    def __init__(self, path: str | os.PathLike, strerror: str = "No space left on device",
+                 hint: str = "free some space and try again"):
+        OSError.__init__(self, errno.ENOSPC, strerror, os.fspath(path))
+        self.path = os.fspath(path)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"disk full while writing {printable_path(self.path)} ({self.strerror}); {self.hint}"
+
+    def __reduce__(self):
+        return type(self), (self.path, self.strerror, self.hint)
+
+    def with_hint(self, hint: str) -> "DiskFullError":
+        """The same error with another next step (a resumable run says how to resume)."""
+        return type(self)(self.path, self.strerror, hint)
+
+
+def disk_full_cause(exc: BaseException) -> OSError | None:
+    """The ``ENOSPC``/``EDQUOT`` :class:`OSError` behind ``exc`` (itself, or one it was raised
+    from or while handling: ``torch.save`` turns its file's OSError into a RuntimeError), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def as_disk_full(exc: BaseException, path: str | os.PathLike) -> DiskFullError | None:
+    """``exc`` as a :class:`DiskFullError` for writing ``path`` if a full disk caused it, else None."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    cause = disk_full_cause(exc)
+    if cause is None:
+        return None
+    return DiskFullError(path, cause.strerror or os.strerror(cause.errno))
+
+
+def printable_path(text: str | bytes | os.PathLike) -> str:
+    r"""A file name as one line for people: control characters and other invisible ones are
+    escaped (``\n``, ``\r``, ``\t``, ``\xNN``, ``\uNNNN``: C0, DEL, C1, line and paragraph
+    separators, bidirectional overrides), undecodable bytes (``surrogateescape``) show as
+    ``\xNN``; letters of any script, spaces and backslashes are kept as they are. For reading,
+    not for parsing back (JSON output carries the exact name).
+
+    >>> printable_path("photos/cat\nerror: forged.jpg")
+    'photos/cat\\nerror: forged.jpg'
+    >>> printable_path("Zürich/été.jpg")
+    'Zürich/été.jpg'
+    """
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    text = os.fspath(text) if not isinstance(text, str) else text
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def cache_dir(*parts: str) -> Path:
@@ -44,18 +139,40 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
     if "r" in mode or "a" in mode or "+" in mode:
         raise ValueError(f"atomic_write opens files for writing only, not mode {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode) as f:
             yield f
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException as exc:
+        full = as_disk_full(exc, path)
+        if full is not None and full is not exc:
+            raise full from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` (``.<name>.<pid>.tmp``) in ``folder``
+    (and its subfolders): those a killed process left behind. Call it only on a folder that this
+    run owns (a build being resumed), where no other process writes. Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder) if folder.is_dir() else [])]
+    for root, _dirs, names in walk:
+        for name in names:
+            if _TEMP_NAME.match(name):
+                p = Path(root) / name
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
@@ -68,4 +185,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = True)
         f.write(text)
 
 
-__all__ = ["atomic_write", "cache_dir", "safe_name", "temp_path", "write_bytes_atomic", "write_text_atomic"]
+__all__ = [
+    "DiskFullError", "as_disk_full", "atomic_write", "cache_dir", "disk_full_cause", "printable_path",
+    "remove_stale_temps", "safe_name", "temp_path", "write_bytes_atomic", "write_text_atomic",
+]
