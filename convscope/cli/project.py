@@ -63,6 +63,7 @@ def project(image, layers, units, y, x, method, out, npy, as_json, model_args):
 
     from ..backproject import ActivationRuleWarning, check_ranges, project_full
     from ..data import load_image
+    from ..progress import Bar
 
     pil = load_image(image)
     model = model_args.load()
@@ -79,42 +80,49 @@ def project(image, layers, units, y, x, method, out, npy, as_json, model_args):
         raise click.UsageError(f"{count} projections asked for: give --out a folder and --npy without a file name")
 
     notes: list[str] = []
-    for layer, shape, wanted in plan:
-        info = catalogue.get(layer)
-        for start in range(0, len(wanted), CHUNK):
-            chunk = wanted[start:start + CHUNK]
-            with warnings.catch_warnings():
-                # One summary line at the end instead of one warning per activation.
-                warnings.simplefilter("ignore", ActivationRuleWarning)
-                result = project_full(model, batch.expand(len(chunk), -1, -1, -1), layer, chunk,
-                                      None if y is None else [(y, x)] * len(chunk), method)
-            notes += [n for n in result.notes if n not in notes]
-            for i, unit in enumerate(chunk):
-                py, px = result.positions[i]
-                box = info.box(py, px, tuple(batch.shape[-2:]))
-                pixels = result.pixels[i].float().cpu().numpy()
-                stem = out_dir / f"{Path(image).stem}-{layer}-{unit}-{method}"
-                written = []
-                if npy is not None:
-                    written.append(_save_npy(npy_file or f"{stem}.npy", pixels))
-                if write_png:
-                    written.append(_save_png(out_file or f"{stem}.png", pixels, box))
-                record = {
-                    "image": image, "layer": layer, "unit": unit, "method": method, "y": py, "x": px,
-                    "position": "strongest" if y is None else "given", "activation": float(result.activations[i]),
-                    "box": list(box), "files": written,
-                }
-                if as_json:
-                    emit(record)
-                else:
-                    top, left, bottom, right = box
-                    click.echo(
-                        f"{layer} unit {unit} {'peaked at' if y is None else 'taken at'} y={py} x={px} of "
-                        f"{shape[1]}x{shape[2]} (activation {record['activation']:.4g}; input box rows {top}-{bottom - 1}, "
-                        f"cols {left}-{right - 1}); {method} projection written to {', '.join(written)}"
-                    )
+    with Bar(count, "projecting", disable=True if count <= CHUNK else None) as bar:
+        for layer, shape, wanted in plan:
+            info = catalogue.get(layer)
+            for start in range(0, len(wanted), CHUNK):
+                chunk = wanted[start:start + CHUNK]
+                with warnings.catch_warnings():
+                    # One summary line at the end instead of one warning per activation.
+                    warnings.simplefilter("ignore", ActivationRuleWarning)
+                    result = project_full(model, batch.expand(len(chunk), -1, -1, -1), layer, chunk,
+                                          None if y is None else [(y, x)] * len(chunk), method)
+                notes += [n for n in result.notes if n not in notes]
+                for i, unit in enumerate(chunk):
+                    py, px = result.positions[i]
+                    box = info.box(py, px, tuple(batch.shape[-2:]))
+                    pixels = result.pixels[i].float().cpu().numpy()
+                    stem = out_dir / f"{Path(image).stem}-{layer}-{unit}-{method}"
+                    written = []
+                    if npy is not None:
+                        written.append(_save_npy(npy_file or f"{stem}.npy", pixels))
+                    if write_png:
+                        written.append(_save_png(out_file or f"{stem}.png", pixels, box))
+                    record = {
+                        "image": image, "layer": layer, "unit": unit, "method": method, "y": py, "x": px,
+                        "position": "strongest" if y is None else "given",
+                        "activation": float(result.activations[i]), "box": list(box), "files": written,
+                    }
+                    if as_json:
+                        emit(record)
+                    else:
+                        click.echo(_line(record, shape))
+                bar.advance(len(chunk))
     if notes:
         note(_summarize(notes))
+
+
+def _line(record: dict, shape) -> str:
+    top, left, bottom, right = record["box"]
+    where = "peaked at" if record["position"] == "strongest" else "taken at"
+    return (
+        f"{record['layer']} unit {record['unit']} {where} y={record['y']} x={record['x']} of {shape[1]}x{shape[2]} "
+        f"(activation {record['activation']:.4g}; input box rows {top}-{bottom - 1}, cols {left}-{right - 1}); "
+        f"{record['method']} projection written to {', '.join(record['files'])}"
+    )
 
 
 def _summarize(notes: list[str]) -> str:
