@@ -5,7 +5,7 @@ Every file convscope writes that a reader (or a resumed run) may open is written
 it, so a reader sees the old file or the new one and never half of one, also after a crash or a
 full disk (the temporary file is removed and the previous file is left as it was; a full disk
 raises :class:`DiskFullError`, one line). A process killed mid-write cannot remove its temporary
-file: :func:`remove_stale_temps` clears those of a folder that a resumed run owns.
+file: :func:`remove_stale_temps` clears those of dead processes from a folder a resumed run owns.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .errors import ConvscopeError
 
 #: errno values that mean "no room left": the disk, or the user's quota on it.
 _FULL = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
-_TEMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")  # temp_path's pattern: .<name>.<pid>.tmp
+_TEMP_NAME = re.compile(r"^\.(.+)\.([0-9]+)\.tmp$")  # temp_path's pattern: .<name>.<pid>.tmp
 
 
 class DiskFullError(ConvscopeError, OSError):
@@ -68,6 +68,25 @@ def as_disk_full(exc: BaseException, path: str | os.PathLike) -> DiskFullError |
     if cause is None:
         return None
     return DiskFullError(path, cause.strerror or os.strerror(cause.errno))
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | os.PathLike, hint: str = "free some space and try again") -> Iterator[None]:
+    """Inside the block, any error a full disk caused (an ``ENOSPC`` OSError, SQLite's, or one
+    wrapped by ``torch.save``) leaves as one :class:`DiskFullError` with ``hint`` as its next
+    step, naming the file that was written (or ``path``). Other errors pass unchanged.
+
+    >>> with disk_full_as_error(out, "free some space and run again with resume=True"):
+    ...     build_everything(out)
+    """
+    try:
+        yield
+    except Exception as exc:
+        cause = disk_full_cause(exc)
+        full = as_disk_full(exc, cause.filename if cause is not None and cause.filename else path)
+        if full is None:
+            raise
+        raise full.with_hint(hint) from None
 
 
 def printable_path(text: str | bytes | os.PathLike) -> str:
@@ -158,21 +177,46 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
             tmp.unlink()
 
 
-def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Delete the temporary files of :func:`atomic_write` (``.<name>.<pid>.tmp``) in ``folder``
-    (and its subfolders): those a killed process left behind. Call it only on a folder that this
-    run owns (a build being resumed), where no other process writes. Returns what was removed."""
+def remove_stale_temps(folder: str | os.PathLike, *, name: str | None = None, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` left in ``folder`` (and its subfolders)
+    when its process was killed mid-write: ``.<name>.<pid>.tmp`` whose process is gone (or is
+    this one: its own writes remove theirs), only those of target ``name`` if given. Temporary
+    files of a process still running are kept. Returns what was removed.
+
+    >>> remove_stale_temps("atlas/")          # before resuming a build killed while writing
+    [PosixPath('atlas/.scan_state.pt.4121.tmp')]
+    """
     folder = Path(folder)
+    if not folder.is_dir():
+        return []
     removed = []
-    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder) if folder.is_dir() else [])]
-    for root, _dirs, names in walk:
-        for name in names:
-            if _TEMP_NAME.match(name):
-                p = Path(root) / name
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    p.unlink()
-                    removed.append(p)
-    return removed
+    for root, dirs, names in os.walk(folder):
+        if not recursive:
+            dirs.clear()
+        for entry in names:
+            match = _TEMP_NAME.match(entry)
+            if match is None or (name is not None and match.group(1) != name) or _running(int(match.group(2))):
+                continue
+            p = Path(root) / entry
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return sorted(removed)
+
+
+def _running(pid: int) -> bool:
+    """Whether another process ``pid`` runs now (a temporary file of it may be in use)."""
+    if pid == os.getpid() or pid <= 0 or os.name != "posix":  # Windows' os.kill(pid, 0) is not a probe
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
@@ -186,6 +230,6 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = True)
 
 
 __all__ = [
-    "DiskFullError", "as_disk_full", "atomic_write", "cache_dir", "disk_full_cause", "printable_path",
+    "DiskFullError", "as_disk_full", "atomic_write", "cache_dir", "disk_full_as_error", "disk_full_cause", "printable_path",
     "remove_stale_temps", "safe_name", "temp_path", "write_bytes_atomic", "write_text_atomic",
 ]

@@ -34,10 +34,12 @@ import torch
 
 from .crops import Crops, CropTransform
 from .errors import ConvscopeError
-from .files import atomic_write
+from .files import atomic_write, disk_full_as_error, remove_stale_temps
 from .sketch import Sketch
 
 STATE_VERSION = 1
+#: The next step after a full disk stopped a checkpointed run (every file written is whole).
+RESUME_HINT = "free some space and run again with resume=True"
 _ID_LIMIT = 2**32 - 1  # image ids live in the low 32 bits of the tie-break key
 _FIXED_POINT = 2.0**16  # per-image sums are rounded to 1/65536 before the exact integer sum
 
@@ -511,8 +513,12 @@ def scan(
 
     def save(next_index: int) -> None:
         if checkpoint is not None:
-            state.save(checkpoint, {"config": config, "next": next_index, "skipped": [list(s) for s in skipped],
-                                    "hashes": dict(hashes)})
+            with disk_full_as_error(checkpoint, RESUME_HINT):  # the checkpoint before this one is whole
+                state.save(checkpoint, {"config": config, "next": next_index, "skipped": [list(s) for s in skipped],
+                                        "hashes": dict(hashes)})
+
+    if checkpoint is not None:  # a killed run's half-written checkpoint, beside the whole one
+        remove_stale_temps(Path(checkpoint).parent, name=Path(checkpoint).name, recursive=False)
 
     transform = model.transform if crops.count == 1 else CropTransform(model.transform, crops)
     h, w = model.preprocessing.input_size

@@ -319,11 +319,51 @@ def test_killed_build_reads_incomplete_and_resumes_exactly(model, photos, atlas_
 
     resumed = build(model, photos, out, resume=True, **SETTINGS)
     assert resumed.info()["complete"] and not (out / ".partial").exists()
+    assert not list(out.rglob("*.tmp"))
     assert _tables(out / "atlas.sqlite") == _tables(atlas_dir / "atlas.sqlite")
     mine, reference = _files(out), _files(atlas_dir)
     reference = {k: v for k, v in reference.items() if not k.startswith("featvis/")}
     assert mine.keys() == reference.keys() and mine == reference
     assert resumed.state() == Atlas.open(atlas_dir).state()
+
+
+KILLED_WRITING = """
+import os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+from test_atlas import tiny_model, SETTINGS
+from convscope.atlas import build
+torch.set_num_threads({threads})
+real_replace = os.replace
+
+def replace(src, dst):  # killed with the final scan state written but not yet renamed into place
+    if os.path.basename(dst) == "scan_state.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+
+os.replace = replace
+build(tiny_model(), {photos!r}, {out!r}, **SETTINGS)
+"""
+
+
+def test_resume_after_a_kill_mid_write_leaves_no_temporary_file(model, photos, atlas_dir, tmp_path):
+    """The killed run's `.scan_state.pt.<pid>.tmp` (and any other temp of a dead process) is
+    removed when the build resumes; the resumed atlas is the uninterrupted one."""
+    out = tmp_path / "killed"
+    script = tmp_path / "killed_writing.py"
+    script.write_text(KILLED_WRITING.format(tests=str(Path(__file__).parent), threads=torch.get_num_threads(),
+                                            photos=photos, out=str(out)))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    stale = list(out.rglob("*.tmp"))
+    assert [p.name for p in stale] == [f".scan_state.pt.{p.name.split('.')[-2]}.tmp" for p in stale] and len(stale) == 1
+    assert (out / ".partial" / "atlas.sqlite").exists()  # the database was written, not committed
+    resumed = build(model, photos, out, resume=True, **SETTINGS)
+    assert resumed.info()["complete"] and not (out / ".partial").exists()
+    assert not list(out.rglob("*.tmp"))
+    assert _tables(out / "atlas.sqlite") == _tables(atlas_dir / "atlas.sqlite")
+    mine, reference = _files(out), _files(atlas_dir)
+    reference = {k: v for k, v in reference.items() if not k.startswith("featvis/")}
+    assert mine.keys() == reference.keys() and mine == reference
 
 
 def test_failure_after_the_scan_leaves_an_incomplete_atlas(model, photos, tmp_path, monkeypatch):

@@ -36,10 +36,10 @@ from PIL import Image
 from ..backproject import ActivationRuleWarning, project_boxes, projection_module, to_image
 from ..data import load_image_hashed
 from ..errors import ConvscopeError, ImageError, unknown_name_error
-from ..files import atomic_write, safe_name
+from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_name
 from ..progress import Bar
 from ..runtime import keep_freed_memory
-from ..scan import scan
+from ..scan import RESUME_HINT, scan
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
 from .store import DB_NAME, METHODS, PARTIAL, STATE_NAME, Atlas, commit_db, write_db
 
@@ -91,9 +91,20 @@ def build(
         if m not in METHODS:  # the atlas has a column for these only
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
     _prepare(out, resume, overwrite)
-    if resume and (out / DB_NAME).exists():  # finished already (say, killed while cleaning up)
-        return Atlas.open(out)
+    # A full disk stops the build with one line; every file written so far is whole, the last
+    # checkpoint included, and resume=True continues from it.
+    with disk_full_as_error(out, RESUME_HINT):
+        return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
+                      project, methods, projection_batch, progress, on_skip, started)
+
+
+def _build(model, images, out: Path, layers, top, crops, batch_size, workers, resume, checkpoint_every, project,
+           methods, projection_batch, progress, on_skip, started) -> Atlas:
+    """:func:`build`'s steps, once its arguments are checked and ``out`` is prepared."""
     partial = out / PARTIAL
+    if resume and (out / DB_NAME).exists():  # finished already (say, killed while cleaning up)
+        shutil.rmtree(partial, ignore_errors=True)
+        return Atlas.open(out)
     partial.mkdir(parents=True, exist_ok=True)
     result = scan(
         model, images, layers, top, crops=crops, batch_size=batch_size, workers=workers,
@@ -110,8 +121,9 @@ def build(
     notes = _summarize_warnings(caught)
     stats = {info.name: stats[info.name] for info in result.layers if info.name in stats}  # network order
     db_tmp = partial / DB_NAME
-    if db_tmp.exists():
-        db_tmp.unlink()
+    for leftover in (db_tmp, *(db_tmp.with_name(DB_NAME + s) for s in ("-journal", "-wal", "-shm"))):
+        if leftover.exists():  # of a killed write: SQLite would replay an old journal into the new file
+            leftover.unlink()
     projections = {"methods": list(methods), "per_unit": project, "layers": stats, "notes": notes}
     write_db(db_tmp, model, result, records, incomplete, projections, time.time() - started)
     result.state.save(out / STATE_NAME, {"paths": result.paths, "crops": list(result.crops.levels)})
@@ -119,13 +131,15 @@ def build(
     # apiece): one sync flushes them before the commit makes the atlas read as complete.
     if hasattr(os, "sync"):
         os.sync()
+    remove_stale_temps(out)  # none of ours is left; any other is a killed run's
     commit_db(db_tmp, out / DB_NAME)  # the commit point: the atlas is complete from here on
     shutil.rmtree(partial, ignore_errors=True)
     return Atlas.open(out)
 
 
 def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
-    """Check what ``out`` holds and clear it as asked, before any work."""
+    """Check what ``out`` holds and clear it as asked, before any work; a build that goes on
+    (resumed or overwritten) starts without the temporary files a killed run left."""
     db, partial = out / DB_NAME, out / PARTIAL
     if overwrite:
         for name in (DB_NAME, STATE_NAME):
@@ -134,6 +148,7 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
         for name in (PARTIAL, "patches", "layers", "featvis"):
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
+        remove_stale_temps(out)
         return
     if db.exists() and not resume:
         raise ConvscopeError(f"{out} already holds an atlas; pass overwrite=True to replace it, or choose another out folder")
@@ -143,6 +158,8 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
         raise ConvscopeError(f"out {out} is a file; give a folder for the atlas")
     if out.is_dir() and not partial.exists() and any(out.iterdir()):
         raise ConvscopeError(f"{out} is not empty and holds no atlas; give a new or empty folder as out")
+    if resume:
+        remove_stale_temps(out)
 
 
 def _summarize_warnings(caught) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvscopeError, unknown_name_error
-from ..files import atomic_write, safe_name
+from ..files import DiskFullError, atomic_write, safe_name
 from ..scan import ScanState
 from .records import Records
 
@@ -341,7 +341,22 @@ def write_db(path: Path, model, result, records: Records, incomplete: set[str], 
     """Write the whole atlas database of a build to ``path`` (a new file) in one transaction, the
     ``complete`` flag last, then fsync it: ``model`` (LoadedModel), ``result`` (the
     :class:`~convscope.scan.Scan`), ``records`` (the build's), ``incomplete`` (layers some of
-    whose examples have no files), ``projections`` (the meta entry) and ``seconds`` (build time)."""
+    whose examples have no files), ``projections`` (the meta entry) and ``seconds`` (build time).
+    A full disk raises :class:`~convscope.files.DiskFullError`."""
+    try:
+        _write_db(path, model, result, records, incomplete, projections, seconds)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(exc):
+            raise DiskFullError(path) from None
+        raise
+    fsync_file(path)
+
+
+_SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
+
+
+def _write_db(path: Path, model, result, records: Records, incomplete: set[str], projections: dict,
+              seconds: float) -> None:
     conn = sqlite3.connect(path)
     try:
         with conn:
@@ -403,7 +418,6 @@ def write_db(path: Path, model, result, records: Records, incomplete: set[str], 
             conn.execute("INSERT INTO meta VALUES ('complete', 'true')")
     finally:
         conn.close()
-    fsync_file(path)
 
 
 def fsync_file(path: Path) -> None:
