@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import ConvscopeError, unknown_layer_error
-from .hooks import Handles
+from .hooks import Handles, model_lock
 
 __all__ = ["UncopyableModuleError", "fold_batchnorm", "private_copy"]
 
@@ -70,10 +70,12 @@ def fold_batchnorm(
 
 
 def private_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` whose parameters do not require gradients; one that cannot be
-    copied raises :class:`UncopyableModuleError` (with deepcopy's reason)."""
+    """A deep copy of ``module`` whose parameters do not require gradients, made under
+    :func:`~convscope.hooks.model_lock`; one that cannot be copied raises
+    :class:`UncopyableModuleError` (with deepcopy's reason)."""
     try:
-        private = copy.deepcopy(module)
+        with model_lock(module):  # another thread's hooks, on the model meanwhile, would be copied too
+            private = copy.deepcopy(module)
     except (TypeError, RuntimeError, copy.Error, pickle.PickleError) as exc:
         # TypeError: "cannot pickle '_thread.lock' object"; RuntimeError: a non-leaf tensor
         # ("Only Tensors created explicitly by the user support the deepcopy protocol").

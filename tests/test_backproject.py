@@ -514,20 +514,22 @@ def test_cli_one_line_errors(chelsea, tmp_path, default_model, monkeypatch):
     from convscope.cli import main
 
     monkeypatch.setattr(convscope.models, "load_model", lambda *a, **k: default_model)  # no reload
-    base = ["project", str(chelsea), "--out", str(tmp_path / "x.png")]
+    out = tmp_path / "x"
+    base = ["project", str(chelsea), "--out", str(out)]  # the CLI's grammar: --layers, --units, --out a folder
     for args, expected in (
-        (["--layer", "blocks.99", "--unit", "0"], "unknown layer 'blocks.99'"),
-        (["--layer", "blocks.2", "--unit", "40"], "0..39"),
-        (["--layer", "blocks.2", "--unit", "1", "--y", "28", "--x", "0"], "y in 0..27"),
-        (["--layer", "blocks.2", "--unit", "1", "--y", "0", "--x", "-1"], "x in 0..27"),
+        (["--layers", "blocks.99", "--units", "0"], "unknown layer 'blocks.99'"),
+        (["--layers", "blocks.2", "--units", "40"], "0..39"),
+        (["--layers", "blocks.2", "--units", "1", "--y", "28", "--x", "0"], "y in 0..27"),
+        (["--layers", "blocks.2", "--units", "1", "--y", "0", "--x", "-1"], "x in 0..27"),
     ):
         r = CliRunner().invoke(main, base + args)
         assert r.exit_code == 2, r.output
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], r.output
-    assert not (tmp_path / "x.png").exists()
-    r = CliRunner().invoke(main, base + ["--layer", "blocks.2", "--unit", "1", "--y", "3", "--x", "4", "--method", "guided"])
-    assert r.exit_code == 0 and "taken at y=3 x=4" in r.output and (tmp_path / "x.png").exists()
+    assert not out.exists()
+    r = CliRunner().invoke(main, base + ["--layers", "blocks.2", "--units", "1", "--y", "3", "--x", "4", "--method", "guided"])
+    assert r.exit_code == 0 and "taken at y=3 x=4" in r.output, r.output
+    assert (out / f"{chelsea.stem}-blocks.2-1-guided.png").exists()
 
 
 # --------------------------------------------------------------------------- 5. one forward, several methods
@@ -632,3 +634,82 @@ def test_the_projected_units_own_activation_passes_its_seed():
         both = fp.backward({"1": s1, "3": s3}, "guided")
     torch.testing.assert_close(both[0], project(net, x, "1", [c1], [(y1, x1)], "guided")[0])
     torch.testing.assert_close(both[1], project(net, x, "3", [c3], [(y3, x3)], "guided")[0])
+
+
+# --------------------------------------------------------------------------- one model, two threads
+
+
+def test_entry_points_wait_for_the_model_lock_and_never_see_another_threads_hooks(tmp_path):
+    """Another thread holds the model's lock with a hook on the model (as hooks.capture does):
+    the projections, the private copies and classify's forward passes wait for it, so none of
+    them runs through that hook or copies it; once it is released, each finishes."""
+    import threading
+
+    from PIL import Image
+
+    from convscope.backproject import projection_module
+    from convscope.classify import classify
+    from convscope.fold import private_copy
+    from convscope.hooks import model_lock
+
+    from .test_atlas import SIZE, tiny_model
+
+    model = tiny_model()
+    module = model.module
+    x = torch.randn(1, 3, SIZE, SIZE)
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    seen_by_hook: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def other_thread():
+        with model_lock(module):
+            handle = module.features[0].register_forward_hook(
+                lambda *_: seen_by_hook.append(threading.current_thread().name))
+            holding.set()
+            release.wait(60)
+            handle.remove()
+
+    def backward():
+        with modified_backward(module, "guided") as _notes:
+            out = module(x.clone().requires_grad_())
+            out[0, 1].backward()
+
+    def projected():
+        with forward_pass(module, x, ["features.4"], ("deconvnet",)) as fp:
+            seed = torch.zeros_like(fp.outputs["features.4"])
+            seed[0, 2, 1, 1] = 1
+            fp.backward({"features.4": seed}, "deconvnet", retain=False)
+
+    def copied():
+        assert hook_count(private_copy(module)) == 0
+
+    def private():
+        copy_, _fmt = projection_module(module, x, ["features.4"])
+        assert hook_count(copy_) == 0
+
+    def classified():
+        assert classify(model, [str(photo)], top=1, workers=0)[0].ok
+
+    holder = threading.Thread(target=other_thread)
+    holder.start()
+    assert holding.wait(30)
+    workers, finished = [], {}
+    for fn in (backward, projected, copied, private, classified):
+        def run(fn=fn):
+            fn()
+            finished[fn.__name__] = True
+
+        t = threading.Thread(target=run, name=fn.__name__)
+        t.start()
+        workers.append(t)
+    try:
+        holder.join(1.0)  # time for a worker that does not wait to run through the hook
+        assert finished == {} and seen_by_hook == []
+    finally:
+        release.set()
+        holder.join(30)
+        for t in workers:
+            t.join(60)
+    assert set(finished) == {"backward", "projected", "copied", "private", "classified"}
+    assert seen_by_hook == [] and hook_count(module) == 0

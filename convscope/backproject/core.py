@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..hooks import Handles
+from ..hooks import Handles, model_lock
 from .rules import FUNCTIONAL, METHODS, ActivationRuleWarning, Rule, activation_kind, get_rule, rule_note
 
 class _Mode:
@@ -273,7 +273,8 @@ def modified_backward(
     between them). The first method is in force until then.
 
     The forward pass must run inside the block too (the hooks act on it). The model's forward
-    values are unchanged; after the block no hook remains, also when it raises.
+    values are unchanged; after the block no hook remains, also when it raises. The block holds
+    :func:`~convscope.hooks.model_lock` of ``model``.
 
     >>> with modified_backward(model, ("deconvnet", "guided")) as rules:
     ...     out = model(x.requires_grad_())
@@ -285,26 +286,29 @@ def modified_backward(
     if not methods:
         raise ValueError(f"name at least one projection method: {', '.join(METHODS)}")
     rules = list({r.name: r for r in map(get_rule, methods)}.values())
-    if all(r.signal is None for r in rules):
-        yield Rules()
-        return
-    kinds = {}
-    for name, m in model.named_modules():
-        kind = activation_kind(m)
-        if kind is not None:
-            kinds[m] = (name or type(m).__name__, kind)
-    state = _State(rules, kinds)
-    reset, pre, post = _make_hooks(weakref.ref(state))
-    try:
-        with Handles() as handles, state.tensor_hooks:
-            handles.add(model.register_forward_pre_hook(reset))
-            for m in kinds:
-                handles.add(m.register_forward_pre_hook(pre))
-                handles.add(m.register_forward_hook(post))
-            with _FunctionalRules(state):
-                yield state.notes
-    finally:
-        state.inputs.clear()
+    # The whole block holds the model's lock: its hooks are on the model, and its forward and
+    # backward passes must not run through another thread's hooks (see hooks.model_lock).
+    with model_lock(model):
+        if all(r.signal is None for r in rules):
+            yield Rules()
+            return
+        kinds = {}
+        for name, m in model.named_modules():
+            kind = activation_kind(m)
+            if kind is not None:
+                kinds[m] = (name or type(m).__name__, kind)
+        state = _State(rules, kinds)
+        reset, pre, post = _make_hooks(weakref.ref(state))
+        try:
+            with Handles() as handles, state.tensor_hooks:
+                handles.add(model.register_forward_pre_hook(reset))
+                for m in kinds:
+                    handles.add(m.register_forward_pre_hook(pre))
+                    handles.add(m.register_forward_hook(post))
+                with _FunctionalRules(state):
+                    yield state.notes
+        finally:
+            state.inputs.clear()
     if warn:  # only after a block that ended normally; the caller's line is where they point
         warn_rules(state.notes.warnings, stacklevel=3)
 

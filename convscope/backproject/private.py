@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from ..fold import UncopyableModuleError, fold_batchnorm, private_copy
+from ..hooks import model_lock
 from ..samepad import static_same_padding
 
 
@@ -29,13 +30,15 @@ def projection_module(module: torch.nn.Module, example: torch.Tensor | None = No
     >>> private, fmt = projection_module(model.module, x[:1], ["blocks.2"])
     """
     try:
-        if example is not None:
-            device = next((p.device for p in module.parameters()), torch.device("cpu"))
-            example = example.to(device)
-            # TF32 convolutions on a GPU round at about 1e-3
-            private, _ = fold_batchnorm(module, example, layers, rtol=1e-3 if device.type == "cuda" else 1e-4)
-        else:
-            private = private_copy(module)
+        # under the model's lock: a copy made while another thread's hooks are on would copy them
+        with model_lock(module):
+            if example is not None:
+                device = next((p.device for p in module.parameters()), torch.device("cpu"))
+                example = example.to(device)
+                # TF32 convolutions on a GPU round at about 1e-3
+                private, _ = fold_batchnorm(module, example, layers, rtol=1e-3 if device.type == "cuda" else 1e-4)
+            else:
+                private = private_copy(module)
     except UncopyableModuleError as exc:
         warnings.warn(f"projections run on the model itself, not on a faster private copy: {exc}",
                       RuntimeWarning, stacklevel=2)

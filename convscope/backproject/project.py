@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConvscopeError
-from ..hooks import capture, run
+from ..hooks import capture, model_lock, run
 from ..runtime import keep_freed_memory
 from .core import Rules, _RuleUnit, modified_backward, warn_rules
 from .rules import get_rule
@@ -161,7 +161,9 @@ def forward_pass(
         x = x.to(device)
     # A private leaf: the caller's tensor gets no grad and is never modified in place.
     x_in = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), modified_backward(module, methods, warn=False) as rules, capture(module, list(layers), stop=True) as outs:
+    # the lock first: the rule hooks go on before capture would take it
+    with model_lock(module), torch.enable_grad(), modified_backward(module, methods, warn=False) as rules, \
+            capture(module, list(layers), stop=True) as outs:
         run(module, x_in, outs)  # raises LayerNotRunError for a layer the pass did not reach
         yield ForwardPass(x_in, dict(outs), rules)
     if warn:
