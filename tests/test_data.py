@@ -4,12 +4,23 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from convscope.data import expand_inputs, iter_batches, load_image, load_image_hashed
+from convscope.data import (
+    MAX_BYTES,
+    ImageTooLarge,
+    decode_cost,
+    expand_inputs,
+    iter_batches,
+    load_image,
+    load_image_bytes,
+    load_image_hashed,
+    to_rgb,
+)
 from convscope.errors import ImageError
 
 from .conftest import write_image
@@ -380,10 +391,6 @@ def test_printable_path_escapes_control_characters():
 
 
 # --------------------------------------------------------------------------- the decoder's budget
-
-
-from convscope.data import MAX_BYTES, ImageTooLarge, decode_cost, load_image_bytes, to_rgb  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 def _png_header_only(width, height):

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import convscope.files as files
 from convscope.atlas import Atlas, build
@@ -72,7 +71,7 @@ class DiskFills:
                 self.full = True
         if self.full:
             self.failed.append(str(file))
-            return _Filling(f, self.room if self.seen == self.k and len(self.failed) == 1 else 0)
+            return _Filling(f, self.room if len(self.failed) == 1 else 0)  # the first one fails part-way
         return f
 
     def free(self):
@@ -167,10 +166,9 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resumes_exactly(mo
     assert err.value.__cause__ is None and err.value.__suppress_context__  # one line, no chained traceback
     assert load_checkpoint(ckpt)["extra"]["next"] == 3  # the first checkpoint, whole
     assert not _temps(out)
-    disk.free()
-    with pytest.raises(DiskFullError):  # still full: the same line, and nothing lost
-        disk.full = True
+    with pytest.raises(DiskFullError) as again:  # resumed while the disk is still full: nothing lost
         build(model, photos, out, resume=True, **SETTINGS)
+    assert str(again.value) == str(err.value)
     assert load_checkpoint(ckpt)["extra"]["next"] == 3 and not _temps(out)
     disk.free()
     build(model, photos, out, resume=True, **SETTINGS)
