@@ -22,6 +22,10 @@ class UnknownLayerError(ConvscopeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ArgumentError(ConvscopeError, ValueError):
+    """A parameter value the library cannot use; the message names the parameter and what to pass."""
+
+
 class UnknownNameError(ConvscopeError, ValueError):
     """A name (method, transform, atlas layer, ...) that is not one of the known ones."""
 

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import UnknownModelError, WeightsUnavailableError, unknown_name_error
+from .errors import ArgumentError, UnknownModelError, WeightsUnavailableError, unknown_name_error
 
 from .model_names import DEFAULT_MODEL  # torch-free, for the CLI's help
 SEED = 0
@@ -186,7 +186,7 @@ def register_model(name: str, description: str, *, family: bool = False):
 
     registry = FAMILIES if family else MODELS
     if name in registry:
-        raise ValueError(f"a model is already registered under the name {name!r}; choose another name")
+        raise ArgumentError(f"a model is already registered under the name {name!r}; choose another name")
 
     def deco(fn):
         registry[name] = ModelEntry(name, description, fn)
@@ -251,7 +251,8 @@ def _unavailable(spec: str, exc: BaseException) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"cannot get pretrained weights for {spec!r} ({type(exc).__name__}: "
         f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); "
-        f"pass a state dict with --weights FILE, use --no-pretrained for random weights, "
+        f"pass a state dict file as weights= (--weights FILE), pretrained=False (--no-pretrained) "
+        f"for random weights, "
         f"or use the embedded default model {DEFAULT_MODEL!r}"
     )
 
@@ -408,9 +409,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+        raise ArgumentError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+        raise ArgumentError(f"device {device!r} asked for, but no CUDA GPU is available; use device='cpu' (--device cpu)")
     return dev
 
 

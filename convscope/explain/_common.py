@@ -86,7 +86,7 @@ def default_layer(model) -> str:
     cat = model.layers
     spatial = [n for n in cat.default if cat.shape(n)[1] * cat.shape(n)[2] > 1]
     if not spatial:
-        raise ExplainError("this model has no convolutional layer with a map larger than 1x1; pass --layer (run `convscope layers`)")
+        raise ExplainError("this model has no convolutional layer with a map larger than 1x1; pass layer= one from `convscope layers`")
     return spatial[-1]
 
 
