@@ -223,7 +223,7 @@ def test_cli_info_and_show(atlas_dir):
     from convscope.cli import main
 
     runner = CliRunner()
-    res = runner.invoke(main, ["atlas", "show", str(atlas_dir), "--layer", "features.4", "--unit", "3", "--json"])
+    res = runner.invoke(main, ["atlas", "show", str(atlas_dir), "--layers", "features.4", "--units", "3", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["layer"] == "features.4" and data["unit"] == 3 and len(data["examples"]) == 4
@@ -234,7 +234,7 @@ def test_cli_info_and_show(atlas_dir):
     assert res.exit_code == 0 and json.loads(res.output)["layers"][0]["name"] == "features.1"
     res = runner.invoke(main, ["atlas", "info", str(atlas_dir)])
     assert res.exit_code == 0 and "features.4" in res.output and "20 scanned, 1 skipped" in res.output
-    res = runner.invoke(main, ["atlas", "show", str(atlas_dir), "--layer", "nope", "--unit", "0"])
+    res = runner.invoke(main, ["atlas", "show", str(atlas_dir), "--layers", "nope", "--units", "0"])
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "not in this atlas" in res.output
 
 
