@@ -1,9 +1,14 @@
 """Load test of the gallery server over loopback: 200 concurrent requests against the JSON
-endpoints, then 200 concurrent photo uploads, with p50 / p99 latency and the error count.
+endpoints, then 200 concurrent photo uploads, with p50 / p99 latency and the error count; then
+the HTML pages alone and while ten uploads are in flight, with the server's memory before,
+during and after those uploads.
 
 The server runs in its own process (uvicorn, 127.0.0.1, a free port), as `convscope serve` runs
-it; the client is httpx's async client, every request in flight at once. A sequential pass
-(one request at a time) is measured first, so the concurrent numbers can be read against it.
+it: the CLI's keep_freed_memory at start-up, then convscope.web.serve (deadlines, the connection
+cap, memory given back). The client is httpx's async client. A sequential pass (one request at
+a time) is measured first, so the concurrent numbers can be read against it. Memory is the
+server's resident size from /proc/PID/status (Linux): its peak during the uploads is VmHWM,
+reset just before them.
 
     python bench/serve.py                      # builds a small atlas of the default model first
     python bench/serve.py --atlas demo-atlas/  # or use an existing atlas
@@ -49,8 +54,9 @@ def build_small_atlas(out: Path) -> Path:
 
 def start_server(atlas: Path, port: int) -> subprocess.Popen:
     code = (
-        "import uvicorn; from convscope.web import create_app; "
-        f"uvicorn.run(create_app({str(atlas)!r}), host='127.0.0.1', port={port}, log_level='warning')"
+        "from convscope.runtime import keep_freed_memory; keep_freed_memory(); "  # as the CLI does
+        "from convscope.web import create_app, serve; "
+        f"serve(create_app({str(atlas)!r}), host='127.0.0.1', port={port})"
     )
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -72,13 +78,13 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise SystemExit("the server did not start in time")
 
 
-def photo_bytes(seed: int) -> bytes:
+def photo_bytes(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
     import skimage.data
     from PIL import Image
 
     names = ["chelsea", "coffee", "astronaut", "rocket"]
     arr = getattr(skimage.data, names[seed % len(names)])()
-    img = Image.fromarray(arr).resize((320, 240))
+    img = Image.fromarray(arr).resize(size)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -103,13 +109,82 @@ async def run_batch(client, requests, concurrency: int) -> tuple[list[float], li
                 if r.status_code != 200:
                     errors.append(f"{r.status_code} {url}: {r.text[:120]}")
                 else:
-                    r.json()
+                    if url.startswith("/api"):
+                        r.json()
                     latencies.append(took)
             except Exception as exc:  # a timeout or a dropped connection counts as an error
                 errors.append(f"{type(exc).__name__} {url}: {exc}")
 
     await asyncio.gather(*(one(*req) for req in requests))
     return latencies, errors
+
+
+class Memory:
+    """The server's resident memory (MiB) from /proc/PID/status; ``None`` off Linux."""
+
+    def __init__(self, pid: int):
+        self.path = Path(f"/proc/{pid}/status")
+        self.clear = Path(f"/proc/{pid}/clear_refs")
+
+    def read(self, key: str = "VmRSS") -> float | None:
+        try:
+            for line in self.path.read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def reset_peak(self) -> None:
+        try:
+            self.clear.write_text("5")  # VmHWM := VmRSS
+        except OSError:
+            pass
+
+
+async def pages_under_uploads(client, page_reqs, bodies, explain: str, in_flight: int, page_concurrency: int,
+                              memory: Memory) -> dict:
+    """The HTML pages alone, then again while ``in_flight`` uploads are kept in flight (each
+    worker posts the next as soon as its last is answered); the server's RSS before, its peak
+    during, and at 1, 3 and 5 s after the last upload is answered."""
+    idle, idle_err = await run_batch(client, page_reqs, page_concurrency)
+    before = memory.read()
+    memory.reset_peak()
+    stop = asyncio.Event()
+    uploads: list[float] = []
+    upload_errors: list[str] = []
+    started = asyncio.Event()
+    running = 0
+
+    async def uploader(i: int):
+        nonlocal running
+        k = i
+        while not stop.is_set() and len(uploads) + len(upload_errors) < 10_000:
+            running += 1
+            if running >= in_flight:
+                started.set()
+            lat, err = await run_batch(client, [("POST", f"/api/image?explain={explain}", bodies[k % len(bodies)])], 1)
+            running -= 1
+            uploads.extend(lat)
+            upload_errors.extend(err)
+            k += in_flight
+
+    workers = [asyncio.create_task(uploader(i)) for i in range(in_flight)]
+    await asyncio.wait_for(started.wait(), 60)
+    await asyncio.sleep(0.5)  # every upload past its start
+    t = time.perf_counter()
+    loaded, loaded_err = await run_batch(client, page_reqs, page_concurrency)
+    wall = time.perf_counter() - t
+    stop.set()
+    await asyncio.gather(*workers)
+    peak = memory.read("VmHWM")
+    done = time.monotonic()
+    after = {}
+    for s in (1, 3, 5):
+        await asyncio.sleep(max(0.0, done + s - time.monotonic()))
+        after[s] = memory.read()
+    return {"idle": idle, "loaded": loaded, "errors": idle_err + loaded_err + upload_errors, "uploads": len(uploads),
+            "wall": wall, "before": before, "peak": peak, "after": after}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -120,12 +195,15 @@ def pct(values: list[float], q: float) -> float:
     return values[k]
 
 
-async def main_async(args) -> int:
+async def main_async(args, memory: Memory) -> int:
     import httpx
 
     base = f"http://127.0.0.1:{args.port}"
     rng = random.Random(0)
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    # idle connections are dropped before the server's 5 s keep-alive ends, so no request is sent
+    # on a connection the server is closing at that moment
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
+                          keepalive_expiry=3.0)
     async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as client:
         info = (await client.get("/api/atlas")).json()
         layers = [(layer["name"], layer["channels"]) for layer in info["layers"]]
@@ -146,6 +224,7 @@ async def main_async(args) -> int:
         await run_batch(client, [("GET", u, None) for u in dict.fromkeys(json_urls)], 8)
         await run_batch(client, upload_reqs[:2], 1)
 
+        loaded_rss = memory.read()
         rows = []
         failures: list[str] = []
         for label, reqs in (("JSON endpoints", json_reqs), ("upload /api/image", upload_reqs)):
@@ -156,6 +235,19 @@ async def main_async(args) -> int:
             wall = time.perf_counter() - t
             failures += err_seq + err_conc
             rows.append((label, seq, conc, len(err_seq) + len(err_conc), wall, len(reqs)))
+        after_bursts = memory.read()
+
+        page_urls = []
+        for i in range(args.pages):
+            name, channels = layers[i % len(layers)]
+            unit = rng.randrange(channels)
+            page_urls.append(["/", f"/layers/{name}", f"/layers/{name}/units/{unit}",
+                              f"/layers/{name}/units/{unit}/examples/0"][i % 4])
+        await run_batch(client, [("GET", u, None) for u in dict.fromkeys(page_urls)], 8)  # warm the caches
+        phone = [photo_bytes(i, (4032, 3024)) for i in range(4)]  # 12 Mpx JPEGs, as a phone takes them
+        under = await pages_under_uploads(client, [("GET", u, None) for u in page_urls], phone, explain,
+                                          args.in_flight, args.page_concurrency, memory)
+        failures += under["errors"]
 
     print(f"atlas: {info['model'].get('spec') if isinstance(info.get('model'), dict) else info.get('model')}, "
           f"{len(layers)} layers; uploads {'with' if args.explain else 'without'} occlusion/Grad-CAM; "
@@ -168,6 +260,21 @@ async def main_async(args) -> int:
               f"{n / wall:7.1f} {n:8d} {nerr:6d}")
     print(f"({args.concurrency} in flight at once; 'seq' = {args.sequential} requests one at a time; "
           "ratio = concurrent p50 / sequential p50)")
+    print()
+    idle, loaded = under["idle"], under["loaded"]
+    print(f"HTML pages (home, layer, unit, example), {args.page_concurrency} in flight, {len(page_urls)} requests:")
+    print(f"  alone:                      p50 {pct(idle, 50) * 1e3:7.1f} ms  p99 {pct(idle, 99) * 1e3:7.1f} ms")
+    print(f"  while {args.in_flight} uploads (12 Mpx JPEG) in flight:  p50 {pct(loaded, 50) * 1e3:7.1f} ms  "
+          f"p99 {pct(loaded, 99) * 1e3:7.1f} ms  ({len(loaded) / under['wall']:.1f} pages/s; "
+          f"{under['uploads']} uploads answered meanwhile)")
+
+    def mib(v):
+        return "n/a" if v is None else f"{v:.0f} MiB"
+
+    print("server RSS: "
+          f"after model load {mib(loaded_rss)}; after the 200+200 bursts {mib(after_bursts)}; "
+          f"before the {args.in_flight} uploads {mib(under['before'])}; peak during {mib(under['peak'])}; "
+          + "; ".join(f"{s} s after {mib(v)}" for s, v in under["after"].items()))
     for line in failures[:10]:
         print("error:", line)
     return 1 if failures else 0
@@ -181,9 +288,15 @@ def main() -> int:
     ap.add_argument("--sequential", type=int, default=20, help="requests in the one-at-a-time baseline")
     ap.add_argument("--explain", action="store_true", help="uploads also compute occlusion and Grad-CAM")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request before it counts as an error")
+    ap.add_argument("--pages", type=int, default=1000, help="HTML page requests, alone and under upload load")
+    ap.add_argument("--page-concurrency", type=int, default=8, help="page requests in flight at once")
+    ap.add_argument("--in-flight", type=int, default=10, help="uploads kept in flight while pages are measured")
     args = ap.parse_args()
     args.requests = max(1, min(args.requests, 5000))
     args.concurrency = max(1, min(args.concurrency, 1000))
+    args.pages = max(4, min(args.pages, 5000))
+    args.page_concurrency = max(1, min(args.page_concurrency, 100))
+    args.in_flight = max(1, min(args.in_flight, 100))
     with tempfile.TemporaryDirectory(prefix="convscope-bench-") as tmp:
         atlas = args.atlas
         if atlas is None:
@@ -194,7 +307,7 @@ def main() -> int:
         proc = start_server(atlas, args.port)
         try:
             wait_ready(f"http://127.0.0.1:{args.port}", proc)
-            return asyncio.run(main_async(args))
+            return asyncio.run(main_async(args, Memory(proc.pid)))
         finally:
             proc.terminate()
             try:

@@ -1,4 +1,4 @@
-"""Process-wide malloc settings: a batch job keeps large freed blocks, a server gives them back.
+"""Process-wide malloc settings: large freed blocks are kept for reuse, and given back on demand.
 
 PyTorch allocates every CPU tensor with ``malloc``. glibc serves blocks above its mmap threshold
 (at most 32 MiB, adjusted as blocks are freed) straight from the kernel and gives them back on
@@ -15,11 +15,10 @@ projection through :func:`convscope.backproject.forward_pass`, occlusion maps) c
 `project` on a batch of 32 runs 3x faster (BENCHMARKS.md); set ``CONVSCOPE_KEEP_FREED_MEMORY=0``
 to leave malloc alone. It does nothing off glibc (macOS, Windows, musl).
 
-A long-running server wants the opposite: its memory should come back after a burst of work.
-:func:`return_freed_memory` puts fixed thresholds back (and makes later
-:func:`keep_freed_memory` calls do nothing), and :func:`release_memory` hands the heaps' free
-pages back to the kernel at once (glibc's ``malloc_trim``): the gallery server calls the first
-at start-up and the second after each upload it analyses.
+A long-running process also wants its memory back after a burst of work: :func:`release_memory`
+hands the free pages of every heap back to the kernel at once (glibc's ``malloc_trim``), whatever
+the thresholds. The gallery server calls it after each decode and when its uploads go idle
+(:mod:`convscope.web.workers`), and keeps the setting for the speed it gives during a burst.
 """
 from __future__ import annotations
 
@@ -31,14 +30,7 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: For a server: blocks from 1 MiB up (decoded images, activations of a batch) are mapped
-#: straight from the kernel and unmapped on free, and a free heap top above 1 MiB is trimmed.
-#: glibc's own defaults start at 128 KiB and drift up to 32 MiB as blocks are freed, which is
-#: what leaves a decoded photo's 16 MiB blocks in the heap after the photo is gone.
-SERVER_MMAP_THRESHOLD = 1 << 20
-SERVER_TRIM_THRESHOLD = 1 << 20
 _done = False
-_server = False
 
 
 @functools.cache
@@ -62,8 +54,6 @@ def keep_freed_memory() -> bool:
     global _done
     if _done:
         return True
-    if _server:  # return_freed_memory() said this process is a server
-        return False
     if os.environ.get("CONVSCOPE_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "no", "false", "off"):
         return False
     libc = _libc()
@@ -75,31 +65,17 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-def return_freed_memory() -> bool:
-    """For a long-running server: undo :func:`keep_freed_memory` for the rest of the process
-    (large freed blocks go back to the kernel, see :data:`SERVER_MMAP_THRESHOLD`) and make its
-    later calls, such as those of the heavy library calls, do nothing. Returns whether the
-    thresholds were set (``False`` off glibc). Safe to call any number of times.
-
-    >>> return_freed_memory()       # at a server's start-up, before any work
-    True
-    """
-    global _done, _server
-    _server = True
-    _done = False
-    libc = _libc()
-    if libc is None:
-        return False
-    return (libc.mallopt(_M_MMAP_THRESHOLD, SERVER_MMAP_THRESHOLD) == 1
-            and libc.mallopt(_M_TRIM_THRESHOLD, SERVER_TRIM_THRESHOLD) == 1)
-
-
 def release_memory() -> bool:
     """Give the free pages of every malloc heap back to the kernel now (glibc's
-    ``malloc_trim(0)``, a few milliseconds); the process's resident size drops by what it had
-    freed but kept. Returns whether anything was released (``False`` off glibc)."""
+    ``malloc_trim(0)``); the process's resident size drops by what it had freed but kept, and
+    the next large blocks are page-faulted in again. Returns whether anything was released
+    (``False`` off glibc).
+
+    >>> release_memory()        # after a burst of work, before the process waits
+    True
+    """
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
 
 
-__all__ = ["keep_freed_memory", "release_memory", "return_freed_memory"]
+__all__ = ["keep_freed_memory", "release_memory"]

@@ -226,3 +226,26 @@ def test_not_an_image_upload_shows_the_reason(server, page, tmp_path):
     page.get_by_role("button", name="Analyze").click()
     page.wait_for_selector(".error")
     assert "not an image" in page.locator(".error").inner_text()
+
+
+def test_a_form_on_another_site_cannot_upload(server, page, tmp_path):
+    """A page on another origin (served by Playwright's router, so nothing leaves the machine)
+    posts a photo to the gallery's upload form: Chromium sends its Origin, the gallery refuses."""
+    import skimage.data
+    from PIL import Image
+
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(skimage.data.chelsea()).save(photo)
+    evil = (
+        f'<!doctype html><form method="post" action="{server}/image" enctype="multipart/form-data">'
+        '<input type="file" name="image"><button type="submit">Send</button></form>'
+    )
+    page.route("http://evil.example.com/**", lambda route: route.fulfill(status=200, content_type="text/html", body=evil))
+    page.goto("http://evil.example.com/")
+    page.set_input_files("input[type=file]", str(photo))
+    with page.expect_response(server + "/image") as answer:
+        page.get_by_role("button", name="Send").click()
+    assert answer.value.status == 403
+    page.wait_for_selector("main")
+    assert "cross-site request refused" in page.locator("main").inner_text()
+    assert "http://evil.example.com" in page.locator("main").inner_text()

@@ -6,7 +6,8 @@ app made by :func:`create_app`. Bad requests get a 4xx status with a one-line re
 ``/api/...`` and as a page elsewhere; no URL can reach a file outside the atlas, the package's
 static folder or the server's own upload folder, and of the atlas only its images are served.
 Foreign host names and cross-site writes are refused (:mod:`convscope.web.security`); uploads
-are bounded in time, number and decoding memory, and the memory they used is given back.
+are bounded in time, number and decoding memory, and run on a few threads of their own whose
+memory is given back (:mod:`convscope.web.workers`).
 
 >>> app = create_app("atlas/")
 >>> from convscope.web import serve; serve(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
@@ -18,8 +19,9 @@ import logging
 import os
 from typing import Iterable
 
+import contextlib
+
 import anyio
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -30,13 +32,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import ConvscopeError, ImageError
-from ..runtime import release_memory
 from .decode import MAX_DECODE_BYTES, MAX_UPLOAD_PIXELS, DecodeBudget, decode_upload
 from .gallery import Gallery, NotFound
 from .render import STATIC, Links, environment, render
 from .security import AllowedHosts, HostAndOrigin, SecurityHeaders
 from .upload import (MAX_UPLOAD_BYTES, Analyzer, BadUpload, UploadAborted, UploadStore, UploadTimeout,
                      UploadTooLarge)
+from .workers import Workers
 
 #: Seconds a client has to send a whole upload body.
 BODY_TIMEOUT = 60.0
@@ -102,7 +104,7 @@ def create_app(
     store = UploadStore(upload_dir, keep=keep_uploads)
     analyzer = Analyzer(gallery, model)
     hosts = AllowedHosts(allowed_hosts)
-    decoding = anyio.CapacityLimiter(decode_concurrency)
+    workers = Workers(decoders=decode_concurrency)
     receiving = anyio.Semaphore(upload_concurrency)
 
     def page(template: str, status: int = 200, **data) -> HTMLResponse:
@@ -191,7 +193,7 @@ def create_app(
             return buf.getvalue()
 
         try:
-            data = await run_in_threadpool(encode)
+            data = await workers.decode(encode)
         except ImageError as exc:
             raise NotFound(f"the source image can no longer be read ({exc.reason})") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=600"})
@@ -269,28 +271,23 @@ def create_app(
         if not data:
             raise BadUpload("the upload is empty; choose an image file")
         budget = DecodeBudget(max_bytes=max_decode_bytes, max_pixels=max_pixels, min_side=analyzer.min_side)
-        try:
-            return decode_upload(data, budget)
-        finally:
-            release_memory()  # the file's full-size pixels are gone: give them back now
+        return decode_upload(data, budget)
 
     def analyze_and_store(image, explain: bool) -> tuple[str, dict, set[str]]:
-        try:
-            result = analyzer.analyze(image, explain)
-            images = result.pop("images")
-            token = store.create()
-            for name, img in images.items():
-                store.save(token, name, img)
-            return token, result, set(images)
-        finally:
-            release_memory()  # the activations and maps of this analysis
+        result = analyzer.analyze(image, explain)
+        images = result.pop("images")
+        token = store.create()
+        for name, img in images.items():
+            store.save(token, name, img)
+        return token, result, set(images)
 
     async def analyze(request: Request, explain_default: bool) -> dict:
-        async with receiving:  # bodies being received and decoded at once: bounded
-            data, explain = await read_upload(request, explain_default)
-            image = await anyio.to_thread.run_sync(decode, data, limiter=decoding)
-            del data  # only the decoded image waits for the model
-        token, result, stored = await run_in_threadpool(analyze_and_store, image, explain)
+        async with workers.upload():
+            async with receiving:  # bodies being received and decoded at once: bounded
+                data, explain = await read_upload(request, explain_default)
+                image = await workers.decode(decode, data)
+                del data  # only the decoded image waits for the model
+            token, result, stored = await workers.model(analyze_and_store, image, explain)
         result["id"] = token
         result["image"] = f"/uploads/{token}/input.png"
         for name, entry in result["explanations"].items():
@@ -349,8 +346,16 @@ def create_app(
         Route("/api/image", api_image, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            workers.close()
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(HostAndOrigin, allowed=hosts, respond=lambda scope, status, reason: error_response(

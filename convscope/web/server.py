@@ -9,6 +9,10 @@ opens or the previous response ends: a client that has not sent a whole head by 
 (``create_app(body_timeout=...)``), and ``limit_concurrency`` caps connections plus requests
 in flight, answering 503 beyond.
 
+Memory: the server keeps :func:`convscope.runtime.keep_freed_memory` on (a burst of uploads
+reuses freed blocks instead of page-faulting them in again) and the app trims its heaps after
+each decode and whenever its uploads go idle (:mod:`convscope.web.workers`).
+
 >>> serve(create_app("atlas/"), host="127.0.0.1", port=8000)     # doctest: +SKIP
 """
 from __future__ import annotations
@@ -122,14 +126,13 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000, *, header_timeout: flo
           limit_concurrency: int = LIMIT_CONCURRENCY, log_level: str = "warning") -> None:
     """Run ``app`` (from :func:`~convscope.web.create_app`) on uvicorn until Ctrl+C, as a server
     should: request heads get ``header_timeout`` seconds, at most ``limit_concurrency``
-    connections and requests are served at once (503 beyond), and freed memory goes back to
-    the system (:func:`convscope.runtime.return_freed_memory`, which undoes the batch setting
-    :func:`~convscope.runtime.keep_freed_memory`)."""
+    connections and requests are served at once (503 beyond), and uvicorn's log lines and the
+    app's (one per aborted upload) go to stderr."""
     import uvicorn
 
-    from ..runtime import return_freed_memory
+    from ..runtime import keep_freed_memory
 
-    return_freed_memory()
+    keep_freed_memory()  # whoever started the process: the app gives the memory back (see above)
     config = server_config(app, host, port, header_timeout=header_timeout, limit_concurrency=limit_concurrency,
                            log_level=log_level)
     uvicorn.Server(config).run()
