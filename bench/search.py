@@ -1,0 +1,440 @@
+"""Benchmark of the photo index and search, each figure measured in one run on one machine.
+
+1. throughput: ``Index.build`` on JPEG files (decoding, thumbnails, hashing, all features)
+   against the bare forward pass on already-decoded tensors (target: ratio >= 0.9);
+   and what libjpeg's scaled decoding (``draft``) does to top-1 on the dev photos;
+2. latency on a synthetic index of 1,000,000 entries: keyword search and exact ``like``,
+   p50/p99 (targets: keyword < 50 ms, like < 1 s);
+3. peak memory (RSS) of a build over 1,000 vs 10,000 small photos, each in a fresh process
+   (target: within 10 percent);
+4. search quality on the dev photos: mean average precision of hypernym queries against the
+   labels (target >= 0.9); precision and recall at the default cut-off; the stored top-32
+   probabilities against the full 1,000;
+5. near-duplicates on transformed copies of the dev photos (resized, recompressed, cropped,
+   flipped): pairwise recall and precision at the default threshold (targets 0.98 / 0.98).
+
+    python bench/search.py                      # all, about 20 minutes on 2 CPU cores
+    python bench/search.py --only latency       # one part: throughput latency memory quality duplicates
+    python bench/search.py --quick              # smaller sizes, a smoke test
+
+The dev photos (``--dev``, default ``../shared/data/imagenet-samples``) are used here only,
+never by the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+QUERIES = ("dog", "cat", "bird", "fish", "snake", "insect", "primate", "vehicle", "boat", "fruit",
+           "musical instrument", "furniture", "tool", "building", "clothing")
+TRANSFORMS = ("resized", "recompressed", "cropped", "flipped")
+
+
+def percentiles(times: list[float]) -> dict:
+    ms = np.array(times) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+def dev_photos(dev: Path, limit: int | None = None) -> tuple[list[Path], np.ndarray]:
+    rows = list(csv.DictReader(open(dev.parent / f"{dev.name}-labels.tsv"), delimiter="\t"))[:limit]
+    return [dev / r["file"] for r in rows], np.array([int(r["class_index"]) for r in rows])
+
+
+def write_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """``n`` smooth random photos (gradients plus noise: they compress like photos)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    paths = []
+    for i in range(n):
+        a = rng.uniform(0, 255, (3, 3))
+        img = np.stack([(a[c, 0] * xx / w + a[c, 1] * yy / h + a[c, 2]) % 256 for c in range(3)], -1)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        p = folder / f"photo_{i:05d}.jpg"
+        Image.fromarray(img).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------- 1. throughput
+
+
+def bench_throughput(model, n: int, batch: int, workers: int, tmp: Path, rounds: int = 3) -> dict:
+    from convscope.index import Index
+
+    paths = write_jpegs(tmp / "jpegs", n, (640, 480))
+    tensors = [model.transform(Image.open(p).convert("RGB")) for p in paths]
+    xs = [torch.stack(tensors[i:i + batch]) for i in range(0, n, batch)]
+    with torch.inference_mode():
+        model.module(xs[0])
+    rates: dict[str, float] = {}
+    # interleaved rounds, best of each: on a shared machine the load comes and goes
+    for _ in range(rounds):
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for x in xs:
+                model.module(x)
+        rates["bare"] = max(rates.get("bare", 0.0), n / (time.perf_counter() - t))
+        for draft in (True, False):
+            folder = tmp / f"index-{draft}"
+            t = time.perf_counter()
+            Index.build(model, [tmp / "jpegs"], folder, batch_size=batch, workers=workers, draft=draft, progress=False)
+            key = f"draft_{draft}"
+            rates[key] = max(rates.get(key, 0.0), n / (time.perf_counter() - t))
+            shutil.rmtree(folder)
+    out = {"photos": n, "size": "640x480", "batch": batch, "workers": workers, "rounds": rounds,
+           "bare_forward_per_s": round(rates["bare"], 2)}
+    for draft in (True, False):
+        out[f"index_per_s_draft_{draft}"] = round(rates[f"draft_{draft}"], 2)
+        out[f"ratio_draft_{draft}"] = round(rates[f"draft_{draft}"] / rates["bare"], 3)
+    return out
+
+
+def bench_draft_top1(model, dev: Path, tmp: Path, limit: int | None) -> dict:
+    """Top-1 with and without scaled JPEG decoding, on the dev photos as they are (most are
+    500x375, where no scaled decode still covers 256 px, so it changes nothing) and on copies
+    upscaled 4x (camera-sized photos, where it decodes at 1/4 or 1/2)."""
+    from convscope.index.media import read_photo
+
+    paths, labels = dev_photos(dev, limit)
+    big = tmp / "big"
+    big.mkdir(exist_ok=True)
+    big_paths = []
+    for p in paths:
+        q = big / p.name
+        with Image.open(p) as im:
+            im.convert("RGB").resize((im.width * 4, im.height * 4), Image.Resampling.BICUBIC).save(q, "JPEG", quality=92)
+        big_paths.append(q)
+    out = {}
+    for name, files in (("as_is", paths), ("upscaled_4x", big_paths)):
+        for draft in (False, True):
+            preds, reduced, t = [], 0, time.perf_counter()
+            decode = 0.0
+            for i in range(0, len(files), 50):
+                xs = []
+                for p in files[i:i + 50]:
+                    t0 = time.perf_counter()
+                    photo = read_photo(p, min_size=model.preprocessing.resize if draft else None)
+                    xs.append(model.transform(photo.image))
+                    decode += time.perf_counter() - t0
+                    reduced += photo.image.size != photo.size
+                with torch.inference_mode():
+                    preds.append(model.module(torch.stack(xs)).argmax(1).numpy())
+            top1 = float((np.concatenate(preds) == labels).mean())
+            out[f"{name}_draft_{draft}"] = {"top1": round(top1, 4), "decoded_smaller": reduced,
+                                            "decode_ms_per_photo": round(decode / len(files) * 1000, 2)}
+    return out
+
+
+# --------------------------------------------------------------------------- 2. latency
+
+
+class _FakeExtractor:
+    """What the partial build asks of an extractor, for a synthetic index."""
+
+    def __init__(self, dim: int, units: int, labels: list[str]):
+        self.dim, self.units, self.classes = dim, units, len(labels)
+        self.model = type("M", (), {"labels": labels})()
+
+
+def synthetic_index(out: Path, n: int, dev_probs: np.ndarray, dim: int = 1280, units: int = 8, seed: int = 0) -> Path:
+    """An index of ``n`` entries written through the build's own partial store and finalize:
+    each entry takes the sorted probability profile of a random dev photo on random classes,
+    a random unit embedding and random unit maxima."""
+    from convscope.index import build as b
+    from convscope.models import imagenet_labels
+
+    labels = imagenet_labels()
+    rng = np.random.default_rng(seed)
+    settings = {"format": b.FORMAT, "version": b.FORMAT_VERSION, "model": {"spec": "synthetic", "weights": "none", "fingerprint": "0"},
+                "preprocessing": {"input_size": [224, 224]}, "labels": labels,
+                "layers": [{"name": "synthetic", "offset": 0, "shape": [units, 7, 7]}],
+                "head": None, "embedding_dim": dim, "fps": 1.0, "draft": True, "top_classes": b.TOP_CLASSES,
+                "prob_floor": b.PROB_FLOOR, "inputs": []}
+    out.mkdir(parents=True)
+    partial = b._Partial(out, settings, _FakeExtractor(dim, units, labels), resume=False)
+    profiles = -np.sort(-dev_probs, axis=1)[:, :b.TOP_CLASSES]
+    block = 20000
+    thumb = b"\xff\xd8\xff\xd9"
+    for a in range(0, n, block):
+        m = min(block, n - a)
+        probs = np.zeros((m, 1000), np.float32)
+        prof = profiles[rng.integers(0, len(profiles), m)]
+        cls = rng.integers(0, 1000, (m, b.TOP_CLASSES))  # a repeated class keeps one of its values
+        np.put_along_axis(probs, cls, prof, axis=1)
+        top_class, top_prob = b._prob_rows(probs)
+        emb = rng.standard_normal((m, dim), dtype=np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        rows = {"top_class": top_class, "top_prob": top_prob, "embedding": emb.astype(np.float16),
+                "unit_rows": rng.random((m, units), dtype=np.float32).astype(np.float16),
+                "unit_pos_rows": rng.integers(0, 49, (m, units)).astype(np.int16)}
+        for name in b.ROW_ARRAYS:
+            partial.files[name].append(rows[name])
+        first = partial.rows
+        partial.conn.executemany("INSERT INTO entries VALUES (?, ?, NULL)", [(first + i, first + i + 1) for i in range(m)])
+        partial.conn.executemany("INSERT INTO thumbs VALUES (?, ?)", [(first + i, thumb) for i in range(m)])
+        partial.conn.executemany(
+            "INSERT INTO files (id, path, kind, size, mtime_ns, sha256, first_row, rows) VALUES (?, ?, 'photo', 1, ?, ?, ?, 1)",
+            [(first + i + 1, f"/synthetic/{first + i:07d}.jpg", (first + i) * 10**9, f"{first + i:064x}", first + i) for i in range(m)])
+        partial.rows += m
+        partial.commit(force=True)
+    b._finalize(out, partial, _FakeExtractor(dim, units, labels), 0.0)
+    partial.close()
+    b._cleanup(out)
+    return out
+
+
+def bench_latency(n: int, tmp: Path, dev_probs: np.ndarray, runs: int) -> dict:
+    from convscope.index import Index
+
+    t = time.perf_counter()
+    folder = synthetic_index(tmp / "synthetic", n, dev_probs)
+    built = time.perf_counter() - t
+    index = Index.open(folder)
+    # warm the page cache once, as a server that keeps an index open would be
+    index.search("dog", top=20)
+    index.like(0, top=20)
+    out = {"entries": n, "synthetic_build_s": round(built, 1), "postings": int(index.post_entry.shape[0])}
+    kw = []
+    for i in range(runs):
+        q = QUERIES[i % len(QUERIES)]
+        t = time.perf_counter()
+        index.search(q, top=20)
+        kw.append(time.perf_counter() - t)
+    out["keyword"] = percentiles(kw)
+    t = time.perf_counter()
+    index.search("animal", top=20)
+    out["keyword_animal_398_classes_ms"] = round((time.perf_counter() - t) * 1000, 2)
+    lk = []
+    for i in range(max(5, runs // 10)):
+        t = time.perf_counter()
+        index.like(int(i * 9973 % n), top=20)
+        lk.append(time.perf_counter() - t)
+    out["like_exact"] = percentiles(lk)
+    out["index_bytes"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    index.close()
+    shutil.rmtree(folder)
+    return out
+
+
+# --------------------------------------------------------------------------- 3. memory
+
+
+def _memory_child(n: int, folder: str) -> None:
+    from convscope.index import Index
+    from convscope.models import Preprocessing, load_model
+
+    model = load_model(device="cpu")
+    p = model.preprocessing
+    import dataclasses
+
+    model = dataclasses.replace(model, preprocessing=Preprocessing((64, 64), 64, p.interpolation, p.mean, p.std))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the parent process
+    base = _vm_hwm()
+    Index.build(model, [Path(folder) / "jpegs"], Path(folder) / f"index-{n}", batch_size=32, workers=1, progress=False)
+    peak = _vm_hwm()
+    print(json.dumps({"photos": n, "peak_rss_mib": round(peak / 1024, 1), "growth_mib": round((peak - base) / 1024, 1)}))
+
+
+def _vm_hwm() -> int:
+    """This process's peak resident memory in KiB (the main process; decoding workers aside)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def bench_memory(sizes: list[int], tmp: Path) -> dict:
+    out = {}
+    for n in sizes:
+        folder = tmp / f"mem-{n}"
+        write_jpegs(folder / "jpegs", n, (96, 72), seed=n)
+        res = subprocess.run([sys.executable, __file__, "--memory-child", str(n), str(folder)], capture_output=True, text=True, check=True)
+        out[n] = json.loads(res.stdout.strip().splitlines()[-1])
+        shutil.rmtree(folder)
+    a, b = out[sizes[0]]["peak_rss_mib"], out[sizes[-1]]["peak_rss_mib"]
+    out["peak_ratio"] = round(b / a, 3)
+    return out
+
+
+# --------------------------------------------------------------------------- 4-5. dev photos
+
+
+def transformed_copies(paths: list[Path], folder: Path) -> dict[str, list[Path]]:
+    """Four near-duplicates of each photo: half size, JPEG quality 30, a centre crop of 80
+    percent, a horizontal flip."""
+    out = {t: [] for t in TRANSFORMS}
+    for t in TRANSFORMS:
+        (folder / t).mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            copies = {
+                "resized": im.resize((w // 2, h // 2), Image.Resampling.BILINEAR),
+                "recompressed": Image.open(io.BytesIO(_jpeg(im, 30))),
+                "cropped": im.crop((w // 10, h // 10, w - w // 10, h - h // 10)),
+                "flipped": im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            }
+        for t, img in copies.items():
+            q = folder / t / (p.stem + ".jpg")
+            img.save(q, "JPEG", quality=90 if t != "recompressed" else 30)
+            out[t].append(q)
+    return out
+
+
+def _jpeg(img, quality):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    rel = relevant[order]
+    hits = np.cumsum(rel)
+    precision = hits / np.arange(1, len(rel) + 1)
+    return float((precision * rel).sum() / max(rel.sum(), 1))
+
+
+def bench_dev(model, dev: Path, tmp: Path, limit: int | None, batch: int, workers: int) -> dict:
+    from convscope.index import DUPLICATE_COSINE, MIN_SCORE, Index
+    from convscope.index.organize import file_vectors
+    from convscope.vocab import Vocabulary
+
+    paths, labels = dev_photos(dev, limit)
+    folder = tmp / "dev"
+    copies = transformed_copies(paths, folder / "copies")
+    t = time.perf_counter()
+    index = Index.build(model, paths + [p for t_ in TRANSFORMS for p in copies[t_]], folder / "index",
+                        batch_size=batch, workers=workers, progress=False)
+    out: dict = {"photos": len(paths), "copies_each": list(TRANSFORMS), "build_s": round(time.perf_counter() - t, 1)}
+    # 4. quality, over the originals only
+    vocab = Vocabulary.load()
+    row_of = {str(Path(p).resolve()): i for i, p in enumerate(paths)}
+    aps, tp, fp, fn = {}, 0, 0, 0
+    for q in QUERIES:
+        classes = sorted(vocab.classes_for(q).paths)
+        relevant = np.isin(labels, classes)
+        scores = np.zeros(len(paths))
+        for r in index.search(q, top=10**6, min_score=0.0):
+            if r.path in row_of:
+                scores[row_of[r.path]] = r.score
+        aps[q] = round(average_precision(scores, relevant), 4)
+        hit = scores >= MIN_SCORE
+        tp += int((hit & relevant).sum()); fp += int((hit & ~relevant).sum()); fn += int((~hit & relevant).sum())
+    out["mean_average_precision"] = round(float(np.mean(list(aps.values()))), 4)
+    out["average_precision"] = aps
+    out[f"at_min_score_{MIN_SCORE}"] = {"precision": round(tp / max(tp + fp, 1), 4), "recall": round(tp / max(tp + fn, 1), 4)}
+    # 5. duplicates: pairs of files from one original are the true pairs
+    groups = index.duplicates()
+    origin = {}
+    for i, p in enumerate(paths):
+        origin[str(Path(p).resolve())] = i
+        for t_ in TRANSFORMS:
+            origin[str(copies[t_][i].resolve())] = i
+    found = set()
+    for g in groups:
+        members = sorted(g["paths"])
+        found.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+    true = {(a, b) for a in origin for b in origin if a < b and origin[a] == origin[b]}
+    tp = len(found & true)
+    out["duplicates"] = {"threshold": DUPLICATE_COSINE, "pair_recall": round(tp / len(true), 4),
+                         "pair_precision": round(tp / max(len(found), 1), 4), "groups": len(groups)}
+    sweep = {}
+    for threshold in (0.7, 0.75, 0.8, 0.85, 0.9):
+        found = set()
+        for g in index.duplicates(threshold=threshold):
+            members = sorted(g["paths"])
+            found.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+        tp = len(found & true)
+        sweep[threshold] = {"recall": round(tp / len(true), 4), "precision": round(tp / max(len(found), 1), 4)}
+    out["duplicates_by_threshold"] = sweep
+    # the cosine of each copy to its original, and of each photo to its nearest other photo
+    ids, vectors = file_vectors(index)
+    files = index.files()
+    idx = {files[f]["path"]: k for k, f in enumerate(ids)}
+    originals = np.array([idx[str(Path(p).resolve())] for p in paths])
+    per = {}
+    for t_ in TRANSFORMS:
+        cp = np.array([idx[str(q.resolve())] for q in copies[t_]])
+        cos = (vectors[originals] * vectors[cp]).sum(1)
+        per[t_] = {"min": round(float(cos.min()), 4), "p02": round(float(np.percentile(cos, 2)), 4), "median": round(float(np.median(cos)), 4)}
+    sims = vectors[originals] @ vectors[originals].T
+    np.fill_diagonal(sims, -1)
+    nearest_other = sims.max(1)
+    per["nearest_other_photo"] = {"max": round(float(nearest_other.max()), 4), "p98": round(float(np.percentile(nearest_other, 98)), 4)}
+    out["copy_to_original_cosine"] = per
+    index.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=None, help="throughput latency memory quality duplicates")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dev", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        _memory_child(int(args.memory_child[0]), args.memory_child[1])
+        return
+    from convscope.models import load_model
+
+    want = set(args.only or ["throughput", "latency", "memory", "quality"])
+    if "duplicates" in want:
+        want.add("quality")  # one dev index serves both
+    limit = 60 if args.quick else None
+    model = load_model(device="cpu")
+    results: dict = {"threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="convscope-bench-search-") as tmp:
+        tmp = Path(tmp)
+        if "throughput" in want:
+            results["throughput"] = bench_throughput(model, 64 if args.quick else 256, args.batch, args.workers, tmp)
+            results["draft_top1"] = bench_draft_top1(model, args.dev, tmp, limit)
+            print(json.dumps({"throughput": results["throughput"], "draft_top1": results["draft_top1"]}), flush=True)
+        if "latency" in want:
+            paths, labels = dev_photos(args.dev, limit)
+            probs = _dev_probs(model, paths)
+            results["latency"] = bench_latency(50_000 if args.quick else 1_000_000, tmp, probs, 40 if args.quick else 200)
+            print(json.dumps({"latency": results["latency"]}), flush=True)
+        if "memory" in want:
+            results["memory"] = bench_memory([100, 1000] if args.quick else [1000, 10000], tmp)
+            print(json.dumps({"memory": results["memory"]}), flush=True)
+        if "quality" in want:
+            results["dev"] = bench_dev(model, args.dev, tmp, limit, args.batch, args.workers)
+            print(json.dumps({"dev": results["dev"]}), flush=True)
+    print(json.dumps(results, indent=2))
+
+
+def _dev_probs(model, paths: list[Path]) -> np.ndarray:
+    from convscope.data import iter_batches
+
+    out = []
+    for batch in iter_batches(paths, model.transform, batch_size=50, workers=1):
+        with torch.inference_mode():
+            out.append(torch.softmax(model.module(batch.tensors), 1).numpy())
+    return np.concatenate(out)
+
+
+if __name__ == "__main__":
+    main()

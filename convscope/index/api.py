@@ -1,0 +1,169 @@
+"""``Index``: build an index once, then search, find look-alikes, excite units, find duplicates
+and make albums. Each method is what one command line does, with the same parameters.
+
+>>> from convscope import load_model
+>>> from convscope.index import Index
+>>> index = Index.build(load_model(), ["photos/", "clips/"], "photos.index")   # convscope index
+>>> index = Index.open("photos.index")
+>>> [r.to_json() for r in index.search("dog", top=5)]                          # convscope search
+>>> index.like("photos/rex.jpg")                                               # --like
+>>> index.unit("blocks.4:17")                                                  # --unit
+>>> index.duplicates(), index.albums()                                         # duplicates, organize
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import ConvscopeError
+from . import organize, search
+from .store import IndexStore
+
+
+def parse_unit(text: str) -> tuple[str, int]:
+    """``"LAYER:UNIT"`` -> (layer, unit): ``parse_unit("blocks.4:17") == ("blocks.4", 17)``."""
+    layer, sep, unit = str(text).rpartition(":")
+    if not sep or not layer or not unit.strip().isdigit():
+        raise ValueError(f"a unit is written LAYER:UNIT, such as blocks.4:17; got {text!r}")
+    return layer, int(unit)
+
+
+class Index(IndexStore):
+    """A finished index on disk (see :class:`~convscope.index.store.IndexStore` for its arrays)."""
+
+    def __init__(self, root, conn, meta):
+        super().__init__(root, conn, meta)
+        self._extractor = None  # made on the first embed() of a file outside the index
+
+    @classmethod
+    def build(cls, model, inputs: Iterable[str | os.PathLike] | None, out: str | os.PathLike, *, fps: float = 1.0,
+              update: bool = False, resume: bool = False, batch_size: int = 32, workers: int | None = None,
+              on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None,
+              draft: bool = True, layers: Sequence[str] | None = None) -> "Index":
+        """Index photos and videos into the folder ``out`` and open it (arguments: see
+        :func:`convscope.index.build.build`).
+
+        >>> index = Index.build(load_model(), ["photos/"], "photos.index", on_skip=print)
+        """
+        from .build import build
+
+        build(model, inputs, out, fps=fps, update=update, resume=resume, batch_size=batch_size, workers=workers,
+              on_skip=on_skip, progress=progress, draft=draft, layers=layers)
+        return cls.open(out)
+
+    def search(self, query: str, *, top: int = 20, min_score: float = search.MIN_SCORE,
+               sort: str = "score") -> list[search.Result]:
+        """Keyword search (:func:`convscope.index.search.search`): entries whose matched-class
+        probability sum is at least ``min_score``, by score or by date (newest first).
+
+        >>> index.search("sports car", top=3, sort="date")
+        """
+        return search.search(self, query, top=top, min_score=min_score, sort=sort)
+
+    def like(self, target, *, top: int = 20, time: float | None = None, model=None) -> list[search.Result]:
+        """Entries most like ``target`` by cosine of embeddings, exact. ``target``: an indexed
+        path (its entry; for a video the frame nearest ``time``, else its first), an entry row
+        (int), an embedding (D,), or any photo file (embedded with ``model``, default: the index's
+        model loaded by its spec). The query's own file is left out.
+
+        >>> index.like("photos/chelsea.png", top=5)
+        """
+        exclude = None
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            if not 0 <= int(target) < self.entries:
+                raise ValueError(f"entry {target} is not in this index of {self.entries} entries")
+            vector, exclude = np.asarray(self.embedding[int(target)], np.float32), int(self.entry_file[int(target)])
+        elif isinstance(target, np.ndarray):
+            vector = target
+        elif isinstance(target, (str, os.PathLike)):
+            record = self.file_of(target)
+            if record is not None:
+                row = self._row_at(record, time)
+                vector, exclude = np.asarray(self.embedding[row], np.float32), record["id"]
+            else:
+                vector = self.embed(target, model=model, time=time)
+        else:
+            raise TypeError(f"like takes a path, an entry row or an embedding, got {type(target).__name__}")
+        return search.like(self, vector, top=top, exclude_file=exclude)
+
+    def unit(self, layer: str, unit: int | None = None, *, top: int = 20, model=None, boxes: bool = True) -> list[search.Result]:
+        """Entries that excite one unit most: ``unit("blocks.4", 17)`` or ``unit("blocks.4:17")``.
+        With ``boxes`` each result gets the receptive-field box of the unit's maximum, from the
+        layer catalogue of ``model`` (default: the index's model, loaded by its spec; its
+        geometry is probed once per model and cached).
+
+        >>> index.unit("blocks.4:17", top=9)[0].box      # (top, left, bottom, right)
+        """
+        if unit is None:
+            layer, unit = parse_unit(layer)
+        box = None
+        if boxes:
+            self.layer(layer)  # an unknown layer fails before a model is loaded
+            model = self._model(model)
+            info, size = model.layers.get(layer), model.input_size
+            box = lambda y, x: info.box(y, x, input_size=size)  # noqa: E731
+        return search.unit(self, layer, unit, top=top, box=box)
+
+    def duplicates(self, *, threshold: float = organize.DUPLICATE_COSINE) -> list[dict]:
+        """Groups of near-duplicate files, ``[{"paths": [...]}]`` (:func:`convscope.index.organize.duplicates`)."""
+        return organize.duplicates(self, threshold=threshold)
+
+    def albums(self, *, confidence: float = organize.ALBUM_CONFIDENCE) -> list[dict]:
+        """Albums ``[{"album": str, "paths": [...]}]`` (:func:`convscope.index.organize.albums`)."""
+        return organize.albums(self, confidence=confidence)
+
+    def explain(self, results: Sequence[search.Result], out_dir: str | os.PathLike, *, model=None) -> list[str]:
+        """One PNG per result in ``out_dir``: Grad-CAM of the top matched class, or the unit's box."""
+        from .explain import write_explanations
+
+        return write_explanations(self._model(model), results, out_dir)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _row_at(self, record: dict, time: float | None) -> int:
+        first, rows = record["first_row"], record["rows"]
+        if time is None or record["kind"] != "video":
+            return first
+        times = np.asarray(self.entry_time[first:first + rows])
+        return first + int(np.argmin(np.abs(times - time)))
+
+    def _model(self, model):
+        from .build import model_fingerprint
+        from ..models import as_loaded, load_model
+
+        spec = self.meta["model"]["spec"]
+        if model is None:
+            try:
+                model = load_model(spec, device="cpu")
+            except ConvscopeError as exc:
+                raise ConvscopeError(f"this index was built with {spec!r}, which cannot be loaded again here ({exc}); pass model=") from None
+        model = as_loaded(model)
+        if model_fingerprint(model) != self.meta["model"]["fingerprint"]:
+            raise ConvscopeError(f"the model given is not the one this index was built with ({spec!r}, "
+                                 f"{self.meta['model']['weights']}); pass that model")
+        return model
+
+    def embed(self, path: str | os.PathLike, *, model=None, time: float | None = None) -> np.ndarray:
+        """The embedding (D,) float32 of any photo (or a video's frame at ``time``, default 0),
+        computed with the index's model."""
+        import torch
+
+        from . import media
+        from .features import Extractor
+
+        model = self._model(model)
+        if media.is_video(path):
+            image = media.frame_at(path, time or 0.0)
+        else:
+            image = media.read_photo(path, min_size=model.preprocessing.resize if self.meta["draft"] else None).image
+        if self._extractor is None or self._extractor.model is not model:  # its set-up costs two forward passes
+            self._extractor = Extractor(model, [layer["name"] for layer in self.layers])
+        x = model.transform(image)[None]
+        return self._extractor(torch.as_tensor(x)).embedding[0]
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.root)!r}, entries={self.entries})"
+
+

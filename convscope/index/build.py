@@ -1,0 +1,615 @@
+"""Build, resume and update an index: one pass over photos and videos, one forward pass each.
+
+Files decode in DataLoader worker processes (a photo, or up to :data:`SEGMENT_FRAMES` sampled
+frames of a video, per work item); the main process runs the model in batches and appends rows
+to the arrays in ``.partial/``, committing the database and the arrays together every ``chunk``
+entries. A build that stops (a crash, Ctrl-C, SIGKILL) resumes from the last commit: the arrays
+are cut back to the committed rows, and files already committed are not read again. The
+finished index appears by one atomic rename of its database (see :mod:`.store`).
+
+``update=True`` compares the files with the index there: unchanged files (same size and mtime,
+or same size and SHA-256) have their rows copied, new and changed files are computed, files
+that are gone are dropped.
+
+>>> build(load_model(), ["photos/", "clips/*.mp4"], "photos.index", fps=1.0)
+>>> build(load_model(), ["photos/"], "photos.index", update=True)   # after adding files
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConvscopeError, ImageError
+from ..models import as_loaded
+from ..progress import Bar
+from . import media
+from .features import Extractor, Features
+from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PARTIAL, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile,
+                    load_rows, read_meta)
+
+#: Sampled video frames decoded per work item: long videos are read in pieces of this many
+#: frames (a worker seeks to the piece), so memory does not grow with a video's length.
+SEGMENT_FRAMES = 16
+#: Entries between commits of the partial build.
+CHUNK = 256
+ROW_ARRAYS = ("top_class", "top_prob", "embedding", "unit_rows", "unit_pos_rows")
+
+
+# --------------------------------------------------------------------------- work items
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One work item: a photo (``first`` = 0, ``stop`` = None) or the sampled frames
+    ``first <= k < stop`` of a video (``stop`` None: to the end). ``last``: the file's final item."""
+
+    file: int  # position in the plan
+    path: str
+    video: bool
+    first: int = 0
+    stop: int | None = None
+    last: bool = True
+
+
+@dataclasses.dataclass
+class Decoded:
+    """What a worker hands back for a task: model inputs, times, thumbnails, file facts."""
+
+    task: Task
+    tensors: list[torch.Tensor]
+    times: list[float | None]
+    thumbs: list[bytes]
+    sha256: str | None = None
+    taken: str | None = None
+    size: tuple[int, int] | None = None
+    duration: float | None = None
+    error: str | None = None
+
+
+class _Decoder(torch.utils.data.Dataset):
+    def __init__(self, tasks: Sequence[Task], transform: Callable, fps: float, min_size: int | None):
+        self.tasks = list(tasks)
+        self.transform = transform
+        self.fps = fps
+        self.min_size = min_size
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> Decoded:
+        task = self.tasks[i]
+        out = Decoded(task, [], [], [])
+        try:
+            if task.first == 0:
+                out.sha256 = media.sha256_file(task.path)
+            if task.video:
+                if task.first == 0:
+                    info = media.probe_video(task.path)
+                    out.taken, out.size, out.duration = info.taken, info.size, info.duration
+                for t, image in media.video_frames(task.path, self.fps, task.first, task.stop, min_size=self.min_size):
+                    self._add(out, image, t)
+            else:
+                photo = media.read_photo(task.path, min_size=self.min_size)
+                out.taken, out.size = photo.taken, photo.size
+                self._add(out, photo.image, None)
+        except ImageError as exc:
+            out.error = exc.reason
+        except OSError as exc:
+            out.error = f"cannot read ({exc.strerror or type(exc).__name__})"
+        except Exception as exc:  # a transform failing on a strange image: still one line
+            out.error = f"cannot preprocess ({type(exc).__name__}: {str(exc)[:100]})"
+        return out
+
+    def _add(self, out: Decoded, image, t: float | None) -> None:
+        out.tensors.append(self.transform(image))
+        out.times.append(t)
+        out.thumbs.append(media.thumbnail_jpeg(image))
+
+
+def _identity(item):
+    return item
+
+
+def default_workers(n_tasks: int) -> int:
+    """Decoding processes: none for a handful of files (start-up costs more), else up to 4."""
+    return 0 if n_tasks < 16 else max(1, min(4, os.cpu_count() or 1))
+
+
+def _decode(tasks: Sequence[Task], transform, fps: float, min_size: int | None, workers: int) -> Iterator[Decoded]:
+    dataset = _Decoder(tasks, transform, fps, min_size)
+    if workers == 0:
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=_identity, prefetch_factor=4, persistent_workers=False)
+    yield from loader
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass
+class Source:
+    """A file of the plan: its stat, and (for an update) the old index's record when unchanged."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    video: bool
+    keep: dict | None = None
+
+
+def _plan(inputs: Iterable, old: IndexStore | None, skip: Callable[[str, str], None]) -> list[Source]:
+    paths, missing = media.expand_media(inputs)
+    for err in missing:
+        skip(err.path, err.reason)
+    old_files = {f["path"]: f for f in old.files().values()} if old is not None else {}
+    sources = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError as exc:
+            skip(str(p), f"cannot read ({exc.strerror or type(exc).__name__})")
+            continue
+        src = Source(str(p), st.st_size, st.st_mtime_ns, media.is_video(p))
+        was = old_files.get(src.path)
+        if was is not None and was["size"] == src.size:
+            if was["mtime_ns"] == src.mtime_ns:
+                src.keep = was
+            else:  # touched, maybe not changed: the content decides
+                with contextlib.suppress(OSError):
+                    if media.sha256_file(p) == was["sha256"]:
+                        src.keep = was
+        sources.append(src)
+    return sources
+
+
+def _tasks(sources: Sequence[Source], todo: Sequence[int], fps: float, skip) -> list[Task]:
+    tasks = []
+    for i in todo:
+        src = sources[i]
+        if not src.video:
+            tasks.append(Task(i, src.path, False))
+            continue
+        try:
+            info = media.probe_video(src.path)
+        except ImageError as exc:
+            skip(src.path, exc.reason)
+            continue
+        samples = int(info.duration * fps) + 1 if info.duration else 1
+        pieces = max(1, -(-samples // SEGMENT_FRAMES))
+        for j in range(pieces):
+            last = j == pieces - 1
+            # the last piece reads to the end, whatever the header said about the duration
+            tasks.append(Task(i, src.path, True, j * SEGMENT_FRAMES, None if last else (j + 1) * SEGMENT_FRAMES, last))
+    return tasks
+
+
+# --------------------------------------------------------------------------- the partial build
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 over the model's parameters and buffers (names, shapes and bytes): an update
+    with different weights is refused."""
+    h = hashlib.sha256()
+    for name, t in model.module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Partial:
+    """The database and growing arrays in ``.partial/``; ``rows`` entries committed or pending."""
+
+    def __init__(self, root: Path, settings: dict, extractor: Extractor, resume: bool):
+        self.dir = root / PARTIAL
+        db = self.dir / DB_NAME
+        fresh = not (resume and db.is_file())
+        if fresh:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(parents=True)
+        self.conn = sqlite3.connect(db)
+        self.conn.execute("PRAGMA synchronous = FULL")
+        if fresh:
+            self.conn.executescript(SCHEMA)
+            settings = {**settings, "arrays": f"arrays-{uuid.uuid4().hex[:12]}", "complete": False}
+            self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in settings.items()])
+            self.conn.commit()
+        self.meta = read_meta(self.conn)
+        if not fresh:
+            for key, value in settings.items():
+                if key in ("inputs", "built"):
+                    continue
+                if self.meta.get(key) != value:
+                    raise ConvscopeError(f"the unfinished build in {root} was started with a different {key} "
+                                         f"({self.meta.get(key)!r}, now {value!r}); resume it with the same settings, or remove {self.dir}")
+        self.arrays = self.dir / self.meta["arrays"]
+        moved = root / self.meta["arrays"]
+        if not self.arrays.exists() and moved.exists():  # stopped inside finalize, between the two renames
+            os.replace(moved, self.arrays)
+        self.arrays.mkdir(exist_ok=True)
+        k, d, u = TOP_CLASSES, extractor.dim, extractor.units
+        shapes = {"top_class": (np.int16, (k,)), "top_prob": (np.float16, (k,)), "embedding": (np.float16, (d,)),
+                  "unit_rows": (np.float16, (u,)), "unit_pos_rows": (np.int16, (u,))}
+        self.files = {name: RowFile(self.arrays / f"{name}.npy", *shapes[name]) for name in ROW_ARRAYS}
+        # committed rows: those of the committed files (a video's rows that were committed
+        # before the video finished are dropped and read again)
+        self.rows = int(self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM files").fetchone()[0])
+        self.conn.execute("DELETE FROM entries WHERE row >= ?", (self.rows,))
+        self.conn.execute("DELETE FROM thumbs WHERE row >= ?", (self.rows,))
+        self.conn.commit()
+        for f in self.files.values():
+            if f.rows < self.rows:
+                raise ConvscopeError(f"the unfinished build in {root} lost array rows ({f.path.name} holds {f.rows}, "
+                                     f"the database {self.rows}); remove {self.dir} and build again")
+            f.truncate(self.rows)
+        self.done = {r[0] for r in self.conn.execute("SELECT path FROM files")}
+        self.next_id = int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]) + 1
+        self.pending = 0
+
+    def add_rows(self, file_id: int, times: Sequence[float | None], thumbs: Sequence[bytes], arrays: dict[str, np.ndarray]) -> None:
+        n = len(times)
+        for name in ROW_ARRAYS:
+            self.files[name].append(arrays[name])
+        rows = range(self.rows, self.rows + n)
+        self.conn.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(r, file_id, t) for r, t in zip(rows, times)])
+        self.conn.executemany("INSERT INTO thumbs VALUES (?, ?)", [(r, sqlite3.Binary(b)) for r, b in zip(rows, thumbs)])
+        self.rows += n
+        self.pending += n
+
+    def add_file(self, record: dict) -> None:
+        cols = ", ".join(record)
+        self.conn.execute(f"INSERT INTO files ({cols}) VALUES ({', '.join('?' * len(record))})", list(record.values()))
+        self.done.add(record["path"])
+
+    def skip(self, path: str, reason: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)", (path, reason))
+
+    def commit(self, force: bool = False) -> None:
+        if not force and self.pending < CHUNK:
+            return
+        for f in self.files.values():  # arrays first: the database never counts rows not on disk
+            f.commit()
+        self.conn.commit()
+        self.pending = 0
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.conn.close()
+
+
+def _prob_rows(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The :data:`TOP_CLASSES` most probable classes per row, -1 / 0 where below the floor."""
+    k = min(TOP_CLASSES, probs.shape[1])
+    idx = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < probs.shape[1] else np.tile(np.arange(k), (len(probs), 1))
+    p = np.take_along_axis(probs, idx, axis=1)
+    order = np.argsort(-p, axis=1, kind="stable")
+    idx, p = np.take_along_axis(idx, order, axis=1), np.take_along_axis(p, order, axis=1)
+    cls = np.full((len(probs), TOP_CLASSES), -1, np.int16)
+    val = np.zeros((len(probs), TOP_CLASSES), np.float16)
+    keep = p >= PROB_FLOOR
+    cls[:, :k] = np.where(keep, idx, -1)
+    val[:, :k] = np.where(keep, p, 0)
+    return cls, val
+
+
+def _feature_rows(f: Features) -> dict[str, np.ndarray]:
+    cls, val = _prob_rows(f.probs)
+    return {"top_class": cls, "top_prob": val, "embedding": f.embedding.astype(np.float16),
+            "unit_rows": np.clip(f.unit_max, -65504, 65504).astype(np.float16), "unit_pos_rows": f.unit_pos}
+
+
+# --------------------------------------------------------------------------- the build
+
+
+def _prepare(out: Path, update: bool, resume: bool) -> None:
+    db, partial = out / DB_NAME, out / PARTIAL
+    if db.exists() and partial.is_dir() and not (partial / DB_NAME).exists():
+        shutil.rmtree(partial)  # left over by a build stopped after its commit, before cleaning up
+    if out.exists() and not out.is_dir():
+        raise ConvscopeError(f"{out} is a file; give a folder for the index")
+    if partial.exists() and not resume:
+        raise ConvscopeError(f"{out} holds an unfinished index build; resume it (resume=True, the same inputs), or remove {partial}")
+    if db.exists() and not (update or resume):
+        raise ConvscopeError(f"{out} already holds an index; update it (update=True) to add new and changed files, or choose another folder")
+    if not db.exists() and not partial.exists() and out.is_dir() and any(out.iterdir()):
+        raise ConvscopeError(f"{out} is not empty and holds no index; give a new or empty folder")
+
+
+def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, fps: float = 1.0, update: bool = False,
+          resume: bool = False, batch_size: int = 32, workers: int | None = None,
+          on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None, draft: bool = True,
+          layers: Sequence[str] | None = None) -> Path:
+    """Index ``inputs`` (files, folders, globs, ``@LIST``; photos and videos) into the folder ``out``.
+
+    ``fps``: video frames sampled per second of video. ``update``: refresh an existing index
+    (new and changed files computed, unchanged ones copied, missing ones dropped); ``inputs``
+    None then means the inputs it was built from. ``resume``: continue a build that stopped.
+    ``batch_size``: model inputs per forward pass; ``workers``: decoding processes (default:
+    none for under 16 files, else up to 4). ``on_skip(path, reason)`` is called once per file
+    that cannot be read (it is skipped and counted). ``draft``: JPEGs decode at 1/2, 1/4 or
+    1/8 scale where the result still covers the model's resize. ``layers``: the layers kept for
+    unit search (default: the catalogue's default selection). Returns ``out``.
+
+    >>> build(load_model(), ["photos/"], "photos.index")
+    PosixPath('photos.index')
+    """
+    started = time.time()
+    if not (isinstance(fps, (int, float)) and fps > 0):
+        raise ValueError(f"fps must be a positive number of video frames per second, got {fps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    out = Path(out)
+    model = as_loaded(model)
+    _prepare(out, update, resume)
+    if resume and not update and (out / DB_NAME).exists() and not (out / PARTIAL).exists():
+        return out  # finished already
+    old = IndexStore.open(out) if update and (out / DB_NAME).exists() else None
+    if inputs is None:
+        if old is None:
+            raise ValueError("give the photos and videos to index (inputs is None, and there is no index to update)")
+        inputs = old.meta["inputs"]
+    inputs = [os.fspath(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    extractor = Extractor(model, layers)
+    settings = json.loads(json.dumps(_settings(model, extractor, fps, draft, inputs)))  # as the database holds them
+    if old is not None:
+        _check_compatible(old, settings, out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = _Partial(out, settings, extractor, resume)
+    skipped: list[tuple[str, str]] = []
+
+    def skip(path: str, reason: str) -> None:
+        skipped.append((str(path), reason))
+        partial.skip(str(path), reason)
+        if on_skip is not None:
+            on_skip(str(path), reason)
+
+    try:
+        sources = _plan(inputs, old, skip)
+        copy = [i for i, s in enumerate(sources) if s.keep is not None and s.path not in partial.done]
+        todo = [i for i, s in enumerate(sources) if s.keep is None and s.path not in partial.done]
+        with Bar(len(copy) + len(todo), "indexing", disable=None if progress is None else not progress) as bar:
+            for i in copy:
+                _copy_file(partial, old, sources[i])
+                bar.advance()
+            partial.commit(force=True)
+            tasks = _tasks(sources, todo, fps, skip)
+            if workers is None:
+                workers = default_workers(len(tasks))
+            min_size = model.preprocessing.resize if draft else None
+            _compute(partial, extractor, sources, _decode(tasks, model.transform, fps, min_size, max(0, workers)),
+                     batch_size, skip, bar)
+        partial.commit(force=True)
+        _finalize(out, partial, extractor, time.time() - started)
+    finally:
+        partial.close()
+        if old is not None:
+            old.close()
+    _cleanup(out)
+    return out
+
+
+def _settings(model, extractor: Extractor, fps: float, draft: bool, inputs: list[str]) -> dict:
+    layers = [{"name": name, "offset": extractor.unit_offsets[name], "shape": list(extractor.layer_shapes[name])}
+              for name in extractor.layers]
+    return {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "model": {"spec": model.spec, "weights": model.weights, "fingerprint": model_fingerprint(model)},
+        "preprocessing": model.preprocessing.to_dict(), "labels": list(model.labels), "layers": layers,
+        "head": extractor.head, "embedding_dim": extractor.dim, "fps": float(fps), "draft": bool(draft),
+        "top_classes": TOP_CLASSES, "prob_floor": PROB_FLOOR, "inputs": [os.path.abspath(i) if not i.startswith("@") else i for i in inputs],
+    }
+
+
+def _check_compatible(old: IndexStore, settings: dict, out: Path) -> None:
+    for key in ("model", "layers", "fps", "draft", "top_classes", "prob_floor"):
+        if old.meta.get(key) != settings[key]:
+            what = "model weights" if key == "model" else key
+            raise ConvscopeError(f"the index in {out} was built with a different {what} ({old.meta.get(key)!r:.80}); "
+                                 "an update must use the same settings: build a new index instead")
+
+
+def _copy_file(partial: _Partial, old: IndexStore, src: Source) -> None:
+    """Copy an unchanged file's rows from the old index (nothing is recomputed)."""
+    was = src.keep
+    a, b = was["first_row"], was["first_row"] + was["rows"]
+    file_id = partial.next_id
+    partial.next_id += 1
+    times = [r["time"] for r in old.query("SELECT time FROM entries WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
+    thumbs = [bytes(r["jpeg"]) for r in old.query("SELECT jpeg FROM thumbs WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
+    arrays = {"top_class": old.top_class[a:b], "top_prob": old.top_prob[a:b], "embedding": old.embedding[a:b],
+              "unit_rows": old.units[:, a:b].T, "unit_pos_rows": old.unit_pos[:, a:b].T}
+    first = partial.rows
+    partial.add_rows(file_id, times, thumbs, arrays)
+    record = {k: was[k] for k in ("kind", "sha256", "taken", "width", "height", "duration")}
+    partial.add_file({"id": file_id, "path": src.path, "size": src.size, "mtime_ns": src.mtime_ns, **record,
+                      "first_row": first, "rows": b - a})
+    partial.commit()
+
+
+def _compute(partial: _Partial, extractor: Extractor, sources: Sequence[Source], decoded: Iterable[Decoded],
+             batch_size: int, skip, bar) -> None:
+    """Forward the decoded entries in batches; a file's record is written once all its rows are."""
+    buffer: list[tuple[int, torch.Tensor, float | None, bytes]] = []  # (file id, input, time, thumb)
+    open_files: dict[int, dict] = {}  # plan position -> record being filled
+    closing: list[int] = []  # files whose last item came, waiting for their rows to be forwarded
+
+    def flush() -> None:
+        if buffer:
+            f = extractor(torch.stack([b[1] for b in buffer]))
+            rows = _feature_rows(f)
+            start = 0
+            for fid, group in _runs([b[0] for b in buffer]):
+                part = slice(start, start + group)
+                partial.add_rows(fid, [b[2] for b in buffer[part]], [b[3] for b in buffer[part]],
+                                 {k: v[part] for k, v in rows.items()})
+                start += group
+            buffer.clear()
+        for i in closing:
+            partial.add_file(open_files.pop(i))
+        closing.clear()
+        partial.commit()
+
+    ended: set[int] = set()  # files done with (finished, failed): their later pieces are ignored
+    for item in decoded:
+        task, src = item.task, sources[item.task.file]
+        if task.file in ended:
+            continue
+        record = open_files.get(task.file)
+        if item.error is not None:
+            if record is None:  # the file could not be read at all: skip it
+                skip(src.path, item.error)
+                ended.add(task.file)
+                bar.advance()
+                continue
+            # a later piece of a video failed: keep the frames read so far
+        if record is None:
+            record = {"id": partial.next_id, "path": src.path, "kind": "video" if src.video else "photo", "size": src.size,
+                      "mtime_ns": src.mtime_ns, "sha256": item.sha256, "taken": item.taken,
+                      "width": item.size[0] if item.size else None, "height": item.size[1] if item.size else None,
+                      "duration": item.duration, "first_row": None, "rows": 0}
+            partial.next_id += 1
+            open_files[task.file] = record
+        for tensor, t, thumb in zip(item.tensors, item.times, item.thumbs):
+            if record["first_row"] is None:
+                record["first_row"] = partial.rows + len(buffer)
+            buffer.append((record["id"], tensor, t, thumb))
+            record["rows"] += 1
+        if task.last or item.error is not None:
+            ended.add(task.file)
+            if record["rows"] == 0:
+                open_files.pop(task.file)
+                skip(src.path, item.error or "no frame could be decoded")
+            else:
+                closing.append(task.file)
+            bar.advance()
+        if len(buffer) >= batch_size:
+            flush()
+    flush()
+
+
+def _runs(ids: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """(value, length) of each run of equal consecutive values."""
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[start]:
+            yield ids[start], i - start
+            start = i
+
+
+# --------------------------------------------------------------------------- finishing
+
+
+def _date_seconds(taken: str | None, mtime_ns: int) -> float:
+    """Sort key of a file: its EXIF (or container) date read as UTC, else its mtime."""
+    if taken:
+        with contextlib.suppress(ValueError):
+            return datetime.datetime.fromisoformat(taken).replace(tzinfo=datetime.timezone.utc).timestamp()
+    return mtime_ns / 1e9
+
+
+def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float) -> None:
+    """Write the derived arrays, mark the database complete, and rename it into place."""
+    conn, arrays, n = partial.conn, partial.arrays, partial.rows
+    for f in partial.files.values():
+        f.close()
+    files = {r[0]: r[1:] for r in conn.execute("SELECT id, taken, mtime_ns FROM files")}
+    file_col = np.zeros(n, np.int32)
+    time_col = np.full(n, np.nan, np.float32)
+    for row, fid, t in conn.execute("SELECT row, file, time FROM entries ORDER BY row"):
+        file_col[row] = fid
+        if t is not None:
+            time_col[row] = t
+    dates = {fid: _date_seconds(taken, mtime) for fid, (taken, mtime) in files.items()}
+    date_col = np.array([dates[f] for f in file_col], np.float64) + np.nan_to_num(time_col)
+    np.save(arrays / "entry_file.npy", file_col)
+    np.save(arrays / "entry_time.npy", time_col)
+    np.save(arrays / "entry_date.npy", date_col)
+    _transpose(arrays / "unit_rows.npy", arrays / "units.npy")
+    _transpose(arrays / "unit_pos_rows.npy", arrays / "unit_pos.npy")
+    _postings(arrays, len(extractor.model.labels) if extractor.model.labels else extractor.classes, n)
+    skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
+    done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True,
+            "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3)}
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in done.items()])
+    conn.commit()
+    conn.close()
+    os.replace(arrays, out / arrays.name)
+    os.replace(partial.dir / DB_NAME, out / DB_NAME)  # the commit point: the index is complete from here on
+
+
+def _transpose(src: Path, dst: Path, block: int = 8192) -> None:
+    """(N, U) rows -> (U, N) columns, a block of rows at a time (unit search reads one column)."""
+    rows = load_rows(src)
+    n, u = rows.shape
+    if n == 0:
+        np.save(dst, np.zeros((u, 0), rows.dtype))
+        src.unlink()
+        return
+    out = np.lib.format.open_memmap(dst, mode="w+", dtype=rows.dtype, shape=(u, n))
+    for a in range(0, n, block):
+        out[:, a:a + block] = np.asarray(rows[a:a + block]).T
+    out.flush()
+    del out, rows
+    src.unlink()
+
+
+def _postings(arrays: Path, classes: int, n: int, block: int = 65536) -> None:
+    """The inverted lists class -> (entry, probability), entries ascending within a class."""
+    top_class, top_prob = load_rows(arrays / "top_class.npy"), load_rows(arrays / "top_prob.npy")
+    counts = np.zeros(classes, np.int64)
+    for a in range(0, n, block):
+        c = np.asarray(top_class[a:a + block]).ravel()
+        counts += np.bincount(c[c >= 0], minlength=classes)[:classes]
+    offsets = np.zeros(classes + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    entry = np.lib.format.open_memmap(arrays / "post_entry.npy", mode="w+", dtype=np.int32, shape=(total,)) if total else np.zeros(0, np.int32)
+    prob = np.lib.format.open_memmap(arrays / "post_prob.npy", mode="w+", dtype=np.float16, shape=(total,)) if total else np.zeros(0, np.float16)
+    cursor = offsets[:-1].copy()
+    for a in range(0, n, block):
+        c = np.asarray(top_class[a:a + block])
+        rows = np.broadcast_to(np.arange(a, a + len(c), dtype=np.int32)[:, None], c.shape).ravel()
+        p, c = np.asarray(top_prob[a:a + block]).ravel(), c.ravel()
+        keep = c >= 0
+        c, rows, p = c[keep], rows[keep], p[keep]
+        order = np.argsort(c, kind="stable")  # by class, rows ascending within it
+        c, rows, p = c[order], rows[order], p[order]
+        first = np.searchsorted(c, np.arange(classes))
+        place = cursor[c] + (np.arange(len(c)) - first[c])
+        entry[place] = rows
+        prob[place] = p
+        cursor += np.bincount(c, minlength=classes)[:classes]
+    if total:
+        entry.flush()
+        prob.flush()
+    else:
+        np.save(arrays / "post_entry.npy", entry)
+        np.save(arrays / "post_prob.npy", prob)
+    np.save(arrays / "post_offsets.npy", offsets)
+
+
+def _cleanup(out: Path) -> None:
+    """Remove ``.partial`` and the arrays of earlier versions of the index."""
+    with sqlite3.connect(f"file:{(out / DB_NAME).resolve()}?mode=ro", uri=True) as conn:
+        current = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'arrays'").fetchone()[0])
+    conn.close()
+    for p in out.iterdir():
+        if p.is_dir() and p.name.startswith("arrays-") and p.name != current:
+            shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)

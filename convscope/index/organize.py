@@ -1,0 +1,197 @@
+"""Organize an index: groups of near-duplicate files, and albums.
+
+* Duplicates: files with the same SHA-256 first; then files whose embeddings have a cosine of
+  at least :data:`DUPLICATE_COSINE` (a photo's embedding; a video's mean frame embedding),
+  joined transitively (union-find). All pairs are compared, in blocks of float16 products:
+  O(files^2) work, seconds for ten thousand files.
+* Albums: by WordNet category, at a readable depth (:data:`ALBUMS`, first match wins), for
+  files whose probability mass in one category is at least :data:`ALBUM_CONFIDENCE`; the rest
+  are clustered by embedding (agglomerative, average linkage on cosine distance; k-means past
+  :data:`AGGLOMERATIVE_LIMIT` files) and named after their most common top class.
+
+>>> [g["paths"] for g in duplicates(store)]
+[['/photos/cat.png', '/photos/cat-small.jpg', '/photos/cat-flipped.png']]
+>>> albums(store)[0]
+{'album': 'animals > cats', 'paths': ['/photos/cat.png', ...]}
+"""
+from __future__ import annotations
+
+import functools
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from .store import IndexStore
+
+#: Cosine of the embeddings above which two files are near-duplicates. Measured on resized,
+#: recompressed, cropped and flipped copies of the 500 dev photos (BENCHMARKS.md).
+DUPLICATE_COSINE = 0.80
+#: Probability mass of a category's classes above which a file goes to that category's album.
+ALBUM_CONFIDENCE = 0.5
+#: Albums by WordNet category: (album name, query words), most specific first.
+ALBUMS = (
+    ("animals > dogs", "dog"), ("animals > cats", "cat, big cat"), ("animals > birds", "bird"), ("animals > fish", "fish"),
+    ("animals > reptiles and amphibians", "reptile, amphibian"), ("animals > insects and spiders", "insect, arachnid"),
+    ("animals > primates", "primate"), ("animals > mammals", "mammal"), ("animals > sea life", "invertebrate"),
+    ("animals", "animal"), ("food > fruit and vegetables", "fruit, vegetable"), ("food", "food, dish"),
+    ("vehicles > cars", "car"), ("vehicles > boats", "boat, ship"), ("vehicles > aircraft", "aircraft"), ("vehicles", "vehicle"),
+    ("nature > plants", "plant, flower"), ("nature > landscapes", "geological formation"), ("music", "musical instrument"),
+    ("clothing", "clothing"), ("buildings", "structure"), ("furniture", "furniture"), ("sports", "sports equipment"),
+    ("things > containers", "container"), ("things > devices", "device"),
+)
+
+
+@functools.cache
+def _album_of_class() -> dict[int, str]:
+    from ..vocab import Vocabulary
+
+    vocab = Vocabulary.load()
+    found: dict[int, str] = {}
+    for name, words in ALBUMS:
+        for c in vocab.classes_for(words).paths:
+            found.setdefault(c, name)
+    return found
+
+
+def album_for(class_index: int) -> str | None:
+    """The album of an ImageNet class (``"animals > dogs"`` for 207), or None if no category
+    of :data:`ALBUMS` holds it."""
+    return _album_of_class().get(int(class_index))
+
+
+def file_vectors(store: IndexStore) -> tuple[list[int], np.ndarray]:
+    """File ids and one unit vector per file (float32, (F, D)): a photo's embedding, a video's
+    normalized mean frame embedding."""
+    files = store.files()
+    ids = list(files)
+    vectors = np.zeros((len(ids), store.embedding.shape[1]), np.float32)
+    for i, fid in enumerate(ids):
+        f = files[fid]
+        v = np.asarray(store.embedding[f["first_row"]:f["first_row"] + f["rows"]], np.float32).mean(0)
+        vectors[i] = v / max(float(np.linalg.norm(v)), 1e-12)
+    return ids, vectors
+
+
+class _Union:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def duplicates(store: IndexStore, *, threshold: float = DUPLICATE_COSINE, block: int = 4096) -> list[dict]:
+    """Groups of near-duplicate files, ``[{"paths": [...]}, ...]``: exact copies (same SHA-256)
+    and files whose embeddings have a cosine of at least ``threshold`` (resized, recompressed,
+    cropped, flipped or re-encoded copies). Paths in index order; groups by their first file.
+
+    >>> duplicates(store)
+    [{'paths': ['/photos/cat.png', '/photos/copy/cat.jpg']}]
+    """
+    import torch
+
+    if not -1 <= threshold <= 1:
+        raise ValueError(f"threshold is a cosine between -1 and 1, got {threshold!r}")
+    files = store.files()
+    ids, vectors = file_vectors(store)
+    union = _Union(len(ids))
+    by_hash: dict[str, int] = {}
+    for i, fid in enumerate(ids):
+        h = files[fid]["sha256"]
+        if h in by_hash:
+            union.join(by_hash[h], i)
+        else:
+            by_hash[h] = i
+    half = torch.from_numpy(vectors).half()
+    for a in range(0, len(ids), block):
+        sims = (half[a:a + block] @ half[a:].T).float().numpy()
+        ii, jj = np.nonzero(sims >= threshold)
+        for i, j in zip((ii + a).tolist(), (jj + a).tolist()):
+            if j > i:
+                union.join(i, j)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(ids)):
+        groups[union.find(i)].append(i)
+    return [{"paths": [files[ids[i]]["path"] for i in members]} for _, members in sorted(groups.items()) if len(members) > 1]
+
+
+def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_distance: float = 0.5) -> list[dict]:
+    """Albums ``[{"album": str, "paths": [...]}, ...]``: a file goes to the WordNet category
+    (:func:`album_for`) whose classes hold at least ``confidence`` of its probability (summed
+    as a keyword query sums them; a video's averaged over its frames); the rest are
+    clustered by embedding (average linkage, cosine distance under ``cluster_distance``) into
+    albums named ``"similar: <most common top class>"``, and single leftovers into "other".
+    Albums are sorted by name.
+
+    >>> albums(store)
+    [{'album': 'animals > cats', 'paths': [...]}, {'album': 'food', 'paths': [...]}, ...]
+    """
+    files = store.files()
+    ids, vectors = file_vectors(store)
+    named: dict[str, list[int]] = defaultdict(list)
+    rest: list[int] = []
+    top_of: dict[int, int] = {}
+    keyword = len(store.labels) == 1000
+    for i, fid in enumerate(ids):
+        f = files[fid]
+        rows = slice(f["first_row"], f["first_row"] + f["rows"])
+        classes = np.asarray(store.top_class[rows])
+        probs = np.asarray(store.top_prob[rows], np.float32)
+        top_of[i] = int(Counter(classes[:, 0].tolist()).most_common(1)[0][0])
+        # an album's mass: the probability of its classes, as a keyword query scores it
+        mass: Counter = Counter()
+        for c, p in zip(classes.ravel().tolist(), probs.ravel().tolist()):
+            album = album_for(c) if keyword and c >= 0 else None
+            if album is not None:
+                mass[album] += p / len(classes)
+        best = mass.most_common(1)
+        if best and best[0][1] >= confidence:
+            named[best[0][0]].append(i)
+        else:
+            rest.append(i)
+    if len(rest) >= 2:
+        labels = _clusters(vectors[rest], cluster_distance)
+        clusters: dict[int, list[int]] = defaultdict(list)
+        for i, lab in zip(rest, labels.tolist()):
+            clusters[lab].append(i)
+        for members in clusters.values():
+            if len(members) == 1:
+                named["other"].append(members[0])
+                continue
+            common = Counter(top_of[i] for i in members).most_common(1)[0][0]
+            label = store.labels[common] if common >= 0 else "unknown"
+            name, n = f"similar: {label}", 1
+            while name in named:
+                n += 1
+                name = f"similar: {label} ({n})"
+            named[name].extend(members)
+    elif rest:
+        named["other"].extend(rest)
+    return [{"album": name, "paths": [files[ids[i]]["path"] for i in sorted(members)]} for name, members in sorted(named.items())]
+
+
+#: Above this many files to cluster, k-means replaces agglomerative clustering (whose memory
+#: grows with the square of the count).
+AGGLOMERATIVE_LIMIT = 5000
+
+
+def _clusters(vectors: np.ndarray, distance: float) -> np.ndarray:
+    """Cluster labels of unit ``vectors``: average-linkage agglomerative clustering cut at cosine
+    ``distance``; past :data:`AGGLOMERATIVE_LIMIT` files, mini-batch k-means with one cluster per
+    20 files (spherical: on unit vectors, Euclidean k-means follows the cosine)."""
+    if len(vectors) <= AGGLOMERATIVE_LIMIT:
+        from sklearn.cluster import AgglomerativeClustering
+
+        return AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
+                                       distance_threshold=distance).fit_predict(vectors)
+    from sklearn.cluster import MiniBatchKMeans
+
+    return MiniBatchKMeans(n_clusters=len(vectors) // 20, random_state=0, n_init=1).fit_predict(vectors)

@@ -1,0 +1,294 @@
+"""Queries over an index: a keyword, a photo like this one, a unit of the network; each result
+says why it came.
+
+* Keyword: the words map to ImageNet classes through WordNet (:mod:`convscope.vocab`); an
+  entry's score is the sum of the classifier's probabilities of the matched classes, summed
+  with one ``np.bincount`` over the inverted lists class -> (entry, probability) of those
+  classes, so a query reads only the lists of its classes.
+* Like: cosine of the embeddings, exact, in chunks over the memory map: a float16
+  matrix-vector product per chunk finds the candidates, which are then ranked by the float32
+  dot product (the float16 product is within 2e-3 of it, so the candidates within that margin
+  of the k-th include the exact top k).
+* Unit: the entries with the highest spatial maximum of one unit, the position of that
+  maximum, and its receptive-field box on the model input (from the model's layer catalogue).
+
+Frames of one video that match in a row merge into one segment: ``time`` its start, ``end``
+its end, the score and the why of its best frame.
+
+>>> store = IndexStore.open("photos.index")
+>>> search(store, "dog", top=5)[0].to_json()
+{'path': '/photos/rex.jpg', 'time': None, 'score': 0.97, 'why': [{'index': 207, 'label': 'golden retriever', ...}]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Callable, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ConvscopeError
+from .store import IndexStore
+
+#: Default cut-off of a keyword score. On the dev photos (15 hypernym queries, BENCHMARKS.md) a
+#: cut-off of 0.2 keeps 97.9 percent of the relevant photos at a precision of 0.925; 0.1 gains
+#: 0.9 points of recall for 7 of precision, 0.3 the reverse. Sorting by score puts the doubtful
+#: ones last anyway; sorting by date is where the cut-off shows, and there 0.2 errs on the side
+#: of not hiding a photo.
+MIN_SCORE = 0.2
+SORTS = ("score", "date")
+#: Float16 dot products are within this of the float32 ones for unit vectors (measured error
+#: 4e-5 plus the float16 rounding of the result, 2.4e-4 near 1): candidates within it of the
+#: k-th best are ranked again in float32.
+_HALF_MARGIN = 2e-3
+LIKE_CHUNK = 32768
+
+
+@dataclasses.dataclass
+class Why:
+    """One matched class of a keyword result: its ``index``, ``label``, the ``probability`` the
+    classifier gave it, and the WordNet ``path`` from the class up to the query word."""
+
+    index: int
+    label: str
+    probability: float
+    path: list[str]
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "label": self.label, "probability": round(self.probability, 6), "path": list(self.path)}
+
+
+@dataclasses.dataclass
+class Result:
+    """One hit. ``path``: the file; ``time``: seconds into a video (None for a photo), the start
+    of a segment; ``end``: the segment's last matching frame time (None for a photo or a single
+    frame); ``score``: keyword score (probability mass of the matched classes, 0..1), cosine
+    (like) or the unit's activation (unit); ``why``: the matched classes (keyword only);
+    ``entry``: the row of the best frame (for thumbnails and explanations); ``date``: its sort
+    date (Unix seconds); for a unit result ``position``, the (y, x) of the maximum on the
+    layer's map, and ``box``, its receptive field ``(top, left, bottom, right)`` on the model
+    input."""
+
+    path: str
+    time: float | None
+    score: float
+    why: list[Why] = dataclasses.field(default_factory=list)
+    end: float | None = None
+    entry: int = -1
+    date: float | None = None
+    position: tuple[int, int] | None = None
+    box: tuple[int, int, int, int] | None = None
+
+    def to_json(self) -> dict:
+        """The JSON record: ``{"path", "time", "score", "why"}``, plus ``"end"`` for a video segment
+        and ``"box"`` for a unit result."""
+        out = {"path": self.path, "time": self.time, "score": round(float(self.score), 6), "why": [w.to_json() for w in self.why]}
+        if self.end is not None:
+            out["end"] = self.end
+        if self.box is not None:
+            out["box"] = list(self.box)
+        return out
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _check_top(top: int) -> None:
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be a whole number of results, at least 1, got {top!r}")
+
+
+def segments(store: IndexStore, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Merge consecutive matching frames of one video: ``rows`` (ascending) and their ``scores``
+    -> (best row, best score, first row, last row) per segment; a photo is its own segment."""
+    if len(rows) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, np.zeros(0), empty, empty
+    files = np.asarray(store.entry_file[rows])
+    video = ~np.isnan(np.asarray(store.entry_time[rows]))
+    brk = np.ones(len(rows), bool)
+    brk[1:] = (np.diff(rows) != 1) | (files[1:] != files[:-1]) | ~video[1:] | ~video[:-1]
+    seg = np.cumsum(brk) - 1
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], len(rows)) - 1
+    # best frame of each segment: the highest score, the first on a tie
+    order = np.lexsort((rows, -scores, seg))
+    first_of_seg = order[np.searchsorted(seg[order], np.arange(len(starts)))]
+    return rows[first_of_seg], scores[first_of_seg], rows[starts], rows[ends]
+
+
+def _results(store: IndexStore, best, score, first, last, sort: str, top: int) -> list[Result]:
+    if sort == "date":
+        dates = np.asarray(store.entry_date[first])
+        order = np.lexsort((first, -dates))  # newest first
+    else:
+        order = np.lexsort((first, -score))
+    order = order[:top]
+    rows = [int(best[i]) for i in order]
+    files = store.files([int(store.entry_file[r]) for r in rows])
+    out = []
+    for i in order:
+        b, f, l = int(best[i]), int(first[i]), int(last[i])
+        record = files[int(store.entry_file[b])]
+        t0 = store.entry_time[f]
+        time = None if math.isnan(t0) else float(t0)
+        end = float(store.entry_time[l]) if time is not None and l != f else None
+        out.append(Result(record["path"], time, float(score[i]), end=end, entry=b, date=float(store.entry_date[f])))
+    return out
+
+
+# --------------------------------------------------------------------------- keyword
+
+
+def keyword_scores(store: IndexStore, classes: Sequence[int]) -> np.ndarray:
+    """(N,) float64: per entry, the sum of its stored probabilities of ``classes``."""
+    offsets = store.post_offsets
+    spans = [(offsets[c], offsets[c + 1]) for c in sorted({int(c) for c in classes})
+             if 0 <= c < len(offsets) - 1 and offsets[c + 1] > offsets[c]]
+    if not spans:
+        return np.zeros(store.entries)
+    # one pass of bincount over the gathered lists: twice as fast as adding list by list
+    entries = np.concatenate([store.post_entry[a:b] for a, b in spans])
+    probs = np.concatenate([store.post_prob[a:b] for a, b in spans]).astype(np.float64)
+    return np.bincount(entries, weights=probs, minlength=store.entries)
+
+
+def search(store: IndexStore, query: str, *, top: int = 20, min_score: float = MIN_SCORE, sort: str = "score",
+           paths: Mapping[int, Sequence[str]] | None = None) -> list[Result]:
+    """The entries that ``query`` (a word or phrase, see ``docs/search.md``) matches, best first.
+
+    Score: the sum of the classifier's probabilities over the classes the query names (0..1).
+    Entries under ``min_score`` are left out; ``sort``: "score" (highest first) or "date"
+    (newest first: EXIF date, else the file's mtime). ``paths``: the matched classes with their
+    WordNet paths, to use instead of looking ``query`` up in :class:`convscope.vocab.Vocabulary`.
+    Unknown words raise :class:`~convscope.errors.UnknownNameError` with close matches.
+
+    >>> [r.path for r in search(store, "cat", top=3)]
+    ['/photos/chelsea.png', ...]
+    """
+    _check_top(top)
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    if not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
+        raise ValueError(f"min_score must be a probability between 0 and 1, got {min_score!r}")
+    if paths is None:
+        if len(store.labels) != 1000:
+            raise ConvscopeError(f"keyword search needs a model of the 1,000 ImageNet classes; this index's model has {len(store.labels)} classes")
+        from ..vocab import Vocabulary
+
+        paths = Vocabulary.load().classes_for(query).paths
+    scores = keyword_scores(store, list(paths))
+    rows = np.flatnonzero(scores >= min_score) if min_score > 0 else np.flatnonzero(scores > 0)
+    best, score, first, last = segments(store, rows, scores[rows])
+    results = _results(store, best, score, first, last, sort, top)
+    for r in results:
+        r.why = why(store, r.entry, paths)
+    return results
+
+
+def why(store: IndexStore, row: int, paths: Mapping[int, Sequence[str]]) -> list[Why]:
+    """The matched classes among entry ``row``'s stored ones, most probable first."""
+    out = []
+    for c, p in zip(store.top_class[row].tolist(), store.top_prob[row].tolist()):
+        if c >= 0 and c in paths:
+            out.append(Why(int(c), store.labels[c], float(p), list(paths[c])))
+    return out
+
+
+# --------------------------------------------------------------------------- like
+
+
+def nearest(store: IndexStore, vector: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
+            chunk: int = LIKE_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` entries of highest cosine with ``vector`` (D,), exact: (rows, cosines), best
+    first (ties: lower row first). ``exclude``: a boolean mask (N,) of rows left out. Memory: one
+    chunk of ``chunk`` rows at a time."""
+    import torch
+
+    q = np.asarray(vector, np.float32).ravel()
+    norm = float(np.linalg.norm(q))
+    if q.shape[0] != store.embedding.shape[1] or not norm > 0:
+        raise ValueError(f"a like query needs a non-zero vector of {store.embedding.shape[1]} numbers, got shape {q.shape}")
+    q = q / norm
+    q_half = torch.from_numpy(q).half()
+    n, d = store.embedding.shape
+    cand_rows, cand_sims = [], []
+    kth = -np.inf
+    for a in range(0, n, chunk):
+        with warnings.catch_warnings():  # the memory map is read-only, and is only read
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            block = torch.from_numpy(np.ascontiguousarray(store.embedding[a:a + chunk]))
+        sims = (block.view(-1, d) @ q_half).float().numpy()
+        if exclude is not None:
+            sims[exclude[a:a + len(block)]] = -np.inf
+        keep = np.flatnonzero(sims >= kth - _HALF_MARGIN)
+        cand_rows.append(keep + a)
+        cand_sims.append(sims[keep])
+        merged = np.concatenate(cand_sims)
+        if len(merged) > k:
+            kth = max(kth, float(np.partition(merged, len(merged) - k)[len(merged) - k]))
+            good = merged >= kth - _HALF_MARGIN
+            cand_rows, cand_sims = [np.concatenate(cand_rows)[good]], [merged[good]]
+    rows = np.concatenate(cand_rows) if cand_rows else np.zeros(0, np.int64)
+    rows = rows[np.isfinite(np.concatenate(cand_sims))] if cand_rows else rows
+    rows = np.sort(rows)
+    exact = np.asarray(store.embedding[rows], np.float32) @ q  # the float32 ranking of the candidates
+    order = np.lexsort((rows, -exact))[:k]
+    return rows[order], exact[order]
+
+
+def like(store: IndexStore, vector: np.ndarray, *, top: int = 20, min_score: float = -1.0,
+         exclude_file: int | None = None) -> list[Result]:
+    """The entries most like ``vector`` (an embedding, (D,)) by cosine, best first; consecutive
+    frames of a video merge into a segment. ``exclude_file``: a file id left out (the query
+    photo itself). ``why`` is empty.
+
+    >>> like(store, store.embedding[0], top=5, exclude_file=int(store.entry_file[0]))
+    """
+    _check_top(top)
+    exclude = None
+    if exclude_file is not None:
+        exclude = np.asarray(store.entry_file) == exclude_file
+    rows, sims = nearest(store, vector, top * 4, exclude=exclude)  # room for frames that merge
+    keep = sims >= min_score
+    rows, sims = rows[keep], sims[keep].astype(np.float64)
+    order = np.argsort(rows, kind="stable")
+    best, score, first, last = segments(store, rows[order], sims[order])
+    return _results(store, best, score, first, last, "score", top)
+
+
+# --------------------------------------------------------------------------- unit
+
+
+BoxFn = Callable[[int, int], Tuple[int, int, int, int]]
+
+
+def unit(store: IndexStore, layer: str, index: int, *, top: int = 20, box: BoxFn | None = None) -> list[Result]:
+    """The entries whose unit ``index`` of ``layer`` reaches the highest spatial maximum, best
+    first; ``score``: the activation, ``position``: (y, x) of the maximum on the layer's map.
+    ``box(y, x)``: the receptive field ``(top, left, bottom, right)`` of a position on the
+    model input (``model.layers.get(layer).box``), stored in each result's ``box``. Frames
+    are not merged (each has its own box).
+
+    >>> unit(store, "blocks.4", 17, top=9, box=model.layers.get("blocks.4").box)[0].box
+    (48, 80, 144, 176)
+    """
+    _check_top(top)
+    info = store.layer(layer)
+    channels, _, width = info["shape"]
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < channels:
+        raise ValueError(f"layer {layer!r} has units 0..{channels - 1}, got {index!r}")
+    column = info["offset"] + int(index)
+    values = np.asarray(store.units[column], np.float32)
+    k = min(top, len(values))
+    if k == 0:
+        return []
+    part = np.argpartition(-values, k - 1)[:k] if k < len(values) else np.arange(len(values))
+    rows = part[np.lexsort((part, -values[part]))]
+    results = _results(store, rows, values[rows].astype(np.float64), rows, rows, "score", top)
+    for r in results:
+        r.position = divmod(int(store.unit_pos[column, r.entry]), width)
+        if box is not None:
+            r.box = tuple(int(v) for v in box(*r.position))
+    return results

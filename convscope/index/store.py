@@ -1,0 +1,280 @@
+"""The index on disk: an SQLite database of records and memory-mapped NumPy arrays of vectors.
+
+A folder (schema in ``docs/search.md``, "Index format")::
+
+    index.sqlite          meta, files, entries, thumbs, skipped   (the commit point)
+    arrays-<gen>/         top_class, top_prob, embedding (rows = entries);
+                          units, unit_pos (rows = units); post_* (the class -> entry lists);
+                          entry_file, entry_time, entry_date
+    .partial/             a build in progress: its database and arrays-<gen>/
+
+An entry is one photo or one sampled video frame; its row in every entry array is its
+``entries.row``. ``index.sqlite`` appears (or is replaced) by one atomic rename only when a
+build is complete, and names the arrays folder it goes with, so a reader sees the old index or
+the new one and never a mix.
+
+>>> store = IndexStore.open("photos.index")
+>>> store.entries, store.embedding.shape            # (1234, (1234, 1280))
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConvscopeError
+
+FORMAT = "convscope-index"
+FORMAT_VERSION = 1
+DB_NAME = "index.sqlite"
+PARTIAL = ".partial"
+#: Classes kept per entry, most probable first, and the smallest probability kept: measured on
+#: the dev photos (BENCHMARKS.md), 32 classes above 0.001 give keyword search the mean average
+#: precision of the full 1,000 probabilities (0.988 against 0.987) with a mean score error of
+#: 0.0026, and keep 14 classes an entry on average.
+TOP_CLASSES = 32
+PROB_FLOOR = 1e-3
+_HEADER = 128  # bytes reserved for an .npy header, so a growing array is rewritten in place
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, taken TEXT,
+    width INTEGER, height INTEGER, duration REAL, first_row INTEGER NOT NULL, rows INTEGER NOT NULL
+);
+CREATE TABLE entries (row INTEGER PRIMARY KEY, file INTEGER NOT NULL REFERENCES files(id), time REAL);
+CREATE TABLE thumbs (row INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);
+CREATE TABLE skipped (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
+"""
+
+
+class IncompleteIndexError(ConvscopeError):
+    """A folder whose index build stopped before the end."""
+
+
+# --------------------------------------------------------------------------- growing arrays
+
+
+def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """An .npy 1.0 header padded to exactly :data:`_HEADER` bytes (NumPy reads the padding)."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
+    body = text.encode("latin1")
+    pad = _HEADER - 10 - len(body) - 1
+    if pad < 0:
+        raise ValueError(f"array shape {shape} does not fit an .npy header of {_HEADER} bytes")
+    return b"\x93NUMPY\x01\x00" + (_HEADER - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+
+class RowFile:
+    """An .npy file that grows by rows: ``append`` writes rows at the end, ``commit`` rewrites the
+    header for the rows so far and fsyncs, ``truncate`` cuts it back to a committed row count (to
+    resume). Between commits the file reads as the last committed array.
+
+    >>> f = RowFile("probs.npy", np.float16, (32,))
+    >>> f.append(np.zeros((8, 32), np.float16)); f.commit(); f.rows      # 8
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype, row_shape: Sequence[int]):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(int(s) for s in row_shape)
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        new = not self.path.exists()
+        self._f = open(self.path, "w+b" if new else "r+b")
+        if new:
+            self._f.write(_header(self.dtype, (0, *self.row_shape)))
+            self._f.flush()
+        self.rows = (os.fstat(self._f.fileno()).st_size - _HEADER) // self.row_bytes
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path.name}: rows of shape {rows.shape[1:]} where {self.row_shape} was expected")
+        self._f.seek(_HEADER + self.rows * self.row_bytes)
+        self._f.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def truncate(self, rows: int) -> None:
+        self._f.truncate(_HEADER + rows * self.row_bytes)
+        self.rows = rows
+        self.commit()
+
+    def commit(self) -> None:
+        self._f.seek(0)
+        self._f.write(_header(self.dtype, (self.rows, *self.row_shape)))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+def load_rows(path: Path) -> np.ndarray:
+    """An .npy array memory-mapped read-only (an empty one read into memory: mmap cannot map
+    0 bytes)."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)
+    if 0 in shape:
+        return np.load(path)
+    return np.load(path, mmap_mode="r")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_meta(conn: sqlite3.Connection) -> dict:
+    return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def resume_hint(root: Path) -> str:
+    return f"finish it with Index.build(..., {str(root)!r}, resume=True) and the same inputs (`convscope index PATHS --out {root}` again)"
+
+
+class IndexStore:
+    """A finished index, read-only: metadata and records through SQLite, vectors memory-mapped.
+
+    Entry arrays (``N`` entries): ``top_class`` (N, 32) int16 and ``top_prob`` (N, 32) float16,
+    the most probable classes (-1 / 0 past the last above 0.001); ``embedding`` (N, D) float16,
+    L2-normalized; ``entry_file`` (N,) int32 file ids; ``entry_time`` (N,) float32 seconds
+    into a video (NaN for a photo); ``entry_date`` (N,) float64 Unix seconds (EXIF date, else
+    the file's mtime; plus the frame time). Unit arrays (``U`` units of all indexed layers side
+    by side): ``units`` (U, N) float16 spatial maxima and ``unit_pos`` (U, N) int16 positions.
+
+    >>> store = IndexStore.open("photos.index")
+    >>> store.info()["entries"]
+    """
+
+    def __init__(self, root: Path, conn: sqlite3.Connection, meta: dict):
+        self.root = root
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.meta = meta
+        arrays = root / meta["arrays"]
+        self.arrays_dir = arrays
+
+        def load(name):
+            return load_rows(arrays / f"{name}.npy")
+
+        self.top_class = load("top_class")
+        self.top_prob = load("top_prob")
+        self.embedding = load("embedding")
+        self.units = load("units")
+        self.unit_pos = load("unit_pos")
+        self.post_offsets = np.asarray(load("post_offsets"))
+        self.post_entry = load("post_entry")
+        self.post_prob = load("post_prob")
+        self.entry_file = load("entry_file")
+        self.entry_time = load("entry_time")
+        self.entry_date = load("entry_date")
+        self.entries = int(meta["entries"])
+        self.labels: list[str] = meta["labels"]
+        self.layers: list[dict] = meta["layers"]
+        self._paths: dict[int, dict] = {}
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "IndexStore":
+        """Open the index in ``directory``; an unfinished build raises :class:`IncompleteIndexError`
+        (one line that says to resume it)."""
+        root = Path(directory)
+        db = root / DB_NAME
+        if not db.is_file():
+            if (root / PARTIAL).exists():
+                raise IncompleteIndexError(f"the index in {root} is incomplete (its build stopped before the end); {resume_hint(root)}")
+            if not root.is_dir():
+                raise ConvscopeError(f"no index folder {root}; build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {root}`)")
+            raise ConvscopeError(f"{root} holds no index ({DB_NAME} is missing); build one with `convscope index PATHS --out {root}`")
+        try:
+            conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            meta = read_meta(conn)
+        except sqlite3.DatabaseError as exc:
+            raise ConvscopeError(f"{db} is not a readable index database ({exc}); build the index again") from None
+        if meta.get("format") != FORMAT:
+            conn.close()
+            raise ConvscopeError(f"{db} is not a convscope index; build one with `convscope index PATHS --out {root}`")
+        if meta.get("version") != FORMAT_VERSION:
+            conn.close()
+            raise ConvscopeError(f"{db} is an index of format version {meta.get('version')}; this convscope reads version {FORMAT_VERSION}: build it again")
+        if meta.get("complete") is not True:
+            conn.close()
+            raise IncompleteIndexError(f"the index in {root} is incomplete (its build stopped before the end); {resume_hint(root)}")
+        return cls(root, conn, meta)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def query(self, sql: str, args: Sequence = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    # ----------------------------------------------------------------- records
+
+    def files(self, ids: Sequence[int] | None = None) -> dict[int, dict]:
+        """File records by id (all of them, or those of ``ids``): path, kind ("photo"/"video"),
+        size, mtime_ns, sha256, taken, width, height, duration, first_row, rows."""
+        if ids is None:
+            return {r["id"]: dict(r) for r in self.query("SELECT * FROM files ORDER BY id")}
+        want = sorted({int(i) for i in ids} - set(self._paths))
+        for start in range(0, len(want), 900):  # SQLite's limit on bound parameters
+            part = want[start:start + 900]
+            rows = self.query(f"SELECT * FROM files WHERE id IN ({','.join('?' * len(part))})", part)
+            for r in rows:
+                self._paths[r["id"]] = dict(r)
+        return {int(i): self._paths[int(i)] for i in ids}
+
+    def file_of(self, path: str | os.PathLike) -> dict | None:
+        """The file record of an indexed ``path`` (absolute or as given), or None."""
+        key = os.path.normpath(os.path.abspath(os.fspath(path)))
+        rows = self.query("SELECT * FROM files WHERE path = ?", [key])
+        return dict(rows[0]) if rows else None
+
+    def thumbnail(self, row: int) -> bytes:
+        """The JPEG thumbnail of entry ``row`` (at most 160 x 160 pixels)."""
+        rows = self.query("SELECT jpeg FROM thumbs WHERE row = ?", [int(row)])
+        if not rows:
+            raise IndexError(f"entry {row} is not in this index of {self.entries} entries")
+        return bytes(rows[0]["jpeg"])
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """The files the build skipped, with their one-line reasons."""
+        return [(r["path"], r["reason"]) for r in self.query("SELECT path, reason FROM skipped ORDER BY path")]
+
+    def layer(self, name: str) -> dict:
+        """An indexed layer: name, offset (its first column in the unit arrays), shape (C, H, W)."""
+        for layer in self.layers:
+            if layer["name"] == name:
+                return layer
+        from ..errors import unknown_name_error
+
+        raise unknown_name_error("layer", name, [l["name"] for l in self.layers],
+                                 hint="The index keeps the units of these layers only.")
+
+    def info(self) -> dict:
+        """A summary: entries, files (photos, videos), skipped, model, layers, fps, built, seconds."""
+        kinds = dict(self.query("SELECT kind, COUNT(*) FROM files GROUP BY kind"))
+        m = self.meta
+        return {
+            "path": str(self.root), "entries": self.entries, "photos": kinds.get("photo", 0), "videos": kinds.get("video", 0),
+            "skipped": m.get("skipped", 0), "model": m["model"]["spec"], "layers": [l["name"] for l in self.layers],
+            "units": int(self.units.shape[0]), "embedding_dim": int(self.embedding.shape[1]), "fps": m["fps"],
+            "top_classes": m["top_classes"], "prob_floor": m["prob_floor"], "built": m.get("built"), "seconds": m.get("seconds"),
+        }
+
+    def __repr__(self) -> str:
+        return f"IndexStore({str(self.root)!r}, entries={self.entries})"
