@@ -23,29 +23,17 @@ from convscope.errors import ConvscopeError
 from convscope.hooks import hook_count
 from convscope.models import Preprocessing, load_model
 
+from tests.tiny import TinyNet, pooled
+
 SIZE = 32
 LAYERS = ["features.1", "features.4", "features"]
 SETTINGS = dict(layers=LAYERS, top=4, crops="1,2", batch_size=8, workers=0, checkpoint_every=3)
 
 
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(12, 16, 3, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
 def tiny_model():
     torch.manual_seed(0)
     prep = Preprocessing((SIZE, SIZE), SIZE, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    return load_model(TinyNet(), preprocessing=prep, device="cpu")
+    return load_model(TinyNet(*pooled()), preprocessing=prep, device="cpu")
 
 
 def make_photos(folder: Path, n: int = 20) -> list[str]:
@@ -283,6 +271,7 @@ def _files(root: Path) -> dict:
 SCRIPT = """
 import sys, time, torch
 sys.path.insert(0, {tests!r})
+sys.path.insert(0, {tests!r}.rpartition('/')[0])
 from test_atlas import tiny_model, SETTINGS
 from convscope.atlas import build
 torch.set_num_threads({threads})
@@ -330,6 +319,7 @@ def test_killed_build_reads_incomplete_and_resumes_exactly(model, photos, atlas_
 KILLED_WRITING = """
 import os, signal, sys, torch
 sys.path.insert(0, {tests!r})
+sys.path.insert(0, {tests!r}.rpartition('/')[0])
 from test_atlas import tiny_model, SETTINGS
 from convscope.atlas import build
 torch.set_num_threads({threads})
@@ -510,7 +500,7 @@ def test_an_uncopyable_model_is_projected_as_it_is_with_one_warning():
 
     from convscope.backproject import projection_module
 
-    net = TinyNet().eval()
+    net = TinyNet(*pooled()).eval()
     net.lock = threading.Lock()  # deepcopy: "cannot pickle '_thread.lock' object"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -22,29 +22,15 @@ from convscope.featvis.transforms import Compose, Jitter, Pad, RandomRotate, Ran
 from convscope.hooks import forward_layers, hook_count
 from convscope.models import Preprocessing, load_model
 
+from tests.tiny import TinyNet, strided
+
 SIZE = 48
 FAST = dict(steps=10, size=SIZE, progress=False)
 
 
-class TinyNet(nn.Module):
-    """Conv-BN-ReLU(inplace) x3, stride 4 in all, and a linear head."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-            nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
 def tiny_model():
     torch.manual_seed(0)
-    net = TinyNet()
+    net = TinyNet(*strided(), classes=5)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval vs train mode matters
         for m in net.modules():
             if isinstance(m, nn.Conv2d):  # ReLU-preserving scale, so units respond from the start

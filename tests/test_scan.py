@@ -5,35 +5,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from convscope.errors import ConvscopeError
 from convscope.hooks import hook_count
 from convscope.models import Preprocessing, load_model
 from convscope.scan import Crops, ScanState, Sketch, _order_key, merge, scan
 
+from tests.tiny import TinyNet, pooled
+
 SIZE = 32
-
-
-class TinyNet(nn.Module):
-    """Three conv stages (an in-place ReLU among them) and a head; ~3k parameters."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(12, 16, 3, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 def tiny_model():
     torch.manual_seed(0)
-    net = TinyNet()
+    net = TinyNet(*pooled(batchnorm=True))
     with torch.no_grad():  # non-trivial batch-norm statistics
         net.features[4].running_mean.uniform_(-0.2, 0.2)
         net.features[4].running_var.uniform_(0.5, 1.5)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 
 httpx = pytest.importorskip("httpx")
@@ -17,23 +16,10 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from convscope.web import create_app, export_static  # noqa: E402
 
+from tests.tiny import TinyNet, small  # noqa: E402
+
 
 # --------------------------------------------------------------------------- a tiny real atlas
-
-
-class TinyNet(nn.Module):
-    """Two conv stages at 64 x 64 input: small enough to build a whole atlas in seconds."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 LAYERS = {"features.1": 8, "features": 6}
@@ -46,7 +32,7 @@ def tiny_model():
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = TinyNet()
+        net = TinyNet(*small())
     prep = Preprocessing((64, 64), 64, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     return load_model(net, preprocessing=prep, labels=[f"thing {i}" for i in range(10)], device="cpu")
 
@@ -532,7 +518,7 @@ def test_serve_and_export_commands(atlas_dir, tmp_path):
     from convscope.cli import main
 
     runner = CliRunner()
-    r = runner.invoke(main, ["export", str(atlas_dir), "--static", str(tmp_path / "site")])
+    r = runner.invoke(main, ["export", str(atlas_dir), "--out", str(tmp_path / "site")])
     assert r.exit_code == 0, r.output
     assert "wrote 59 pages" in r.output and (tmp_path / "site" / "index.html").is_file()
     r = runner.invoke(main, ["serve", str(tmp_path / "nothing-here")])
