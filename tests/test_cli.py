@@ -55,7 +55,8 @@ def test_help_of_every_command_imports_no_torch():
     assert out.returncode == 0, out.stderr
     seen = out.stdout.strip().splitlines()[-1].split("|")
     assert {"classify", "layers", "models", "atlas", "atlas build", "atlas info", "atlas show", "project",
-            "featvis", "explain", "invariance", "serve", "export", "demo"} <= set(seen)
+            "featvis", "explain", "invariance", "serve", "export", "demo", "index", "search", "duplicates",
+            "organize", "evolve", "probe"} <= set(seen)
 
 
 def test_a_command_imports_only_its_own_module():
@@ -86,10 +87,13 @@ def test_package_names_load_on_first_use():
 
 def test_written_out_names_agree_with_the_library():
     """--help lists names without importing the registries; they must not drift."""
-    from convscope import backproject, explain, featvis, model_names, models
+    from convscope import backproject, evolve, explain, featvis, index, model_names, models, probe
     from convscope.cli import explain as explain_cli
     from convscope.cli import featvis as featvis_cli
     from convscope.cli import project as project_cli
+    from convscope.cli import search as search_cli
+    from convscope.cli import training as training_cli
+    from convscope.index import search
 
     assert project_cli.METHODS == {name: rule.description for name, rule in backproject.METHODS.items()}
     assert explain_cli.METHODS == tuple(explain.METHODS)
@@ -97,6 +101,9 @@ def test_written_out_names_agree_with_the_library():
     assert featvis_cli.PARAMS == tuple(featvis.PARAMS)
     assert list(model_names.BUILTIN) == models.available_models()
     assert models.DEFAULT_MODEL == model_names.DEFAULT_MODEL
+    assert search_cli.MIN_SCORE == index.MIN_SCORE and search_cli.SORTS == search.SORTS
+    assert training_cli.DEFAULT_UNITS == evolve.DEFAULT_UNITS and training_cli.POOLS == probe.POOLS
+    assert set(training_cli.EVOLVE_METHODS) <= set(backproject.METHODS)
 
 
 def test_imagenet_labels_are_timms():
@@ -264,7 +271,7 @@ def test_demo_model_builds_its_own_recipe(monkeypatch, tmp_path):
     assert asked[2] == {**demo.RECIPE, "model": "torchvision:resnet18", "pretrained": False, "layers": default}
 
 
-def test_atlas_build_show_export_records(photo, tmp_path):
+def test_atlas_build_show_export_records(photo, tmp_path, monkeypatch):
     from convscope.atlas import Atlas
 
     out = tmp_path / "atlas"
@@ -285,3 +292,22 @@ def test_atlas_build_show_export_records(photo, tmp_path):
     res = CliRunner().invoke(main, ["export", str(out), "--static", str(tmp_path / "old"), "--model", "timm:resnet18"])
     assert res.exit_code == 2 and "was built with 'torchvision:resnet18', not 'timm:resnet18'" in res.output
     assert "note: --static is deprecated" in res.output
+    res = CliRunner().invoke(main, ["atlas", "info", str(out), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["unreadable"] == []
+    monkeypatch.setattr(Atlas, "unreadable", lambda self: [("/photos/gone\n.jpg", "cannot read (No such file)")])
+    res = CliRunner().invoke(main, ["atlas", "info", str(out), "--json"])
+    assert json.loads(res.stdout)["unreadable"] == [{"path": "/photos/gone\n.jpg", "reason": "cannot read (No such file)"}]
+    res = CliRunner().invoke(main, ["atlas", "info", str(out)])
+    assert res.exit_code == 0 and "unreadable   1 scanned photo(s)" in res.stdout
+    assert "  /photos/gone\\n.jpg: cannot read (No such file)\n" in res.stdout  # one line, the newline shown
+
+    import convscope.web
+
+    served = []
+    monkeypatch.setattr(convscope.web, "serve", lambda app, host, port: served.append((app, host, port)))
+    res = CliRunner().invoke(main, ["serve", str(out), "--allow-host", "gallery.example.org", "--allow-host", "photos.lan",
+                                    "--port", "8123"])
+    assert res.exit_code == 0, res.output
+    app, host, port = served[0]
+    assert (host, port) == ("127.0.0.1", 8123)
+    assert {"gallery.example.org", "photos.lan"} <= set(app.state.allowed_hosts) and "evil.example" not in app.state.allowed_hosts

@@ -17,6 +17,7 @@ import sys
 import click
 
 from ..errors import ConvscopeError, UnknownLayerError
+from ..files import printable_path
 from ..model_names import BUILTIN, DEFAULT_MODEL
 
 DEBUG_HINT = "set CONVSCOPE_DEBUG=1 for the traceback"
@@ -100,16 +101,26 @@ class ModelArgs:
         """The :class:`~convscope.models.LoadedModel` (``spec`` fills in a ``None`` spec)."""
         from ..models import load_model
 
-        if self.device is not None and self.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise click.BadParameter(f"{self.device!r} asked for, but no CUDA GPU is available; use cpu",
-                                         param_hint="--device")
+        check_device(self.device)
         return load_model(self.spec or spec, weights=self.weights, device=self.device, pretrained=self.pretrained)
 
 
+def check_device(device: str | None) -> None:
+    """A usage error, before anything loads, for a CUDA device on a machine without one."""
+    if device is not None and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{device!r} asked for, but no CUDA GPU is available; use cpu", param_hint="--device")
+
+
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+
+
+def device_option(fn):
+    """--device (cpu, cuda or cuda:N), checked as it is parsed; the command gets ``device``."""
+    return click.option("--device", default=None, callback=_check_device,
+                        help="cpu, cuda or cuda:N (default: cuda if available).")(fn)
 
 
 def _check_device(ctx, param, value):
@@ -118,10 +129,11 @@ def _check_device(ctx, param, value):
     return value.strip() if value else value
 
 
-def model_options(fn=None, *, atlas: bool = False, weights: bool = True, device: bool = True):
+def model_options(fn=None, *, own: str | None = None, weights: bool = True, device: bool = True):
     """--model, --weights, --no-pretrained and --device; the command gets ``model_args``
-    (:class:`ModelArgs`). ``atlas=True``: --model defaults to the atlas's own model.
-    ``weights``/``device=False`` leave those two out where the command cannot use them."""
+    (:class:`ModelArgs`). ``own="atlas"`` (or ``"index"``): --model defaults to the model that
+    the atlas (index) was built with. ``weights``/``device=False`` leave those two out where the
+    command cannot use them."""
 
     def deco(fn):
         @functools.wraps(fn)
@@ -129,16 +141,15 @@ def model_options(fn=None, *, atlas: bool = False, weights: bool = True, device:
             return fn(*args, model_args=ModelArgs(model_spec, weights, not no_pretrained, device), **kwargs)
 
         if device:
-            wrapper = click.option("--device", default=None, callback=_check_device,
-                                   help="cpu, cuda or cuda:N (default: cuda if available).")(wrapper)
+            wrapper = device_option(wrapper)
         wrapper = click.option("--no-pretrained", is_flag=True, help="Random-initialized weights (seeded).")(wrapper)
         if weights:
             wrapper = click.option("--weights", type=click.Path(dir_okay=False), default=None,
                                    help="State dict (.pt/.pth/.safetensors) for the architecture.")(wrapper)
         models = ", ".join(BUILTIN) + " (`convscope models`)."
         wrapper = click.option(
-            "--model", "model_spec", default=None if atlas else DEFAULT_MODEL, show_default=not atlas, metavar="SPEC",
-            help=("Model (default: the atlas's own; it must be the one the atlas was built with): " if atlas
+            "--model", "model_spec", default=None if own else DEFAULT_MODEL, show_default=not own, metavar="SPEC",
+            help=(f"Model (default: the {own}'s own; it must be the one the {own} was built with): " if own
                   else "Model: ") + models,
         )(wrapper)
         return wrapper
@@ -228,3 +239,8 @@ def emit(record: dict) -> None:
 
 def note(text: str) -> None:
     click.echo(f"note: {text}", err=True)
+
+
+def report_skipped(path, reason: str) -> None:
+    """One line on stderr for a file that could not be used, its name made safe to print."""
+    click.echo(f"skipped {printable_path(path)}: {reason}", err=True)

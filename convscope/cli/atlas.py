@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from ._common import LAYERS, UNITS, emit, model_options, note, renamed
+from ..files import printable_path
+from ._common import LAYERS, UNITS, emit, model_options, note, renamed, report_skipped
 
 
 @click.group()
@@ -71,18 +72,13 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
         raise ConvscopeError(f"{out} holds an unfinished atlas build; give --resume to continue it, "
                              "or --overwrite to start again")
     model = model_args.load()
-    skipped = []
-
-    def on_skip(path, reason):
-        skipped.append(path)
-        click.echo(f"skipped {path}: {reason}", err=True)
-
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         result = build_atlas(
             model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
-            resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project, on_skip=on_skip,
+            resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project,
+            on_skip=report_skipped,
         )
     for w in caught:  # one line each, no source line
         note(str(w.message))
@@ -103,9 +99,10 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
 
 @atlas.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="The info as one JSON record.")
+@click.option("--json", "as_json", is_flag=True, help="The info as one JSON record, with unreadable: [{path, reason}].")
 def info(directory, as_json):
-    """Model, preprocessing, images and layers of an atlas.
+    """Model, preprocessing, images and layers of an atlas, and the photos that could not be
+    read again for their patches and projections (removed, changed or damaged since the scan).
 
     \b
     Example:
@@ -115,8 +112,9 @@ def info(directory, as_json):
 
     with Atlas.open(directory) as a:
         data = a.info()
+        unreadable = a.unreadable()
     if as_json:
-        emit(data)
+        emit({**data, "unreadable": [{"path": path, "reason": reason} for path, reason in unreadable]})
         return
     model = data["model"] or {}
     imgs = data["images"] or {}
@@ -142,6 +140,11 @@ def info(directory, as_json):
             str(layer["receptive_field"][0]), "yes" if layer["complete"] else "no",
         )
     Console(width=max(100, Console().width)).print(table)
+    if unreadable:
+        click.echo(f"unreadable   {len(unreadable)} scanned photo(s) could not be read again, so their examples "
+                   "have no patch or projection:")
+        for path, reason in unreadable:
+            click.echo(f"  {printable_path(path)}: {reason}")
 
 
 @atlas.command()

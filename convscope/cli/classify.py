@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ._common import emit, model_options
+from ._common import emit, model_options, report_skipped
 
 
 @click.command()
@@ -43,7 +43,7 @@ def classify(paths, samples, top, as_json, batch_size, workers, model_args):
             good += 1
         else:
             bad += 1
-            click.echo(f"skipped {item.path}: {item.error}", err=True)
+            report_skipped(item.path, item.error)
         if as_json:
             emit(item.to_dict())
         elif item.ok:

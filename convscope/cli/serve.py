@@ -7,13 +7,21 @@ from ._common import ModelArgs, emit, model_options, renamed
 
 
 def _run_server(app, host: str, port: int) -> None:
-    import uvicorn
+    from ..web import serve as run
 
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     click.echo(f"serving the gallery at {where}  (Ctrl+C to stop)", err=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"note: listening on {host}, so other machines can reach this gallery", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    run(app, host=host, port=port)  # request deadlines, a connection cap, memory handed back when idle
+
+
+def allow_host_option(fn):
+    return click.option(
+        "--allow-host", "allow_hosts", multiple=True, metavar="HOST",
+        help="Another host name the gallery answers to (repeatable; * for any, behind a proxy that checks "
+             "names). It always answers to localhost, its loopback and bound addresses.",
+    )(fn)
 
 
 def _built_with(atlas_dir) -> str | None:
@@ -39,23 +47,25 @@ def _check_model(atlas_dir, spec: str | None) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-upload-mb", default=12, show_default=True, type=click.IntRange(1, 1024), help="Largest photo upload.")
-@model_options(atlas=True)
-def serve(atlas, host, port, max_upload_mb, model_args):
+@allow_host_option
+@model_options(own="atlas")
+def serve(atlas, host, port, max_upload_mb, allow_hosts, model_args):
     """Browse an atlas in a web browser: layers, units, top patches, projections, feature
     visualizations; upload a photo to see what the model makes of it (the atlas's own model,
     loaded on the first upload, unless --model, --weights, --no-pretrained or --device say
     otherwise).
 
     \b
-    Example:
+    Examples:
       convscope serve atlas/ --port 8000
+      convscope serve atlas/ --host 0.0.0.0 --allow-host gallery.example.org
     """
     from ..web import create_app
 
     model = None
     if model_args != ModelArgs(None):  # not the atlas's own model as it was built
         model = model_args.load(_check_model(atlas, model_args.spec))
-    app = create_app(atlas, model, max_upload_bytes=max_upload_mb * 1024 * 1024)
+    app = create_app(atlas, model, max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts)
     _run_server(app, host, port)
 
 
@@ -99,8 +109,9 @@ def export(atlas, out, model_spec, as_json):
 @click.option("--rebuild", is_flag=True, help="Build again even if the atlas is up to date.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@model_options(atlas=True, weights=False, device=False)
-def demo(images, out, no_serve, rebuild, host, port, model_args):
+@allow_host_option
+@model_options(own="atlas", weights=False, device=False)
+def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
     """Build an atlas of the default model (or --model, over its default layers) over
     scikit-image's sample photos (plus --images), with deconvnet and guided projections and
     feature visualizations for a subset of units, then open the gallery, whose uploads use the
@@ -127,4 +138,4 @@ def demo(images, out, no_serve, rebuild, host, port, model_args):
         return
     from ..web import create_app
 
-    _run_server(create_app(atlas_dir), host, port)
+    _run_server(create_app(atlas_dir, allowed_hosts=allow_hosts), host, port)

@@ -1,0 +1,251 @@
+"""`convscope index | search | duplicates | organize`: photos and videos indexed once, then found
+by a word, by an example photo or by a unit of the network (``docs/search.md``)."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..files import printable_path
+from ._common import LAYERS, ModelArgs, emit, model_options, note, report_skipped
+
+# convscope.index.MIN_SCORE and convscope.index.search.SORTS, written out so that --help needs no
+# numpy or torch (tests/test_cli.py checks that they agree)
+MIN_SCORE = 0.2
+SORTS = ("score", "date")
+
+
+@click.command("index")
+@click.argument("paths", nargs=-1)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the index.")
+@click.option("--fps", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Video frames sampled per second of video.")
+@click.option("--update", is_flag=True,
+              help="Refresh the index in --out: new and changed files are computed, unchanged ones kept, "
+                   "deleted ones dropped (no PATHS: the inputs it was built from).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted build in --out (same PATHS and options).")
+@click.option("--layers", type=LAYERS, default=None,
+              help="Layers whose units `search --unit` can ask for (default: `convscope layers --default-only`).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Model inputs per forward pass.")
+@click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes (default: by input count).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON record for the index written: out, entries, photos, videos, skipped, model, layers, seconds.")
+@model_options
+def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json, model_args):
+    """Index photos and videos (files, folders, globs, @LIST files) into --out, once, for
+    `convscope search`, `duplicates` and `organize`.
+
+    Per photo, and per sampled video frame, the index keeps the class probabilities, an
+    embedding, the strongest response of every unit of --layers and a thumbnail. Bad files are
+    skipped with one line each and counted; a build killed half-way continues with --resume.
+
+    \b
+    Examples:
+      convscope index photos/ clips/ --out photos.index
+      convscope index --update --out photos.index        # after adding, changing or deleting photos
+      convscope index photos/ --out photos.index --resume
+    """
+    from ..index import Index
+    from ..index.store import DB_NAME, PARTIAL
+
+    if not paths and not update:
+        raise click.UsageError("give photos and videos to index (files, folders, globs or @LIST files)")
+    root = Path(out)
+    # The library's refusals name its parameters; say them in flags, before the model loads.
+    finished = (root / DB_NAME).exists()
+    if not resume and ((root / PARTIAL / DB_NAME).exists() or (root / PARTIAL).exists() and not finished):
+        raise click.UsageError(f"{out} holds an unfinished index {'update' if finished else 'build'}; give "
+                               f"{'--update --resume' if finished else '--resume'} (and the same PATHS) to continue it")
+    if finished and not (update or resume):
+        raise click.UsageError(f"{out} already holds an index; give --update to add new and changed files, or another --out")
+    model = model_args.load()
+    started = time.time()
+    with Index.build(model, list(paths) or None, out, fps=fps, update=update, resume=resume, batch_size=batch_size,
+                     workers=workers, layers=layers, on_skip=report_skipped) as built:
+        info = built.info()
+    seconds = time.time() - started
+    if as_json:
+        emit({"out": str(out), **{k: v for k, v in info.items() if k != "path"}, "seconds": round(seconds, 3)})
+    click.echo(
+        f"index of {info['photos']} photos and {info['videos']} videos ({info['entries']} entries, "
+        f"{info['skipped']} skipped) written to {printable_path(out)} in {seconds:.0f} s",
+        err=True,
+    )
+    sys.exit(0 if info["entries"] else 1)
+
+
+def _unit(ctx, param, value):
+    if value is None:
+        return None
+    from ..index import parse_unit
+
+    try:
+        return parse_unit(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
+@click.argument("query", nargs=-1)
+@click.option("--top", default=20, show_default=True, type=click.IntRange(1, 100_000), help="Results at most.")
+@click.option("--min-score", default=MIN_SCORE, show_default=True, type=click.FloatRange(0, 1),
+              help="Keyword results: the least probability of the matched classes (0 keeps every photo with any).")
+@click.option("--sort", default="score", show_default=True, type=click.Choice(SORTS),
+              help="Keyword results by score, or by date (EXIF, else the file's time; newest first).")
+@click.option("--like", "like", default=None, metavar="FILE_OR_INDEXED_PATH",
+              help="Instead of a QUERY: the photos most like this one (indexed, or any photo file), by embedding.")
+@click.option("--unit", "unit", default=None, metavar="LAYER:UNIT", callback=_unit,
+              help="Instead of a QUERY: the photos that excite this unit most, e.g. blocks.4:17, with its box.")
+@click.option("--explain", "explain_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for one picture per result, NN_<name>.png in result order: where the network saw "
+                   "the matched class (Grad-CAM), or the unit's receptive-field box.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON record per result, best first: {"path", "time", "score", "why": [{"index", "label", '
+                   '"probability", "path"}]}, with "end" for a video segment and "box" for --unit.')
+@model_options(own="index")
+def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_json, model_args):
+    """Search an index by a word or phrase (QUERY), by an example photo (--like) or by a unit of
+    the network (--unit). Every keyword result says why: the matched classes, their
+    probabilities, and the WordNet path from each class up to the query word.
+
+    Words are WordNet nouns for the ImageNet classes and their kinds: "dog" finds every dog
+    breed, "vehicle" every car, boat and plane. Commas, "or" and "and" list alternatives ("dog,
+    cat"); words side by side narrow each other ("retriever dog"). An unknown word is one line
+    with close matches, and exit status 1. --like and --unit load the index's own model (or
+    --model, ...) for a photo outside the index and for the unit's box.
+
+    \b
+    Examples:
+      convscope search photos.index dog
+      convscope search photos.index "sports car" --top 5 --sort date --json
+      convscope search photos.index --like photos/rex.jpg
+      convscope search photos.index --unit blocks.4:17 --explain why/
+    """
+    from ..errors import ConvscopeError, UnknownNameError
+    from ..index import Index
+    from ..vocab import NoClassError
+
+    text = " ".join(query).strip()
+    asked = [name for name, given in (("QUERY", text), ("--like", like), ("--unit", unit)) if given]
+    if len(asked) != 1:
+        raise click.UsageError("give one of QUERY (a word or phrase), --like FILE or --unit LAYER:UNIT"
+                               + (f", not {' and '.join(asked)}" if asked else ""))
+    if text and not re.search(r"\w", text):
+        raise click.UsageError(f"the query {text!r} holds no word; give one such as dog")
+    ctx = click.get_current_context()
+    for flag in ("--min-score", "--sort") if not text else ():
+        if ctx.get_parameter_source(flag[2:].replace("-", "_")) == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{flag} is for a keyword QUERY; {asked[0]} results come by similarity, best first")
+    with Index.open(index_dir) as idx:
+        if unit is not None:
+            idx.layer(unit[0])  # an unknown layer fails before a model loads
+        model = None
+        if model_args != ModelArgs(None):  # not the index's own model as it was built
+            model = model_args.load(idx.meta["model"]["spec"])
+        if text:
+            try:
+                results = idx.search(text, top=top, min_score=min_score, sort=sort)
+            except (UnknownNameError, NoClassError) as exc:
+                # a word the search does not know finds nothing: exit 1, not a usage error
+                raise ConvscopeError(str(exc)) from None
+        elif like is not None:
+            results = idx.like(like, top=top, model=model)
+        else:
+            results = idx.unit(*unit, top=top, model=model)
+        written = idx.explain(results, explain_dir, model=model) if explain_dir is not None and results else []
+    if as_json:
+        for r in results:
+            emit(r.to_json())
+    elif results:
+        _print_table(results)
+    if not results:
+        note(f"nothing reached --min-score {min_score:g}" if text else "the index holds no other photo")
+    if written:
+        click.echo(f"wrote {len(written)} pictures to {printable_path(explain_dir)}", err=True)
+
+
+def _when(r) -> str:
+    if r.time is None:
+        return ""
+    return f"{r.time:g} s" if r.end is None else f"{r.time:g}-{r.end:g} s"
+
+
+def _why(r) -> str:
+    if r.box is not None:
+        top, left, bottom, right = r.box
+        return f"at y={r.position[0]} x={r.position[1]}, input box rows {top}-{bottom - 1}, cols {left}-{right - 1}"
+    return "; ".join(f"{w.label} {w.probability:.2f}: {' > '.join(w.path)}" for w in r.why)
+
+
+def _print_table(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    table.add_column("score", justify="right")
+    table.add_column("path", overflow="fold")
+    videos = any(r.time is not None for r in results)
+    if videos:
+        table.add_column("time", justify="right")
+    why = any(r.why or r.box is not None for r in results)
+    if why:
+        table.add_column("why", overflow="fold")
+    for r in results:
+        row = [f"{r.score:.3f}", printable_path(r.path)] + ([_when(r)] if videos else []) + ([_why(r)] if why else [])
+        table.add_row(*row)
+    Console(width=max(100, Console().width)).print(table)
+
+
+@click.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help='One JSON record per group: {"paths": [...]}.')
+def duplicates(index_dir, as_json):
+    """Groups of near-duplicate files in an index: exact copies (the same bytes), and resized,
+    recompressed, cropped, flipped or re-encoded copies (their embeddings alike).
+
+    \b
+    Example:
+      convscope duplicates photos.index --json
+    """
+    from ..index import Index
+
+    with Index.open(index_dir) as idx:
+        groups = idx.duplicates()
+    for n, group in enumerate(groups, 1):
+        if as_json:
+            emit({"paths": group["paths"]})
+            continue
+        click.echo(f"group {n}: {len(group['paths'])} files")
+        for path in group["paths"]:
+            click.echo(f"  {printable_path(path)}")
+    if not groups:
+        note("no duplicates")
+
+
+@click.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help='One JSON record per album: {"album": str, "paths": [...]}.')
+def organize(index_dir, as_json):
+    """Albums of an index's files: by WordNet category at a readable depth ("animals > dogs",
+    "food", "vehicles > cars"), and by clusters of the embeddings for what no category names
+    ("similar: <its most common class>"); the rest in "other". Every file is in one album.
+
+    \b
+    Example:
+      convscope organize photos.index
+    """
+    from ..index import Index
+
+    with Index.open(index_dir) as idx:
+        albums = idx.albums()
+    for album in albums:
+        if as_json:
+            emit({"album": album["album"], "paths": album["paths"]})
+            continue
+        click.echo(f"{album['album']} ({len(album['paths'])})")
+        for path in album["paths"]:
+            click.echo(f"  {printable_path(path)}")
