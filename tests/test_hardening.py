@@ -407,3 +407,95 @@ def test_an_aborted_upload_logs_one_line(server):
     assert len(new) == 1, new
     assert "upload aborted by 127.0.0.1:" in new[0] and "of 200,000 bytes" in new[0]
     assert httpx.get(server.base + "/api/atlas", timeout=10).status_code == 200
+
+
+# --------------------------------------------------------------------------- the decoder itself
+
+
+def _encoded(mode: str, orientation: int | None = None) -> tuple[bytes, str]:
+    """A 320 x 240 picture in ``mode``, as the bytes of a file of a format that keeps that mode."""
+    base = photo((320, 240), seed=1)
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257 + np.arange(320, dtype=np.uint16)))
+    elif mode in ("I", "F"):
+        grey = np.asarray(base.convert("L"), np.float64)
+        img = Image.fromarray((grey * 1000 - 5000).astype(np.int32 if mode == "I" else np.float32))
+    elif mode == "P":
+        img = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        img.info["transparency"] = 3
+    else:
+        img = base.convert(mode)
+    assert img.mode == mode
+    buf = io.BytesIO()
+    fmt = {"I": "TIFF", "F": "TIFF", "CMYK": "JPEG"}.get(mode, "JPEG" if orientation else "PNG")
+    options = {}
+    if orientation:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        options["exif"] = exif.tobytes()
+    if mode == "P":
+        options["transparency"] = 3
+    img.save(buf, fmt, **options)
+    return buf.getvalue(), fmt
+
+
+@pytest.mark.parametrize("mode, orientation", [
+    ("RGB", None), ("RGBA", None), ("LA", None), ("L", None), ("1", None), ("P", None), ("I;16", None),
+    ("I", None), ("F", None), ("CMYK", None), ("RGB", 6), ("L", 8), ("RGB", 3),
+])
+def test_the_budgeted_decoder_sees_what_load_image_sees(tmp_path, mode, orientation):
+    """decode_upload equals convscope.data.load_image (the scan's decoder), at full size and
+    box-reduced by 4 (a JPEG by libjpeg's own scaling, within JPEG's error)."""
+    from convscope.data import load_image
+    from convscope.web.decode import DecodeBudget, decode_upload
+
+    data, fmt = _encoded(mode, orientation)
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(data)
+    expected = load_image(path)
+    full = decode_upload(data, DecodeBudget(min_side=0))
+    assert full.mode == "RGB" and full.size == expected.size
+    tolerance = 1 if mode in ("I", "F") else 0  # float32 instead of float64 may round the other way
+    assert np.abs(np.asarray(full, np.int16) - np.asarray(expected, np.int16)).max() <= tolerance
+    reduced = decode_upload(data, DecodeBudget(min_side=60))  # 240 // 60: reduced by 4
+    assert reduced.size == (expected.size[0] // 4, expected.size[1] // 4)
+    diff = np.abs(np.asarray(reduced, np.int16) - np.asarray(expected.reduce(4), np.int16))
+    if fmt == "JPEG":  # libjpeg's DCT scaling, not a box filter
+        assert diff.mean() < 3
+    else:
+        assert diff.max() <= tolerance + 1
+
+
+def test_the_decoder_refuses_by_bytes_not_pixels():
+    """The same pixel count costs 1, 2 or 4 bytes a pixel by mode: the budget counts bytes."""
+    from convscope.web.decode import DecodeBudget, OverBudget, decode_upload
+
+    grey = png_bytes(Image.new("L", (2000, 2000)))
+    rgb = png_bytes(Image.new("RGB", (2000, 2000)))
+    budget = DecodeBudget(max_bytes=10_000_000, min_side=500)  # grey: 4 MB + 1 MB result; RGB: 16 + 1 MB
+    assert decode_upload(grey, budget).size == (500, 500)
+    with pytest.raises(OverBudget, match="2000x2000 8-bit RGB takes 17 MB, the limit is 10 MB"):
+        decode_upload(rgb, budget)
+    with pytest.raises(OverBudget, match="4,000,000 pixels, the limit is 1,000,000"):
+        decode_upload(grey, DecodeBudget(max_pixels=1_000_000))
+
+
+def test_release_memory_gives_the_freed_heap_back():
+    """Under keep_freed_memory a freed 256 MiB block stays resident; release_memory hands it back."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from convscope import runtime
+        def rss():
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+        assert runtime.keep_freed_memory()
+        t = torch.ones(256 * 2**20 // 4)
+        del t
+        kept = rss()
+        print(kept, runtime.release_memory(), rss())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "CONVSCOPE_KEEP_FREED_MEMORY"})
+    kept, released, after = out.stdout.split()
+    assert released == "True" and int(kept) - int(after) >= 250, out.stdout

@@ -193,7 +193,8 @@ def create_app(
             return buf.getvalue()
 
         try:
-            data = await workers.decode(encode)
+            async with workers.job():
+                data = await workers.decode(encode)
         except ImageError as exc:
             raise NotFound(f"the source image can no longer be read ({exc.reason})") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=600"})
@@ -282,7 +283,7 @@ def create_app(
         return token, result, set(images)
 
     async def analyze(request: Request, explain_default: bool) -> dict:
-        async with workers.upload():
+        async with workers.job():
             async with receiving:  # bodies being received and decoded at once: bounded
                 data, explain = await read_upload(request, explain_default)
                 image = await workers.decode(decode, data)

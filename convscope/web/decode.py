@@ -114,7 +114,7 @@ def decode_upload(data: bytes, budget: DecodeBudget = DecodeBudget(), name: str 
                 raise OverBudget(f"the image is too large: {w}x{h} = {w * h:,} pixels, the limit is "
                                  f"{budget.max_pixels:,}; send a smaller image")
             factor = reduce_factor((w, h), budget.min_side)
-            if img.format == "JPEG" and factor > 1:
+            if img.format in ("JPEG", "MPO") and factor > 1:  # MPO: a phone's JPEG with extra frames
                 # libjpeg scales by 1/2, 1/4 or 1/8 while decoding: ask for the size we need
                 img.draft("RGB", (math.ceil(w / factor), math.ceil(h / factor)))
             factor = reduce_factor(img.size, budget.min_side)
