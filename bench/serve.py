@@ -165,7 +165,7 @@ async def pages_under_uploads(client, page_reqs, bodies, explain: str, in_flight
                 started.set()
             lat, err = await run_batch(client, [("POST", f"/api/image?explain={explain}", bodies[k % len(bodies)])], 1)
             running -= 1
-            uploads.extend(lat)
+            uploads.extend(time.perf_counter() for _ in lat)  # when each was answered
             upload_errors.extend(err)
             k += in_flight
 
@@ -183,7 +183,8 @@ async def pages_under_uploads(client, page_reqs, bodies, explain: str, in_flight
     for s in (1, 3, 5):
         await asyncio.sleep(max(0.0, done + s - time.monotonic()))
         after[s] = memory.read()
-    return {"idle": idle, "loaded": loaded, "errors": idle_err + loaded_err + upload_errors, "uploads": len(uploads),
+    answered = sum(1 for when in uploads if t <= when <= t + wall)
+    return {"idle": idle, "loaded": loaded, "errors": idle_err + loaded_err + upload_errors, "uploads": answered,
             "wall": wall, "before": before, "peak": peak, "after": after}
 
 
@@ -266,7 +267,7 @@ async def main_async(args, memory: Memory) -> int:
     print(f"  alone:                      p50 {pct(idle, 50) * 1e3:7.1f} ms  p99 {pct(idle, 99) * 1e3:7.1f} ms")
     print(f"  while {args.in_flight} uploads (12 Mpx JPEG) in flight:  p50 {pct(loaded, 50) * 1e3:7.1f} ms  "
           f"p99 {pct(loaded, 99) * 1e3:7.1f} ms  ({len(loaded) / under['wall']:.1f} pages/s; "
-          f"{under['uploads']} uploads answered meanwhile)")
+          f"{under['uploads']} uploads answered in that time)")
 
     def mib(v):
         return "n/a" if v is None else f"{v:.0f} MiB"
