@@ -1,0 +1,42 @@
+"""Builds beyond one machine, on a Ray cluster, identical to the one-process build.
+
+``convscope.distributed.scan`` takes :func:`convscope.scan.scan`'s arguments (and ``address``,
+``num_workers``, ``num_gpus_per_worker``, ``shard_size``) and returns the same
+:class:`~convscope.scan.Scan`: actors that hold the model scan contiguous shards of the photo
+list and the driver merges their states exactly (see :mod:`.ray_scan`; the actor pool is
+:mod:`.pool`; how the model travels is :mod:`.spec`). ``render`` spreads the atlas's
+projections over the same actors by photo (:mod:`.ray_project`); ``cluster`` opens Ray and the
+actors once for both steps. Ray comes with the ``ray`` extra
+(``pip install "convscope[ray]"``).
+
+Importing this package does not import Ray; the names below load it on first use (PEP 562).
+
+>>> from convscope import distributed
+>>> result = distributed.scan(load_model(), ["photos/"], top=9, address="auto")
+"""
+from __future__ import annotations
+
+import importlib
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "ModelSpec": "spec",
+    "Pool": "pool", "WorkerInfo": "pool", "cluster": "pool", "connect": "pool",
+    "SHARD_SIZE": "ray_scan", "ShardResult": "ray_scan", "scan": "ray_scan", "scan_with": "ray_scan",
+    "render": "ray_project",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,257 @@
+"""The scan on Ray equals the one-process scan: the same state, paths, layers, hashes and skipped
+files, also after a worker is killed mid-scan and after a driver stops and resumes; a path no
+worker can read is a bad file with the node's name; nothing imports Ray unless asked to.
+
+One local Ray (2 CPUs) and one pool of two actors serve the whole module: starting them takes
+most of its time.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convscope.data import sample_photos
+from convscope.errors import ConvscopeError
+from convscope.scan import scan
+
+from .test_scan import LAYERS, tiny_model
+from .tiny import TinyNet, pooled
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+TOP = 5
+BATCH = 4  # photos per forward pass; shards hold whole batches
+SHARD = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """scikit-image's sample photos, 24 small generated ones (two byte-identical) and a bad file."""
+    d = tmp_path_factory.mktemp("photos")
+    paths = [str(p) for p in sample_photos(d / "samples")]
+    rng = np.random.default_rng(1)
+    for i in range(22):
+        h, w = int(rng.integers(32, 64)), int(rng.integers(32, 64))
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        arr[: h // 2] //= 1 + i % 4
+        Image.fromarray(arr).save(d / f"g{i:02d}.png")
+        paths.append(str(d / f"g{i:02d}.png"))
+    for src in (3, 9):  # ties: the lower id wins, wherever the copy's shard ran
+        (d / f"g{20 + src:02d}.png").write_bytes((d / f"g{src:02d}.png").read_bytes())
+        paths.append(str(d / f"g{20 + src:02d}.png"))
+    (d / "zz_bad.png").write_bytes(b"not an image")
+    paths.append(str(d / "zz_bad.png"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pool(model):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    from convscope.distributed import Pool, connect
+
+    # Ray counts 4 CPUs on the 2 cores: the pool's 2 actors hold 2 (a thread each), and
+    # distributed.scan, which joins this Ray, starts its own actor on the other 2.
+    with connect(None, num_cpus=4), Pool(model, num_workers=2, num_cpus_per_worker=1) as pool:
+        assert ray.is_initialized()
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def reference(model, photos):
+    return scan(model, photos, LAYERS, TOP, batch_size=BATCH, workers=0, progress=False)
+
+
+def assert_same(result, reference, on_node=True):
+    assert result.state == reference.state
+    assert (result.paths, result.layers, result.crops, result.offset) == (
+        reference.paths, reference.layers, reference.crops, reference.offset)
+    assert result.hashes == reference.hashes
+    assert [p for p, _ in result.skipped] == [p for p, _ in reference.skipped]
+    for (_, got), (_, want) in zip(result.skipped, reference.skipped):
+        assert got.startswith(want) and (" (on node " in got) == on_node
+
+
+@pytest.mark.slow
+def test_ray_scan_equals_one_process_scan(pool, photos, reference, capfd):
+    from convscope.distributed import scan_with
+
+    seen = []
+    result = scan_with(pool, photos, LAYERS, TOP, batch_size=BATCH, workers=0, shard_size=SHARD, progress=True,
+                       on_shard=seen.append)
+    assert_same(result, reference)
+    assert reference.skipped and reference.photos_scanned == len(photos) - 1
+    assert sorted(r.first for r in seen) == list(range(0, len(photos), SHARD))
+    assert len({r.pid for r in seen}) == 2  # both actors took shards
+    assert result.examples(LAYERS[0], 0) == reference.examples(LAYERS[0], 0)
+    err = capfd.readouterr().err
+    assert f"scanning {len(photos)}/{len(photos)}" in err  # one bar on the driver, over all workers
+
+
+@pytest.mark.slow
+def test_distributed_scan_takes_the_one_process_arguments(pool, model, photos, reference):
+    from convscope import distributed
+
+    result = distributed.scan(model, photos, LAYERS, TOP, batch_size=BATCH, workers=0, progress=False,
+                              num_workers=1, shard_size=2 * SHARD)  # joins the module's Ray
+    assert_same(result, reference)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_scan_gives_the_same_result(pool, photos, reference):
+    from convscope.distributed import scan_with
+
+    before = {i.pid for i in pool.infos()}
+    killed = []
+
+    def kill_once(result):
+        if not killed:  # its actor holds the next shard (two are in flight per actor)
+            os.kill(result.pid, signal.SIGKILL)
+            killed.append(result.pid)
+
+    result = scan_with(pool, photos, LAYERS, TOP, batch_size=BATCH, workers=0, shard_size=SHARD, progress=False,
+                       on_shard=kill_once)
+    assert_same(result, reference)
+    after = {i.pid for i in pool.infos()}
+    assert killed[0] in before and killed[0] not in after and len(after) == 2  # Ray restarted that actor
+
+
+@pytest.mark.slow
+def test_a_path_no_worker_can_read_is_a_bad_file_with_the_node_name(pool, photos, model, tmp_path):
+    from convscope.distributed import scan_with
+
+    gone = tmp_path / "on-another-disk" / "x.png"  # an @LIST names files without looking at them
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join([photos[0], str(gone), photos[-2]]) + "\n")
+    skips = []
+    result = scan_with(pool, [f"@{listing}"], LAYERS, TOP, batch_size=BATCH, workers=0, shard_size=SHARD,
+                       progress=False, on_skip=lambda p, r: skips.append((p, r)))
+    one = scan(model, [f"@{listing}"], LAYERS, TOP, batch_size=BATCH, workers=0, progress=False)
+    assert_same(result, one)
+    assert skips == result.skipped and [p for p, _ in skips] == [str(gone)]
+    node = pool.infos()[0].node
+    assert skips[0][1].endswith(f"(on node {node})") and "no such file" in skips[0][1].lower()
+
+
+@pytest.mark.slow
+def test_a_stopped_driver_resumes_from_its_checkpoint(pool, photos, reference, tmp_path):
+    from convscope.distributed import scan_with
+
+    ckpt = tmp_path / "scan.ckpt"
+    kwargs = dict(batch_size=BATCH, workers=0, shard_size=SHARD, progress=False, checkpoint=ckpt, checkpoint_every=1)
+
+    class Stop(Exception):
+        pass
+
+    first = []
+
+    def stop_after_three(result):
+        first.append(result.first)
+        if len(first) == 3:
+            raise Stop  # the driver dies here; two shards are in the checkpoint
+
+    with pytest.raises(Stop):
+        scan_with(pool, photos, LAYERS, TOP, on_shard=stop_after_three, **kwargs)
+    assert ckpt.exists()
+    second = []
+    kwargs["shard_size"] = 3 * SHARD  # a resume may cut the rest otherwise (another cluster)
+    result = scan_with(pool, photos, LAYERS, TOP, resume=True, on_shard=second.append, **kwargs)
+    assert_same(result, reference)
+    again = {p for r in second for p in range(r.first, r.first + r.photos)}
+    assert again.isdisjoint(p for a in first[:2] for p in range(a, a + SHARD))  # not scanned again
+    assert len(again) == len(photos) - 2 * SHARD
+    with pytest.raises(ConvscopeError, match="other settings .*top"):
+        scan_with(pool, photos, LAYERS, TOP + 1, resume=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_projections_on_ray_equal_the_one_process_ones(pool, model, reference, tmp_path):
+    from convscope.atlas.builder import _records, _render
+    from convscope.atlas.store import METHODS
+    from convscope.distributed.ray_project import render
+
+    def run(out, how):
+        records, stats = _records(reference, model), {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            incomplete = how(records, out, stats)
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+        return records, stats, incomplete, files, list(dict.fromkeys(str(w.message) for w in caught))
+
+    one = run(tmp_path / "one", lambda r, out, st: _render(model, reference, r, out, TOP, METHODS, 4, False, st))
+    ray = run(tmp_path / "ray", lambda r, out, st: render(pool, _render, reference, r, out, TOP, METHODS, 4, False, st,
+                                                          job_images=16))  # 16 images a job: several jobs
+    assert len(one[0].images) > 16 and len(one[3]) > 50  # two jobs or more; files of every kind
+    for a, b in zip(one, ray):
+        assert a == b
+
+
+def _slow_once(_model, info, marker: str, seconds: float) -> int:
+    """A job that hangs the first time any worker runs it (the marker says it ran)."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(seconds)
+    return info.pid
+
+
+@pytest.mark.slow
+def test_a_job_that_hangs_runs_again_on_an_idle_worker(pool, tmp_path):
+    marker = str(tmp_path / "ran")
+    pool.infos()  # the model loaded on every actor
+    pool.straggler_seconds = 1.0
+    try:
+        started = time.monotonic()
+        results = list(pool.map(_slow_once, [(marker, 20.0)] * 3, ordered=True))
+        took = time.monotonic() - started
+    finally:
+        pool.straggler_seconds = None
+    assert [k for k, _pid in results] == [0, 1, 2] and took < 12.0  # not the 20 s of the hung copy
+
+
+def test_model_spec_loads_the_same_model_from_a_module_or_a_factory(model):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    from convscope.distributed import ModelSpec
+
+    x = torch.randn(2, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
+    want = model(x)
+    packed = ModelSpec.of(model).load("cpu")
+    assert packed.preprocessing == model.preprocessing and packed.spec == model.spec
+    assert torch.equal(packed(x), want) and next(model.module.parameters()).device.type == "cpu"
+    state = {k: v.clone() for k, v in model.module.state_dict().items()}
+    made = ModelSpec(factory=_tiny_net, state_dict=state, preprocessing=model.preprocessing).load("cpu")
+    assert torch.equal(made(x), want)
+    with pytest.raises(ValueError, match="exactly one"):
+        ModelSpec(spec="efficientnet_lite0", factory=_tiny_net)
+
+
+def _tiny_net():
+    """tiny_model's architecture, with other weights (the factory's state dict replaces them)."""
+    return TinyNet(*pooled(batchnorm=True))
+
+
+def test_nothing_imports_ray_unless_asked():
+    code = textwrap.dedent("""
+        import sys
+        import convscope, convscope.scan, convscope.atlas, convscope.distributed
+        from convscope.distributed import ModelSpec
+        assert "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))[:5]
+        import importlib.util
+        if importlib.util.find_spec("ray") is not None:  # and asked for, it is
+            convscope.distributed.scan
+            assert "ray" in sys.modules
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
