@@ -558,3 +558,20 @@ def test_demo_builds_once_then_reuses(tmp_path, monkeypatch):
     assert (out / "atlas.sqlite").stat().st_mtime_ns == db_time
     r = runner.invoke(main, ["demo", "--no-serve", "--out", str(out), "--images", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_demo_feature_visualizations_show_one_bar(tmp_path, monkeypatch, capfd):
+    """The demo's feature-visualization phase is one bar over every layer (the renders count into
+    it), not a line per layer."""
+    from convscope.web import demo
+
+    tiny = {"version": 1, "model": "torchvision:alexnet", "pretrained": False, "layers": ["features.1", "features.4"],
+            "top": 2, "project": 0, "crops": "1", "featvis": {"units": 2, "steps": 3, "size": 32}}
+    monkeypatch.setattr(demo, "RECIPE", tiny)
+    monkeypatch.setenv("CONVSCOPE_PROGRESS", "1")
+    lines = []
+    demo.ensure_demo_atlas(tmp_path / "demo", echo=lines.append)
+    err = capfd.readouterr().err
+    assert "feature visualizations" in err and "6/6" in err  # 2 layers x 3 steps x 1 batch
+    assert "featvis features.1" not in err and "featvis features.4" not in err
+    assert sum("feature visualizations" in line for line in lines) == 1

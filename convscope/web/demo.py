@@ -12,6 +12,7 @@ while both are unchanged, resumes an interrupted build, and rebuilds otherwise.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -135,14 +136,18 @@ def _featvis(model, atlas, settings: dict, echo) -> None:
 
     from .. import featvis
 
-    with tempfile.TemporaryDirectory(prefix="convscope-demo-fv-") as tmp:
-        for layer in atlas.layers:
-            channels = atlas.layer(layer)["shape"][0]
-            units = list(range(min(settings["units"], channels)))
-            t = time.time()
+    from ..featvis.render import DEFAULT_BATCH
+    from ..progress import Bar
+
+    plan = {layer: list(range(min(settings["units"], atlas.layer(layer)["shape"][0]))) for layer in atlas.layers}
+    # one bar for the phase: each render's own bar counts steps x batches into it
+    total = sum(settings["steps"] * math.ceil(len(units) / min(DEFAULT_BATCH, len(units))) for units in plan.values())
+    t = time.time()
+    with tempfile.TemporaryDirectory(prefix="convscope-demo-fv-") as tmp, Bar(total, "feature visualizations"):
+        for layer, units in plan.items():
             result = featvis.render(model, layer, units, steps=settings["steps"], size=settings["size"], progress=True)
             for i, u in enumerate(units):
                 png = Path(tmp) / f"{u}.png"
                 result.image(i).save(png)
                 atlas.set_featvis(layer, u, png)
-            echo(f"feature visualizations of {layer} units 0-{units[-1]} in {time.time() - t:.0f} s")
+    echo(f"feature visualizations of {len(plan)} layers in {time.time() - t:.0f} s")
