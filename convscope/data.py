@@ -191,8 +191,8 @@ PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N
 DECODER_COPIES = {"WEBP": 2}
 #: Conversions to RGB run one strip of rows of about this many bytes at a time.
 STRIP_BYTES = 4 * 1024 * 1024
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSE = {
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
@@ -355,7 +355,7 @@ def _decode(source, name, budget: _Budget, held: int = 0) -> Image.Image:
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, to at least target on each side
             img.draft("RGB", (target, target))
         factor = max(1, min(img.size) // target) if target is not None else 1
-        rotated = _orientation(img) in _TRANSPOSE
+        rotated = _orientation(img) in EXIF_TRANSPOSE
         cost = decode_cost(img, factor, rotated, full_size=(w, h)) + held
         if cost > budget.max_bytes:
             raise ImageTooLarge(
@@ -366,8 +366,8 @@ def _decode(source, name, budget: _Budget, held: int = 0) -> Image.Image:
         rgb = to_rgb(img, factor)
         if rgb is not img:
             img.close()  # the decoded pixels go before the upright copy is made
-        if orientation in _TRANSPOSE:
-            rgb = rgb.transpose(_TRANSPOSE[orientation])
+        if orientation in EXIF_TRANSPOSE:
+            rgb = rgb.transpose(EXIF_TRANSPOSE[orientation])
             for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"):
                 rgb.info.pop(key, None)  # no longer true of these pixels: no one turns them again
         return rgb
@@ -399,7 +399,7 @@ def _decode(source, name, budget: _Budget, held: int = 0) -> Image.Image:
 
 def _orientation(img: Image.Image) -> int | None:
     try:
-        return img.getexif().get(_EXIF_ORIENTATION)
+        return img.getexif().get(EXIF_ORIENTATION)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):  # damaged EXIF: as if none
         return None
 

@@ -27,26 +27,13 @@ import math
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..data import EXIF_ORIENTATION, EXIF_TRANSPOSE, DECODER_COPIES, PIXEL_BYTES, STRIP_BYTES
 from ..errors import ConvscopeError, ImageError
 
 #: The largest decode of one upload, in bytes of decoded pixels (a 24 Mpx RGB PNG is 96 MB).
 MAX_DECODE_BYTES = 128 * 1024 * 1024
 #: Largest upload, in pixels (width x height), whatever the format.
 MAX_UPLOAD_PIXELS = 40_000_000
-#: Bytes PIL keeps per pixel, by mode (Pillow's Storage.c: 3- and 2-channel modes take 4 bytes).
-PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
-#: Decoders that hold a second copy of the pixels while they decode (libwebp's own buffer).
-DECODER_COPIES = {"WEBP": 2}
-#: Rows of a strip are chosen so that one strip of RGB is about this many bytes.
-STRIP_BYTES = 4 * 1024 * 1024
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
 class OverBudget(ConvscopeError):
     """An image whose decoding would take more memory than the budget allows (HTTP 413)."""
 
@@ -125,7 +112,7 @@ def decode_upload(data: bytes, budget: DecodeBudget = DecodeBudget(), name: str 
                     f"is {budget.max_bytes / 1e6:.0f} MB; send a smaller image or a JPEG"
                 )
             img.load()  # decode now, so truncation shows here
-            orientation = img.getexif().get(_EXIF_ORIENTATION)
+            orientation = img.getexif().get(EXIF_ORIENTATION)
             rgb = to_rgb_reduced(img, factor)
     except (ImageError, OverBudget):
         raise
@@ -142,8 +129,8 @@ def decode_upload(data: bytes, budget: DecodeBudget = DecodeBudget(), name: str 
         raise ImageError(name, f"corrupt image ({reason})") from None
     except MemoryError:
         raise OverBudget("the image is too large to decode in memory") from None
-    if orientation in _TRANSPOSE:
-        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    if orientation in EXIF_TRANSPOSE:
+        rgb = rgb.transpose(EXIF_TRANSPOSE[orientation])
     return rgb
 
 
