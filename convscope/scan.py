@@ -24,11 +24,12 @@ and carry global image ids (``offset``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -401,7 +402,7 @@ class Scan:
         return out
 
 
-def _referenced_photos(state: ScanState, crops: Crops, offset: int) -> set[int]:
+def referenced_photos(state: ScanState, crops: Crops, offset: int) -> set[int]:
     """Indices (into the scan's paths) of the photos that some unit's top examples hold. A photo
     that has left every top-K never comes back (the merge only keeps the best), so the hashes
     of the others can go."""
@@ -410,12 +411,84 @@ def _referenced_photos(state: ScanState, crops: Crops, offset: int) -> set[int]:
     return set(photos.tolist())
 
 
-def _fingerprint(paths: Sequence[str]) -> str:
+def fingerprint(paths: Sequence[str]) -> str:
+    """The sha256 of a photo list (absolute paths, in order): what a checkpoint was made of."""
     h = hashlib.sha256()
     for p in paths:
         h.update(os.path.abspath(p).encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def check_arguments(top, batch_size: int, checkpoint_every: int) -> None:
+    """The checks of :func:`scan`'s numbers, shared with the scan on Ray."""
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive whole number, got {top!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1 image, got {checkpoint_every}")
+
+
+def checkpoint_config(spec, weights, input_size, names: Sequence[str], top: int, crops: Crops, photos_per_batch: int,
+           offset: int, paths: Sequence[str]) -> dict:
+    """What a checkpoint must have been made with to be resumed: the model, the layers, the
+    settings that shape the result, and the photo list."""
+    return {
+        "model": spec,
+        "weights": weights,
+        "input_size": list(input_size),
+        "layers": list(names),
+        "top": top,
+        "crops": list(crops.levels),
+        "photos_per_batch": photos_per_batch,
+        "offset": offset,
+        "photos": len(paths),
+        "paths_sha256": fingerprint(paths),
+    }
+
+
+def resume_from(checkpoint: str | os.PathLike | None, settings: dict) -> dict | None:
+    """The checkpoint's data (``state``, ``extra``) when there is one to resume, after checking
+    that it was made with ``settings`` (:func:`checkpoint_config`'s); None when there is none."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    data = load_checkpoint(checkpoint)
+    old = data.get("extra", {}).get("config")
+    if old != settings:
+        diff = [k for k in settings if (old or {}).get(k) != settings[k]]
+        raise ConvscopeError(
+            f"the checkpoint {checkpoint} was made with other settings ({', '.join(diff) or 'unknown'} differ); "
+            "rerun with the same images and options, or start over with resume=False"
+        )
+    return data
+
+
+def scan_batches(model, state: ScanState, paths: Sequence[str], names: Sequence[str], crops: Crops,
+                 photos_per_batch: int, *, first_id_photo: int = 0, workers: int | None = None,
+                 autocast: bool = False) -> Iterator:
+    """The scan's loop: ``paths`` decoded ``photos_per_batch`` at a time (and hashed), run
+    through ``model`` with ``names`` hooked, and folded into ``state`` with image ids counted
+    from photo ``first_id_photo``; yields each :class:`convscope.data.Batch` once it is in the
+    state (its ``errors``, ``indices`` into ``paths`` and ``hashes``). The hooks come off when
+    the generator ends or is closed (use it inside ``contextlib.closing``)."""
+    from .data import iter_batches
+    from .hooks import capture, run
+
+    transform = model.transform if crops.count == 1 else CropTransform(model.transform, crops)
+    h, w = model.preprocessing.input_size
+    use_autocast = autocast and model.device.type == "cuda"
+    with capture(model.module, list(names), stop=True) as outs:
+        for batch in iter_batches(paths, transform, batch_size=photos_per_batch, workers=workers, sha256=True):
+            if batch.indices:
+                x = batch.tensors.reshape(-1, 3, h, w).to(model.device, non_blocking=True)
+                photo = torch.tensor(batch.indices, dtype=torch.long) + first_id_photo
+                ids = crops.image_id(photo.view(-1, 1), torch.arange(crops.count)).view(-1)
+                with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=use_autocast):
+                    run(model.module, x, outs)  # raises LayerNotRunError for a layer not reached
+                    state.update(outs, ids)
+                outs.clear()
+            yield batch
 
 
 def scan(
@@ -452,19 +525,13 @@ def scan(
     >>> result = scan(load_model(), ["photos/"], top=9)
     >>> result.examples(result.state.layers[0], 0)
     """
-    from .data import expand_inputs, iter_batches
-    from .hooks import capture, run
+    from .data import expand_inputs
     from .progress import Bar
     from .runtime import keep_freed_memory
 
     keep_freed_memory()  # big batches reuse freed memory instead of page-faulting (see runtime)
 
-    if not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive whole number, got {top!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be at least 1 image, got {checkpoint_every}")
+    check_arguments(top, batch_size, checkpoint_every)
     crops = Crops.parse(crops)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
@@ -476,31 +543,15 @@ def scan(
     names = [i.name for i in infos]
     photos_per_batch = max(1, batch_size // crops.count)
     every = -(-checkpoint_every // photos_per_batch) * photos_per_batch
-    config = {
-        "model": model.spec,
-        "weights": model.weights,
-        "input_size": list(model.preprocessing.input_size),
-        "layers": names,
-        "top": top,
-        "crops": list(crops.levels),
-        "photos_per_batch": photos_per_batch,
-        "offset": offset,
-        "photos": len(paths),
-        "paths_sha256": _fingerprint(paths),
-    }
+    settings = checkpoint_config(model.spec, model.weights, model.preprocessing.input_size, names, top, crops,
+                      photos_per_batch, offset, paths)
     skipped: list[tuple[str, str]] = [(e.path, e.reason) for e in missing]
     hashes: dict[int, str] = {}
     start = 0
     state = None
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        data = load_checkpoint(checkpoint)
-        extra = data.get("extra", {})
-        if extra.get("config") != config:
-            diff = [k for k in config if extra.get("config", {}).get(k) != config[k]]
-            raise ConvscopeError(
-                f"the checkpoint {checkpoint} was made with other settings ({', '.join(diff) or 'unknown'} differ); "
-                "rerun with the same images and options, or start over with resume=False"
-            )
+    data = resume_from(checkpoint, settings) if resume else None
+    if data is not None:
+        extra = data["extra"]
         state = ScanState.from_state_dict(data["state"], model.device)
         start = int(extra["next"])
         skipped = [tuple(s) for s in extra["skipped"]]
@@ -514,43 +565,33 @@ def scan(
     def save(next_index: int) -> None:
         if checkpoint is not None:
             with disk_full_as_error(checkpoint, RESUME_HINT):  # the checkpoint before this one is whole
-                state.save(checkpoint, {"config": config, "next": next_index, "skipped": [list(s) for s in skipped],
+                state.save(checkpoint, {"config": settings, "next": next_index, "skipped": [list(s) for s in skipped],
                                         "hashes": dict(hashes)})
 
     if checkpoint is not None:  # a killed run's half-written checkpoint, beside the whole one
         remove_stale_temps(Path(checkpoint).parent, name=Path(checkpoint).name, recursive=False)
 
-    transform = model.transform if crops.count == 1 else CropTransform(model.transform, crops)
-    h, w = model.preprocessing.input_size
     done = start
     last_saved = start
-    use_autocast = autocast and model.device.type == "cuda"
     with Bar(len(paths), "scanning", disable=None if progress is None else not progress) as bar:
         bar.advance(start)
-        with capture(model.module, names, stop=True) as outs:
-            batches = iter_batches(paths[start:], transform, batch_size=photos_per_batch, workers=workers, sha256=True)
+        batches = scan_batches(model, state, paths[start:], names, crops, photos_per_batch,
+                               first_id_photo=start + offset, workers=workers, autocast=autocast)
+        with contextlib.closing(batches):
             for batch in batches:
                 for err in batch.errors:
                     skipped.append((err.path, err.reason))
                     if on_skip is not None:
                         on_skip(err.path, err.reason)
-                if batch.indices:
-                    x = batch.tensors.reshape(-1, 3, h, w).to(model.device, non_blocking=True)
-                    photo = torch.tensor(batch.indices, dtype=torch.long) + (start + offset)
-                    ids = crops.image_id(photo.view(-1, 1), torch.arange(crops.count)).view(-1)
-                    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=use_autocast):
-                        run(model.module, x, outs)  # raises LayerNotRunError for a layer not reached
-                        state.update(outs, ids)
-                    outs.clear()
-                    hashes.update((start + i, digest) for i, digest in zip(batch.indices, batch.hashes))
+                hashes.update((start + i, digest) for i, digest in zip(batch.indices, batch.hashes))
                 n = len(batch.indices) + len(batch.errors)
                 done += n
                 bar.advance(n)
                 if done - last_saved >= every and done < len(paths):
-                    hashes = {p: hashes[p] for p in _referenced_photos(state, crops, offset) if p in hashes}
+                    hashes = {p: hashes[p] for p in referenced_photos(state, crops, offset) if p in hashes}
                     save(done)
                     last_saved = done
-    hashes = {p: hashes[p] for p in sorted(_referenced_photos(state, crops, offset)) if p in hashes}
+    hashes = {p: hashes[p] for p in sorted(referenced_photos(state, crops, offset)) if p in hashes}
     save(len(paths))
     return Scan(state, paths, infos, crops, skipped, offset, hashes)
 
@@ -561,7 +602,13 @@ __all__ = [
     "Scan",
     "ScanState",
     "Sketch",
+    "check_arguments",
+    "checkpoint_config",
+    "fingerprint",
     "merge",
+    "referenced_photos",
+    "resume_from",
     "scan",
+    "scan_batches",
 ]
 

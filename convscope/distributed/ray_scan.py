@@ -22,6 +22,7 @@ as its result arrives.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -32,11 +33,11 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..crops import Crops, CropTransform
-from ..errors import ConvscopeError
+from ..crops import Crops
 from ..files import disk_full_as_error, remove_stale_temps
 from ..progress import Bar
-from ..scan import RESUME_HINT, Scan, ScanState, _fingerprint, _referenced_photos, load_checkpoint
+from ..scan import (RESUME_HINT, Scan, ScanState, check_arguments, checkpoint_config, referenced_photos,
+                    resume_from, scan_batches)
 from ..sketch import Sketch
 from .pool import Pool, WorkerInfo, cluster
 
@@ -113,37 +114,22 @@ def scan_shard(model, info: WorkerInfo, settings: ShardSettings, paths: Sequence
     """Scan ``paths`` (photos ``first``.. of the scan's list; photo ``first_id_photo`` in image
     id terms, the scan's ``offset`` included) on the actor's model: the loop of
     :func:`convscope.scan.scan`, from the same decoder and hooks."""
-    from ..data import iter_batches
-    from ..hooks import capture, run
     from ..runtime import keep_freed_memory
 
     keep_freed_memory()
     started = time.perf_counter()
     names = list(settings.layers)
-    infos = model.layers.select(names)
-    state = ScanState({i.name: i.shape for i in infos}, settings.top, model.device)
-    crops = settings.crops
-    transform = model.transform if crops.count == 1 else CropTransform(model.transform, crops)
-    h, w = model.preprocessing.input_size
-    use_autocast = settings.autocast and model.device.type == "cuda"
+    state = ScanState({i.name: i.shape for i in model.layers.select(names)}, settings.top, model.device)
     skipped: list[tuple[str, str]] = []
     hashes: dict[int, str] = {}
-    with capture(model.module, names, stop=True) as outs:
-        batches = iter_batches(paths, transform, batch_size=settings.photos_per_batch, workers=settings.workers,
-                               sha256=True)
+    batches = scan_batches(model, state, paths, names, settings.crops, settings.photos_per_batch,
+                           first_id_photo=first_id_photo, workers=settings.workers, autocast=settings.autocast)
+    with contextlib.closing(batches):
         for batch in batches:
             skipped.extend((err.path, f"{err.reason} (on node {info.node})") for err in batch.errors)
-            if batch.indices:
-                x = batch.tensors.reshape(-1, 3, h, w).to(model.device, non_blocking=True)
-                photo = torch.tensor(batch.indices, dtype=torch.long) + first_id_photo
-                ids = crops.image_id(photo.view(-1, 1), torch.arange(crops.count)).view(-1)
-                with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=use_autocast):
-                    run(model.module, x, outs)  # raises LayerNotRunError for a layer not reached
-                    state.update(outs, ids)
-                outs.clear()
-                hashes.update((first + i, digest) for i, digest in zip(batch.indices, batch.hashes))
+            hashes.update((first + i, digest) for i, digest in zip(batch.indices, batch.hashes))
     offset = first_id_photo - first
-    hashes = {p: hashes[p] for p in _referenced_photos(state, crops, offset) if p in hashes}
+    hashes = {p: hashes[p] for p in referenced_photos(state, settings.crops, offset) if p in hashes}
     return ShardResult(first, len(paths), pack_state(state), skipped, hashes, info.node, info.pid,
                        time.perf_counter() - started)
 
@@ -169,21 +155,11 @@ def scan(
     layers: Sequence[str] | str | None = None,
     top: int = 9,
     *,
-    crops=None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 1000,
-    resume: bool = False,
-    offset: int = 0,
-    autocast: bool = False,
-    progress: bool | None = None,
-    on_skip: Callable[[str, str], None] | None = None,
     address: str | None = None,
     num_workers: int | None = None,
     num_gpus_per_worker: float | str = "auto",
     num_cpus: int | None = None,
-    shard_size: int | None = None,
+    **options,
 ) -> Scan:
     """:func:`convscope.scan.scan` on Ray: the same arguments and the same :class:`Scan`, bit for bit
     (the one difference: a bad file's reason ends with ``(on node NAME)``).
@@ -194,18 +170,18 @@ def scan(
     process already joined, else ``RAY_ADDRESS``, else a local Ray of ``num_cpus`` CPUs, shut
     down afterwards. ``num_workers`` actors (default: one per GPU, or one per node without
     GPUs), each with ``num_gpus_per_worker`` GPUs (``"auto"``: 1 when the cluster has GPUs).
-    ``shard_size``: photos per shard (rounded up to whole batches; default :data:`SHARD_SIZE`,
-    :data:`SHARD_SIZE_GPU` on GPU workers); a checkpoint resumes with any. ``workers``: decoding
-    processes per actor, as in the one-process scan. Photo paths must name the same files on
+    ``options``: the one-process scan's (``crops``, ``batch_size``, ``workers``, ``checkpoint``,
+    ``checkpoint_every``, ``resume``, ``offset``, ``autocast``, ``progress``, ``on_skip``; ``workers``
+    counts decoding processes per actor), and ``shard_size``: photos per shard (rounded up to
+    whole batches; default :data:`SHARD_SIZE`, :data:`SHARD_SIZE_GPU` on GPU workers); a
+    checkpoint resumes with any. Photo paths must name the same files on
     every node (a shared filesystem); the driver lists folders and reads ``@LIST`` files.
 
     >>> result = scan(load_model(), ["photos/"], top=9, num_workers=2)
     """
     with cluster(model, address, num_workers=num_workers, num_gpus_per_worker=num_gpus_per_worker,
                  num_cpus=num_cpus) as pool:
-        return scan_with(pool, images, layers, top, crops=crops, batch_size=batch_size, workers=workers,
-                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, offset=offset,
-                         autocast=autocast, progress=progress, on_skip=on_skip, shard_size=shard_size)
+        return scan_with(pool, images, layers, top, **options)
 
 
 def scan_with(
@@ -233,12 +209,7 @@ def scan_with(
     from ..runtime import keep_freed_memory
 
     keep_freed_memory()  # each merge allocates and frees a dense histogram (see runtime)
-    if not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive whole number, got {top!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be at least 1 image, got {checkpoint_every}")
+    check_arguments(top, batch_size, checkpoint_every)
     if shard_size is None:
         shard_size = SHARD_SIZE_GPU if pool.plan.gpus > 0 else SHARD_SIZE
     if not isinstance(shard_size, int) or shard_size < 1:
@@ -254,34 +225,16 @@ def scan_with(
     names = [i.name for i in infos]
     photos_per_batch = max(1, batch_size // crops.count)
     shard_photos = -(-shard_size // photos_per_batch) * photos_per_batch
-    config = {
-        "engine": "ray",
-        "model": spec,
-        "weights": weights,
-        "input_size": list(input_size),
-        "layers": names,
-        "top": top,
-        "crops": list(crops.levels),
-        "photos_per_batch": photos_per_batch,
-        "offset": offset,
-        "photos": len(paths),
-        "paths_sha256": _fingerprint(paths),
-    }
+    config = {"engine": "ray", **checkpoint_config(spec, weights, input_size, names, top, crops, photos_per_batch,
+                                                  offset, paths)}
     skipped_missing = [(e.path, e.reason) for e in missing]
     state = ScanState({i.name: i.shape for i in infos}, top, "cpu")
     done: dict[int, int] = {}  # first photo -> photos, of every shard merged
     shard_skipped: dict[int, list[tuple[str, str]]] = {}  # first photo -> the shard's bad files
     hashes: dict[int, str] = {}
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        data = load_checkpoint(checkpoint)
-        extra = data.get("extra", {})
-        if extra.get("config") != config:
-            old = extra.get("config", {})
-            diff = [k for k in config if old.get(k) != config[k]]
-            raise ConvscopeError(
-                f"the checkpoint {checkpoint} was made with other settings ({', '.join(diff) or 'unknown'} differ); "
-                "rerun with the same images and options, or start over with resume=False"
-            )
+    data = resume_from(checkpoint, config) if resume else None
+    if data is not None:
+        extra = data["extra"]
         state = ScanState.from_state_dict(data["state"], "cpu")
         done = {int(first): int(n) for first, n in extra["done"]}
         shard_skipped = {int(i): [tuple(s) for s in v] for i, v in extra["skipped"].items()}
@@ -317,10 +270,10 @@ def scan_with(
             bar.advance(result.photos)
             since_saved += result.photos
             if since_saved >= checkpoint_every and sum(done.values()) < len(paths):
-                hashes = {p: hashes[p] for p in _referenced_photos(state, crops, offset) if p in hashes}
+                hashes = {p: hashes[p] for p in referenced_photos(state, crops, offset) if p in hashes}
                 save()
                 since_saved = 0
-    hashes = {p: hashes[p] for p in sorted(_referenced_photos(state, crops, offset)) if p in hashes}
+    hashes = {p: hashes[p] for p in sorted(referenced_photos(state, crops, offset)) if p in hashes}
     save()
     skipped = skipped_missing + [s for i in sorted(shard_skipped) for s in shard_skipped[i]]
     return Scan(state, paths, infos, crops, skipped, offset, hashes)
