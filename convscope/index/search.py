@@ -29,6 +29,7 @@ from typing import Callable, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..errors import ConvscopeError
+from . import blocks
 from .store import IndexStore
 
 #: Default cut-off of a keyword score. On the dev photos (15 hypernym queries, BENCHMARKS.md) a
@@ -101,30 +102,48 @@ def _check_top(top: int) -> None:
 
 def segments(store: IndexStore, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Merge consecutive matching frames of one video: ``rows`` (ascending) and their ``scores``
-    -> (best row, best score, first row, last row) per segment; a photo is its own segment."""
+    -> (best row, best score, first row, last row) per segment; a photo is its own segment.
+
+    Linear in ``len(rows)`` (no sort): a broad word matches most of a large index, and this runs
+    on every match before the top ones are picked."""
+    rows = np.asarray(rows)
+    scores = np.asarray(scores, np.float64)
     if len(rows) == 0:
         empty = np.zeros(0, np.int64)
         return empty, np.zeros(0), empty, empty
-    files = np.asarray(store.entry_file[rows])
     video = ~np.isnan(np.asarray(store.entry_time[rows]))
+    if not video.any():  # photos only: every row is its own segment
+        return rows, scores, rows, rows
+    files = np.asarray(store.entry_file[rows])
     brk = np.ones(len(rows), bool)
     brk[1:] = (np.diff(rows) != 1) | (files[1:] != files[:-1]) | ~video[1:] | ~video[:-1]
-    seg = np.cumsum(brk) - 1
     starts = np.flatnonzero(brk)
     ends = np.append(starts[1:], len(rows)) - 1
+    seg = np.cumsum(brk) - 1
+    best_score = np.maximum.reduceat(scores, starts)
     # best frame of each segment: the highest score, the first on a tie
-    order = np.lexsort((rows, -scores, seg))
-    first_of_seg = order[np.searchsorted(seg[order], np.arange(len(starts)))]
-    return rows[first_of_seg], scores[first_of_seg], rows[starts], rows[ends]
+    at_best = np.flatnonzero(scores == best_score[seg])
+    first_best = at_best[np.r_[True, seg[at_best][1:] != seg[at_best][:-1]]]
+    return rows[first_best], best_score, rows[starts], rows[ends]
+
+
+def _top_order(key: np.ndarray, tie: np.ndarray, top: int) -> np.ndarray:
+    """Indices of the ``top`` largest ``key``, largest first, ties by smaller ``tie``: a
+    partition picks the candidates, so only they are sorted."""
+    if len(key) > top:
+        kth = np.partition(key, len(key) - top)[len(key) - top]
+        candidates = np.flatnonzero(key >= kth)
+    else:
+        candidates = np.arange(len(key))
+    order = candidates[np.lexsort((tie[candidates], -key[candidates]))]
+    return order[:top]
 
 
 def _results(store: IndexStore, best, score, first, last, sort: str, top: int) -> list[Result]:
     if sort == "date":
-        dates = np.asarray(store.entry_date[first])
-        order = np.lexsort((first, -dates))  # newest first
+        order = _top_order(np.asarray(store.entry_date[first], np.float64), first, top)  # newest first
     else:
-        order = np.lexsort((first, -score))
-    order = order[:top]
+        order = _top_order(np.asarray(score, np.float64), first, top)
     rows = [int(best[i]) for i in order]
     files = store.files([int(store.entry_file[r]) for r in rows])
     out = []
@@ -142,16 +161,32 @@ def _results(store: IndexStore, best, score, first, last, sort: str, top: int) -
 
 
 def keyword_scores(store: IndexStore, classes: Sequence[int]) -> np.ndarray:
-    """(N,) float64: per entry, the sum of its stored probabilities of ``classes``."""
+    """(N,) float64: per entry, the sum of its stored probabilities of ``classes``: the columns
+    of the class blocks the classes cover whole (:mod:`.blocks`), plus the inverted lists of
+    the others, gathered in runs of consecutive lists."""
     offsets = store.post_offsets
-    spans = [(offsets[c], offsets[c + 1]) for c in sorted({int(c) for c in classes})
-             if 0 <= c < len(offsets) - 1 and offsets[c + 1] > offsets[c]]
-    if not spans:
-        return np.zeros(store.entries)
-    # one pass of bincount over the gathered lists: twice as fast as adding list by list
-    entries = np.concatenate([store.post_entry[a:b] for a, b in spans])
-    probs = np.concatenate([store.post_prob[a:b] for a, b in spans]).astype(np.float64)
-    return np.bincount(entries, weights=probs, minlength=store.entries)
+    count = len(offsets) - 1
+    whole, rest = [], sorted({int(c) for c in classes if 0 <= int(c) < count})
+    if store.class_blocks is not None and len(rest) >= 2 * blocks.BLOCK:
+        whole, rest = blocks.split(rest, count)
+    runs: list[list[int]] = []
+    for c in rest:
+        a, b = int(offsets[c]), int(offsets[c + 1])
+        if b == a:
+            continue
+        if runs and runs[-1][1] == a:  # the next class's list follows: one slice
+            runs[-1][1] = b
+        else:
+            runs.append([a, b])
+    scores = np.zeros(store.entries)
+    if runs:
+        # one pass of bincount over the gathered lists: twice as fast as adding list by list
+        entries = np.concatenate([store.post_entry[a:b] for a, b in runs])
+        probs = np.concatenate([store.post_prob[a:b] for a, b in runs]).astype(np.float64)
+        scores = np.bincount(entries, weights=probs, minlength=store.entries)
+    for b in whole:
+        scores += store.class_blocks[b]
+    return scores
 
 
 def search(store: IndexStore, query: str, *, top: int = 20, min_score: float = MIN_SCORE, sort: str = "score",

@@ -148,6 +148,8 @@ class IndexStore:
     into a video (NaN for a photo); ``entry_date`` (N,) float64 Unix seconds (EXIF date, else
     the file's mtime; plus the frame time). Unit arrays (``U`` units of all indexed layers side
     by side): ``units`` (U, N) float16 spatial maxima and ``unit_pos`` (U, N) int16 positions.
+Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``class_blocks``
+(B, N) float32, per entry the sums over blocks of consecutive classes (:mod:`.blocks`), or None.
 
     >>> store = IndexStore.open("photos.index")
     >>> store.info()["entries"]
@@ -172,6 +174,8 @@ class IndexStore:
         self.post_offsets = np.asarray(load("post_offsets"))
         self.post_entry = load("post_entry")
         self.post_prob = load("post_prob")
+        blocks = arrays / "class_blocks.npy"  # absent in indexes built before it (format 1 still)
+        self.class_blocks = load_rows(blocks) if blocks.is_file() else None
         self.entry_file = load("entry_file")
         self.entry_time = load("entry_time")
         self.entry_date = load("entry_date")

@@ -131,6 +131,8 @@ class Vocabulary:
                     senses.append(s.wnid)
         self._exceptions = {normalize(k): [normalize(b) for b in v] for k, v in exceptions.items()}
         self._longest = max(len(k.split()) for k in self._by_lemma)
+        self._class_ancestors: list[frozenset[str]] | None = None
+        self._path_cache: dict[tuple[str, ...], dict[int, tuple[str, ...]]] = {}
 
     @classmethod
     def load(cls) -> Vocabulary:
@@ -209,8 +211,21 @@ class Vocabulary:
         return frozenset(seen)
 
     def _paths(self, senses: Sequence[str]) -> dict[int, tuple[str, ...]]:
-        found = ((i, self.path(i, senses)) for i in range(len(self.class_wnids)))
-        return {i: p for i, p in found if p is not None}
+        """The path of every class under one of ``senses``; only those classes are walked (the
+        others are ruled out by their ancestor sets), and a server asking again gets the same
+        answer from a small cache."""
+        key = tuple(senses)
+        hit = self._path_cache.get(key)
+        if hit is None:
+            if self._class_ancestors is None:
+                self._class_ancestors = [self.ancestors(i) for i in range(len(self.class_wnids))]
+            targets = set(key)
+            under = [i for i, up in enumerate(self._class_ancestors) if not targets.isdisjoint(up)]
+            hit = {i: self.path(i, key) for i in under}
+            if len(self._path_cache) >= 256:
+                self._path_cache.clear()
+            self._path_cache[key] = hit
+        return dict(hit)
 
     def _narrowed(self, terms: list[_Term]) -> dict[int, tuple[str, ...]]:
         """The classes under every term; each with its longest path, which runs through the
