@@ -393,7 +393,7 @@ def band_shares(weights) -> np.ndarray:
 
 def first_layer_filters(model, scale: int | None = None) -> FirstLayerFilters:
     """The first Conv2d that reads the 3 colour channels, its filters as RGB images and their
-    frequency content. ``scale``: pixels per weight (default: about 48 pixels a filter).
+    frequency content. ``scale``: pixels per weight (default: about 60 pixels a filter).
 
     >>> f = first_layer_filters(convscope.load_model())   # conv_stem: 32 filters of 3x3
     >>> f.images.shape, f.bands.mean(0)
@@ -407,7 +407,7 @@ def first_layer_filters(model, scale: int | None = None) -> FirstLayerFilters:
     name, conv = found
     w = conv.weight.detach().float().cpu().numpy()
     kh, kw = w.shape[2:]
-    scale = scale or max(1, 48 // max(kh, kw))
+    scale = scale or max(1, 60 // max(kh, kw))
     peak = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, 1, 1, 1)
     rgb = 0.5 + 0.5 * w / np.where(peak > 0, peak, 1)
     images = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
