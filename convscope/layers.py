@@ -564,3 +564,74 @@ def receptive_field_support(model: nn.Module, layer: str, x: torch.Tensor, y: in
         (grad,) = torch.autograd.grad(out[0, :, y, xx].sum(), x)
     return _support_box(grad[0])
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Saturation:
+    """A layer whose output is a monotone activation with a ceiling (ReLU6, Hardtanh, Sigmoid...),
+    so many top values tie at ``ceiling``: ``activation`` is the dotted name of that module, whose
+    *input* is the pre-activation (capture it with a forward pre-hook: :func:`activation_maps`)."""
+
+    layer: str
+    activation: str
+    type: str
+    floor: float
+    ceiling: float
+
+
+def _bounds(m: nn.Module) -> tuple[float, float] | None:
+    if isinstance(m, nn.Hardtanh):  # ReLU6 is Hardtanh(0, 6)
+        return float(m.min_val), float(m.max_val)
+    name = type(m).__name__.lower()
+    if is_activation(m) and name in ("sigmoid", "hardsigmoid", "hard_sigmoid", "tanh", "hardtanh"):
+        return (-1.0, 1.0) if "tanh" in name else (0.0, 1.0)
+    return None
+
+
+def saturating_activation(model: nn.Module, layer: str, x: torch.Tensor | None = None) -> Saturation | None:
+    """The :class:`Saturation` of ``layer`` if its output *is* the output of a saturating
+    activation (the layer itself, or the module inside it that produced the very tensor it
+    returns, as timm's ``BatchNormAct2d.act`` or torchvision's ``Conv2dNormActivation``'s
+    ``nn.ReLU6``), else None (a plain ReLU, a block ending in a sum or a BatchNorm). Decided on one
+    forward pass of ``x`` (default: one 64 x 64 input of 0.5), cut after the layer.
+
+    >>> saturating_activation(timm.create_model("tf_efficientnet_lite0"), "blocks.5.0.bn1")
+    Saturation(layer='blocks.5.0.bn1', activation='blocks.5.0.bn1.act', type='ReLU6', floor=0.0, ceiling=6.0)
+    """
+    root = dict(model.named_modules()).get(layer)
+    if root is None:
+        raise unknown_layer_error(layer, [n for n, _ in model.named_modules() if n])
+    found = {f"{layer}.{n}" if n else layer: m for n, m in root.named_modules() if _bounds(m) is not None}
+    if not found:
+        return None
+    if x is None:
+        p = next(model.parameters(), None)
+        x = torch.full((1, 3, 64, 64), 0.5, device=p.device if p is not None else "cpu")
+    seen: dict[str, list] = {}
+    # the activation hooks go on first: the layer may be the activation itself, whose capture hook ends the pass
+    with model_lock(model), Handles() as handles, torch.no_grad():
+        for name, m in found.items():
+            handles.add(m.register_forward_hook(lambda _m, _i, out, name=name: seen.setdefault(name, []).append(out)))
+        with capture(model, [layer]) as outs:
+            run(model, x, outs)
+        hits = [n for n, o in seen.items() if len(o) == 1 and o[0] is outs[layer]]
+    if not hits:
+        return None
+    floor, ceiling = _bounds(found[hits[-1]])
+    return Saturation(layer, hits[-1], type(found[hits[-1]]).__name__, floor, ceiling)
+
+
+def activation_maps(model: nn.Module, saturation: Saturation, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(post, pre) for the batch ``x``: the layer's output and its activation's input (cloned
+    before an in-place activation overwrites it), both (N, C, H, W), without gradients; the
+    forward pass is cut after the layer and every hook comes off.
+
+    >>> post, pre = activation_maps(model, saturating_activation(model, "bn2"), x)
+    """
+    act = dict(model.named_modules())[saturation.activation]
+    pre: list[torch.Tensor] = []
+    with capture(model, [saturation.layer]) as outs, Handles() as handles, torch.no_grad():
+        handles.add(act.register_forward_pre_hook(lambda _m, args: pre.append(args[0].detach().clone())))
+        run(model, x, outs)
+        post = outs[saturation.layer]
+    return post, pre[0]

@@ -183,3 +183,72 @@ def test_a_bug_at_a_larger_input_is_not_taken_for_a_fixed_size():
 
     with pytest.raises(KeyError, match="scores"):
         LayerCatalogue.probe(Buggy(), (32, 32), cache=False)
+
+
+# --------------------------------------------------------------------------- saturating activations
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # random BatchNorm statistics, so that bn(x) is no near-identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.2)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g) * 3)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 2)
+    return model
+
+
+@pytest.mark.parametrize("layer", ["bn1", "blocks.5.0.bn1", "bn2"])
+def test_relu6_layers_saturate_and_their_pre_activation_is_bn_of_the_input(lite0, layer):
+    from convscope.layers import Saturation, activation_maps, saturating_activation
+
+    sat = saturating_activation(lite0, layer)
+    assert sat == Saturation(layer, f"{layer}.act", "ReLU6", 0.0, 6.0)
+    assert hook_count(lite0) == 0
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2
+    bn = dict(lite0.named_modules())[layer]
+    seen = []
+    handle = bn.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        post, pre = activation_maps(lite0, sat, x)
+    finally:
+        handle.remove()
+    assert hook_count(lite0) == 0
+    by_hand = (seen[0] - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+    by_hand = by_hand * bn.weight[:, None, None] + bn.bias[:, None, None]
+    assert pre.shape == post.shape and torch.allclose(pre, by_hand, atol=1e-4, rtol=1e-4)
+    assert torch.equal(post, pre.clamp(0, 6))  # pre was cloned before the in-place ReLU6 ran
+    tied = post == 6.0
+    assert tied.sum() > 10 and (pre[tied] > 6.0).all()  # the ties a ranking by post cannot order
+    # the brute-force ranking the scan must reproduce: per (image, unit) the largest pre-activation
+    # and where it is; there the post-activation is also the largest (ReLU6 is monotone)
+    n, c = pre.shape[:2]
+    for i in range(n):
+        for u in range(0, c, max(1, c // 7)):
+            flat = int(pre[i, u].argmax())
+            y, xx = divmod(flat, pre.shape[3])
+            assert float(pre[i, u, y, xx]) == float(pre[i, u].max())
+            assert float(post[i, u, y, xx]) == float(post[i, u].max())
+
+
+def test_non_saturating_layers_return_none_and_torchvision_relu6_is_found():
+    from convscope.layers import Saturation, saturating_activation
+
+    torchvision = pytest.importorskip("torchvision")
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    assert saturating_activation(resnet, "relu") is None  # a plain ReLU
+    assert saturating_activation(resnet, "layer1") is None  # ends in a sum then a ReLU
+    mnv2 = torchvision.models.mobilenet_v2(weights=None).eval()
+    assert saturating_activation(mnv2, "features.18") == Saturation("features.18", "features.18.2", "ReLU6", 0.0, 6.0)
+    assert saturating_activation(mnv2, "features.18.2") == Saturation("features.18.2", "features.18.2", "ReLU6", 0.0, 6.0)
+    assert saturating_activation(mnv2, "features.14") is None  # ends in its projection BatchNorm
+    gate = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid())
+    assert saturating_activation(gate, "1") == Saturation("1", "1", "Sigmoid", 0.0, 1.0)
+    with pytest.raises(UnknownLayerError, match="features.18"):
+        saturating_activation(mnv2, "features.188")
+    assert hook_count(mnv2) == 0
