@@ -257,3 +257,185 @@ def test_nothing_imports_ray_unless_asked():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- whole builds on Ray
+
+
+def atlas_contents(root) -> tuple[dict, dict]:
+    """Every table of an atlas (the timings and a bad file's node aside) and every PNG file's bytes."""
+    import sqlite3
+
+    db = sqlite3.connect(root / "atlas.sqlite")
+    tables = {}
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+        rows = db.execute(f"SELECT * FROM {name}").fetchall()
+        if name == "meta":
+            rows = [r for r in rows if r[0] not in ("created", "seconds", "build_seconds")]
+        tables[name] = sorted(tuple(str(v).split(" (on node ")[0] for v in r) for r in rows)
+    db.close()
+    return tables, {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def one_atlas(model, photos, tmp_path_factory):
+    from convscope.atlas import build
+
+    out = tmp_path_factory.mktemp("atlas") / "one"
+    build(model, photos, out, LAYERS, TOP, batch_size=BATCH, workers=0, progress=False)
+    return atlas_contents(out)
+
+
+@pytest.mark.slow
+def test_atlas_build_on_ray_equals_the_one_process_build(pool, model, photos, one_atlas, tmp_path, monkeypatch):
+    from convscope.atlas import Atlas, build
+    from convscope.distributed import ray_scan
+
+    monkeypatch.setattr(ray_scan, "SHARD_SIZE", SHARD)  # several shards (the default is 1,024 photos)
+    skips = []
+    atlas = build(model, photos, tmp_path / "ray", LAYERS, TOP, batch_size=BATCH, workers=0, progress=False,
+                  ray=True, ray_workers=2, on_skip=lambda p, r: skips.append((p, r)))  # joins the module's Ray
+    tables, files = atlas_contents(tmp_path / "ray")
+    assert tables == one_atlas[0]  # examples, values, positions, boxes, images, photos, hashes, skipped
+    assert files == one_atlas[1] and len(files) > 50  # patches and projections, byte for byte
+    assert len(tables["examples"]) == sum(i.shape[0] for i in model.layers.select(LAYERS)) * TOP
+    assert [p for p, _ in skips] == [photos[-1]] and skips[0][1].endswith(f"(on node {pool.infos()[0].node})")
+    with Atlas.open(tmp_path / "ray") as a:
+        assert a.info()["images"]["skipped"] == 1
+    assert isinstance(atlas, Atlas)
+
+
+@pytest.fixture(scope="module")
+def library(photos, tmp_path_factory):
+    """The module's photos (a bad one among them), a clip of 3 s (3 frames at fps 1, in two pieces
+    with SEGMENT_FRAMES at 2) and a bad video."""
+    from .test_index import write_clip
+
+    d = tmp_path_factory.mktemp("library")
+    for p in photos:
+        os.symlink(p, d / os.path.basename(p))
+    write_clip(d / "clip.mp4")
+    (d / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(200))
+    return d
+
+
+def index_contents(root) -> dict:
+    """Every record, row, vector and thumbnail of an index (the timings and a bad file's node aside)."""
+    from convscope.index import Index
+
+    with Index.open(root) as index:
+        files = sorted((f["id"], f["path"], f["kind"], f["sha256"], f["first_row"], f["rows"], f["width"],
+                        f["duration"]) for f in index.files().values())
+        entries = [tuple(r) for r in index.query("SELECT row, file, time FROM entries ORDER BY row")]
+        thumbs = [index.thumbnail(r) for r in range(index.entries)]
+        skipped = sorted((r["path"], r["reason"].split(" (on node ")[0]) for r in index.query("SELECT * FROM skipped"))
+        arrays = {name: np.asarray(getattr(index, name)).tobytes()
+                  for name in ("top_class", "top_prob", "embedding", "units", "unit_pos", "entry_file", "entry_date")}
+        return {"files": files, "entries": entries, "thumbs": thumbs, "skipped": skipped, "arrays": arrays,
+                "layers": index.meta["layers"], "model": index.meta["model"]}
+
+
+@pytest.fixture(scope="module")
+def one_index(model, library, tmp_path_factory):
+    from convscope.index import Index
+    from convscope.index import build as index_build
+
+    out = tmp_path_factory.mktemp("index") / "one"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(index_build, "SEGMENT_FRAMES", 2)
+        Index.build(model, [library], out, batch_size=BATCH, workers=0, progress=False).close()
+    return index_contents(out)
+
+
+@pytest.fixture()
+def small_shards(monkeypatch):
+    from convscope.index import build as index_build
+    from convscope.index import shards
+
+    monkeypatch.setattr(index_build, "SEGMENT_FRAMES", 2)
+    monkeypatch.setattr(shards, "SHARD_ITEMS", 5)  # several shards, one with the clip's two pieces
+
+
+@pytest.mark.slow
+def test_index_on_ray_equals_the_one_process_index(pool, model, library, one_index, small_shards, tmp_path):
+    from convscope.index import Index
+
+    skips = []
+    Index.build(model, [library], tmp_path / "ray", batch_size=BATCH, workers=0, progress=False, ray=True,
+                ray_workers=2, on_skip=lambda p, r: skips.append((p, r))).close()
+    got = index_contents(tmp_path / "ray")
+    assert got == one_index
+    assert len(got["entries"]) == len(got["files"]) + 2 > 25  # one row a photo, three for the clip (two pieces)
+    assert sorted(p for p, _ in skips) == [str(library / "broken.mp4"), str(library / "zz_bad.png")]
+    node = pool.infos()[0].node
+    assert [r for p, r in skips if p.endswith(".png")][0].endswith(f"(on node {node})")  # read by a worker
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_build_gives_the_same_index_and_atlas(pool, model, library, photos, one_index, one_atlas,
+                                                                   small_shards, tmp_path, monkeypatch):
+    from convscope.atlas import build
+    from convscope.distributed import ray_scan
+    from convscope.index import Index
+
+    def killer(pid: int, killed: list):
+        def on_skip(_path, _reason):  # on the driver, as a shard's bad file comes in: others are out
+            if not killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return on_skip
+
+    killed: list = []
+    Index.build(model, [library], tmp_path / "index", batch_size=BATCH, workers=0, progress=False, ray=pool,
+                on_skip=killer(pool.infos()[0].pid, killed)).close()
+    assert killed and index_contents(tmp_path / "index") == one_index
+    after = {i.pid for i in pool.infos()}
+    assert killed[0] not in after and len(after) == 2  # Ray restarted that actor
+
+    monkeypatch.setattr(ray_scan, "SHARD_SIZE", SHARD)
+    killed = []
+    build(model, photos, tmp_path / "atlas", LAYERS, TOP, batch_size=BATCH, workers=0, progress=False, ray=pool,
+          on_skip=killer(pool.infos()[1].pid, killed))  # with the bad photo's shard, before the projections
+    assert killed and atlas_contents(tmp_path / "atlas") == one_atlas
+
+
+@pytest.mark.slow
+def test_a_path_a_worker_cannot_read_is_a_bad_file_of_the_index_with_the_node_name(pool, model, photos, tmp_path):
+    from convscope.index import Index
+
+    d = tmp_path / "lib"
+    d.mkdir()
+    os.symlink(photos[0], d / "a.png")
+    os.symlink("/proc/self/mem", d / "b.jpg")  # the driver sees a file; reading it fails (EIO)
+    skips = []
+    index = Index.build(model, [d], tmp_path / "index", batch_size=BATCH, workers=0, progress=False, ray=pool,
+                        on_skip=lambda p, r: skips.append((p, r)))
+    node = pool.infos()[0].node
+    assert [p for p, _ in skips] == [str(d / "b.jpg")] and index.entries == 1
+    assert skips[0][1] == f"cannot read (Input/output error) (on node {node})"
+    assert index.query("SELECT reason FROM skipped")[0]["reason"] == skips[0][1]
+    index.close()
+
+
+def test_builds_without_ray_import_no_ray(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(os.path.dirname(os.path.dirname(__file__)))!r})
+        import torch
+        torch.set_num_threads(1)
+        from click.testing import CliRunner
+        from convscope.atlas import build
+        from convscope.cli import main
+        from convscope.index import Index
+        from convscope.data import sample_photos
+        from tests.test_scan import LAYERS, tiny_model
+        photos = [str(p) for p in sample_photos({str(tmp_path / "s")!r})[:3]]
+        build(tiny_model(), photos, {str(tmp_path / "atlas")!r}, LAYERS, 2, workers=0, progress=False)
+        Index.build(tiny_model(), photos, {str(tmp_path / "index")!r}, workers=0, progress=False).close()
+        out = CliRunner().invoke(main, ["index", *photos, "--out", {str(tmp_path / "cli")!r}, "--workers", "0",
+                                        "--model", "torchvision:resnet18", "--no-pretrained"])
+        assert out.exit_code == 0, out.output
+        assert "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))[:5]
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]

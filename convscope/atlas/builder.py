@@ -3,14 +3,16 @@
 :func:`build` runs its steps in order, each a function here:
 
 1. :func:`_prepare`: check what the folder holds (``overwrite``, ``resume``) before any work;
-2. the scan (:func:`convscope.scan.scan`), checkpointed in ``.partial/``: each unit's top images,
-   and the sha256 of every photo among them, hashed from the bytes the scan decoded;
+2. the scan (:func:`convscope.scan.scan`, or on Ray :func:`convscope.distributed.scan_with`),
+   checkpointed in ``.partial/``: each unit's top images, and the sha256 of every photo among
+   them, hashed from the bytes the scan decoded;
 3. :func:`_records`: the records (:mod:`convscope.atlas.records`) of every example, image and
    photo;
 4. :func:`_render`: read only those photos again, cut the patches and project the examples in
    batches (:func:`convscope.backproject.project_boxes`, on the private copy of
-   :func:`convscope.backproject.projection_module`), written as PNG files; a photo that cannot be
-   read again, or whose bytes changed since the scan, is recorded as unreadable;
+   :func:`convscope.backproject.projection_module`), written as PNG files (on Ray, spread by
+   photo over the actors: :func:`convscope.distributed.render`); a photo that cannot be read
+   again, or whose bytes changed since the scan, is recorded as unreadable;
 5. :func:`~convscope.atlas.store.write_db` into ``.partial/``, then
    :func:`~convscope.atlas.store.commit_db` renames it to ``atlas.sqlite``: the commit point, so a
    crash never leaves an atlas that reads as complete, and ``build(..., resume=True)`` continues
@@ -22,6 +24,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -62,6 +65,8 @@ def build(
     projection_batch: int | None = None,
     progress: bool | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
 ) -> Atlas:
     """Build an atlas of ``model`` over ``images`` in the folder ``out``; returns it opened.
 
@@ -74,7 +79,11 @@ def build(
     unit's top examples get projections (default: all ``top``; 0: none). ``methods``: projection
     methods (of :data:`convscope.atlas.METHODS`). ``projection_batch``: whole inputs per
     projection batch (default: ``batch_size`` on a GPU, at most 8 on a CPU, where larger batches
-    outgrow the caches and run slower per example).
+    outgrow the caches and run slower per example). ``ray``: run the scan and the projections on a
+    Ray cluster (True: a local Ray, or the one this process joined; ``"auto"`` or
+    ``"HOST:PORT"``: that cluster; or a running :class:`convscope.distributed.Pool`) with
+    ``ray_workers`` actors (default: one per GPU, else one per node): the same atlas as one
+    process (:mod:`convscope.distributed`), ``workers`` then counting decoding processes per actor.
 
     >>> atlas = build(load_model(), ["photos/"], "atlas/", layers=["blocks.2"], top=9)
     """
@@ -94,30 +103,48 @@ def build(
     # A full disk stops the build with one line; every file written so far is whole, the last
     # checkpoint included, and resume=True continues from it.
     with disk_full_as_error(out, RESUME_HINT):
-        return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
-                      project, methods, projection_batch, progress, on_skip, started)
+        if not ray:
+            return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
+                          project, methods, projection_batch, progress, on_skip, started, None)
+        from .. import distributed
+
+        if isinstance(ray, distributed.Pool):  # the actors of a running pool (several builds, one start-up)
+            opened = contextlib.nullcontext(ray)
+        else:
+            opened = distributed.cluster(model, None if ray is True else ray, num_workers=ray_workers)
+        with opened as pool:
+            return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
+                          project, methods, projection_batch, progress, on_skip, started, pool)
 
 
 def _build(model, images, out: Path, layers, top, crops, batch_size, workers, resume, checkpoint_every, project,
-           methods, projection_batch, progress, on_skip, started) -> Atlas:
+           methods, projection_batch, progress, on_skip, started, pool) -> Atlas:
     """:func:`build`'s steps, once its arguments are checked and ``out`` is prepared."""
     partial = out / PARTIAL
     if resume and (out / DB_NAME).exists():  # finished already (say, killed while cleaning up)
         shutil.rmtree(partial, ignore_errors=True)
         return Atlas.open(out)
     partial.mkdir(parents=True, exist_ok=True)
-    result = scan(
-        model, images, layers, top, crops=crops, batch_size=batch_size, workers=workers,
-        checkpoint=partial / "scan.ckpt", checkpoint_every=checkpoint_every, resume=resume,
-        progress=progress, on_skip=on_skip,
-    )
+    kwargs = dict(crops=crops, batch_size=batch_size, workers=workers, checkpoint=partial / "scan.ckpt",
+                  checkpoint_every=checkpoint_every, resume=resume, progress=progress, on_skip=on_skip)
+    if pool is None:
+        result = scan(model, images, layers, top, **kwargs)
+    else:
+        from .. import distributed
+
+        result = distributed.scan_with(pool, images, layers, top, **kwargs)
     records = _records(result, model)
     if projection_batch is None:
-        projection_batch = batch_size if model.device.type == "cuda" else min(batch_size, 8)
+        on_gpu = model.device.type == "cuda" if pool is None else pool.infos()[0].device.startswith("cuda")
+        projection_batch = batch_size if on_gpu else min(batch_size, 8)
     stats: dict = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        incomplete = _render(model, result, records, out, project, methods, projection_batch, progress, stats)
+        if pool is None:
+            incomplete = _render(model, result, records, out, project, methods, projection_batch, progress, stats)
+        else:
+            incomplete = distributed.render(pool, _render, result, records, out, project, methods, projection_batch,
+                                            progress, stats)
     notes = _summarize_warnings(caught)
     stats = {info.name: stats[info.name] for info in result.layers if info.name in stats}  # network order
     db_tmp = partial / DB_NAME

@@ -10,6 +10,7 @@ import click
 
 from ..files import printable_path
 from ._common import LAYERS, UNITS, emit, model_options, note, renamed, report_skipped
+from ._ray import ray_options
 
 
 @click.group()
@@ -40,20 +41,24 @@ def atlas():
 @click.option("--resume", is_flag=True, help="Continue an interrupted build in --out (same arguments).")
 @click.option("--overwrite", is_flag=True, help="Replace an atlas or unfinished build in --out.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, seconds.")
+@ray_options
 @model_options
 def build(images, out, samples, layers, top, crops, project, batch_size, workers, checkpoint_every, resume, overwrite,
-          as_json, model_args):
+          as_json, ray, ray_workers, model_args):
     """Scan photos (files, folders, globs, @LIST files) and write an atlas to --out.
 
     One pass over the photos keeps each unit's --top images; then only those photos are read
     again to cut patches and compute projections. Bad files are skipped and counted. A build
-    killed half-way continues with --resume and gives the same atlas.
+    killed half-way continues with --resume and gives the same atlas. With --ray the scan and
+    the projections run on Ray workers (the --out folder must be one they all see), and the
+    atlas is the one a single process writes.
 
     \b
     Examples:
       convscope atlas build photos/ --out atlas/
       convscope atlas build --samples --crops 1,2,3 --out demo-atlas/
       convscope atlas build photos/ --out atlas/ --resume
+      convscope atlas build @imagenet.txt --out atlas/ --ray auto
     """
     from ..atlas import DB_NAME, PARTIAL
     from ..atlas import build as build_atlas
@@ -78,7 +83,7 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
         result = build_atlas(
             model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
             resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project,
-            on_skip=report_skipped,
+            on_skip=report_skipped, ray=ray, ray_workers=ray_workers,
         )
     for w in caught:  # one line each, no source line
         note(str(w.message))

@@ -11,6 +11,7 @@ import click
 
 from ..files import printable_path
 from ._common import LAYERS, ModelArgs, emit, model_options, note, report_skipped
+from ._ray import ray_options
 
 # convscope.index.MIN_SCORE and convscope.index.search.SORTS, written out so that --help needs no
 # numpy or torch (tests/test_cli.py checks that they agree)
@@ -33,20 +34,24 @@ SORTS = ("score", "date")
 @click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes (default: by input count).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record for the index written: out, entries, photos, videos, skipped, model, layers, seconds.")
+@ray_options
 @model_options
-def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json, model_args):
+def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json, ray, ray_workers, model_args):
     """Index photos and videos (files, folders, globs, @LIST files) into --out, once, for
     `convscope search`, `duplicates` and `organize`.
 
     Per photo, and per sampled video frame, the index keeps the class probabilities, an
     embedding, the strongest response of every unit of --layers and a thumbnail. Bad files are
     skipped with one line each and counted; a build killed half-way continues with --resume.
+    With --ray the forward passes run on Ray workers, and the index is the one a single process
+    writes.
 
     \b
     Examples:
       convscope index photos/ clips/ --out photos.index
       convscope index --update --out photos.index        # after adding, changing or deleting photos
       convscope index photos/ --out photos.index --resume
+      convscope index photos/ --out photos.index --ray --ray-workers 2
     """
     from ..index import Index
     from ..index.store import DB_NAME, PARTIAL
@@ -64,7 +69,7 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
     model = model_args.load()
     started = time.time()
     with Index.build(model, list(paths) or None, out, fps=fps, update=update, resume=resume, batch_size=batch_size,
-                     workers=workers, layers=layers, on_skip=report_skipped) as built:
+                     workers=workers, layers=layers, on_skip=report_skipped, ray=ray, ray_workers=ray_workers) as built:
         info = built.info()
     seconds = time.time() - started
     if as_json:

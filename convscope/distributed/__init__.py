@@ -33,7 +33,14 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    try:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    except ModuleNotFoundError as exc:
+        if exc.name != "ray" and not str(exc.name).startswith("ray."):
+            raise
+        from ..errors import ConvscopeError
+
+        raise ConvscopeError('Ray is not installed, and builds on Ray need it: pip install "convscope[ray]"') from None
     globals()[name] = value
     return value
 

@@ -74,14 +74,15 @@ def _jobs(records, chunk: int, job_images: int) -> list:
 
 def render(pool: Pool, step: Callable, result: Scan, records, out: str | os.PathLike, project: int,
            methods: Sequence[str], batch_size: int, progress: bool | None, stats: dict,
-           job_images: int = JOB_IMAGES) -> set[str]:
+           job_images: int | None = None) -> set[str]:
     """The builder's render ``step`` (``convscope.atlas.builder._render``, called as
     ``step(model, result, records, out, project, methods, batch_size, progress, stats)``) on
     ``pool``'s actors, with the arguments it takes less the model (the actors hold it): fills
     ``records`` (:class:`convscope.atlas.records.Records`) and ``stats`` in place and returns
-    the incomplete layers, as the step does."""
+    the incomplete layers, as the step does. ``job_images``: images per job, at least (default
+    :data:`JOB_IMAGES`)."""
     chunk = max(1, min(256, 4 * batch_size))  # the builder's chunk of images
-    jobs = _jobs(records, chunk, job_images)
+    jobs = _jobs(records, chunk, job_images or JOB_IMAGES)
     # what the render reads of the scan: the paths, crops and layers, not the state
     light = dataclasses.replace(result, state=ScanState({}, result.state.top_k), hashes={})
     light_ref = ray.put(light)  # once in the object store, not once per job

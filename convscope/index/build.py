@@ -334,7 +334,7 @@ def _prepare(out: Path, update: bool, resume: bool) -> None:
 def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, fps: float = 1.0, update: bool = False,
           resume: bool = False, batch_size: int = 32, workers: int | None = None,
           on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None, draft: bool = True,
-          layers: Sequence[str] | None = None) -> Path:
+          layers: Sequence[str] | None = None, ray=None, ray_workers: int | None = None) -> Path:
     """Index ``inputs`` (files, folders, globs, ``@LIST``; photos and videos) into the folder ``out``.
 
     ``fps``: video frames sampled per second of video. ``update``: refresh an existing index
@@ -344,7 +344,11 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     none for under 16 files, else up to 4). ``on_skip(path, reason)`` is called once per file
     that cannot be read (it is skipped and counted). ``draft``: JPEGs decode at 1/2, 1/4 or
     1/8 scale where the result still covers the model's resize. ``layers``: the layers kept for
-    unit search (default: the catalogue's default selection). Returns ``out``.
+    unit search (default: the catalogue's default selection). ``ray``: compute on a Ray cluster
+    (True: a local Ray, or the one this process joined; ``"auto"`` or ``"HOST:PORT"``: that
+    cluster; or a running :class:`convscope.distributed.Pool`) with ``ray_workers`` actors
+    (default: one per GPU, else one per node): the same records, vectors and thumbnails as one
+    process (:mod:`.shards`), ``workers`` then counting decoding processes per actor. Returns ``out``.
 
     >>> build(load_model(), ["photos/"], "photos.index")
     PosixPath('photos.index')
@@ -388,12 +392,20 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
                 _copy_file(partial, old, sources[i])
                 bar.advance()
             partial.commit(force=True)
-            tasks = _tasks(sources, todo, fps, skip)
-            if workers is None:
-                workers = default_workers(len(tasks))
+            # the batches of the whole plan, less the files a resumed build has: the same batches
+            # as an uninterrupted build (it committed only where a batch ended)
+            computed = [i for i, s in enumerate(sources) if s.keep is None]
+            tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, skip), partial.done)
             min_size = model.preprocessing.resize if draft else None
-            _compute(partial, extractor, sources, _decode(tasks, model.transform, fps, min_size, max(0, workers)),
-                     batch_size, skip, bar)
+            if ray and tasks:
+                from .shards import compute_on_ray
+
+                compute_on_ray(ray, ray_workers, partial, extractor, sources, tasks, ends, fps, min_size, workers,
+                               skip, bar)
+            elif tasks:
+                decoded = _decode(tasks, model.transform, fps, min_size,
+                                  default_workers(len(tasks)) if workers is None else max(0, workers))
+                record(partial, sources, forward(extractor, decoded, ends), ends, skip, bar)
         partial.commit(force=True)
         _finalize(out, partial, extractor, time.time() - started)
     finally:
@@ -442,42 +454,77 @@ def _copy_file(partial: _Partial, old: IndexStore, src: Source) -> None:
     partial.commit()
 
 
-def _compute(partial: _Partial, extractor: Extractor, sources: Sequence[Source], decoded: Iterable[Decoded],
-             batch_size: int, skip, bar) -> None:
-    """Forward the decoded entries in batches; a file's record is written once all its rows are."""
-    buffer: list[tuple[int, torch.Tensor, float | None, bytes]] = []  # (file id, input, time, thumb)
-    open_files: dict[int, dict] = {}  # plan position -> record being filled
-    closing: list[int] = []  # files whose last item came, waiting for their rows to be forwarded
+def _tasks_and_ends(sources: Sequence[Source], todo: Sequence[int], fps: float, batch_size: int,
+                    skip) -> tuple[list[Task], list[int]]:
+    """The work items of ``todo`` and where the batches end (task positions, exclusive): each
+    batch holds the entries of a run of whole tasks, about ``batch_size`` entries (a photo counts
+    one, a video piece its frames). Fixed by the plan before anything is decoded, so that a
+    shard of whole batches forwards, wherever it runs, the very batches one process does (the
+    numbers of a kernel can depend on the batch): the same bytes."""
+    tasks = _tasks(sources, todo, fps, skip)
+    ends, size = [], 0
+    for k, task in enumerate(tasks):
+        size += 1 if not task.video else (task.stop - task.first if task.stop is not None else SEGMENT_FRAMES)
+        if size >= batch_size or k + 1 == len(tasks):
+            ends.append(k + 1)
+            size = 0
+    return tasks, ends
 
-    def flush() -> None:
-        if buffer:
-            f = extractor(torch.stack([b[1] for b in buffer]))
-            rows = _feature_rows(f)
+
+def _without(tasks: Sequence[Task], ends: Sequence[int], done: set[str]) -> tuple[list[Task], list[int]]:
+    """The tasks of files not in ``done``, each batch keeping its place (an empty one goes)."""
+    kept: list[Task] = []
+    kept_ends: list[int] = []
+    start = 0
+    for end in ends:
+        kept.extend(t for t in tasks[start:end] if t.path not in done)
+        if kept and (not kept_ends or kept_ends[-1] != len(kept)):
+            kept_ends.append(len(kept))
+        start = end
+    return kept, kept_ends
+
+
+def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int]) -> Iterator[tuple[Decoded, dict]]:
+    """Each decoded item (its tensors dropped) with the rows of its entries
+    (:func:`_feature_rows`), the items between two ``ends`` forwarded as one batch."""
+    group: list[Decoded] = []
+    stops = iter(ends)
+    stop = next(stops, None)
+    for k, item in enumerate(decoded, 1):
+        group.append(item)
+        if k == stop:
+            stop = next(stops, None)
+            tensors = [t for it in group for t in it.tensors]
+            rows = _feature_rows(extractor(torch.stack(tensors))) if tensors else {}
             start = 0
-            for fid, group in _runs([b[0] for b in buffer]):
-                part = slice(start, start + group)
-                partial.add_rows(fid, [b[2] for b in buffer[part]], [b[3] for b in buffer[part]],
-                                 {k: v[part] for k, v in rows.items()})
-                start += group
-            buffer.clear()
-        for i in closing:
-            partial.add_file(open_files.pop(i))
-        closing.clear()
-        partial.commit()
+            for it in group:
+                n = len(it.tensors)
+                yield dataclasses.replace(it, tensors=[]), {name: v[start:start + n] for name, v in rows.items()}
+                start += n
+            group = []
 
+
+def record(partial: _Partial, sources: Sequence[Source], computed: Iterable[tuple[Decoded, dict]],
+           ends: Sequence[int], skip, bar) -> None:
+    """Append the computed items' rows in order; a file's record is written once all its rows
+    are. Commits come where a batch ends and no file is half written, so that a resumed build
+    starts on a batch of the uninterrupted one."""
+    open_files: dict[int, dict] = {}  # plan position -> record being filled
     ended: set[int] = set()  # files done with (finished, failed): their later pieces are ignored
-    for item in decoded:
+    boundaries = set(ends)
+    for k, (item, rows) in enumerate(computed, 1):
+        if k - 1 in boundaries and not open_files:
+            partial.commit()
         task, src = item.task, sources[item.task.file]
         if task.file in ended:
             continue
         record = open_files.get(task.file)
-        if item.error is not None:
-            if record is None:  # the file could not be read at all: skip it
-                skip(src.path, item.error)
-                ended.add(task.file)
-                bar.advance()
-                continue
-            # a later piece of a video failed: keep the frames read so far
+        if item.error is not None and record is None:  # the file could not be read at all: skip it
+            skip(src.path, item.error)
+            ended.add(task.file)
+            bar.advance()
+            continue
+        # (a later piece of a video that failed: the frames read so far are kept)
         if record is None:
             record = {"id": partial.next_id, "path": src.path, "kind": "video" if src.video else "photo", "size": src.size,
                       "mtime_ns": src.mtime_ns, "sha256": item.sha256, "taken": item.taken,
@@ -485,31 +532,19 @@ def _compute(partial: _Partial, extractor: Extractor, sources: Sequence[Source],
                       "duration": item.duration, "first_row": None, "rows": 0}
             partial.next_id += 1
             open_files[task.file] = record
-        for tensor, t, thumb in zip(item.tensors, item.times, item.thumbs):
+        if item.times:
             if record["first_row"] is None:
-                record["first_row"] = partial.rows + len(buffer)
-            buffer.append((record["id"], tensor, t, thumb))
-            record["rows"] += 1
+                record["first_row"] = partial.rows
+            partial.add_rows(record["id"], item.times, item.thumbs, rows)
+            record["rows"] += len(item.times)
         if task.last or item.error is not None:
             ended.add(task.file)
+            open_files.pop(task.file)
             if record["rows"] == 0:
-                open_files.pop(task.file)
                 skip(src.path, item.error or "no frame could be decoded")
             else:
-                closing.append(task.file)
+                partial.add_file(record)
             bar.advance()
-        if len(buffer) >= batch_size:
-            flush()
-    flush()
-
-
-def _runs(ids: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """(value, length) of each run of equal consecutive values."""
-    start = 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or ids[i] != ids[start]:
-            yield ids[start], i - start
-            start = i
 
 
 # --------------------------------------------------------------------------- finishing
