@@ -1,0 +1,139 @@
+"""How a projection array becomes a picture a person reads: robust contrast and an energy crop.
+
+A projection (deconvnet, guided backprop, gradient) is a signed (3, H, W) array in the model
+input's gradient units. Zero means "no effect" and is drawn mid-grey, as in the figures of Zeiler
+& Fergus 2014 and Springenberg et al. 2015 and in the Deep Visualization Toolbox (its ``norm01c``
+maps 0 to 0.5); the colours are those of the input channels. Two choices make deep units readable:
+
+* **Contrast by a percentile, not by the largest value.** DVT divides by the single largest
+  absolute value, and :func:`convscope.backproject.to_image` by five standard deviations of the
+  whole array; one bright pixel (or a small blob on a 224-pixel field that is mostly zero) then
+  leaves the rest faint. Here the scale is the ``percentile`` (99.5) of ``|x|`` over the shown
+  pixels and channels, symmetric around zero, and the few values beyond it are clipped (captum's
+  ``visualize_image_attr`` clips its outliers the same way, at 2 % of the attribution mass). A
+  projection with fewer nonzero values than that takes the percentile of its nonzero values; an
+  all-zero one is flat grey.
+* **A crop to where the energy is**, for units whose receptive field is the whole input: the
+  smallest box (found by trimming the weakest edge row or column while the rest holds
+  ``fraction`` of the squared projection) is padded, made square and kept at least
+  ``min_size`` of the image, and the contrast is then taken inside it. The same box cuts the photo
+  patch shown beside it, so the two stay aligned.
+
+Only the picture changes: the raw arrays are kept as they are.
+
+>>> picture, box = to_picture(pixels, crop=True)   # (h, w, 3) uint8 and (top, left, bottom, right)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: The share of ``|x|`` values (per projection) below the white / black point.
+PERCENTILE = 99.5
+#: The share of the projection's energy (sum of squares) the crop keeps.
+FRACTION = 0.9
+
+
+def _as_array(projection) -> np.ndarray:
+    if hasattr(projection, "detach"):  # a torch tensor, without importing torch here
+        projection = projection.detach().float().cpu().numpy()
+    p = np.asarray(projection, dtype=np.float64)
+    if p.ndim == 4 and p.shape[0] == 1:
+        p = p[0]
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3 or p.shape[0] not in (1, 3):
+        raise ValueError(f"a projection has shape (3, H, W) or (H, W), got {p.shape}")
+    return np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def robust_scale(projection, percentile: float = PERCENTILE) -> float:
+    """The value drawn as full white (and its negative as full black): the ``percentile`` of
+    ``|x|``, or of the nonzero ``|x|`` where fewer values than that are nonzero; 0.0 for an
+    all-zero projection."""
+    a = np.abs(_as_array(projection)).ravel()
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    nonzero = a[a > 0]
+    if nonzero.size == 0:
+        return 0.0
+    scale = float(np.percentile(a, percentile))
+    return scale if scale > 0 else float(np.percentile(nonzero, percentile))
+
+
+def energy_box(projection, fraction: float = FRACTION, pad: float = 0.15, min_size: float = 0.25) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right), bottom/right exclusive: the box of the (3, H, W) or (H, W)
+    ``projection`` that holds ``fraction`` of its energy (sum of squares over channels), padded by
+    ``pad`` of its side on each side, made square where the image allows, and at least
+    ``min_size`` of the image's shorter side; the whole image for an all-zero projection."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    e = (_as_array(projection) ** 2).sum(0)
+    h, w = e.shape
+    total = float(e.sum())
+    if total <= 0:
+        return 0, 0, h, w
+    t, l, b, r = 0, 0, h, w
+    kept = total
+    sub = np.cumsum(np.cumsum(e, 0), 1)  # a summed-area table: the energy of any edge row or column
+
+    def area(t0, l0, b0, r0) -> float:
+        s = sub[b0 - 1, r0 - 1]
+        s -= sub[t0 - 1, r0 - 1] if t0 > 0 else 0.0
+        s -= sub[b0 - 1, l0 - 1] if l0 > 0 else 0.0
+        s += sub[t0 - 1, l0 - 1] if t0 > 0 and l0 > 0 else 0.0
+        return float(s)
+
+    while b - t > 1 or r - l > 1:
+        edges = []
+        if b - t > 1:
+            edges += [(area(t, l, t + 1, r), "t"), (area(b - 1, l, b, r), "b")]
+        if r - l > 1:
+            edges += [(area(t, l, b, l + 1), "l"), (area(t, r - 1, b, r), "r")]
+        cost, side = min(edges)
+        if kept - cost < fraction * total:
+            break
+        kept -= cost
+        t, b, l, r = t + (side == "t"), b - (side == "b"), l + (side == "l"), r - (side == "r")
+    # pad, square, at least min_size, inside the image
+    side = max(b - t, r - l)
+    side = int(round(side * (1 + 2 * pad)))
+    side = min(max(side, int(round(min_size * min(h, w))), 1), max(h, w))
+    cy, cx = (t + b) / 2, (l + r) / 2
+
+    def span(centre: float, n: int) -> tuple[int, int]:
+        size = min(side, n)
+        start = int(round(centre - size / 2))
+        start = min(max(start, 0), n - size)
+        return start, start + size
+
+    (t, b), (l, r) = span(cy, h), span(cx, w)
+    return t, l, b, r
+
+
+def to_picture(projection, crop: bool = False, percentile: float = PERCENTILE, fraction: float = FRACTION,
+               pad: float = 0.15, min_size: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The picture of one projection, (h, w, 3) uint8, and the box of the array it shows.
+
+    Zero is mid-grey (128); ``+robust_scale`` and beyond are full intensity, ``-robust_scale``
+    and below zero intensity, per input channel; the scale is taken on the pixels shown. With
+    ``crop`` (for units whose receptive field is the whole input) the picture is the
+    :func:`energy_box` of the projection; otherwise the box is the whole array.
+
+    >>> picture, (t, l, b, r) = to_picture(np.zeros((3, 8, 8)))
+    >>> int(picture.min()), int(picture.max()), (t, l, b, r)
+    (128, 128, (0, 0, 8, 8))
+    """
+    p = _as_array(projection)
+    h, w = p.shape[1:]
+    box = energy_box(p, fraction, pad, min_size) if crop else (0, 0, h, w)
+    t, l, b, r = box
+    p = p[:, t:b, l:r]
+    scale = robust_scale(p, percentile)
+    img = np.full(p.shape, 0.5) if scale == 0 else 0.5 + 0.5 * np.clip(p / scale, -1.0, 1.0)
+    img = np.round(img * 255).astype(np.uint8).transpose(1, 2, 0)
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img), box
+
+
+__all__ = ["FRACTION", "PERCENTILE", "energy_box", "robust_scale", "to_picture"]
