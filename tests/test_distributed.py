@@ -362,7 +362,7 @@ def test_index_on_ray_equals_the_one_process_index(pool, model, library, one_ind
 
     skips = []
     Index.build(model, [library], tmp_path / "ray", batch_size=BATCH, workers=0, progress=False, ray=True,
-                ray_workers=2, on_skip=lambda p, r: skips.append((p, r))).close()
+                ray_workers=1, on_skip=lambda p, r: skips.append((p, r))).close()  # two: the kill test
     got = index_contents(tmp_path / "ray")
     assert got == one_index
     assert len(got["entries"]) == len(got["files"]) + 2 > 25  # one row a photo, three for the clip (two pieces)
@@ -439,3 +439,23 @@ def test_builds_without_ray_import_no_ray(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_cli_indexes_on_ray_what_it_indexes_in_one_process(pool, photos, tmp_path):
+    from click.testing import CliRunner
+
+    from convscope.cli import main
+
+    model = ["--model", "torchvision:resnet18", "--no-pretrained", "--batch-size", "4", "--workers", "0"]
+    some = photos[:6] + photos[-1:]
+
+    def run(*args):
+        out = CliRunner().invoke(main, [*args, *model])
+        assert out.exit_code == 0, out.output
+        return out
+
+    for ray in ([], ["--ray"]):  # --ray alone: a local Ray, or the one this process joined
+        out = run("index", *some, "--out", str(tmp_path / ("ray" if ray else "one")), *ray)
+        assert "1 skipped" in out.output
+    assert index_contents(tmp_path / "ray") == index_contents(tmp_path / "one")
