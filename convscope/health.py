@@ -177,18 +177,32 @@ def activation_ceiling(module: nn.Module) -> float | None:
 
 def producing_activation(model, layer: str) -> tuple[str | None, float | None, str | None]:
     """The bounded activation whose output *is* ``layer``'s output: (its name, its ceiling, a
-    note or None). Found by running the model once on a seeded random input and comparing the
-    layer's output with that of each bounded activation inside it (or the layer itself), so an
-    addition after the activation (a residual block) or a pooling makes the layer unbounded."""
+    note or None); see :func:`producing_activations`.
+
+    >>> producing_activation(convscope.load_model(), "bn1")
+    ('bn1.act', 6.0, None)
+    """
+    return producing_activations(model, [layer])[layer]
+
+
+def producing_activations(model, layers: list[str]) -> dict[str, tuple[str | None, float | None, str | None]]:
+    """Per layer, the bounded activation whose output *is* the layer's output: (its name, its
+    ceiling, a note or None); (None, None, None) for an unbounded layer. Found by running the
+    model once on a seeded random input and comparing each layer's output with that of each
+    bounded activation inside it (or the layer itself), so an addition after the activation (a
+    residual block) or a pooling makes the layer unbounded."""
     loaded = as_loaded(model)
     module = loaded.module
     named = dict(module.named_modules())
-    if layer not in named:
-        raise ConvscopeError(f"the model has no layer {layer!r}; is it the atlas's model?")
-    candidates = [n for n, m in named.items() if (n == layer or n.startswith(layer + ".") or not layer)
-                  and n and activation_ceiling(m) is not None]
-    if not candidates:
-        return None, None, None
+    for layer in layers:
+        if layer not in named or not layer:
+            raise ConvscopeError(f"the model has no layer {layer!r}; is it the atlas's model?")
+    candidates = {layer: [n for n, m in named.items() if (n == layer or n.startswith(layer + "."))
+                          and activation_ceiling(m) is not None] for layer in layers}
+    result = {layer: (None, None, None) for layer in layers}
+    wanted = [layer for layer in layers if candidates[layer]]
+    if not wanted:
+        return result
     snapshots: dict[str, torch.Tensor] = {}
 
     def keep(name, out):  # a copy now: an in-place operation later must not change what we compare
@@ -197,18 +211,22 @@ def producing_activation(model, layer: str) -> tuple[str | None, float | None, s
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, *loaded.input_size, generator=gen).to(loaded.device)
+    names = list(dict.fromkeys([*wanted, *(c for layer in wanted for c in candidates[layer])]))
     try:
-        with torch.no_grad(), capture(module, [layer, *[c for c in candidates if c != layer]],
-                                      transform=keep) as outputs:
+        with torch.no_grad(), capture(module, names, transform=keep) as outputs:
             run(module, x, outputs)
     except ReusedModuleError as exc:
-        return None, None, f"activation not identified ({exc}); saturation not judged"
-    out = snapshots[layer]
-    for name in reversed(candidates):
-        s = snapshots.get(name)
-        if s is not None and s.shape == out.shape and torch.equal(s, out):
-            return name, activation_ceiling(named[name]), None
-    return None, None, None
+        if len(wanted) > 1:  # find the layers it concerns, one at a time
+            return {**result, **{layer: producing_activation(model, layer) for layer in wanted}}
+        return {**result, wanted[0]: (None, None, f"activation not identified ({exc}); saturation not judged")}
+    for layer in wanted:
+        out = snapshots[layer]
+        for name in reversed(candidates[layer]):
+            s = snapshots[name]
+            if s.shape == out.shape and torch.equal(s, out):
+                result[layer] = (name, activation_ceiling(named[name]), None)
+                break
+    return result
 
 
 def unit_weights(model, layer: str, channels: int) -> tuple[str | None, torch.Tensor | None]:
@@ -250,8 +268,9 @@ def health(atlas: Atlas | str | os.PathLike, model=None) -> HealthReport:
     cfg = atlas.info()["sketch"] or {}
     sketch = Sketch(sub=int(cfg.get("sub", 3)), grid=int(cfg.get("grid", 32)))
     layers, units = [], []
+    activations = producing_activations(model, atlas.layers)
     for name in atlas.layers:
-        entry, records = _layer_health(atlas, model, name, sketch)
+        entry, records = _layer_health(atlas, model, name, sketch, activations[name])
         layers.append(entry)
         units += records
     thresholds = {"dead_below": DEAD_BELOW, "saturated_share": SATURATED_SHARE, "constant_range": CONSTANT_RANGE,
@@ -260,10 +279,10 @@ def health(atlas: Atlas | str | os.PathLike, model=None) -> HealthReport:
     return HealthReport((atlas.info()["model"] or {}).get("spec"), layers, units, thresholds)
 
 
-def _layer_health(atlas: Atlas, model: LoadedModel, layer: str, sketch: Sketch):
+def _layer_health(atlas: Atlas, model: LoadedModel, layer: str, sketch: Sketch, produced: tuple):
     rows = atlas.units(layer)
     c = len(rows)
-    activation, ceiling, note = producing_activation(model, layer)
+    activation, ceiling, note = produced
     conv, weights = unit_weights(model, layer, c)
     counts = np.zeros((c, sketch.bins), dtype=np.int64)  # each unit's sketch, in value order
     for u, row in enumerate(rows):
@@ -415,19 +434,22 @@ def first_layer_filters(model, scale: int | None = None) -> FirstLayerFilters:
     return FirstLayerFilters(name, w, images, band_shares(w))
 
 
+SHORT_FLAGS = {"dead": "dead", "saturated": "sat", "constant": "const", "duplicate": "dup"}  # fit a cell
 BAND_COLOURS = ((66, 110, 220), (60, 170, 80), (220, 70, 60))  # low blue, mid green, high red
 
 
-def filter_sheet(filters: FirstLayerFilters, columns: int = 8):
+def filter_sheet(filters: FirstLayerFilters, columns: int = 8, flags: dict[int, list[str]] | None = None):
     """The contact sheet as a PIL image: filters in a grid in unit order, each with its number and
-    a bar of its low / mid / high shares (blue / green / red) under it."""
+    a bar of its low / mid / high shares (blue / green / red) under it; ``flags`` (unit -> flags,
+    e.g. from :func:`sheet_flags`) are written in red beside the numbers."""
     from PIL import Image, ImageDraw, ImageFont
 
     o, th, tw = filters.images.shape[:3]
     cols = max(1, min(columns, o))
     rows = -(-o // cols)
     pad, label, bar = 10, 14, 8
-    cell_w, cell_h = max(tw, 40) + pad, label + th + 3 + bar + pad
+    marks = label if flags else 0  # a line under the bar for the flags
+    cell_w, cell_h = max(tw, 60) + pad, label + th + 3 + bar + marks + pad
     head = 44
     sheet = Image.new("RGB", (cols * cell_w + pad, head + rows * cell_h + pad), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
@@ -442,10 +464,17 @@ def filter_sheet(filters: FirstLayerFilters, columns: int = 8):
         draw.text((x + 14, 23), text, fill=(20, 20, 20), font=font)
         x += 24 + int(draw.textlength(text, font=font))
     draw.text((x + 4, 23), "(mean power share)", fill=(90, 90, 90), font=font)
+    if flags:
+        x += 12 + int(draw.textlength("(mean power share)", font=font))
+        draw.text((x, 23), "red: flagged units (sat = saturated, const = constant, dup = duplicate)",
+                  fill=(200, 30, 30), font=font)
     for i in range(o):
         r, c = divmod(i, cols)
         left, top = pad + c * cell_w, head + r * cell_h
         draw.text((left, top), str(i), fill=(60, 60, 60), font=font)
+        if flags and flags.get(i):
+            draw.text((left, top + label + th + 3 + bar + 1), "+".join(SHORT_FLAGS[f] for f in flags[i]),
+                      fill=(200, 30, 30), font=font)
         sheet.paste(Image.fromarray(filters.images[i]), (left, top + label))
         y = top + label + th + 3
         start = left
@@ -457,17 +486,25 @@ def filter_sheet(filters: FirstLayerFilters, columns: int = 8):
     return sheet
 
 
-def write_filter_sheet(filters: FirstLayerFilters, path: str | os.PathLike, columns: int = 8) -> Path:
+def write_filter_sheet(filters: FirstLayerFilters, path: str | os.PathLike, columns: int = 8,
+                       flags: dict[int, list[str]] | None = None) -> Path:
     """Write :func:`filter_sheet` as a PNG at ``path`` (atomically); returns the path."""
     path = Path(path)
     with atomic_write(path) as f:
-        filter_sheet(filters, columns).save(f, format="PNG")
+        filter_sheet(filters, columns, flags).save(f, format="PNG")
     return path
+
+
+def sheet_flags(report: HealthReport, filters: FirstLayerFilters) -> dict[int, list[str]]:
+    """The flags of the first atlas layer whose units the first-layer filters feed (its weights
+    are ``filters.layer``), per filter, for :func:`filter_sheet`; empty if no layer is fed."""
+    layer = next((entry.name for entry in report.layers if entry.weights == filters.layer), None)
+    return {u.unit: u.flags for u in report.flagged(layer)} if layer else {}
 
 
 __all__ = [
     "BANDS", "CONSTANT_RANGE", "DEAD_BELOW", "DUPLICATE_COSINE", "DUPLICATE_OVERLAP", "FLAGS", "HIGH_BAND",
     "LOW_BAND", "SATURATED_SHARE", "FirstLayerFilters", "HealthReport", "LayerHealth", "UnitHealth",
     "activation_ceiling", "atlas_model", "band_shares", "filter_sheet", "first_layer_filters", "health",
-    "producing_activation", "unit_weights", "write_filter_sheet",
+    "producing_activation", "producing_activations", "sheet_flags", "unit_weights", "write_filter_sheet",
 ]

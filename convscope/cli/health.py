@@ -39,7 +39,7 @@ def health(atlas, as_json, out, worst, model_args):
 
     from ..atlas import Atlas
     from ..files import write_text_atomic
-    from ..health import atlas_model, first_layer_filters, health as model_health, write_filter_sheet
+    from ..health import atlas_model, first_layer_filters, health as model_health, sheet_flags, write_filter_sheet
 
     with Atlas.open(atlas) as a:
         if model_args == ModelArgs(None):
@@ -53,7 +53,7 @@ def health(atlas, as_json, out, worst, model_args):
     if out is not None:
         folder = Path(out)
         filters = first_layer_filters(model)
-        write_filter_sheet(filters, folder / FILTERS_PNG)
+        write_filter_sheet(filters, folder / FILTERS_PNG, flags=sheet_flags(report, filters))
         write_text_atomic(folder / HEALTH_JSON, json.dumps({**report.to_dict(), "first_layer": filters.to_dict()},
                                                            indent=1) + "\n")
         click.echo(f"wrote {folder / HEALTH_JSON} and {folder / FILTERS_PNG}", err=True)
