@@ -441,7 +441,8 @@ BAND_COLOURS = ((66, 110, 220), (60, 170, 80), (220, 70, 60))  # low blue, mid g
 def filter_sheet(filters: FirstLayerFilters, columns: int = 8, flags: dict[int, list[str]] | None = None):
     """The contact sheet as a PIL image: filters in a grid in unit order, each with its number and
     a bar of its low / mid / high shares (blue / green / red) under it; ``flags`` (unit -> flags,
-    e.g. from :func:`sheet_flags`) are written in red beside the numbers."""
+    e.g. from :func:`sheet_flags`) are written in red under the bars. The sheet is at least as wide
+    as its header."""
     from PIL import Image, ImageDraw, ImageFont
 
     o, th, tw = filters.images.shape[:3]
@@ -450,14 +451,20 @@ def filter_sheet(filters: FirstLayerFilters, columns: int = 8, flags: dict[int, 
     pad, label, bar = 10, 14, 8
     marks = label if flags else 0  # a line under the bar for the flags
     cell_w, cell_h = max(tw, 60) + pad, label + th + 3 + bar + marks + pad
-    head = 44
-    sheet = Image.new("RGB", (cols * cell_w + pad, head + rows * cell_h + pad), (250, 250, 250))
-    draw = ImageDraw.Draw(sheet)
+    head = 60 if flags else 44  # title, band legend (and the flags' legend)
     font = ImageFont.load_default(size=12)
     kh, kw = filters.weights.shape[2:]
-    draw.text((pad, 6), f"{filters.layer}: {o} filters of {kh}x{kw} (weights; grey = 0)", fill=(20, 20, 20), font=font)
-    x = pad
     mean = filters.bands.mean(0)
+    title = f"{filters.layer}: {o} filters of {kh}x{kw} (weights; grey = 0)"
+    legend = "red: flagged units (sat = saturated, const = constant, dup = duplicate)"
+    bands_width = sum(24 + font.getlength(f"{b} {v:.0%}") for b, v in zip(BANDS, mean)) + 4 + \
+        font.getlength("(mean power share)")
+    header = max(font.getlength(title), bands_width, font.getlength(legend) if flags else 0)
+    width = max(cols * cell_w + pad, int(header) + 2 * pad)
+    sheet = Image.new("RGB", (width, head + rows * cell_h + pad), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 6), title, fill=(20, 20, 20), font=font)
+    x = pad
     for band, colour, share in zip(BANDS, BAND_COLOURS, mean):
         draw.rectangle((x, 25, x + 10, 35), fill=colour)
         text = f"{band} {share:.0%}"
@@ -465,9 +472,7 @@ def filter_sheet(filters: FirstLayerFilters, columns: int = 8, flags: dict[int, 
         x += 24 + int(draw.textlength(text, font=font))
     draw.text((x + 4, 23), "(mean power share)", fill=(90, 90, 90), font=font)
     if flags:
-        x += 12 + int(draw.textlength("(mean power share)", font=font))
-        draw.text((x, 23), "red: flagged units (sat = saturated, const = constant, dup = duplicate)",
-                  fill=(200, 30, 30), font=font)
+        draw.text((pad, 40), legend, fill=(200, 30, 30), font=font)
     for i in range(o):
         r, c = divmod(i, cols)
         left, top = pad + c * cell_w, head + r * cell_h
