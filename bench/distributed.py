@@ -9,8 +9,10 @@
    Ray core and Ray Data (``--no-ray-data`` to skip);
 4. what travels per shard: the packed scan state (bytes, and the dense ``state_dict`` it stands
    for), the worker's packing time and the driver's unpack + merge time per shard, the bytes of
-   the model sent once to each node, and per photo what an index shard would send (the rows
-   ``convscope.index`` stores and the thumbnail; the index does not run on Ray yet).
+   the model sent once to each node, and an index shard as it travels (pickled: its rows,
+   thumbnails and file facts), per photo;
+5. the index built in one process and on the 2-worker pool (``Index.build(ray=pool)``, shards
+   of ``--index-shard`` items), on ``--index-photos`` of the photos, checked byte-equal.
 
 Start-up (Ray, the actors loading the model) is reported apart and not in the throughput: it is
 paid once per build.
@@ -166,22 +168,55 @@ def transport(model, shards, reference) -> dict:
     }
 
 
-def index_rows(model, paths: list[str]) -> dict:
-    """What an index shard would send per photo: the rows ``convscope.index`` stores (top classes,
-    float16 embedding and unit maxima, int16 positions) and the thumbnail, on 32 of the photos."""
-    from convscope.data import load_image
-    from convscope.index import media
-    from convscope.index.build import _feature_rows
-    from convscope.index.features import Extractor
+def index_shard_bytes(model, paths: list[str], batch_size: int) -> dict:
+    """An index shard of 64 photos as it travels back (pickled, as Ray does): bytes in all and per
+    photo, and of that the rows (top classes, float16 embedding and unit maxima, int16 positions)
+    and the thumbnails."""
+    import pickle
 
-    images = [load_image(p) for p in paths[:32]]
-    extract = Extractor(model)
-    with torch.inference_mode():
-        rows = _feature_rows(extract(torch.stack([model.transform(im) for im in images])))
-    thumbs = [len(media.thumbnail_jpeg(im)) for im in images]
-    per_photo = sum(a.nbytes for a in rows.values()) / len(images)
-    return {"index_row_bytes_per_photo": int(per_photo), "index_thumbnail_bytes_per_photo": int(statistics.mean(thumbs)),
-            "index_units": extract.units, "index_embedding_dim": extract.dim}
+    from convscope.distributed.pool import WorkerInfo
+    from convscope.index.build import Source, _tasks_and_ends
+    from convscope.index.features import Extractor
+    from convscope.index.shards import ShardSettings, index_shard
+
+    paths = paths[:64]
+    sources = [Source(p, os.path.getsize(p), 0, False) for p in paths]
+    tasks, ends = _tasks_and_ends(sources, range(len(sources)), 1.0, batch_size, lambda p, r: None)
+    settings = ShardSettings(tuple(Extractor(model).layers), 1.0, model.preprocessing.resize, 0)
+    shard = index_shard(model, WorkerInfo(os.getpid(), "bench", "cpu", torch.get_num_threads()), settings, tasks, ends)
+    total = len(pickle.dumps(shard, protocol=5))
+    rows = sum(a.nbytes for _item, r in shard.items for a in r.values())
+    thumbs = sum(len(t) for item, _r in shard.items for t in item.thumbs)
+    n = len(shard.items)
+    return {"index_shard_photos": n, "index_shard_bytes": total, "index_shard_bytes_per_photo": total // n,
+            "index_row_bytes_per_photo": rows // n, "index_thumbnail_bytes_per_photo": thumbs // n}
+
+
+def index_on_ray(model, pool, paths: list[str], args) -> dict:
+    """``Index.build`` in one process and on ``pool``, the same photos; the two indexes compared."""
+    import shutil
+    import tempfile
+
+    from convscope.index import Index
+    from convscope.index import shards
+
+    shards.SHARD_ITEMS = args.index_shard
+    out: dict = {"photos": len(paths), "shard_items": args.index_shard}
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = {}
+        for name, ray in (("one_process", None), ("ray_2_workers", pool)):
+            t = time.perf_counter()
+            with Index.build(model, paths, Path(tmp) / name, batch_size=args.batch_size, workers=args.workers,
+                             progress=False, ray=ray) as index:
+                dt = time.perf_counter() - t
+                arrays[name] = [np.asarray(a).tobytes() for a in (index.embedding, index.units, index.top_prob)]
+                arrays[name].append([index.thumbnail(r) for r in range(index.entries)])
+            out[name] = {"seconds": round(dt, 2), "photos_per_s": round(len(paths) / dt, 2)}
+            shutil.rmtree(Path(tmp) / name)
+    if arrays["one_process"] != arrays["ray_2_workers"]:
+        raise SystemExit("the index built on Ray differs from the one-process index")
+    out["ratio"] = round(out["ray_2_workers"]["photos_per_s"] / out["one_process"]["photos_per_s"], 3)
+    return out
 
 
 def main() -> None:
@@ -195,6 +230,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes per scan (as the CLI's)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     parser.add_argument("--no-ray-data", action="store_true")
+    parser.add_argument("--index-photos", type=int, default=128, help="photos of the index comparison (0: none)")
+    parser.add_argument("--index-shard", type=int, default=64, help="work items per index shard")
     parser.add_argument("--json", default=None, help="write the figures here too")
     args = parser.parse_args()
 
@@ -233,7 +270,10 @@ def main() -> None:
             out[f"ray_{workers}_workers_ratio_median"] = statistics.median(ratios)
         out["one_process_images_per_s_median"] = statistics.median(row["images_per_s"] for row in rounds)
         out["transport"] = transport(model, shards, reference)
-        out["transport"].update(index_rows(model, paths))
+        out["transport"].update(index_shard_bytes(model, paths, args.batch_size))
+        if args.index_photos:
+            out["index"] = index_on_ray(model, pools[2], paths[: args.index_photos], args)
+            print(json.dumps({"index": out["index"]}), flush=True)
         for pool in pools.values():
             pool.close()
         if not args.no_ray_data:
