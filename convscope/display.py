@@ -8,14 +8,14 @@ maps 0 to 0.5); the colours are those of the input channels. Two choices make de
 * **Contrast by a percentile, not by the largest value.** DVT divides by the single largest
   absolute value, and :func:`convscope.backproject.to_image` by five standard deviations of the
   whole array; one bright pixel (or a small blob on a 224-pixel field that is mostly zero) then
-  leaves the rest faint. Here the scale is the ``percentile`` (99.5) of ``|x|`` over the shown
-  pixels and channels, symmetric around zero, and the few values beyond it are clipped (captum's
+  leaves the rest faint. Here the scale is the ``percentile`` (99) of ``|x|`` over the shown
+  pixels and channels, symmetric around zero, and the 1 % of values beyond it are clipped (captum's
   ``visualize_image_attr`` clips its outliers the same way, at 2 % of the attribution mass). A
   projection with fewer nonzero values than that takes the percentile of its nonzero values; an
   all-zero one is flat grey.
 * **A crop to where the energy is**, for units whose receptive field is the whole input: the
   smallest box (found by trimming the weakest edge row or column while the rest holds
-  ``fraction`` of the squared projection) is padded, made square and kept at least
+  ``fraction`` (80 %) of the squared projection) is padded, made square and kept at least
   ``min_size`` of the image, and the contrast is then taken inside it. The same box cuts the photo
   patch shown beside it, so the two stay aligned.
 
@@ -28,9 +28,9 @@ from __future__ import annotations
 import numpy as np
 
 #: The share of ``|x|`` values (per projection) below the white / black point.
-PERCENTILE = 99.5
+PERCENTILE = 99.0
 #: The share of the projection's energy (sum of squares) the crop keeps.
-FRACTION = 0.9
+FRACTION = 0.8
 
 
 def _as_array(projection) -> np.ndarray:
@@ -110,6 +110,14 @@ def energy_box(projection, fraction: float = FRACTION, pad: float = 0.15, min_si
     return t, l, b, r
 
 
+def crop_wanted(box: tuple[int, int, int, int], input_size: tuple[int, int], share: float = 0.5) -> bool:
+    """Whether an example whose receptive-field ``box`` (top, left, bottom, right, clipped to the
+    input) covers more than ``share`` of the ``input_size`` (H, W) gets the energy crop: its field
+    is (nearly) the whole input, so where the unit looks is not told by the box."""
+    t, l, b, r = box
+    return (b - t) * (r - l) > share * input_size[0] * input_size[1]
+
+
 def to_picture(projection, crop: bool = False, percentile: float = PERCENTILE, fraction: float = FRACTION,
                pad: float = 0.15, min_size: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The picture of one projection, (h, w, 3) uint8, and the box of the array it shows.
@@ -136,4 +144,4 @@ def to_picture(projection, crop: bool = False, percentile: float = PERCENTILE, f
     return np.ascontiguousarray(img), box
 
 
-__all__ = ["FRACTION", "PERCENTILE", "energy_box", "robust_scale", "to_picture"]
+__all__ = ["FRACTION", "PERCENTILE", "crop_wanted", "energy_box", "robust_scale", "to_picture"]
