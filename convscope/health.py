@@ -259,7 +259,7 @@ def health(atlas: Atlas | str | os.PathLike, model=None) -> HealthReport:
 
     >>> report = health(Atlas.open("atlas/"))
     >>> [(u.layer, u.unit, u.flags) for u in report.flagged()][:2]
-    [('bn1', 3, ['dead']), ('blocks.2', 17, ['duplicate'])]
+    [('bn1', 11, ['dead']), ('bn1', 16, ['dead'])]
     """
     if not isinstance(atlas, Atlas):
         with Atlas.open(atlas) as opened:
