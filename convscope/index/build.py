@@ -1,9 +1,9 @@
 """Build, resume and update an index: one pass over photos and videos, one forward pass each.
 
 Files decode in DataLoader worker processes (a photo, or up to :data:`SEGMENT_FRAMES` sampled
-frames of a video, per work item); the main process runs the model in batches and appends rows
-to the arrays in ``.partial/``, committing the database and the arrays together every ``chunk``
-entries. A build that stops (a crash, Ctrl-C, SIGKILL) resumes from the last commit: the arrays
+frames of a video, per work item); the main process (or Ray's actors: :mod:`.shards`) runs the
+model in batches fixed by the plan, and rows go to ``.partial/``, the database and the arrays
+committed together where a batch ends. A build that stops (a crash, Ctrl-C, SIGKILL) resumes from the last commit: the arrays
 are cut back to the committed rows, and files already committed are not read again. The
 finished index appears by one atomic rename of its database (see :mod:`.store`).
 
@@ -405,7 +405,7 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
             elif tasks:
                 decoded = _decode(tasks, model.transform, fps, min_size,
                                   default_workers(len(tasks)) if workers is None else max(0, workers))
-                record(partial, sources, forward(extractor, decoded, ends), ends, skip, bar)
+                write_rows(partial, sources, forward(extractor, decoded, ends), ends, skip, bar)
         partial.commit(force=True)
         _finalize(out, partial, extractor, time.time() - started)
     finally:
@@ -473,9 +473,7 @@ def _tasks_and_ends(sources: Sequence[Source], todo: Sequence[int], fps: float, 
 
 def _without(tasks: Sequence[Task], ends: Sequence[int], done: set[str]) -> tuple[list[Task], list[int]]:
     """The tasks of files not in ``done``, each batch keeping its place (an empty one goes)."""
-    kept: list[Task] = []
-    kept_ends: list[int] = []
-    start = 0
+    kept, kept_ends, start = [], [], 0
     for end in ends:
         kept.extend(t for t in tasks[start:end] if t.path not in done)
         if kept and (not kept_ends or kept_ends[-1] != len(kept)):
@@ -504,8 +502,8 @@ def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int
             group = []
 
 
-def record(partial: _Partial, sources: Sequence[Source], computed: Iterable[tuple[Decoded, dict]],
-           ends: Sequence[int], skip, bar) -> None:
+def write_rows(partial: _Partial, sources: Sequence[Source], computed: Iterable[tuple[Decoded, dict]],
+               ends: Sequence[int], skip, bar) -> None:
     """Append the computed items' rows in order; a file's record is written once all its rows
     are. Commits come where a batch ends and no file is half written, so that a resumed build
     starts on a batch of the uninterrupted one."""

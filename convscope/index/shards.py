@@ -6,7 +6,7 @@ into shards of whole batches. Each actor of a :class:`~convscope.distributed.Poo
 shard's files (a filesystem every node sees), forwards the very batches one process forwards
 and sends back each item's rows (top classes, embedding, unit maxima and positions), times,
 thumbnails and file facts (about 15 KB a photo), with a bad file's reason naming the node. The
-driver takes the shards in order and appends them with the one-process :func:`.build.record`,
+driver takes the shards in order and appends them with the one-process :func:`.build.write_rows`,
 so the records, row order, arrays and thumbnails are the same bytes, whichever actor ran which
 shard and however often a shard ran again after a worker died. Commits, ``resume`` and one
 progress bar on the driver work as in one process.
@@ -20,7 +20,7 @@ import dataclasses
 import time
 from typing import Sequence
 
-from .build import Decoded, Source, Task, _decode, _Partial, default_workers, forward, record
+from .build import Decoded, Source, Task, _decode, _Partial, default_workers, forward, write_rows
 from .features import Extractor
 
 #: Work items (photos, or video pieces) per shard, at least: the unit of work and of retry. As
@@ -99,7 +99,7 @@ def compute_on_ray(ray, ray_workers: int | None, partial: _Partial, extractor: E
     with opened as pool:
         jobs = [(settings, list(tasks[a:b]), local) for a, b, local in shards(tasks, ends, shard_items or SHARD_ITEMS)]
         results = pool.map(index_shard, jobs, ordered=True)
-        record(partial, sources, (item for _k, shard in results for item in shard.items), ends, skip, bar)
+        write_rows(partial, sources, (item for _k, shard in results for item in shard.items), ends, skip, bar)
 
 
 __all__ = ["SHARD_ITEMS", "IndexShard", "ShardSettings", "compute_on_ray", "index_shard", "shards"]
