@@ -1,4 +1,5 @@
-"""`convscope atlas build | info | show`: the top images of every unit, on disk."""
+"""`convscope atlas build | info | show | health`: the top images of every unit, on disk, and the
+model's health read from them."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,7 @@ import click
 from ..files import printable_path
 from ._common import LAYERS, UNITS, emit, model_options, note, renamed, report_skipped
 from ._ray import ray_options
+from .health import health as health_command
 
 
 @click.group()
@@ -22,7 +24,11 @@ def atlas():
       convscope atlas build photos/ --out atlas/ --top 9
       convscope atlas info atlas/
       convscope atlas show atlas/ --layers blocks.2 --units 7
+      convscope atlas health atlas/
     """
+
+
+atlas.add_command(health_command)
 
 
 @atlas.command()
