@@ -152,3 +152,17 @@ def test_real_architectures(make, layer, depends, switch):
         assert deconv.relative > 1e-3, deconv
     else:
         assert deconv.difference == 0.0, deconv  # identical to the last bit
+
+
+def test_several_layers_share_one_pass_and_agree_with_one_at_a_time():
+    from convscope.backproject.independence import deconvnet_dependence
+
+    net = _net(pooled)
+    layers = ["features.7", "features.1", "features.3", "features.2"]
+    deps = deconvnet_dependence(net, layers, input_size=(16, 16))
+    assert list(deps) == layers
+    for name in layers:
+        assert deps[name] == deconvnet_depends_on_image(net, name, input_size=(16, 16))
+    assert [bool(deps[n]) for n in layers] == [True, False, True, True]
+    assert [s.name for s in deps["features.3"].switches] == ["features.2"]
+    assert hook_count(net) == 0

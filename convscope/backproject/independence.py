@@ -10,7 +10,7 @@ whatever the photo (Mahendran & Vedaldi 2016, "Salient deconvolutional networks"
 -Lite0 and MobileNetV2 have no such routing; AlexNet, VGG and ResNet's stem max-pool do, and so
 do the squeeze-excitation gates of EfficientNet-B0.
 
-:func:`deconvnet_depends_on_image` decides it structurally from one small forward pass, cut after
+:func:`deconvnet_depends_on_image` (:func:`deconvnet_dependence` for several layers) decides it structurally from one small forward pass, cut after
 the layer: forward hooks on every module (in a :class:`~convscope.hooks.Handles` list, so they
 always come off) keep the stack of running modules, and a ``TorchFunctionMode`` sees every torch
 operation whose output depends on the input (the model's parameters are made not to require
@@ -178,9 +178,11 @@ class _Watch(TorchFunctionMode):
         return out
 
 
-def _trace_switches(module: nn.Module, layer: str, x: torch.Tensor) -> tuple[Switch, ...]:
+def _trace_switches(module: nn.Module, layers: list[str], x: torch.Tensor) -> dict[str, tuple[Switch, ...]]:
+    """Per layer, the switches found by the time its output exists (one pass, cut after the deepest)."""
     stack: list[tuple[str, nn.Module]] = []
     found: dict[tuple[str, str], Switch] = {}
+    seen: dict[str, tuple[Switch, ...]] = {}
 
     def make_pre(name: str) -> Callable:
         def pre(m, _args):
@@ -191,23 +193,32 @@ def _trace_switches(module: nn.Module, layer: str, x: torch.Tensor) -> tuple[Swi
         if stack:
             stack.pop()
 
+    def make_seen(name: str) -> Callable:
+        def hook(_m, _args, _out):
+            seen.setdefault(name, tuple(found.values()))
+        return hook
+
+    modules = dict(module.named_modules())
     params = [(p, p.requires_grad) for p in module.parameters()]
     with model_lock(module), Handles() as handles:
         try:
             for p, _ in params:  # only the input requires grad: "requires_grad" means "depends on the image"
                 p.requires_grad_(False)
-            for name, m in module.named_modules():
+            for name, m in modules.items():
                 if name:
                     handles.add(m.register_forward_pre_hook(make_pre(name)))
                     handles.add(m.register_forward_hook(post))
-            with capture(module, [layer], stop=True) as outs, torch.enable_grad():
+            for name in layers:  # before capture's hooks, whose last one ends the pass
+                if name in modules:
+                    handles.add(modules[name].register_forward_hook(make_seen(name)))
+            with capture(module, layers, stop=True) as outs, torch.enable_grad():
                 leaf = x.detach().requires_grad_(True)
                 with _Watch(stack, found):
                     run(module, leaf, outs)
         finally:
             for p, flag in params:
                 p.requires_grad_(flag)
-    return tuple(found.values())
+    return seen
 
 
 def _module_and_size(model, input_size):
@@ -241,10 +252,20 @@ def deconvnet_depends_on_image(model, layer: str, input_size: tuple[int, int] | 
     >>> bool(dep), dep.switches[0].describe()
     (True, "max-pool switch (MaxPool2d) at 'features.2'")
     """
+    return deconvnet_dependence(model, [layer], input_size)[layer]
+
+
+def deconvnet_dependence(model, layers, input_size: tuple[int, int] | None = None) -> dict[str, Dependence]:
+    """:func:`deconvnet_depends_on_image` for several layers at once, on one forward pass cut
+    after the deepest: ``{layer: Dependence}``, in the order given.
+
+    >>> deps = deconvnet_dependence(model, model.layers.default, input_size=(64, 64))
+    """
+    layers = [layers] if isinstance(layers, str) else list(layers)
     module, shape, device, dtype = _module_and_size(model, input_size)
     x = torch.full((1, *shape), 0.5, device=device, dtype=dtype)
-    switches = _trace_switches(module, layer, x)
-    return Dependence(layer, bool(switches), switches)
+    seen = _trace_switches(module, layers, x)
+    return {name: Dependence(name, bool(seen[name]), seen[name]) for name in layers}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,4 +306,4 @@ def deconvnet_difference(model, layer: str, unit: int = 0, position: tuple[int, 
     return Difference(float((p[0] - p[1]).abs().max()), float(p.abs().max()))
 
 
-__all__ = ["Dependence", "Difference", "Switch", "deconvnet_depends_on_image", "deconvnet_difference"]
+__all__ = ["Dependence", "Difference", "Switch", "deconvnet_dependence", "deconvnet_depends_on_image", "deconvnet_difference"]
