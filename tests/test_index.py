@@ -171,6 +171,13 @@ def test_build_records_arrays_and_skips(built, library, tiny):
     np.testing.assert_allclose(np.linalg.norm(np.asarray(index.embedding, np.float32), axis=1), 1, atol=2e-3)
     assert index.units.shape == (u, n) and index.unit_pos.shape == (u, n) and index.unit_pos.dtype == np.int16
     assert index.top_class.shape == (n, 32)
+    # the class blocks hold each entry's stored probabilities summed per 25 classes
+    blocks = np.asarray(index.class_blocks, np.float64)
+    assert blocks.shape == (40, n)
+    probs = np.zeros((n, 1000))
+    rows, slots = np.nonzero(np.asarray(index.top_class) >= 0)
+    np.add.at(probs, (rows, np.asarray(index.top_class)[rows, slots]), np.asarray(index.top_prob, np.float64)[rows, slots])
+    np.testing.assert_array_equal(blocks, probs.reshape(n, 40, 25).sum(axis=2).T)
     hits = index.unit("layer1:5", top=2, boxes=False)
     assert hits[0].score >= hits[1].score and hits[0].box is None and 0 <= hits[0].position[0] < 16
     clip = rows_of(index, "clip.mp4")

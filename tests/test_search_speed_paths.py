@@ -1,6 +1,6 @@
 """The fast paths of keyword search give the numbers of the plain definitions.
 
-- Class blocks (:mod:`convscope.index.blocks`): scores with the block columns equal, bit for
+- Class blocks (:mod:`convscope.index.postings`): scores with the block columns equal, bit for
   bit, the scores from the inverted lists alone and a dense sum over each entry's stored classes.
 - Segments and the top-k selection (:func:`convscope.index.search.segments`, ``_top_order``):
   the same segments, best frames and order as a plain loop and a full sort.
@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from convscope.index import blocks, search
+from convscope.index import postings, search
 from convscope.index.store import load_rows
 
 
@@ -30,14 +30,14 @@ def fake_store(tmp_path, n=3000, classes=1000, stored=32, seed=0):
         top_class[i, :k], top_prob[i, :k] = cls, p.astype(np.float16)
     np.save(tmp_path / "top_class.npy", top_class)
     np.save(tmp_path / "top_prob.npy", top_prob)
-    blocks.write_class_blocks(tmp_path, classes, n, rows=700)  # several chunks
+    postings.write_class_blocks(tmp_path, classes, n, rows=700)  # several chunks
     keep = top_class.ravel() >= 0
     cls, ent = top_class.ravel()[keep], np.repeat(np.arange(n, dtype=np.int32), stored)[keep]
     prob = top_prob.ravel()[keep]
     order = np.argsort(cls, kind="stable")
     offsets = np.searchsorted(cls[order], np.arange(classes + 1))
     store = types.SimpleNamespace(post_offsets=offsets, post_entry=ent[order], post_prob=prob[order], entries=n,
-                                  class_blocks=load_rows(tmp_path / blocks.FILE))
+                                  class_blocks=load_rows(tmp_path / postings.FILE))
     return store, top_class, top_prob
 
 
@@ -58,7 +58,7 @@ def test_class_blocks_give_the_same_scores_bit_for_bit(tmp_path):
     for classes in sets:
         classes = list(classes)
         with_blocks = search.keyword_scores(store, classes)
-        whole, _ = blocks.split(classes, 1000)
+        whole, _ = postings.split(classes, 1000)
         used_blocks += len(whole)
         lists_only = search.keyword_scores(types.SimpleNamespace(**{**vars(store), "class_blocks": None}), classes)
         np.testing.assert_array_equal(with_blocks, lists_only)
@@ -67,11 +67,11 @@ def test_class_blocks_give_the_same_scores_bit_for_bit(tmp_path):
 
 
 def test_split_finds_whole_blocks_and_the_rest():
-    whole, rest = blocks.split(list(range(0, 398)), 1000)
+    whole, rest = postings.split(list(range(0, 398)), 1000)
     assert whole == list(range(15)) and rest == list(range(375, 398))
-    whole, rest = blocks.split([3, 1, 2], 1000)
+    whole, rest = postings.split([3, 1, 2], 1000)
     assert whole == [] and rest == [1, 2, 3]
-    whole, rest = blocks.split(list(range(90, 105)), 105)  # a short last block, covered whole
+    whole, rest = postings.split(list(range(90, 105)), 105)  # a short last block, covered whole
     assert whole == [4] and rest == list(range(90, 100))
 
 

@@ -36,6 +36,7 @@ from ..errors import ConvscopeError, ImageError
 from ..models import as_loaded
 from ..progress import Bar
 from . import media
+from .postings import write_postings
 from .features import Extractor, Features
 from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PARTIAL, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile,
                     load_rows, read_meta)
@@ -575,7 +576,7 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
     np.save(arrays / "entry_date.npy", date_col)
     _transpose(arrays / "unit_rows.npy", arrays / "units.npy")
     _transpose(arrays / "unit_pos_rows.npy", arrays / "unit_pos.npy")
-    _postings(arrays, len(extractor.model.labels) if extractor.model.labels else extractor.classes, n)
+    write_postings(arrays, len(extractor.model.labels) if extractor.model.labels else extractor.classes, n)
     skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
     done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True,
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3)}
@@ -600,41 +601,6 @@ def _transpose(src: Path, dst: Path, block: int = 8192) -> None:
     out.flush()
     del out, rows
     src.unlink()
-
-
-def _postings(arrays: Path, classes: int, n: int, block: int = 65536) -> None:
-    """The inverted lists class -> (entry, probability), entries ascending within a class."""
-    top_class, top_prob = load_rows(arrays / "top_class.npy"), load_rows(arrays / "top_prob.npy")
-    counts = np.zeros(classes, np.int64)
-    for a in range(0, n, block):
-        c = np.asarray(top_class[a:a + block]).ravel()
-        counts += np.bincount(c[c >= 0], minlength=classes)[:classes]
-    offsets = np.zeros(classes + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    total = int(offsets[-1])
-    entry = np.lib.format.open_memmap(arrays / "post_entry.npy", mode="w+", dtype=np.int32, shape=(total,)) if total else np.zeros(0, np.int32)
-    prob = np.lib.format.open_memmap(arrays / "post_prob.npy", mode="w+", dtype=np.float16, shape=(total,)) if total else np.zeros(0, np.float16)
-    cursor = offsets[:-1].copy()
-    for a in range(0, n, block):
-        c = np.asarray(top_class[a:a + block])
-        rows = np.broadcast_to(np.arange(a, a + len(c), dtype=np.int32)[:, None], c.shape).ravel()
-        p, c = np.asarray(top_prob[a:a + block]).ravel(), c.ravel()
-        keep = c >= 0
-        c, rows, p = c[keep], rows[keep], p[keep]
-        order = np.argsort(c, kind="stable")  # by class, rows ascending within it
-        c, rows, p = c[order], rows[order], p[order]
-        first = np.searchsorted(c, np.arange(classes))
-        place = cursor[c] + (np.arange(len(c)) - first[c])
-        entry[place] = rows
-        prob[place] = p
-        cursor += np.bincount(c, minlength=classes)[:classes]
-    if total:
-        entry.flush()
-        prob.flush()
-    else:
-        np.save(arrays / "post_entry.npy", entry)
-        np.save(arrays / "post_prob.npy", prob)
-    np.save(arrays / "post_offsets.npy", offsets)
 
 
 def _cleanup(out: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..errors import ConvscopeError
-from . import blocks
+from . import postings
 from .store import IndexStore
 
 #: Default cut-off of a keyword score. On the dev photos (15 hypernym queries, BENCHMARKS.md) a
@@ -162,13 +162,13 @@ def _results(store: IndexStore, best, score, first, last, sort: str, top: int) -
 
 def keyword_scores(store: IndexStore, classes: Sequence[int]) -> np.ndarray:
     """(N,) float64: per entry, the sum of its stored probabilities of ``classes``: the columns
-    of the class blocks the classes cover whole (:mod:`.blocks`), plus the inverted lists of
+    of the class blocks the classes cover whole (:mod:`.postings`), plus the inverted lists of
     the others, gathered in runs of consecutive lists."""
     offsets = store.post_offsets
     count = len(offsets) - 1
     whole, rest = [], sorted({int(c) for c in classes if 0 <= int(c) < count})
-    if store.class_blocks is not None and len(rest) >= 2 * blocks.BLOCK:
-        whole, rest = blocks.split(rest, count)
+    if store.class_blocks is not None and len(rest) >= 2 * postings.BLOCK:
+        whole, rest = postings.split(rest, count)
     runs: list[list[int]] = []
     for c in rest:
         a, b = int(offsets[c]), int(offsets[c + 1])

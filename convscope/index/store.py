@@ -149,7 +149,7 @@ class IndexStore:
     the file's mtime; plus the frame time). Unit arrays (``U`` units of all indexed layers side
     by side): ``units`` (U, N) float16 spatial maxima and ``unit_pos`` (U, N) int16 positions.
 Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``class_blocks``
-(B, N) float32, per entry the sums over blocks of consecutive classes (:mod:`.blocks`), or None.
+(B, N) float32, per entry the sums over blocks of consecutive classes (:mod:`.postings`), or None.
 
     >>> store = IndexStore.open("photos.index")
     >>> store.info()["entries"]

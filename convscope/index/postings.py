@@ -1,5 +1,6 @@
-"""Per-entry sums of the stored class probabilities over blocks of consecutive classes, so that a
-broad word is scored without reading all of its inverted lists.
+"""The keyword side of an index: the inverted lists class -> (entry, probability), and per-entry
+sums of the stored probabilities over blocks of consecutive classes, so that a broad word is
+scored without reading all of its inverted lists.
 
 A keyword's score sums, per entry, the stored probabilities of its classes (:mod:`.search`). A
 word like "animal" names 398 classes, whose inverted lists hold some 5.6 million postings in an
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .store import load_rows
+
 #: Classes per block: 40 columns for 1,000 classes (160 bytes an entry, 6 percent of the
 #: float16 embedding of the default model). Smaller blocks cover more of a query whole, but a
 #: column costs a full pass over N numbers.
@@ -31,8 +34,6 @@ FILE = "class_blocks.npy"
 def write_class_blocks(arrays: Path, classes: int, n: int, rows: int = 65536) -> None:
     """Write ``class_blocks.npy`` (B, N) float32 into the arrays folder from its ``top_class`` and
     ``top_prob`` rows."""
-    from .store import load_rows
-
     blocks = -(-classes // BLOCK)
     top_class, top_prob = load_rows(arrays / "top_class.npy"), load_rows(arrays / "top_prob.npy")
     out = np.lib.format.open_memmap(arrays / FILE, mode="w+", dtype=np.float32, shape=(blocks, n)) if n else None
@@ -64,3 +65,41 @@ def split(classes, count: int) -> tuple[list[int], list[int]]:
     for b in whole:
         inside.update(range(b * BLOCK, (b + 1) * BLOCK))
     return whole, [c for c in wanted if c not in inside]
+
+
+def write_postings(arrays: Path, classes: int, n: int, block: int = 65536) -> None:
+    """Write the inverted lists class -> (entry, probability), entries ascending within a class
+    (``post_offsets``, ``post_entry``, ``post_prob``), and the class blocks, from the arrays
+    folder's ``top_class`` and ``top_prob`` rows."""
+    top_class, top_prob = load_rows(arrays / "top_class.npy"), load_rows(arrays / "top_prob.npy")
+    counts = np.zeros(classes, np.int64)
+    for a in range(0, n, block):
+        c = np.asarray(top_class[a:a + block]).ravel()
+        counts += np.bincount(c[c >= 0], minlength=classes)[:classes]
+    offsets = np.zeros(classes + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    entry = np.lib.format.open_memmap(arrays / "post_entry.npy", mode="w+", dtype=np.int32, shape=(total,)) if total else np.zeros(0, np.int32)
+    prob = np.lib.format.open_memmap(arrays / "post_prob.npy", mode="w+", dtype=np.float16, shape=(total,)) if total else np.zeros(0, np.float16)
+    cursor = offsets[:-1].copy()
+    for a in range(0, n, block):
+        c = np.asarray(top_class[a:a + block])
+        rows = np.broadcast_to(np.arange(a, a + len(c), dtype=np.int32)[:, None], c.shape).ravel()
+        p, c = np.asarray(top_prob[a:a + block]).ravel(), c.ravel()
+        keep = c >= 0
+        c, rows, p = c[keep], rows[keep], p[keep]
+        order = np.argsort(c, kind="stable")  # by class, rows ascending within it
+        c, rows, p = c[order], rows[order], p[order]
+        first = np.searchsorted(c, np.arange(classes))
+        place = cursor[c] + (np.arange(len(c)) - first[c])
+        entry[place] = rows
+        prob[place] = p
+        cursor += np.bincount(c, minlength=classes)[:classes]
+    if total:
+        entry.flush()
+        prob.flush()
+    else:
+        np.save(arrays / "post_entry.npy", entry)
+        np.save(arrays / "post_prob.npy", prob)
+    np.save(arrays / "post_offsets.npy", offsets)
+    write_class_blocks(arrays, classes, n)
