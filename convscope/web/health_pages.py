@@ -185,6 +185,17 @@ def _pooled_histogram(atlas, layer: str) -> dict:
             lo, hi = min(lo, float(row["min"])), max(hi, float(row["max"]))
     if not pooled.any() or not np.isfinite(lo) or not hi > lo:
         return {"counts": [], "edges": []}
-    mids = np.clip(sketch.mids().numpy(), lo, hi)
-    counts, edges = np.histogram(mids, bins=HISTOGRAM_BINS, range=(lo, hi), weights=pooled)
-    return {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]}
+    # each sketch bin's count spread evenly over its part of [lo, hi] (a bin reaching past the
+    # layer's extremes, such as the one that holds ReLU6's 6.0, gives all of it to its part)
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    out = np.zeros(HISTOGRAM_BINS)
+    sketch_edges = sketch.edges().numpy().astype(np.float64)
+    for k in np.flatnonzero(pooled):
+        a, b = max(sketch_edges[k], lo), min(sketch_edges[k + 1], hi)
+        if not b > a:  # all of it at one value
+            out[min(int(np.searchsorted(edges, a, side="right")) - 1, HISTOGRAM_BINS - 1)] += pooled[k]
+            continue
+        share = np.clip((np.minimum(edges[1:], b) - np.maximum(edges[:-1], a)) / (b - a), 0, None)
+        out += pooled[k] * share
+    whole = np.diff(np.round(np.cumsum(out)), prepend=0.0)  # whole counts with the exact total
+    return {"counts": [int(c) for c in whole], "edges": [float(e) for e in edges]}
