@@ -42,7 +42,7 @@ from .checkpoints import load_weights
 from .crops import Crops
 from .data import expand_inputs, iter_batches, load_image
 from .errors import unknown_layer_error
-from .files import atomic_write, safe_name
+from .files import atomic_write, safe_name, write_text_atomic
 from .hooks import capture, run
 from .models import LoadedModel, Preprocessing, load_model
 from .progress import Bar
@@ -154,8 +154,10 @@ class Evolution:
         return _plot_changes(self, Path(path))
 
     def save(self, out: str | os.PathLike, size: int = 64) -> list[Path]:
-        """Write ``evolve-LAYER.png`` per layer, ``evolve-changes.png`` and ``evolve.jsonl`` (every
-        unit) into folder ``out`` (atomically, each); returns the paths."""
+        """Write ``evolve-LAYER.png`` per layer, ``evolve-changes.png``, the cells with
+        ``evolve.json`` (:func:`save_cells`, for the gallery) and ``evolve.jsonl`` (every unit)
+        into folder ``out`` (atomically, each; ``evolve.jsonl`` last, as the gallery needs it
+        whole); returns the paths."""
         out = Path(out)
         paths = []
         for name in self.layers:
@@ -164,6 +166,7 @@ class Evolution:
                 self.grid(name, size).save(f, format="PNG")
             paths.append(path)
         paths.append(self.plot_changes(out / "evolve-changes.png"))
+        paths += save_cells(self, out)
         path = out / "evolve.jsonl"
         with atomic_write(path, "w") as f:
             f.write(self.to_json(all_units=True))
@@ -179,6 +182,45 @@ class Evolution:
 def _num(v) -> float | None:
     v = float(v)
     return None if math.isnan(v) else v
+
+
+#: The gallery's manifest of an evolve run's cells, and the folder of the cell pictures.
+MANIFEST = "evolve.json"
+CELLS = "cells"
+CELLS_FORMAT = 1
+
+
+def save_cells(result, out: str | os.PathLike) -> list[Path]:
+    """Write each drawn unit's strongest patch and projection at each checkpoint of ``result``
+    (an :class:`~convscope.evolve.Evolution`) as ``cells/LAYER/UNIT-CHECKPOINT-patch.png`` and
+    ``-projection.png``, and ``evolve.json`` listing them with the run's checkpoints, top,
+    method and photos; atomically, each. Returns the paths. :meth:`Evolution.save` calls it; the
+    gallery's evolve pages read it (:mod:`convscope.web.evolve_pages`)."""
+    from PIL import Image
+
+    out = Path(out)
+    paths, layers = [], {}
+    for name, ev in result.layers.items():
+        folder = Path(CELLS) / safe_name(name)
+        rows = []
+        for unit, cells in zip(ev.units, ev.cells):
+            row = []
+            for c, cell in enumerate(cells):
+                entry = {"photo": Path(cell.photo).name, "value": _num(cell.value), "y": int(cell.y), "x": int(cell.x),
+                         "box": [int(v) for v in cell.box]}
+                for kind, pixels in (("patch", cell.patch), ("projection", cell.projection)):
+                    rel = folder / f"{unit}-{c}-{kind}.png"
+                    with atomic_write(out / rel) as f:
+                        Image.fromarray(pixels).save(f, format="PNG")
+                    paths.append(out / rel)
+                    entry[kind] = rel.as_posix()
+                row.append(entry)
+            rows.append({"unit": int(unit), "cells": row})
+        layers[name] = {"channels": int(ev.channels), "units": rows}
+    manifest = {"format": CELLS_FORMAT, "checkpoints": list(result.checkpoints), "top": int(result.top),
+                "method": result.method, "photos": int(result.photos), "layers": layers}
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
+    return [*paths, out / MANIFEST]
 
 
 # --------------------------------------------------------------------------- the models

@@ -306,12 +306,26 @@ def test_the_grid_shows_pictures_that_change(result):
 
 def test_save_writes_grids_plot_and_records(result, tmp_path):
     paths = result.save(tmp_path / "out", size=32)
-    names = sorted(p.name for p in paths)
-    assert names == sorted([f"evolve-{n}.png" for n in LAYERS] + ["evolve-changes.png", "evolve.jsonl"])
+    out = tmp_path / "out"
+    top = sorted(p.name for p in paths if p.parent == out)
+    assert top == sorted([f"evolve-{n}.png" for n in LAYERS] + ["evolve-changes.png", "evolve.jsonl", "evolve.json"])
     for p in paths:
-        if p.suffix == ".png":
+        if p.suffix == ".png" and p.parent == out:
             with Image.open(p) as img:
                 assert img.width > 100 and img.height > 100
+    # the gallery's cells: every drawn unit's patch and projection at every checkpoint
+    manifest = json.loads((out / "evolve.json").read_text())
+    assert manifest["checkpoints"] == result.checkpoints
+    for name, ev in result.layers.items():
+        rows = manifest["layers"][name]["units"]
+        assert [r["unit"] for r in rows] == list(ev.units)
+        for row, cells in zip(rows, ev.cells):
+            assert len(row["cells"]) == len(result.checkpoints)
+            for entry, cell in zip(row["cells"], cells):
+                with Image.open(out / entry["projection"]) as img:
+                    assert np.array_equal(np.asarray(img), cell.projection)
+                with Image.open(out / entry["patch"]) as img:
+                    assert np.array_equal(np.asarray(img), cell.patch)
     assert result.figure(size=24).height > result.grid("relu1", size=24).height
 
 

@@ -61,7 +61,7 @@ def _engine_call(fn, *args, **kwargs):
 @click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes (default: by input count).")
 @device_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for evolve-LAYER.png, evolve-changes.png and evolve.jsonl (every unit).")
+              help="Folder for evolve-LAYER.png, evolve-changes.png, evolve.jsonl (every unit), and evolve.json with cells/ (for `serve --evolve`).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record per layer and step (unit null: the layer's means), then per drawn unit and "
                    "step: layer, unit, from, to, overlap, correlation.")

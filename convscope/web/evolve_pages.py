@@ -36,56 +36,21 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
 from ..errors import unknown_name_error
-from ..files import atomic_write, printable_path, safe_name, write_text_atomic
+from ..evolve import CELLS, MANIFEST, save_cells  # noqa: F401  (save_cells: for callers of this module)
+from ..files import printable_path, safe_name
 from .gallery import IMAGE_MAGIC, NotFound, _no_follow
 from .site import NavLink, Site
 
 CHANGES = "evolve.jsonl"
-MANIFEST = "evolve.json"
-CELLS = "cells"
 CHANGES_PLOT = "evolve-changes.png"
 #: A layer has settled from the step at which its mean top-image overlap reaches this and stays
 #: there (nine of every ten top images kept from one checkpoint to the next).
 SETTLED = 0.9
-FORMAT = 1
 
 
 def grid_name(layer: str) -> str:
     """The grid picture ``Evolution.save`` writes for ``layer``."""
     return f"evolve-{safe_name(layer)}.png"
-
-
-def save_cells(result, out: str | os.PathLike) -> list[Path]:
-    """Write each drawn unit's strongest patch and projection at each checkpoint of ``result``
-    (an :class:`~convscope.evolve.Evolution`) as ``cells/LAYER/UNIT-CHECKPOINT-patch.png`` and
-    ``-projection.png``, and ``evolve.json`` listing them with the run's checkpoints, top,
-    method and photos; atomically, each. Returns the paths. (``Evolution.save`` should call
-    this; until it does, call it after ``save``.)"""
-    from PIL import Image
-
-    out = Path(out)
-    paths, layers = [], {}
-    for name, ev in result.layers.items():
-        folder = Path(CELLS) / safe_name(name)
-        rows = []
-        for unit, cells in zip(ev.units, ev.cells):
-            row = []
-            for c, cell in enumerate(cells):
-                entry = {"photo": Path(cell.photo).name, "value": _num(cell.value), "y": int(cell.y), "x": int(cell.x),
-                         "box": [int(v) for v in cell.box]}
-                for kind, pixels in (("patch", cell.patch), ("projection", cell.projection)):
-                    rel = folder / f"{unit}-{c}-{kind}.png"
-                    with atomic_write(out / rel) as f:
-                        Image.fromarray(pixels).save(f, format="PNG")
-                    paths.append(out / rel)
-                    entry[kind] = rel.as_posix()
-                row.append(entry)
-            rows.append({"unit": int(unit), "cells": row})
-        layers[name] = {"channels": int(ev.channels), "units": rows}
-    manifest = {"format": FORMAT, "checkpoints": list(result.checkpoints), "top": int(result.top),
-                "method": result.method, "photos": int(result.photos), "layers": layers}
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
-    return [*paths, out / MANIFEST]
 
 
 def _num(v) -> float | None:
