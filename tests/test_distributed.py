@@ -1,6 +1,8 @@
 """The scan on Ray equals the one-process scan: the same state, paths, layers, hashes and skipped
-files, also after a worker is killed mid-scan and after a driver stops and resumes; a path no
-worker can read is a bad file with the node's name; nothing imports Ray unless asked to.
+files, also after a worker is killed mid-scan and after a driver stops and resumes; so do whole
+atlas builds and indexes on Ray (every table, PNG file, record, vector and thumbnail), also
+with a worker killed mid-build; a path no worker can read is a bad file with the node's name;
+nothing imports Ray unless asked to.
 
 One local Ray (2 CPUs) and one pool of two actors serve the whole module: starting them takes
 most of its time.
@@ -9,9 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 
@@ -264,8 +268,6 @@ def test_nothing_imports_ray_unless_asked():
 
 def atlas_contents(root) -> tuple[dict, dict]:
     """Every table of an atlas (the timings and a bad file's node aside) and every PNG file's bytes."""
-    import sqlite3
-
     db = sqlite3.connect(root / "atlas.sqlite")
     tables = {}
     for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
@@ -307,7 +309,7 @@ def test_atlas_build_on_ray_equals_the_one_process_build(pool, model, photos, on
 
 @pytest.fixture(scope="module")
 def library(photos, tmp_path_factory):
-    """The module's photos (a bad one among them), a clip of 3 s (3 frames at fps 1, in two pieces
+    """The module's photos (a bad one among them), another bad photo first, a clip of 3 s (3 frames at fps 1, in two pieces
     with SEGMENT_FRAMES at 2) and a bad video."""
     from .test_index import write_clip
 
@@ -315,6 +317,7 @@ def library(photos, tmp_path_factory):
     for p in photos:
         os.symlink(p, d / os.path.basename(p))
     write_clip(d / "clip.mp4")
+    (d / "aa_bad.png").write_bytes(b"not an image either")  # in the first shard
     (d / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(200))
     return d
 
@@ -366,7 +369,7 @@ def test_index_on_ray_equals_the_one_process_index(pool, model, library, one_ind
     got = index_contents(tmp_path / "ray")
     assert got == one_index
     assert len(got["entries"]) == len(got["files"]) + 2 > 25  # one row a photo, three for the clip (two pieces)
-    assert sorted(p for p, _ in skips) == [str(library / "broken.mp4"), str(library / "zz_bad.png")]
+    assert sorted(p for p, _ in skips) == [str(library / n) for n in ("aa_bad.png", "broken.mp4", "zz_bad.png")]
     node = pool.infos()[0].node
     assert [r for p, r in skips if p.endswith(".png")][0].endswith(f"(on node {node})")  # read by a worker
 
@@ -378,9 +381,11 @@ def test_a_worker_killed_mid_build_gives_the_same_index_and_atlas(pool, model, l
     from convscope.distributed import ray_scan
     from convscope.index import Index
 
+    from convscope.distributed import ray_project
+
     def killer(pid: int, killed: list):
-        def on_skip(_path, _reason):  # on the driver, as a shard's bad file comes in: others are out
-            if not killed:
+        def on_skip(_path, reason):  # on the driver, as the first shard's bad photo comes in: others are out
+            if not killed and " (on node " in reason:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         return on_skip
@@ -392,11 +397,53 @@ def test_a_worker_killed_mid_build_gives_the_same_index_and_atlas(pool, model, l
     after = {i.pid for i in pool.infos()}
     assert killed[0] not in after and len(after) == 2  # Ray restarted that actor
 
+    # the atlas: an actor killed while the projections are out (several jobs: 16 images each)
     monkeypatch.setattr(ray_scan, "SHARD_SIZE", SHARD)
+    monkeypatch.setattr(ray_project, "JOB_IMAGES", 16)
     killed = []
-    build(model, photos, tmp_path / "atlas", LAYERS, TOP, batch_size=BATCH, workers=0, progress=False, ray=pool,
-          on_skip=killer(pool.infos()[1].pid, killed))  # with the bad photo's shard, before the projections
+    watcher = threading.Thread(target=kill_when_written, args=(tmp_path / "atlas" / "patches", pool.infos()[1].pid,
+                                                                 killed), daemon=True)
+    watcher.start()
+    build(model, photos, tmp_path / "atlas", LAYERS, TOP, batch_size=BATCH, workers=0, progress=False, ray=pool)
+    watcher.join()
     assert killed and atlas_contents(tmp_path / "atlas") == one_atlas
+    assert killed[0] not in {i.pid for i in pool.infos()}
+
+
+def kill_when_written(folder, pid: int, killed: list, seconds: float = 120.0) -> None:
+    """SIGKILL ``pid`` as soon as ``folder`` exists (the first job has written a file)."""
+    deadline = time.monotonic() + seconds
+    while not folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if folder.exists():
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+
+@pytest.mark.slow
+def test_a_stopped_index_build_on_ray_resumes_to_the_same_index(pool, model, library, one_index, small_shards,
+                                                                 tmp_path, monkeypatch):
+    from convscope.index import Index
+    from convscope.index import build as index_build
+
+    monkeypatch.setattr(index_build, "CHUNK", 2)  # commits every batch or so
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_zz(path, _reason):  # the driver dies as the last shard comes in; the rest is committed
+        if path.endswith("zz_bad.png"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        Index.build(model, [library], tmp_path / "index", batch_size=BATCH, workers=0, progress=False, ray=pool,
+                    on_skip=stop_at_zz)
+    with sqlite3.connect(tmp_path / "index" / ".partial" / "index.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] > 10  # committed before the stop
+    db.close()
+    Index.build(model, [library], tmp_path / "index", batch_size=BATCH, workers=0, progress=False, ray=pool,
+                resume=True).close()
+    assert index_contents(tmp_path / "index") == one_index
 
 
 @pytest.mark.slow
