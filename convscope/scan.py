@@ -11,6 +11,11 @@ float32) << 32 | (2**32 - 1 - id)``, then one ``topk`` of the unique keys ``valu
 place in that order`` picks the best K, so the result does not depend on batch order or on how
 the work was split.
 
+A layer whose output is a saturating activation (ReLU6: many top values tie at exactly 6.0) can
+be ranked by that activation's input instead (``rank_by``, :func:`convscope.scan_settings.ranking`):
+then ``values`` and ``sums`` are the pre-activation map's maximum and sum, ``pos`` its argmax,
+and ``post`` the layer's output there (for a monotone activation also the output's maximum).
+
 Alongside, per unit, a summary of its activation distribution: an exact fixed-point sum over
 every position (for the mean), the maximum, and a streaming histogram with fixed log-spaced bins
 (:class:`Sketch`, over a fixed grid of at most 32 x 32 positions per map) for quantiles, the
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,6 +40,8 @@ import torch
 from .crops import Crops, CropTransform
 from .errors import ConvscopeError
 from .files import atomic_write, disk_full_as_error, remove_stale_temps
+from .scan_settings import (RANK_BY, check_arguments, checkpoint_config, describe_ranking, fingerprint,
+                            load_checkpoint, rank_choices, ranking, resume_from)
 from .sketch import Sketch
 
 STATE_VERSION = 1
@@ -82,7 +88,11 @@ class ScanState:
       per unit, best first; empty slots have id -1 and value -inf;
     * ``hist`` (C, bins) int64: :class:`Sketch` counts (raw bin layout) over the sampled positions;
     * ``sum`` (C,) int64: sum over images of round(per-image sum of the whole map * 2**16);
-    * ``min`` (C,) float32 over the sampled positions, ``max`` (C,) float32 over all of them.
+    * ``min`` (C,) float32 over the sampled positions, ``max`` (C,) float32 over all of them;
+    * for a layer ranked by its pre-activation (``rank_by[layer] == "pre-activation"``),
+      ``values``, ``sums`` and ``pos`` are those of the pre-activation map (the activation's
+      input), and ``post`` (C, K) float32 is the layer's output at ``pos``; the statistics
+      (``hist``, ``sum``, ``min``, ``max``) stay on the output.
 
     ``images`` counts the images seen. Feed it with :meth:`update`; combine shards with
     :meth:`merge`; serialize with :meth:`state_dict` / :meth:`from_state_dict` (tensors, numbers
@@ -94,9 +104,13 @@ class ScanState:
     """
 
     def __init__(self, layers: Mapping[str, Sequence[int]], top: int = 9, device: torch.device | str = "cpu",
-                 sketch: Sketch = Sketch()):
+                 sketch: Sketch = Sketch(), rank_by: Mapping[str, str] | None = None):
         if not isinstance(top, int) or top < 1:
             raise ValueError(f"top must be a positive whole number, got {top!r}")
+        rank_by = dict(rank_by or {})
+        for name, how in rank_by.items():
+            if name not in layers or how not in ("output", "pre-activation"):
+                raise ValueError(f"rank_by[{name!r}] = {how!r}: give a layer of the state and 'output' or 'pre-activation'")
         self.top_k = top
         self.device = torch.device(device)
         self.sketch = sketch
@@ -115,6 +129,10 @@ class ScanState:
                 "min": torch.full((c,), float("inf"), device=dev),
                 "max": torch.full((c,), float("-inf"), device=dev),
             }
+            if rank_by.get(name) == "pre-activation":
+                self.tensors[name]["post"] = torch.full((c, top), float("-inf"), device=dev)
+        #: per layer, "output" or "pre-activation": which map's maximum ranks its top images
+        self.rank_by = {name: rank_by.get(name, "output") for name in self.shapes}
 
     @property
     def layers(self) -> list[str]:
@@ -122,9 +140,16 @@ class ScanState:
 
     # ------------------------------------------------------------------ streaming
 
-    def update(self, activations: Mapping[str, torch.Tensor], image_ids: torch.Tensor | Sequence[int]) -> None:
+    @property
+    def pre_ranked(self) -> list[str]:
+        """The layers ranked by their pre-activation."""
+        return [name for name, how in self.rank_by.items() if how == "pre-activation"]
+
+    def update(self, activations: Mapping[str, torch.Tensor], image_ids: torch.Tensor | Sequence[int],
+               pre: Mapping[str, torch.Tensor] | None = None) -> None:
         """Fold in one batch: ``activations[layer]`` is (B, C, H, W) for every layer of the state,
-        ``image_ids`` (B,) the global ids (0 <= id < 2**32) of the batch's images."""
+        ``image_ids`` (B,) the global ids (0 <= id < 2**32) of the batch's images, ``pre[layer]``
+        the pre-activation maps (B, C, H, W) of every layer ranked by them."""
         ids = torch.as_tensor(image_ids, dtype=torch.long).to(self.device)
         if ids.dim() != 1:
             raise ValueError(f"image_ids must be one id per image, got shape {tuple(ids.shape)}")
@@ -141,11 +166,17 @@ class ScanState:
                     f"layer {name!r}: expected activations of shape ({len(ids)}, {', '.join(map(str, shape))}), "
                     f"got {tuple(act.shape)}"
                 )
+            if self.rank_by[name] == "pre-activation" and (
+                    pre is None or name not in pre or tuple(pre[name].shape) != tuple(act.shape)):
+                got = "none" if pre is None or name not in pre else f"shape {tuple(pre[name].shape)}"
+                raise ValueError(f"layer {name!r} is ranked by its pre-activation: give pre[{name!r}] of the "
+                                 f"activations' shape {tuple(act.shape)} (got {got})")
         for name in self.shapes:
-            self._update_layer(name, activations[name].detach().to(self.device, torch.float32), ids)
+            key = pre[name].detach().to(self.device, torch.float32) if self.rank_by[name] == "pre-activation" else None
+            self._update_layer(name, activations[name].detach().to(self.device, torch.float32), ids, key)
         self.images += len(ids)
 
-    def _update_layer(self, name: str, act: torch.Tensor, ids: torch.Tensor) -> None:
+    def _update_layer(self, name: str, act: torch.Tensor, ids: torch.Tensor, pre: torch.Tensor | None = None) -> None:
         # Reductions only over the full map (they allocate nothing large); everything that
         # writes per-position temporaries runs on the sketch's sampling grid.
         t = self.tensors[name]
@@ -155,7 +186,14 @@ class ScanState:
         best = torch.where(torch.isnan(best), torch.full_like(best, float("-inf")), best)
         sums = flat.sum(dim=2)  # (B, C) float32, one image at a time
         clean = torch.where(torch.isnan(sums), torch.full_like(sums, float("-inf")), sums)
-        self._merge_top(t, best.t(), clean.t(), ids.view(1, b).expand(c, b), None, flat)
+        if pre is None:
+            self._merge_top(t, best.t(), clean.t(), ids.view(1, b).expand(c, b), None, flat)
+        else:  # ranked by the pre-activation map: its maximum, its sum, its argmax; the output there
+            key = pre.reshape(b, c, h * w)
+            kbest, ksums = key.amax(dim=2), key.sum(dim=2)
+            kbest = torch.where(torch.isnan(kbest), torch.full_like(kbest, float("-inf")), kbest)
+            ksums = torch.where(torch.isnan(ksums), torch.full_like(ksums, float("-inf")), ksums)
+            self._merge_top(t, kbest.t(), ksums.t(), ids.view(1, b).expand(c, b), None, key, post_flat=flat)
         # the mean: per-image sums in fixed point, so that from here on addition is exact
         t["sum"] += torch.round(sums.double() * _FIXED_POINT).long().sum(0)
         torch.maximum(t["max"], best.amax(0), out=t["max"])
@@ -172,27 +210,38 @@ class ScanState:
         t["hist"][:, lo + half : hi + half + 1] += counts
 
     def _merge_top(self, t: dict, values: torch.Tensor, sums: torch.Tensor, ids: torch.Tensor,
-                   pos: torch.Tensor | None, flat: torch.Tensor | None = None) -> None:
+                   pos: torch.Tensor | None, flat: torch.Tensor | None = None, post: torch.Tensor | None = None,
+                   post_flat: torch.Tensor | None = None) -> None:
         """Merge candidates (C, N) into the running top-K of one layer, all units at once. Without
         ``pos``, candidate ``n`` is image ``n`` of ``flat`` (N, C, H*W), and the position of
-        each candidate that enters the top-K is its map's first maximum."""
+        each candidate that enters the top-K is its map's first maximum (and its ``post``, for a
+        layer ranked by the pre-activation, the output map ``post_flat`` at that position)."""
         k = t["values"].shape[1]
         all_v = torch.cat([t["values"], values], dim=1)
         all_s = torch.cat([t["sums"], sums], dim=1)
         all_i = torch.cat([t["ids"], ids], dim=1)
         order = _top_order(all_v, all_s, all_i, self.top_k)
+        ranked_pre = "post" in t
         if pos is None:
             new_u, new_r = torch.nonzero(order >= k, as_tuple=True)
             all_p = torch.cat([t["pos"], torch.full_like(values, -1, dtype=torch.long)], dim=1)
+            picked = all_p.gather(1, order)
+            if ranked_pre:
+                picked_post = torch.cat([t["post"], torch.full_like(values, float("-inf"))], dim=1).gather(1, order)
             if len(new_u):
-                maps = flat[order[new_u, new_r] - k, new_u]  # (n_new, H*W)
-                picked = all_p.gather(1, order)
-                picked[new_u, new_r] = maps.argmax(dim=1)  # the first maximum, as torch documents
-                t["pos"] = picked
-            else:
-                t["pos"] = all_p.gather(1, order)
+                images = order[new_u, new_r] - k
+                maps = flat[images, new_u]  # (n_new, H*W)
+                at = maps.argmax(dim=1)  # the first maximum, as torch documents
+                picked[new_u, new_r] = at
+                if ranked_pre:
+                    picked_post[new_u, new_r] = post_flat[images, new_u, at]
+            t["pos"] = picked
+            if ranked_pre:
+                t["post"] = picked_post
         else:
             t["pos"] = torch.cat([t["pos"], pos], dim=1).gather(1, order)
+            if ranked_pre:
+                t["post"] = torch.cat([t["post"], post], dim=1).gather(1, order)
         t["values"] = all_v.gather(1, order)
         t["sums"] = all_s.gather(1, order)
         t["ids"] = all_i.gather(1, order)
@@ -205,9 +254,13 @@ class ScanState:
                 "cannot merge scans of different layers, top or sketch "
                 f"({list(self.shapes)} top {self.top_k} vs {list(other.shapes)} top {other.top_k})"
             )
+        if other.rank_by != self.rank_by:
+            diff = [n for n in self.rank_by if other.rank_by[n] != self.rank_by[n]]
+            raise ValueError(f"cannot merge scans ranked by different values (layers {', '.join(diff)}: "
+                             f"{self.rank_by[diff[0]]} vs {other.rank_by[diff[0]]}); scan both with the same rank_by")
         for name, t in self.tensors.items():
             o = {k: v.to(self.device) for k, v in other.tensors[name].items()}
-            self._merge_top(t, o["values"], o["sums"], o["ids"], o["pos"])
+            self._merge_top(t, o["values"], o["sums"], o["ids"], o["pos"], post=o.get("post"))
             t["hist"] += o["hist"]
             t["sum"] += o["sum"]
             torch.minimum(t["min"], o["min"], out=t["min"])
@@ -217,8 +270,16 @@ class ScanState:
 
     # ------------------------------------------------------------------ reading
 
+    def outputs(self, layer: str) -> torch.Tensor:
+        """(C, K) on the CPU: the layer's output value of each top slot (``values`` for a layer
+        ranked by its output, ``post`` for one ranked by its pre-activation); -inf: empty."""
+        t = self.tensors[self._check(layer)]
+        return t.get("post", t["values"]).cpu()
+
     def top(self, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values, ids, ys, xs), each (C, K) on the CPU, best first; empty slots have id -1."""
+        """(values, ids, ys, xs), each (C, K) on the CPU, best first; empty slots have id -1.
+        ``values`` are the ranking key: the pre-activation for a layer ranked by it
+        (:meth:`outputs` gives the layer's output values)."""
         t = self.tensors[self._check(layer)]
         w = self.shapes[layer][2]
         pos = t["pos"].cpu()
@@ -274,6 +335,7 @@ class ScanState:
             "images": self.images,
             "sketch": self.sketch.to_dict(),
             "layers": [[name, list(shape)] for name, shape in self.shapes.items()],
+            "rank_by": dict(self.rank_by),
             "tensors": {name: {k: v.cpu().clone() for k, v in t.items()} for name, t in self.tensors.items()},
         }
 
@@ -284,11 +346,12 @@ class ScanState:
                 f"not a convscope scan state of version {STATE_VERSION} "
                 f"(found {data.get('version') if isinstance(data, Mapping) else type(data).__name__}); rescan the images"
             )
-        state = cls({name: shape for name, shape in data["layers"]}, int(data["top"]), device, Sketch(**data["sketch"]))
+        state = cls({name: shape for name, shape in data["layers"]}, int(data["top"]), device, Sketch(**data["sketch"]),
+                    data.get("rank_by"))  # states from before the choice: all by output
         state.images = int(data["images"])
         for name, t in data["tensors"].items():
             for k, v in t.items():
-                if tuple(v.shape) != tuple(state.tensors[name][k].shape):
+                if k not in state.tensors[name] or tuple(v.shape) != tuple(state.tensors[name][k].shape):
                     raise ConvscopeError(f"scan state tensor {name}.{k} has shape {tuple(v.shape)}; the file is damaged")
                 state.tensors[name][k] = v.to(state.device)
         return state
@@ -305,7 +368,8 @@ class ScanState:
     def __eq__(self, other) -> bool:
         if not isinstance(other, ScanState):
             return NotImplemented
-        if (self.shapes, self.top_k, self.images, self.sketch) != (other.shapes, other.top_k, other.images, other.sketch):
+        if (self.shapes, self.top_k, self.images, self.sketch, self.rank_by) != (
+                other.shapes, other.top_k, other.images, other.sketch, other.rank_by):
             return False
         return all(
             torch.equal(v.cpu(), other.tensors[name][k].cpu()) for name, t in self.tensors.items() for k, v in t.items()
@@ -327,24 +391,14 @@ def merge(*states: ScanState) -> ScanState:
     return out
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConvscopeError(f"no scan checkpoint at {path}") from None
-    except Exception as exc:
-        raise ConvscopeError(
-            f"cannot read scan checkpoint {path} ({type(exc).__name__}); delete it and start over"
-        ) from None
-
-
 # --------------------------------------------------------------------------- the scan
 
 
 @dataclasses.dataclass
 class Example:
-    """One of a unit's top images: ``value`` at map position (``y``, ``x``), ``image_id``
-    (:meth:`Scan.image_id` of ``photo`` and ``crop``), ``path`` of the photo."""
+    """One of a unit's top images: ``value`` (the layer's output) at map position (``y``, ``x``),
+    ``image_id`` (:meth:`Scan.image_id` of ``photo`` and ``crop``), ``path`` of the photo, and
+    ``pre`` the pre-activation there where it ranks the layer (else None)."""
 
     rank: int
     image_id: int
@@ -354,6 +408,7 @@ class Example:
     value: float
     y: int
     x: int
+    pre: float | None = None
 
 
 @dataclasses.dataclass
@@ -361,8 +416,9 @@ class Scan:
     """What :func:`scan` returns: the :class:`ScanState`, the photo ``paths`` it numbered (crop
     ``c`` of ``paths[i]`` is image :meth:`image_id` ``(i, c)``), the ``layers`` (LayerInfo,
     network order), ``crops``, the ``skipped`` photos as (path, reason), the ``offset`` of
-    ``paths[0]`` in a larger list, and ``hashes``: the sha256 of the bytes scanned of every photo
-    that is among the top examples (index into ``paths`` -> hex digest).
+    ``paths[0]`` in a larger list, ``hashes``: the sha256 of the bytes scanned of every photo
+    that is among the top examples (index into ``paths`` -> hex digest), and ``ranking``: per
+    layer ranked by its pre-activation, its :class:`~convscope.layers.Saturation`.
 
     >>> result.image_id(*result.photo_of(412)) == 412
     True
@@ -375,6 +431,14 @@ class Scan:
     skipped: list[tuple[str, str]]
     offset: int = 0
     hashes: dict[int, str] = dataclasses.field(default_factory=dict)
+    ranking: dict = dataclasses.field(default_factory=dict)
+
+    def ranked_by(self, layer: str) -> str:
+        """What ranks ``layer``: ``"output"`` or ``"pre-activation (input of ReLU6 'bn1.act')"``."""
+        if self.state.rank_by.get(layer) != "pre-activation":
+            return "output"
+        sat = self.ranking.get(layer)
+        return describe_ranking(sat) if sat is not None else "pre-activation"
 
     @property
     def photos_scanned(self) -> int:
@@ -390,15 +454,17 @@ class Scan:
         return photo - self.offset, crop
 
     def examples(self, layer: str, unit: int) -> list[Example]:
-        values, ids, ys, xs = self.state.top(layer)
+        keys, ids, ys, xs = self.state.top(layer)
+        values = self.state.outputs(layer)
         if not 0 <= unit < values.shape[0]:
             raise ValueError(f"unit {unit} is out of range for layer {layer!r} (0..{values.shape[0] - 1})")
+        by_pre = self.state.rank_by[layer] == "pre-activation"
         out = []
         for rank, (v, i, y, x) in enumerate(zip(values[unit].tolist(), ids[unit].tolist(), ys[unit].tolist(), xs[unit].tolist())):
             if i < 0:
                 break
             photo, crop = self.photo_of(i)
-            out.append(Example(rank, i, photo, crop, self.paths[photo], v, y, x))
+            out.append(Example(rank, i, photo, crop, self.paths[photo], v, y, x, float(keys[unit, rank]) if by_pre else None))
         return out
 
 
@@ -411,74 +477,37 @@ def referenced_photos(state: ScanState, crops: Crops, offset: int) -> set[int]:
     return set(photos.tolist())
 
 
-def fingerprint(paths: Sequence[str]) -> str:
-    """The sha256 of a photo list (absolute paths, in order): what a checkpoint was made of."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(os.path.abspath(p).encode("utf-8", "surrogateescape"))
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def check_arguments(top, batch_size: int, checkpoint_every: int) -> None:
-    """The checks of :func:`scan`'s numbers, shared with the scan on Ray."""
-    if not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive whole number, got {top!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be at least 1 image, got {checkpoint_every}")
-
-
-def checkpoint_config(spec, weights, input_size, names: Sequence[str], top: int, crops: Crops, photos_per_batch: int,
-           offset: int, paths: Sequence[str]) -> dict:
-    """What a checkpoint must have been made with to be resumed: the model, the layers, the
-    settings that shape the result, and the photo list."""
-    return {
-        "model": spec,
-        "weights": weights,
-        "input_size": list(input_size),
-        "layers": list(names),
-        "top": top,
-        "crops": list(crops.levels),
-        "photos_per_batch": photos_per_batch,
-        "offset": offset,
-        "photos": len(paths),
-        "paths_sha256": fingerprint(paths),
-    }
-
-
-def resume_from(checkpoint: str | os.PathLike | None, settings: dict) -> dict | None:
-    """The checkpoint's data (``state``, ``extra``) when there is one to resume, after checking
-    that it was made with ``settings`` (:func:`checkpoint_config`'s); None when there is none."""
-    if checkpoint is None or not Path(checkpoint).exists():
-        return None
-    data = load_checkpoint(checkpoint)
-    old = data.get("extra", {}).get("config")
-    if old != settings:
-        diff = [k for k in settings if (old or {}).get(k) != settings[k]]
-        raise ConvscopeError(
-            f"the checkpoint {checkpoint} was made with other settings ({', '.join(diff) or 'unknown'} differ); "
-            "rerun with the same images and options, or start over with resume=False"
-        )
-    return data
-
-
 def scan_batches(model, state: ScanState, paths: Sequence[str], names: Sequence[str], crops: Crops,
                  photos_per_batch: int, *, first_id_photo: int = 0, workers: int | None = None,
-                 autocast: bool = False) -> Iterator:
+                 autocast: bool = False, pre: Mapping[str, str] | None = None) -> Iterator:
     """The scan's loop: ``paths`` decoded ``photos_per_batch`` at a time (and hashed), run
     through ``model`` with ``names`` hooked, and folded into ``state`` with image ids counted
     from photo ``first_id_photo``; yields each :class:`convscope.data.Batch` once it is in the
-    state (its ``errors``, ``indices`` into ``paths`` and ``hashes``). The hooks come off when
-    the generator ends or is closed (use it inside ``contextlib.closing``)."""
+    state (its ``errors``, ``indices`` into ``paths`` and ``hashes``). ``pre``: for each layer
+    the state ranks by its pre-activation, the dotted name of the activation module whose
+    input that is (a forward pre-hook clones it, before an in-place activation overwrites it).
+    The hooks come off when the generator ends or is closed (use it inside ``contextlib.closing``)."""
     from .data import iter_batches
-    from .hooks import capture, run
+    from .hooks import Handles, capture, named_modules, run
 
+    pre = dict(pre or {})
+    if sorted(pre) != sorted(state.pre_ranked):
+        raise ValueError(f"pre names the activations of {sorted(pre)}, but the state ranks {state.pre_ranked} "
+                         "by their pre-activation")
     transform = model.transform if crops.count == 1 else CropTransform(model.transform, crops)
     h, w = model.preprocessing.input_size
     use_autocast = autocast and model.device.type == "cuda"
-    with capture(model.module, list(names), stop=True) as outs:
+    modules = named_modules(model.module) if pre else {}
+    pre_maps: dict[str, torch.Tensor] = {}
+
+    def keep(layer: str):
+        def hook(_m, args):
+            pre_maps[layer] = args[0].detach().clone()  # timm's ReLU6 works in place
+        return hook
+
+    with capture(model.module, list(names), stop=True) as outs, Handles() as handles:
+        for layer, act in pre.items():
+            handles.add(modules[act].register_forward_pre_hook(keep(layer)))
         for batch in iter_batches(paths, transform, batch_size=photos_per_batch, workers=workers, sha256=True):
             if batch.indices:
                 x = batch.tensors.reshape(-1, 3, h, w).to(model.device, non_blocking=True)
@@ -486,8 +515,9 @@ def scan_batches(model, state: ScanState, paths: Sequence[str], names: Sequence[
                 ids = crops.image_id(photo.view(-1, 1), torch.arange(crops.count)).view(-1)
                 with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=use_autocast):
                     run(model.module, x, outs)  # raises LayerNotRunError for a layer not reached
-                    state.update(outs, ids)
+                    state.update(outs, ids, **({"pre": pre_maps} if pre else {}))
                 outs.clear()
+                pre_maps.clear()
             yield batch
 
 
@@ -507,6 +537,7 @@ def scan(
     autocast: bool = False,
     progress: bool | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    rank_by: str = "auto",
 ) -> Scan:
     """Scan photos through ``model`` once, keeping each unit's ``top`` images in ``layers``.
 
@@ -520,7 +551,11 @@ def scan(
     photos (rounded up to whole batches); ``resume=True`` continues from it and gives exactly
     the result of an uninterrupted run. ``offset`` is the index of the first photo in a larger
     list, for scans split across machines and merged with :func:`merge`. ``autocast`` runs the
-    forward pass in bfloat16 on CUDA (not exact).
+    forward pass in bfloat16 on CUDA (not exact). ``rank_by``: what ranks each layer's top
+    images (:func:`convscope.scan_settings.ranking`): ``"auto"`` the input of a saturating
+    activation that ends the layer (ReLU6) and the output elsewhere, ``"output"`` the output
+    everywhere, ``"pre-activation"`` the pre-activation everywhere (an error for a layer
+    without a saturating activation).
 
     >>> result = scan(load_model(), ["photos/"], top=9)
     >>> result.examples(result.state.layers[0], 0)
@@ -541,10 +576,12 @@ def scan(
     if not infos:
         raise ValueError("no layers to scan; name some with layers=[...] (run `convscope layers`)")
     names = [i.name for i in infos]
+    sats = ranking(model.module, names, rank_by, tuple(model.preprocessing.input_size))
+    choices = rank_choices(sats)
     photos_per_batch = max(1, batch_size // crops.count)
     every = -(-checkpoint_every // photos_per_batch) * photos_per_batch
     settings = checkpoint_config(model.spec, model.weights, model.preprocessing.input_size, names, top, crops,
-                      photos_per_batch, offset, paths)
+                      photos_per_batch, offset, paths, choices)
     skipped: list[tuple[str, str]] = [(e.path, e.reason) for e in missing]
     hashes: dict[int, str] = {}
     start = 0
@@ -557,7 +594,7 @@ def scan(
         skipped = [tuple(s) for s in extra["skipped"]]
         hashes = {int(i): str(h) for i, h in extra.get("hashes", {}).items()}  # older checkpoints: none
     if state is None:
-        state = ScanState({i.name: i.shape for i in infos}, top, model.device)
+        state = ScanState({i.name: i.shape for i in infos}, top, model.device, rank_by=choices)
     if on_skip is not None:
         for p, r in skipped:
             on_skip(p, r)
@@ -576,7 +613,8 @@ def scan(
     with Bar(len(paths), "scanning", disable=None if progress is None else not progress) as bar:
         bar.advance(start)
         batches = scan_batches(model, state, paths[start:], names, crops, photos_per_batch,
-                               first_id_photo=start + offset, workers=workers, autocast=autocast)
+                               first_id_photo=start + offset, workers=workers, autocast=autocast,
+                               pre={n: s.activation for n, s in sats.items() if s is not None})
         with contextlib.closing(batches):
             for batch in batches:
                 for err in batch.errors:
@@ -593,22 +631,10 @@ def scan(
                     last_saved = done
     hashes = {p: hashes[p] for p in sorted(referenced_photos(state, crops, offset)) if p in hashes}
     save(len(paths))
-    return Scan(state, paths, infos, crops, skipped, offset, hashes)
+    return Scan(state, paths, infos, crops, skipped, offset, hashes, {n: s for n, s in sats.items() if s is not None})
 
 
 __all__ = [
-    "Crops",
-    "Example",
-    "Scan",
-    "ScanState",
-    "Sketch",
-    "check_arguments",
-    "checkpoint_config",
-    "fingerprint",
-    "merge",
-    "referenced_photos",
-    "resume_from",
-    "scan",
-    "scan_batches",
+    "Crops", "Example", "RANK_BY", "Scan", "ScanState", "Sketch", "check_arguments", "checkpoint_config",
+    "fingerprint", "merge", "referenced_photos", "resume_from", "scan", "scan_batches",
 ]
-

@@ -75,6 +75,8 @@ The package, one idea per module, each importing only from those above it in thi
   :func:`to_image`;
 * :mod:`~convscope.backproject.batching`: many examples at once, each on the window of its
   receptive field (:func:`project_boxes`, as ``atlas build`` runs them);
+* :mod:`~convscope.backproject.independence`: whether a layer's deconvnet depends on the image
+  at all (:func:`deconvnet_dependence`: not without max-pool switches or other routing);
 * :mod:`~convscope.backproject.private`: the faster private copy of a model that the atlas
   projects on (:func:`projection_module`).
 """
@@ -82,6 +84,8 @@ from __future__ import annotations
 
 from .batching import field_window, project_boxes
 from .core import Rules, modified_backward
+from .independence import (Dependence, Difference, Switch, deconvnet_dependence, deconvnet_depends_on_image,
+                           deconvnet_difference)
 from .private import projection_module
 from .project import (
     ForwardPass,
@@ -99,13 +103,19 @@ from .rules import METHODS, ActivationRuleWarning, Rule, activation_kind, get_ru
 __all__ = [
     "METHODS",
     "ActivationRuleWarning",
+    "Dependence",
+    "Difference",
     "ForwardPass",
     "Projection",
     "ProjectionError",
     "Rule",
     "Rules",
     "activation_kind",
+    "Switch",
     "check_ranges",
+    "deconvnet_dependence",
+    "deconvnet_depends_on_image",
+    "deconvnet_difference",
     "field_window",
     "forward_pass",
     "get_rule",

@@ -38,6 +38,7 @@ from ..files import disk_full_as_error, remove_stale_temps
 from ..progress import Bar
 from ..scan import (RESUME_HINT, Scan, ScanState, check_arguments, checkpoint_config, referenced_photos,
                     resume_from, scan_batches)
+from ..scan_settings import rank_choices, ranking
 from ..sketch import Sketch
 from .pool import Pool, WorkerInfo, cluster
 
@@ -60,6 +61,7 @@ class ShardSettings:
     photos_per_batch: int
     workers: int | None
     autocast: bool
+    pre: tuple[tuple[str, str], ...] = ()  # (layer, activation) of the layers ranked by the pre-activation
 
 
 @dataclasses.dataclass
@@ -119,11 +121,13 @@ def scan_shard(model, info: WorkerInfo, settings: ShardSettings, paths: Sequence
     keep_freed_memory()
     started = time.perf_counter()
     names = list(settings.layers)
-    state = ScanState({i.name: i.shape for i in model.layers.select(names)}, settings.top, model.device)
+    state = ScanState({i.name: i.shape for i in model.layers.select(names)}, settings.top, model.device,
+                      rank_by={layer: "pre-activation" for layer, _ in settings.pre})
     skipped: list[tuple[str, str]] = []
     hashes: dict[int, str] = {}
     batches = scan_batches(model, state, paths, names, settings.crops, settings.photos_per_batch,
-                           first_id_photo=first_id_photo, workers=settings.workers, autocast=settings.autocast)
+                           first_id_photo=first_id_photo, workers=settings.workers, autocast=settings.autocast,
+                           pre=dict(settings.pre))
     with contextlib.closing(batches):
         for batch in batches:
             skipped.extend((err.path, f"{err.reason} (on node {info.node})") for err in batch.errors)
@@ -144,9 +148,12 @@ def _shards(photos: int, done: dict[int, int], size: int) -> list[tuple[int, int
     return out
 
 
-def _describe(model, _info: WorkerInfo, layers):
-    """The driver's view of the model, from a worker: layer infos, spec, weights, input size."""
-    return model.layers.select(layers), model.spec, model.weights, tuple(model.preprocessing.input_size)
+def _describe(model, _info: WorkerInfo, layers, rank_by: str = "auto"):
+    """The driver's view of the model, from a worker: layer infos, spec, weights, input size,
+    and what ranks each layer (:func:`convscope.scan_settings.ranking`)."""
+    infos = model.layers.select(layers)
+    size = tuple(model.preprocessing.input_size)
+    return infos, model.spec, model.weights, size, ranking(model.module, [i.name for i in infos], rank_by, size)
 
 
 def scan(
@@ -202,6 +209,7 @@ def scan_with(
     on_skip: Callable[[str, str], None] | None = None,
     shard_size: int | None = None,
     on_shard: Callable[[ShardResult], None] | None = None,
+    rank_by: str = "auto",
 ) -> Scan:
     """:func:`scan` on the actors of a running ``pool`` (several scans, one start-up).
     ``on_shard`` is called on the driver with each :class:`ShardResult` as it is merged."""
@@ -219,16 +227,17 @@ def scan_with(
         images = [images]
     paths_p, missing = expand_inputs(images)
     paths = [str(p) for p in paths_p]
-    infos, spec, weights, input_size = pool.call(_describe, layers)
+    infos, spec, weights, input_size, sats = pool.call(_describe, layers, rank_by)
+    choices = rank_choices(sats)
     if not infos:
         raise ValueError("no layers to scan; name some with layers=[...] (run `convscope layers`)")
     names = [i.name for i in infos]
     photos_per_batch = max(1, batch_size // crops.count)
     shard_photos = -(-shard_size // photos_per_batch) * photos_per_batch
     config = {"engine": "ray", **checkpoint_config(spec, weights, input_size, names, top, crops, photos_per_batch,
-                                                  offset, paths)}
+                                                  offset, paths, choices)}
     skipped_missing = [(e.path, e.reason) for e in missing]
-    state = ScanState({i.name: i.shape for i in infos}, top, "cpu")
+    state = ScanState({i.name: i.shape for i in infos}, top, "cpu", rank_by=choices)
     done: dict[int, int] = {}  # first photo -> photos, of every shard merged
     shard_skipped: dict[int, list[tuple[str, str]]] = {}  # first photo -> the shard's bad files
     hashes: dict[int, str] = {}
@@ -252,7 +261,8 @@ def scan_with(
 
     if checkpoint is not None:  # a killed run's half-written checkpoint, beside the whole one
         remove_stale_temps(Path(checkpoint).parent, name=Path(checkpoint).name, recursive=False)
-    settings = ShardSettings(tuple(names), top, crops, photos_per_batch, workers, autocast)
+    settings = ShardSettings(tuple(names), top, crops, photos_per_batch, workers, autocast,
+                             tuple((n, s.activation) for n, s in sats.items() if s is not None))
     jobs = [(settings, paths[a:b], a, a + offset) for a, b in _shards(len(paths), done, shard_photos)]
     since_saved = 0
     with Bar(len(paths), "scanning", disable=None if progress is None else not progress) as bar:
@@ -276,7 +286,7 @@ def scan_with(
     hashes = {p: hashes[p] for p in sorted(referenced_photos(state, crops, offset)) if p in hashes}
     save()
     skipped = skipped_missing + [s for i in sorted(shard_skipped) for s in shard_skipped[i]]
-    return Scan(state, paths, infos, crops, skipped, offset, hashes)
+    return Scan(state, paths, infos, crops, skipped, offset, hashes, {n: s for n, s in sats.items() if s is not None})
 
 
 __all__ = ["SHARD_SIZE", "SHARD_SIZE_GPU", "ShardResult", "ShardSettings", "pack_state", "scan", "scan_shard",
