@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backproject import ActivationRuleWarning, project_boxes, projection_module, to_image
+from ..backproject import ActivationRuleWarning, deconvnet_dependence, project_boxes, projection_module
 from ..data import load_image_hashed
+from ..display import crop_wanted, energy_box, to_picture
 from ..errors import ConvscopeError, ImageError, unknown_name_error
 from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_name
 from ..progress import Bar
@@ -67,6 +68,8 @@ def build(
     on_skip: Callable[[str, str], None] | None = None,
     ray: bool | str | None = None,
     ray_workers: int | None = None,
+    rank_by: str = "auto",
+    deconvnet: str = "auto",
 ) -> Atlas:
     """Build an atlas of ``model`` over ``images`` in the folder ``out``; returns it opened.
 
@@ -84,6 +87,13 @@ def build(
     ``"HOST:PORT"``: that cluster; or a running :class:`convscope.distributed.Pool`) with
     ``ray_workers`` actors (default: one per GPU, else one per node): the same atlas as one
     process (:mod:`convscope.distributed`), ``workers`` then counting decoding processes per actor.
+    ``rank_by``: what ranks each layer's top images (``"auto"``, ``"output"``,
+    ``"pre-activation"``: :func:`convscope.scan.scan`'s); the atlas records it per layer and
+    keeps both values per example. ``deconvnet``: ``"auto"`` leaves the deconvnet projection
+    out of every layer where it cannot depend on the image
+    (:func:`convscope.backproject.deconvnet_dependence`: no max-pool or other forward-dependent
+    routing below the layer, so the picture is the same for every photo), ``"always"``
+    computes it everywhere; the dependence is recorded per layer either way.
 
     >>> atlas = build(load_model(), ["photos/"], "atlas/", layers=["blocks.2"], top=9)
     """
@@ -99,13 +109,20 @@ def build(
     for m in methods:
         if m not in METHODS:  # the atlas has a column for these only
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
+    if deconvnet not in ("auto", "always"):
+        raise ConvscopeError(f"deconvnet must be 'auto' or 'always', got {deconvnet!r}")
+    from ..scan_settings import RANK_BY
+
+    if rank_by not in RANK_BY:
+        raise ConvscopeError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    choices = dict(rank_by=rank_by, deconvnet=deconvnet)
     _prepare(out, resume, overwrite)
     # A full disk stops the build with one line; every file written so far is whole, the last
     # checkpoint included, and resume=True continues from it.
     with disk_full_as_error(out, RESUME_HINT):
         if not ray:
             return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
-                          project, methods, projection_batch, progress, on_skip, started, None)
+                          project, methods, projection_batch, progress, on_skip, started, None, **choices)
         from .. import distributed
 
         if isinstance(ray, distributed.Pool):  # the actors of a running pool (several builds, one start-up)
@@ -114,11 +131,11 @@ def build(
             opened = distributed.cluster(model, None if ray is True else ray, num_workers=ray_workers)
         with opened as pool:
             return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
-                          project, methods, projection_batch, progress, on_skip, started, pool)
+                          project, methods, projection_batch, progress, on_skip, started, pool, **choices)
 
 
 def _build(model, images, out: Path, layers, top, crops, batch_size, workers, resume, checkpoint_every, project,
-           methods, projection_batch, progress, on_skip, started, pool) -> Atlas:
+           methods, projection_batch, progress, on_skip, started, pool, rank_by="auto", deconvnet="auto") -> Atlas:
     """:func:`build`'s steps, once its arguments are checked and ``out`` is prepared."""
     partial = out / PARTIAL
     if resume and (out / DB_NAME).exists():  # finished already (say, killed while cleaning up)
@@ -126,7 +143,7 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
         return Atlas.open(out)
     partial.mkdir(parents=True, exist_ok=True)
     kwargs = dict(crops=crops, batch_size=batch_size, workers=workers, checkpoint=partial / "scan.ckpt",
-                  checkpoint_every=checkpoint_every, resume=resume, progress=progress, on_skip=on_skip)
+                  checkpoint_every=checkpoint_every, resume=resume, progress=progress, on_skip=on_skip, rank_by=rank_by)
     if pool is None:
         result = scan(model, images, layers, top, **kwargs)
     else:
@@ -134,6 +151,7 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
 
         result = distributed.scan_with(pool, images, layers, top, **kwargs)
     records = _records(result, model)
+    dependence, skip_note = _deconvnet_methods(model, result, records, methods, deconvnet)
     if projection_batch is None:
         on_gpu = model.device.type == "cuda" if pool is None else pool.infos()[0].device.startswith("cuda")
         projection_batch = batch_size if on_gpu else min(batch_size, 8)
@@ -145,14 +163,15 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
         else:
             incomplete = distributed.render(pool, _render, result, records, out, project, methods, projection_batch,
                                             progress, stats)
-    notes = _summarize_warnings(caught)
+    notes = _summarize_warnings(caught) + ([skip_note] if skip_note else [])
     stats = {info.name: stats[info.name] for info in result.layers if info.name in stats}  # network order
     db_tmp = partial / DB_NAME
     for leftover in (db_tmp, *(db_tmp.with_name(DB_NAME + s) for s in ("-journal", "-wal", "-shm"))):
         if leftover.exists():  # of a killed write: SQLite would replay an old journal into the new file
             leftover.unlink()
-    projections = {"methods": list(methods), "per_unit": project, "layers": stats, "notes": notes}
-    write_db(db_tmp, model, result, records, incomplete, projections, time.time() - started)
+    projections = {"methods": list(methods), "per_unit": project, "layers": stats, "notes": notes, "deconvnet": deconvnet,
+                   "layer_methods": {name: list(ms) for name, ms in records.methods.items()}}
+    write_db(db_tmp, model, result, records, incomplete, projections, time.time() - started, dependence)
     result.state.save(out / STATE_NAME, {"paths": result.paths, "crops": list(result.crops.levels)})
     # The PNG files were written without an fsync each (tens of thousands of them, 0.4 ms
     # apiece): one sync flushes them before the commit makes the atlas read as complete.
@@ -209,18 +228,39 @@ def _summarize_warnings(caught) -> list[str]:
     return notes
 
 
+def _deconvnet_methods(model, result, records: Records, methods, deconvnet: str) -> tuple[dict, str | None]:
+    """Whether each layer's deconvnet depends on the image (one traced forward pass for all), as
+    the atlas records it; with ``deconvnet="auto"``, ``records.methods`` leaves it out of the
+    layers where it does not, and the note saying so for the build's notes."""
+    names = [info.name for info in result.layers]
+    deps = deconvnet_dependence(model.module, names, tuple(model.preprocessing.input_size))
+    left_out = [n for n in names if not deps[n].depends and "deconvnet" in methods and deconvnet == "auto"]
+    for n in left_out:
+        records.methods[n] = tuple(m for m in methods if m != "deconvnet")
+    table = {n: {**deps[n].to_dict(), "computed": "deconvnet" in methods and n not in left_out} for n in names}
+    note = None
+    if left_out:
+        note = (f"deconvnet projections not computed for {', '.join(left_out)}: image-independent there (no max-pool "
+                "or other forward-dependent routing between the input and the layer, so the deconvnet gives the same "
+                "picture for every image); guided backprop shown (deconvnet='always' computes them)")
+    return table, note
+
+
 def _records(result, model) -> Records:
     """Every (layer, unit, rank) example with its box, the images they are on, and their photos."""
     examples: list[ExampleRecord] = []
     images: dict[int, ImageRecord] = {}
     size = model.preprocessing.input_size
     for li, info in enumerate(result.layers):
-        values, ids, ys, xs = result.state.top(info.name)
+        keys, ids, ys, xs = result.state.top(info.name)
+        values = result.state.outputs(info.name)
+        by_pre = result.state.rank_by.get(info.name) == "pre-activation"
         for u, r in torch.nonzero(ids >= 0).tolist():
             image_id = int(ids[u, r])
             y, x = int(ys[u, r]), int(xs[u, r])
             box = tuple(int(v) for v in info.box(y, x, size))
-            examples.append(ExampleRecord(info.name, li, u, r, image_id, float(values[u, r]), y, x, box))
+            examples.append(ExampleRecord(info.name, li, u, r, image_id, float(values[u, r]), y, x, box,
+                                          pre=float(keys[u, r]) if by_pre else None))
             if image_id not in images:
                 images[image_id] = ImageRecord(image_id, *result.photo_of(image_id))
     photos: dict[int, PhotoRecord] = {}
@@ -261,7 +301,8 @@ def _render(model, result, records: Records, out: Path, project: int, methods, b
     order = sorted(records.images)
     chunk = max(1, min(256, 4 * batch_size))
     incomplete: set[str] = set()
-    work = {i: len(es) + sum(1 for e in es if e.rank < project) * len(methods) for i, es in by_image.items()}
+    layer_methods = {info.name: tuple(records.methods.get(info.name, methods)) for info in result.layers}
+    work = {i: len(es) + sum(len(layer_methods[e.layer]) for e in es if e.rank < project) for i, es in by_image.items()}
     with Bar(sum(work.values()), "projecting", disable=None if progress is None else not progress) as bar:
         for start in range(0, len(order), chunk):
             ids = order[start : start + chunk]
@@ -304,12 +345,12 @@ def _render(model, result, records: Records, out: Path, project: int, methods, b
                     e.patch = rel
                 bar.advance(len(by_image[i]))
             # projections, per layer, batch_size examples per backward pass
-            todo = [e for i in ids if i in inputs for e in by_image[i] if e.rank < project]
+            todo = [e for i in ids if i in inputs for e in by_image[i] if e.rank < project and layer_methods[e.layer]]
             todo.sort(key=lambda e: (e.layer_index, e.image_id, e.unit, e.rank))
             for li in sorted({e.layer_index for e in todo}):
                 group = [e for e in todo if e.layer_index == li]
-                counts = _project_layer(module, memory_format, result.layers[li], group, inputs, methods,
-                                        batch_size, out, bar)
+                counts = _project_layer(module, memory_format, result.layers[li], group, inputs,
+                                        layer_methods[result.layers[li].name], batch_size, out, bar)
                 layer_counts = stats.setdefault(result.layers[li].name, {})
                 for k, v in counts.items():
                     layer_counts[k] = layer_counts.get(k, 0) + v
@@ -319,16 +360,23 @@ def _render(model, result, records: Records, out: Path, project: int, methods, b
 def _project_layer(module, memory_format, info, group: list[ExampleRecord], inputs, methods, batch_size, out,
                    bar) -> dict:
     """Projections of one layer's examples (``group``), written as PNG files in the atlas's
-    layout (so this stays with the atlas; the batching is :func:`convscope.backproject.project_boxes`)."""
+    layout (so this stays with the atlas; the batching is :func:`convscope.backproject.project_boxes`),
+    drawn by :func:`convscope.display.to_picture`: robust contrast, and for an example whose field
+    is (nearly) the whole input the crop to the energy of its guided projection (one box for all
+    its methods, recorded as its ``display_box`` on the model input)."""
     results, counts = project_boxes(
         module, info, [inputs[e.image_id] for e in group], [e.unit for e in group],
         [(e.y, e.x) for e in group], [e.value for e in group], methods, batch_size, memory_format,
         on_done=lambda k: bar.advance(k * len(methods)),
     )
     for e, res in zip(group, results):
+        size = tuple(inputs[e.image_id].shape[-2:])
+        ref = res["guided"] if "guided" in res else next(iter(res.values()))
+        t, l, b, r = energy_box(ref) if crop_wanted(e.box, size) else (0, 0, *ref.shape[-2:])
+        e.display_box = (e.box[0] + t, e.box[1] + l, e.box[0] + b, e.box[1] + r)
         for method, p in res.items():
             rel = f"layers/{safe_name(info.name)}/unit_{e.unit:04d}/top_{e.rank:02d}_{method}.png"
-            _save_png(to_image(p), out / rel)
+            _save_png(to_picture(p[:, t:b, l:r])[0], out / rel)
             e.projections[method] = rel
     return counts
 

@@ -12,10 +12,12 @@ import dataclasses
 
 @dataclasses.dataclass
 class ExampleRecord:
-    """One of a unit's top examples: ``value`` at (``y``, ``x``) on the layer's map, in image
-    ``image_id``; ``box`` (top, left, bottom, right) its receptive field on the model input,
-    ``box_original`` the same on the photo; ``patch`` and ``projections`` ({method: path}) the
-    files written for it, relative to the atlas folder."""
+    """One of a unit's top examples: ``value`` (the layer's output) at (``y``, ``x``) on the
+    layer's map, in image ``image_id``; ``box`` (top, left, bottom, right) its receptive field
+    on the model input, ``box_original`` the same on the photo; ``patch`` and ``projections``
+    ({method: path}) the files written for it, relative to the atlas folder; ``pre`` the
+    pre-activation at (``y``, ``x``) where it ranks the layer; ``display_box`` the part of the
+    model input its projection pictures show (``box``, or the energy crop inside it)."""
 
     layer: str
     layer_index: int
@@ -29,6 +31,8 @@ class ExampleRecord:
     box_original: tuple[int, int, int, int] | None = None
     patch: str | None = None
     projections: dict[str, str] = dataclasses.field(default_factory=dict)
+    pre: float | None = None
+    display_box: tuple[int, int, int, int] | None = None
 
 
 @dataclasses.dataclass
@@ -60,11 +64,14 @@ class PhotoRecord:
 @dataclasses.dataclass
 class Records:
     """Every record of a build: ``examples`` in (layer, unit, rank) order, ``images`` by image id,
-    ``photos`` by index into the scan's paths."""
+    ``photos`` by index into the scan's paths, and ``methods``: per layer, the projection methods
+    computed where they are not all of the build's (the deconvnet left out of a layer where it
+    does not depend on the image)."""
 
     examples: list[ExampleRecord]
     images: dict[int, ImageRecord]
     photos: dict[int, PhotoRecord]
+    methods: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 __all__ = ["ExampleRecord", "ImageRecord", "PhotoRecord", "Records"]

@@ -46,7 +46,9 @@ CREATE TABLE layers (
     name TEXT PRIMARY KEY, position INTEGER NOT NULL UNIQUE, type TEXT NOT NULL,
     channels INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
     stride_y INTEGER NOT NULL, stride_x INTEGER NOT NULL, rf_y INTEGER NOT NULL, rf_x INTEGER NOT NULL,
-    offset_y INTEGER NOT NULL, offset_x INTEGER NOT NULL, complete INTEGER NOT NULL
+    offset_y INTEGER NOT NULL, offset_x INTEGER NOT NULL, complete INTEGER NOT NULL,
+    ranked_by TEXT, deconvnet_depends INTEGER, deconvnet_reason TEXT, deconvnet_switches TEXT,
+    deconvnet_computed INTEGER
 );
 CREATE TABLE units (
     layer TEXT NOT NULL REFERENCES layers(name), unit INTEGER NOT NULL,
@@ -65,6 +67,7 @@ CREATE TABLE examples (
     box_top INTEGER NOT NULL, box_left INTEGER NOT NULL, box_bottom INTEGER NOT NULL, box_right INTEGER NOT NULL,
     orig_top INTEGER, orig_left INTEGER, orig_bottom INTEGER, orig_right INTEGER,
     patch TEXT, deconvnet TEXT, guided TEXT,
+    pre_value REAL, display_top INTEGER, display_left INTEGER, display_bottom INTEGER, display_right INTEGER,
     PRIMARY KEY (layer, unit, rank)
 );
 CREATE TABLE skipped (path TEXT NOT NULL, reason TEXT NOT NULL, phase TEXT NOT NULL DEFAULT 'scan');
@@ -96,6 +99,8 @@ class Atlas:
         self._layers = [dict(r) for r in self._query("SELECT * FROM layers ORDER BY position")]
         # atlases written before photos unreadable during the build were kept have no phase
         self._phases = "phase" in {r["name"] for r in self._query("PRAGMA table_info(skipped)")}
+        # atlases written before issue 13 have no ranking, pre-activation or display-box columns
+        self._example_columns = {r["name"] for r in self._query("PRAGMA table_info(examples)")}
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "Atlas":
@@ -169,7 +174,11 @@ class Atlas:
 
     def layer(self, name: str) -> dict:
         """One layer: name, type, shape (C, H, W), stride, receptive_field and offset ([y, x] input
-        pixels), units (count), complete (all projections computed)."""
+        pixels), units (count), complete (all projections computed), ranked_by (``"output"`` or
+        ``"pre-activation (input of ReLU6 'bn1.act')"``) and deconvnet (``{"depends", "reason",
+        "switches", "computed", "note"}``: whether the layer's deconvnet projection depends on the
+        image, why, whether this atlas holds it, and one line for a page); the last two None
+        for atlases built before they were recorded."""
         return self._layer_dict(self._layer_row(name))
 
     def units(self, layer: str) -> list[dict]:
@@ -197,9 +206,13 @@ class Atlas:
 
     def examples(self, layer: str, unit: int) -> list[dict]:
         """The top examples of one unit, best first: rank, image (photo path), image_id, crop,
-        hash (sha256 of the file), value, y, x (on the layer's map), box (top, left, bottom,
-        right on the model input), box_original (the same on the photo), crop_box (the crop's
-        window on the photo), and patch, deconvnet, guided (relative paths, or None)."""
+        hash (sha256 of the file), value (the layer's output), pre_value (the pre-activation
+        there, for a layer ranked by it; else None), y, x (on the layer's map), box (top, left,
+        bottom, right on the model input), box_original (the same on the photo), crop_box (the
+        crop's window on the photo), display_box (the part of the model input the projection
+        pictures show: ``box``, or the energy crop inside it for whole-input fields; None
+        without projections), and patch, deconvnet, guided (relative paths, or None)."""
+        new = "pre_value" in self._example_columns
         self._check_unit(layer, unit)
         rows = self._query(
             "SELECT e.*, i.path, i.hash, i.crop, i.width, i.height, i.crop_top, i.crop_left, i.crop_bottom, i.crop_right "
@@ -223,6 +236,9 @@ class Atlas:
                 "patch": r["patch"],
                 "deconvnet": r["deconvnet"],
                 "guided": r["guided"],
+                "pre_value": r["pre_value"] if new else None,
+                "display_box": None if not new or r["display_top"] is None else
+                [r["display_top"], r["display_left"], r["display_bottom"], r["display_right"]],
             }
             for r in rows
         ]
@@ -308,10 +324,27 @@ class Atlas:
             "offset": [r["offset_y"], r["offset_x"]],
             "units": r["channels"],
             "complete": bool(r["complete"]),
+            "ranked_by": r.get("ranked_by"),
+            "deconvnet": deconvnet_entry(r),
         }
 
     def __repr__(self) -> str:
         return f"Atlas({str(self.root)!r}, {len(self._layers)} layers)"
+
+
+def deconvnet_entry(r: dict) -> dict | None:
+    """A layer row's deconvnet dependence for the reader (None for atlases without it)."""
+    if r.get("deconvnet_depends") is None:
+        return None
+    depends, computed = bool(r["deconvnet_depends"]), bool(r["deconvnet_computed"])
+    if depends:
+        note = r["deconvnet_reason"].removeprefix("the deconvnet ")  # "depends on the image through ..."
+    else:
+        note = (f"image-independent here (no max-pool or other forward-dependent routing between the input and "
+                f"{r['name']!r}: the projection depends only on the unit and its position); "
+                + ("guided backprop shown" if not computed else "computed anyway (deconvnet='always')"))
+    return {"depends": depends, "reason": r["deconvnet_reason"], "switches": json.loads(r["deconvnet_switches"] or "[]"),
+            "computed": computed, "note": note}
 
 
 # --------------------------------------------------------------------------- writing
@@ -337,14 +370,15 @@ def _finite(v: float) -> float | None:
 
 
 def write_db(path: Path, model, result, records: Records, incomplete: set[str], projections: dict,
-             seconds: float) -> None:
+             seconds: float, deconvnet: dict | None = None) -> None:
     """Write the whole atlas database of a build to ``path`` (a new file) in one transaction, the
     ``complete`` flag last, then fsync it: ``model`` (LoadedModel), ``result`` (the
     :class:`~convscope.scan.Scan`), ``records`` (the build's), ``incomplete`` (layers some of
-    whose examples have no files), ``projections`` (the meta entry) and ``seconds`` (build time).
-    A full disk raises :class:`~convscope.files.DiskFullError`."""
+    whose examples have no files), ``projections`` (the meta entry), ``seconds`` (build time)
+    and ``deconvnet`` (per layer, :meth:`convscope.backproject.Dependence.to_dict` plus
+    ``computed``). A full disk raises :class:`~convscope.files.DiskFullError`."""
     try:
-        _write_db(path, model, result, records, incomplete, projections, seconds)
+        _write_db(path, model, result, records, incomplete, projections, seconds, deconvnet or {})
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(exc):
             raise DiskFullError(path) from None
@@ -356,7 +390,7 @@ _SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
 
 
 def _write_db(path: Path, model, result, records: Records, incomplete: set[str], projections: dict,
-              seconds: float) -> None:
+              seconds: float, deconvnet: dict) -> None:
     conn = sqlite3.connect(path)
     try:
         with conn:
@@ -388,10 +422,14 @@ def _write_db(path: Path, model, result, records: Records, incomplete: set[str],
             conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
             for pos, info in enumerate(result.layers):
                 c, h, w = info.shape
+                dep = deconvnet.get(info.name)
                 conn.execute(
-                    "INSERT INTO layers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO layers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (info.name, pos, info.type, c, h, w, info.stride[0], info.stride[1], info.receptive_field[0],
-                     info.receptive_field[1], info.offset[0], info.offset[1], int(info.name not in incomplete)),
+                     info.receptive_field[1], info.offset[0], info.offset[1], int(info.name not in incomplete),
+                     result.ranked_by(info.name),
+                     *((None,) * 4 if dep is None else
+                       (int(dep["depends"]), dep["reason"], json.dumps(dep["switches"]), int(dep["computed"])))),
                 )
                 conn.executemany("INSERT INTO units VALUES (?,?,?,?,?,?,?,?,?,?,?)", unit_rows(result, info.name))
             for image_id in sorted(records.images):
@@ -405,10 +443,10 @@ def _write_db(path: Path, model, result, records: Records, incomplete: set[str],
                      win[1] if win else None, win[0] if win else None, win[3] if win else None, win[2] if win else None),
                 )
             conn.executemany(
-                "INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (e.layer, e.unit, e.rank, e.image_id, e.value, e.y, e.x, *e.box, *(e.box_original or (None,) * 4),
-                     e.patch, *(e.projections.get(m) for m in METHODS))
+                     e.patch, *(e.projections.get(m) for m in METHODS), e.pre, *(e.display_box or (None,) * 4))
                     for e in records.examples
                 ],
             )
@@ -445,7 +483,7 @@ def commit_db(finished: Path, dest: Path) -> None:
 def unit_rows(result, layer: str):
     """The ``units`` rows of ``layer``, from the scan state's summary."""
     s = result.state.summary(layer, QUANTILES)
-    values = result.state.tensors[layer]["values"].cpu()
+    values = result.state.outputs(layer)  # the layer's output, also where the pre-activation ranks
     edges = s["edges"]
     mids = result.state.sketch.mids().numpy()
     for u in range(values.shape[0]):
@@ -470,5 +508,5 @@ def unit_rows(result, layer: str):
 
 __all__ = [
     "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
-    "IncompleteAtlasError", "commit_db", "fsync_file", "unit_rows", "write_db",
+    "IncompleteAtlasError", "commit_db", "deconvnet_entry", "fsync_file", "unit_rows", "write_db",
 ]

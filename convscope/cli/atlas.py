@@ -46,11 +46,17 @@ atlas.add_command(health_command)
 @click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1), help="Photos between saved checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted build in --out (same arguments).")
 @click.option("--overwrite", is_flag=True, help="Replace an atlas or unfinished build in --out.")
+@click.option("--rank-by", "rank_by", type=click.Choice(["auto", "output", "pre-activation"]), default="auto",
+              show_default=True, help="What ranks the top images: the layer's output, or the input of a saturating "
+              "activation that ends it (ReLU6 ties at 6.0); auto: the pre-activation where there is one.")
+@click.option("--deconvnet", "deconvnet", type=click.Choice(["auto", "always"]), default="auto", show_default=True,
+              help="auto: no deconvnet projections for layers where they cannot depend on the image (no max-pool "
+              "below them); always: compute them everywhere.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, seconds.")
 @ray_options
 @model_options
 def build(images, out, samples, layers, top, crops, project, batch_size, workers, checkpoint_every, resume, overwrite,
-          as_json, ray, ray_workers, model_args):
+          rank_by, deconvnet, as_json, ray, ray_workers, model_args):
     """Scan photos (files, folders, globs, @LIST files) and write an atlas to --out.
 
     One pass over the photos keeps each unit's --top images; then only those photos are read
@@ -64,6 +70,7 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
       convscope atlas build photos/ --out atlas/
       convscope atlas build --samples --crops 1,2,3 --out demo-atlas/
       convscope atlas build photos/ --out atlas/ --resume
+      convscope atlas build photos/ --out atlas/ --rank-by output
       convscope atlas build @imagenet.txt --out atlas/ --ray auto
     """
     from ..atlas import DB_NAME, PARTIAL
@@ -89,7 +96,7 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
         result = build_atlas(
             model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
             resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project,
-            on_skip=report_skipped, ray=ray, ray_workers=ray_workers,
+            on_skip=report_skipped, ray=ray, ray_workers=ray_workers, rank_by=rank_by, deconvnet=deconvnet,
         )
     for w in caught:  # one line each, no source line
         note(str(w.message))
@@ -112,8 +119,9 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The info as one JSON record, with unreadable: [{path, reason}].")
 def info(directory, as_json):
-    """Model, preprocessing, images and layers of an atlas, and the photos that could not be
-    read again for their patches and projections (removed, changed or damaged since the scan).
+    """Model, preprocessing, images and layers of an atlas (with what ranks each layer and
+    whether its deconvnet depends on the image), and the photos that could not be read again
+    for their patches and projections (removed, changed or damaged since the scan).
 
     \b
     Example:
@@ -151,6 +159,12 @@ def info(directory, as_json):
             str(layer["receptive_field"][0]), "yes" if layer["complete"] else "no",
         )
     Console(width=max(100, Console().width)).print(table)
+    for layer in data["layers"]:
+        if layer.get("ranked_by") is None and layer.get("deconvnet") is None:
+            continue  # an atlas from before these were recorded
+        click.echo(f"{layer['name']}: ranked by {layer.get('ranked_by') or 'output'}")
+        if layer.get("deconvnet") is not None:
+            click.echo(f"  deconvnet: {layer['deconvnet']['note']}")
     if unreadable:
         click.echo(f"unreadable   {len(unreadable)} scanned photo(s) could not be read again, so their examples "
                    "have no patch or projection:")
