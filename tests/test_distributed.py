@@ -360,11 +360,11 @@ def small_shards(monkeypatch):
 
 
 @pytest.mark.slow
-def test_index_on_ray_equals_the_one_process_index(pool, model, library, one_index, small_shards, tmp_path):
+def test_index_on_ray_equals_the_one_process_index(pool, model, library, one_index, small_shards, tmp_path, capfd):
     from convscope.index import Index
 
     skips = []
-    Index.build(model, [library], tmp_path / "ray", batch_size=BATCH, workers=0, progress=False, ray=True,
+    Index.build(model, [library], tmp_path / "ray", batch_size=BATCH, workers=0, progress=True, ray=True,
                 ray_workers=1, on_skip=lambda p, r: skips.append((p, r))).close()  # two: the kill test
     got = index_contents(tmp_path / "ray")
     assert got == one_index
@@ -372,6 +372,8 @@ def test_index_on_ray_equals_the_one_process_index(pool, model, library, one_ind
     assert sorted(p for p, _ in skips) == [str(library / n) for n in ("aa_bad.png", "broken.mp4", "zz_bad.png")]
     node = pool.infos()[0].node
     assert [r for p, r in skips if p.endswith(".png")][0].endswith(f"(on node {node})")  # read by a worker
+    files = len(os.listdir(library))  # broken.mp4 too, skipped while planning
+    assert f"indexing {files}/{files}" in capfd.readouterr().err  # one bar on the driver, over all workers
 
 
 @pytest.mark.slow

@@ -396,7 +396,8 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
             # the batches of the whole plan, less the files a resumed build has: the same batches
             # as an uninterrupted build (it committed only where a batch ended)
             computed = [i for i, s in enumerate(sources) if s.keep is None]
-            tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, skip), partial.done)
+            unplayable = lambda path, reason: (skip(path, reason), bar.advance())  # noqa: E731 (a video)
+            tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, unplayable), partial.done)
             min_size = model.preprocessing.resize if draft else None
             if ray and tasks:
                 from .shards import compute_on_ray
