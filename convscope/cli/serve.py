@@ -43,29 +43,46 @@ def _check_model(atlas_dir, spec: str | None) -> str | None:
 
 
 @click.command()
-@click.argument("atlas", type=click.Path(file_okay=False))
+@click.argument("atlas", required=False, type=click.Path(file_okay=False))
+@click.option("--index", "index_dir", default=None, type=click.Path(file_okay=False), metavar="INDEX",
+              help="Also search this index (`convscope index`) in the browser: a search box on every page, results "
+                   "with why and Grad-CAM, duplicates and albums. Without ATLAS the search page is the home page.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-upload-mb", default=12, show_default=True, type=click.IntRange(1, 1024), help="Largest photo upload.")
 @allow_host_option
 @model_options(own="atlas")
-def serve(atlas, host, port, max_upload_mb, allow_hosts, model_args):
+def serve(atlas, index_dir, host, port, max_upload_mb, allow_hosts, model_args):
     """Browse an atlas in a web browser: layers, units, top patches, projections, feature
     visualizations; upload a photo to see what the model makes of it (the atlas's own model,
     loaded on the first upload, unless --model, --weights, --no-pretrained or --device say
-    otherwise).
+    otherwise). With --index, search photos by word, by example and by unit, and see their
+    duplicates and albums; the pictures of why use the index's own model (or --model, ..., when
+    that is the index's model). Only files inside the folders the index was built from are
+    served.
 
     \b
     Examples:
       convscope serve atlas/ --port 8000
+      convscope serve atlas/ --index photos.index
+      convscope serve --index photos.index
       convscope serve atlas/ --host 0.0.0.0 --allow-host gallery.example.org
     """
     from ..web import create_app
 
+    if atlas is None and index_dir is None:
+        raise click.UsageError("give an ATLAS folder, --index INDEX, or both")
+    index = None
+    if index_dir is not None:
+        from ..index import Index
+
+        index = Index.open(index_dir)  # a missing or unfinished index is one line, before any model loads
     model = None
-    if model_args != ModelArgs(None):  # not the atlas's own model as it was built
-        model = model_args.load(_check_model(atlas, model_args.spec))
-    app = create_app(atlas, model, max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts)
+    if model_args != ModelArgs(None):  # not the atlas's (or the index's) own model as it was built
+        own = _check_model(atlas, model_args.spec) if atlas is not None else index.meta["model"]["spec"]
+        model = model_args.load(own)
+    app = create_app(atlas, model, index=index, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                     allowed_hosts=allow_hosts)
     _run_server(app, host, port)
 
 
@@ -102,11 +119,11 @@ def export(atlas, out, model_spec, as_json):
 
 @click.command()
 @click.option("--images", "images", multiple=True, type=click.Path(exists=True),
-              help="Also scan this folder (or file); repeatable.")
+              help="Also scan and index this folder (or file); repeatable.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Atlas folder (default: the convscope cache's demo-atlas).")
-@click.option("--no-serve", is_flag=True, help="Build (or check) the atlas, then exit.")
-@click.option("--rebuild", is_flag=True, help="Build again even if the atlas is up to date.")
+              help="Atlas folder, with the index in its index/ (default: the convscope cache's demo-atlas).")
+@click.option("--no-serve", is_flag=True, help="Build (or check) the atlas and the index, then exit.")
+@click.option("--rebuild", is_flag=True, help="Build again even if the atlas and the index are up to date.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @allow_host_option
@@ -114,8 +131,10 @@ def export(atlas, out, model_spec, as_json):
 def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
     """Build an atlas of the default model (or --model, over its default layers) over
     scikit-image's sample photos (plus --images), with deconvnet and guided projections and
-    feature visualizations for a subset of units, then open the gallery, whose uploads use the
-    same model. A second run reuses the atlas while its inputs are unchanged.
+    feature visualizations for a subset of units, and an index of the same photos; then open
+    the gallery, with a search box on every page, whose uploads and pictures of why use the
+    same model. A second run reuses both while their inputs are unchanged (photos added to an
+    --images folder are indexed then).
 
     \b
     Examples:
@@ -131,11 +150,13 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
         if model_args.spec not in (None, recipe["model"]):
             # the recipe's layers are the default model's: take the other model's default selection
             recipe.update(model=model_args.spec, layers=model_args.load().layers.default)
-    atlas_dir = recipes.ensure_demo_atlas(out, images, rebuild=rebuild, recipe=recipe,
-                                          echo=lambda line: click.echo(line, err=True))
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    atlas_dir = recipes.ensure_demo_atlas(out, images, rebuild=rebuild, recipe=recipe, echo=echo)
+    index_dir = recipes.ensure_demo_index(atlas_dir, images, rebuild=rebuild, recipe=recipe, echo=echo)
     if no_serve:
-        click.echo(f"atlas ready in {atlas_dir}; browse it with `convscope serve {atlas_dir}`", err=True)
+        click.echo(f"atlas and index ready in {atlas_dir}; browse and search them with "
+                   f"`convscope serve {atlas_dir} --index {index_dir}`", err=True)
         return
     from ..web import create_app
 
-    _run_server(create_app(atlas_dir, allowed_hosts=allow_hosts), host, port)
+    _run_server(create_app(atlas_dir, index=index_dir, allowed_hosts=allow_hosts), host, port)

@@ -1,25 +1,28 @@
-"""The gallery web server: an app factory over one atlas, with an HTML page and a JSON endpoint
-for each view (see docs/api.md).
+"""The gallery web server: an app factory over an atlas, an index or both, with an HTML page and
+a JSON endpoint for each view (see docs/api.md and docs/search.md).
 
-No global state: everything an app needs (the atlas, the model, the upload folder) lives on the
-app made by :func:`create_app`. Bad requests get a 4xx status with a one-line reason, as JSON on
-``/api/...`` and as a page elsewhere; no URL can reach a file outside the atlas, the package's
-static folder or the server's own upload folder, and of the atlas only its images are served.
+No global state: everything an app needs (the atlas, the index, the model, the upload folder)
+lives on the app made by :func:`create_app`. The atlas's pages are routes here; every other
+group of pages (the index's search pages, :mod:`convscope.web.search_pages`) is a page group
+(:class:`convscope.web.site.PageGroup`) made with the app's :class:`~convscope.web.site.Site`.
+Bad requests get a 4xx status with a one-line reason, as JSON on ``/api/...`` and as a page
+elsewhere; no URL can reach a file outside the atlas, the index's roots, the package's static
+folder or the server's own upload folder, and of the atlas only its images are served.
 Foreign host names and cross-site writes are refused (:mod:`convscope.web.security`); uploads
 are bounded in time, number and decoding memory, and run on a few threads of their own whose
 memory is given back (:mod:`convscope.web.workers`).
 
->>> app = create_app("atlas/")
+>>> app = create_app("atlas/", index="photos.index")
 >>> from convscope.web import serve; serve(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
-from typing import Iterable
-
-import contextlib
+import threading
+from typing import Callable, Iterable
 
 import anyio
 from starlette.applications import Starlette
@@ -35,9 +38,11 @@ from ..errors import ConvscopeError, ImageError
 from .decode import MAX_DECODE_BYTES, MAX_UPLOAD_PIXELS, DecodeBudget, decode_upload
 from .gallery import Gallery, NotFound
 from .render import STATIC, Links, environment, render
+from .search_pages import PATHS as SEARCH_PATHS, SearchPages
 from .security import AllowedHosts, HostAndOrigin, SecurityHeaders
-from .upload import (MAX_UPLOAD_BYTES, Analyzer, BadUpload, UploadAborted, UploadStore, UploadTimeout,
-                     UploadTooLarge)
+from .site import TITLES, PageGroup, Site, error_status, unavailable
+from .upload import (MAX_UPLOAD_BYTES, Analyzer, BadUpload, ModelUnavailable, UploadAborted, UploadStore,
+                     UploadTimeout, UploadTooLarge)
 from .workers import Workers
 
 #: Seconds a client has to send a whole upload body.
@@ -47,6 +52,9 @@ DECODE_CONCURRENCY = 2
 #: Uploads received and decoded at once; more wait their turn, their bodies unread.
 UPLOAD_CONCURRENCY = 8
 logger = logging.getLogger("convscope.web")
+#: The atlas's pages and files, which a server without an atlas answers with a reason.
+ATLAS_PATHS = ("/api/atlas", "/layers/{rest:path}", "/api/layers/{rest:path}", "/sources/{rest:path}",
+               "/atlas/{rest:path}", "/uploads/{rest:path}", "/image", "/api/image")
 
 
 def open_atlas(atlas):
@@ -58,10 +66,65 @@ def open_atlas(atlas):
     return atlas
 
 
+def open_index(index):
+    """An open index from a folder (via :meth:`convscope.index.Index.open`) or an index object."""
+    if isinstance(index, (str, os.PathLike)):
+        from ..index import Index
+
+        return Index.open(index)
+    return index
+
+
+def index_model(index, model=None, analyzer: Analyzer | None = None) -> Callable:
+    """A loader of the model an index was built with, loaded on first call, from the first of
+    these with the index's weights: ``model``; the atlas's model (``analyzer``'s, so that one
+    copy serves both) when the atlas names the same spec; the index's spec made again with its
+    seeded random weights and its preprocessing, when it was built with random weights; the
+    index's spec loaded with its pretrained weights. :class:`ModelUnavailable` (503) when none
+    can be loaded."""
+    lock = threading.Lock()
+    loaded = []
+    own = index.meta["model"]
+
+    def candidates():
+        if model is not None:
+            yield "the model given", lambda: model
+        if analyzer is not None and (analyzer.gallery.info.get("model") or {}).get("spec") == own["spec"]:
+            yield "the atlas's model", lambda: analyzer.model
+        if str(own.get("weights") or "").startswith("random"):
+            from ..models import Preprocessing, load_model
+
+            prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in index.meta["preprocessing"].items()})
+            yield "its random weights", lambda: load_model(own["spec"], device="cpu", pretrained=False,
+                                                           preprocessing=prep)
+
+    def pick():
+        for what, make in candidates():
+            try:
+                return index._model(make())  # the fingerprint of its weights must be the index's
+            except ConvscopeError as exc:
+                logger.info("the index's pictures of why do not use %s (%s)", what, exc)
+        try:
+            return index._model(None)
+        except ConvscopeError as exc:
+            raise ModelUnavailable(f"the model of this index cannot be loaded: {exc}") from None
+
+    def load():
+        with lock:
+            if not loaded:
+                loaded.append(pick())
+            return loaded[0]
+
+    return load
+
+
 def create_app(
-    atlas_dir,
+    atlas_dir=None,
     model=None,
     *,
+    index=None,
+    pages: Iterable[Callable[[Site], PageGroup]] = (),
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     upload_dir: str | os.PathLike | None = None,
     keep_uploads: int = 200,
@@ -72,12 +135,20 @@ def create_app(
     decode_concurrency: int = DECODE_CONCURRENCY,
     upload_concurrency: int = UPLOAD_CONCURRENCY,
 ) -> Starlette:
-    """A Starlette app serving the gallery of the atlas in ``atlas_dir``.
+    """A Starlette app serving the gallery of the atlas in ``atlas_dir``, the search pages of
+    ``index``, or both (one of them at least).
 
-    ``atlas_dir`` is an atlas folder or an already open atlas. ``model`` (a
-    :class:`~convscope.models.LoadedModel`) analyses uploads; by default the atlas's own model
-    is loaded on the first upload. Uploads are limited to ``max_upload_bytes`` and kept, newest
-    ``keep_uploads`` only, in ``upload_dir`` (default: a private temporary folder).
+    ``atlas_dir`` is an atlas folder or an already open atlas; ``index`` an index folder or an
+    open :class:`~convscope.index.Index`. With an index every page has a search box, and
+    ``/search``, ``/duplicates`` and ``/albums`` are there (docs/search.md); without an atlas
+    ``/`` is the search page and the atlas's pages answer 404 with the reason. ``pages``: more
+    page groups, each made by calling it with the app's :class:`~convscope.web.site.Site`.
+
+    ``model`` (a :class:`~convscope.models.LoadedModel`) analyses uploads; by default the
+    atlas's own model is loaded on the first upload. The index's pictures of why use ``model``
+    when it is the index's model, else the index's own (:func:`index_model`). Uploads are
+    limited to ``max_upload_bytes`` and kept, newest ``keep_uploads`` only, in ``upload_dir``
+    (default: a private temporary folder).
 
     The app answers to the loopback names, the address a connection came in on and
     ``allowed_hosts`` (more names; ``"*"`` for any), and takes uploads and other writes only
@@ -90,6 +161,7 @@ def create_app(
     >>> client = TestClient(create_app("atlas/"))
     >>> client.get("/api/atlas").json()["layers"][0]["name"]
     'conv1'
+    >>> TestClient(create_app(index="photos.index")).get("/api/search?q=cat").json()["results"][0]["why"]
     """
     for name, value in (("max_upload_bytes", max_upload_bytes), ("max_decode_bytes", max_decode_bytes),
                         ("max_pixels", max_pixels), ("decode_concurrency", decode_concurrency),
@@ -98,17 +170,31 @@ def create_app(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout}")
-    gallery = Gallery(open_atlas(atlas_dir))
+    pages = list(pages)
+    if atlas_dir is None and index is None and not pages:
+        raise ValueError("create_app needs something to serve: an atlas (atlas_dir), an index (index=), or both")
+    gallery = Gallery(open_atlas(atlas_dir)) if atlas_dir is not None else None
     env = environment()
     links = Links()
-    store = UploadStore(upload_dir, keep=keep_uploads)
-    analyzer = Analyzer(gallery, model)
+    store = UploadStore(upload_dir, keep=keep_uploads) if gallery is not None else None
+    analyzer = Analyzer(gallery, model) if gallery is not None else None
     hosts = AllowedHosts(allowed_hosts)
     workers = Workers(decoders=decode_concurrency)
     receiving = anyio.Semaphore(upload_concurrency)
 
     def page(template: str, status: int = 200, **data) -> HTMLResponse:
-        return HTMLResponse(render(env, template, links, **data), status_code=status)
+        return HTMLResponse(render(env, template, links, site=site, **data), status_code=status)
+
+    site = Site(page=page, workers=workers, uploads=gallery is not None,
+                home_label="the atlas" if gallery is not None else "search")
+    groups: list[PageGroup] = []
+    if index is not None:
+        opened = open_index(index)
+        groups.append(SearchPages(site, opened, index_model(opened, model, analyzer)))
+    groups += [make(site) for make in pages]
+    for group in groups:
+        site.nav.extend(group.nav)
+        site.search = site.search or group.search
 
     def parse_unit(text: str, what: str = "unit") -> int:
         try:
@@ -166,14 +252,19 @@ def create_app(
         return JSONResponse(await run_in_threadpool(_example, request))
 
     async def api_index(request: Request):
-        return JSONResponse({
-            "atlas": "/api/atlas",
-            "layer": "/api/layers/{layer}",
-            "unit": "/api/layers/{layer}/units/{unit}",
-            "example": "/api/layers/{layer}/units/{unit}/examples/{rank}",
-            "image": "POST /api/image (multipart field 'image', or the raw image as the body)",
-            "docs": "docs/api.md",
-        })
+        entries = {}
+        if gallery is not None:
+            entries.update({
+                "atlas": "/api/atlas",
+                "layer": "/api/layers/{layer}",
+                "unit": "/api/layers/{layer}/units/{unit}",
+                "example": "/api/layers/{layer}/units/{unit}/examples/{rank}",
+                "image": "POST /api/image (multipart field 'image', or the raw image as the body)",
+            })
+        for group in groups:
+            entries.update(group.api)
+        entries["docs"] = "docs/api.md, docs/search.md"
+        return JSONResponse(entries)
 
     # ------------------------------------------------------------------ files
 
@@ -303,7 +394,7 @@ def create_app(
         try:
             result = await analyze(request, explain_default=False)  # an unticked box sends nothing
         except (ConvscopeError, HTTPException) as exc:
-            status, reason = _status(exc)
+            status, reason = error_status(exc)
             return page("image.html", status=status, result=None, error=reason, max_mb=max_upload_bytes // (1024 * 1024))
         return page("image.html", result=result, error=None, max_mb=max_upload_bytes // (1024 * 1024))
 
@@ -322,31 +413,43 @@ def create_app(
         return response
 
     async def on_error(request: Request, exc: Exception):
-        status, reason = _status(exc)
+        status, reason = error_status(exc)
         return error_response(request, status, reason)
 
     async def on_aborted(request: Request, exc: UploadAborted):
         logger.info("%s", exc)  # one line: the client is gone, and so is its answer
         return Response(status_code=400)
 
-    routes = [
-        Route("/", home),
-        Route("/api", api_index),
-        Route("/api/atlas", api_home),
-        Route("/layers/{layer}", layer),
-        Route("/api/layers/{layer}", api_layer),
-        Route("/layers/{layer}/units/{unit}", unit),
-        Route("/api/layers/{layer}/units/{unit}", api_unit),
-        Route("/layers/{layer}/units/{unit}/examples/{rank}", example),
-        Route("/api/layers/{layer}/units/{unit}/examples/{rank}", api_example),
-        Route("/sources/{layer}/{unit}/{rank}.jpg", source),
-        Route("/atlas/{path:path}", atlas_file),
-        Route("/uploads/{token}/{name}", upload_file),
-        Route("/image", image_page, methods=["GET"]),
-        Route("/image", image_post, methods=["POST"]),
-        Route("/api/image", api_image, methods=["POST"]),
-        Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
-    ]
+    if gallery is not None:
+        routes = [
+            Route("/", home),
+            Route("/api/atlas", api_home),
+            Route("/layers/{layer}", layer),
+            Route("/api/layers/{layer}", api_layer),
+            Route("/layers/{layer}/units/{unit}", unit),
+            Route("/api/layers/{layer}/units/{unit}", api_unit),
+            Route("/layers/{layer}/units/{unit}/examples/{rank}", example),
+            Route("/api/layers/{layer}/units/{unit}/examples/{rank}", api_example),
+            Route("/sources/{layer}/{unit}/{rank}.jpg", source),
+            Route("/atlas/{path:path}", atlas_file),
+            Route("/uploads/{token}/{name}", upload_file),
+            Route("/image", image_page, methods=["GET"]),
+            Route("/image", image_post, methods=["POST"]),
+            Route("/api/image", api_image, methods=["POST"]),
+        ]
+    else:
+        start = next((g.home for g in groups if g.home is not None), None)
+        routes = ([Route("/", start)] if start is not None else []) + unavailable(
+            ATLAS_PATHS, "this server has no atlas (it was started without one), so it has no layer, unit or upload "
+                         "pages; start from /")
+    routes.append(Route("/api", api_index))
+    for group in groups:
+        routes += group.routes()
+    if index is None:
+        routes += unavailable(SEARCH_PATHS, "this server has no index (it was started without one), so it has no "
+                                            "search, duplicates or albums pages; start from /")
+    routes.append(Mount("/static", StaticFiles(directory=str(STATIC)), name="static"))
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         try:
@@ -369,31 +472,12 @@ def create_app(
     app.state.gallery = gallery
     app.state.store = store
     app.state.analyzer = analyzer
+    app.state.groups = groups
+    app.state.site = site
     app.state.allowed_hosts = hosts
     return app
-
-
-TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed", 408: "Too slow",
-          413: "Too large", 421: "Wrong host", 503: "Unavailable"}
 
 
 def _too_large(size: int | None, limit: int) -> str:
     got = f" ({size / 1e6:.1f} MB)" if size is not None else ""
     return f"the upload is too large{got}; the limit is {limit / 1e6:.1f} MB"
-
-
-def _status(exc: Exception) -> tuple[int, str]:
-    """The HTTP status and one-line reason for an exception raised while serving a request."""
-    if isinstance(exc, HTTPException):
-        reasons = {404: "no such page; start from / or see /api", 405: "this URL does not accept that method"}
-        generic = not exc.detail or exc.detail in ("Not Found", "Method Not Allowed")
-        return exc.status_code, reasons.get(exc.status_code, str(exc.detail)) if generic else exc.detail
-    if isinstance(exc, ImageError):
-        too_big = "too large" in exc.reason
-        return (413 if too_big else 400), f"not a usable image: {exc.reason}"
-    status = getattr(exc, "status", None)
-    if isinstance(exc, ConvscopeError):
-        return (status or 400), str(exc)
-    if isinstance(exc, ValueError):
-        return 400, str(exc).splitlines()[0] if str(exc) else "bad request"
-    return 500, "internal error; the server log has the details"

@@ -1,19 +1,24 @@
-"""The demo atlas: the default model over scikit-image's sample photos, ready for the gallery.
+"""The demo: an atlas of the default model over scikit-image's sample photos, and an index of
+the same photos for the search pages, ready for the gallery.
 
 One recipe (:data:`RECIPE`) sized to finish in minutes on a laptop's CPU: seven stages from edges
 to objects, every photo also seen as 2x2 and 3x3 overlapping crops (so small patterns have
 their own examples), top 6 examples per unit with deconvnet and guided projections for the top
 3, and feature visualizations for the first units of each layer. A stamp file beside the atlas
 records the recipe and the photos (path, size, modification time); the next run reuses the atlas
-while both are unchanged, resumes an interrupted build, and rebuilds otherwise.
+while both are unchanged, resumes an interrupted build, and rebuilds otherwise. The index lives
+in the atlas folder's ``index/`` with a stamp of its own: reused while its model and photos are
+unchanged, updated when photos came, changed or went, resumed when its build stopped.
 
 >>> atlas_dir = ensure_demo_atlas()          # builds once, then reuses
+>>> index_dir = ensure_demo_index(atlas_dir)  # atlas_dir / "index"
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +38,9 @@ RECIPE = {
     "featvis": {"units": 8, "steps": 128, "size": 96},
 }
 STAMP = "demo.json"
+#: The demo index's folder and stamp, inside the demo folder.
+INDEX_DIR = "index"
+INDEX_STAMP = "demo-index.json"
 
 
 def default_dir() -> Path:
@@ -54,9 +62,9 @@ def _photos(extra: Iterable[str | os.PathLike]) -> tuple[list[str], list[dict]]:
     return paths, listing
 
 
-def _read_stamp(out: Path) -> dict | None:
+def _read_stamp(out: Path, name: str = STAMP) -> dict | None:
     try:
-        return json.loads((out / STAMP).read_text())
+        return json.loads((out / name).read_text())
     except (OSError, ValueError):
         return None
 
@@ -88,10 +96,13 @@ def ensure_demo_atlas(
             pass
     # an interrupted demo build (no stamp yet) is resumed; anything else stale is replaced
     resume = not rebuild and (out / PARTIAL).exists() and stamp is None
-    overwrite = not resume and ((out / DB_NAME).exists() or (out / PARTIAL).exists())
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in held if name not in (INDEX_DIR, INDEX_STAMP, STAMP)]
+    # a folder holding only the demo's index is the demo's: the atlas is built beside it
+    overwrite = not resume and ((out / DB_NAME).exists() or (out / PARTIAL).exists() or bool(held) and not foreign)
     if (out / STAMP).exists():
         (out / STAMP).unlink()
-    if out.exists() and not resume and not overwrite and any(out.iterdir()):
+    if out.exists() and not resume and not overwrite and foreign:
         raise ConvscopeError(f"{out} is not empty and holds no demo atlas; give another --out")
     echo(
         f"building the demo atlas in {out}: {recipe['model']} over {len(paths)} photos "
@@ -129,6 +140,84 @@ def ensure_demo_atlas(
         echo("note: this model's activations are ReLU6, which the deconvnet and guided projections treat as ReLUs")
     echo(f"demo atlas ready in {time.time() - started:.0f} s")
     return out
+
+
+def _index_inputs(images: Iterable[str | os.PathLike]) -> tuple[list[str], list[dict]]:
+    """The demo index's inputs (the sample photos' folder, then ``images`` as given: folders
+    stay folders, so photos added to them are found next time) and a listing of their files
+    (path, size, modification time)."""
+    from ..data import sample_photos
+    from ..index.media import expand_media
+
+    samples = sample_photos()
+    inputs = ([str(samples[0].parent)] if samples else []) + [os.path.abspath(os.fspath(e)) for e in images]
+    paths, errors = expand_media(inputs)
+    for err in errors:
+        raise ValueError(f"--images {err.path}: {err.reason}")
+    listing = []
+    for p in paths:
+        st = os.stat(p)
+        listing.append({"path": str(p), "size": st.st_size, "mtime": st.st_mtime_ns})
+    return inputs, listing
+
+
+def ensure_demo_index(
+    out: str | os.PathLike | None = None,
+    images: Iterable[str | os.PathLike] = (),
+    rebuild: bool = False,
+    echo: Callable[[str], None] = print,
+    recipe: dict | None = None,
+) -> Path:
+    """Index the demo's photos (the sample photos and ``images``) with the recipe's model into
+    ``out/index`` (``out``: the demo folder, default :func:`default_dir`), for the search
+    pages; returns the index folder. The next run reuses it while the model and the photos are
+    unchanged, updates it when photos came, changed or went, resumes a build that stopped, and
+    builds it again for another model or with ``rebuild``. Progress goes to stderr."""
+    from ..errors import ConvscopeError
+    from ..index import Index
+    from ..index.store import DB_NAME, PARTIAL
+    from ..models import load_model
+
+    recipe = dict(recipe or RECIPE)
+    demo_dir = Path(out) if out else default_dir()
+    folder = demo_dir / INDEX_DIR
+    inputs, listing = _index_inputs(images)
+    model_key = {"model": recipe["model"], "pretrained": recipe.get("pretrained", True)}
+    wanted = {**model_key, "inputs": inputs, "photos": listing, "complete": True}
+    stamp = _read_stamp(demo_dir, INDEX_STAMP)
+    if rebuild or (stamp is not None and {k: stamp.get(k) for k in model_key} != model_key):
+        shutil.rmtree(folder, ignore_errors=True)  # asked for, or another model's: of no use
+    elif stamp == wanted and not (folder / PARTIAL).exists():
+        try:
+            Index.open(folder).close()
+            echo(f"reusing the demo index in {folder} (up to date; --rebuild to build it again)")
+            return folder
+        except ConvscopeError:
+            shutil.rmtree(folder, ignore_errors=True)
+    if (demo_dir / INDEX_STAMP).exists():
+        (demo_dir / INDEX_STAMP).unlink()  # a stamp stands for a finished index only
+    update, resume = (folder / DB_NAME).exists(), (folder / PARTIAL).exists()
+    doing = "updating" if update else "building"
+    echo(f"{doing} the demo index in {folder}: {recipe['model']} over {len(listing)} photos"
+         + (" (resuming the interrupted build)" if resume else ""))
+    started = time.time()
+    model = load_model(recipe["model"], device="cpu", pretrained=recipe.get("pretrained", True))
+
+    def run(update: bool, resume: bool) -> None:
+        Index.build(model, inputs, folder, update=update, resume=resume, progress=True,
+                    on_skip=lambda p, r: echo(f"skipped {p}: {r}")).close()
+
+    try:
+        run(update, resume)
+    except ConvscopeError as exc:
+        if not (update or resume):
+            raise
+        echo(f"cannot go on with the index there ({exc}); building it again")
+        shutil.rmtree(folder, ignore_errors=True)
+        run(False, False)
+    write_text_atomic(demo_dir / INDEX_STAMP, json.dumps(wanted, indent=1))
+    echo(f"demo index ready in {time.time() - started:.0f} s")
+    return folder
 
 
 def _featvis(model, atlas, settings: dict, echo) -> None:

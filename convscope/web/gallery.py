@@ -50,15 +50,16 @@ MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                ".webp": "image/webp"}
 
 #: data.load_image changes warnings' process-wide filters (``warnings.catch_warnings``), which
-#: is not thread-safe: the request threads of one server decode one at a time.
-_DECODE = threading.Lock()
+#: is not thread-safe: the request threads of one server decode one at a time (an atlas's
+#: source photos here, an index's photos in :mod:`convscope.web.finder`).
+DECODE_LOCK = threading.Lock()
 
 
 def decode_image(path, **options):
     """:func:`convscope.data.load_image` for the server's threads (one decode at a time)."""
     from ..data import load_image
 
-    with _DECODE:
+    with DECODE_LOCK:
         return load_image(path, **options)
 
 

@@ -1,0 +1,530 @@
+"""What the search pages show, as JSON-ready dicts read from an index, and which of its files
+the server may hand out.
+
+One :class:`Finder` wraps one open :class:`~convscope.index.Index`: keyword, like and unit
+results with their thumbnails, "more like this" links and the why; duplicate groups; albums;
+and the pictures of why (Grad-CAM of the matched class, or the unit's receptive field), made
+on request and cached. The server sends these dicts as JSON and renders them into HTML, so the
+two cannot drift.
+
+Files: only files of the index that lie inside its roots (:class:`Roots`, the folders and
+files it was built from, symbolic links resolved) are served, as thumbnails (the JPEGs stored
+in the index), originals, or pictures made from them; a request names an entry row or a file
+id, never a path, and a path given to "more like this" must be one the index records.
+
+>>> finder = Finder(Index.open("photos.index"), model=lambda: load_model())
+>>> finder.search("cat", top=5)["results"][0]["why"][0]["label"]
+'tabby'
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import io
+import math
+import os
+import re
+import stat
+import threading
+from typing import Callable
+from urllib.parse import quote, urlencode
+
+import numpy as np
+
+from ..errors import ConvscopeError, ImageError
+from ..index.search import MIN_SCORE
+from .gallery import DECODE_LOCK, NotFound
+
+#: Results on one page unless ``top`` says otherwise, and the most ``top`` may ask for.
+TOP = 40
+MAX_TOP = 1000
+#: Files shown per album on the albums page (the album's own page shows them all).
+ALBUM_PREVIEW = 8
+#: Pictures of why kept in memory (JPEGs of about 20 kB).
+PICTURE_CACHE = 512
+#: Originals handed out as they are (browsers show them); other photos are decoded and sent as
+#: JPEG, at most :data:`MAX_SIDE` pixels on their long side.
+BROWSER_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".jfif": "image/jpeg", ".png": "image/png",
+    ".gif": "image/gif", ".webp": "image/webp", ".bmp": "image/bmp", ".avif": "image/avif",
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska", ".avi": "video/x-msvideo",
+}
+MAX_SIDE = 2048
+_GLOB = re.compile(r"[*?\[]")
+
+
+class Forbidden(ConvscopeError, PermissionError):
+    """A file of the index that lies outside its roots (reached through a symbolic link)."""
+
+    status = 403
+
+
+# --------------------------------------------------------------------------- roots
+
+
+def _literal_folder(pattern: str) -> str:
+    """The folder a glob pattern searches from: its path up to the first part with a wildcard."""
+    parts = pattern.split(os.sep)
+    for i, part in enumerate(parts):
+        if _GLOB.search(part):
+            return os.sep.join(parts[:i]) or os.sep
+    return pattern
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class Roots:
+    """The folders and files an index was built from (``meta["inputs"]``): a folder, a file, a
+    glob's folder. A file lies inside them when its real path (every symbolic link resolved)
+    is a root's real path or under it. A file named by an ``@LIST`` file is its own root, as
+    long as it is not itself a link (the list's folder says nothing of where its files are).
+
+    >>> Roots(["/photos", "/clips/*.mp4"]).allows("/photos/2021/rex.jpg")
+    True
+    """
+
+    def __init__(self, inputs):
+        self.recorded: list[str] = []
+        self.real: list[str] = []
+        self.listed = False
+        for item in inputs:
+            item = str(item)
+            if item.startswith("@"):
+                self.listed = True
+                continue
+            base = os.path.normpath(_literal_folder(item))
+            self.recorded.append(base)
+            self.real.append(os.path.realpath(base))
+
+    def allows(self, path: str) -> bool:
+        """Whether the file at ``path`` (as the index records it) may be served."""
+        real = os.path.realpath(path)
+        if any(_inside(real, root) for root in self.real):
+            return True
+        if self.listed:
+            return real == os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        return False
+
+    def display(self, path: str) -> str:
+        """A short name for people: the path under its root folder (``2021/rex.jpg``), after
+        the root folder's name where there are several (``photos/2021/rex.jpg``); a file
+        root's own name."""
+        best = None
+        for root in self.recorded:
+            if _inside(path, root) and (best is None or len(root) > len(best)):
+                best = root
+        if best is None or best == path:
+            return os.path.basename(path)
+        rel = os.path.relpath(path, best).replace(os.sep, "/")
+        head = os.path.basename(best.rstrip(os.sep)) if len(self.recorded) > 1 else ""
+        return f"{head}/{rel}" if head else rel
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+class SearchLinks:
+    """URLs of the search pages and their files (server only: the static export has none)."""
+
+    def search(self, **params) -> str:
+        params = {k: v for k, v in params.items() if v is not None and v != ""}
+        return "/search" + ("?" + urlencode(params) if params else "")
+
+    def api(self, page_url: str) -> str:
+        return "/api" + page_url
+
+    def like(self, path: str, time: float | None = None) -> str:
+        return self.search(like=path, t=None if time is None else f"{time:g}")
+
+    def thumb(self, row: int) -> str:
+        return f"/thumbs/{int(row)}.jpg"
+
+    def file(self, file_id: int, path: str, time: float | None = None) -> str:
+        url = f"/files/{int(file_id)}/{quote(os.path.basename(path), safe='')}"
+        return url + (f"#t={time:g}" if time else "")
+
+    def explain(self, row: int, *, cls: int | None = None, unit: str | None = None) -> str:
+        query = {"unit": unit} if unit is not None else {"class": int(cls)}
+        return f"/explain/{int(row)}.jpg?" + urlencode(query)
+
+    def duplicates(self) -> str:
+        return "/duplicates"
+
+    def albums(self) -> str:
+        return "/albums"
+
+    def album(self, name: str) -> str:
+        return "/albums/" + quote(name, safe="")
+
+
+def clock(seconds: float | None) -> str | None:
+    """Seconds into a video for people: ``75.0`` -> ``1:15``, ``3725`` -> ``1:02:05``; tenths kept."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    whole = int(seconds)
+    tenths = round((seconds - whole) * 10)
+    if tenths == 10:
+        whole, tenths = whole + 1, 0
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    text = f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    return text + (f".{tenths}" if tenths else "")
+
+
+def close_matches(message: str) -> list[str]:
+    """The close matches an unknown-word error lists (``... Close matches: dingo, dog.``), to
+    offer as links."""
+    found = re.search(r"Close matches: (.+?)\.(?: |$)", message)
+    return [w.strip() for w in found.group(1).split(",") if w.strip()] if found else []
+
+
+# --------------------------------------------------------------------------- the finder
+
+
+class Finder:
+    """Read-only page data for one index; safe to share between request threads.
+
+    ``model()`` returns the index's model (loaded on first use): it draws the receptive-field
+    boxes of unit results and the pictures of why.
+    """
+
+    def __init__(self, index, model: Callable[[], object]):
+        self.index = index
+        self.model = model
+        self.roots = Roots(index.meta.get("inputs") or [])
+        self.links = SearchLinks()
+        self._lock = threading.Lock()
+        self._cache: dict[str, object] = {}
+        self._pictures: collections.OrderedDict = collections.OrderedDict()
+
+    def _cached(self, key: str, fn):
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = fn()
+        with self._lock:
+            self._cache[key] = value
+        return value
+
+    # ------------------------------------------------------------------ records and files
+
+    def record(self, file_id: int) -> dict:
+        rows = self.index.query("SELECT * FROM files WHERE id = ?", [int(file_id)])
+        if not rows:
+            raise NotFound(f"there is no file {file_id} in this index")
+        return dict(rows[0])
+
+    def entry(self, row: int) -> tuple[dict, float | None]:
+        """The file record of entry ``row`` and the entry's time (None for a photo)."""
+        if not 0 <= row < self.index.entries:
+            raise NotFound(f"there is no entry {row} in this index of {self.index.entries} entries")
+        t = float(self.index.entry_time[row])
+        return self.record(int(self.index.entry_file[row])), (None if math.isnan(t) else t)
+
+    def check_served(self, record: dict) -> None:
+        if not self.roots.allows(record["path"]):
+            raise Forbidden(f"{os.path.basename(record['path'])} lies outside the folders this index was built from "
+                            "(it is reached through a link); it is not served")
+
+    def _on_disk(self, record: dict) -> str:
+        self.check_served(record)
+        real = os.path.realpath(record["path"])
+        try:
+            regular = stat.S_ISREG(os.stat(real).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            raise NotFound(f"{os.path.basename(record['path'])} is no longer on disk")
+        return real
+
+    def thumbnail(self, row: int) -> bytes:
+        """The JPEG the index stored for entry ``row``."""
+        record, _ = self.entry(row)
+        self.check_served(record)
+        return self.index.thumbnail(row)
+
+    def original(self, file_id: int, name: str) -> tuple[str, str | None, bytes | None]:
+        """An original to hand out: (path, media type, None) for a format browsers show, else
+        (name, "image/jpeg", JPEG bytes of it decoded, upright, at most :data:`MAX_SIDE` px)."""
+        record = self.record(file_id)
+        if name != os.path.basename(record["path"]):
+            raise NotFound(f"file {file_id} of this index is not called {name[:80]!r}")
+        real = self._on_disk(record)
+        suffix = os.path.splitext(real)[1].lower()
+        if suffix in BROWSER_TYPES:
+            return real, BROWSER_TYPES[suffix], None
+        from ..data import load_image
+
+        with DECODE_LOCK:
+            image = load_image(real)
+        image.thumbnail((MAX_SIDE, MAX_SIDE))
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=90)
+        return name, "image/jpeg", buf.getvalue()
+
+    # ------------------------------------------------------------------ results
+
+    def _hit(self, r, mode: str, unit: str | None = None) -> dict:
+        file_id = int(self.index.entry_file[r.entry])
+        record = self.index.files([file_id])[file_id]
+        served = self.roots.allows(record["path"])
+        top = self._top(r.entry)
+        out = r.to_json()
+        out.update(
+            entry=r.entry, file_id=file_id, kind=record["kind"], name=self.roots.display(record["path"]),
+            when=None if r.time is None else "–".join(c for c in (clock(r.time), clock(r.end)) if c),
+            date=_day(r.date),
+            top=top, thumb=self.links.thumb(r.entry) if served else None,
+            file=self.links.file(file_id, record["path"], r.time) if served else None,
+            like=self.links.like(record["path"], r.time) if served else None,
+        )
+        if mode == "unit":
+            out["position"] = list(r.position) if r.position is not None else None
+            out["explain"] = self.links.explain(r.entry, unit=unit) if served else None
+            out["explain_title"] = f"receptive field of unit {unit}"
+        else:
+            cls = r.why[0].index if r.why else (top["index"] if top else -1)
+            out["explain"] = self.links.explain(r.entry, cls=cls) if served and cls >= 0 else None
+            out["explain_title"] = f"Grad-CAM: where the network saw {self.index.labels[cls]}" if cls >= 0 else None
+        return out
+
+    def _top(self, row: int) -> dict | None:
+        """The most probable class of entry ``row``: index, label, probability."""
+        c, p = int(self.index.top_class[row][0]), float(self.index.top_prob[row][0])
+        return {"index": c, "label": self.index.labels[c], "probability": round(p, 4)} if c >= 0 else None
+
+    def _page(self, mode: str, query: dict, results: list, top: int, unit: str | None = None) -> dict:
+        more = len(results) > top
+        return {"mode": mode, "query": query, "count": min(len(results), top), "more": more,
+                "results": [self._hit(r, mode, unit) for r in results[:top]]}
+
+    def search(self, q: str, *, top: int = TOP, min_score: float = MIN_SCORE, sort: str = "score") -> dict:
+        """Keyword results: the entries whose matched classes hold at least ``min_score`` of
+        the probability, by score or date; each with its why."""
+        q = " ".join(str(q).split())
+        if not re.search(r"\w", q):
+            raise ValueError(f"the query {q!r} holds no word; give one such as dog")
+        results = self.index.search(q, top=top + 1, min_score=min_score, sort=sort)
+        return self._page("keyword", {"q": q, "min_score": min_score, "sort": sort, "top": top}, results, top)
+
+    def like(self, path: str, *, time: float | None = None, top: int = TOP) -> dict:
+        """The entries most like an indexed file (for a video, its frame nearest ``time``)."""
+        record = self.index.file_of(path) if os.path.isabs(path) else None
+        if record is None:
+            raise NotFound(f"{os.path.basename(path)[:80] or path[:80]!r} is not a file of this index; "
+                           "more like this takes a path the index records (a result's \"path\")")
+        self.check_served(record)
+        results = self.index.like(record["path"], top=top + 1, time=time)
+        query = {"like": record["path"], "name": self.roots.display(record["path"]), "t": time, "top": top,
+                 "thumb": self.links.thumb(self._row_at(record, time))}
+        return self._page("like", query, results, top)
+
+    def _row_at(self, record: dict, time: float | None) -> int:
+        """The entry of a file: a photo's one, or a video's frame nearest ``time`` (else its first)."""
+        first, rows = record["first_row"], record["rows"]
+        if time is None or record["kind"] != "video":
+            return first
+        times = np.asarray(self.index.entry_time[first:first + rows])
+        return first + int(np.argmin(np.abs(times - time)))
+
+    def unit(self, text: str, *, top: int = TOP) -> dict:
+        """The entries that excite one unit most (``LAYER:UNIT``), each with its receptive-field
+        box on the model input. Loads the model: call it on the model thread."""
+        from ..index import parse_unit
+
+        layer, unit = parse_unit(text)
+        self.index.layer(layer)  # an unknown layer: close matches, before the model loads
+        results = self.index.unit(layer, unit, top=top + 1, model=self.model())
+        return self._page("unit", {"unit": f"{layer}:{unit}", "layer": layer, "index": unit, "top": top}, results, top,
+                          unit=f"{layer}:{unit}")
+
+    def home(self) -> dict:
+        """What the index holds, words to try, and the layers a unit search can ask for."""
+
+        def build():
+            info = self.index.info()
+            return {
+                "index": {k: info[k] for k in ("entries", "photos", "videos", "skipped", "model", "built", "fps")},
+                "layers": [{"name": l["name"], "units": l["shape"][0]} for l in self.index.layers],
+                "suggestions": self._suggestions(),
+            }
+
+        return self._cached("home", build)
+
+    def _suggestions(self, n: int = 10) -> list[str]:
+        """The most common confident top classes of the index, as words the search knows."""
+        if len(self.index.labels) != 1000 or not self.index.entries:
+            return []
+        from ..vocab import Vocabulary
+
+        vocab = Vocabulary.load()
+        top_c = np.asarray(self.index.top_class[:, 0]).astype(np.int64)
+        sure = np.asarray(self.index.top_prob[:, 0], np.float32) >= 0.3
+        counts = np.bincount(top_c[sure & (top_c >= 0)], minlength=1000)
+        words = []
+        for c in np.argsort(-counts, kind="stable"):
+            if counts[c] == 0 or len(words) == n:
+                break
+            word = self.index.labels[c]
+            try:
+                vocab.classes_for(word)
+            except ConvscopeError:
+                continue
+            if word not in words:
+                words.append(word)
+        return words
+
+    # ------------------------------------------------------------------ files grouped
+
+    def _file_card(self, record: dict) -> dict:
+        served = self.roots.allows(record["path"])
+        row = record["first_row"]
+        return {
+            "path": record["path"], "name": self.roots.display(record["path"]), "kind": record["kind"],
+            "file_id": record["id"], "size": record["size"], "width": record["width"], "height": record["height"],
+            "duration": record["duration"], "sha256": record["sha256"],
+            "top": self._top(row), "thumb": self.links.thumb(row) if served else None,
+            "file": self.links.file(record["id"], record["path"]) if served else None,
+            "like": self.links.like(record["path"]) if served else None,
+        }
+
+    def _by_path(self) -> dict[str, dict]:
+        return self._cached("by_path", lambda: {f["path"]: f for f in self.index.files().values()})
+
+    def duplicates(self) -> dict:
+        """Groups of near-duplicate files (:meth:`convscope.index.Index.duplicates`), each file
+        with its thumbnail and size; after the group's first, the earlier file of the group it
+        is a byte-exact copy of (``copy_of``, its name, or None) and the cosine of its embedding
+        to the first's (``cosine``)."""
+
+        def build():
+            from ..index.organize import file_vectors
+
+            by_path = self._by_path()
+            groups = []
+            found = self.index.duplicates()
+            if found:
+                ids, vectors = file_vectors(self.index)
+                vector_of = dict(zip(ids, vectors))
+            for n, group in enumerate(found, 1):
+                files = [self._file_card(by_path[p]) for p in group["paths"]]
+                first = files[0]
+                for i, f in enumerate(files[1:], 1):
+                    same = next((g for g in files[:i] if g["sha256"] == f["sha256"]), None)
+                    f["copy_of"] = same["name"] if same is not None else None
+                    f["cosine"] = round(float(vector_of[f["file_id"]] @ vector_of[first["file_id"]]), 4)
+                groups.append({"group": n, "paths": group["paths"], "files": files})
+            return {"groups": groups, "files": len(by_path)}
+
+        return self._cached("duplicates", build)
+
+    def albums(self) -> dict:
+        """Albums (:meth:`convscope.index.Index.albums`): name, size, and a few files each."""
+        full = self._albums()
+        albums = [{**a, "files": a["files"][:ALBUM_PREVIEW]} for a in full]
+        return {"albums": albums, "files": len(self._by_path())}
+
+    def album(self, name: str) -> dict:
+        """One album and all its files; :class:`NotFound` with the albums there are otherwise."""
+        from ..errors import unknown_name_error
+
+        for a in self._albums():
+            if a["album"] == name:
+                return a
+        raise unknown_name_error("album", name, [a["album"] for a in self._albums()], cls=NotFound,
+                                 hint="See /albums for this index's albums.")
+
+    def _albums(self) -> list[dict]:
+        def build():
+            by_path = self._by_path()
+            return [{"album": a["album"], "count": len(a["paths"]), "url": self.links.album(a["album"]),
+                     "paths": a["paths"], "files": [self._file_card(by_path[p]) for p in a["paths"]]}
+                    for a in self.index.albums()]
+
+        return self._cached("albums", build)
+
+    # ------------------------------------------------------------------ pictures of why
+
+    def picture(self, row: int, *, cls: int | None = None, unit: str | None = None) -> bytes:
+        """JPEG: the Grad-CAM of class ``cls`` over entry ``row`` as the model sees it, or (with
+        ``unit``, ``LAYER:UNIT``) the unit's receptive-field box at its maximum on that entry.
+        Made on first request, then cached. Runs the model: call it on the model thread."""
+        key = (row, cls, unit)
+        with self._lock:
+            if key in self._pictures:
+                self._pictures.move_to_end(key)
+                return self._pictures[key]
+        record, time = self.entry(row)
+        if unit is None and not (isinstance(cls, int) and 0 <= cls < len(self.index.labels)):
+            raise ValueError(f"class must be a class index from 0 to {len(self.index.labels) - 1}, got {cls!r}")
+        box = self._unit_box(row, unit) if unit is not None else None  # a bad unit fails before the file is read
+        path = self._on_disk(record)
+        model = self.model()
+        image = self._image(path, record["kind"], time, model)
+        data = _box_picture(model, image, box) if box is not None else _cam_picture(model, image, cls)
+        with self._lock:
+            self._pictures[key] = data
+            while len(self._pictures) > PICTURE_CACHE:
+                self._pictures.popitem(last=False)
+        return data
+
+    def _unit_box(self, row: int, text: str) -> tuple[int, int, int, int]:
+        from ..index import parse_unit
+
+        layer, u = parse_unit(text)
+        info = self.index.layer(layer)
+        channels, _, width = info["shape"]
+        if not 0 <= u < channels:
+            raise ValueError(f"layer {layer!r} has units 0..{channels - 1}, got {u}")
+        y, x = divmod(int(self.index.unit_pos[info["offset"] + u, row]), width)
+        model = self.model()
+        return tuple(int(v) for v in model.layers.get(layer).box(y, x, input_size=model.input_size))
+
+    def _image(self, path: str, kind: str, time: float | None, model):
+        from ..index import media
+
+        try:
+            if kind == "video":
+                return media.frame_at(path, time or 0.0)
+            with DECODE_LOCK:  # a JPEG decodes at the scale the model needs (as the index did)
+                return media.read_photo(path, min_size=model.preprocessing.resize).image
+        except ImageError as exc:
+            raise NotFound(f"{os.path.basename(path)} can no longer be read ({exc.reason})") from None
+
+
+def _day(seconds: float | None) -> str | None:
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def _jpeg(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=88)
+    return buf.getvalue()
+
+
+def _cam_picture(model, image, cls: int) -> bytes:
+    """Grad-CAM (:func:`convscope.explain.gradcam`) of ``cls`` blended over the model's view."""
+    from ..explain import gradcam
+    from .upload import overlay
+
+    cam = gradcam(model, image, target=cls)
+    view = np.round(np.clip(cam.image, 0, 1) * 255).astype(np.uint8)
+    return _jpeg(overlay(view, cam.heatmap))
+
+
+def _box_picture(model, image, box) -> bytes:
+    """The model's view with a receptive-field box ``(top, left, bottom, right)`` drawn in."""
+    from PIL import Image, ImageDraw
+
+    from ..index.explain import model_view
+
+    view = Image.fromarray(model_view(model, image))
+    top, left, bottom, right = box
+    draw = ImageDraw.Draw(view)
+    draw.rectangle([left, top, right - 1, bottom - 1], outline=(255, 209, 102), width=3)
+    return _jpeg(view)

@@ -1,0 +1,206 @@
+"""The search pages of one index: a search page (by word, by example, by unit) with its results
+grid, the duplicates and the albums, their JSON twins under ``/api``, and the files they show.
+
+:class:`SearchPages` is a page group (:class:`convscope.web.site.PageGroup`): the app makes it
+with the :class:`~convscope.web.site.Site` (page renderer, worker threads), the open index and
+a loader of the index's model, and mounts its :meth:`~SearchPages.routes`. The data comes from
+:class:`convscope.web.finder.Finder`; keyword and like searches read only the index, unit
+searches and the pictures of why run the model on the model thread.
+
+>>> pages = SearchPages(site, Index.open("photos.index"), model=lambda: model)
+>>> app = Starlette(routes=pages.routes())
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import ConvscopeError
+from ..index.search import MIN_SCORE, SORTS
+from .finder import MAX_TOP, TOP, Finder, close_matches
+from .site import NavLink, Site, error_status
+
+#: The pages and files of this group, for a server that has no index to say so.
+PATHS = ("/search", "/api/search", "/duplicates", "/api/duplicates", "/albums", "/api/albums", "/albums/{name:path}",
+         "/api/albums/{name:path}", "/thumbs/{rest:path}", "/files/{rest:path}", "/explain/{rest:path}")
+
+
+class BadQuery(ConvscopeError, ValueError):
+    status = 400
+
+
+@dataclasses.dataclass
+class Query:
+    """A search as the URL asks for it: one of ``q`` (words), ``like`` (an indexed path, and
+    ``t`` for a video's frame) or ``unit`` (``LAYER:UNIT``), or none (the search page's start)."""
+
+    q: str | None = None
+    like: str | None = None
+    t: float | None = None
+    unit: str | None = None
+    min_score: float = MIN_SCORE
+    sort: str = "score"
+    top: int = TOP
+
+    @classmethod
+    def parse(cls, params) -> "Query":
+        """From query parameters; :class:`BadQuery` (400) with a reason for a bad one."""
+
+        def text(name):
+            value = params.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        def number(name, default, lo, hi, kind=float):
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = None
+            if value is None or not lo <= value <= hi:
+                what = "a whole number" if kind is int else "a number"
+                raise BadQuery(f"{name} must be {what} from {lo:g} to {hi:g}, got {raw[:40]!r}")
+            return value
+
+        query = cls(q=text("q"), like=text("like"), unit=text("unit"), t=number("t", None, 0, 1e9),
+                    min_score=number("min_score", MIN_SCORE, 0, 1), top=number("top", TOP, 1, MAX_TOP, int),
+                    sort=text("sort") or "score")
+        asked = [name for name in ("q", "like", "unit") if getattr(query, name) is not None]
+        if len(asked) > 1:
+            raise BadQuery("give one of q (words), like (an indexed photo) or unit (LAYER:UNIT), "
+                           f"not {' and '.join(asked)}")
+        if query.sort not in SORTS:
+            raise BadQuery(f"sort must be one of {', '.join(SORTS)}, got {query.sort[:40]!r}")
+        return query
+
+
+class SearchPages:
+    """The page group of one index (see the module's docstring). ``model()`` returns the
+    index's model, loaded on first use."""
+
+    search = "/search"
+
+    def __init__(self, site: Site, index, model):
+        self.site = site
+        self.finder = Finder(index, model)
+        self.links = self.finder.links
+        self.nav = [NavLink("Duplicates", "/duplicates"), NavLink("Albums", "/albums")]
+        self.api = {
+            "search": "/api/search?q={words} | like={indexed path}[&t={seconds}] | unit={layer}:{unit}"
+                      " [&min_score=0.2&sort=score|date&top=40]",
+            "duplicates": "/api/duplicates",
+            "albums": "/api/albums",
+            "album": "/api/albums/{album}",
+            "thumbnail": "/thumbs/{entry}.jpg",
+            "original": "/files/{file_id}/{name}",
+            "why picture": "/explain/{entry}.jpg?class={class} | unit={layer}:{unit}",
+        }
+        self.home = self.search_page
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/search", self.search_page),
+            Route("/api/search", self.api_search),
+            Route("/duplicates", self.duplicates_page),
+            Route("/api/duplicates", self.api_duplicates),
+            Route("/albums", self.albums_page),
+            Route("/api/albums", self.api_albums),
+            Route("/albums/{name:path}", self.album_page),  # a class label in an album's name may hold a "/"
+            Route("/api/albums/{name:path}", self.api_album),
+            Route("/thumbs/{row:int}.jpg", self.thumbnail),
+            Route("/files/{file_id:int}/{name}", self.original),
+            Route("/explain/{row:int}.jpg", self.picture),
+        ]
+
+    # ------------------------------------------------------------------ search
+
+    async def _results(self, query: Query) -> dict | None:
+        finder, workers = self.finder, self.site.workers
+        if query.q is not None:
+            return await run_in_threadpool(functools.partial(
+                finder.search, query.q, top=query.top, min_score=query.min_score, sort=query.sort))
+        if query.like is not None:
+            return await run_in_threadpool(functools.partial(finder.like, query.like, time=query.t, top=query.top))
+        if query.unit is not None:
+            async with workers.job():  # the model draws the boxes: on its own thread
+                return await workers.model(functools.partial(finder.unit, query.unit, top=query.top))
+        return None
+
+    async def search_page(self, request: Request):
+        data, error, status, query = None, None, 200, None
+        try:
+            query = Query.parse(request.query_params)
+            data = await self._results(query)
+        except (ConvscopeError, ValueError) as exc:  # an unknown word, a bad unit, ...: said on the page
+            status, error = error_status(exc)
+        home = await run_in_threadpool(self.finder.home)
+        params = request.url.query
+        return self.site.page(
+            "search.html", status=status, data=data, home=home, error=error, query=query or Query(),
+            suggestions=close_matches(error or ""), q=request.query_params.get("q", ""), search=self.links,
+            api_url="/api/search" + ("?" + params if params else ""), sorts=SORTS,
+        )
+
+    async def api_search(self, request: Request):
+        query = Query.parse(request.query_params)
+        data = await self._results(query)
+        if data is None:
+            data = {"mode": "home", **(await run_in_threadpool(self.finder.home))}
+        return JSONResponse(data)
+
+    # ------------------------------------------------------------------ duplicates and albums
+
+    async def duplicates_page(self, request: Request):
+        data = await run_in_threadpool(self.finder.duplicates)
+        return self.site.page("duplicates.html", data=data, search=self.links)
+
+    async def api_duplicates(self, request: Request):
+        return JSONResponse(await run_in_threadpool(self.finder.duplicates))
+
+    async def albums_page(self, request: Request):
+        data = await run_in_threadpool(self.finder.albums)
+        return self.site.page("albums.html", data=data, search=self.links)
+
+    async def api_albums(self, request: Request):
+        return JSONResponse(await run_in_threadpool(self.finder.albums))
+
+    async def album_page(self, request: Request):
+        data = await run_in_threadpool(self.finder.album, request.path_params["name"])
+        return self.site.page("album.html", album=data, search=self.links)
+
+    async def api_album(self, request: Request):
+        return JSONResponse(await run_in_threadpool(self.finder.album, request.path_params["name"]))
+
+    # ------------------------------------------------------------------ files
+
+    async def thumbnail(self, request: Request):
+        data = await run_in_threadpool(self.finder.thumbnail, request.path_params["row"])
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=600"})
+
+    async def original(self, request: Request):
+        p, workers = request.path_params, self.site.workers
+        async with workers.job():  # a photo browsers cannot show is decoded: on a decode thread
+            path, media_type, data = await workers.decode(self.finder.original, p["file_id"], p["name"])
+        headers = {"Cache-Control": "private, max-age=600"}
+        if data is None:
+            return FileResponse(path, media_type=media_type, headers=headers)
+        return Response(data, media_type=media_type, headers=headers)
+
+    async def picture(self, request: Request):
+        row, params, workers = request.path_params["row"], request.query_params, self.site.workers
+        unit, cls = params.get("unit"), params.get("class")
+        if (unit is None) == (cls is None):
+            raise BadQuery("give class=INDEX (the Grad-CAM of that class) or unit=LAYER:UNIT (its receptive field)")
+        if cls is not None:
+            if not cls.isdigit():
+                raise BadQuery(f"class must be a class index, got {cls[:40]!r}")
+            cls = int(cls)
+        async with workers.job():
+            data = await workers.model(functools.partial(self.finder.picture, row, cls=cls, unit=unit))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
