@@ -56,7 +56,7 @@ def atlas(atlas_dir):
 def server(atlas_dir):
     """The gallery on 127.0.0.1 at a free port, in a background thread, stopped after the tests."""
     port = free_port()
-    config = uvicorn.Config(create_app(atlas_dir, model=tiny_model()), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(atlas_dir, model=tiny_model(), fill=False), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -139,8 +139,12 @@ def test_home_layer_unit_and_back(server, page, atlas):
     assert page.locator(".ex").count() == 3
     assert page.locator("svg.hist rect").count() == len(atlas.units("features.1")[3]["histogram"]["counts"])
     n, broken = images_loaded(page)
-    assert n == 9 and not broken  # 3 x (patch, deconvnet, guided); unit 3 has no featvis
-    assert page.locator(".featvis .missing").inner_text() == "not computed yet"
+    # features.1's deconvnet is image-independent (no max-pool below it): 3 x (patch, guided)
+    assert atlas.layer("features.1")["deconvnet"]["computed"] is False
+    assert n == 6 and not broken
+    assert page.locator(".ex-head span").all_text_contents() == ["#", "image patch", "guided backprop", "source"]
+    assert "depends only on the unit and its position" in page.locator("#projection-note").inner_text()
+    assert page.locator(".featvis .missing").inner_text() == "not computed yet"  # unit 3 has none
     shot(page, "unit")
 
     page.locator(".src").first.click()
@@ -162,11 +166,14 @@ def test_unit_with_feature_visualization(server, page):
     assert page.locator(".featvis img").count() == 1
 
 
-def test_toggle_shows_projections_and_feature_visualizations(server, page):
+def test_toggle_shows_projections_and_feature_visualizations(server, page, atlas):
     page.goto(server + "/layers/features.1")
-    page.get_by_role("button", name="projection").click()
+    # image-independent deconvnet here (the atlas left it out): the projection is guided backprop
+    assert atlas.layer("features.1")["deconvnet"]["computed"] is False
+    page.get_by_role("button", name="guided backprop projection").click()
     srcs = page.eval_on_selector_all(".tile img", "els => els.map(e => e.getAttribute('src'))")
-    assert len(srcs) == 8 and all(s.endswith("top_00_deconvnet.png") for s in srcs)
+    assert srcs == ["/atlas/" + atlas.examples("features.1", u)[0]["guided"] for u in range(8)]
+    assert "Mahendran & Vedaldi" in page.locator("#projection-note").inner_text()
     n, broken = images_loaded(page)
     assert n == 8 and not broken
     page.get_by_role("button", name="feature visualization").click()
@@ -178,6 +185,10 @@ def test_toggle_shows_projections_and_feature_visualizations(server, page):
     page.keyboard.press("ArrowRight")  # the choice follows to the next layer
     page.wait_for_url(server + "/layers/features")
     assert page.locator(".tile img").count() == 1 and page.locator(".tile .missing").count() == 5
+    page.get_by_role("button", name="deconvnet projection").click()  # features depends on the image
+    srcs = page.eval_on_selector_all(".tile img", "els => els.map(e => e.getAttribute('src'))")
+    assert srcs == ["/atlas/" + atlas.examples("features", u)[0]["deconvnet"] for u in range(6)]
+    assert page.locator("#projection-note").count() == 0
     page.get_by_role("button", name="top patch").click()
     assert page.locator(".tile img").count() == 6
 

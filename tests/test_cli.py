@@ -261,6 +261,7 @@ def test_demo_model_builds_its_own_recipe(monkeypatch, tmp_path):
 
     asked = []
     monkeypatch.setattr(demo, "ensure_demo_atlas", lambda out, images, rebuild, recipe, echo: asked.append(recipe) or out)
+    monkeypatch.setattr(demo, "ensure_demo_index", lambda out, *a, **k: out)
     for args in ([], ["--model", demo.RECIPE["model"]], ["--model", "torchvision:resnet18", "--no-pretrained"]):
         res = CliRunner().invoke(main, ["demo", "--no-serve", "--out", str(tmp_path), *args])
         assert res.exit_code == 0, res.output

@@ -82,7 +82,8 @@ def atlas(atlas_dir):
 
 @pytest.fixture(scope="module")
 def client(atlas_dir):
-    app = create_app(atlas_dir, model=tiny_model(), max_upload_bytes=200_000)
+    # fill=False: this atlas is the session's, shared by the tests (tests/test_fill.py fills copies)
+    app = create_app(atlas_dir, model=tiny_model(), max_upload_bytes=200_000, fill=False)
     with TestClient(app, raise_server_exceptions=True) as c:
         yield c
 
@@ -148,10 +149,22 @@ def test_layer_json_has_every_unit_with_its_files_and_neighbours(client, atlas):
         assert data["units"][u]["top"] == pytest.approx(atlas.units("features.1")[u]["top"])
     assert data["units"][2]["featvis"] == atlas.featvis("features.1", 2) is not None
     assert data["units"][3]["featvis"] is None
-    assert data["computed"] == {"patch": 8, "deconvnet": 8, "guided": 8, "featvis": 2}
+    # features.1 (conv, ReLU: no max-pool below it) has an image-independent deconvnet, which the
+    # atlas left out: its "projection" is guided backprop, and the page says why
+    dep = atlas.layer("features.1")["deconvnet"]
+    assert dep["depends"] is False and dep["computed"] is False
+    assert data["computed"] == {"patch": 8, "deconvnet": 0, "guided": 8, "projection": 8, "featvis": 2}
+    assert data["methods"] == ["guided"] and data["projection"] == "guided"
+    assert data["units"][3]["projection"] == atlas.examples("features.1", 3)[0]["guided"] is not None
+    assert data["note"].rstrip(".").lower() == dep["reason"].lower()
     last = client.get("/api/layers/features").json()
     assert last["prev"] == "features.1" and last["next"] is None
+    # features (after a max-pool) depends on the image: the deconvnet stays
+    assert atlas.layer("features")["deconvnet"]["depends"] is True and last["note"] is None
+    assert last["methods"] == ["deconvnet", "guided"]
+    assert last["units"][0]["projection"] == atlas.examples("features", 0)[0]["deconvnet"] is not None
     html = client.get("/layers/features.1").text
+    assert "guided backprop projection" in html and "Mahendran &amp; Vedaldi 2016" in html
     assert html.count('class="tile"') == 8
     assert 'data-prev=""' in html and 'data-next="/layers/features"' in html
     import re
@@ -183,8 +196,26 @@ def test_unit_json_has_stats_histogram_examples_and_featvis(client, atlas):
     assert html.count('class="ex"') == 3
     assert 'href="/layers/features/units/1/examples/2"' in html
     assert client.get("/api/layers/features/units/5").json()["next"] is None
+    assert data["methods"] == ["deconvnet", "guided"] and data["note"] is None and data["ranked_by"] == "output"
+    assert "<span>deconvnet</span>" in html and 'id="projection-note"' not in html
     html = client.get("/layers/features/units/0").text
-    assert '<span class="missing big">not computed yet</span>' in html  # no featvis for unit 0
+    assert '<span class="missing big" data-fill="featvis"' in html and ">not computed yet</span>" in html  # no featvis
+
+
+def test_image_independent_layer_shows_guided_backprop_and_says_why(client, atlas):
+    """features.1's deconvnet does not depend on the image (no max-pool below it): its unit and
+    example pages show guided backprop only, with the atlas's reason, and no deconvnet column."""
+    dep = atlas.layer("features.1")["deconvnet"]
+    data = client.get("/api/layers/features.1/units/3").json()
+    assert data["methods"] == ["guided"] and data["deconvnet"]["reason"] == dep["reason"]
+    assert [e["guided"] for e in data["examples"]] == [e["guided"] for e in atlas.examples("features.1", 3)]
+    assert all(e["deconvnet"] is None for e in data["examples"])
+    html = client.get("/layers/features.1/units/3").text
+    assert '<p class="muted" id="projection-note">' in html and "depends only on the unit and its position" in html
+    assert "<span>deconvnet</span>" not in html and "<span>guided backprop</span>" in html
+    assert "deconvnet projection" not in html and html.count("guided backprop projection ") == 3
+    html = client.get("/layers/features.1/units/3/examples/0").text
+    assert 'id="projection-note"' in html and 'alt="deconvnet projection"' not in html
 
 
 def test_example_page_draws_the_box_on_the_source(client, atlas):
@@ -549,7 +580,11 @@ def test_demo_builds_once_then_reuses(tmp_path, monkeypatch):
         info = atlas.info()
         assert info["crops"]["levels"] == [1, 2] and info["images"]["scanned"] == len(demo._photos([])[0])
         assert atlas.featvis("features.1", 1) is not None and atlas.featvis("features.1", 2) is None
-        assert atlas.examples("features.1", 0)[0]["deconvnet"] and atlas.examples("features.1", 0)[1]["deconvnet"] is None
+        # AlexNet's features.1 (conv, ReLU) lies above no max-pool: its deconvnet is
+        # image-independent, left out; guided backprop is the projection, for the top 1
+        assert atlas.layer("features.1")["deconvnet"]["computed"] is False
+        top = atlas.examples("features.1", 0)
+        assert top[0]["guided"] and top[0]["deconvnet"] is None and top[1]["guided"] is None
     stamp = json.loads((out / "demo.json").read_text())
     assert stamp["recipe"] == tiny and stamp["complete"] is True
     db_time = (out / "atlas.sqlite").stat().st_mtime_ns

@@ -4,7 +4,9 @@ One :class:`Gallery` wraps one open atlas; its methods return the data behind th
 unit and source-image pages. The server sends these dicts as the JSON endpoints, renders them
 into HTML, and the static export writes both, so the three cannot drift. File fields (``patch``,
 ``deconvnet``, ``guided``, ``featvis``) are paths relative to the atlas folder, or ``None`` where
-that piece was not computed.
+that piece was not computed. Where a layer's deconvnet cannot depend on the image (no max-pool
+or other forward-dependent routing below it; the atlas records it per layer), its pages show
+guided backprop as the picture and say why (``deconvnet``, ``methods``, ``projection``).
 
 >>> gallery = Gallery(Atlas.open("atlas/"))
 >>> gallery.layer("layer1.0")["units"][0]["patch"]
@@ -177,6 +179,38 @@ class Gallery:
 
     # ------------------------------------------------------------------ pages
 
+    def projection_view(self, name: str) -> dict:
+        """How layer ``name``'s projections are shown: ``methods`` (the columns of its unit and
+        example pages, ``["deconvnet", "guided"]``, or ``["guided"]`` where the deconvnet does
+        not depend on the image and the atlas left it out), ``projection`` (the method of the
+        layer page's "projection" tiles), ``deconvnet`` (the atlas's record: ``depends``,
+        ``computed``, ``reason``; None for atlases built before it was recorded) and ``note``
+        (one sentence for the page when guided backprop stands in for the deconvnet, else None)."""
+        dep = self._layer_meta[name].get("deconvnet")
+        if dep is None or dep["computed"]:
+            methods = ["deconvnet", "guided"]
+        else:
+            methods = ["guided"]
+        note = None
+        if dep is not None and not dep["depends"] and not dep["computed"]:
+            reason = dep["reason"].rstrip(".")
+            note = reason[:1].upper() + reason[1:] + "."  # the atlas's own sentence
+        return {"methods": methods, "projection": methods[0],
+                "deconvnet": None if dep is None else {k: dep[k] for k in ("depends", "computed", "reason")},
+                "note": note}
+
+    def ranking(self, name: str) -> str:
+        """What ranks layer ``name``'s top examples: ``"output"``, or the atlas's
+        ``"pre-activation (input of ReLU6 'bn1.act')"``."""
+        return self._layer_meta[name].get("ranked_by") or "output"
+
+    def forget(self, layer: str, unit: int) -> None:
+        """Drop the cached pages of ``unit`` of ``layer`` (after its projections or feature
+        visualization were added to the atlas: :mod:`convscope.atlas.fill`)."""
+        with self._lock:
+            for key in (("units", layer), ("examples", layer, unit), ("layer", layer)):
+                self._cache.pop(key, None)
+
     def layer_summary(self, name: str) -> dict:
         meta = self._layer_meta[name]
         return {
@@ -208,6 +242,7 @@ class Gallery:
         """One layer: every unit with its top patch, top deconvnet projection and feature
         visualization (any may be ``None``), and the previous and next layers."""
         i = self.check_layer(name)
+        view = self.projection_view(name)
 
         def build():
             units = []
@@ -216,6 +251,7 @@ class Gallery:
                 examples = self._examples(name, u)
                 top = examples[0] if examples else dict.fromkeys(("patch", "deconvnet", "guided"))
                 units.append({
+                    "projection": top[view["projection"]],
                     "unit": u,
                     "top": _num(record["top"]),
                     "patch": top["patch"],
@@ -229,8 +265,10 @@ class Gallery:
                 "next": self.layer_names[i + 1] if i + 1 < len(self.layer_names) else None,
                 "units": units,
                 "computed": {
-                    kind: sum(1 for x in units if x[kind]) for kind in ("patch", "deconvnet", "guided", "featvis")
+                    kind: sum(1 for x in units if x[kind])
+                    for kind in ("patch", "deconvnet", "guided", "projection", "featvis")
                 },
+                **view,
             }
 
         return self._cached(("layer", name), build)
@@ -246,6 +284,7 @@ class Gallery:
                 "image": Path(ex["image"]).name,  # the file name only: no server paths
                 "hash": ex["hash"],
                 "value": _num(ex["value"]),
+                "pre_value": _num(ex.get("pre_value")),
                 "y": ex["y"],
                 "x": ex["x"],
                 "box": ex["box"],
@@ -257,6 +296,12 @@ class Gallery:
             for ex in self._examples(layer, unit)
         ]
         hist = record["histogram"]
+        view = self.projection_view(layer)
+        # what the on-demand fill (convscope.atlas.fill) would add: projections of examples that
+        # have a patch (their photo was read), and the feature visualization
+        lacking = [ex["rank"] for ex in examples if ex["patch"] and any(not ex[m] for m in view["methods"])]
+        missing = {"projections": lacking, "featvis": record["featvis"] is None,
+                   "any": bool(lacking) or record["featvis"] is None}
         return {
             "layer": self.layer_summary(layer),
             "unit": unit,
@@ -268,6 +313,9 @@ class Gallery:
             },
             "histogram": {"counts": list(hist["counts"]), "edges": list(hist["edges"])},
             "featvis": record["featvis"],
+            "ranked_by": self.ranking(layer),
+            **view,
+            "missing": missing,
             "examples": examples,
             "prev": unit - 1 if unit > 0 else None,
             "next": unit + 1 if unit + 1 < n else None,
@@ -296,6 +344,7 @@ class Gallery:
                 path = None
         size = list(size) if path is not None and size else None
         return {"layer": page["layer"], "unit": unit, "example": mine, "source_size": size,
+                "ranked_by": page["ranked_by"], "methods": page["methods"], "note": page["note"],
                 "source_available": size is not None, "hash": ex["hash"]}
 
     def source_path(self, layer: str, unit: int, rank: int) -> Path:

@@ -60,6 +60,10 @@ class Links:
     def example(self, layer: str, unit: int, rank: int) -> str:
         return self._page("layers", layer, "units", unit, "examples", rank)
 
+    def fill(self, layer: str, unit: int) -> str | None:
+        """The endpoint that computes a unit's missing pictures (None in an export)."""
+        return None if self.static else f"/api/layers/{segment(layer)}/units/{unit}/fill"
+
     def upload(self) -> str | None:
         return None if self.static else "/image"
 
@@ -88,6 +92,13 @@ def source_filename(layer: str, unit: int, rank: int, hash_: str | None) -> str:
     if hash_ and all(c.isalnum() for c in str(hash_)):
         return f"{hash_}.jpg"
     return f"{static_dirname(layer)}-{unit}-{rank}.jpg"
+
+
+def ranking(ranked_by: str, short: bool = False) -> str:
+    """What ranks a layer, for a sentence: ``"pre-activation (input of ReLU6 'bn1.act')"`` becomes
+    ``"input of ReLU6 'bn1.act'"`` (``short``: ``"input of ReLU6"``); ``"output"`` stays."""
+    inner = ranked_by[ranked_by.find("(") + 1: ranked_by.rfind(")")] if "(" in ranked_by else ranked_by
+    return inner.split(" '")[0] if short else inner
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -210,6 +221,7 @@ def environment() -> jinja2.Environment:
     env.filters["side"] = side
     env.filters["box"] = box
     env.filters["percentile"] = percentile
+    env.filters["ranking"] = ranking
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
     env.globals["histogram_svg"] = histogram_svg
     return env
