@@ -47,31 +47,38 @@ def _check_model(atlas_dir, spec: str | None) -> str | None:
 @click.option("--index", "index_dir", default=None, type=click.Path(file_okay=False), metavar="INDEX",
               help="Also search this index (`convscope index`) in the browser: a search box on every page, results "
                    "with why and Grad-CAM, duplicates and albums. Without ATLAS the search page is the home page.")
+@click.option("--evolve", "evolve_dir", default=None, type=click.Path(exists=True, file_okay=False), metavar="RUN",
+              help="Also show this evolve run (`convscope evolve ... --out RUN`): units across its checkpoints at /evolve.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-upload-mb", default=12, show_default=True, type=click.IntRange(1, 1024), help="Largest photo upload.")
+@click.option("--no-fill", is_flag=True, help="Do not compute the projections and feature visualizations a unit page lacks "
+                                              "(they are written into the atlas; use this for a read-only atlas).")
 @allow_host_option
 @model_options(own="atlas")
-def serve(atlas, index_dir, host, port, max_upload_mb, allow_hosts, model_args):
+def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allow_hosts, model_args):
     """Browse an atlas in a web browser: layers, units, top patches, projections, feature
     visualizations; upload a photo to see what the model makes of it (the atlas's own model,
     loaded on the first upload, unless --model, --weights, --no-pretrained or --device say
     otherwise). With --index, search photos by word, by example and by unit, and see their
     duplicates and albums; the pictures of why use the index's own model (or --model, ..., when
     that is the index's model). Only files inside the folders the index was built from are
-    served.
+    served. A unit page whose projections or feature visualization the atlas lacks has them
+    computed by the model and written into the atlas (--no-fill: not). With an atlas,
+    /health shows the model's health; with --evolve, /evolve an evolve run.
 
     \b
     Examples:
       convscope serve atlas/ --port 8000
       convscope serve atlas/ --index photos.index
       convscope serve --index photos.index
+      convscope serve atlas/ --evolve evolve-run/
       convscope serve atlas/ --host 0.0.0.0 --allow-host gallery.example.org
     """
     from ..web import create_app
 
-    if atlas is None and index_dir is None:
-        raise click.UsageError("give an ATLAS folder, --index INDEX, or both")
+    if atlas is None and index_dir is None and evolve_dir is None:
+        raise click.UsageError("give an ATLAS folder, --index INDEX, --evolve RUN, or some of them")
     index = None
     if index_dir is not None:
         from ..index import Index
@@ -81,9 +88,23 @@ def serve(atlas, index_dir, host, port, max_upload_mb, allow_hosts, model_args):
     if model_args != ModelArgs(None):  # not the atlas's (or the index's) own model as it was built
         own = _check_model(atlas, model_args.spec) if atlas is not None else index.meta["model"]["spec"]
         model = model_args.load(own)
-    app = create_app(atlas, model, index=index, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                     allowed_hosts=allow_hosts)
+    app = create_app(atlas, model, index=index, pages=page_groups(atlas, evolve_dir, model),
+                     max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts, fill=not no_fill)
     _run_server(app, host, port)
+
+
+def page_groups(atlas, evolve_dir, model) -> list:
+    """The page groups of ``serve``: the evolve run's (``--evolve``) and, with an atlas, its
+    health pages (their model: ``model``, else the app's copy of the atlas's)."""
+    from ..web.evolve_pages import EvolvePages
+    from ..web.health_pages import HealthPages
+
+    pages = []
+    if evolve_dir is not None:
+        pages.append(lambda site: EvolvePages(site, evolve_dir))
+    if atlas is not None:
+        pages.append(lambda site: HealthPages(site, atlas, model))
+    return pages
 
 
 @click.command()
@@ -130,10 +151,12 @@ def export(atlas, out, model_spec, as_json):
 @model_options(own="atlas", weights=False, device=False)
 def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
     """Build an atlas of the default model (or --model, over its default layers) over
-    scikit-image's sample photos (plus --images), with deconvnet and guided projections and
-    feature visualizations for a subset of units, and an index of the same photos; then open
+    scikit-image's sample photos (plus --images) and an index of the same photos; then open
     the gallery, with a search box on every page, whose uploads and pictures of why use the
-    same model. A second run reuses both while their inputs are unchanged (photos added to an
+    same model. The gallery opens right after the scan: each unit's projections and feature
+    visualization are computed when its page is first opened, and kept in the atlas.
+    --no-serve builds them up front instead (deconvnet and guided projections of each unit's
+    top 3 examples, feature visualizations of 8 units per layer). A second run reuses both while their inputs are unchanged (photos added to an
     --images folder are indexed then).
 
     \b
@@ -151,7 +174,9 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
             # the recipe's layers are the default model's: take the other model's default selection
             recipe.update(model=model_args.spec, layers=model_args.load().layers.default)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    atlas_dir = recipes.ensure_demo_atlas(out, images, rebuild=rebuild, recipe=recipe, echo=echo)
+    # serving: the scan only, the gallery computing each unit's pictures when its page is opened
+    kwargs = {} if no_serve else {"up_front": False}
+    atlas_dir = recipes.ensure_demo_atlas(out, images, rebuild=rebuild, recipe=recipe, echo=echo, **kwargs)
     index_dir = recipes.ensure_demo_index(atlas_dir, images, rebuild=rebuild, recipe=recipe, echo=echo)
     if no_serve:
         click.echo(f"atlas and index ready in {atlas_dir}; browse and search them with "
@@ -159,4 +184,5 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
         return
     from ..web import create_app
 
-    _run_server(create_app(atlas_dir, index=index_dir, allowed_hosts=allow_hosts), host, port)
+    _run_server(create_app(atlas_dir, index=index_dir, pages=page_groups(atlas_dir, None, None),
+                           allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe)), host, port)

@@ -36,6 +36,8 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ConvscopeError, ImageError
 from .decode import MAX_DECODE_BYTES, MAX_UPLOAD_PIXELS, DecodeBudget, decode_upload
+from .evolve_pages import EvolvePages
+from .fill_pages import MAX_QUEUE, FillPages
 from .gallery import Gallery, NotFound
 from .render import STATIC, Links, environment, render
 from .search_pages import PATHS as SEARCH_PATHS, SearchPages
@@ -134,6 +136,8 @@ def create_app(
     max_pixels: int = MAX_UPLOAD_PIXELS,
     decode_concurrency: int = DECODE_CONCURRENCY,
     upload_concurrency: int = UPLOAD_CONCURRENCY,
+    fill: bool | dict = True,
+    fill_queue: int = MAX_QUEUE,
 ) -> Starlette:
     """A Starlette app serving the gallery of the atlas in ``atlas_dir``, the search pages of
     ``index``, or both (one of them at least).
@@ -156,6 +160,12 @@ def create_app(
     at most ``upload_concurrency`` uploads are received at once (more wait), at most
     ``decode_concurrency`` decoded at once, each refused with 413 when it has more than
     ``max_pixels`` pixels or would take more than ``max_decode_bytes`` bytes to decode.
+
+    ``fill``: unit pages compute the projections and feature visualization their atlas lacks
+    when they are opened (:mod:`convscope.web.fill_pages`), on the model thread, at most
+    ``fill_queue`` units waiting, written into the atlas; a dict gives the feature
+    visualizations' settings (``{"steps": 128, "size": 96}``; default ``featvis --atlas``'s),
+    ``{"featvis": False}`` fills projections only, False turns it off (a read-only atlas).
 
     >>> from starlette.testclient import TestClient
     >>> client = TestClient(create_app("atlas/"))
@@ -186,8 +196,14 @@ def create_app(
         return HTMLResponse(render(env, template, links, site=site, **data), status_code=status)
 
     site = Site(page=page, workers=workers, uploads=gallery is not None,
-                home_label="the atlas" if gallery is not None else "search")
+                home_label="the atlas" if gallery is not None else "search",
+                model=(lambda: analyzer.model) if analyzer is not None else None,
+                fill=gallery is not None and fill is not False)
     groups: list[PageGroup] = []
+    if site.fill:
+        settings = dict(fill) if isinstance(fill, dict) else {}
+        featvis = False if settings.pop("featvis", True) is False else (settings or True)
+        groups.append(FillPages(site, gallery, site.model, featvis=featvis, max_queue=fill_queue))
     if index is not None:
         opened = open_index(index)
         groups.append(SearchPages(site, opened, index_model(opened, model, analyzer)))
@@ -445,6 +461,9 @@ def create_app(
     routes.append(Route("/api", api_index))
     for group in groups:
         routes += group.routes()
+    if not any(isinstance(group, EvolvePages) for group in groups):
+        routes += unavailable(("/evolve", "/api/evolve", "/evolve/{rest:path}", "/api/evolve/{rest:path}",
+                               "/evolve-files/{rest:path}"), "this server has no evolve run; start it with --evolve RUN")
     if index is None:
         routes += unavailable(SEARCH_PATHS, "this server has no index (it was started without one), so it has no "
                                             "search, duplicates or albums pages; start from /")

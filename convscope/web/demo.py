@@ -75,9 +75,15 @@ def ensure_demo_atlas(
     rebuild: bool = False,
     echo: Callable[[str], None] = print,
     recipe: dict | None = None,
+    up_front: bool = True,
 ) -> Path:
     """Build the demo atlas in ``out`` (default :func:`default_dir`) over the sample photos and
-    ``images``, or reuse it when it is up to date; returns its folder. Progress goes to stderr."""
+    ``images``, or reuse it when it is up to date; returns its folder. Progress goes to stderr.
+
+    ``up_front=False`` (``convscope demo``, which serves the gallery next) builds the scan and
+    the patches only, for the gallery to compute each unit's projections and feature
+    visualization when its page is opened (:mod:`convscope.web.fill_pages`); such an atlas is
+    reused by a later serving run, and built again by an ``up_front`` one (``--no-serve``)."""
     from ..atlas import DB_NAME, PARTIAL, Atlas, build
     from ..errors import ConvscopeError
     from ..models import load_model
@@ -87,7 +93,8 @@ def ensure_demo_atlas(
     paths, listing = _photos(images)
     wanted = {"recipe": recipe, "photos": listing}
     stamp = _read_stamp(out)
-    if not rebuild and stamp is not None and stamp.get("recipe") == recipe and stamp.get("photos") == listing:
+    enough = stamp is not None and (stamp.get("up_front", True) or not up_front)
+    if not rebuild and enough and stamp.get("recipe") == recipe and stamp.get("photos") == listing:
         try:
             Atlas.open(out).close()
             echo(f"reusing the demo atlas in {out} (up to date; --rebuild to build it again)")
@@ -115,7 +122,7 @@ def ensure_demo_atlas(
     def run(resume: bool, overwrite: bool):
         return build(
             model, paths, out, layers=recipe["layers"], top=recipe["top"], crops=recipe["crops"],
-            project=recipe["project"], resume=resume, overwrite=overwrite, progress=True,
+            project=recipe["project"] if up_front else 0, resume=resume, overwrite=overwrite, progress=True,
             on_skip=lambda p, r: echo(f"skipped {p}: {r}"),
         )
 
@@ -132,10 +139,14 @@ def ensure_demo_atlas(
         if not issubclass(w.category, UserWarning) or "ActivationRule" not in w.category.__name__:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     relu6 = sum(1 for w in caught if "ActivationRule" in w.category.__name__)
-    echo(f"scanned and projected in {time.time() - started:.0f} s")
-    _featvis(model, atlas, recipe["featvis"], echo)
+    if up_front:
+        echo(f"scanned and projected in {time.time() - started:.0f} s")
+        _featvis(model, atlas, recipe["featvis"], echo)
+    else:
+        echo(f"scanned in {time.time() - started:.0f} s; each unit's projections and feature visualization are "
+             "computed when its page is first opened")
     atlas.close()
-    write_text_atomic(out / STAMP, json.dumps({**wanted, "complete": True}, indent=1))
+    write_text_atomic(out / STAMP, json.dumps({**wanted, "complete": True, "up_front": up_front}, indent=1))
     if relu6:
         echo("note: this model's activations are ReLU6, which the deconvnet and guided projections treat as ReLUs")
     echo(f"demo atlas ready in {time.time() - started:.0f} s")
@@ -218,6 +229,13 @@ def ensure_demo_index(
     write_text_atomic(demo_dir / INDEX_STAMP, json.dumps(wanted, indent=1))
     echo(f"demo index ready in {time.time() - started:.0f} s")
     return folder
+
+
+def fill_settings(recipe: dict | None = None) -> dict:
+    """The gallery's fill settings for a demo atlas (``create_app(fill=...)``): the recipe's
+    feature-visualization steps and size, so a filled unit looks like one built up front."""
+    fv = (recipe or RECIPE)["featvis"]
+    return {"steps": fv["steps"], "size": fv["size"]}
 
 
 def _featvis(model, atlas, settings: dict, echo) -> None:

@@ -82,7 +82,14 @@ class HealthPages:
         opened = isinstance(self.atlas_arg, (str, os.PathLike))
         atlas = Atlas.open(self.atlas_arg) if opened else self.atlas_arg
         try:
-            model = atlas_model(atlas) if self.model is None else self.model
+            model = self.model
+            if model is None and getattr(self.site, "model", None) is not None:
+                try:  # the app's copy of the atlas's model (the uploads'): one copy in memory
+                    model = self.site.model()
+                except ConvscopeError:
+                    model = None  # atlas_model says why in the health report's own words
+            if model is None:
+                model = atlas_model(atlas)
             report = health(atlas, model)
             histograms = {entry.name: _pooled_histogram(atlas, entry.name) for entry in report.layers}
         except ConvscopeError as exc:

@@ -46,7 +46,10 @@ class Site:
     heavy work (:class:`~convscope.web.workers.Workers`: decode threads and the one model
     thread). The header shows ``nav`` (every group's links), a search box posting to
     ``search`` (the URL of a group's search page, or None for no box), and an upload link when
-    ``uploads``; ``home_label`` names what ``/`` shows ("the atlas", "search").
+    ``uploads``; ``home_label`` names what ``/`` shows ("the atlas", "search"). ``model``:
+    a loader of the atlas's model (the upload analyzer's, loaded on first call: one copy for
+    every group that needs it), or None without an atlas; ``fill``: whether unit pages may ask
+    for their missing pictures (:mod:`convscope.web.fill_pages`).
     """
 
     page: Callable[..., Response]
@@ -55,6 +58,8 @@ class Site:
     search: str | None = None
     uploads: bool = True
     home_label: str = "the atlas"
+    model: Callable | None = None
+    fill: bool = False
 
 
 class PageGroup(Protocol):

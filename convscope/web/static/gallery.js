@@ -1,7 +1,50 @@
-// convscope gallery: keyboard navigation and the layer page's tile toggle. No dependencies.
+// convscope gallery: keyboard navigation, the unit page's missing pictures computed on demand,
+// and the layer page's tile toggle. No dependencies.
 (function () {
   "use strict";
   var body = document.body;
+
+  // Unit page: ask the server for the pictures the atlas lacks, poll, swap each grey tile for
+  // its picture when it is ready (POST/GET /api/layers/{layer}/units/{unit}/fill).
+  var unitPage = document.getElementById("unit-page");
+  var fillUrl = unitPage && unitPage.dataset.fillUrl;
+  if (fillUrl && window.fetch) {
+    var tiles = function () { return unitPage.querySelectorAll(".missing[data-fill]"); };
+    var say = function (text, title) {
+      tiles().forEach(function (t) { t.textContent = text; if (title) t.title = title; });
+    };
+    var swap = function (files) {
+      tiles().forEach(function (t) {
+        var url = files[t.dataset.fill];
+        if (!url) return;
+        var img = document.createElement("img");
+        img.className = t.className.replace(/\bmissing\b/, "").trim();
+        img.alt = t.dataset.alt || "";
+        img.decoding = "async";
+        img.src = url;
+        t.replaceWith(img);
+      });
+      if (tiles().length) say("not computed");
+    };
+    var answer = function (r) {
+      return r.json().then(function (data) {
+        if (!r.ok && data.error) throw new Error(data.error);
+        return data;
+      });
+    };
+    var step = function (data) {
+      if (data.status === "done") { swap(data.files || {}); unitPage.dataset.fill = "done"; return; }
+      if (data.status === "error") throw new Error(data.error);
+      say(data.queue > 1 ? "computing… (" + data.queue + " units in the queue)" : "computing…");
+      setTimeout(function () { fetch(fillUrl, { credentials: "same-origin" }).then(answer).then(step).catch(fail); }, 600);
+    };
+    var fail = function (err) {
+      unitPage.dataset.fill = "error";
+      say("could not be computed", String(err.message || err));
+    };
+    say("computing…");
+    fetch(fillUrl, { method: "POST", credentials: "same-origin" }).then(answer).then(step).catch(fail);
+  }
 
   // Arrow keys step like a slideshow: ← previous, → next, ↑ up one level.
   document.addEventListener("keydown", function (e) {

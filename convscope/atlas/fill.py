@@ -1,0 +1,193 @@
+"""Filling in what an atlas left out, one unit at a time: the projections of its top examples
+and its feature visualization, computed with the build's own code and settings and written
+into the atlas atomically.
+
+An atlas built quickly (``atlas build --project 3``, the demo) has projections for a few of
+each unit's top examples and feature visualizations for a few units. A gallery server has the
+model, so it computes the rest when a page asks (:mod:`convscope.web.fill_pages`); this module
+is that computation, and knows nothing of the web.
+
+- Projections: :func:`convscope.atlas.builder._project_layer`, the build's own step, on the
+  same private copy of the model (:func:`convscope.backproject.projection_module` made for all
+  the atlas's layers, as the build makes it), the same display (robust contrast, the energy
+  crop) and the same file names; the methods are the layer's own (the deconvnet stays out
+  where the atlas left it out as image-independent). The photo is read again and its sha256
+  checked against the scan's, as the build does. So a filled example's files equal what
+  ``atlas build --project K`` would have written for it.
+- Feature visualizations: :func:`convscope.featvis.render` of the one unit with
+  ``featvis --atlas``'s settings (:data:`FEATVIS`) or the ones given; each unit has its own
+  seeded generator, so rendering it alone gives its image from a batch.
+
+Every picture is written to a temporary file, fsynced and renamed into place before
+``atlas.sqlite`` names it (one transaction per unit), so a crash leaves either the old atlas
+or the filled one. Filling a unit that lacks nothing does nothing (idempotent).
+
+>>> filler = Filler(Atlas.open("atlas/"), model)
+>>> filler.missing("blocks.2", 7)
+{'projections': [3, 4, 5], 'featvis': True, 'methods': ['deconvnet', 'guided']}
+>>> filler.fill("blocks.2", 7)
+{'layer': 'blocks.2', 'unit': 7, 'projections': [3, 4, 5], 'featvis': True, 'seconds': 2.1}
+"""
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import ConvscopeError, ImageError
+from .store import DB_NAME, METHODS, Atlas, fsync_file
+
+#: ``convscope featvis``'s defaults: what ``featvis --atlas`` renders with unless told otherwise.
+FEATVIS = {"steps": 512, "size": 128, "seed": 0, "param": "fourier", "lr": 0.05}
+
+
+def layer_methods(atlas: Atlas, layer: str) -> list[str]:
+    """The projection methods the atlas computes for ``layer``: the build's methods, less the
+    deconvnet where the build left it out (image-independent there)."""
+    projections = atlas.info().get("projections") or {}
+    methods = (projections.get("layer_methods") or {}).get(layer) or projections.get("methods") or list(METHODS)
+    dep = atlas.layer(layer).get("deconvnet")
+    if dep is not None and not dep["computed"]:
+        methods = [m for m in methods if m != "deconvnet"]
+    return [m for m in methods if m in METHODS]
+
+
+class _NoBar:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+class Filler:
+    """Fills units of one open ``atlas`` with ``model`` (the :class:`~convscope.models.LoadedModel`
+    the atlas was built with). ``featvis``: :func:`convscope.featvis.render` settings (steps,
+    size, seed, param, lr) over :data:`FEATVIS`, or False for no feature visualizations.
+    ``batch_size``: whole inputs per projection batch (the build's CPU default, 8). Not
+    thread-safe: use it from one thread (the gallery's model thread)."""
+
+    def __init__(self, atlas: Atlas, model, featvis: dict | bool = True, batch_size: int = 8):
+        self.atlas = atlas
+        self.model = model
+        self.featvis = False if featvis is False else {**FEATVIS, **(featvis if isinstance(featvis, dict) else {})}
+        self.batch_size = int(batch_size)
+        self._private = None
+        self._lock = threading.Lock()  # the database is written by one fill at a time
+
+    def missing(self, layer: str, unit: int) -> dict:
+        """What ``unit`` of ``layer`` lacks: ``projections`` (the ranks of the top examples that
+        have a patch but not every method's projection), ``featvis`` (True when it has none,
+        and feature visualizations are filled) and ``methods`` (the layer's)."""
+        methods = layer_methods(self.atlas, layer)
+        ranks = [ex["rank"] for ex in self.atlas.examples(layer, unit)
+                 if ex["patch"] and methods and any(not ex[m] for m in methods)]
+        featvis = bool(self.featvis) and self.atlas.featvis(layer, unit) is None
+        return {"projections": ranks, "featvis": featvis, "methods": methods}
+
+    def fill(self, layer: str, unit: int) -> dict:
+        """Compute and write what ``unit`` of ``layer`` lacks (:meth:`missing`); returns what was
+        added (``projections``: ranks, ``featvis``: bool) and the ``seconds`` it took. A photo
+        that can no longer be read, or changed since the scan, is one line
+        (:class:`~convscope.errors.ConvscopeError`) and leaves the atlas as it was."""
+        started = time.monotonic()
+        todo = self.missing(layer, unit)
+        if todo["projections"]:
+            self._project(layer, unit, todo["projections"], todo["methods"])
+        if todo["featvis"]:
+            self._featvis(layer, unit)
+        return {"layer": layer, "unit": int(unit), "projections": todo["projections"], "featvis": todo["featvis"],
+                "seconds": round(time.monotonic() - started, 2)}
+
+    # ------------------------------------------------------------------ projections
+
+    def _module(self):
+        """The build's private copy of the model, made once (for all the atlas's layers)."""
+        if self._private is None:
+            from ..backproject import projection_module
+
+            example = torch.randn(1, 3, *self.model.input_size, generator=torch.Generator().manual_seed(0))
+            self._private = projection_module(self.model.module, example, self.atlas.layers)
+        return self._private
+
+    def _project(self, layer: str, unit: int, ranks: list[int], methods: list[str]) -> None:
+        import warnings
+
+        from ..backproject import ActivationRuleWarning
+        from ..data import load_image_hashed
+        from .builder import _project_layer
+        from .records import ExampleRecord
+
+        examples = {ex["rank"]: ex for ex in self.atlas.examples(layer, unit)}
+        info = self.model.layers.get(layer)
+        position = self.atlas.layers.index(layer)
+        inputs: dict[int, torch.Tensor] = {}
+        group = []
+        for rank in ranks:
+            ex = examples[rank]
+            if ex["image_id"] not in inputs:
+                try:
+                    img, sha256 = load_image_hashed(ex["image"])
+                except ImageError as exc:
+                    raise ConvscopeError(f"cannot project example {rank + 1} of unit {unit} of {layer!r}: its photo "
+                                         f"{Path(ex['image']).name} cannot be read again ({exc.reason})") from None
+                if ex["hash"] is not None and sha256 != ex["hash"]:
+                    raise ConvscopeError(f"cannot project example {rank + 1} of unit {unit} of {layer!r}: its photo "
+                                         f"{Path(ex['image']).name} changed since the scan (its sha256 differs); "
+                                         "build the atlas again")
+                t, l, b, r = ex["crop_box"] or (0, 0, img.size[1], img.size[0])
+                inputs[ex["image_id"]] = self.model.transform(img.crop((l, t, r, b)))
+            group.append(ExampleRecord(layer, position, int(unit), rank, ex["image_id"], float(ex["value"]),
+                                       ex["y"], ex["x"], tuple(ex["box"])))
+        module, memory_format = self._module()
+        group.sort(key=lambda e: (e.image_id, e.rank))  # the build's order within a layer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ActivationRuleWarning)  # the build recorded them in its notes
+            _project_layer(module, memory_format, info, group, inputs, tuple(methods), self.batch_size,
+                           self.atlas.root, _NoBar())
+        for e in group:  # the files are on disk before the database names them
+            for rel in e.projections.values():
+                fsync_file(self.atlas.root / rel)
+        self._write_projections(layer, unit, group)
+
+    def _write_projections(self, layer: str, unit: int, group) -> None:
+        """Record the new files of ``group`` in ``atlas.sqlite``: one transaction."""
+        with self._lock:
+            rw = sqlite3.connect(self.atlas.root / DB_NAME)
+            try:
+                columns = {row[1] for row in rw.execute("PRAGMA table_info(examples)")}
+                with rw:
+                    for e in group:
+                        sets = {m: rel for m, rel in e.projections.items()}
+                        if "display_top" in columns and e.display_box is not None:
+                            sets.update(zip(("display_top", "display_left", "display_bottom", "display_right"),
+                                            e.display_box))
+                        assignments = ", ".join(f"{k} = ?" for k in sets)
+                        rw.execute(f"UPDATE examples SET {assignments} WHERE layer = ? AND unit = ? AND rank = ?",
+                                   (*sets.values(), layer, int(unit), e.rank))
+            finally:
+                rw.close()
+
+    # ------------------------------------------------------------------ feature visualization
+
+    def _featvis(self, layer: str, unit: int) -> None:
+        from .. import featvis
+
+        s = self.featvis
+        result = featvis.render(self.model, layer, [int(unit)], steps=s["steps"], size=s["size"], seed=s["seed"],
+                                param=s["param"], lr=s["lr"], progress=False)
+        with tempfile.TemporaryDirectory(prefix="convscope-fill-") as tmp:
+            png = Path(tmp) / "featvis.png"
+            result.image(0).save(png)
+            with self._lock:
+                self.atlas.set_featvis(layer, int(unit), png)  # atomic file, then one UPDATE
+
+
+def fill_unit(atlas: Atlas, model, layer: str, unit: int, featvis: dict | bool = True) -> dict:
+    """:meth:`Filler.fill` once: the missing projections and feature visualization of ``unit``
+    of ``layer`` of the open ``atlas``, computed with ``model``."""
+    return Filler(atlas, model, featvis).fill(layer, unit)
+
+
+__all__ = ["FEATVIS", "Filler", "fill_unit", "layer_methods"]
