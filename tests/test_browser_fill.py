@@ -1,0 +1,76 @@
+"""In headless Chromium: a unit page whose projections and feature visualization are missing
+asks the server for them, and its grey tiles become the pictures; the atlas holds them after."""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium"),
+]
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
+uvicorn = pytest.importorskip("uvicorn")
+
+from convscope.web import create_app  # noqa: E402
+
+from tests.test_browser import ARTIFACTS, free_port  # noqa: E402
+from tests.test_fill import FV, built, relu6_model  # noqa: E402,F401  (built: the module's atlases)
+
+
+@pytest.fixture
+def served(built, tmp_path):  # noqa: F811
+    atlas_dir = tmp_path / "atlas"
+    shutil.copytree(built / "partial", atlas_dir)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(atlas_dir, model=relu6_model(), fill=FV), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the gallery server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", atlas_dir
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_missing_tiles_fill_in_and_the_atlas_keeps_them(served):
+    from convscope.atlas import Atlas
+
+    server, atlas_dir = served
+    with Atlas.open(atlas_dir) as atlas:
+        assert atlas.featvis("features", 2) is None
+        assert [e["deconvnet"] is not None for e in atlas.examples("features", 2)] == [True, False, False]
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 860})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            page.goto(server + "/layers/features/units/2")
+            # 1 featvis + 2 examples x (deconvnet, guided) were grey; each becomes a loaded image
+            page.wait_for_function("() => document.querySelectorAll('.missing[data-fill]').length === 0",
+                                   timeout=60_000)
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=10_000)
+            widths = page.eval_on_selector_all(".ex img.ex-img, .featvis img", "els => els.map(e => e.naturalWidth)")
+            assert len(widths) == 1 + 3 * 3 and all(w > 0 for w in widths)  # featvis, 3 x (patch, deconvnet, guided)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser-unit-filled.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    with Atlas.open(atlas_dir) as atlas:
+        assert atlas.featvis("features", 2) == "featvis/features/unit_0002.png"
+        assert all(e["deconvnet"] and e["guided"] for e in atlas.examples("features", 2))
+        assert atlas.path(atlas.featvis("features", 2)).is_file()
