@@ -86,15 +86,19 @@ class Filler:
         featvis = bool(self.featvis) and self.atlas.featvis(layer, unit) is None
         return {"projections": ranks, "featvis": featvis, "methods": methods}
 
-    def fill(self, layer: str, unit: int) -> dict:
+    def fill(self, layer: str, unit: int, on_projections=None) -> dict:
         """Compute and write what ``unit`` of ``layer`` lacks (:meth:`missing`); returns what was
         added (``projections``: ranks, ``featvis``: bool) and the ``seconds`` it took. A photo
         that can no longer be read, or changed since the scan, is one line
-        (:class:`~convscope.errors.ConvscopeError`) and leaves the atlas as it was."""
+        (:class:`~convscope.errors.ConvscopeError`) and leaves the atlas as it was.
+        ``on_projections()`` is called once the projections are written, before the (slower)
+        feature visualization, so a page can show them meanwhile."""
         started = time.monotonic()
         todo = self.missing(layer, unit)
         if todo["projections"]:
             self._project(layer, unit, todo["projections"], todo["methods"])
+            if on_projections is not None:
+                on_projections()
         if todo["featvis"]:
             self._featvis(layer, unit)
         return {"layer": layer, "unit": int(unit), "projections": todo["projections"], "featvis": todo["featvis"],

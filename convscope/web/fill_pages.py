@@ -7,7 +7,7 @@ like uploads) and answers at once: ``{"status": "done" | "queued" | "running" | 
 ``GET`` of the same URL says how it stands without asking (``"missing"`` when nothing was
 asked and something lacks). Requests for a unit already waiting or running join it; at most
 ``max_queue`` units wait, more are refused with 503 and the reason. When a unit is done the
-answer holds ``files``: for each missing tile (``"featvis"``, ``"<rank>:<method>"``) the URL of
+answer (and every answer before, for the pictures ready so far) holds ``files``: for each tile (``"featvis"``, ``"<rank>:<method>"``) the URL of
 its picture. A failure is one line (``error``), and the next request tries again.
 
 >>> group = FillPages(site, gallery, lambda: analyzer.model, featvis={"steps": 128, "size": 96})
@@ -73,7 +73,7 @@ class FillPages:
             from ..atlas.fill import Filler
 
             self._filler = Filler(self.gallery.atlas, self.load_model(), self.featvis)
-        done = self._filler.fill(layer, unit)
+        done = self._filler.fill(layer, unit, on_projections=lambda: self.gallery.forget(layer, unit))
         self.gallery.forget(layer, unit)
         if done["projections"] or done["featvis"]:
             self.runs += 1
@@ -142,8 +142,7 @@ class FillPages:
             self._tasks[key] = asyncio.ensure_future(self._run(key))
             answer = {"status": "queued"}
         answer.update(layer=layer, unit=unit, missing=missing, queue=len(self._tasks))
-        if answer["status"] == "done":
-            answer["files"] = self._files(layer, unit)
+        answer["files"] = self._files(layer, unit)  # those there so far: a page shows them as they come
         return JSONResponse(answer, status_code=202 if answer["status"] in ("queued", "running") else 200)
 
 

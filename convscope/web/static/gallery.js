@@ -24,7 +24,6 @@
         img.src = url;
         t.replaceWith(img);
       });
-      if (tiles().length) say("not computed");
     };
     var answer = function (r) {
       return r.json().then(function (data) {
@@ -33,8 +32,14 @@
       });
     };
     var step = function (data) {
-      if (data.status === "done") { swap(data.files || {}); unitPage.dataset.fill = "done"; return; }
+      if (data.status === "done") {
+        swap(data.files || {});
+        if (tiles().length) say("not computed");
+        unitPage.dataset.fill = "done";
+        return;
+      }
       if (data.status === "error") throw new Error(data.error);
+      swap(data.files || {});  // the projections come before the feature visualization
       say(data.queue > 1 ? "computing… (" + data.queue + " units in the queue)" : "computing…");
       setTimeout(function () { fetch(fillUrl, { credentials: "same-origin" }).then(answer).then(step).catch(fail); }, 600);
     };
