@@ -173,7 +173,7 @@ def test_evolve_writes_its_grid_and_records(photos, tmp_path):
     assert [(r["layer"], r["unit"] is None, r["from"], r["to"]) for r in rows] == \
         [("layer1", True, "ep1", "ep2"), ("layer1", False, "ep1", "ep2")]
     assert 0 <= rows[1]["overlap"] <= 1
-    assert sorted(p.name for p in out.iterdir()) == ["evolve-changes.png", "evolve-layer1.png", "evolve.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["cells", "evolve-changes.png", "evolve-layer1.png", "evolve.json", "evolve.jsonl"]
     assert Image.open(out / "evolve-layer1.png").size[0] > 64
     one = run("evolve", photos / "lib", "--weights", checkpoints[0], "--out", out)
     assert one.exit_code == 2 and "two or more checkpoints" in one.output

@@ -450,7 +450,7 @@ def test_serve_command_takes_an_index(library, monkeypatch):
     monkeypatch.setattr(serve_cli, "_run_server", lambda app, host, port: served.append(app))
     runner = CliRunner()
     r = runner.invoke(main, ["serve"])
-    assert r.exit_code == 2 and "give an ATLAS folder, --index INDEX, or both" in r.output
+    assert r.exit_code == 2 and "give an ATLAS folder, --index INDEX, --evolve RUN, or some of them" in r.output
     r = runner.invoke(main, ["serve", "--index", str(library / "nothing")])
     assert r.exit_code == 1 and r.output.startswith("error: no index folder") and not served
     r = runner.invoke(main, ["serve", "--index", str(library / "index")])
