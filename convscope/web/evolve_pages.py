@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -38,7 +37,7 @@ from starlette.routing import Route
 from ..errors import unknown_name_error
 from ..evolve import CELLS, MANIFEST, save_cells  # noqa: F401  (save_cells: for callers of this module)
 from ..files import printable_path, safe_name
-from .gallery import IMAGE_MAGIC, NotFound, _no_follow
+from .gallery import NotFound, confined_image
 from .site import NavLink, Site
 
 CHANGES = "evolve.jsonl"
@@ -63,30 +62,7 @@ def _num(v) -> float | None:
 def run_image(root: Path, relative: str) -> Path:
     """The PNG ``relative`` inside run folder ``root``: a regular file reached through no
     symbolic link, beginning as a PNG does; :class:`NotFound` otherwise."""
-    rel = Path(relative)
-    parts = rel.parts
-    if (not parts or rel.is_absolute() or rel.suffix.lower() != ".png"
-            or any(p in ("", ".", "..") or "\\" in p for p in parts)):
-        raise NotFound(f"no such run picture {relative!r}")
-    path, mode = Path(root), None
-    for part in parts:
-        path = path / part
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError:
-            raise NotFound(f"no such run picture {relative!r}") from None
-        if stat.S_ISLNK(mode):
-            raise NotFound(f"no such run picture {relative!r} (links are not served)")
-    if not stat.S_ISREG(mode):
-        raise NotFound(f"no such run picture {relative!r}")
-    try:
-        with open(path, "rb", opener=_no_follow) as f:
-            head = f.read(8)
-    except OSError:
-        raise NotFound(f"no such run picture {relative!r}") from None
-    if not head.startswith(IMAGE_MAGIC[".png"]):
-        raise NotFound(f"no such run picture {relative!r} (the file is not a PNG image)")
-    return path
+    return confined_image(root, relative, "run picture", suffixes=(".png",))[0]
 
 
 class EvolveRun:

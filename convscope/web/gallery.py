@@ -69,6 +69,39 @@ def _no_follow(path, flags):
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
 
 
+def confined_image(root, relative: str, what: str, suffixes=None) -> tuple[Path, str]:
+    """The path and media type of the image ``relative`` inside folder ``root``, to serve: a
+    regular file reached through no symbolic link, with one of ``suffixes`` (default: those of
+    :data:`IMAGE_MAGIC`), whose first bytes are those of its suffix's format; :class:`NotFound`
+    (naming ``what``, e.g. "atlas image") otherwise."""
+    missing = what.rsplit(" ", 1)[0] + " file"  # "atlas image" -> "no such atlas file"
+    suffix = Path(relative).suffix.lower()
+    if suffix not in (suffixes or IMAGE_MAGIC):
+        raise NotFound(f"no such {what} {relative!r}")
+    parts = Path(relative).parts
+    if not parts or Path(relative).is_absolute() or any(p in ("", ".", "..") or "\\" in p for p in parts):
+        raise NotFound(f"no such {what} {relative!r}")
+    path, mode = Path(root).resolve(), None
+    for part in parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            raise NotFound(f"no such {missing} {relative!r}") from None
+        if stat.S_ISLNK(mode):
+            raise NotFound(f"no such {what} {relative!r} (links are not served)")
+    if not stat.S_ISREG(mode):
+        raise NotFound(f"no such {missing} {relative!r}")
+    try:
+        with open(path, "rb", opener=_no_follow) as f:
+            head = f.read(12)
+    except OSError:
+        raise NotFound(f"no such {missing} {relative!r}") from None
+    if not head.startswith(IMAGE_MAGIC[suffix]) or (suffix == ".webp" and head[8:12] != b"WEBP"):
+        raise NotFound(f"no such {what} {relative!r} (the file is not a {suffix[1:].upper()} image)")
+    return path, MEDIA_TYPES[suffix]
+
+
 class Gallery:
     """Read-only, cached page data for one atlas. Safe to share between request threads.
 
@@ -146,36 +179,9 @@ class Gallery:
         return path
 
     def image_file(self, relative: str) -> tuple[Path, str]:
-        """The path and media type of an atlas image to serve: a regular file, reached through no
-        symbolic link, inside the atlas, whose first bytes are those of its suffix's format
-        (:data:`IMAGE_MAGIC`); :class:`NotFound` otherwise, so no name can hand out the atlas's
-        database or scan state, whatever it is called or linked as."""
-        suffix = Path(relative).suffix.lower()
-        if suffix not in IMAGE_MAGIC:
-            raise NotFound(f"no such atlas image {relative!r}")
-        root = Path(self.atlas.root).resolve()
-        parts = Path(relative).parts
-        if not parts or Path(relative).is_absolute() or any(p in ("", ".", "..") for p in parts):
-            raise NotFound(f"no such atlas image {relative!r}")
-        path = root
-        for part in parts:
-            path = path / part
-            try:
-                mode = os.lstat(path).st_mode
-            except OSError:
-                raise NotFound(f"no such atlas file {relative!r}") from None
-            if stat.S_ISLNK(mode):
-                raise NotFound(f"no such atlas image {relative!r} (links are not served)")
-        if not stat.S_ISREG(mode):
-            raise NotFound(f"no such atlas file {relative!r}")
-        try:
-            with open(path, "rb", opener=_no_follow) as f:
-                head = f.read(12)
-        except OSError:
-            raise NotFound(f"no such atlas file {relative!r}") from None
-        if not head.startswith(IMAGE_MAGIC[suffix]) or (suffix == ".webp" and head[8:12] != b"WEBP"):
-            raise NotFound(f"no such atlas image {relative!r} (the file is not a {suffix[1:].upper()} image)")
-        return path, MEDIA_TYPES[suffix]
+        """The path and media type of an atlas image to serve (:func:`confined_image`), so no
+        name can hand out the atlas's database or scan state, whatever it is called or linked as."""
+        return confined_image(self.atlas.root, relative, "atlas image")
 
     # ------------------------------------------------------------------ pages
 
