@@ -7,14 +7,12 @@ Python (``pip install playwright``; its own browser download is never used). Scr
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
+from tests.served import CHROMIUM, chromium, free_port, serving  # noqa: F401 (free_port: for other test files)
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 pytestmark = [
@@ -33,12 +31,6 @@ else:
 from convscope.web import create_app  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def atlas_dir(web_atlas_dir):
     return web_atlas_dir
@@ -55,31 +47,14 @@ def atlas(atlas_dir):
 @pytest.fixture(scope="module")
 def server(atlas_dir):
     """The gallery on 127.0.0.1 at a free port, in a background thread, stopped after the tests."""
-    port = free_port()
-    config = uvicorn.Config(create_app(atlas_dir, model=tiny_model(), fill=False), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the gallery server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(atlas_dir, model=tiny_model(), fill=False)) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 
 import pytest
 
@@ -19,7 +17,8 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from convscope.web import create_app  # noqa: E402
 
-from tests.test_browser import ARTIFACTS, free_port  # noqa: E402
+from tests.served import serving  # noqa: E402
+from tests.test_browser import ARTIFACTS  # noqa: E402
 from tests.test_fill import FV, built, relu6_model  # noqa: E402,F401  (built: the module's atlases)
 
 
@@ -27,19 +26,8 @@ from tests.test_fill import FV, built, relu6_model  # noqa: E402,F401  (built: t
 def served(built, tmp_path):  # noqa: F811
     atlas_dir = tmp_path / "atlas"
     shutil.copytree(built / "partial", atlas_dir)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(atlas_dir, model=relu6_model(), fill=FV), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the gallery server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", atlas_dir
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(atlas_dir, model=relu6_model(), fill=FV)) as base:
+        yield base, atlas_dir
 
 
 def test_missing_tiles_fill_in_and_the_atlas_keeps_them(served):

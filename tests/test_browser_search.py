@@ -8,12 +8,11 @@ tests/test_web_search.py (built once per session).
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import pytest
 
-from tests.test_browser import CHROMIUM, browser, free_port, images_loaded, shot  # noqa: F401 (browser: a fixture)
+from tests.served import serving  # noqa: E402
+from tests.test_browser import CHROMIUM, browser, images_loaded, shot  # noqa: F401 (browser: a fixture)
 
 #: The first picture of why on the page has loaded.
 CAM_LOADED = "() => { const i = document.querySelector('.hit img.cam'); return i && i.complete && i.naturalWidth > 0; }"
@@ -37,20 +36,8 @@ def library(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(library):
     """The search pages of the index (no atlas) on 127.0.0.1 at a free port, in a thread."""
-    port = free_port()
-    config = uvicorn.Config(create_app(index=library / "index", model=search_model()), host="127.0.0.1", port=port,
-                            log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the gallery server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(index=library / "index", model=search_model())) as base:
+        yield base
 
 
 @pytest.fixture

@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +19,12 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from convscope.evolve import evolve  # noqa: E402
 from convscope.web import create_app  # noqa: E402
-from convscope.web.evolve_pages import SETTLED, EvolvePages, save_cells  # noqa: E402
+from convscope.evolve import save_cells  # noqa: E402
+from convscope.web.evolve_pages import SETTLED, EvolvePages  # noqa: E402
 
 from tests.test_evolve import LAYERS, PREP, StripeNet, stripes  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+from tests.served import CHROMIUM, chromium, serving  # noqa: E402
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 EPOCHS = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,53 +186,31 @@ def test_folders_that_lack_pieces(evolved, tmp_path):
 # --------------------------------------------------------------------------- Chromium
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 def test_the_evolve_page_in_chromium(evolved):
-    playwright = pytest.importorskip("playwright.sync_api")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("uvicorn")
     result, run = evolved
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app_for(run), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/evolve")
-            assert page.locator("#evolve-layers tbody tr").count() == len(LAYERS)
-            page.click("text=relu2")
-            page.wait_for_url("**/evolve/relu2")
-            page.wait_for_load_state("load")
-            ev = result.layers["relu2"]
-            rows = page.locator("#evolve-grid tbody tr.unit-row")
-            assert rows.count() == len(ev.units)
-            assert page.locator("#evolve-grid thead th.ckpt").all_inner_texts() == result.checkpoints
-            for i, u in enumerate(ev.units):
-                row = rows.nth(i)
-                assert row.get_attribute("data-unit") == str(u)
-                assert row.locator("td.cell").count() == len(result.checkpoints)
-                sizes = row.locator("td.cell img").evaluate_all("els => els.map(e => [e.complete, e.naturalWidth])")
-                assert len(sizes) == 2 * len(result.checkpoints) and all(done and w > 0 for done, w in sizes)
-                text = row.locator("td.changes").inner_text()
-                for s in range(len(result.steps)):
-                    assert kept(ev.overlap[s, u]) in text
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "evolve-layer.png"), full_page=True)
-            browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving(app_for(run)) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/evolve")
+        assert page.locator("#evolve-layers tbody tr").count() == len(LAYERS)
+        page.click("text=relu2")
+        page.wait_for_url("**/evolve/relu2")
+        page.wait_for_load_state("load")
+        ev = result.layers["relu2"]
+        rows = page.locator("#evolve-grid tbody tr.unit-row")
+        assert rows.count() == len(ev.units)
+        assert page.locator("#evolve-grid thead th.ckpt").all_inner_texts() == result.checkpoints
+        for i, u in enumerate(ev.units):
+            row = rows.nth(i)
+            assert row.get_attribute("data-unit") == str(u)
+            assert row.locator("td.cell").count() == len(result.checkpoints)
+            sizes = row.locator("td.cell img").evaluate_all("els => els.map(e => [e.complete, e.naturalWidth])")
+            assert len(sizes) == 2 * len(result.checkpoints) and all(done and w > 0 for done, w in sizes)
+            text = row.locator("td.changes").inner_text()
+            for s in range(len(result.steps)):
+                assert kept(ev.overlap[s, u]) in text
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "evolve-layer.png"), full_page=True)

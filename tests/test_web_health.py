@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ from convscope.web.health_pages import HealthPages  # noqa: E402
 
 from tests.test_health import LAYERS, PLANTED, make_photos, tiny_model  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+from tests.served import CHROMIUM, chromium, serving  # noqa: E402
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,52 +130,29 @@ def test_errors_are_one_line(client, atlas_dir, tmp_path):
 # --------------------------------------------------------------------------- Chromium
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 def test_the_health_page_in_chromium(atlas_dir, model):
-    playwright = pytest.importorskip("playwright.sync_api")
-    uvicorn = pytest.importorskip("uvicorn")
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app_for(atlas_dir, model), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(base + "/layers/features.1")
-            page.click("#layer-health")
-            page.wait_for_url("**/health/features.1")
-            assert page.locator("#flagged-units tbody tr").count() == 4
-            page.click("text=health")  # the header's link
-            page.wait_for_url(base + "/health")
-            page.wait_for_load_state("load")
-            sheet = page.locator("#filter-sheet")
-            assert sheet.evaluate("e => e.complete && e.naturalWidth") > 0
-            shown = page.locator("a.flagged-unit").evaluate_all(
-                "els => els.map(e => [e.closest('tr').dataset.layer, +e.dataset.unit, e.innerText])")
-            assert {(layer, unit) for layer, unit, _ in shown} == set(PLANTED)
-            for layer, unit, text in shown:
-                assert all(f in text for f in PLANTED[layer, unit])
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "health.png"), full_page=True)
-            page.click('tr[data-layer="features.1"] a.flagged-unit[data-unit="7"]')
-            page.wait_for_url("**/layers/features.1/units/7")
-            assert "unit 7" in page.locator("h1").inner_text()
-            browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("uvicorn")
+    with serving(app_for(atlas_dir, model)) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/layers/features.1")
+        page.click("#layer-health")
+        page.wait_for_url("**/health/features.1")
+        assert page.locator("#flagged-units tbody tr").count() == 4
+        page.click("text=health")  # the header's link
+        page.wait_for_url(base + "/health")
+        page.wait_for_load_state("load")
+        sheet = page.locator("#filter-sheet")
+        assert sheet.evaluate("e => e.complete && e.naturalWidth") > 0
+        shown = page.locator("a.flagged-unit").evaluate_all(
+            "els => els.map(e => [e.closest('tr').dataset.layer, +e.dataset.unit, e.innerText])")
+        assert {(layer, unit) for layer, unit, _ in shown} == set(PLANTED)
+        for layer, unit, text in shown:
+            assert all(f in text for f in PLANTED[layer, unit])
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "health.png"), full_page=True)
+        page.click('tr[data-layer="features.1"] a.flagged-unit[data-unit="7"]')
+        page.wait_for_url("**/layers/features.1/units/7")
+        assert "unit 7" in page.locator("h1").inner_text()

@@ -7,7 +7,7 @@ What the pages read from the run folder (see docs/evolve.md):
 
 * ``evolve.jsonl`` (needed): per layer and step the layer's mean overlap and correlation
   (``"unit": null``), then per unit and step its own;
-* ``evolve.json`` (the cells; written by :func:`save_cells`): the checkpoints, ``top``, the
+* ``evolve.json`` (the cells; written by :func:`convscope.evolve.save_cells`): the checkpoints, ``top``, the
   method, the photos, and per layer the units drawn with each cell's strongest photo, value and
   place, and its ``patch`` and ``projection`` pictures under ``cells/``;
 * ``evolve-LAYER.png`` and ``evolve-changes.png``: the grids and the plot ``Evolution.save``
@@ -35,7 +35,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
 from ..errors import unknown_name_error
-from ..evolve import CELLS, MANIFEST, save_cells  # noqa: F401  (save_cells: for callers of this module)
+from ..evolve import MANIFEST
 from ..files import printable_path, safe_name
 from .gallery import NotFound, confined_image
 from .site import NavLink, Site
