@@ -103,7 +103,7 @@ class Index(IndexStore):
         box = None
         if boxes:
             self.layer(layer)  # an unknown layer fails before a model is loaded
-            model = self._model(model)
+            model = self.checked_model(model)
             info, size = model.layers.get(layer), model.input_size
             box = lambda y, x: info.box(y, x, input_size=size)  # noqa: E731
         return search.unit(self, layer, unit, top=top, box=box)
@@ -120,7 +120,7 @@ class Index(IndexStore):
         """One PNG per result in ``out_dir``: Grad-CAM of the top matched class, or the unit's box."""
         from .explain import write_explanations
 
-        return write_explanations(self._model(model), results, out_dir)
+        return write_explanations(self.checked_model(model), results, out_dir)
 
     # ----------------------------------------------------------------- helpers
 
@@ -131,7 +131,10 @@ class Index(IndexStore):
         times = np.asarray(self.entry_time[first:first + rows])
         return first + int(np.argmin(np.abs(times - time)))
 
-    def _model(self, model):
+    def checked_model(self, model=None):
+        """The model this index was built with: ``model`` (a module or :class:`~convscope.models.LoadedModel`)
+        once its weights are checked against the index's fingerprint, else the index's spec loaded
+        again; a one-line :class:`~convscope.errors.ConvscopeError` when neither can be had."""
         from .build import model_fingerprint
         from ..models import as_loaded, load_model
 
@@ -155,7 +158,7 @@ class Index(IndexStore):
         from . import media
         from .features import Extractor
 
-        model = self._model(model)
+        model = self.checked_model(model)
         if media.is_video(path):
             image = media.frame_at(path, time or 0.0)
         else:

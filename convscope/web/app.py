@@ -104,11 +104,11 @@ def index_model(index, model=None, analyzer: Analyzer | None = None) -> Callable
     def pick():
         for what, make in candidates():
             try:
-                return index._model(make())  # the fingerprint of its weights must be the index's
+                return index.checked_model(make())  # the fingerprint of its weights must be the index's
             except ConvscopeError as exc:
                 logger.info("the index's pictures of why do not use %s (%s)", what, exc)
         try:
-            return index._model(None)
+            return index.checked_model(None)
         except ConvscopeError as exc:
             raise ModelUnavailable(f"the model of this index cannot be loaded: {exc}") from None
 
