@@ -1,5 +1,7 @@
-"""A contact sheet of an atlas: a few units per layer, each as its best patch beside its
-deconvnet and guided-backprop projections (and the next patches, smaller), one row per layer.
+"""A contact sheet of an atlas: a few units per layer, each as its best patch (cut to the box its
+projections show, ``display_box``) beside its guided-backprop and deconvnet projections (and the
+next patches, smaller), one row per layer. Where the atlas left the deconvnet out (it does not
+depend on the image there: no max-pool below the layer) its cell says so.
 
     python bench/contact_sheet.py /tmp/atlas500 docs/atlas-contact-sheet.png --units 6
 """
@@ -26,11 +28,17 @@ def pick_units(atlas: Atlas, layer: str, n: int) -> list[int]:
     return sorted(units[int(i * step)]["unit"] for i in range(n))
 
 
-def tile(atlas: Atlas, relative: str | None, size: int) -> Image.Image:
+def tile(atlas: Atlas, relative: str | None, size: int, example: dict | None = None) -> Image.Image:
+    """The picture at ``relative`` scaled to ``size``; a patch of ``example`` is cut to its
+    ``display_box`` first, so that it shows what the projections beside it show."""
     if not relative:
         return Image.new("RGB", (size, size), (60, 60, 60))
     with Image.open(atlas.path(relative)) as im:
         im = im.convert("RGB")
+        if example is not None and example.get("display_box"):
+            t, l, _b, _r = example["box"]
+            dt, dl, db, dr = example["display_box"]
+            im = im.crop((dl - l, dt - t, dr - l, db - t))
         scale = size / max(im.size)
         return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST if scale >= 2 else Image.BILINEAR)
 
@@ -41,30 +49,46 @@ def sheet(atlas: Atlas, units_per_layer: int, extra: int) -> Image.Image:
     unit_w = 3 * CELL + 2 * GAP + 2 + -(-extra // 2) * (small + 2)
     label_w = 150
     width = label_w + units_per_layer * (unit_w + 3 * GAP)
-    row_h = CELL + 22
+    row_h = max(CELL + 22, 84)
     height = 30 + len(atlas.layers) * (row_h + GAP)
     out = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(out)
     info = atlas.info()
     draw.text((8, 8), f"{info['model']['spec']}: {info['images']['scanned']} photos, top {info['top_k']}; "
-                      "per unit: best patch | its deconvnet | its guided backprop | next patches", fill=(0, 0, 0), font=font)
+                      "per unit: best patch (cut as its projections) | its guided backprop | its deconvnet | next patches",
+              fill=(0, 0, 0), font=font)
     y = 30
     for layer in atlas.info()["layers"]:
         name = layer["name"]
         draw.text((8, y + 4), name, fill=(0, 0, 0), font=font)
         draw.text((8, y + 20), f"{layer['shape'][0]} units, stride {layer['stride'][0]}", fill=(90, 90, 90), font=font)
         draw.text((8, y + 36), f"field {layer['receptive_field'][0]} px", fill=(90, 90, 90), font=font)
+        ranked = layer.get("ranked_by") or "output"
+        draw.text((8, y + 52), "ranked by " + ("pre-activation" if ranked.startswith("pre") else ranked),
+                  fill=(90, 90, 90), font=font)
+        dep = layer.get("deconvnet")
+        if dep is not None:
+            draw.text((8, y + 68), "deconvnet: " + ("depends on image" if dep["depends"] else "image-indep."),
+                      fill=(90, 90, 90), font=font)
         x = label_w
         for u in pick_units(atlas, name, units_per_layer):
             ex = atlas.examples(name, u)
             if not ex:
                 continue
-            out.paste(tile(atlas, ex[0]["patch"], CELL), (x, y))
-            out.paste(tile(atlas, ex[0]["deconvnet"], CELL), (x + CELL + GAP, y))
-            out.paste(tile(atlas, ex[0]["guided"], CELL), (x + 2 * (CELL + GAP), y))
+            out.paste(tile(atlas, ex[0]["patch"], CELL, ex[0]), (x, y))
+            out.paste(tile(atlas, ex[0]["guided"], CELL), (x + CELL + GAP, y))
+            if ex[0]["deconvnet"] or dep is None or dep["computed"]:
+                out.paste(tile(atlas, ex[0]["deconvnet"], CELL), (x + 2 * (CELL + GAP), y))
+            else:  # left out: the same picture for every image here
+                cx = x + 2 * (CELL + GAP)
+                draw.rectangle((cx, y, cx + CELL - 1, y + CELL - 1), fill=(235, 235, 235))
+                for k, line in enumerate(("deconvnet:", "image-", "independent", "(no max-pool)")):
+                    draw.text((cx + 6, y + 24 + 14 * k), line, fill=(110, 110, 110), font=font)
             for k, e in enumerate(ex[1 : 1 + extra]):
-                out.paste(tile(atlas, e["patch"], small), (x + 3 * CELL + 2 * GAP + 2 + (k // 2) * (small + 2), y + (k % 2) * (small + 2)))
-            draw.text((x, y + CELL + 4), f"unit {u}  top {ex[0]['value']:.2f}", fill=(60, 60, 60), font=font)
+                out.paste(tile(atlas, e["patch"], small, e), (x + 3 * CELL + 2 * GAP + 2 + (k // 2) * (small + 2), y + (k % 2) * (small + 2)))
+            pre = ex[0].get("pre_value")
+            label = f"unit {u}  top {ex[0]['value']:.2f}" + (f" (pre {pre:.2f})" if pre is not None else "")
+            draw.text((x, y + CELL + 4), label, fill=(60, 60, 60), font=font)
             x += unit_w + 3 * GAP
         y += row_h + GAP
     return out
