@@ -108,9 +108,15 @@ def test_atlas_contents(model, photos, atlas_dir):
                 assert e["image"] == os.path.abspath(photos[e["image_id"] // 5]) and e["crop"] == e["image_id"] % 5
                 assert e["hash"] == hashlib.sha256(Path(e["image"]).read_bytes()).hexdigest()
                 t, l, b, r = e["box"]
-                for kind in ("patch", "deconvnet", "guided"):
+                dt, dl, db, dr = e["display_box"]  # the box the projections show (an energy crop of a whole-input field)
+                assert t <= dt < db <= b and l <= dl < dr <= r
+                with Image.open(atlas.path(e["patch"])) as im:
+                    assert im.size == (r - l, b - t)
+                deconvnet = atlas.layer(layer)["deconvnet"]["depends"]  # left out where it cannot depend on the image
+                assert (e["deconvnet"] is not None) == deconvnet
+                for kind in ("deconvnet", "guided") if deconvnet else ("guided",):
                     with Image.open(atlas.path(e[kind])) as im:
-                        assert im.size == (r - l, b - t)
+                        assert im.size == (dr - dl, db - dt)
                 top, left, bottom, right = e["box_original"]
                 ct, cl, cb, cr = e["crop_box"]
                 assert ct <= top < bottom <= cb and cl <= left < right <= cr
@@ -119,7 +125,8 @@ def test_atlas_contents(model, photos, atlas_dir):
 
 def test_patch_and_projections_are_those_of_the_example(model, photos, atlas_dir):
     """Cross-check one deep example against a direct computation."""
-    from convscope.backproject import project, to_image
+    from convscope.backproject import project
+    from convscope.display import to_picture
     from convscope.scan import Crops
 
     atlas = Atlas.open(atlas_dir)
@@ -134,9 +141,10 @@ def test_patch_and_projections_are_those_of_the_example(model, photos, atlas_dir
     t, l, b, r = e["box"]
     pixels = (model.preprocessing.denormalize(x)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(Image.open(atlas.path(e["patch"]))), pixels[t:b, l:r])
+    dt, dl, db, dr = e["display_box"]
     for method in ("deconvnet", "guided"):
         p = project(model, x, "features", [5], [(e["y"], e["x"])], method=method)[0]
-        expected = to_image(p[:, t:b, l:r])
+        expected = to_picture(p[:, dt:db, dl:dr])[0]
         got = np.asarray(Image.open(atlas.path(e[method])))
         assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     assert hook_count(model.module) == 0
@@ -163,7 +171,8 @@ class SENet(nn.Module):
 def test_projections_on_windows_equal_whole_input_projections(kind, model, photos, tmp_path):
     """Projections run on the window holding the receptive field; where a gate sees the whole
     input the unit's value differs on the window, and the example falls back to the whole input."""
-    from convscope.backproject import project, to_image
+    from convscope.backproject import project
+    from convscope.display import to_picture
 
     if kind == "local":
         net, layers = model, ["features.1", "features.4"]
@@ -183,11 +192,11 @@ def test_projections_on_windows_equal_whole_input_projections(kind, model, photo
             for e in atlas.examples(layer, u):
                 img = Image.open(e["image"]).convert("RGB")
                 x = net.transform(img).unsqueeze(0)
-                t, l, b, r = e["box"]
-                for method in ("deconvnet", "guided"):
+                t, l, b, r = e["display_box"]
+                for method in ("deconvnet", "guided") if e["deconvnet"] else ("guided",):
                     p = project(net, x, layer, [u], [(e["y"], e["x"])], method=method)[0]
                     got = np.asarray(Image.open(atlas.path(e[method]))).astype(int)
-                    assert np.abs(got - to_image(p[:, t:b, l:r]).astype(int)).max() <= 1, (layer, u, method)
+                    assert np.abs(got - to_picture(p[:, t:b, l:r])[0].astype(int)).max() <= 1, (layer, u, method)
 
 
 def test_featvis_and_paths_stay_inside(atlas_dir, tmp_path):
