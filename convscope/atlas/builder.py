@@ -349,7 +349,7 @@ def _render(model, result, records: Records, out: Path, project: int, methods, b
             todo.sort(key=lambda e: (e.layer_index, e.image_id, e.unit, e.rank))
             for li in sorted({e.layer_index for e in todo}):
                 group = [e for e in todo if e.layer_index == li]
-                counts = _project_layer(module, memory_format, result.layers[li], group, inputs,
+                counts = project_examples(module, memory_format, result.layers[li], group, inputs,
                                         layer_methods[result.layers[li].name], batch_size, out, bar)
                 layer_counts = stats.setdefault(result.layers[li].name, {})
                 for k, v in counts.items():
@@ -357,8 +357,8 @@ def _render(model, result, records: Records, out: Path, project: int, methods, b
     return incomplete
 
 
-def _project_layer(module, memory_format, info, group: list[ExampleRecord], inputs, methods, batch_size, out,
-                   bar) -> dict:
+def project_examples(module, memory_format, info, group: list[ExampleRecord], inputs, methods, batch_size, out,
+                     bar) -> dict:
     """Projections of one layer's examples (``group``), written as PNG files in the atlas's
     layout (so this stays with the atlas; the batching is :func:`convscope.backproject.project_boxes`),
     drawn by :func:`convscope.display.to_picture`: robust contrast, and for an example whose field

@@ -7,7 +7,7 @@ each unit's top examples and feature visualizations for a few units. A gallery s
 model, so it computes the rest when a page asks (:mod:`convscope.web.fill_pages`); this module
 is that computation, and knows nothing of the web.
 
-- Projections: :func:`convscope.atlas.builder._project_layer`, the build's own step, on the
+- Projections: :func:`convscope.atlas.builder.project_examples`, the build's own step, on the
   same private copy of the model (:func:`convscope.backproject.projection_module` made for all
   the atlas's layers, as the build makes it), the same display (robust contrast, the energy
   crop) and the same file names; the methods are the layer's own (the deconvnet stays out
@@ -120,7 +120,7 @@ class Filler:
 
         from ..backproject import ActivationRuleWarning
         from ..data import load_image_hashed
-        from .builder import _project_layer
+        from .builder import project_examples
         from .records import ExampleRecord
 
         examples = {ex["rank"]: ex for ex in self.atlas.examples(layer, unit)}
@@ -148,7 +148,7 @@ class Filler:
         group.sort(key=lambda e: (e.image_id, e.rank))  # the build's order within a layer
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ActivationRuleWarning)  # the build recorded them in its notes
-            _project_layer(module, memory_format, info, group, inputs, tuple(methods), self.batch_size,
+            project_examples(module, memory_format, info, group, inputs, tuple(methods), self.batch_size,
                            self.atlas.root, _NoBar())
         for e in group:  # the files are on disk before the database names them
             for rel in e.projections.values():
