@@ -155,9 +155,10 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
     the gallery, with a search box on every page, whose uploads and pictures of why use the
     same model. The gallery opens right after the scan: each unit's projections and feature
     visualization are computed when its page is first opened, and kept in the atlas.
-    --no-serve builds them up front instead (guided projections, and deconvnet ones where they depend on the image, of each unit's
-    top 3 examples, feature visualizations of 8 units per layer). A second run reuses both while their inputs are unchanged (photos added to an
-    --images folder are indexed then).
+    --no-serve builds them up front instead (guided projections, and deconvnet ones where
+    they depend on the image, of each unit's top 3 examples; feature visualizations of 8
+    units per layer). A second run reuses both while their inputs are unchanged (photos
+    added to an --images folder are indexed then).
 
     \b
     Examples:
