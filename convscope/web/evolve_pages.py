@@ -168,7 +168,7 @@ class EvolvePages:
     def __init__(self, site: Site, run_dir: str | os.PathLike):
         self.site = site
         self.run = EvolveRun(run_dir)
-        self.nav = [NavLink("evolution", "/evolve")]
+        self.nav = [NavLink("Evolution", "/evolve")]
         self.api = {"evolve run": "/api/evolve", "evolve layer": "/api/evolve/{layer}",
                     "evolve picture": "/evolve-files/{path}.png"}
 

@@ -60,7 +60,7 @@ class HealthPages:
         self.site = site
         self.atlas_arg = atlas
         self.model = model
-        self.nav = [NavLink("health", "/health")]
+        self.nav = [NavLink("Health", "/health")]
         self.api = {"health": "/api/health", "layer health": "/api/health/{layer}", "filter sheet": FILTERS_URL}
         self._done: dict | None = None
         self._lock = asyncio.Lock()
