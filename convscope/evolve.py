@@ -156,9 +156,13 @@ class Evolution:
     def save(self, out: str | os.PathLike, size: int = 64) -> list[Path]:
         """Write ``evolve-LAYER.png`` per layer, ``evolve-changes.png``, the cells with
         ``evolve.json`` (:func:`save_cells`, for the gallery) and ``evolve.jsonl`` (every unit)
-        into folder ``out`` (atomically, each; ``evolve.jsonl`` last, as the gallery needs it
-        whole); returns the paths."""
+        into folder ``out`` (atomically, each); returns the paths. A run saved over an older one
+        first removes the older ``evolve.jsonl`` and ``evolve.json``, which are written last: a
+        save stopped half-way leaves a folder that reads as incomplete, never old records over a
+        mix of old and new pictures."""
         out = Path(out)
+        for stale in (out / "evolve.jsonl", out / MANIFEST):
+            stale.unlink(missing_ok=True)
         paths = []
         for name in self.layers:
             path = out / f"evolve-{safe_name(name)}.png"

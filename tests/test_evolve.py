@@ -329,6 +329,23 @@ def test_save_writes_grids_plot_and_records(result, tmp_path):
     assert result.figure(size=24).height > result.grid("relu1", size=24).height
 
 
+def test_a_save_stopped_half_way_over_an_older_run_reads_as_incomplete(result, tmp_path, monkeypatch):
+    import convscope.evolve as ev
+
+    out = tmp_path / "out"
+    result.save(out, size=32)
+    assert (out / "evolve.jsonl").is_file() and (out / "evolve.json").is_file()
+
+    def stop(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "save_cells", stop)  # stopped while the cells are being written
+    with pytest.raises(KeyboardInterrupt):
+        result.save(out, size=32)
+    # the old records are gone, so the gallery does not show them over a mix of pictures
+    assert not (out / "evolve.jsonl").exists() and not (out / "evolve.json").exists()
+
+
 def test_the_users_module_is_left_alone(run):
     net = StripeNet().train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
