@@ -18,6 +18,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -96,16 +97,14 @@ class FillPages:
 
     # ------------------------------------------------------------------ the endpoint
 
-    def _missing(self, layer: str, unit: int) -> dict:
-        page = self.gallery.unit(layer, unit)
+    def _missing(self, page: dict) -> dict:
         missing = dict(page["missing"])
         if self.featvis is False:
             missing["featvis"] = False
             missing["any"] = bool(missing["projections"])
         return missing
 
-    def _files(self, layer: str, unit: int) -> dict:
-        page = self.gallery.unit(layer, unit)
+    def _files(self, page: dict) -> dict:
         files = {}
         if page["featvis"]:
             files["featvis"] = self.links.atlas_file(page["featvis"])
@@ -124,7 +123,9 @@ class FillPages:
         unit = int(text)
         self.gallery.check_unit(layer, unit)
         key = (layer, unit)
-        missing = self._missing(layer, unit)
+        # one read of the unit's page, off the event loop (a poll may meet the model thread's write)
+        page = await run_in_threadpool(self.gallery.unit, layer, unit)
+        missing = self._missing(page)
         state = self._state.get(key)
         if key in self._tasks:
             answer = {"status": "queued" if state is None else state["status"]}
@@ -142,7 +143,7 @@ class FillPages:
             self._tasks[key] = asyncio.ensure_future(self._run(key))
             answer = {"status": "queued"}
         answer.update(layer=layer, unit=unit, missing=missing, queue=len(self._tasks))
-        answer["files"] = self._files(layer, unit)  # those there so far: a page shows them as they come
+        answer["files"] = self._files(page)  # those there so far: a page shows them as they come
         return JSONResponse(answer, status_code=202 if answer["status"] in ("queued", "running") else 200)
 
 
