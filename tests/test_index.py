@@ -193,6 +193,25 @@ def test_build_records_arrays_and_skips(built, library, tiny):
     assert all(torch.equal(v, before[k]) for k, v in tiny.module.state_dict().items())
 
 
+def test_checked_model_hashes_once_and_again_after_a_weight_changes(built, tiny, monkeypatch):
+    import copy
+
+    import convscope.index.build as build_module
+
+    index = built[0]
+    model = copy.deepcopy(tiny)
+    hashed = []
+    real = build_module.model_fingerprint
+    monkeypatch.setattr(build_module, "model_fingerprint", lambda m: hashed.append(1) or real(m))
+    assert index.checked_model(model) is model and index.checked_model(model) is model
+    assert len(hashed) == 1  # the second check saw the same tensors, unchanged
+    with torch.no_grad():
+        next(model.module.parameters()).add_(1.0)
+    with pytest.raises(ConvscopeError, match="not the one this index was built with"):
+        index.checked_model(model)
+    assert len(hashed) == 2
+
+
 def test_stored_probabilities_and_embedding_match_the_model(built, library, tiny):
     """Cross-check against a plain forward pass of the model."""
     index = built[0]

@@ -13,6 +13,7 @@ and make albums. Each method is what one command line does, with the same parame
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -36,6 +37,7 @@ class Index(IndexStore):
     def __init__(self, root, conn, meta):
         super().__init__(root, conn, meta)
         self._extractor = None  # made on the first embed() of a file outside the index
+        self._checked = None  # (weak reference to the last module that passed checked_model, its tensors' versions)
 
     @classmethod
     def build(cls, model, inputs: Iterable[str | os.PathLike] | None, out: str | os.PathLike, *, fps: float = 1.0,
@@ -145,9 +147,16 @@ class Index(IndexStore):
             except ConvscopeError as exc:
                 raise ConvscopeError(f"this index was built with {spec!r}, which cannot be loaded again here ({exc}); pass model=") from None
         model = as_loaded(model)
+        # hashing every weight costs a pass over them; a module checked before is checked again
+        # only if one of its tensors changed since (torch counts in-place changes in _version)
+        versions = tuple(t._version for t in model.module.state_dict().values())
+        last = self._checked
+        if last is not None and last[0]() is model.module and last[1] == versions:
+            return model
         if model_fingerprint(model) != self.meta["model"]["fingerprint"]:
             raise ConvscopeError(f"the model given is not the one this index was built with ({spec!r}, "
                                  f"{self.meta['model']['weights']}); pass that model")
+        self._checked = (weakref.ref(model.module), versions)
         return model
 
     def embed(self, path: str | os.PathLike, *, model=None, time: float | None = None) -> np.ndarray:
