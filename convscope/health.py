@@ -31,8 +31,8 @@ from torch import nn
 from .atlas.store import Atlas
 from .errors import ConvscopeError
 from .files import atomic_write
-from .hooks import ReusedModuleError, capture, run
 from .models import LoadedModel, as_loaded, load_model
+from .saturation import activation_bounds, saturating_activations
 from .sketch import Sketch
 
 # ---------------------------------------------------------------- thresholds (see docs/health.md)
@@ -160,19 +160,14 @@ def atlas_model(atlas: Atlas, device: str | None = "cpu") -> LoadedModel:
 
 
 def activation_ceiling(module: nn.Module) -> float | None:
-    """The largest value an activation module can output, or None if unbounded (ReLU, SiLU...).
+    """The largest value an activation module can output, or None if unbounded (ReLU, SiLU...):
+    the ceiling of :func:`convscope.saturation.activation_bounds`.
 
     >>> activation_ceiling(nn.ReLU6())
     6.0
     """
-    if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
-        return float(module.max_val)
-    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)):
-        return 1.0
-    if type(module).__module__.startswith("timm.layers.activations") and \
-            type(module).__name__ in ("Sigmoid", "Tanh", "HardSigmoid", "HardSigmoidMe"):
-        return 1.0
-    return None
+    bounds = activation_bounds(module)
+    return None if bounds is None else bounds[1]
 
 
 def producing_activation(model, layer: str) -> tuple[str | None, float | None, str | None]:
@@ -187,46 +182,20 @@ def producing_activation(model, layer: str) -> tuple[str | None, float | None, s
 
 def producing_activations(model, layers: list[str]) -> dict[str, tuple[str | None, float | None, str | None]]:
     """Per layer, the bounded activation whose output *is* the layer's output: (its name, its
-    ceiling, a note or None); (None, None, None) for an unbounded layer. Found by running the
-    model once on a seeded random input and comparing each layer's output with that of each
-    bounded activation inside it (or the layer itself), so an addition after the activation (a
-    residual block) or a pooling makes the layer unbounded."""
+    ceiling, None); (None, None, None) for an unbounded layer. The same verdict as the scan's
+    ranking (:func:`convscope.saturation.saturating_activations`, one pass on a seeded random
+    input of the model's size), so an addition after the activation (a residual block) or a
+    pooling makes the layer unbounded."""
     loaded = as_loaded(model)
-    module = loaded.module
-    named = dict(module.named_modules())
+    named = dict(loaded.module.named_modules())
     for layer in layers:
         if layer not in named or not layer:
             raise ConvscopeError(f"the model has no layer {layer!r}; is it the atlas's model?")
-    candidates = {layer: [n for n, m in named.items() if (n == layer or n.startswith(layer + "."))
-                          and activation_ceiling(m) is not None] for layer in layers}
-    result = {layer: (None, None, None) for layer in layers}
-    wanted = [layer for layer in layers if candidates[layer]]
-    if not wanted:
-        return result
-    snapshots: dict[str, torch.Tensor] = {}
-
-    def keep(name, out):  # a copy now: an in-place operation later must not change what we compare
-        snapshots[name] = out.detach().clone()
-        return out
-
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, *loaded.input_size, generator=gen).to(loaded.device)
-    names = list(dict.fromkeys([*wanted, *(c for layer in wanted for c in candidates[layer])]))
-    try:
-        with torch.no_grad(), capture(module, names, transform=keep) as outputs:
-            run(module, x, outputs)
-    except ReusedModuleError as exc:
-        if len(wanted) > 1:  # find the layers it concerns, one at a time
-            return {**result, **{layer: producing_activation(model, layer) for layer in wanted}}
-        return {**result, wanted[0]: (None, None, f"activation not identified ({exc}); saturation not judged")}
-    for layer in wanted:
-        out = snapshots[layer]
-        for name in reversed(candidates[layer]):
-            s = snapshots[name]
-            if s.shape == out.shape and torch.equal(s, out):
-                result[layer] = (name, activation_ceiling(named[name]), None)
-                break
-    return result
+    found = saturating_activations(loaded.module, list(layers), x)
+    return {layer: (None, None, None) if sat is None else (sat.activation, sat.ceiling, None)
+            for layer, sat in found.items()}
 
 
 def unit_weights(model, layer: str, channels: int) -> tuple[str | None, torch.Tensor | None]:

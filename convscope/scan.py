@@ -418,7 +418,7 @@ class Scan:
     network order), ``crops``, the ``skipped`` photos as (path, reason), the ``offset`` of
     ``paths[0]`` in a larger list, ``hashes``: the sha256 of the bytes scanned of every photo
     that is among the top examples (index into ``paths`` -> hex digest), and ``ranking``: per
-    layer ranked by its pre-activation, its :class:`~convscope.layers.Saturation`.
+    layer ranked by its pre-activation, its :class:`~convscope.saturation.Saturation`.
 
     >>> result.image_id(*result.photo_of(412)) == 412
     True

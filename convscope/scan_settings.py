@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .errors import ConvscopeError
-from .layers import Saturation, saturating_activation
+from .saturation import Saturation, saturating_activations
 
 #: The choices of ``scan(..., rank_by=...)`` and ``atlas build --rank-by``.
 RANK_BY = ("auto", "output", "pre-activation")
@@ -26,7 +26,7 @@ def ranking(module: torch.nn.Module, names: Sequence[str], rank_by: str = "auto"
             input_size: tuple[int, int] | None = None) -> dict[str, Saturation | None]:
     """Per layer, the saturating activation whose input ranks its top images, or None where the
     layer's output does. ``rank_by``: ``"auto"`` (the pre-activation where
-    :func:`~convscope.layers.saturating_activation` finds one), ``"output"`` (every layer by
+    :func:`~convscope.saturation.saturating_activations` finds one), ``"output"`` (every layer by
     its output, as before) or ``"pre-activation"`` (every layer; a layer without a saturating
     activation is a one-line error). ``input_size`` of the probe pass (default 64 x 64)."""
     if rank_by not in RANK_BY:
@@ -38,7 +38,7 @@ def ranking(module: torch.nn.Module, names: Sequence[str], rank_by: str = "auto"
         p = next(module.parameters(), None)
         x = torch.full((1, 3, *input_size), 0.5, device=p.device if p is not None else "cpu",
                        dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
-    out = {name: saturating_activation(module, name, x) for name in names}
+    out = saturating_activations(module, list(names), x)  # one probe pass for every layer
     if rank_by == "pre-activation":
         for name, sat in out.items():
             if sat is None:

@@ -205,7 +205,7 @@ def lite0():
 
 @pytest.mark.parametrize("layer", ["bn1", "blocks.5.0.bn1", "bn2"])
 def test_relu6_layers_saturate_and_their_pre_activation_is_bn_of_the_input(lite0, layer):
-    from convscope.layers import Saturation, activation_maps, saturating_activation
+    from convscope.saturation import Saturation, activation_maps, saturating_activation
 
     sat = saturating_activation(lite0, layer)
     assert sat == Saturation(layer, f"{layer}.act", "ReLU6", 0.0, 6.0)
@@ -237,7 +237,7 @@ def test_relu6_layers_saturate_and_their_pre_activation_is_bn_of_the_input(lite0
 
 
 def test_non_saturating_layers_return_none_and_torchvision_relu6_is_found():
-    from convscope.layers import Saturation, saturating_activation
+    from convscope.saturation import Saturation, saturating_activation
 
     torchvision = pytest.importorskip("torchvision")
     resnet = torchvision.models.resnet18(weights=None).eval()

@@ -14,7 +14,7 @@ from torch import nn
 
 from convscope.errors import ConvscopeError
 from convscope.hooks import hook_count
-from convscope.layers import activation_maps, saturating_activation
+from convscope.saturation import activation_maps, saturating_activation
 from convscope.models import Preprocessing, load_model
 from convscope.scan import ScanState, merge, scan
 
