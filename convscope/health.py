@@ -234,6 +234,12 @@ def health(atlas: Atlas | str | os.PathLike, model=None) -> HealthReport:
         with Atlas.open(atlas) as opened:
             return health(opened, model)
     model = atlas_model(atlas) if model is None else as_loaded(model)
+    shapes = {i.name: i.shape for i in model.layers}
+    for name in atlas.layers:  # another model with the same layer names would judge wrong weights
+        channels = int(atlas.layer(name)["shape"][0])
+        if name in shapes and shapes[name][0] != channels:
+            raise ConvscopeError(f"layer {name!r} has {shapes[name][0]} units in this model but {channels} in the atlas; "
+                                 "give the model the atlas was built with (by default its own is loaded)")
     cfg = atlas.info()["sketch"] or {}
     sketch = Sketch(sub=int(cfg.get("sub", 3)), grid=int(cfg.get("grid", 32)))
     layers, units = [], []

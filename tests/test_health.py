@@ -19,6 +19,7 @@ from convscope.health import (
     CONSTANT_RANGE, HIGH_BAND, LOW_BAND, activation_ceiling, band_shares, filter_sheet, first_layer_filters, health,
     producing_activation, sheet_flags, unit_weights,
 )
+from convscope.errors import ConvscopeError
 from convscope.hooks import hook_count
 from convscope.models import Preprocessing, load_model
 
@@ -225,6 +226,24 @@ def test_cli_json_lines(model, atlas_dir, tmp_path, monkeypatch):
 
     missing = invoke([str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and missing.stderr.startswith("error: no atlas folder")
+
+
+def test_device_alone_keeps_the_atlas_model_and_a_wrong_model_is_refused(model, atlas_dir, monkeypatch):
+    import convscope.health as health_module
+
+    asked = []
+    monkeypatch.setattr(health_module, "atlas_model", lambda atlas, device=None: asked.append(device) or model)
+    result = invoke([str(atlas_dir), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert asked == ["cpu"]  # --device says where the recorded model runs, not to load another one
+    assert [(json.loads(line)["layer"], json.loads(line)["unit"]) for line in result.stdout.splitlines()] == list(PLANTED)
+
+    # same layer names, other units: refused in one line instead of judging the wrong weights
+    torch.manual_seed(1)
+    other = TinyNet(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU6(), nn.Conv2d(5, 6, 3, stride=2, padding=1), nn.ReLU())
+    prep = Preprocessing((SIZE, SIZE), SIZE, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with pytest.raises(ConvscopeError, match="'features.1' has 5 units in this model but 8 in the atlas"):
+        health(atlas_dir, load_model(other, preprocessing=prep, device="cpu"))
 
 
 def test_help_needs_no_torch():

@@ -97,6 +97,12 @@ class ModelArgs:
     pretrained: bool = True
     device: str | None = None
 
+    @property
+    def names_a_model(self) -> bool:
+        """True when --model, --weights or --no-pretrained was given: another model than the one
+        an atlas or index records (--device alone only says where the recorded one runs)."""
+        return (self.spec, self.weights, self.pretrained) != (None, None, True)
+
     def load(self, spec: str | None = None):
         """The :class:`~convscope.models.LoadedModel` (``spec`` fills in a ``None`` spec)."""
         from ..models import load_model

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ._common import ModelArgs, emit, model_options, note
+from ._common import emit, model_options, note
 
 HEALTH_JSON = "health.json"
 FILTERS_PNG = "filters.png"
@@ -38,11 +38,12 @@ def health(atlas, as_json, out, worst, model_args):
     from pathlib import Path
 
     from ..atlas import Atlas
+    from ..errors import ConvscopeError
     from ..files import write_text_atomic
     from ..health import atlas_model, first_layer_filters, health as model_health, sheet_flags, write_filter_sheet
 
     with Atlas.open(atlas) as a:
-        if model_args == ModelArgs(None):
+        if not model_args.names_a_model:
             model = atlas_model(a, device=model_args.device)
         else:
             model = model_args.load((a.info()["model"] or {}).get("spec"))
@@ -52,11 +53,18 @@ def health(atlas, as_json, out, worst, model_args):
             note(f"{layer.name}: {line}")
     if out is not None:
         folder = Path(out)
-        filters = first_layer_filters(model)
-        write_filter_sheet(filters, folder / FILTERS_PNG, flags=sheet_flags(report, filters))
-        write_text_atomic(folder / HEALTH_JSON, json.dumps({**report.to_dict(), "first_layer": filters.to_dict()},
-                                                           indent=1) + "\n")
-        click.echo(f"wrote {folder / HEALTH_JSON} and {folder / FILTERS_PNG}", err=True)
+        try:
+            filters = first_layer_filters(model)
+        except ConvscopeError as exc:  # no RGB convolution to draw: the report is written all the same
+            filters = None
+            note(f"no first-layer filter sheet: {exc}")
+        first_layer = {"first_layer": filters.to_dict()} if filters is not None else {}
+        write_text_atomic(folder / HEALTH_JSON, json.dumps({**report.to_dict(), **first_layer}, indent=1) + "\n")
+        wrote = [folder / HEALTH_JSON]
+        if filters is not None:
+            write_filter_sheet(filters, folder / FILTERS_PNG, flags=sheet_flags(report, filters))
+            wrote.append(folder / FILTERS_PNG)
+        click.echo(f"wrote {' and '.join(map(str, wrote))}", err=True)
     if as_json:
         for unit in report.flagged():
             emit(unit.to_dict())

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..files import printable_path
-from ._common import LAYERS, ModelArgs, emit, model_options, note, report_skipped
+from ._common import LAYERS, emit, model_options, note, report_skipped
 from ._ray import ray_options
 
 # convscope.index.MIN_SCORE and convscope.index.search.SORTS, written out so that --help needs no
@@ -149,7 +149,7 @@ def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_j
         if unit is not None:
             idx.layer(unit[0])  # an unknown layer fails before a model loads
         model = None
-        if model_args != ModelArgs(None):  # not the index's own model as it was built
+        if model_args.names_a_model:  # not the index's own model as it was built
             model = model_args.load(idx.meta["model"]["spec"])
         if text:
             try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import ModelArgs, emit, model_options, renamed
+from ._common import emit, model_options, renamed
 
 
 def _run_server(app, host: str, port: int) -> None:
@@ -85,7 +85,7 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
 
         index = Index.open(index_dir)  # a missing or unfinished index is one line, before any model loads
     model = None
-    if model_args != ModelArgs(None):  # not the atlas's (or the index's) own model as it was built
+    if model_args.names_a_model:  # not the atlas's (or the index's) own model as it was built
         own = _check_model(atlas, model_args.spec) if atlas is not None else index.meta["model"]["spec"]
         model = model_args.load(own)
     app = create_app(atlas, model, index=index, pages=page_groups(atlas, evolve_dir, model),
