@@ -23,6 +23,7 @@ never by the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -201,6 +202,44 @@ def synthetic_index(out: Path, n: int, dev_probs: np.ndarray, dim: int = 1280, u
     return out
 
 
+@contextlib.contextmanager
+def before_fast_paths(index):
+    """Keyword search as it ran before its fast paths, for a side-by-side figure: every match
+    sorted (``lexsort``) to merge video frames and to pick the top results, the WordNet path
+    walked for all 1,000 classes, no class blocks."""
+    from convscope.index import search as S
+    from convscope.vocab import wordnet
+
+    def segments(store, rows, scores):
+        if len(rows) == 0:
+            empty = np.zeros(0, np.int64)
+            return empty, np.zeros(0), empty, empty
+        files = np.asarray(store.entry_file[rows])
+        video = ~np.isnan(np.asarray(store.entry_time[rows]))
+        brk = np.ones(len(rows), bool)
+        brk[1:] = (np.diff(rows) != 1) | (files[1:] != files[:-1]) | ~video[1:] | ~video[:-1]
+        seg = np.cumsum(brk) - 1
+        starts = np.flatnonzero(brk)
+        ends = np.append(starts[1:], len(rows)) - 1
+        order = np.lexsort((rows, -scores, seg))
+        first_of_seg = order[np.searchsorted(seg[order], np.arange(len(starts)))]
+        return rows[first_of_seg], scores[first_of_seg], rows[starts], rows[ends]
+
+    def paths(self, senses):
+        found = ((i, self.path(i, senses)) for i in range(len(self.class_wnids)))
+        return {i: p for i, p in found if p is not None}
+
+    saved = (S.segments, S._top_order, wordnet.Vocabulary._paths, index.class_blocks)
+    S.segments = segments
+    S._top_order = lambda key, tie, top: np.lexsort((tie, -key))[:top]
+    wordnet.Vocabulary._paths = paths
+    index.class_blocks = None
+    try:
+        yield
+    finally:
+        S.segments, S._top_order, wordnet.Vocabulary._paths, index.class_blocks = saved
+
+
 def bench_latency(n: int, tmp: Path, dev_probs: np.ndarray, runs: int) -> dict:
     from convscope.index import Index
 
@@ -212,15 +251,26 @@ def bench_latency(n: int, tmp: Path, dev_probs: np.ndarray, runs: int) -> dict:
     index.search("dog", top=20)
     index.like(0, top=20)
     out = {"entries": n, "synthetic_build_s": round(built, 1), "postings": int(index.post_entry.shape[0])}
-    kw, kw_cpu = [], []
+    kw, kw_cpu, kw_before = [], [], []
     for i in range(runs):
         q = QUERIES[i % len(QUERIES)]
         t, c = time.perf_counter(), time.process_time()
         index.search(q, top=20)
         kw.append(time.perf_counter() - t)
         kw_cpu.append(time.process_time() - c)
+        with before_fast_paths(index):  # the same query, side by side, the way it ran before
+            t = time.perf_counter()
+            index.search(q, top=20)
+            kw_before.append(time.perf_counter() - t)
     out["keyword"] = percentiles(kw)
     out["keyword_cpu"] = percentiles(kw_cpu)  # this process's CPU time: what a loaded machine does not inflate
+    out["keyword_before_fast_paths"] = percentiles(kw_before)
+    out["keyword_p99_ratio_before_over_now"] = round(out["keyword_before_fast_paths"]["p99_ms"] / out["keyword"]["p99_ms"], 2)
+    for word in BROAD:
+        with before_fast_paths(index):
+            t = time.perf_counter()
+            index.search(word, top=20)
+            out[f"keyword_{word}_before_fast_paths_ms"] = round((time.perf_counter() - t) * 1000, 2)
     # broad words side by side: with the class blocks (the default) and from the inverted lists alone
     blocks = index.class_blocks
     for word in BROAD:
