@@ -31,7 +31,7 @@ from torch import nn
 from .atlas.store import Atlas
 from .errors import ConvscopeError
 from .files import atomic_write
-from .models import LoadedModel, as_loaded, load_model
+from .models import LoadedModel, UnnamedModelError, as_loaded, load_recorded
 from .saturation import activation_bounds, saturating_activations
 from .sketch import Sketch
 
@@ -147,16 +147,13 @@ def _round(v: float | None, digits: int = 6) -> float | None:
 
 
 def atlas_model(atlas: Atlas, device: str | None = "cpu") -> LoadedModel:
-    """Load the model ``atlas`` was built with, as its info records it (spec, weights file or
-    random initialization). A model object (not loadable by name) raises ConvscopeError."""
-    recorded = atlas.info()["model"] or {}
-    spec, weights = recorded.get("spec"), recorded.get("weights") or ""
-    if not spec or weights == "user module":
-        raise ConvscopeError(
-            f"the atlas was made with a model object ({spec}) that cannot be loaded by name; "
-            "call convscope.health.health(atlas, model=your_loaded_model) from Python")
-    weights_file = weights if os.path.isfile(weights) else None
-    return load_model(spec, weights=weights_file, device=device, pretrained=not weights.startswith("random"))
+    """Load the model ``atlas`` was built with, as its info records it
+    (:func:`convscope.models.load_recorded`). A model object (not loadable by name) raises
+    ConvscopeError."""
+    try:
+        return load_recorded(atlas.info()["model"], device=device)
+    except UnnamedModelError as exc:
+        raise UnnamedModelError(f"{exc}; call convscope.health.health(atlas, model=your_loaded_model) from Python") from None
 
 
 def activation_ceiling(module: nn.Module) -> float | None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import html
+import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .errors import ArgumentError, UnknownModelError, WeightsUnavailableError, unknown_name_error
+from .errors import ArgumentError, ConvscopeError, UnknownModelError, WeightsUnavailableError, unknown_name_error
 
 from .model_names import DEFAULT_MODEL  # torch-free, for the CLI's help
 SEED = 0
@@ -401,6 +402,23 @@ def as_loaded(model, device: str | torch.device | None = None) -> "LoadedModel":
     raise TypeError(
         f"expected a LoadedModel (from convscope.load_model) or an nn.Module, got {type(model).__name__}"
     )
+
+
+class UnnamedModelError(ConvscopeError):
+    """The record is of a model object, which has no name to load it by: pass the model itself."""
+
+
+def load_recorded(recorded: dict | None, device: str | torch.device | None = "cpu") -> "LoadedModel":
+    """The model that :meth:`LoadedModel.describe` recorded (in an atlas's info, say) loaded
+    again: its spec, with its weights file if it is still there, or its seeded random weights.
+    A model object, which has no name to load it by, raises :class:`UnnamedModelError` (the
+    caller says how to pass it instead)."""
+    recorded = recorded or {}
+    spec, weights = recorded.get("spec"), recorded.get("weights") or ""
+    if not spec or weights == "user module":
+        raise UnnamedModelError(f"the atlas was made with a model object ({spec}) that cannot be loaded by name")
+    weights_file = weights if os.path.isfile(weights) else None
+    return load_model(spec, weights=weights_file, device=device, pretrained=not weights.startswith("random"))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

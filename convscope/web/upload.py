@@ -109,22 +109,16 @@ class UploadStore:
 
 
 def model_from_info(info: dict):
-    """Load the model an atlas was made with, as its info records it."""
-    from ..models import load_model
+    """Load the model an atlas was made with, as its info records it
+    (:func:`convscope.models.load_recorded`); :class:`ModelUnavailable` (503) when it cannot be."""
+    from ..models import UnnamedModelError, load_recorded
 
-    model = info["model"]  # LoadedModel.describe() of the model that built the atlas
-    spec, weights = model["spec"], model["weights"]
-    if weights == "user module":
-        raise ModelUnavailable(
-            f"the atlas was made with a model object ({spec}) that cannot be loaded by name; "
-            "serve it from Python with create_app(atlas_dir, model=your_loaded_model)"
-        )
-    pretrained = not weights.startswith("random")
-    weights_file = weights if weights and os.path.isfile(weights) else None
     try:
-        return load_model(spec, weights=weights_file, device="cpu", pretrained=pretrained)
+        return load_recorded(info["model"], device="cpu")
+    except UnnamedModelError as exc:
+        raise ModelUnavailable(f"{exc}; serve it from Python with create_app(atlas_dir, model=your_loaded_model)") from None
     except ConvscopeError as exc:
-        raise ModelUnavailable(f"cannot load the atlas's model {spec!r}: {exc}") from None
+        raise ModelUnavailable(f"cannot load the atlas's model {(info['model'] or {}).get('spec')!r}: {exc}") from None
 
 
 def overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> Image.Image:
