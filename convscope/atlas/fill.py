@@ -19,7 +19,7 @@ is that computation, and knows nothing of the web.
   seeded generator, so rendering it alone gives its image from a batch.
 
 Every picture is written to a temporary file, fsynced and renamed into place before
-``atlas.sqlite`` names it (one transaction per unit), so a crash leaves either the old atlas
+``atlas.sqlite`` names it (:meth:`Atlas.set_projections`, one transaction per unit), so a crash leaves either the old atlas
 or the filled one. Filling a unit that lacks nothing does nothing (idempotent).
 
 >>> filler = Filler(Atlas.open("atlas/"), model)
@@ -30,16 +30,14 @@ or the filled one. Filling a unit that lacks nothing does nothing (idempotent).
 """
 from __future__ import annotations
 
-import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from ..errors import ConvscopeError, ImageError
-from .store import DB_NAME, METHODS, Atlas, fsync_file
+from .store import METHODS, Atlas, fsync_file
 
 #: ``convscope featvis``'s defaults: what ``featvis --atlas`` renders with unless told otherwise.
 FEATVIS = {"steps": 512, "size": 128, "seed": 0, "param": "fourier", "lr": 0.05}
@@ -74,7 +72,6 @@ class Filler:
         self.featvis = False if featvis is False else {**FEATVIS, **(featvis if isinstance(featvis, dict) else {})}
         self.batch_size = int(batch_size)
         self._private = None
-        self._lock = threading.Lock()  # the database is written by one fill at a time
 
     def missing(self, layer: str, unit: int) -> dict:
         """What ``unit`` of ``layer`` lacks: ``projections`` (the ranks of the top examples that
@@ -153,25 +150,7 @@ class Filler:
         for e in group:  # the files are on disk before the database names them
             for rel in e.projections.values():
                 fsync_file(self.atlas.root / rel)
-        self._write_projections(layer, unit, group)
-
-    def _write_projections(self, layer: str, unit: int, group) -> None:
-        """Record the new files of ``group`` in ``atlas.sqlite``: one transaction."""
-        with self._lock:
-            rw = sqlite3.connect(self.atlas.root / DB_NAME)
-            try:
-                columns = {row[1] for row in rw.execute("PRAGMA table_info(examples)")}
-                with rw:
-                    for e in group:
-                        sets = {m: rel for m, rel in e.projections.items()}
-                        if "display_top" in columns and e.display_box is not None:
-                            sets.update(zip(("display_top", "display_left", "display_bottom", "display_right"),
-                                            e.display_box))
-                        assignments = ", ".join(f"{k} = ?" for k in sets)
-                        rw.execute(f"UPDATE examples SET {assignments} WHERE layer = ? AND unit = ? AND rank = ?",
-                                   (*sets.values(), layer, int(unit), e.rank))
-            finally:
-                rw.close()
+        self.atlas.set_projections(layer, unit, {e.rank: (e.projections, e.display_box) for e in group})
 
     # ------------------------------------------------------------------ feature visualization
 
@@ -184,8 +163,7 @@ class Filler:
         with tempfile.TemporaryDirectory(prefix="convscope-fill-") as tmp:
             png = Path(tmp) / "featvis.png"
             result.image(0).save(png)
-            with self._lock:
-                self.atlas.set_featvis(layer, int(unit), png)  # atomic file, then one UPDATE
+            self.atlas.set_featvis(layer, int(unit), png)  # atomic file, then one UPDATE
 
 
 def fill_unit(atlas: Atlas, model, layer: str, unit: int, featvis: dict | bool = True) -> dict:

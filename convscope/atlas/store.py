@@ -268,6 +268,27 @@ class Atlas:
                 rw.close()
         return relative
 
+    def set_projections(self, layer: str, unit: int, examples: dict) -> None:
+        """Record projection files already in the atlas (written and fsynced by the caller) for
+        ``unit`` of ``layer``: ``examples`` is ``{rank: ({method: relative path}, display box or
+        None)}``; one transaction, so the database names all of them or none."""
+        self._check_unit(layer, unit)
+        display = ("display_top", "display_left", "display_bottom", "display_right")
+        with self._lock:
+            rw = sqlite3.connect(self.root / DB_NAME)
+            try:
+                with rw:
+                    for rank, (files, box) in examples.items():
+                        sets = {m: rel for m, rel in files.items() if m in METHODS}
+                        if box is not None and display[0] in self._example_columns:
+                            sets.update(zip(display, box))
+                        if sets:
+                            assignments = ", ".join(f"{k} = ?" for k in sets)
+                            rw.execute(f"UPDATE examples SET {assignments} WHERE layer = ? AND unit = ? AND rank = ?",
+                                       (*sets.values(), layer, int(unit), int(rank)))
+            finally:
+                rw.close()
+
     def path(self, relative: str | os.PathLike) -> Path:
         """Absolute path of a file inside the atlas; anything that would leave the atlas folder
         (absolute paths, ``..``, links pointing out) raises :class:`ConvscopeError`."""
