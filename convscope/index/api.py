@@ -84,7 +84,7 @@ class Index(IndexStore):
         elif isinstance(target, (str, os.PathLike)):
             record = self.file_of(target)
             if record is not None:
-                row = self._row_at(record, time)
+                row = self.row_at(record, time)
                 vector, exclude = np.asarray(self.embedding[row], np.float32), record["id"]
             else:
                 vector = self.embed(target, model=model, time=time)
@@ -126,7 +126,9 @@ class Index(IndexStore):
 
     # ----------------------------------------------------------------- helpers
 
-    def _row_at(self, record: dict, time: float | None) -> int:
+    def row_at(self, record: dict, time: float | None) -> int:
+        """The entry of a file record: a photo's one, or a video's frame nearest ``time`` (else
+        its first)."""
         first, rows = record["first_row"], record["rows"]
         if time is None or record["kind"] != "video":
             return first

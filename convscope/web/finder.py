@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ConvscopeError, ImageError
 from ..index.search import MIN_SCORE
-from .gallery import DECODE_LOCK, NotFound
+from .gallery import DECODE_LOCK, NotFound, decode_image
 
 #: Results on one page unless ``top`` says otherwise, and the most ``top`` may ask for.
 TOP = 40
@@ -212,10 +212,11 @@ class Finder:
     # ------------------------------------------------------------------ records and files
 
     def record(self, file_id: int) -> dict:
-        rows = self.index.query("SELECT * FROM files WHERE id = ?", [int(file_id)])
-        if not rows:
-            raise NotFound(f"there is no file {file_id} in this index")
-        return dict(rows[0])
+        """The file record of ``file_id`` (the index keeps those it has read)."""
+        try:
+            return self.index.files([int(file_id)])[int(file_id)]
+        except KeyError:
+            raise NotFound(f"there is no file {file_id} in this index") from None
 
     def entry(self, row: int) -> tuple[dict, float | None]:
         """The file record of entry ``row`` and the entry's time (None for a photo)."""
@@ -256,10 +257,7 @@ class Finder:
         suffix = os.path.splitext(real)[1].lower()
         if suffix in BROWSER_TYPES:
             return real, BROWSER_TYPES[suffix], None
-        from ..data import load_image
-
-        with DECODE_LOCK:
-            image = load_image(real)
+        image = decode_image(real, target_size=MAX_SIDE)  # a large JPEG decoded at reduced scale
         image.thumbnail((MAX_SIDE, MAX_SIDE))
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=90)
@@ -319,16 +317,8 @@ class Finder:
         self.check_served(record)
         results = self.index.like(record["path"], top=top + 1, time=time)
         query = {"like": record["path"], "name": self.roots.display(record["path"]), "t": time, "top": top,
-                 "thumb": self.links.thumb(self._row_at(record, time))}
+                 "thumb": self.links.thumb(self.index.row_at(record, time))}
         return self._page("like", query, results, top)
-
-    def _row_at(self, record: dict, time: float | None) -> int:
-        """The entry of a file: a photo's one, or a video's frame nearest ``time`` (else its first)."""
-        first, rows = record["first_row"], record["rows"]
-        if time is None or record["kind"] != "video":
-            return first
-        times = np.asarray(self.index.entry_time[first:first + rows])
-        return first + int(np.argmin(np.abs(times - time)))
 
     def unit(self, text: str, *, top: int = TOP) -> dict:
         """The entries that excite one unit most (``LAYER:UNIT``), each with its receptive-field
