@@ -10,7 +10,19 @@ from typing import Iterable
 
 
 class ConvscopeError(Exception):
-    """Base class: the message is a complete sentence that says what to do next."""
+    """Base class: the message is a complete sentence that says what to do next.
+
+    ``param``: the parameter at fault, where there is one (``out``, ``resume``). The message
+    speaks of the library's parameters, each written in backticks (```resume=True```, ```out```),
+    so that the CLI can say them as its flags (``--resume``, ``--out``).
+    """
+
+    param: str | None = None
+
+    def __init__(self, *args, param: str | None = None):
+        super().__init__(*args)
+        if param is not None:
+            self.param = param
 
 
 class UnknownModelError(ConvscopeError, ValueError):
@@ -23,11 +35,25 @@ class UnknownLayerError(ConvscopeError, KeyError):
 
 
 class ArgumentError(ConvscopeError, ValueError):
-    """A parameter value the library cannot use; the message names the parameter and what to pass."""
+    """A parameter value the library cannot use; the message names the parameter and what to pass
+    (``param``, where one parameter is at fault)."""
+
+
+class FolderInUseError(ArgumentError):
+    """A store's folder (``param``: ``out``) that holds what the call was not told to replace or
+    continue: a finished store, an unfinished build, or other files."""
+
+
+class QueryError(ConvscopeError):
+    """A search that can find nothing, as a word no vocabulary holds: an answer, not bad input."""
 
 
 class UnknownNameError(ConvscopeError, ValueError):
     """A name (method, transform, atlas layer, ...) that is not one of the known ones."""
+
+
+class UnknownWordError(QueryError, UnknownNameError):
+    """A search word that is not in the vocabulary (with close matches): a query that finds nothing."""
 
 
 class LayerNotRunError(ConvscopeError):

@@ -39,17 +39,16 @@ from torch import nn
 
 from .backproject import project, to_image
 from .checkpoints import load_weights
+from .choices import DEFAULT_UNITS
 from .crops import Crops
 from .data import expand_inputs, iter_batches, load_image
-from .errors import unknown_layer_error
+from .errors import ArgumentError, unknown_layer_error
 from .files import atomic_write, safe_name, write_text_atomic
 from .hooks import capture, run
 from .models import LoadedModel, Preprocessing, load_model
 from .progress import Bar
 from .scan import Scan, ScanState
 
-#: Units drawn per layer when none are named (``count``): the strongest at the last checkpoint.
-DEFAULT_UNITS = 6
 
 
 @dataclasses.dataclass
@@ -352,37 +351,39 @@ def evolve(
     >>> result.to_json()
     """
     if not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive whole number, got {top!r}")
+        raise ArgumentError(f"`top` must be a positive whole number, got {top!r}", param="top")
     if isinstance(units, int):
         raise TypeError(f"units are unit indices (a list, or {{layer: [units]}}); for the {units} strongest, pass count={units}")
     if units is None and (not isinstance(count, int) or count < 1):
-        raise ValueError(f"count must be a whole number of at least 1 unit per layer, got {count!r}")
+        raise ArgumentError(f"`count` must be a whole number of at least 1 unit per layer, got {count!r}", param="count")
     checkpoints = list(checkpoints)
     if len(checkpoints) < 2:
-        raise ValueError(f"evolve compares checkpoints: give two or more, got {len(checkpoints)}")
+        raise ArgumentError(f"evolve compares `checkpoints`: give two or more, got {len(checkpoints)}", param="checkpoints")
     names_of = list(labels) if labels is not None else checkpoint_labels(checkpoints)
     if len(names_of) != len(checkpoints):
-        raise ValueError(f"got {len(names_of)} labels for {len(checkpoints)} checkpoints; give one per checkpoint")
+        raise ArgumentError(f"got {len(names_of)} `labels` for {len(checkpoints)} checkpoints; give one per checkpoint",
+                            param="labels")
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     paths_p, missing = expand_inputs(images)
     paths = [str(p) for p in paths_p]
     if len(paths) <= top:
-        raise ValueError(
+        raise ArgumentError(
             f"evolve needs more photos than top={top} (got {len(paths)}): with as many photos as top, "
-            "every unit keeps the same top images and the overlap says nothing"
+            "every unit keeps the same top images and the overlap says nothing", param="top",
         )
     models = checkpoint_models(model, checkpoints, device=device, preprocessing=preprocessing)
     base = models[0]
     infos = base.layers.select(layers)
     if not infos:
-        raise ValueError("no layers chosen; name some with layers=[...] (run `convscope layers`)")
+        raise ArgumentError("no layers chosen; name some in `layers` (run `convscope layers`)", param="layers")
     named = _named_units(units, infos)
     skipped = [(e.path, e.reason) for e in missing]
     states, mean_maps = _scan_all(models, paths, infos, top, batch_size, workers, progress, skipped)
     seen = states[0].images
     if seen <= top:
-        raise ValueError(f"only {seen} of the photos could be read, not more than top={top}; give more photos")
+        raise ArgumentError(f"only {seen} of the photos could be read, not more than `top={top}`; give more photos",
+                            param="top")
     scans = [Scan(s, paths, infos, Crops(), list(skipped)) for s in states]
 
     chosen = {name: us if us is not None else _strongest(scans[-1], name, count) for name, us in named.items()}
@@ -444,9 +445,10 @@ def _named_units(units, infos) -> dict[str, list[int] | None]:
             continue
         bad = [u for u in us if not 0 <= u < channels[name]]
         if bad:
-            raise ValueError(f"unit {bad[0]} is out of range for layer {name!r} (0..{channels[name] - 1})")
+            raise ArgumentError(f"unit {bad[0]} is out of range for layer {name!r} (0..{channels[name] - 1})", param="units")
         if not us:
-            raise ValueError(f"no units named for layer {name!r}; name at least one, or leave it out for the strongest")
+            raise ArgumentError(f"no `units` named for layer {name!r}; name at least one, or leave it out for the strongest",
+                                param="units")
     return out
 
 

@@ -24,14 +24,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .choices import POOLS
 from .data import expand_inputs, iter_batches
-from .errors import ConvscopeError
+from .errors import ArgumentError, ConvscopeError
 from .files import atomic_write
 from .hooks import capture, run
 from .models import LoadedModel, as_loaded
 from .progress import Bar
-
-POOLS = ("avg", "max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,15 +125,17 @@ def labelled_folder(folder: str | os.PathLike) -> tuple[list[str], list[int], li
     sorted by name. Raises ``ValueError`` for fewer than two classes or an empty class."""
     root = Path(folder)
     if not root.is_dir():
-        raise ValueError(f"{str(root)!r} is not a folder; give a folder with one sub-folder of images per class")
+        raise ArgumentError(f"{str(root)!r} is not a folder; give a folder with one sub-folder of images per class",
+                            param="folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise ValueError(f"{str(root)!r} has {len(classes)} class sub-folders; a probe needs two or more (one per class)")
+        raise ArgumentError(f"{str(root)!r} has {len(classes)} class sub-folders; a probe needs two or more (one per class)",
+                            param="folder")
     paths, labels = [], []
     for k, name in enumerate(classes):
         found, _ = expand_inputs([root / name])
         if not found:
-            raise ValueError(f"class folder {str(root / name)!r} holds no images")
+            raise ArgumentError(f"class folder {str(root / name)!r} holds no images", param="folder")
         paths.extend(str(p) for p in found)
         labels.extend([k] * len(found))
     return paths, labels, classes
@@ -226,14 +227,14 @@ def probe(
     >>> [(r["layer"], round(r["accuracy"], 2)) for r in result.records()]
     """
     if pool not in POOLS:
-        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        raise ArgumentError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}", param="pool")
     if not isinstance(folds, int) or folds < 2:
-        raise ValueError(f"folds must be a whole number of at least 2, got {folds!r}")
+        raise ArgumentError(f"`folds` must be a whole number of at least 2, got {folds!r}", param="folds")
     model: LoadedModel = as_loaded(model)
     paths, labels, classes = labelled_folder(folder)
     infos = model.layers.select(layers)
     if not infos:
-        raise ValueError("no layers to probe; name some with layers=[...] (run `convscope layers`)")
+        raise ArgumentError("no layers to probe; name some in `layers` (run `convscope layers`)", param="layers")
     feats, kept, skipped = features(model, paths, [i.name for i in infos], batch_size=batch_size,
                                     workers=workers, progress=progress)
     y = np.asarray(labels)[kept]
@@ -241,7 +242,8 @@ def probe(
     short = [(classes[k], int(c)) for k, c in enumerate(counts) if c < folds]
     if short:
         name, c = short[0]
-        raise ValueError(f"class {name!r} has {c} readable photos, fewer than folds={folds}; add photos or use fewer folds")
+        raise ArgumentError(f"class {name!r} has {c} readable photos, fewer than folds={folds}; add photos or use fewer "
+                            "folds", param="folds")
     out = []
     for info in infos:
         scores = {p: cross_validate(feats[info.name][p], y, folds, seed=seed, C=C) for p in POOLS}

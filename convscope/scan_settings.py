@@ -15,11 +15,9 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .choices import RANK_BY
 from .errors import ConvscopeError
 from .saturation import Saturation, saturating_activations
-
-#: The choices of ``scan(..., rank_by=...)`` and ``atlas build --rank-by``.
-RANK_BY = ("auto", "output", "pre-activation")
 
 
 def ranking(module: torch.nn.Module, names: Sequence[str], rank_by: str = "auto",

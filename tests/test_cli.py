@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from convscope.cli import main
 from convscope.cli._common import Group, renamed
-from convscope.errors import ConvscopeError, UnknownLayerError, UnknownModelError
+from convscope.errors import (ArgumentError, ConvscopeError, FolderInUseError, UnknownLayerError, UnknownModelError,
+                              UnknownWordError)
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
@@ -85,25 +86,47 @@ def test_package_names_load_on_first_use():
         convscope.no_such_name
 
 
-def test_written_out_names_agree_with_the_library():
-    """--help lists names without importing the registries; they must not drift."""
-    from convscope import backproject, evolve, explain, featvis, index, model_names, models, probe
-    from convscope.cli import explain as explain_cli
-    from convscope.cli import featvis as featvis_cli
-    from convscope.cli import project as project_cli
-    from convscope.cli import search as search_cli
-    from convscope.cli import training as training_cli
+def test_choices_are_the_library_registries():
+    """--help lists names from convscope.choices, which keys the library's registries: the CLI's
+    choices and defaults are the library's, with no copy to drift."""
+    from convscope import backproject, explain, featvis, index, model_names, models, probe, scan_settings
+    from convscope.atlas import store
+    from convscope.cli import main
+    from convscope.evolve import DEFAULT_UNITS
     from convscope.index import search
 
-    assert project_cli.METHODS == {name: rule.description for name, rule in backproject.METHODS.items()}
-    assert explain_cli.METHODS == tuple(explain.METHODS)
-    assert explain_cli.TRANSFORMS == tuple(explain.TRANSFORMS)
-    assert featvis_cli.PARAMS == tuple(featvis.PARAMS)
+    def option(path: str, name: str) -> click.Parameter:
+        ctx, cmd = click.Context(main), main
+        for word in path.split():
+            cmd = cmd.get_command(ctx, word)
+        return next(p for p in cmd.params if p.name == name)
+
+    def choices(path: str, name: str) -> list[str]:
+        return list(option(path, name).type.choices)
+
+    assert choices("project", "method") == list(backproject.METHODS)
+    for name, rule in backproject.METHODS.items():
+        assert f"{name}: {rule.description}" in option("project", "method").help
+    assert choices("explain", "methods") == list(explain.METHODS)
+    assert choices("invariance", "transform") == list(explain.TRANSFORMS)
+    assert choices("featvis", "param") == list(featvis.PARAMS)
+    assert choices("atlas build", "rank_by") == list(scan_settings.RANK_BY)
+    assert choices("atlas build", "deconvnet") == ["auto", "always"]
+    assert choices("search", "sort") == list(search.SORTS)
+    assert option("search", "min_score").default == index.MIN_SCORE
+    assert choices("probe", "pool") == list(probe.POOLS)
+    assert choices("evolve", "method") == list(store.METHODS) and set(store.METHODS) <= set(backproject.METHODS)
+    assert option("evolve", "count").default == DEFAULT_UNITS
     assert list(model_names.BUILTIN) == models.available_models()
     assert models.DEFAULT_MODEL == model_names.DEFAULT_MODEL
-    assert search_cli.MIN_SCORE == index.MIN_SCORE and search_cli.SORTS == search.SORTS
-    assert training_cli.DEFAULT_UNITS == evolve.DEFAULT_UNITS and training_cli.POOLS == probe.POOLS
-    assert set(training_cli.EVOLVE_METHODS) <= set(backproject.METHODS)
+
+
+def test_a_registry_must_hold_its_names():
+    from convscope.choices import keyed
+
+    assert list(keyed(("b", "a"), {"a": 1, "b": 2})) == ["b", "a"]
+    with pytest.raises(RuntimeError, match="change both"):
+        keyed(("a", "b"), {"a": 1, "c": 2})
 
 
 def test_imagenet_labels_are_timms():
@@ -136,6 +159,12 @@ def _raising(exc: BaseException) -> Group:
     (TypeError("unsupported operand"), 1, "error: TypeError: unsupported operand (set CONVSCOPE_DEBUG=1"),
     (KeyError("weights"), 1, "error: KeyError: 'weights' (set CONVSCOPE_DEBUG=1"),
     (ValueError("too many values to unpack"), 1, "error: ValueError: too many values"),
+    # a library error speaks of parameters, in backticks; the CLI says them as its flags
+    (FolderInUseError("d holds an unfinished build; give `resume=True` (and the same `inputs`), or another `out`",
+                      param="out"), 2, "error: d holds an unfinished build; give --resume (and the same PATHS), or another --out\n"),
+    (ArgumentError("fewer than `folds=7`; or `pretrained=False` (run `convscope layers`)", param="folds"), 2,
+     "error: fewer than --folds 7; or --no-pretrained (run `convscope layers`)\n"),
+    (UnknownWordError("unknown word 'catt'. Close matches: cat."), 1, "error: unknown word 'catt'."),
 ])
 def test_errors_are_one_line_with_their_exit_status(exc, code, needle, monkeypatch):
     monkeypatch.delenv("CONVSCOPE_DEBUG", raising=False)
@@ -282,8 +311,8 @@ def test_atlas_build_show_export_records(photo, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     record = json.loads(res.stdout)
     assert record["layers"] == ["layer1"] and record["units"] == 64 and record["images"]["scanned"] == 1
-    res = CliRunner().invoke(main, args)  # the refusal names the flags, and comes before the model loads
-    assert res.exit_code == 1 and "give --overwrite to replace it" in res.output
+    res = CliRunner().invoke(main, args)  # the library's refusal, its parameters said as flags: a usage error
+    assert res.exit_code == 2 and "give --overwrite to replace it, or another --out" in res.output
     res = CliRunner().invoke(main, ["atlas", "show", str(out), "--layers", "layer1", "--units", "0,5", "--json"])
     assert res.exit_code == 0 and [json.loads(l)["unit"] for l in res.stdout.splitlines()] == [0, 5]
     with Atlas.open(out) as atlas:

@@ -75,7 +75,7 @@ def test_index_record_and_bad_files_one_line_each(tiny, photos, tmp_path):
     assert record["layers"] == ["layer1", "layer4"] and record["model"] == "torchvision:resnet18"
     lines = [line for line in res.stderr.splitlines() if line.startswith("skipped ")]
     assert len(lines) == 1 and "bad\\nname.jpg: " in lines[0]  # the newline shown, not printed
-    again = run("index", photos / "lib", "--out", out)  # refused in flags, before a model loads
+    again = run("index", photos / "lib", "--out", out)  # the library's refusal, said in flags
     assert again.exit_code == 2 and "give --update" in again.output
     nothing = run("index", photos / "lib" / "bad\nname.jpg", "--out", tmp_path / "none", "--workers", 0, *RESNET)
     assert nothing.exit_code == 1 and "(0 entries, 1 skipped)" in nothing.stderr, nothing.output

@@ -39,7 +39,8 @@ from PIL import Image
 from ..backproject import ActivationRuleWarning, deconvnet_dependence, project_boxes, projection_module
 from ..data import load_image_hashed
 from ..display import crop_wanted, energy_box, to_picture
-from ..errors import ConvscopeError, ImageError, unknown_name_error
+from ..choices import DECONVNET_MODES, RANK_BY
+from ..errors import ArgumentError, FolderInUseError, ImageError, unknown_name_error
 from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_name
 from ..progress import Bar
 from ..runtime import keep_freed_memory
@@ -109,12 +110,10 @@ def build(
     for m in methods:
         if m not in METHODS:  # the atlas has a column for these only
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
-    if deconvnet not in ("auto", "always"):
-        raise ConvscopeError(f"deconvnet must be 'auto' or 'always', got {deconvnet!r}")
-    from ..scan_settings import RANK_BY
-
+    if deconvnet not in DECONVNET_MODES:
+        raise ArgumentError(f"`deconvnet` must be one of {', '.join(DECONVNET_MODES)}, got {deconvnet!r}", param="deconvnet")
     if rank_by not in RANK_BY:
-        raise ConvscopeError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+        raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
     choices = dict(rank_by=rank_by, deconvnet=deconvnet)
     _prepare(out, resume, overwrite)
     # A full disk stops the build with one line; every file written so far is whole, the last
@@ -197,13 +196,15 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
         remove_stale_temps(out)
         return
     if db.exists() and not resume:
-        raise ConvscopeError(f"{out} already holds an atlas; pass overwrite=True to replace it, or choose another out folder")
+        raise FolderInUseError(f"{out} already holds an atlas; give `overwrite=True` to replace it, or another `out`",
+                               param="out")
     if partial.exists() and not resume:
-        raise ConvscopeError(f"{out} holds an unfinished atlas build; pass resume=True to continue it, or overwrite=True to start again")
+        raise FolderInUseError(f"{out} holds an unfinished atlas build; give `resume=True` to continue it, or "
+                               "`overwrite=True` to start again", param="out")
     if out.exists() and not out.is_dir():
-        raise ConvscopeError(f"out {out} is a file; give a folder for the atlas")
+        raise FolderInUseError(f"`out` {out} is a file; give a folder for the atlas", param="out")
     if out.is_dir() and not partial.exists() and any(out.iterdir()):
-        raise ConvscopeError(f"{out} is not empty and holds no atlas; give a new or empty folder as out")
+        raise FolderInUseError(f"{out} is not empty and holds no atlas; give a new or empty folder as `out`", param="out")
     if resume:
         remove_stale_temps(out)
 

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..choices import DRAWN_PROJECTIONS
 from ..errors import ConvscopeError, unknown_name_error
 from ..files import DiskFullError, atomic_write, safe_name
 from ..scan import ScanState
@@ -38,7 +39,7 @@ PARTIAL = ".partial"
 STATE_NAME = "scan_state.pt"
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HISTOGRAM_BINS = 32
-METHODS = ("deconvnet", "guided")  # the projection columns of the examples table, and the default
+METHODS = DRAWN_PROJECTIONS  # the projection columns of the examples table, and the default
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..choices import PROJECTION_METHODS, keyed
 from ..errors import unknown_name_error
 from ..layers import is_activation
 
@@ -42,11 +43,13 @@ class Rule:
     description: str
 
 
-#: The projection methods, by name: the library and the CLI's ``--method`` choices both read this.
+#: The projection methods, by name, keyed by :data:`convscope.choices.PROJECTION_METHODS` (their
+#: descriptions), which the CLI's ``--method`` choices read.
 METHODS: dict[str, Rule] = {
-    "deconvnet": Rule("deconvnet", _rectify, False, "Zeiler & Fergus (backward signal rectified, forward mask ignored)"),
-    "guided": Rule("guided", _rectify, True, "guided backprop (backward signal rectified, then the ReLU's mask)"),
-    "gradient": Rule("gradient", None, True, "plain gradient, as in saliency maps (nothing changed)"),
+    name: Rule(name, signal, through_unit, PROJECTION_METHODS[name])
+    for name, (signal, through_unit) in keyed(PROJECTION_METHODS, {
+        "deconvnet": (_rectify, False), "guided": (_rectify, True), "gradient": (None, True),
+    }).items()
 }
 
 

@@ -16,36 +16,68 @@ import sys
 
 import click
 
-from ..errors import ConvscopeError, UnknownLayerError
+from ..errors import ConvscopeError, QueryError
 from ..files import printable_path
 from ..model_names import BUILTIN, DEFAULT_MODEL
 
 DEBUG_HINT = "set CONVSCOPE_DEBUG=1 for the traceback"
+
+#: The exit status of an error that ends a command: the first row whose classes the error is an
+#: instance of, all of them, decides. 2: bad input, told in the library's own words; 1: a
+#: failure the user can act on, or a search that finds nothing. Anything else is a bug (1).
+EXIT_CODES: tuple[tuple[tuple[type, ...], int], ...] = (
+    ((QueryError,), 1),  # a word no vocabulary holds: an answer, as an empty result is
+    ((ConvscopeError, ValueError), 2),  # a parameter value (ArgumentError), an unknown name or model
+    ((ConvscopeError, LookupError), 2),  # an unknown layer, a unit out of range
+    ((ConvscopeError, TypeError), 2),
+    ((ConvscopeError,), 1),  # a damaged store, a layer that did not run, a full disk
+    ((OSError,), 1),  # a file the command could not read or write
+)
+
+#: The flag (or argument) that sets a library parameter, where it is not ``--NAME`` (``_`` as
+#: ``-``); a key with a value (``pretrained=False``) stands for that one setting.
+FLAGS = {
+    "inputs": "PATHS",  # Index.build
+    "images": "IMAGES",  # atlas.build
+    "checkpoints": "--weights",  # evolve
+    "pretrained=False": "--no-pretrained",
+}
+
+_MENTION = re.compile(r"`([A-Za-z_]\w*)(?:=([^`]*))?`")
 
 
 def debug() -> bool:
     return os.environ.get("CONVSCOPE_DEBUG", "").strip().lower() not in ("", "0", "no", "false", "off")
 
 
-def describe_error(exc: Exception) -> tuple[int, str]:
-    """The exit status and the one line for an exception that ended a command.
+def in_flags(message: str) -> str:
+    """A library message with the parameters it names in backticks (```out```, ```resume=True```,
+    ```folds=7```) said as the flags that set them (``--out``, ``--resume``, ``--folds 7``).
 
-    2: bad input, told in the library's own words (its errors that are also a ValueError,
-    LookupError or TypeError, as an unknown layer or model, or a unit out of range). 1: a
-    failure the user can act on (other library errors, a file or disk problem, out of memory).
-    Anything else is a bug: 1, with its type and the way to see the traceback.
+    >>> in_flags("x holds an unfinished build; give `resume=True` to continue it, or another `out`")
+    'x holds an unfinished build; give --resume to continue it, or another --out'
     """
-    if isinstance(exc, UnknownLayerError):  # a KeyError too: its message, not KeyError's quoting
-        return 2, str(exc)
-    if isinstance(exc, ConvscopeError):
-        bad_input = isinstance(exc, (ValueError, LookupError, TypeError)) or getattr(exc, "usage", False)
-        return (2 if bad_input else 1), str(exc)
+    def flag(match: re.Match) -> str:
+        name, value = match.groups()
+        if match.group(0)[1:-1] in FLAGS:
+            return FLAGS[match.group(0)[1:-1]]
+        spelled = FLAGS.get(name, "--" + name.replace("_", "-"))
+        return spelled if value in (None, "True") else f"{spelled} {value}"
+
+    return _MENTION.sub(flag, message)
+
+
+def describe_error(exc: Exception) -> tuple[int, str]:
+    """The exit status (:data:`EXIT_CODES`) and the one line for an exception that ended a
+    command: a library error's own message, its parameters said as flags; out of memory as what
+    to change; anything else, a bug, with its type and the way to see the traceback."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA one
         return 1, "out of memory; try a smaller --batch-size"
-    if isinstance(exc, OSError):
-        return 1, str(exc)
-    text = str(exc).strip().splitlines()
-    return 1, f"{type(exc).__name__}: {text[0] if text else '(no message)'} ({DEBUG_HINT})"
+    code = next((code for classes, code in EXIT_CODES if all(isinstance(exc, c) for c in classes)), None)
+    if code is None:
+        text = str(exc).strip().splitlines()
+        return 1, f"{type(exc).__name__}: {text[0] if text else '(no message)'} ({DEBUG_HINT})"
+    return code, in_flags(str(exc)) if isinstance(exc, ConvscopeError) else str(exc)
 
 
 class Group(click.Group):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import click
 
+from ..choices import DECONVNET_MODES, RANK_BY
 from ..files import printable_path
 from ._common import LAYERS, UNITS, emit, model_options, note, renamed, report_skipped
 from ._ray import ray_options
@@ -46,10 +46,10 @@ atlas.add_command(health_command)
 @click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1), help="Photos between saved checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted build in --out (same arguments).")
 @click.option("--overwrite", is_flag=True, help="Replace an atlas or unfinished build in --out.")
-@click.option("--rank-by", "rank_by", type=click.Choice(["auto", "output", "pre-activation"]), default="auto",
+@click.option("--rank-by", "rank_by", type=click.Choice(RANK_BY), default="auto",
               show_default=True, help="What ranks the top images: the layer's output, or the input of a saturating "
               "activation that ends it (ReLU6 ties at 6.0); auto: the pre-activation where there is one.")
-@click.option("--deconvnet", "deconvnet", type=click.Choice(["auto", "always"]), default="auto", show_default=True,
+@click.option("--deconvnet", "deconvnet", type=click.Choice(DECONVNET_MODES), default="auto", show_default=True,
               help="auto: no deconvnet projections for layers where they cannot depend on the image (no max-pool "
               "below them); always: compute them everywhere.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, seconds.")
@@ -73,22 +73,14 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
       convscope atlas build photos/ --out atlas/ --rank-by output
       convscope atlas build @imagenet.txt --out atlas/ --ray auto
     """
-    from ..atlas import DB_NAME, PARTIAL
     from ..atlas import build as build_atlas
     from ..data import sample_photos
-    from ..errors import ConvscopeError
 
     inputs = list(images)
     if samples:
         inputs += [str(p) for p in sample_photos()]
     if not inputs:
         raise click.UsageError("give image files, folders or globs, or --samples")
-    # The library's refusals name its parameters; say them in flags, before the model loads.
-    if not (overwrite or resume) and (Path(out) / DB_NAME).exists():
-        raise ConvscopeError(f"{out} already holds an atlas; give --overwrite to replace it, or another --out")
-    if not (overwrite or resume) and (Path(out) / PARTIAL).exists():
-        raise ConvscopeError(f"{out} holds an unfinished atlas build; give --resume to continue it, "
-                             "or --overwrite to start again")
     model = model_args.load()
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:

@@ -6,17 +6,13 @@ from pathlib import Path
 
 import click
 
+from ..choices import EXPLAIN_METHODS, TRANSFORMS
 from ._common import LAYERS, emit, model_options, renamed
-
-# convscope.explain.METHODS and TRANSFORMS, written out so that --help needs no torch
-# (tests/test_cli.py checks that they agree)
-METHODS = ("occlusion", "gradcam", "guided-gradcam", "saliency", "activations")
-TRANSFORMS = ("translate", "scale", "rotate")
 
 
 @click.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--method", "methods", multiple=True, required=True, type=click.Choice(METHODS),
+@click.option("--method", "methods", multiple=True, required=True, type=click.Choice(EXPLAIN_METHODS),
               help="What to compute; repeat for several.")
 @click.option("--target", default="top", show_default=True, metavar="CLASS|top", help="Class index to explain, or the top prediction.")
 @click.option("--layers", type=LAYERS, default=None,

@@ -6,10 +6,8 @@ import math
 
 import click
 
+from ..choices import PARAMS
 from ._common import LAYERS, UNITS, emit, model_options, renamed
-
-# convscope.featvis.PARAMS, written out so that --help needs no torch (tests/test_cli.py checks)
-PARAMS = ("fourier", "pixel")
 
 
 @click.command()

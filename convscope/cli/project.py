@@ -7,15 +7,8 @@ from pathlib import Path
 
 import click
 
+from ..choices import PROJECTION_METHODS
 from ._common import LAYERS, UNITS, emit, model_options, note, renamed
-
-# convscope.backproject.METHODS, written out so that --help needs no torch (tests/test_cli.py
-# checks that the two agree)
-METHODS = {
-    "deconvnet": "Zeiler & Fergus (backward signal rectified, forward mask ignored)",
-    "guided": "guided backprop (backward signal rectified, then the ReLU's mask)",
-    "gradient": "plain gradient, as in saliency maps (nothing changed)",
-}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CHUNK = 8  # projections per backward pass: one image, several units
 
@@ -28,8 +21,8 @@ CHUNK = 8  # projections per backward pass: one image, several units
 @renamed("--unit", "--units", required=True, type=UNITS)
 @click.option("--y", type=int, default=None, help="Row on the layer's map (default: each unit's strongest position).")
 @click.option("--x", type=int, default=None, help="Column on the layer's map (give with --y).")
-@click.option("--method", type=click.Choice(list(METHODS)), default="deconvnet", show_default=True,
-              help="; ".join(f"{name}: {text}" for name, text in METHODS.items()) + ".")
+@click.option("--method", type=click.Choice(list(PROJECTION_METHODS)), default="deconvnet", show_default=True,
+              help="; ".join(f"{name}: {text}" for name, text in PROJECTION_METHODS.items()) + ".")
 @click.option("--out", "out", type=click.Path(), default=None,
               help="Folder for IMAGE-LAYER-UNIT-METHOD.png, the projection with the unit's receptive field "
                    "drawn (default: the current folder, unless only --npy FILE is given).")

@@ -5,18 +5,13 @@ from __future__ import annotations
 import re
 import sys
 import time
-from pathlib import Path
 
 import click
 
+from ..choices import MIN_SCORE, SORTS
 from ..files import printable_path
 from ._common import LAYERS, emit, model_options, note, report_skipped
 from ._ray import ray_options
-
-# convscope.index.MIN_SCORE and convscope.index.search.SORTS, written out so that --help needs no
-# numpy or torch (tests/test_cli.py checks that they agree)
-MIN_SCORE = 0.2
-SORTS = ("score", "date")
 
 
 @click.command("index")
@@ -54,18 +49,9 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
       convscope index photos/ --out photos.index --ray --ray-workers 2
     """
     from ..index import Index
-    from ..index.store import DB_NAME, PARTIAL
 
     if not paths and not update:
         raise click.UsageError("give photos and videos to index (files, folders, globs or @LIST files)")
-    root = Path(out)
-    # The library's refusals name its parameters; say them in flags, before the model loads.
-    finished = (root / DB_NAME).exists()
-    if not resume and ((root / PARTIAL / DB_NAME).exists() or (root / PARTIAL).exists() and not finished):
-        raise click.UsageError(f"{out} holds an unfinished index {'update' if finished else 'build'}; give "
-                               f"{'--update --resume' if finished else '--resume'} (and the same PATHS) to continue it")
-    if finished and not (update or resume):
-        raise click.UsageError(f"{out} already holds an index; give --update to add new and changed files, or another --out")
     model = model_args.load()
     started = time.time()
     with Index.build(model, list(paths) or None, out, fps=fps, update=update, resume=resume, batch_size=batch_size,
@@ -82,17 +68,6 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
     sys.exit(0 if info["entries"] else 1)
 
 
-def _unit(ctx, param, value):
-    if value is None:
-        return None
-    from ..index import parse_unit
-
-    try:
-        return parse_unit(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
 @click.argument("query", nargs=-1)
@@ -103,7 +78,7 @@ def _unit(ctx, param, value):
               help="Keyword results by score, or by date (EXIF, else the file's time; newest first).")
 @click.option("--like", "like", default=None, metavar="FILE_OR_INDEXED_PATH",
               help="Instead of a QUERY: the photos most like this one (indexed, or any photo file), by embedding.")
-@click.option("--unit", "unit", default=None, metavar="LAYER:UNIT", callback=_unit,
+@click.option("--unit", "unit", default=None, metavar="LAYER:UNIT",
               help="Instead of a QUERY: the photos that excite this unit most, e.g. blocks.4:17, with its box.")
 @click.option("--explain", "explain_dir", default=None, type=click.Path(file_okay=False),
               help="Folder for one picture per result, NN_<name>.png in result order: where the network saw "
@@ -130,9 +105,7 @@ def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_j
       convscope search photos.index --like photos/rex.jpg
       convscope search photos.index --unit blocks.4:17 --explain why/
     """
-    from ..errors import ConvscopeError, UnknownNameError
-    from ..index import Index
-    from ..vocab import NoClassError
+    from ..index import Index, parse_unit
 
     text = " ".join(query).strip()
     asked = [name for name, given in (("QUERY", text), ("--like", like), ("--unit", unit)) if given]
@@ -145,18 +118,15 @@ def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_j
     for flag in ("--min-score", "--sort") if not text else ():
         if ctx.get_parameter_source(flag[2:].replace("-", "_")) == click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError(f"{flag} is for a keyword QUERY; {asked[0]} results come by similarity, best first")
+    unit = parse_unit(unit) if unit is not None else None
     with Index.open(index_dir) as idx:
         if unit is not None:
             idx.layer(unit[0])  # an unknown layer fails before a model loads
         model = None
         if model_args.names_a_model:  # not the index's own model as it was built
             model = model_args.load(idx.meta["model"]["spec"])
-        if text:
-            try:
-                results = idx.search(text, top=top, min_score=min_score, sort=sort)
-            except (UnknownNameError, NoClassError) as exc:
-                # a word the search does not know finds nothing: exit 1, not a usage error
-                raise ConvscopeError(str(exc)) from None
+        if text:  # a word the search does not know is a QueryError: exit 1, as for nothing found
+            results = idx.search(text, top=top, min_score=min_score, sort=sort)
         elif like is not None:
             results = idx.like(like, top=top, model=model)
         else:

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import click
 
+from ..choices import DEFAULT_UNITS, DRAWN_PROJECTIONS, POOLS
 from ..model_names import BUILTIN, DEFAULT_MODEL
 from ._common import LAYERS, UNITS, check_device, device_option, emit, model_options, note, report_skipped
-
-# convscope.evolve.DEFAULT_UNITS, convscope.backproject's methods that evolve draws and
-# convscope.probe.POOLS, written out so that --help needs no torch (tests/test_cli.py checks)
-DEFAULT_UNITS = 6
-EVOLVE_METHODS = ("deconvnet", "guided")
-POOLS = ("avg", "max")
 
 
 def _checkpoints(values) -> list[str]:
@@ -25,20 +20,6 @@ def _checkpoints(values) -> list[str]:
     for value in values:
         out += [value] if os.path.isfile(value) else [v.strip() for v in value.split(",") if v.strip()]
     return out
-
-
-def _engine_call(fn, *args, **kwargs):
-    """The engines check their inputs with plain ``ValueError`` naming their parameters (the
-    number of photos against ``top``, a unit out of range, a class with fewer photos than the
-    folds): a usage error, one line, exit 2."""
-    from ..errors import ArgumentError, ConvscopeError
-
-    try:
-        return fn(*args, **kwargs)
-    except ValueError as exc:
-        if isinstance(exc, ConvscopeError):
-            raise
-        raise ArgumentError(str(exc)) from None
 
 
 @click.command()
@@ -55,7 +36,7 @@ def _engine_call(fn, *args, **kwargs):
               help="Units drawn per layer when --units is not given.")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000),
               help="Top images kept per unit, whose overlap between checkpoints is measured (give more photos than this).")
-@click.option("--method", default="deconvnet", show_default=True, type=click.Choice(EVOLVE_METHODS),
+@click.option("--method", default="deconvnet", show_default=True, type=click.Choice(DRAWN_PROJECTIONS),
               help="Projection of each strongest example.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Model inputs per forward pass.")
 @click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes (default: by input count).")
@@ -84,9 +65,9 @@ def evolve(images, model_spec, weights, layers, units, count, top, method, batch
         raise click.UsageError("give two or more checkpoints: --weights A.pt --weights B.pt, or --weights A.pt,B.pt")
     check_device(device)
     # "all": a count past every layer's channels draws all its units (in index order)
-    result = _engine_call(run_evolve, model_spec, checkpoints, list(images), layers,
-                          None if units == "all" else units, count=sys.maxsize if units == "all" else count, top=top,
-                          method=method, batch_size=batch_size, workers=workers, device=device)
+    result = run_evolve(model_spec, checkpoints, list(images), layers, None if units == "all" else units,
+                        count=sys.maxsize if units == "all" else count, top=top, method=method, batch_size=batch_size,
+                        workers=workers, device=device)
     for path, reason in result.skipped:
         report_skipped(path, reason)
     files = [str(p) for p in result.save(out_dir)]
@@ -129,8 +110,7 @@ def probe(folder, layers, folds, pool, out_dir, batch_size, workers, as_json, mo
     from ..probe import probe as run_probe
 
     model = model_args.load()
-    result = _engine_call(run_probe, model, folder, layers, folds=folds, pool=pool, batch_size=batch_size,
-                          workers=workers)
+    result = run_probe(model, folder, layers, folds=folds, pool=pool, batch_size=batch_size, workers=workers)
     for path, reason in result.skipped:
         report_skipped(path, reason)
     plot = str(result.plot(Path(out_dir) / "probe.png")) if out_dir is not None else None

@@ -12,12 +12,14 @@ Jupyter. Hooks live inside each call; the model is left as it came in.
 >>> result = explain(model, "cat.jpg", method="occlusion", window=48, stride=16)
 >>> result.save("out", npy=True)
 
-:data:`METHODS` maps each method name to its function; the CLI's ``--method`` choices read it.
+:data:`METHODS` maps each method name to its function; its names are
+:data:`convscope.choices.EXPLAIN_METHODS`, which the CLI's ``--method`` choices read.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..choices import EXPLAIN_METHODS, keyed
 from ..errors import unknown_name_error
 from ._common import ExplainError, Explanation, default_layer
 from .activations import Activations, activations
@@ -39,14 +41,15 @@ from .occlusion import (
     occlusion,
 )
 
-#: method name -> function(model, image, *, target, layer, **options) -> Explanation
-METHODS: dict[str, Callable[..., Explanation]] = {
+#: method name (:data:`convscope.choices.EXPLAIN_METHODS`) -> function(model, image, *, target,
+#: layer, **options) -> Explanation
+METHODS: dict[str, Callable[..., Explanation]] = keyed(EXPLAIN_METHODS, {
     "occlusion": occlusion,
     "gradcam": gradcam,
     "guided-gradcam": guided_gradcam,
     "saliency": saliency,
     "activations": activations,
-}
+})
 
 
 def explain(model, image, method: str = "gradcam", *, target="top", layer: str | None = None, **options) -> Explanation:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..choices import TRANSFORMS as TRANSFORM_NAMES, keyed
 from ..errors import unknown_name_error
 from ..files import write_bytes_atomic, write_text_atomic
 from ..hooks import capture, run
@@ -30,12 +31,13 @@ from ..models import as_loaded
 from . import figures
 from ._common import ExplainError, resolve_target
 
-#: transform name -> (default amounts, axis label, the untransformed amount)
-TRANSFORMS: dict[str, tuple[list[float], str, float]] = {
+#: transform name (:data:`convscope.choices.TRANSFORMS`) -> (default amounts, axis label, the
+#: untransformed amount)
+TRANSFORMS: dict[str, tuple[list[float], str, float]] = keyed(TRANSFORM_NAMES, {
     "translate": ([float(v) for v in range(-60, 61, 6)], "vertical translation (pixels)", 0.0),
     "scale": ([round(0.6 + 0.1 * k, 2) for k in range(13)], "scale factor", 1.0),
     "rotate": ([float(v) for v in range(0, 361, 15)], "rotation (degrees)", 0.0),
-}
+})
 
 
 def _check_transform(transform: str) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..choices import PARAMS as PARAM_NAMES, keyed
 from ..errors import unknown_name_error
 
 # The square root of the RGB colour covariance of ImageNet photos, from its SVD: colour
@@ -122,8 +123,8 @@ def pixel(n: int, size, generators: Sequence[torch.Generator], device=None, **kw
     return PixelImage(n, size, generators, device=device, **kwargs)
 
 
-# One registry for the library and the CLI's --param choice.
-PARAMS: dict[str, Callable[..., ImageParam]] = {"fourier": fourier, "pixel": pixel}
+#: The parameterizations by name, keyed by :data:`convscope.choices.PARAMS` (the CLI's --param choices).
+PARAMS: dict[str, Callable[..., ImageParam]] = keyed(PARAM_NAMES, {"fourier": fourier, "pixel": pixel})
 
 
 def get_param(name_or_factory) -> Callable[..., ImageParam]:

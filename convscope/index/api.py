@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConvscopeError
+from ..errors import ArgumentError, ConvscopeError
 from . import organize, search
 from .store import IndexStore
 
@@ -27,7 +27,7 @@ def parse_unit(text: str) -> tuple[str, int]:
     """``"LAYER:UNIT"`` -> (layer, unit): ``parse_unit("blocks.4:17") == ("blocks.4", 17)``."""
     layer, sep, unit = str(text).rpartition(":")
     if not sep or not layer or not unit.strip().isdigit():
-        raise ValueError(f"a unit is written LAYER:UNIT, such as blocks.4:17; got {text!r}")
+        raise ArgumentError(f"a unit is written LAYER:UNIT, such as blocks.4:17; got {text!r}", param="unit")
     return layer, int(unit)
 
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConvscopeError, ImageError
+from ..errors import ConvscopeError, FolderInUseError, ImageError
 from ..models import as_loaded
 from ..progress import Bar
 from . import media
@@ -323,13 +323,16 @@ def _prepare(out: Path, update: bool, resume: bool) -> None:
     if db.exists() and partial.is_dir() and not (partial / DB_NAME).exists():
         shutil.rmtree(partial)  # left over by a build stopped after its commit, before cleaning up
     if out.exists() and not out.is_dir():
-        raise ConvscopeError(f"{out} is a file; give a folder for the index")
+        raise FolderInUseError(f"`out` {out} is a file; give a folder for the index", param="out")
     if partial.exists() and not resume:
-        raise ConvscopeError(f"{out} holds an unfinished index build; resume it (resume=True, the same inputs), or remove {partial}")
+        update_ = "`update=True` with " if db.exists() else ""
+        raise FolderInUseError(f"{out} holds an unfinished index {'update' if db.exists() else 'build'}; give {update_}"
+                               f"`resume=True` (and the same `inputs`) to continue it, or remove {partial}", param="out")
     if db.exists() and not (update or resume):
-        raise ConvscopeError(f"{out} already holds an index; update it (update=True) to add new and changed files, or choose another folder")
+        raise FolderInUseError(f"{out} already holds an index; give `update=True` to add new and changed files, or "
+                               "another `out`", param="out")
     if not db.exists() and not partial.exists() and out.is_dir() and any(out.iterdir()):
-        raise ConvscopeError(f"{out} is not empty and holds no index; give a new or empty folder")
+        raise FolderInUseError(f"{out} is not empty and holds no index; give a new or empty folder as `out`", param="out")
 
 
 def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, fps: float = 1.0, update: bool = False,

@@ -28,17 +28,11 @@ from typing import Callable, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from ..choices import MIN_SCORE, SORTS
 from ..errors import ConvscopeError
 from . import postings
 from .store import IndexStore
 
-#: Default cut-off of a keyword score. On the dev photos (15 hypernym queries, BENCHMARKS.md) a
-#: cut-off of 0.2 keeps 97.9 percent of the relevant photos at a precision of 0.925; 0.1 gains
-#: 0.9 points of recall for 7 of precision, 0.3 the reverse. Sorting by score puts the doubtful
-#: ones last anyway; sorting by date is where the cut-off shows, and there 0.2 errs on the side
-#: of not hiding a photo.
-MIN_SCORE = 0.2
-SORTS = ("score", "date")
 #: Float16 dot products are within this of the float32 ones for unit vectors (measured error
 #: 4e-5 plus the float16 rounding of the result, 2.4e-4 near 1): candidates within it of the
 #: k-th best are ranked again in float32.

@@ -33,7 +33,7 @@ from functools import cache
 from importlib import resources
 from typing import Mapping, Sequence
 
-from ..errors import ConvscopeError, UnknownNameError, unknown_name_error
+from ..errors import QueryError, UnknownNameError, UnknownWordError, unknown_name_error
 
 TABLE = "wordnet_imagenet.json"
 
@@ -45,7 +45,7 @@ UNKNOWN_HINT = ("Search words are WordNet nouns for ImageNet classes and their k
                 "(dog, vehicle, fruit); try a broader or a narrower word.")
 
 
-class NoClassError(ConvscopeError, ValueError):
+class NoClassError(QueryError, ValueError):
     """Every word is known, but no ImageNet class falls under all the words side by side."""
 
 
@@ -253,7 +253,8 @@ class Vocabulary:
                 alternatives.append([])
                 i += 1
             else:
-                raise unknown_name_error("word", self._culprit(tokens, i), self.words, hint=UNKNOWN_HINT)
+                raise unknown_name_error("word", self._culprit(tokens, i), self.words, hint=UNKNOWN_HINT,
+                                         cls=UnknownWordError)
         return [terms for terms in alternatives if terms]
 
     def _longest_term(self, tokens: list[str], i: int) -> tuple[_Term | None, int]:
