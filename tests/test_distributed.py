@@ -185,21 +185,21 @@ def test_a_stopped_driver_resumes_from_its_checkpoint(pool, photos, reference, t
 
 @pytest.mark.slow
 def test_projections_on_ray_equal_the_one_process_ones(pool, model, reference, tmp_path):
-    from convscope.atlas.builder import _records, _render
+    from convscope.atlas.builder import RenderJob, _records, image_chunks, render
     from convscope.atlas.store import METHODS
-    from convscope.distributed.ray_project import render
+    from convscope.distributed import ray_project
 
     def run(out, how):
         records, stats = _records(reference, model), {}
+        job = RenderJob(reference, records, out, TOP, METHODS, 4, image_chunks(records, 4), False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            incomplete = how(records, out, stats)
+            incomplete = how(job, stats)
         files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
         return records, stats, incomplete, files, list(dict.fromkeys(str(w.message) for w in caught))
 
-    one = run(tmp_path / "one", lambda r, out, st: _render(model, reference, r, out, TOP, METHODS, 4, False, st))
-    ray = run(tmp_path / "ray", lambda r, out, st: render(pool, _render, reference, r, out, TOP, METHODS, 4, False, st,
-                                                          job_images=16))  # 16 images a job: several jobs
+    one = run(tmp_path / "one", lambda job, st: render(model, job, st))
+    ray = run(tmp_path / "ray", lambda job, st: ray_project.render(pool, render, job, st, job_images=16))  # several jobs
     assert len(one[0].images) > 16 and len(one[3]) > 50  # two jobs or more; files of every kind
     for a, b in zip(one, ray):
         assert a == b
@@ -352,11 +352,11 @@ def one_index(model, library, tmp_path_factory):
 
 @pytest.fixture()
 def small_shards(monkeypatch):
+    from convscope.distributed import ray_index
     from convscope.index import build as index_build
-    from convscope.index import shards
 
     monkeypatch.setattr(index_build, "SEGMENT_FRAMES", 2)
-    monkeypatch.setattr(shards, "SHARD_ITEMS", 5)  # several shards, one with the clip's two pieces
+    monkeypatch.setattr(ray_index, "SHARD_ITEMS", 5)  # several shards, one with the clip's two pieces
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@
    them, hashed from the bytes the scan decoded;
 3. :func:`_records`: the records (:mod:`convscope.atlas.records`) of every example, image and
    photo;
-4. :func:`_render`: read only those photos again, cut the patches and project the examples in
+4. :func:`render`: read only those photos again, cut the patches and project the examples in
    batches (:func:`convscope.backproject.project_boxes`, on the private copy of
    :func:`convscope.backproject.projection_module`), written as PNG files (on Ray, spread by
    photo over the actors: :func:`convscope.distributed.render`); a photo that cannot be read
@@ -24,7 +24,7 @@
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -37,14 +37,14 @@ import torch
 from PIL import Image
 
 from ..backproject import ActivationRuleWarning, deconvnet_dependence, project_boxes, projection_module
+from ..choices import DECONVNET_MODES, RANK_BY
 from ..data import load_image_hashed
 from ..display import crop_wanted, energy_box, to_picture
-from ..choices import DECONVNET_MODES, RANK_BY
 from ..errors import ArgumentError, FolderInUseError, ImageError, unknown_name_error
 from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_name
 from ..progress import Bar
 from ..runtime import keep_freed_memory
-from ..scan import RESUME_HINT, scan
+from ..scan import RESUME_HINT, Scan, scan
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
 from .store import DB_NAME, METHODS, PARTIAL, STATE_NAME, Atlas, commit_db, write_db
 
@@ -124,11 +124,7 @@ def build(
                           project, methods, projection_batch, progress, on_skip, started, None, **choices)
         from .. import distributed
 
-        if isinstance(ray, distributed.Pool):  # the actors of a running pool (several builds, one start-up)
-            opened = contextlib.nullcontext(ray)
-        else:
-            opened = distributed.cluster(model, None if ray is True else ray, num_workers=ray_workers)
-        with opened as pool:
+        with distributed.open_pool(ray, model, ray_workers) as pool:
             return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
                           project, methods, projection_batch, progress, on_skip, started, pool, **choices)
 
@@ -155,13 +151,14 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
         on_gpu = model.device.type == "cuda" if pool is None else pool.infos()[0].device.startswith("cuda")
         projection_batch = batch_size if on_gpu else min(batch_size, 8)
     stats: dict = {}
+    job = RenderJob(result, records, out, project, methods, projection_batch, image_chunks(records, projection_batch),
+                    progress)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if pool is None:
-            incomplete = _render(model, result, records, out, project, methods, projection_batch, progress, stats)
+            incomplete = render(model, job, stats)
         else:
-            incomplete = distributed.render(pool, _render, result, records, out, project, methods, projection_batch,
-                                            progress, stats)
+            incomplete = distributed.render(pool, render, job, stats)
     notes = _summarize_warnings(caught) + ([skip_note] if skip_note else [])
     stats = {info.name: stats[info.name] for info in result.layers if info.name in stats}  # network order
     db_tmp = partial / DB_NAME
@@ -286,27 +283,62 @@ def _load_inputs(model, result, photo: PhotoRecord, crops_wanted: Sequence[int])
     return {c: transform(img.crop(windows[c])) for c in crops_wanted}, img.size, windows
 
 
-def _render(model, result, records: Records, out: Path, project: int, methods, batch_size: int, progress,
-            stats: dict) -> set[str]:
-    """Patches for every example and projections for the first ``project`` ranks: photos read
-    in chunks (in image id order), examples of one layer projected ``batch_size`` at a time.
-    Fills each example's patch, box_original and projections, each image's window and each
-    photo's size (or error), and ``stats`` with per-layer counts of windowed / whole-input
-    projections; returns the layers left incomplete."""
+@dataclasses.dataclass
+class RenderJob:
+    """What the render step (:func:`render`) takes besides the model: the scan ``result`` (its
+    paths, crops and layers), the ``records`` it fills, the atlas folder ``out``, how many ranks
+    per unit get projections (``project``) and by which ``methods``, ``batch_size`` examples per
+    backward pass, the image ids read together (``chunks``, in order: :func:`image_chunks`) and
+    ``progress``. The build on Ray sends one job per run of whole chunks
+    (:func:`convscope.distributed.render`), so every batch holds what it holds in one process."""
+
+    result: Scan
+    records: Records
+    out: Path
+    project: int
+    methods: tuple[str, ...]
+    batch_size: int
+    chunks: list[list[int]]
+    progress: bool | None = None
+
+    def work(self) -> dict[int, int]:
+        """Per image id, the steps the progress bar counts: a patch per example, a projection
+        per method of each example of the first ``project`` ranks."""
+        methods = self.records.methods
+        work: dict[int, int] = {}
+        for e in self.records.examples:
+            steps = 1 + (len(methods.get(e.layer, self.methods)) if e.rank < self.project else 0)
+            work[e.image_id] = work.get(e.image_id, 0) + steps
+        return work
+
+
+def image_chunks(records: Records, batch_size: int) -> list[list[int]]:
+    """The image ids of ``records`` in the order the render reads them (by id), cut into chunks of
+    up to four projection batches (at most 256 images): the photos of a chunk are read, then
+    its examples projected together. The one owner of the cut, on one process or on Ray."""
+    order = sorted(records.images)
+    size = max(1, min(256, 4 * batch_size))
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def render(model, job: RenderJob, stats: dict) -> set[str]:
+    """Patches for every example and projections for the first ``job.project`` ranks: photos read
+    a chunk at a time, examples of one layer projected ``job.batch_size`` at a time. Fills each
+    example's patch, box_original and projections, each image's window and each photo's size
+    (or error), and ``stats`` with per-layer counts of windowed / whole-input projections;
+    returns the layers left incomplete."""
+    result, records, out, project, batch_size = job.result, job.records, job.out, job.project, job.batch_size
     prep = model.preprocessing
     example = torch.randn(1, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
     module, memory_format = projection_module(model.module, example, [info.name for info in result.layers])
     by_image: dict[int, list[ExampleRecord]] = {}
     for e in records.examples:
         by_image.setdefault(e.image_id, []).append(e)
-    order = sorted(records.images)
-    chunk = max(1, min(256, 4 * batch_size))
     incomplete: set[str] = set()
-    layer_methods = {info.name: tuple(records.methods.get(info.name, methods)) for info in result.layers}
-    work = {i: len(es) + sum(len(layer_methods[e.layer]) for e in es if e.rank < project) for i, es in by_image.items()}
-    with Bar(sum(work.values()), "projecting", disable=None if progress is None else not progress) as bar:
-        for start in range(0, len(order), chunk):
-            ids = order[start : start + chunk]
+    layer_methods = {info.name: tuple(records.methods.get(info.name, job.methods)) for info in result.layers}
+    work = job.work()
+    with Bar(sum(work.values()), "projecting", disable=None if job.progress is None else not job.progress) as bar:
+        for ids in job.chunks:
             inputs: dict[int, torch.Tensor] = {}
             wanted: dict[int, list[int]] = {}
             for i in ids:
@@ -388,4 +420,4 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(f, format="PNG", compress_level=6)
 
 
-__all__ = ["build"]
+__all__ = ["RenderJob", "build", "image_chunks", "render"]

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from typing import NoReturn
 
 import click
 
@@ -268,6 +269,29 @@ def renamed(old: str, new: str, *, required: bool = False, **option_kwargs):
         return click.option(old, hidden, hidden=True, default=None, **option_kwargs)(wrapper)
 
     return deco
+
+
+def photo_inputs(paths, samples: bool) -> list[str]:
+    """The photos a command was given (files, folders, globs, @LIST files), and scikit-image's
+    sample photos with --samples; a usage error for none."""
+    inputs = list(paths)
+    if samples:
+        from ..data import sample_photos
+
+        inputs += [str(p) for p in sample_photos()]
+    if not inputs:
+        raise click.UsageError("give image files, folders or globs, or --samples")
+    return inputs
+
+
+def report_built(what: str, out, record: dict, seconds: float, as_json: bool, filled: bool) -> NoReturn:
+    """The end of a command that builds a store in ``out``: with --json its record (``out``,
+    ``record``, ``seconds``), one line ``WHAT written to OUT in N s`` on stderr, and exit status
+    0, or 1 when nothing could be put in it (``filled`` false)."""
+    if as_json:
+        emit({"out": str(out), **record, "seconds": round(seconds, 3)})
+    click.echo(f"{what} written to {printable_path(out)} in {seconds:.0f} s", err=True)
+    sys.exit(0 if filled else 1)
 
 
 def emit(record: dict) -> None:

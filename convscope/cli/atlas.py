@@ -2,7 +2,6 @@
 model's health read from them."""
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 
@@ -10,7 +9,7 @@ import click
 
 from ..choices import DECONVNET_MODES, RANK_BY
 from ..files import printable_path
-from ._common import LAYERS, UNITS, emit, model_options, note, renamed, report_skipped
+from ._common import LAYERS, UNITS, emit, model_options, note, photo_inputs, renamed, report_built, report_skipped
 from ._ray import ray_options
 from .health import health as health_command
 
@@ -74,13 +73,8 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
       convscope atlas build @imagenet.txt --out atlas/ --ray auto
     """
     from ..atlas import build as build_atlas
-    from ..data import sample_photos
 
-    inputs = list(images)
-    if samples:
-        inputs += [str(p) for p in sample_photos()]
-    if not inputs:
-        raise click.UsageError("give image files, folders or globs, or --samples")
+    inputs = photo_inputs(images, samples)
     model = model_args.load()
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
@@ -94,17 +88,11 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
         note(str(w.message))
     info = result.info()
     images_info = info["images"]
-    seconds = time.time() - started
     units = sum(layer["units"] for layer in info["layers"])
-    if as_json:
-        emit({"out": str(out), "model": info["model"], "layers": [layer["name"] for layer in info["layers"]],
-              "units": units, "images": images_info, "seconds": round(seconds, 3)})
-    click.echo(
-        f"atlas of {len(info['layers'])} layers, {units} units over {images_info['scanned']} photos "
-        f"({images_info['skipped']} skipped) written to {out} in {seconds:.0f} s",
-        err=True,
-    )
-    sys.exit(0 if images_info["scanned"] else 1)
+    record = {"model": info["model"], "layers": [layer["name"] for layer in info["layers"]], "units": units,
+              "images": images_info}
+    report_built(f"atlas of {len(info['layers'])} layers, {units} units over {images_info['scanned']} photos "
+                 f"({images_info['skipped']} skipped)", out, record, time.time() - started, as_json, images_info["scanned"])
 
 
 @atlas.command()

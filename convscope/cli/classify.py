@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ._common import emit, model_options, report_skipped
+from ._common import emit, model_options, photo_inputs, report_skipped
 
 
 @click.command()
@@ -28,13 +28,8 @@ def classify(paths, samples, top, as_json, batch_size, workers, model_args):
       convscope classify --samples --json
     """
     from ..classify import iter_classify
-    from ..data import sample_photos
 
-    inputs = list(paths)
-    if samples:
-        inputs += [str(p) for p in sample_photos()]
-    if not inputs:
-        raise click.UsageError("give image files, folders or globs, or --samples")
+    inputs = photo_inputs(paths, samples)
     model = model_args.load()
     good = bad = 0
     rows = []

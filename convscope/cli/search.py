@@ -3,14 +3,13 @@ by a word, by an example photo or by a unit of the network (``docs/search.md``).
 from __future__ import annotations
 
 import re
-import sys
 import time
 
 import click
 
 from ..choices import MIN_SCORE, SORTS
 from ..files import printable_path
-from ._common import LAYERS, emit, model_options, note, report_skipped
+from ._common import LAYERS, emit, model_options, note, report_built, report_skipped
 from ._ray import ray_options
 
 
@@ -57,15 +56,9 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
     with Index.build(model, list(paths) or None, out, fps=fps, update=update, resume=resume, batch_size=batch_size,
                      workers=workers, layers=layers, on_skip=report_skipped, ray=ray, ray_workers=ray_workers) as built:
         info = built.info()
-    seconds = time.time() - started
-    if as_json:
-        emit({"out": str(out), **{k: v for k, v in info.items() if k != "path"}, "seconds": round(seconds, 3)})
-    click.echo(
-        f"index of {info['photos']} photos and {info['videos']} videos ({info['entries']} entries, "
-        f"{info['skipped']} skipped) written to {printable_path(out)} in {seconds:.0f} s",
-        err=True,
-    )
-    sys.exit(0 if info["entries"] else 1)
+    report_built(f"index of {info['photos']} photos and {info['videos']} videos ({info['entries']} entries, "
+                 f"{info['skipped']} skipped)", out, {k: v for k, v in info.items() if k != "path"},
+                 time.time() - started, as_json, info["entries"])
 
 
 @click.command()

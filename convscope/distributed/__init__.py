@@ -21,7 +21,7 @@ import importlib
 # public name -> the module that defines it
 _EXPORTS = {
     "ModelSpec": "spec",
-    "Pool": "pool", "WorkerInfo": "pool", "cluster": "pool", "connect": "pool",
+    "Pool": "pool", "WorkerInfo": "pool", "cluster": "pool", "connect": "pool", "open_pool": "pool",
     "SHARD_SIZE": "ray_scan", "ShardResult": "ray_scan", "scan": "ray_scan", "scan_with": "ray_scan",
     "render": "ray_project",
 }

@@ -323,4 +323,22 @@ def cluster(model, address: str | None = None, *, num_workers: int | None = None
             yield pool
 
 
-__all__ = ["Plan", "Pool", "Worker", "WorkerInfo", "cluster", "connect", "plan"]
+@contextlib.contextmanager
+def open_pool(ray: "Pool | bool | str", model, num_workers: int | None = None) -> Iterator[Pool]:
+    """The pool a build runs on, as a build's ``ray=`` argument names it: a running :class:`Pool`
+    (used as it is, and left running: several builds, one start-up); ``True`` (a local Ray, or the
+    one this process joined); or a cluster's address (``"auto"``, ``"HOST:PORT"``). The last two
+    open :func:`cluster` of ``model`` with ``num_workers`` actors for the block. The one way every
+    engine opens its pool.
+
+    >>> with open_pool("auto", model, num_workers=4) as pool:
+    ...     result = scan_with(pool, ["photos/"], top=9)
+    """
+    if isinstance(ray, Pool):
+        yield ray
+        return
+    with cluster(model, None if ray is True else ray, num_workers=num_workers) as pool:
+        yield pool
+
+
+__all__ = ["Plan", "Pool", "Worker", "WorkerInfo", "cluster", "connect", "open_pool", "plan"]

@@ -1,17 +1,18 @@
 """The atlas's projections on a Ray cluster, spread by photo, identical to the one-process build.
 
-:func:`render` runs the atlas builder's render step (``step``: read the photos of the top
-examples again, cut the patches, project the examples, write the PNG files; the builder passes
-its own, so that this engine does not import the store above it) on the actors of a
-:class:`~convscope.distributed.pool.Pool`. The builder walks the
-images in id order in chunks; here each job is a run of whole chunks (so every batch of
-projections holds the examples it holds in one process, and the numbers are the same), runs the
-builder's own step on it, writes its files into the atlas folder (which every node must see),
-flushes them to disk, and sends back its records, the layers it left incomplete, its per-layer
-counts and the warnings it raised. The driver puts the records back in place and raises the
-warnings in job order, so the builder's notes are what one process writes.
+:func:`render` runs the atlas builder's render step (``step(model, job, stats)``:
+:func:`convscope.atlas.builder.render`, passed in by the builder so that this engine does not
+import the store above it) on the actors of a :class:`~convscope.distributed.pool.Pool`. The job
+(:class:`convscope.atlas.builder.RenderJob`) holds the chunks of images the builder reads together
+(its :func:`~convscope.atlas.builder.image_chunks`, the one owner of the cut); here each actor's
+job is a run of whole chunks (so every batch of projections holds the examples it holds in one
+process, and the numbers are the same), runs the step on it, writes its files into the atlas
+folder (which every node must see), flushes them to disk, and sends back its records, the layers
+it left incomplete, its per-layer counts and the warnings it raised. The driver puts the records
+back in place and raises the warnings in job order, so the builder's notes are what one process
+writes.
 
->>> incomplete = render(pool, _render, result, records, out, project, methods, batch_size, progress, stats)
+>>> incomplete = render(pool, builder.render, RenderJob(result, records, out, ...), stats)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import ray
 
@@ -43,56 +44,56 @@ class RenderResult:
     node: str
 
 
-def render_job(model, info: WorkerInfo, step: Callable, result: Scan, records, out: str, project: int,
-               methods: Sequence[str], batch_size: int) -> RenderResult:
-    """The builder's render ``step`` on one run of chunks, on the actor's model."""
+def render_job(model, info: WorkerInfo, step: Callable, result: Scan, job) -> RenderResult:
+    """The builder's render ``step`` on one run of chunks (``job``, its scan ``result`` sent apart:
+    once in the object store for all jobs), on the actor's model."""
     stats: dict = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        incomplete = step(model, result, records, Path(out), project, tuple(methods), batch_size, False, stats)
+        incomplete = step(model, dataclasses.replace(job, result=result), stats)
     if hasattr(os, "sync"):  # the files are whole on disk before the driver commits the atlas
         os.sync()
-    return RenderResult(records, incomplete, stats, [(w.category, str(w.message)) for w in caught], info.node)
+    return RenderResult(job.records, incomplete, stats, [(w.category, str(w.message)) for w in caught], info.node)
 
 
-def _jobs(records, chunk: int, job_images: int) -> list:
-    """The records cut into runs of whole chunks of the builder's image order."""
-    order = sorted(records.images)
-    per_job = max(1, -(-job_images // chunk)) * chunk
+def _runs(job, job_images: int) -> list:
+    """``job`` cut into jobs of whole chunks, ``job_images`` images or more each (the last may
+    hold fewer), each with its own records and no scan result (sent apart) or progress bar."""
+    records = job.records
     by_image: dict[int, list] = {}
     for e in records.examples:
         by_image.setdefault(e.image_id, []).append(e)
+    runs: list[list[list[int]]] = []
+    for chunk in job.chunks:
+        if not runs or sum(map(len, runs[-1])) >= job_images:
+            runs.append([])
+        runs[-1].append(chunk)
     out = []
-    for start in range(0, len(order), per_job):
-        ids = order[start : start + per_job]
+    for chunks in runs:
+        ids = [i for chunk in chunks for i in chunk]
         images = {i: records.images[i] for i in ids}
         photos = {records.images[i].photo: records.photos[records.images[i].photo] for i in ids}
         examples = [e for i in ids for e in by_image.get(i, [])]
-        out.append(dataclasses.replace(records, examples=examples, images=images, photos=photos))
+        part = dataclasses.replace(records, examples=examples, images=images, photos=photos)
+        out.append(dataclasses.replace(job, result=None, records=part, out=Path(job.out), chunks=chunks, progress=False))
     return out
 
 
-def render(pool: Pool, step: Callable, result: Scan, records, out: str | os.PathLike, project: int,
-           methods: Sequence[str], batch_size: int, progress: bool | None, stats: dict,
-           job_images: int | None = None) -> set[str]:
-    """The builder's render ``step`` (``convscope.atlas.builder._render``, called as
-    ``step(model, result, records, out, project, methods, batch_size, progress, stats)``) on
-    ``pool``'s actors, with the arguments it takes less the model (the actors hold it): fills
-    ``records`` (:class:`convscope.atlas.records.Records`) and ``stats`` in place and returns
-    the incomplete layers, as the step does. ``job_images``: images per job, at least (default
-    :data:`JOB_IMAGES`)."""
-    chunk = max(1, min(256, 4 * batch_size))  # the builder's chunk of images
-    jobs = _jobs(records, chunk, job_images or JOB_IMAGES)
+def render(pool: Pool, step: Callable, job, stats: dict, job_images: int | None = None) -> set[str]:
+    """The builder's render ``step`` (called as ``step(model, job, stats)``) of ``job`` (a
+    :class:`convscope.atlas.builder.RenderJob`) on ``pool``'s actors: fills ``job.records`` and
+    ``stats`` in place and returns the incomplete layers, as the step does. ``job_images``:
+    images per actor's job, at least (default :data:`JOB_IMAGES`)."""
+    records = job.records
+    jobs = _runs(job, job_images or JOB_IMAGES)
     # what the render reads of the scan: the paths, crops and layers, not the state
+    result = job.result
     light = dataclasses.replace(result, state=ScanState({}, result.state.top_k), hashes={})
     light_ref = ray.put(light)  # once in the object store, not once per job
-    layer_methods = records.methods  # per layer: deconvnet left out where it cannot depend on the image
-    work = [len(j.examples) + sum(len(layer_methods.get(e.layer, methods)) for e in j.examples if e.rank < project)
-            for j in jobs]
+    work = [sum(j.work().values()) for j in jobs]
     done: dict[int, RenderResult] = {}
-    with Bar(sum(work), "projecting", disable=None if progress is None else not progress) as bar:
-        args = [(step, light_ref, j, os.fspath(out), project, tuple(methods), batch_size) for j in jobs]
-        for k, res in pool.map(render_job, args):
+    with Bar(sum(work), "projecting", disable=None if job.progress is None else not job.progress) as bar:
+        for k, res in pool.map(render_job, [(step, light_ref, j) for j in jobs]):
             done[k] = res
             bar.advance(work[k])
     examples = {}

@@ -36,7 +36,7 @@ import torch
 from ..crops import Crops
 from ..files import disk_full_as_error, remove_stale_temps
 from ..progress import Bar
-from ..scan import (RESUME_HINT, Scan, ScanState, check_arguments, checkpoint_config, referenced_photos,
+from ..scan import (RESUME_HINT, Scan, ScanOptions, ScanState, check_arguments, checkpoint_config, referenced_photos,
                     resume_from, scan_batches)
 from ..scan_settings import rank_choices, ranking
 from ..sketch import Sketch
@@ -191,32 +191,19 @@ def scan(
         return scan_with(pool, images, layers, top, **options)
 
 
-def scan_with(
-    pool: Pool,
-    images: Iterable[str | os.PathLike],
-    layers: Sequence[str] | str | None = None,
-    top: int = 9,
-    *,
-    crops=None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 1000,
-    resume: bool = False,
-    offset: int = 0,
-    autocast: bool = False,
-    progress: bool | None = None,
-    on_skip: Callable[[str, str], None] | None = None,
-    shard_size: int | None = None,
-    on_shard: Callable[[ShardResult], None] | None = None,
-    rank_by: str = "auto",
-) -> Scan:
-    """:func:`scan` on the actors of a running ``pool`` (several scans, one start-up).
-    ``on_shard`` is called on the driver with each :class:`ShardResult` as it is merged."""
+def scan_with(pool: Pool, images: Iterable[str | os.PathLike], layers: Sequence[str] | str | None = None,
+              top: int = 9, *, shard_size: int | None = None, on_shard: Callable[[ShardResult], None] | None = None,
+              **options) -> Scan:
+    """:func:`scan` on the actors of a running ``pool`` (several scans, one start-up); ``options``
+    are :func:`convscope.scan.scan`'s (:class:`~convscope.scan.ScanOptions`). ``on_shard`` is
+    called on the driver with each :class:`ShardResult` as it is merged."""
     from ..data import expand_inputs
     from ..runtime import keep_freed_memory
 
     keep_freed_memory()  # each merge allocates and frees a dense histogram (see runtime)
+    o = ScanOptions(**options)
+    crops, batch_size, workers, checkpoint, checkpoint_every = o.crops, o.batch_size, o.workers, o.checkpoint, o.checkpoint_every
+    resume, offset, autocast, progress, on_skip, rank_by = o.resume, o.offset, o.autocast, o.progress, o.on_skip, o.rank_by
     check_arguments(top, batch_size, checkpoint_every)
     if shard_size is None:
         shard_size = SHARD_SIZE_GPU if pool.plan.gpus > 0 else SHARD_SIZE

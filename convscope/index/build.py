@@ -403,10 +403,10 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
             tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, unplayable), partial.done)
             min_size = model.preprocessing.resize if draft else None
             if ray and tasks:
-                from .shards import compute_on_ray
+                from ..distributed import ray_index
 
-                compute_on_ray(ray, ray_workers, partial, extractor, sources, tasks, ends, fps, min_size, workers,
-                               skip, bar)
+                rows = ray_index.forward(ray, ray_workers, extractor, tasks, ends, fps, min_size, workers)
+                write_rows(partial, sources, rows, ends, skip, bar)
             elif tasks:
                 decoded = _decode(tasks, model.transform, fps, min_size,
                                   default_workers(len(tasks)) if workers is None else max(0, workers))

@@ -1,4 +1,6 @@
-"""The index's forward passes on a Ray cluster, identical to the one-process build.
+"""The index's shards: what an actor computes when the forward passes run on a Ray cluster
+(:mod:`convscope.distributed.ray_index` opens the pool and sends them), identical to the
+one-process build.
 
 The driver plans as one process does (the file list, the unchanged files copied, videos probed
 and cut into pieces, the batches fixed by :func:`.build._tasks_and_ends`), then cuts the work items
@@ -15,18 +17,12 @@ progress bar on the driver work as in one process.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Sequence
 
-from .build import Decoded, Source, Task, _decode, _Partial, default_workers, forward, write_rows
+from .build import Decoded, Task, _decode, default_workers, forward
 from .features import Extractor
-
-#: Work items (photos, or video pieces) per shard, at least: the unit of work and of retry. As
-#: for the scan, each shard starts its own decoding processes, a cost that some hundreds of
-#: photos make small, and sends back about 15 KB a photo.
-SHARD_ITEMS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,22 +80,4 @@ def shards(tasks: Sequence[Task], ends: Sequence[int], size: int) -> list[tuple[
     return out
 
 
-def compute_on_ray(ray, ray_workers: int | None, partial: _Partial, extractor: Extractor, sources: Sequence[Source],
-                   tasks: Sequence[Task], ends: Sequence[int], fps: float, min_size: int | None,
-                   workers: int | None, skip, bar, shard_items: int | None = None) -> None:
-    """The build's forward passes on Ray (``ray``: True, an address, or a running Pool), the rows
-    appended to ``partial`` in the order one process appends them."""
-    from .. import distributed
-
-    if isinstance(ray, distributed.Pool):
-        opened = contextlib.nullcontext(ray)
-    else:
-        opened = distributed.cluster(extractor.model, None if ray is True else ray, num_workers=ray_workers)
-    settings = ShardSettings(tuple(extractor.layers), fps, min_size, workers)
-    with opened as pool:
-        jobs = [(settings, list(tasks[a:b]), local) for a, b, local in shards(tasks, ends, shard_items or SHARD_ITEMS)]
-        results = pool.map(index_shard, jobs, ordered=True)
-        write_rows(partial, sources, (item for _k, shard in results for item in shard.items), ends, skip, bar)
-
-
-__all__ = ["SHARD_ITEMS", "IndexShard", "ShardSettings", "compute_on_ray", "index_shard", "shards"]
+__all__ = ["IndexShard", "ShardSettings", "index_shard", "shards"]
