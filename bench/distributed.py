@@ -197,10 +197,10 @@ def index_on_ray(model, pool, paths: list[str], args) -> dict:
     import shutil
     import tempfile
 
+    from convscope.distributed import ray_index
     from convscope.index import Index
-    from convscope.index import shards
 
-    shards.SHARD_ITEMS = args.index_shard
+    ray_index.SHARD_ITEMS = args.index_shard
     out: dict = {"photos": len(paths), "shard_items": args.index_shard}
     with tempfile.TemporaryDirectory() as tmp:
         arrays = {}

@@ -227,6 +227,15 @@ def test_a_job_that_hangs_runs_again_on_an_idle_worker(pool, tmp_path):
     assert [k for k, _pid in results] == [0, 1, 2] and took < 12.0  # not the 20 s of the hung copy
 
 
+@pytest.mark.slow
+def test_open_pool_takes_a_running_pool_as_it_is(pool, model):
+    from convscope.distributed import open_pool
+
+    with open_pool(pool, model, 5) as got:
+        assert got is pool
+    assert len(pool.actors) == 2  # left running, for the next build
+
+
 def test_model_spec_loads_the_same_model_from_a_module_or_a_factory(model):
     pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
     from convscope.distributed import ModelSpec
@@ -241,6 +250,37 @@ def test_model_spec_loads_the_same_model_from_a_module_or_a_factory(model):
     assert torch.equal(made(x), want)
     with pytest.raises(ValueError, match="exactly one"):
         ModelSpec(spec="efficientnet_lite0", factory=_tiny_net)
+
+
+def test_scan_with_takes_the_keywords_of_scan():
+    """One list of scan's keyword arguments (ScanOptions) for the engines that forward them."""
+    import dataclasses
+    import inspect
+
+    from convscope.scan import ScanOptions
+
+    keywords = {name: p.default for name, p in inspect.signature(scan).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keywords == {f.name: f.default for f in dataclasses.fields(ScanOptions)}
+
+
+def test_the_render_on_ray_cuts_whole_chunks_of_the_builder(model, reference):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    from convscope.atlas.builder import RenderJob, _records, image_chunks
+    from convscope.atlas.store import METHODS
+    from convscope.distributed.ray_project import _runs
+
+    records = _records(reference, model)
+    chunks = image_chunks(records, 2)  # 8 images a chunk
+    assert [i for c in chunks for i in c] == sorted(records.images) and {len(c) for c in chunks[:-1]} == {8}
+    job = RenderJob(reference, records, "out", TOP, METHODS, 2, chunks, None)
+    runs = _runs(job, 20)  # three chunks a run
+    assert [c for r in runs for c in r.chunks] == chunks and all(len(r.chunks) == 3 for r in runs[:-1])
+    for r in runs:
+        ids = [i for c in r.chunks for i in c]
+        assert sorted(r.records.images) == ids and {e.image_id for e in r.records.examples} == set(ids)
+        assert r.result is None and r.progress is False
+    assert sum(sum(r.work().values()) for r in runs) == sum(job.work().values())
 
 
 def _tiny_net():

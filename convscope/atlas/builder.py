@@ -111,9 +111,10 @@ def build(
         if m not in METHODS:  # the atlas has a column for these only
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
     if deconvnet not in DECONVNET_MODES:
-        raise ArgumentError(f"`deconvnet` must be one of {', '.join(DECONVNET_MODES)}, got {deconvnet!r}", param="deconvnet")
+        raise ArgumentError(f"deconvnet must be {' or '.join(map(repr, DECONVNET_MODES))}, got {deconvnet!r}",
+                            param="deconvnet")
     if rank_by not in RANK_BY:
-        raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
+        raise ArgumentError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
     choices = dict(rank_by=rank_by, deconvnet=deconvnet)
     _prepare(out, resume, overwrite)
     # A full disk stops the build with one line; every file written so far is whole, the last

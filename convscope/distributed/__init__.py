@@ -16,7 +16,8 @@ Importing this package does not import Ray; the names below load it on first use
 """
 from __future__ import annotations
 
-import importlib
+from ..errors import ConvscopeError
+from ..lazy import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -29,21 +30,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    except ModuleNotFoundError as exc:
-        if exc.name != "ray" and not str(exc.name).startswith("ray."):
-            raise
-        from ..errors import ConvscopeError
-
-        raise ConvscopeError('Ray is not installed, and builds on Ray need it: pip install "convscope[ray]"') from None
-    globals()[name] = value
-    return value
+def _no_ray(exc: ModuleNotFoundError) -> ConvscopeError | None:
+    if exc.name != "ray" and not str(exc.name).startswith("ray."):
+        return None
+    return ConvscopeError('Ray is not installed, and builds on Ray need it: pip install "convscope[ray]"')
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _no_ray)
