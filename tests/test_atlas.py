@@ -251,7 +251,7 @@ def test_cli_build_with_a_torchvision_model(tmp_path):
     e = atlas.examples("layer2", 0)
     assert len(e) == 2 and e[0]["patch"] and e[0]["deconvnet"] is None
     res = CliRunner().invoke(main, args)  # refuses to overwrite silently, and says how not to
-    assert res.exit_code == 1 and "overwrite" in res.output
+    assert res.exit_code == 2 and "give --overwrite" in res.output  # a usage error, in flags
 
 
 def _tables(path: Path) -> dict:

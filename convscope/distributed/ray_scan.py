@@ -202,24 +202,23 @@ def scan_with(pool: Pool, images: Iterable[str | os.PathLike], layers: Sequence[
 
     keep_freed_memory()  # each merge allocates and frees a dense histogram (see runtime)
     o = ScanOptions(**options)
-    crops, batch_size, workers, checkpoint, checkpoint_every = o.crops, o.batch_size, o.workers, o.checkpoint, o.checkpoint_every
-    resume, offset, autocast, progress, on_skip, rank_by = o.resume, o.offset, o.autocast, o.progress, o.on_skip, o.rank_by
-    check_arguments(top, batch_size, checkpoint_every)
+    checkpoint, offset, on_skip = o.checkpoint, o.offset, o.on_skip
+    check_arguments(top, o.batch_size, o.checkpoint_every)
     if shard_size is None:
         shard_size = SHARD_SIZE_GPU if pool.plan.gpus > 0 else SHARD_SIZE
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a whole number of photos >= 1, got {shard_size!r}")
-    crops = Crops.parse(crops)
+    crops = Crops.parse(o.crops)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     paths_p, missing = expand_inputs(images)
     paths = [str(p) for p in paths_p]
-    infos, spec, weights, input_size, sats = pool.call(_describe, layers, rank_by)
+    infos, spec, weights, input_size, sats = pool.call(_describe, layers, o.rank_by)
     choices = rank_choices(sats)
     if not infos:
         raise ValueError("no layers to scan; name some with layers=[...] (run `convscope layers`)")
     names = [i.name for i in infos]
-    photos_per_batch = max(1, batch_size // crops.count)
+    photos_per_batch = max(1, o.batch_size // crops.count)
     shard_photos = -(-shard_size // photos_per_batch) * photos_per_batch
     config = {"engine": "ray", **checkpoint_config(spec, weights, input_size, names, top, crops, photos_per_batch,
                                                   offset, paths, choices)}
@@ -228,7 +227,7 @@ def scan_with(pool: Pool, images: Iterable[str | os.PathLike], layers: Sequence[
     done: dict[int, int] = {}  # first photo -> photos, of every shard merged
     shard_skipped: dict[int, list[tuple[str, str]]] = {}  # first photo -> the shard's bad files
     hashes: dict[int, str] = {}
-    data = resume_from(checkpoint, config) if resume else None
+    data = resume_from(checkpoint, config) if o.resume else None
     if data is not None:
         extra = data["extra"]
         state = ScanState.from_state_dict(data["state"], "cpu")
@@ -248,11 +247,11 @@ def scan_with(pool: Pool, images: Iterable[str | os.PathLike], layers: Sequence[
 
     if checkpoint is not None:  # a killed run's half-written checkpoint, beside the whole one
         remove_stale_temps(Path(checkpoint).parent, name=Path(checkpoint).name, recursive=False)
-    settings = ShardSettings(tuple(names), top, crops, photos_per_batch, workers, autocast,
+    settings = ShardSettings(tuple(names), top, crops, photos_per_batch, o.workers, o.autocast,
                              tuple((n, s.activation) for n, s in sats.items() if s is not None))
     jobs = [(settings, paths[a:b], a, a + offset) for a, b in _shards(len(paths), done, shard_photos)]
     since_saved = 0
-    with Bar(len(paths), "scanning", disable=None if progress is None else not progress) as bar:
+    with Bar(len(paths), "scanning", disable=None if o.progress is None else not o.progress) as bar:
         bar.advance(sum(done.values()))
         for _job, result in pool.map(scan_shard, jobs):
             state.merge(result.read_state())
@@ -266,7 +265,7 @@ def scan_with(pool: Pool, images: Iterable[str | os.PathLike], layers: Sequence[
                 on_shard(result)
             bar.advance(result.photos)
             since_saved += result.photos
-            if since_saved >= checkpoint_every and sum(done.values()) < len(paths):
+            if since_saved >= o.checkpoint_every and sum(done.values()) < len(paths):
                 hashes = {p: hashes[p] for p in referenced_photos(state, crops, offset) if p in hashes}
                 save()
                 since_saved = 0
