@@ -521,25 +521,6 @@ def scan_batches(model, state: ScanState, paths: Sequence[str], names: Sequence[
             yield batch
 
 
-@dataclasses.dataclass(frozen=True)
-class ScanOptions:
-    """How a scan runs: the keyword arguments of :func:`scan`, with its defaults, for an engine
-    that takes them all and runs the same scan elsewhere (:func:`convscope.distributed.scan_with`
-    reads ``ScanOptions(**options)``; tests/test_distributed.py checks that the two agree)."""
-
-    crops: object = None
-    batch_size: int = 32
-    workers: int | None = None
-    checkpoint: str | os.PathLike | None = None
-    checkpoint_every: int = 1000
-    resume: bool = False
-    offset: int = 0
-    autocast: bool = False
-    progress: bool | None = None
-    on_skip: Callable[[str, str], None] | None = None
-    rank_by: str = "auto"
-
-
 def scan(
     model,
     images: Iterable[str | os.PathLike],
@@ -654,6 +635,6 @@ def scan(
 
 
 __all__ = [
-    "Crops", "Example", "RANK_BY", "Scan", "ScanOptions", "ScanState", "Sketch", "check_arguments", "checkpoint_config",
+    "Crops", "Example", "RANK_BY", "Scan", "ScanState", "Sketch", "check_arguments", "checkpoint_config",
     "fingerprint", "merge", "referenced_photos", "resume_from", "scan", "scan_batches",
 ]

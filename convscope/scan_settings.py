@@ -1,5 +1,6 @@
 """The settings of a scan: what a checkpoint records and checks (:func:`checkpoint_config`,
-:func:`resume_from`), the checks of its numbers, and which value ranks each layer's top images
+:func:`resume_from`), the checks of its numbers, its keyword options as one record
+(:class:`ScanOptions`, for the scan on Ray), and which value ranks each layer's top images
 (:func:`ranking`): the layer's output, or, for a layer whose output is a saturating activation
 (ReLU6 ties at 6.0 in many images), that activation's input, the pre-activation.
 
@@ -8,16 +9,36 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .choices import RANK_BY
 from .errors import ConvscopeError
 from .saturation import Saturation, saturating_activations
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanOptions:
+    """How a scan runs: the keyword arguments of :func:`convscope.scan.scan`, with its defaults, for an engine
+    that takes them all and runs the same scan elsewhere (:func:`convscope.distributed.scan_with`
+    reads ``ScanOptions(**options)``; tests/test_distributed.py checks that the two agree)."""
+
+    crops: object = None
+    batch_size: int = 32
+    workers: int | None = None
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int = 1000
+    resume: bool = False
+    offset: int = 0
+    autocast: bool = False
+    progress: bool | None = None
+    on_skip: Callable[[str, str], None] | None = None
+    rank_by: str = "auto"
 
 
 def ranking(module: torch.nn.Module, names: Sequence[str], rank_by: str = "auto",
@@ -129,5 +150,5 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         ) from None
 
 
-__all__ = ["RANK_BY", "check_arguments", "checkpoint_config", "describe_ranking", "fingerprint", "load_checkpoint",
+__all__ = ["RANK_BY", "ScanOptions", "check_arguments", "checkpoint_config", "describe_ranking", "fingerprint", "load_checkpoint",
            "rank_choices", "ranking", "resume_from"]

@@ -257,7 +257,7 @@ def test_scan_with_takes_the_keywords_of_scan():
     import dataclasses
     import inspect
 
-    from convscope.scan import ScanOptions
+    from convscope.scan_settings import ScanOptions
 
     keywords = {name: p.default for name, p in inspect.signature(scan).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -36,9 +36,9 @@ import torch
 from ..crops import Crops
 from ..files import disk_full_as_error, remove_stale_temps
 from ..progress import Bar
-from ..scan import (RESUME_HINT, Scan, ScanOptions, ScanState, check_arguments, checkpoint_config, referenced_photos,
-                    resume_from, scan_batches)
-from ..scan_settings import rank_choices, ranking
+from ..scan import (RESUME_HINT, Scan, ScanState, check_arguments, checkpoint_config, referenced_photos, resume_from,
+                    scan_batches)
+from ..scan_settings import ScanOptions, rank_choices, ranking
 from ..sketch import Sketch
 from .pool import Pool, WorkerInfo, cluster
 
@@ -195,7 +195,7 @@ def scan_with(pool: Pool, images: Iterable[str | os.PathLike], layers: Sequence[
               top: int = 9, *, shard_size: int | None = None, on_shard: Callable[[ShardResult], None] | None = None,
               **options) -> Scan:
     """:func:`scan` on the actors of a running ``pool`` (several scans, one start-up); ``options``
-    are :func:`convscope.scan.scan`'s (:class:`~convscope.scan.ScanOptions`). ``on_shard`` is
+    are :func:`convscope.scan.scan`'s (:class:`~convscope.scan_settings.ScanOptions`). ``on_shard`` is
     called on the driver with each :class:`ShardResult` as it is merged."""
     from ..data import expand_inputs
     from ..runtime import keep_freed_memory
