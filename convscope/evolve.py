@@ -41,8 +41,8 @@ from .backproject import project, to_image
 from .checkpoints import load_weights
 from .crops import Crops
 from .data import expand_inputs, iter_batches, load_image
-from .errors import unknown_layer_error
-from .files import atomic_write, safe_name, write_text_atomic
+from .errors import ConvscopeError, unknown_layer_error
+from .files import atomic_write, printable_path, safe_name, write_text_atomic
 from .hooks import capture, run
 from .models import LoadedModel, Preprocessing, load_model
 from .progress import Bar
@@ -161,17 +161,17 @@ class Evolution:
         save stopped half-way leaves a folder that reads as incomplete, never old records over a
         mix of old and new pictures."""
         out = Path(out)
-        for stale in (out / "evolve.jsonl", out / MANIFEST):
+        for stale in (out / CHANGES, out / MANIFEST):
             stale.unlink(missing_ok=True)
         paths = []
         for name in self.layers:
-            path = out / f"evolve-{safe_name(name)}.png"
+            path = out / grid_name(name)
             with atomic_write(path) as f:
                 self.grid(name, size).save(f, format="PNG")
             paths.append(path)
-        paths.append(self.plot_changes(out / "evolve-changes.png"))
+        paths.append(self.plot_changes(out / CHANGES_PLOT))
         paths += save_cells(self, out)
-        path = out / "evolve.jsonl"
+        path = out / CHANGES
         with atomic_write(path, "w") as f:
             f.write(self.to_json(all_units=True))
         paths.append(path)
@@ -225,6 +225,113 @@ def save_cells(result, out: str | os.PathLike) -> list[Path]:
                 "method": result.method, "photos": int(result.photos), "layers": layers}
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     return [*paths, out / MANIFEST]
+
+
+# --------------------------------------------------------------------------- reading a run back
+
+#: The records of a saved run: per layer and step the layer's means, then per unit and step its own.
+CHANGES = "evolve.jsonl"
+#: The plot of every layer's change numbers against the step.
+CHANGES_PLOT = "evolve-changes.png"
+
+
+class RunUnreadable(ConvscopeError, LookupError):
+    """A folder that is not a readable evolve run; the message says why and how to write one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolveRun:
+    """An evolve run read back from the folder :meth:`Evolution.save` wrote (the reader beside
+    that writer). ``checkpoints``: their labels in order; ``layers``: per layer ``{"means":
+    [step], "units": {unit: [step]}, "channels"}``, each step ``{"from", "to", "overlap",
+    "correlation"}`` (None for what is not a finite number); ``manifest``: ``evolve.json``
+    (:func:`save_cells`) or None, and then ``note`` says why.
+
+    >>> run = EvolveRun.open("evolve/")
+    >>> run.layers["layer1"]["means"][-1]["overlap"]
+    0.95
+    """
+
+    root: Path
+    checkpoints: list[str]
+    layers: dict[str, dict]
+    manifest: dict | None
+    note: str | None
+
+    @staticmethod
+    def stamp(folder: str | os.PathLike) -> tuple:
+        """What changes when the run in ``folder`` is saved again (its files' times and sizes)."""
+        out = []
+        for name in (CHANGES, MANIFEST):
+            try:
+                st = os.stat(Path(folder) / name)
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> "EvolveRun":
+        """Read the run in ``folder``; :class:`RunUnreadable` with the reason when it has no
+        readable ``evolve.jsonl``. A missing or unreadable ``evolve.json`` is a ``note``."""
+        root = Path(folder)
+
+        def fail(why: str):
+            raise RunUnreadable(f"the evolve run {printable_path(str(root))} {why}; write one with "
+                                "`convscope evolve PHOTOS --weights A.pt,B.pt --out RUN` and serve it with --evolve RUN")
+
+        if not root.is_dir():
+            fail("is not a folder")
+        try:
+            text = (root / CHANGES).read_text()
+        except FileNotFoundError:
+            fail(f"has no {CHANGES}")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"has an unreadable {CHANGES} ({exc.__class__.__name__})")
+        layers: dict[str, dict] = {}
+        try:
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                entry = layers.setdefault(str(r["layer"]), {"means": [], "units": {}, "channels": None})
+                step = {"from": str(r["from"]), "to": str(r["to"]), "overlap": _finite(r["overlap"]),
+                        "correlation": _finite(r.get("correlation"))}
+                if r.get("unit") is None:
+                    entry["means"].append(step)
+                    entry["channels"] = r.get("units")
+                else:
+                    entry["units"].setdefault(int(r["unit"]), []).append(step)
+        except (ValueError, KeyError, TypeError) as exc:
+            fail(f"has a malformed {CHANGES} (line {n}: {exc.__class__.__name__} {exc})")
+        if not layers:
+            fail(f"has an empty {CHANGES}")
+        first = next(iter(layers.values()))["means"]
+        checkpoints = [s["from"] for s in first] + [first[-1]["to"]] if first else []
+        manifest, note = None, None
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), dict):
+                manifest, note = None, f"{MANIFEST} is not a run manifest"
+        except FileNotFoundError:
+            note = f"this run folder has no {MANIFEST}, so no per-unit pictures; the layer's grid picture is shown instead"
+        except (OSError, ValueError) as exc:
+            note = f"{MANIFEST} cannot be read ({exc.__class__.__name__}); the layer's grid picture is shown instead"
+        if manifest and manifest.get("checkpoints"):
+            checkpoints = [str(c) for c in manifest["checkpoints"]]
+        return cls(root, checkpoints, layers, manifest, note)
+
+
+def grid_name(layer: str) -> str:
+    """The grid picture :meth:`Evolution.save` writes for ``layer``."""
+    return f"evolve-{safe_name(layer)}.png"
+
+
+def _finite(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 # --------------------------------------------------------------------------- the models
