@@ -60,7 +60,8 @@ def error_status(exc: Exception) -> tuple[int, str]:
         return exc.status_code, reasons.get(exc.status_code, str(exc.detail)) if generic else exc.detail
     status = getattr(exc, "status", None) or next((s for kind, s in LIBRARY_STATUS if isinstance(exc, kind)), None)
     if isinstance(exc, ImageError):
-        return (status or 400), f"not a usable image: {exc.reason}"
+        advice = "; send a smaller image or a JPEG" if isinstance(exc, ImageTooLarge) else ""
+        return (status or 400), f"not a usable image: {exc.reason}{advice}"
     if isinstance(exc, ConvscopeError):
         return (status or 400), str(exc)
     if isinstance(exc, ValueError):
