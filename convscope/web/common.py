@@ -13,6 +13,7 @@ import io
 import math
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -79,6 +80,37 @@ def error_response(page: Callable[..., Response], request: Request, status: int,
     if status == 408:  # the rest of a late body is not waited for
         response.headers["Connection"] = "close"
     return response
+
+
+class Memo:
+    """Values computed once per key and kept, shared by request threads: ``memo(key, fn)`` is
+    the value kept for ``key``, else ``fn()`` kept. ``fn`` runs outside the lock (two threads
+    asking at once may both compute it; the first value kept is the one every caller gets)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._values: dict = {}
+
+    def __call__(self, key, fn):
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+        value = fn()
+        with self._lock:
+            return self._values.setdefault(key, value)
+
+    def get(self, key, default=None):
+        with self._lock:
+            return self._values.get(key, default)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._values[key] = value
+
+    def forget(self, *keys) -> None:
+        with self._lock:
+            for key in keys:
+                self._values.pop(key, None)
 
 
 def finite(value) -> float | None:

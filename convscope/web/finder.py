@@ -34,7 +34,7 @@ from ..errors import ConvscopeError, ImageError
 from ..index import parse_unit
 from ..index.explain import entry_image, why_picture
 from ..index.search import MIN_SCORE
-from .common import NotFound, jpeg
+from .common import Memo, NotFound, jpeg
 from .render import Links
 
 #: Results on one page unless ``top`` says otherwise, and the most ``top`` may ask for.
@@ -161,18 +161,9 @@ class Finder:
         self.model = model
         self.roots = Roots(index.meta.get("inputs") or [])
         self.links = links or Links()
-        self._lock = threading.Lock()
-        self._cache: dict[str, object] = {}
+        self._cached = Memo()  # page data, by name
+        self._lock = threading.Lock()  # of the pictures of why, most recent last
         self._pictures: collections.OrderedDict = collections.OrderedDict()
-
-    def _cached(self, key: str, fn):
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        value = fn()
-        with self._lock:
-            self._cache[key] = value
-        return value
 
     # ------------------------------------------------------------------ records and files
 

@@ -15,13 +15,11 @@ guided backprop as the picture and say why (``deconvnet``, ``methods``, ``projec
 from __future__ import annotations
 
 import functools
-import threading
 from pathlib import Path
-from typing import Any
 
 from ..data import load_image
 from ..errors import ConvscopeError, unknown_name_error
-from .common import NotFound, confined_image
+from .common import Memo, NotFound, confined_image
 from .common import finite as _num
 
 
@@ -34,19 +32,7 @@ class Gallery:
 
     def __init__(self, atlas):
         self.atlas = atlas
-        self._lock = threading.Lock()
-        self._cache: dict[tuple, Any] = {}
-
-    # ------------------------------------------------------------------ cached atlas reads
-
-    def _cached(self, key: tuple, fn):
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        value = fn()
-        with self._lock:
-            self._cache[key] = value
-        return value
+        self._cached = Memo()  # page data and source sizes, by key
 
     @functools.cached_property
     def info(self) -> dict:
@@ -136,9 +122,7 @@ class Gallery:
     def forget(self, layer: str, unit: int) -> None:
         """Drop the cached pages of ``unit`` of ``layer`` (after its projections or feature
         visualization were added to the atlas: :mod:`convscope.atlas.fill`)."""
-        with self._lock:
-            for key in (("units", layer), ("examples", layer, unit), ("layer", layer)):
-                self._cache.pop(key, None)
+        self._cached.forget(("units", layer), ("examples", layer, unit), ("layer", layer))
 
     def layer_summary(self, name: str) -> dict:
         meta = self._layer_meta[name]
@@ -289,15 +273,10 @@ class Gallery:
         pixels wide or high, and its full size (W, H), in which the example's box is given."""
         img = load_image(self.source_path(layer, unit, rank))
         size = img.size
-        with self._lock:
-            self._cache[("source_size", layer, unit, rank)] = size
+        self._cached.put(("source_size", layer, unit, rank), size)
         if max(size) > max_side:
             img.thumbnail((max_side, max_side))
         return img, size
 
     def source_size(self, layer: str, unit: int, rank: int) -> tuple[int, int]:
-        key = ("source_size", layer, unit, rank)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        return self.source_image(layer, unit, rank)[1]
+        return self._cached.get(("source_size", layer, unit, rank)) or self.source_image(layer, unit, rank)[1]
