@@ -25,7 +25,6 @@ Fergus's training the lower layers settled within a few epochs, the upper ones o
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -38,13 +37,13 @@ import torch
 from torch import nn
 
 from .backproject import project, to_image
-from .checkpoints import load_weights
+from .checkpoints import checkpoint_labels, checkpoint_models
 from .crops import Crops
 from .data import expand_inputs, iter_batches, load_image
 from .errors import ConvscopeError, unknown_layer_error
 from .files import atomic_write, printable_path, safe_name, write_text_atomic
 from .hooks import capture, run
-from .models import LoadedModel, Preprocessing, load_model
+from .models import LoadedModel, Preprocessing
 from .progress import Bar
 from .scan import Scan, ScanState
 
@@ -334,61 +333,6 @@ def _finite(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-# --------------------------------------------------------------------------- the models
-
-
-def checkpoint_models(
-    model: str | nn.Module | LoadedModel | Callable[[], nn.Module],
-    checkpoints: Sequence,
-    *,
-    device: str | torch.device | None = None,
-    preprocessing: Preprocessing | None = None,
-) -> list[LoadedModel]:
-    """One :class:`~convscope.models.LoadedModel` per checkpoint, in eval mode.
-
-    ``model`` gives the architecture: a spec (``"torchvision:resnet18"``, built with
-    ``pretrained=False``), an ``nn.Module`` or ``LoadedModel`` (copied; the caller's is never
-    changed), or a function that returns a fresh ``nn.Module``. ``checkpoints`` are files or
-    state dicts in memory, in any layout :mod:`convscope.checkpoints` reads. ``preprocessing``
-    replaces the model's (needed for a bare module that is not an ImageNet model).
-    """
-    if isinstance(model, LoadedModel):
-        base = dataclasses.replace(model, module=copy.deepcopy(model.module),
-                                   preprocessing=preprocessing or model.preprocessing)
-        if device is not None:
-            base = dataclasses.replace(base, module=base.module.to(device), device=torch.device(device))
-    elif isinstance(model, str):
-        base = load_model(model, device=device, pretrained=False, preprocessing=preprocessing)
-    elif isinstance(model, nn.Module):
-        base = load_model(copy.deepcopy(model), device=device, preprocessing=preprocessing)
-    elif callable(model):
-        module = model()
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"the model function returned a {type(module).__name__}, not an nn.Module")
-        base = load_model(module, device=device, preprocessing=preprocessing)
-    else:
-        raise TypeError(
-            f"model must be a spec string, an nn.Module, a LoadedModel or a function returning an nn.Module, "
-            f"got {type(model).__name__}"
-        )
-    out = []
-    for i, ckpt in enumerate(checkpoints):
-        module = copy.deepcopy(base.module)
-        source = str(ckpt) if isinstance(ckpt, (str, os.PathLike)) else f"checkpoint {i}"
-        load_weights(module, ckpt, source)
-        out.append(dataclasses.replace(base, module=module.eval(), weights=source))
-    return out
-
-
-def checkpoint_labels(checkpoints: Sequence) -> list[str]:
-    """Short labels: the file names without their suffix (the parent folder too where stems
-    repeat), ``checkpoint N`` for state dicts in memory."""
-    stems = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}" for i, c in enumerate(checkpoints)]
-    if len(set(stems)) < len(stems):
-        stems = [f"{Path(c).parent.name}/{s}" if isinstance(c, (str, os.PathLike)) else s for c, s in zip(checkpoints, stems)]
-    return stems
-
-
 # --------------------------------------------------------------------------- the numbers
 
 
@@ -438,7 +382,7 @@ def evolve(
 ) -> Evolution:
     """How the units of ``layers`` change over the ``checkpoints`` of one training run.
 
-    ``model``: the architecture (see :func:`checkpoint_models`: a spec such as
+    ``model``: the architecture (see :func:`convscope.checkpoints.checkpoint_models`: a spec such as
     ``"torchvision:resnet18"``, an ``nn.Module``, a ``LoadedModel`` or a function returning a
     module). ``checkpoints``: two or more files (or state dicts), in training order. ``images``:
     files, folders, globs or ``@LIST`` files, as :func:`~convscope.scan.scan` takes them; more
