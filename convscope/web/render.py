@@ -36,7 +36,8 @@ def static_dirname(name) -> str:
 
 class Links:
     """URLs of pages and files, for the server (``static=False``) or an export page ``depth``
-    folders below the export root."""
+    folders below the export root: the one URL helper of every page group (the atlas's pages,
+    the uploads, the search pages, health and evolve; those past the atlas's on the server only)."""
 
     def __init__(self, static: bool = False, depth: int = 0):
         self.static = static
@@ -67,6 +68,10 @@ class Links:
 
     def upload(self) -> str | None:
         return None if self.static else "/image"
+
+    def uploaded(self, token: str, name: str) -> str:
+        """A picture the server made of an upload (``input.png``, ``gradcam.png``, ...)."""
+        return f"/uploads/{segment(token)}/{segment(name)}"
 
     def atlas_file(self, relative: str | None) -> str | None:
         if not relative:

@@ -171,10 +171,10 @@ class UploadPages:
                 del data  # only the decoded image waits for the model
             token, result, stored = await workers.model(self.analyze_and_store, image, explain)
         result["id"] = token
-        result["image"] = f"/uploads/{token}/input.png"
+        result["image"] = self.site.links.uploaded(token, "input.png")
         for name, entry in result["explanations"].items():
             if f"{name}.png" in stored:
-                entry["url"] = f"/uploads/{token}/{name}.png"
+                entry["url"] = self.site.links.uploaded(token, f"{name}.png")
         return result
 
     # ------------------------------------------------------------------ endpoints
