@@ -435,12 +435,10 @@ def load_recorded(recorded: dict | None, device: str | torch.device | None = "cp
     tail = f"; {hint}" if hint else ""
     if not spec or weights == "user module":
         raise UnnamedModelError(f"the {what} was made with a model object ({spec}) that cannot be loaded by name{tail}")
-    weights_file = None
-    if weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
-        if not os.path.isfile(weights):
-            raise WeightsUnavailableError(f"the {what} was made with the weights file {weights!r}, which is no longer "
-                                          f"there{tail}")
-        weights_file = weights
+    weights_file = weights if os.path.isfile(weights) else None
+    if weights_file is None and weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        raise WeightsUnavailableError(f"the {what} was made with the weights file {weights!r}, which is no longer "
+                                      f"there{tail}")
     prep = preprocessing if preprocessing is not None else recorded.get("preprocessing")
     if isinstance(prep, dict):
         prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()})
