@@ -19,14 +19,17 @@ raises one :class:`~convscope.errors.ConvscopeError` line naming the first key t
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .errors import ConvscopeError
+from .models import LoadedModel, Preprocessing, load_model
 
 #: Keys under which training scripts keep the model's state dict, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model")
@@ -150,6 +153,61 @@ def load_weights(module: nn.Module, checkpoint, source: str | None = None) -> nn
     return module
 
 
+# --------------------------------------------------------------------------- a model per checkpoint
+
+
+def checkpoint_models(
+    model: str | nn.Module | LoadedModel | Callable[[], nn.Module],
+    checkpoints: Sequence,
+    *,
+    device: str | torch.device | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> list[LoadedModel]:
+    """One :class:`~convscope.models.LoadedModel` per checkpoint, in eval mode.
+
+    ``model`` gives the architecture: a spec (``"torchvision:resnet18"``, built with
+    ``pretrained=False``), an ``nn.Module`` or ``LoadedModel`` (copied; the caller's is never
+    changed), or a function that returns a fresh ``nn.Module``. ``checkpoints`` are files or
+    state dicts in memory, in any layout :mod:`convscope.checkpoints` reads. ``preprocessing``
+    replaces the model's (needed for a bare module that is not an ImageNet model).
+    """
+    if isinstance(model, LoadedModel):
+        base = dataclasses.replace(model, module=copy.deepcopy(model.module),
+                                   preprocessing=preprocessing or model.preprocessing)
+        if device is not None:
+            base = dataclasses.replace(base, module=base.module.to(device), device=torch.device(device))
+    elif isinstance(model, str):
+        base = load_model(model, device=device, pretrained=False, preprocessing=preprocessing)
+    elif isinstance(model, nn.Module):
+        base = load_model(copy.deepcopy(model), device=device, preprocessing=preprocessing)
+    elif callable(model):
+        module = model()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"the model function returned a {type(module).__name__}, not an nn.Module")
+        base = load_model(module, device=device, preprocessing=preprocessing)
+    else:
+        raise TypeError(
+            f"model must be a spec string, an nn.Module, a LoadedModel or a function returning an nn.Module, "
+            f"got {type(model).__name__}"
+        )
+    out = []
+    for i, ckpt in enumerate(checkpoints):
+        module = copy.deepcopy(base.module)
+        source = str(ckpt) if isinstance(ckpt, (str, os.PathLike)) else f"checkpoint {i}"
+        load_weights(module, ckpt, source)
+        out.append(dataclasses.replace(base, module=module.eval(), weights=source))
+    return out
+
+
+def checkpoint_labels(checkpoints: Sequence) -> list[str]:
+    """Short labels: the file names without their suffix (the parent folder too where stems
+    repeat), ``checkpoint N`` for state dicts in memory."""
+    stems = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}" for i, c in enumerate(checkpoints)]
+    if len(set(stems)) < len(stems):
+        stems = [f"{Path(c).parent.name}/{s}" if isinstance(c, (str, os.PathLike)) else s for c, s in zip(checkpoints, stems)]
+    return stems
+
+
 def _looks_like_safetensors(path: Path) -> bool:
     """A safetensors file starts with an 8-byte little-endian header length, then ``{``; a
     ``torch.save`` file is a zip (``PK``) or an old-style pickle (``\\x80``)."""
@@ -166,4 +224,5 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
-__all__ = ["CheckpointError", "PREFIXES", "WRAPPER_KEYS", "check_fit", "fit_keys", "load_weights", "read_state_dict", "unwrap"]
+__all__ = ["CheckpointError", "PREFIXES", "WRAPPER_KEYS", "check_fit", "checkpoint_labels", "checkpoint_models", "fit_keys",
+           "load_weights", "read_state_dict", "unwrap"]

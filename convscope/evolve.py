@@ -25,7 +25,6 @@ Fergus's training the lower layers settled within a few epochs, the upper ones o
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -38,14 +37,14 @@ import torch
 from torch import nn
 
 from .backproject import project, to_image
-from .checkpoints import load_weights
+from .checkpoints import checkpoint_labels, checkpoint_models
 from .choices import DEFAULT_UNITS
 from .crops import Crops
 from .data import expand_inputs, iter_batches, load_image
-from .errors import ArgumentError, unknown_layer_error
-from .files import atomic_write, safe_name, write_text_atomic
+from .errors import ArgumentError, ConvscopeError, unknown_layer_error
+from .files import atomic_write, printable_path, safe_name, write_text_atomic
 from .hooks import capture, run
-from .models import LoadedModel, Preprocessing, load_model
+from .models import LoadedModel, Preprocessing
 from .progress import Bar
 from .scan import Scan, ScanState
 
@@ -160,17 +159,17 @@ class Evolution:
         save stopped half-way leaves a folder that reads as incomplete, never old records over a
         mix of old and new pictures."""
         out = Path(out)
-        for stale in (out / "evolve.jsonl", out / MANIFEST):
+        for stale in (out / CHANGES, out / MANIFEST):
             stale.unlink(missing_ok=True)
         paths = []
         for name in self.layers:
-            path = out / f"evolve-{safe_name(name)}.png"
+            path = out / grid_name(name)
             with atomic_write(path) as f:
                 self.grid(name, size).save(f, format="PNG")
             paths.append(path)
-        paths.append(self.plot_changes(out / "evolve-changes.png"))
+        paths.append(self.plot_changes(out / CHANGES_PLOT))
         paths += save_cells(self, out)
-        path = out / "evolve.jsonl"
+        path = out / CHANGES
         with atomic_write(path, "w") as f:
             f.write(self.to_json(all_units=True))
         paths.append(path)
@@ -226,59 +225,111 @@ def save_cells(result, out: str | os.PathLike) -> list[Path]:
     return [*paths, out / MANIFEST]
 
 
-# --------------------------------------------------------------------------- the models
+# --------------------------------------------------------------------------- reading a run back
+
+#: The records of a saved run: per layer and step the layer's means, then per unit and step its own.
+CHANGES = "evolve.jsonl"
+#: The plot of every layer's change numbers against the step.
+CHANGES_PLOT = "evolve-changes.png"
 
 
-def checkpoint_models(
-    model: str | nn.Module | LoadedModel | Callable[[], nn.Module],
-    checkpoints: Sequence,
-    *,
-    device: str | torch.device | None = None,
-    preprocessing: Preprocessing | None = None,
-) -> list[LoadedModel]:
-    """One :class:`~convscope.models.LoadedModel` per checkpoint, in eval mode.
+class RunUnreadable(ConvscopeError, LookupError):
+    """A folder that is not a readable evolve run; the message says why and how to write one."""
 
-    ``model`` gives the architecture: a spec (``"torchvision:resnet18"``, built with
-    ``pretrained=False``), an ``nn.Module`` or ``LoadedModel`` (copied; the caller's is never
-    changed), or a function that returns a fresh ``nn.Module``. ``checkpoints`` are files or
-    state dicts in memory, in any layout :mod:`convscope.checkpoints` reads. ``preprocessing``
-    replaces the model's (needed for a bare module that is not an ImageNet model).
+
+@dataclasses.dataclass(frozen=True)
+class EvolveRun:
+    """An evolve run read back from the folder :meth:`Evolution.save` wrote (the reader beside
+    that writer). ``checkpoints``: their labels in order; ``layers``: per layer ``{"means":
+    [step], "units": {unit: [step]}, "channels"}``, each step ``{"from", "to", "overlap",
+    "correlation"}`` (None for what is not a finite number); ``manifest``: ``evolve.json``
+    (:func:`save_cells`) or None, and then ``note`` says why.
+
+    >>> run = EvolveRun.open("evolve/")
+    >>> run.layers["layer1"]["means"][-1]["overlap"]
+    0.95
     """
-    if isinstance(model, LoadedModel):
-        base = dataclasses.replace(model, module=copy.deepcopy(model.module),
-                                   preprocessing=preprocessing or model.preprocessing)
-        if device is not None:
-            base = dataclasses.replace(base, module=base.module.to(device), device=torch.device(device))
-    elif isinstance(model, str):
-        base = load_model(model, device=device, pretrained=False, preprocessing=preprocessing)
-    elif isinstance(model, nn.Module):
-        base = load_model(copy.deepcopy(model), device=device, preprocessing=preprocessing)
-    elif callable(model):
-        module = model()
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"the model function returned a {type(module).__name__}, not an nn.Module")
-        base = load_model(module, device=device, preprocessing=preprocessing)
-    else:
-        raise TypeError(
-            f"model must be a spec string, an nn.Module, a LoadedModel or a function returning an nn.Module, "
-            f"got {type(model).__name__}"
-        )
-    out = []
-    for i, ckpt in enumerate(checkpoints):
-        module = copy.deepcopy(base.module)
-        source = str(ckpt) if isinstance(ckpt, (str, os.PathLike)) else f"checkpoint {i}"
-        load_weights(module, ckpt, source)
-        out.append(dataclasses.replace(base, module=module.eval(), weights=source))
-    return out
+
+    root: Path
+    checkpoints: list[str]
+    layers: dict[str, dict]
+    manifest: dict | None
+    note: str | None
+
+    @staticmethod
+    def stamp(folder: str | os.PathLike) -> tuple:
+        """What changes when the run in ``folder`` is saved again (its files' times and sizes)."""
+        out = []
+        for name in (CHANGES, MANIFEST):
+            try:
+                st = os.stat(Path(folder) / name)
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> "EvolveRun":
+        """Read the run in ``folder``; :class:`RunUnreadable` with the reason when it has no
+        readable ``evolve.jsonl``. A missing or unreadable ``evolve.json`` is a ``note``."""
+        root = Path(folder)
+
+        def fail(why: str):
+            raise RunUnreadable(f"the evolve run {printable_path(str(root))} {why}; write one with "
+                                "`convscope evolve PHOTOS --weights A.pt,B.pt --out RUN` and serve it with --evolve RUN")
+
+        if not root.is_dir():
+            fail("is not a folder")
+        try:
+            text = (root / CHANGES).read_text()
+        except FileNotFoundError:
+            fail(f"has no {CHANGES}")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"has an unreadable {CHANGES} ({exc.__class__.__name__})")
+        layers: dict[str, dict] = {}
+        try:
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                entry = layers.setdefault(str(r["layer"]), {"means": [], "units": {}, "channels": None})
+                step = {"from": str(r["from"]), "to": str(r["to"]), "overlap": _finite(r["overlap"]),
+                        "correlation": _finite(r.get("correlation"))}
+                if r.get("unit") is None:
+                    entry["means"].append(step)
+                    entry["channels"] = r.get("units")
+                else:
+                    entry["units"].setdefault(int(r["unit"]), []).append(step)
+        except (ValueError, KeyError, TypeError) as exc:
+            fail(f"has a malformed {CHANGES} (line {n}: {exc.__class__.__name__} {exc})")
+        if not layers:
+            fail(f"has an empty {CHANGES}")
+        first = next(iter(layers.values()))["means"]
+        checkpoints = [s["from"] for s in first] + [first[-1]["to"]] if first else []
+        manifest, note = None, None
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), dict):
+                manifest, note = None, f"{MANIFEST} is not a run manifest"
+        except FileNotFoundError:
+            note = f"this run folder has no {MANIFEST}, so no per-unit pictures; the layer's grid picture is shown instead"
+        except (OSError, ValueError) as exc:
+            note = f"{MANIFEST} cannot be read ({exc.__class__.__name__}); the layer's grid picture is shown instead"
+        if manifest and manifest.get("checkpoints"):
+            checkpoints = [str(c) for c in manifest["checkpoints"]]
+        return cls(root, checkpoints, layers, manifest, note)
 
 
-def checkpoint_labels(checkpoints: Sequence) -> list[str]:
-    """Short labels: the file names without their suffix (the parent folder too where stems
-    repeat), ``checkpoint N`` for state dicts in memory."""
-    stems = [Path(c).stem if isinstance(c, (str, os.PathLike)) else f"checkpoint {i}" for i, c in enumerate(checkpoints)]
-    if len(set(stems)) < len(stems):
-        stems = [f"{Path(c).parent.name}/{s}" if isinstance(c, (str, os.PathLike)) else s for c, s in zip(checkpoints, stems)]
-    return stems
+def grid_name(layer: str) -> str:
+    """The grid picture :meth:`Evolution.save` writes for ``layer``."""
+    return f"evolve-{safe_name(layer)}.png"
+
+
+def _finite(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -330,7 +381,7 @@ def evolve(
 ) -> Evolution:
     """How the units of ``layers`` change over the ``checkpoints`` of one training run.
 
-    ``model``: the architecture (see :func:`checkpoint_models`: a spec such as
+    ``model``: the architecture (see :func:`convscope.checkpoints.checkpoint_models`: a spec such as
     ``"torchvision:resnet18"``, an ``nn.Module``, a ``LoadedModel`` or a function returning a
     module). ``checkpoints``: two or more files (or state dicts), in training order. ``images``:
     files, folders, globs or ``@LIST`` files, as :func:`~convscope.scan.scan` takes them; more

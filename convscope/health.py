@@ -31,7 +31,7 @@ from torch import nn
 from .atlas.store import Atlas
 from .errors import ConvscopeError
 from .files import atomic_write
-from .models import LoadedModel, UnnamedModelError, as_loaded, load_recorded
+from .models import LoadedModel, as_loaded, load_recorded
 from .saturation import activation_bounds, saturating_activations
 from .sketch import Sketch
 
@@ -145,15 +145,8 @@ def _round(v: float | None, digits: int = 6) -> float | None:
 
 # ---------------------------------------------------------------- the model behind the atlas
 
-
-def atlas_model(atlas: Atlas, device: str | None = "cpu") -> LoadedModel:
-    """Load the model ``atlas`` was built with, as its info records it
-    (:func:`convscope.models.load_recorded`). A model object (not loadable by name) raises
-    ConvscopeError."""
-    try:
-        return load_recorded(atlas.info()["model"], device=device)
-    except UnnamedModelError as exc:
-        raise UnnamedModelError(f"{exc}; call convscope.health.health(atlas, model=your_loaded_model) from Python") from None
+#: How to give the report a model the atlas cannot name (the end of load_recorded's message).
+PASS_MODEL = "call convscope.health.health(atlas, model=your_loaded_model) from Python"
 
 
 def activation_ceiling(module: nn.Module) -> float | None:
@@ -221,7 +214,7 @@ def health(atlas: Atlas | str | os.PathLike, model=None) -> HealthReport:
     dead, saturated, constant and duplicate units with the numbers behind each flag, and per
     layer the share of each and the pooled activation distribution. ``model`` (a LoadedModel or
     nn.Module) gives the activations' ceilings and the weights; by default the atlas's own model
-    is loaded (:func:`atlas_model`). Nothing is scanned again.
+    is loaded (:func:`convscope.models.load_recorded`). Nothing is scanned again.
 
     >>> report = health(Atlas.open("atlas/"))
     >>> [(u.layer, u.unit, u.flags) for u in report.flagged()][:2]
@@ -230,7 +223,7 @@ def health(atlas: Atlas | str | os.PathLike, model=None) -> HealthReport:
     if not isinstance(atlas, Atlas):
         with Atlas.open(atlas) as opened:
             return health(opened, model)
-    model = atlas_model(atlas) if model is None else as_loaded(model)
+    model = load_recorded(atlas.info()["model"], hint=PASS_MODEL) if model is None else as_loaded(model)
     shapes = {i.name: i.shape for i in model.layers}
     for name in atlas.layers:  # another model with the same layer names would judge wrong weights
         channels = int(atlas.layer(name)["shape"][0])
@@ -482,6 +475,6 @@ def sheet_flags(report: HealthReport, filters: FirstLayerFilters) -> dict[int, l
 __all__ = [
     "BANDS", "CONSTANT_RANGE", "DEAD_BELOW", "DUPLICATE_COSINE", "DUPLICATE_OVERLAP", "FLAGS", "HIGH_BAND",
     "LOW_BAND", "SATURATED_SHARE", "FirstLayerFilters", "HealthReport", "LayerHealth", "UnitHealth",
-    "activation_ceiling", "atlas_model", "band_shares", "filter_sheet", "first_layer_filters", "health",
+    "activation_ceiling", "band_shares", "filter_sheet", "first_layer_filters", "health",
     "producing_activation", "producing_activations", "sheet_flags", "unit_weights", "write_filter_sheet",
 ]

@@ -408,17 +408,42 @@ class UnnamedModelError(ConvscopeError):
     """The record is of a model object, which has no name to load it by: pass the model itself."""
 
 
-def load_recorded(recorded: dict | None, device: str | torch.device | None = "cpu") -> "LoadedModel":
-    """The model that :meth:`LoadedModel.describe` recorded (in an atlas's info, say) loaded
-    again: its spec, with its weights file if it is still there, or its seeded random weights.
-    A model object, which has no name to load it by, raises :class:`UnnamedModelError` (the
-    caller says how to pass it instead)."""
+#: Suffixes of the state-dict files ``weights=`` takes: a recorded ``weights`` ending so names a file.
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
+
+
+def load_recorded(recorded: dict | None, device: str | torch.device | None = "cpu", *,
+                  preprocessing: Preprocessing | dict | None = None, what: str = "atlas",
+                  hint: str | None = None) -> "LoadedModel":
+    """The one loader of "the model a store records": what :meth:`LoadedModel.describe` wrote
+    (into an atlas's info, an index's meta) loaded again, with the weights it names: its weights
+    file, its seeded random weights (``pretrained=False``, ``--no-pretrained``) or its spec's
+    pretrained ones; and its preprocessing (``preprocessing``, else ``recorded["preprocessing"]``,
+    else the spec's own).
+
+    A model object, which has no name to load it by, raises :class:`UnnamedModelError`; a
+    weights file that is no longer there raises
+    :class:`~convscope.errors.WeightsUnavailableError` (never silently other weights). Both
+    messages name the store (``what``: "atlas", "index") and end with ``hint``, the caller's
+    sentence on how to pass the model instead.
+
+    >>> model = load_recorded(Atlas.open("atlas/").info()["model"])
+    >>> model = load_recorded(index.meta["model"], preprocessing=index.meta["preprocessing"], what="index")
+    """
     recorded = recorded or {}
-    spec, weights = recorded.get("spec"), recorded.get("weights") or ""
+    spec, weights = recorded.get("spec"), str(recorded.get("weights") or "")
+    tail = f"; {hint}" if hint else ""
     if not spec or weights == "user module":
-        raise UnnamedModelError(f"the atlas was made with a model object ({spec}) that cannot be loaded by name")
+        raise UnnamedModelError(f"the {what} was made with a model object ({spec}) that cannot be loaded by name{tail}")
     weights_file = weights if os.path.isfile(weights) else None
-    return load_model(spec, weights=weights_file, device=device, pretrained=not weights.startswith("random"))
+    if weights_file is None and weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        raise WeightsUnavailableError(f"the {what} was made with the weights file {weights!r}, which is no longer "
+                                      f"there{tail}")
+    prep = preprocessing if preprocessing is not None else recorded.get("preprocessing")
+    if isinstance(prep, dict):
+        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()})
+    return load_model(spec, weights=weights_file, device=device, pretrained=not weights.startswith("random"),
+                      preprocessing=prep)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -346,6 +346,32 @@ def test_a_save_stopped_half_way_over_an_older_run_reads_as_incomplete(result, t
     assert not (out / "evolve.jsonl").exists() and not (out / "evolve.json").exists()
 
 
+def test_a_saved_run_reads_back_as_it_was_saved(result, tmp_path):
+    """EvolveRun.open, the reader beside Evolution.save: the checkpoints, each layer's mean
+    change numbers per step and every unit's; a folder that is not a run is one line."""
+    from convscope.evolve import EvolveRun, RunUnreadable
+
+    out = tmp_path / "out"
+    result.save(out, size=32)
+    run = EvolveRun.open(out)
+    assert run.checkpoints == result.checkpoints and run.note is None
+    assert list(run.layers) == list(result.layers) and run.manifest["top"] == result.top
+    for name, ev in result.layers.items():
+        assert run.layers[name]["means"] == pytest.approx(result.changes(name), nan_ok=True)
+        assert run.layers[name]["channels"] == ev.channels
+        unit = ev.units[0]
+        assert [s["overlap"] for s in run.layers[name]["units"][unit]] == pytest.approx(ev.overlap[:, unit].tolist())
+    stamp = EvolveRun.stamp(out)
+    (out / "evolve.json").unlink()
+    assert EvolveRun.stamp(out) != stamp
+    assert EvolveRun.open(out).manifest is None and "no evolve.json" in EvolveRun.open(out).note
+    (out / "evolve.jsonl").write_text("{not json\n")
+    with pytest.raises(RunUnreadable, match="has a malformed evolve.jsonl \\(line 1"):
+        EvolveRun.open(out)
+    with pytest.raises(RunUnreadable, match="is not a folder; write one with `convscope evolve"):
+        EvolveRun.open(tmp_path / "nowhere")
+
+
 def test_the_users_module_is_left_alone(run):
     net = StripeNet().train()
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -197,7 +197,7 @@ def test_an_image_over_the_decoding_budget_is_413_with_its_reason(server):
     r = post_image(server.base, big)
     assert r.status_code == 413
     reason = r.json()["error"]
-    assert reason == ("the image is too large to decode: 6000x6000 8-bit RGB takes 144 MB, the limit is 134 MB; "
+    assert reason == ("not a usable image: too large to decode (6000x6000 8-bit RGB takes 138 MiB, limit 128 MiB); "
                       "send a smaller image or a JPEG")
     r = httpx.post(server.base + "/image", files={"image": ("big.png", big, "image/png")}, timeout=60)
     assert r.status_code == 413 and "too large to decode" in r.text
@@ -444,40 +444,39 @@ def _encoded(mode: str, orientation: int | None = None) -> tuple[bytes, str]:
     ("I", None), ("F", None), ("CMYK", None), ("RGB", 6), ("L", 8), ("RGB", 3),
 ])
 def test_the_budgeted_decoder_sees_what_load_image_sees(tmp_path, mode, orientation):
-    """decode_upload equals convscope.data.load_image (the scan's decoder), at full size and
-    box-reduced by 4 (a JPEG by libjpeg's own scaling, within JPEG's error)."""
-    from convscope.data import load_image
-    from convscope.web.decode import DecodeBudget, decode_upload
+    """An upload is decoded by convscope.data's decoder (load_image_bytes, as the server calls
+    it): what load_image sees at full size, and box-reduced by 4 at the scale the model needs (a
+    JPEG by libjpeg's own scaling, within JPEG's error)."""
+    from convscope.data import load_image, load_image_bytes
 
     data, fmt = _encoded(mode, orientation)
     path = tmp_path / f"x.{fmt.lower()}"
     path.write_bytes(data)
     expected = load_image(path)
-    full = decode_upload(data, DecodeBudget(min_side=0))
+    full = load_image_bytes(data, "upload")
     assert full.mode == "RGB" and full.size == expected.size
-    tolerance = 1 if mode in ("I", "F") else 0  # float32 instead of float64 may round the other way
-    assert np.abs(np.asarray(full, np.int16) - np.asarray(expected, np.int16)).max() <= tolerance
-    reduced = decode_upload(data, DecodeBudget(min_side=60))  # 240 // 60: reduced by 4
+    assert np.array_equal(np.asarray(full), np.asarray(expected))
+    reduced = load_image_bytes(data, "upload", target_size=60)  # 240 // 60: reduced by 4
     assert reduced.size == (expected.size[0] // 4, expected.size[1] // 4)
     diff = np.abs(np.asarray(reduced, np.int16) - np.asarray(expected.reduce(4), np.int16))
     if fmt == "JPEG":  # libjpeg's DCT scaling, not a box filter
         assert diff.mean() < 3
     else:
-        assert diff.max() <= tolerance + 1
+        assert diff.max() <= 1
 
 
 def test_the_decoder_refuses_by_bytes_not_pixels():
-    """The same pixel count costs 1, 2 or 4 bytes a pixel by mode: the budget counts bytes."""
-    from convscope.web.decode import DecodeBudget, OverBudget, decode_upload
+    """The same pixel count costs 1, 2 or 4 bytes a pixel by mode: the upload's budget counts bytes."""
+    from convscope.data import ImageTooLarge, load_image_bytes
 
     grey = png_bytes(Image.new("L", (2000, 2000)))
     rgb = png_bytes(Image.new("RGB", (2000, 2000)))
-    budget = DecodeBudget(max_bytes=10_000_000, min_side=500)  # grey: 4 MB + 1 MB result; RGB: 16 + 1 MB
-    assert decode_upload(grey, budget).size == (500, 500)
-    with pytest.raises(OverBudget, match="2000x2000 8-bit RGB takes 17 MB, the limit is 10 MB"):
-        decode_upload(rgb, budget)
-    with pytest.raises(OverBudget, match="4,000,000 pixels, the limit is 1,000,000"):
-        decode_upload(grey, DecodeBudget(max_pixels=1_000_000))
+    budget = dict(max_bytes=10_000_000, target_size=500)  # grey: 4 MB + 1 MB result; RGB: 16 + 1 MB
+    assert load_image_bytes(grey, "upload", **budget).size == (500, 500)
+    with pytest.raises(ImageTooLarge, match=r"too large to decode \(2000x2000 8-bit RGB takes 16 MiB, limit 10 MiB\)"):
+        load_image_bytes(rgb, "upload", **budget)
+    with pytest.raises(ImageTooLarge, match="4,000,000 pixels, limit 1,000,000"):
+        load_image_bytes(grey, "upload", max_pixels=1_000_000)
 
 
 def test_release_memory_gives_the_freed_heap_back():

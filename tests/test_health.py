@@ -205,9 +205,9 @@ def test_cli_json_lines(model, atlas_dir, tmp_path, monkeypatch):
 
     # A TinyNet has no spec to load it by, so hand the command the model object through the one
     # loader it uses for the atlas's own model
-    import convscope.health as health_module
+    import convscope.models as models_module
 
-    monkeypatch.setattr(health_module, "atlas_model", lambda atlas, device=None: model)
+    monkeypatch.setattr(models_module, "load_recorded", lambda recorded, device=None, **kw: model)
     out = tmp_path / "health"
     result = invoke([str(atlas_dir), "--json", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -229,10 +229,10 @@ def test_cli_json_lines(model, atlas_dir, tmp_path, monkeypatch):
 
 
 def test_device_alone_keeps_the_atlas_model_and_a_wrong_model_is_refused(model, atlas_dir, monkeypatch):
-    import convscope.health as health_module
+    import convscope.models as models_module
 
     asked = []
-    monkeypatch.setattr(health_module, "atlas_model", lambda atlas, device=None: asked.append(device) or model)
+    monkeypatch.setattr(models_module, "load_recorded", lambda recorded, device=None, **kw: asked.append(device) or model)
     result = invoke([str(atlas_dir), "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert asked == ["cpu"]  # --device says where the recorded model runs, not to load another one

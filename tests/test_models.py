@@ -155,3 +155,34 @@ def test_cli_models_and_unknown_model():
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "unknown model 'resnet_50'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_load_recorded_gives_back_the_weights_and_preprocessing_a_store_records(tmp_path):
+    """The one loader of "the model a store records": a weights file, seeded random weights and
+    the recorded preprocessing come back; a file that is gone or a model object is one line."""
+    from convscope.models import Preprocessing, UnnamedModelError, load_recorded
+
+    prep = Preprocessing((64, 64), 72, "bilinear", (0.5, 0.5, 0.5), (0.1, 0.1, 0.1))
+    random = convscope.load_model("torchvision:resnet18", pretrained=False, preprocessing=prep)
+    again = load_recorded(random.describe())  # preprocessing recorded beside the weights
+    assert again.weights.startswith("random") and again.preprocessing == prep
+    assert all(torch.equal(a, b) for a, b in zip(random.module.state_dict().values(), again.module.state_dict().values()))
+    # an index records them apart: its preprocessing comes in as an argument
+    plain = load_recorded({"spec": random.spec, "weights": random.weights}, preprocessing=prep.to_dict())
+    assert plain.preprocessing == prep
+
+    tuned = random.module.state_dict()
+    tuned = {k: v + 1 if v.is_floating_point() else v for k, v in tuned.items()}
+    path = tmp_path / "tuned.pt"
+    torch.save(tuned, path)
+    filed = convscope.load_model("torchvision:resnet18", weights=path)
+    back = load_recorded(filed.describe())
+    assert back.weights == str(path) and torch.equal(back.module.conv1.weight, tuned["conv1.weight"])
+    path.unlink()
+    with pytest.raises(WeightsUnavailableError, match="the index was made with the weights file .*tuned.pt', which is "
+                                                      "no longer there; pass model="):
+        load_recorded(filed.describe(), what="index", hint="pass model=")
+
+    with pytest.raises(UnnamedModelError, match=r"^the atlas was made with a model object \(TinyNet\) that cannot be "
+                                                r"loaded by name; give it$"):
+        load_recorded({"spec": "TinyNet", "weights": "user module"}, hint="give it")

@@ -1,6 +1,7 @@
 """The gallery server: pages, JSON endpoints, uploads and their safety, and the static export."""
 from __future__ import annotations
 
+import html
 import io
 import json
 from pathlib import Path
@@ -425,13 +426,13 @@ def test_upload_with_explanations_gives_occlusion_and_gradcam_overlays(client):
         shown[name] = np.asarray(Image.open(io.BytesIO(r.content)), dtype=np.float64)
         assert shown[name].shape == (64, 64, 3)
     # the Grad-CAM overlay is the input blended with the colour map of convscope.explain's heat map
-    from convscope.web.upload import overlay
+    from convscope.index.explain import heat_picture
 
     model = client.app.state.analyzer.model
     x = model.transform(photo).unsqueeze(0)
     heat = gradcam(model, x[0], target=data["predictions"][0]["index"]).heatmap
     picture = np.asarray(Image.open(io.BytesIO(client.get(data["image"]).content)))
-    expected = np.asarray(overlay(picture, heat), dtype=np.float64)
+    expected = np.asarray(heat_picture(picture, heat), dtype=np.float64)
     assert np.abs(expected - shown["gradcam"]).max() <= 1
 
 
@@ -610,3 +611,48 @@ def test_demo_feature_visualizations_show_one_bar(tmp_path, monkeypatch, capfd):
     assert "feature visualizations" in err and "6/6" in err  # 2 layers x 3 steps x 1 batch
     assert "featvis features.1" not in err and "featvis features.4" not in err
     assert sum("feature visualizations" in line for line in lines) == 1
+
+
+def test_a_page_group_is_wired_like_every_other_and_a_missing_one_says_so(client):
+    """The page-group protocol (convscope.web.site): a group given to create_app serves its
+    routes, its header links and its /api entries, and its home is / when it is the first
+    with one; every group kind the server lacks answers each of its paths with its reason."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from convscope.web.app import GROUPS
+    from convscope.web.site import NavLink
+
+    class Hello:
+        search = None
+        absent = None
+        api = {"hello": "/api/hello"}
+
+        def __init__(self, site):
+            self.site = site
+            self.nav = [NavLink("Hello", "/hello")]
+            self.home = self.hello
+
+        async def hello(self, request):
+            return PlainTextResponse("hello")
+
+        def routes(self):
+            return [Route("/hello", self.hello), Route("/api/hello", self.hello)]
+
+    with TestClient(create_app(pages=[Hello])) as c:
+        assert c.get("/").text == "hello" and c.get("/api/hello").text == "hello"
+        assert c.get("/api").json()["hello"] == "/api/hello"
+        for kind in GROUPS:
+            if kind.absent is None:
+                continue
+            for path in kind.absent.paths:
+                url = path.replace("{rest:path}", "x/1").replace("{name:path}", "x")
+                r = c.get(url)
+                reason = r.json()["error"] if url.startswith("/api") else html.unescape(r.text)
+                assert r.status_code == 404 and kind.absent.reason in reason, url
+    # an atlas server has the atlas's, the uploads' and the fill's groups, no index's or run's
+    kinds = {type(g).__name__ for g in client.app.state.groups}
+    assert kinds == {"AtlasPages", "UploadPages"}  # fill=False
+    page = client.get("/").text
+    assert client.get("/api/search").json()["error"].startswith("this server has no index")
+    assert "/api/atlas" in client.get("/api").json().values() and "Try a photo" in page

@@ -7,6 +7,7 @@ photo outside the indexed folder, with tests/test_index.py's random ResNet-18 on
 """
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -160,6 +161,16 @@ def test_unit_results_have_boxes_and_their_picture(client, index):
     assert hit["explain"] == f"/explain/{hit['entry']}.jpg?unit=layer1%3A5"
     picture = client.get(hit["explain"])
     assert picture.status_code == 200 and Image.open(io.BytesIO(picture.content)).size == (64, 64)
+
+
+def test_a_units_place_on_one_entry_is_the_unit_searchs(index):
+    """Index.unit_at (what the picture of a unit result draws) gives each result's own position
+    and box, and the same one-line error for a unit the layer lacks."""
+    model = search_model()
+    for r in index.unit("layer1", 5, top=3, model=model):
+        assert index.unit_at("layer1", 5, r.entry, model=model) == (tuple(r.position), r.box)
+    with pytest.raises(ValueError, match="layer 'layer1' has units 0..63, got 64"):
+        index.unit_at("layer1", 64, 0, model=model)
 
 
 def test_the_start_page_json_says_what_the_index_holds(client):
@@ -383,15 +394,51 @@ def test_an_atlas_only_app_has_no_search(web_atlas_dir):
 
 
 def test_pictures_of_why_are_503_when_the_index_model_cannot_be_had(library, tmp_path):
-    from convscope.web.app import index_model
+    from convscope.web.search_pages import SearchPages
+    from convscope.web.site import Site
 
+    site = Site(page=None, workers=None)
     with Index.open(library / "index") as idx:
-        load = index_model(idx, model=tiny_model())  # not the index's model; it has random weights
-        assert load().spec == "torchvision:resnet18" and load() is load()
+        pages = SearchPages(site, idx, model=tiny_model())  # not the index's model; it has random weights
+        assert pages.model().spec == "torchvision:resnet18" and pages.model() is pages.model()
         idx.meta = {**idx.meta, "model": {**idx.meta["model"], "spec": "no-such-model", "weights": "user module"}}
         with pytest.raises(Exception) as caught:
-            index_model(idx)()
+            SearchPages(site, idx).model()
         assert getattr(caught.value, "status", None) == 503 and "cannot be loaded" in str(caught.value)
+
+
+def test_the_gallery_gets_back_the_model_an_index_records(library, tmp_path):
+    """Served with no model, the pictures of why use the model the index records: its seeded
+    random weights with its own preprocessing (the library's index), or its weights file
+    (``convscope index --weights FILE``); never the spec's pretrained weights."""
+    import torch
+
+    from convscope.models import load_model
+    from convscope.web.search_pages import SearchPages
+
+    def served_model(client):
+        return next(g for g in client.app.state.groups if isinstance(g, SearchPages)).model()
+
+    with TestClient(create_app(index=library / "index")) as c:
+        hit = next(r for r in c.get("/api/search", params={"unit": "layer1:5"}).json()["results"] if r["explain"])
+        assert c.get(hit["explain"]).status_code == 200
+        model = served_model(c)
+        assert model.weights == "random-init (seed 0)" and model.preprocessing == search_model().preprocessing
+
+    weights = tmp_path / "tuned.pt"
+    state = search_model().module.state_dict()
+    torch.save({k: v * 1.5 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    tuned = load_model("torchvision:resnet18", weights=weights, device="cpu", preprocessing=search_model().preprocessing)
+    Index.build(tuned, [library / "photos" / "chelsea.png"], tmp_path / "index", workers=0, progress=False).close()
+    with TestClient(create_app(index=tmp_path / "index")) as c:
+        hit = c.get("/api/search", params={"unit": "layer1:5", "top": 1}).json()["results"][0]
+        assert c.get(hit["explain"]).status_code == 200
+        model = served_model(c)
+        assert model.weights == str(weights) and torch.equal(model.module.conv1.weight, tuned.module.conv1.weight)
+        weights.unlink()  # loaded once; a server started now says why it cannot draw
+    with TestClient(create_app(index=tmp_path / "index")) as c:
+        r = c.get(hit["explain"])
+        assert r.status_code == 503 and "tuned.pt', which is no longer there" in html.unescape(r.text)
 
 
 # --------------------------------------------------------------------------- the demo's index

@@ -40,11 +40,12 @@ def health(atlas, as_json, out, worst, model_args):
     from ..atlas import Atlas
     from ..errors import ConvscopeError
     from ..files import write_text_atomic
-    from ..health import atlas_model, first_layer_filters, health as model_health, sheet_flags, write_filter_sheet
+    from ..health import PASS_MODEL, first_layer_filters, health as model_health, sheet_flags, write_filter_sheet
+    from ..models import load_recorded
 
     with Atlas.open(atlas) as a:
         if not model_args.names_a_model:
-            model = atlas_model(a, device=model_args.device)
+            model = load_recorded(a.info()["model"], device=model_args.device, hint=PASS_MODEL)
         else:
             model = model_args.load((a.info()["model"] or {}).get("spec"))
         report = model_health(a, model)

@@ -102,13 +102,24 @@ class Index(IndexStore):
         """
         if unit is None:
             layer, unit = parse_unit(layer)
-        box = None
-        if boxes:
-            self.layer(layer)  # an unknown layer fails before a model is loaded
-            model = self.checked_model(model)
-            info, size = model.layers.get(layer), model.input_size
-            box = lambda y, x: info.box(y, x, input_size=size)  # noqa: E731
-        return search.unit(self, layer, unit, top=top, box=box)
+        return search.unit(self, layer, unit, top=top, box=self._box(layer, model) if boxes else None)
+
+    def unit_at(self, layer: str, unit: int, row: int, *, model=None) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """Where ``unit`` of ``layer`` reached its maximum on entry ``row``: (y, x) on the
+        layer's map, and its receptive-field box (top, left, bottom, right) on the model input
+        (:func:`convscope.index.search.unit_at`; ``model`` as for :meth:`unit`).
+
+        >>> index.unit_at("blocks.4", 17, row=3)
+        ((2, 5), (48, 80, 144, 176))
+        """
+        return search.unit_at(self, layer, unit, row, box=self._box(layer, model))
+
+    def _box(self, layer: str, model) -> search.BoxFn:
+        """The receptive field of a position of ``layer``'s map, from ``model``'s layer catalogue."""
+        self.layer(layer)  # an unknown layer fails before a model is loaded
+        model = self.checked_model(model)
+        info, size = model.layers.get(layer), model.input_size
+        return lambda y, x: info.box(y, x, input_size=size)
 
     def duplicates(self, *, threshold: float = organize.DUPLICATE_COSINE) -> list[dict]:
         """Groups of near-duplicate files, ``[{"paths": [...]}]`` (:func:`convscope.index.organize.duplicates`)."""
@@ -137,15 +148,18 @@ class Index(IndexStore):
 
     def checked_model(self, model=None):
         """The model this index was built with: ``model`` (a module or :class:`~convscope.models.LoadedModel`)
-        once its weights are checked against the index's fingerprint, else the index's spec loaded
-        again; a one-line :class:`~convscope.errors.ConvscopeError` when neither can be had."""
+        once its weights are checked against the index's fingerprint, else the model the index
+        records loaded again (:func:`convscope.models.load_recorded`: its weights file, its
+        seeded random weights or its spec's pretrained ones, with the index's preprocessing);
+        a one-line :class:`~convscope.errors.ConvscopeError` when neither can be had."""
         from .build import model_fingerprint
-        from ..models import as_loaded, load_model
+        from ..models import as_loaded, load_recorded
 
         spec = self.meta["model"]["spec"]
         if model is None:
             try:
-                model = load_model(spec, device="cpu")
+                model = load_recorded(self.meta["model"], device="cpu", preprocessing=self.meta.get("preprocessing"),
+                                      what="index")
             except ConvscopeError as exc:
                 raise ConvscopeError(f"this index was built with {spec!r}, which cannot be loaded again here ({exc}); pass model=") from None
         model = as_loaded(model)

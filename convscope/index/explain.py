@@ -1,11 +1,20 @@
-"""Pictures of why a result came: Grad-CAM of the matched class for a keyword result, the
-receptive-field box of the unit's maximum for a unit result. One PNG per result.
+"""Pictures of why a result came, drawn one way for the command line and the gallery: the
+Grad-CAM of the matched class blended over the model's view of the photo for a keyword (or
+like) result, the receptive-field box of the unit's maximum on that view for a unit result.
 
+:func:`why_picture` draws one (a PIL image at the model's input size); ``convscope search
+--explain`` writes it as PNG (:func:`write_explanations`), the gallery's ``/explain/`` pages
+send it as JPEG (:mod:`convscope.web.finder`). :func:`heat_picture` is the blend itself, also
+used for the maps of an uploaded photo.
+
+>>> why_picture(model, entry_image("photos/cat.jpg"), cls=281).size
+(224, 224)
 >>> write_explanations(model, index.search("cat", top=3), "why/")
 ['why/01_chelsea.png', ...]
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -18,12 +27,18 @@ from ..files import write_bytes_atomic
 from . import media
 from .search import Result
 
+#: The receptive-field box: its colour and line width, in pixels of the model's input.
+BOX_COLOUR = (255, 40, 40)
+BOX_WIDTH = 2
 
-def load_entry_image(result: Result) -> Image.Image:
-    """The photo, or the video frame at ``result.time``, of a result (RGB, upright)."""
-    if result.time is not None:
-        return media.frame_at(result.path, result.time)
-    return media.read_photo(result.path).image
+
+def entry_image(path: str | os.PathLike, time: float | None = None, *, min_size: int | None = None) -> Image.Image:
+    """The photo at ``path``, or the video frame at ``time`` seconds, RGB and upright; a photo is
+    decoded at reduced scale when its shorter side is at least twice ``min_size`` (the model's
+    resize, as the index did)."""
+    if time is not None or media.is_video(path):
+        return media.frame_at(path, time or 0.0)
+    return media.read_photo(path, min_size=min_size).image
 
 
 def model_view(model, image: Image.Image) -> np.ndarray:
@@ -33,33 +48,54 @@ def model_view(model, image: Image.Image) -> np.ndarray:
     return np.round(pixels * 255).astype(np.uint8)
 
 
-def unit_picture(model, result: Result) -> bytes:
-    """PNG: the model's view of the result's image with the unit's receptive-field box in red."""
-    import io
+def heat_picture(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> Image.Image:
+    """A heat map (h, w), any range, scaled to [0, 1], resized and blended over ``picture``
+    (H, W, 3) uint8: bright where the heat is."""
+    import matplotlib
 
-    view = Image.fromarray(model_view(model, load_entry_image(result)))
-    top, left, bottom, right = result.box
-    draw = ImageDraw.Draw(view)
-    draw.rectangle([left, top, right - 1, bottom - 1], outline=(255, 40, 40), width=2)
-    buf = io.BytesIO()
-    view.save(buf, format="PNG")
-    return buf.getvalue()
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
+    if heat.ndim == 3:
+        heat = heat.mean(axis=0) if heat.shape[0] in (1, 3) else heat.mean(axis=-1)
+    lo, hi = float(heat.min()), float(heat.max())
+    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    H, W = picture.shape[:2]
+    if heat.shape != (H, W):
+        heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((W, H), Image.BILINEAR), np.float32) / 255
+    colours = matplotlib.colormaps[cmap](heat)[..., :3] * 255
+    mixed = (1 - alpha) * picture.astype(np.float32) + alpha * colours
+    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
 
 
-def keyword_picture(model, result: Result) -> bytes:
-    """PNG: Grad-CAM (:func:`convscope.explain.gradcam`) of the result's most probable matched
-    class (it takes one class; the others are listed in ``result.why``)."""
+def why_picture(model, image: Image.Image, *, cls: int | str = "top",
+                box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """The picture of why, at the model's input size: with ``box`` (top, left, bottom, right on
+    the model input) the model's view with that receptive-field box drawn in, else the
+    Grad-CAM (:func:`convscope.explain.gradcam`) of class ``cls`` (an index, or ``"top"``)
+    blended over it."""
+    if box is not None:
+        view = Image.fromarray(model_view(model, image))
+        top, left, bottom, right = box
+        ImageDraw.Draw(view).rectangle([left, top, right - 1, bottom - 1], outline=BOX_COLOUR, width=BOX_WIDTH)
+        return view
     from ..explain import gradcam
 
-    target = result.why[0].index if result.why else "top"
-    image = result.path if result.time is None else load_entry_image(result)  # a path names the figure
-    return gradcam(model, image, target=target).png()
+    cam = gradcam(model, image, target=cls)
+    view = np.round(np.clip(cam.image, 0, 1) * 255).astype(np.uint8)
+    return heat_picture(view, cam.heatmap)
+
+
+def result_picture(model, result: Result) -> Image.Image:
+    """:func:`why_picture` of a search result: a unit result's box, else the Grad-CAM of its
+    most probable matched class (a like result, with no matched class, gets its top class's)."""
+    image = entry_image(result.path, result.time)
+    if result.box is not None:
+        return why_picture(model, image, box=result.box)
+    return why_picture(model, image, cls=result.why[0].index if result.why else "top")
 
 
 def write_explanations(model, results: Sequence[Result], out_dir: str | os.PathLike) -> list[str]:
     """One PNG per result into ``out_dir`` (``NN_<file name>[_<time>s].png``, in result order):
-    a unit result's box, else the Grad-CAM of its top matched class (a like result, with no
-    matched class, gets the Grad-CAM of its top class). Returns the paths written."""
+    its :func:`result_picture`. Returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -68,6 +104,8 @@ def write_explanations(model, results: Sequence[Result], out_dir: str | os.PathL
         if r.time is not None:
             stem += f"_{r.time:g}s"
         path = out / f"{n:02d}_{stem}.png"
-        write_bytes_atomic(path, unit_picture(model, r) if r.box is not None else keyword_picture(model, r))
+        buf = io.BytesIO()
+        result_picture(model, r).save(buf, format="PNG")
+        write_bytes_atomic(path, buf.getvalue())
         written.append(str(path))
     return written

@@ -304,11 +304,7 @@ def unit(store: IndexStore, layer: str, index: int, *, top: int = 20, box: BoxFn
     (48, 80, 144, 176)
     """
     _check_top(top)
-    info = store.layer(layer)
-    channels, _, width = info["shape"]
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < channels:
-        raise ValueError(f"layer {layer!r} has units 0..{channels - 1}, got {index!r}")
-    column = info["offset"] + int(index)
+    column, width = _unit_column(store, layer, index)
     values = np.asarray(store.units[column], np.float32)
     k = min(top, len(values))
     if k == 0:
@@ -317,7 +313,31 @@ def unit(store: IndexStore, layer: str, index: int, *, top: int = 20, box: BoxFn
     rows = part[np.lexsort((part, -values[part]))]
     results = _results(store, rows, values[rows].astype(np.float64), rows, rows, "score", top)
     for r in results:
-        r.position = divmod(int(store.unit_pos[column, r.entry]), width)
-        if box is not None:
-            r.box = tuple(int(v) for v in box(*r.position))
+        r.position, r.box = _place(store, column, width, r.entry, box)
     return results
+
+
+def unit_at(store: IndexStore, layer: str, index: int, row: int, box: BoxFn | None = None
+            ) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """Where unit ``index`` of ``layer`` reached its maximum on entry ``row``: (y, x) on the
+    layer's map, and with ``box`` (as for :func:`unit`) its receptive field on the model input.
+
+    >>> unit_at(store, "blocks.4", 17, 3, box=model.layers.get("blocks.4").box)
+    ((2, 5), (48, 80, 144, 176))
+    """
+    column, width = _unit_column(store, layer, index)
+    return _place(store, column, width, row, box)
+
+
+def _unit_column(store: IndexStore, layer: str, index) -> tuple[int, int]:
+    """The column of unit ``index`` of ``layer`` in the unit arrays, and the layer's map width."""
+    info = store.layer(layer)
+    channels, _, width = info["shape"]
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < channels:
+        raise ValueError(f"layer {layer!r} has units 0..{channels - 1}, got {index!r}")
+    return info["offset"] + int(index), width
+
+
+def _place(store: IndexStore, column: int, width: int, row: int, box: BoxFn | None):
+    position = divmod(int(store.unit_pos[column, row]), width)
+    return position, (tuple(int(v) for v in box(*position)) if box is not None else None)

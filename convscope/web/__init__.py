@@ -6,7 +6,8 @@ as ``convscope serve`` does) or as static files (:func:`export_static`, ``convsc
 """
 from .app import create_app
 from .export import export_static
-from .gallery import Gallery, NotFound
+from .common import NotFound
+from .gallery import Gallery
 from .server import serve, server_config
 
 __all__ = ["create_app", "export_static", "serve", "server_config", "Gallery", "NotFound"]

@@ -13,21 +13,19 @@ What the pages read from the run folder (see docs/evolve.md):
 * ``evolve-LAYER.png`` and ``evolve-changes.png``: the grids and the plot ``Evolution.save``
   draws, shown where the cells are missing.
 
-A folder without ``evolve.jsonl`` gets a one-line reason on every page; a layer without cells
-shows its grid picture and says why. Only PNG files inside the run folder, reached through no
-symbolic link, are served (:func:`run_image`).
+The folder is read by :meth:`convscope.evolve.EvolveRun.open` (the reader beside the writer),
+again whenever its files change. A folder without ``evolve.jsonl`` gets a one-line reason on
+every page; a layer without cells shows its grid picture and says why. Only PNG files inside
+the run folder, reached through no symbolic link, are served (:func:`run_image`).
 
 >>> pages = EvolvePages(site, "evolve/")
 >>> app = Starlette(routes=pages.routes())
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import threading
 from pathlib import Path
-from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -35,28 +33,13 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
 from ..errors import unknown_name_error
-from ..evolve import MANIFEST
-from ..files import printable_path, safe_name
-from .gallery import NotFound, confined_image
-from .site import NavLink, Site
+from ..evolve import CHANGES_PLOT, MANIFEST, EvolveRun, grid_name
+from .common import NotFound, confined_image, finite
+from .site import Absent, NavLink, Site
 
-CHANGES = "evolve.jsonl"
-CHANGES_PLOT = "evolve-changes.png"
 #: A layer has settled from the step at which its mean top-image overlap reaches this and stays
 #: there (nine of every ten top images kept from one checkpoint to the next).
 SETTLED = 0.9
-
-
-def grid_name(layer: str) -> str:
-    """The grid picture ``Evolution.save`` writes for ``layer``."""
-    return f"evolve-{safe_name(layer)}.png"
-
-
-def _num(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 def run_image(root: Path, relative: str) -> Path:
@@ -65,80 +48,23 @@ def run_image(root: Path, relative: str) -> Path:
     return confined_image(root, relative, "run picture", suffixes=(".png",))[0]
 
 
-class EvolveRun:
-    """The data of one run folder, read when first asked and again when its files change."""
+class RunFolder:
+    """One run folder, read (:meth:`EvolveRun.open`) when first asked and again when its files
+    change; and the pictures in it."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._lock = threading.Lock()
         self._key = None
-        self._data = None
+        self._run: EvolveRun | None = None
 
-    def _stamp(self):
-        out = []
-        for name in (CHANGES, MANIFEST):
-            try:
-                st = os.stat(self.root / name)
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append(None)
-        return tuple(out)
-
-    def data(self) -> dict:
-        """``{"checkpoints", "layers": {name: {...}}, ...}``; :class:`NotFound` with the reason
-        when the folder has no readable ``evolve.jsonl``."""
+    def read(self) -> EvolveRun:
         with self._lock:
-            key = self._stamp()
-            if key != self._key or self._data is None:
-                self._data = self._read()
+            key = EvolveRun.stamp(self.root)
+            if key != self._key or self._run is None:
+                self._run = EvolveRun.open(self.root)
                 self._key = key
-            return self._data
-
-    def _fail(self, why: str):
-        raise NotFound(f"the evolve run {printable_path(str(self.root))} {why}; write one with "
-                       "`convscope evolve PHOTOS --weights A.pt,B.pt --out RUN` and serve it with --evolve RUN")
-
-    def _read(self) -> dict:
-        if not self.root.is_dir():
-            self._fail("is not a folder")
-        try:
-            text = (self.root / CHANGES).read_text()
-        except FileNotFoundError:
-            self._fail(f"has no {CHANGES}")
-        except (OSError, UnicodeDecodeError) as exc:
-            self._fail(f"has an unreadable {CHANGES} ({exc.__class__.__name__})")
-        layers: dict[str, dict] = {}
-        try:
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                r = json.loads(line)
-                entry = layers.setdefault(str(r["layer"]), {"steps": [], "means": [], "units": {}, "channels": None})
-                step = {"from": str(r["from"]), "to": str(r["to"]), "overlap": _num(r["overlap"]),
-                        "correlation": _num(r.get("correlation"))}
-                if r.get("unit") is None:
-                    entry["means"].append(step)
-                    entry["channels"] = r.get("units")
-                else:
-                    entry["units"].setdefault(int(r["unit"]), []).append(step)
-        except (ValueError, KeyError, TypeError) as exc:
-            self._fail(f"has a malformed {CHANGES} (line {n}: {exc.__class__.__name__} {exc})")
-        if not layers:
-            self._fail(f"has an empty {CHANGES}")
-        first = next(iter(layers.values()))["means"]
-        checkpoints = [s["from"] for s in first] + [first[-1]["to"]] if first else []
-        manifest, note = None, None
-        try:
-            manifest = json.loads((self.root / MANIFEST).read_text())
-            if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), dict):
-                manifest, note = None, f"{MANIFEST} is not a run manifest"
-        except FileNotFoundError:
-            note = f"this run folder has no {MANIFEST}, so no per-unit pictures; the layer's grid picture is shown instead"
-        except (OSError, ValueError) as exc:
-            note = f"{MANIFEST} cannot be read ({exc.__class__.__name__}); the layer's grid picture is shown instead"
-        if manifest and manifest.get("checkpoints"):
-            checkpoints = [str(c) for c in manifest["checkpoints"]]
-        return {"checkpoints": checkpoints, "layers": layers, "manifest": manifest, "note": note}
+            return self._run
 
     def picture(self, name: str) -> str | None:
         """``name`` if it is a PNG inside the run folder, else None."""
@@ -164,11 +90,14 @@ class EvolvePages:
 
     search = None
     home = None
+    absent = Absent(("/evolve", "/api/evolve", "/evolve/{rest:path}", "/api/evolve/{rest:path}", "/evolve-files/{rest:path}"),
+                    "this server has no evolve run; start it with --evolve RUN")
 
     def __init__(self, site: Site, run_dir: str | os.PathLike):
         self.site = site
-        self.run = EvolveRun(run_dir)
-        self.nav = [NavLink("Evolution", "/evolve")]
+        self.links = site.links
+        self.run = RunFolder(run_dir)
+        self.nav = [NavLink("Evolution", self.links.evolve())]
         self.api = {"evolve run": "/api/evolve", "evolve layer": "/api/evolve/{layer}",
                     "evolve picture": "/evolve-files/{path}.png"}
 
@@ -181,60 +110,56 @@ class EvolvePages:
             Route("/evolve-files/{path:path}", self.picture),
         ]
 
-    @staticmethod
-    def file_url(relative: str | None) -> str | None:
-        return None if not relative else "/evolve-files/" + quote(relative)
-
     # ------------------------------------------------------------------ data
 
     def summary(self) -> dict:
         """The run: its checkpoints, and per layer the mean change numbers per step and from
         which checkpoint it has settled."""
-        d = self.run.data()
-        manifest = d["manifest"] or {}
+        d = self.run.read()
+        manifest = d.manifest or {}
         drawn = manifest.get("layers", {})
         layers = []
-        for name, entry in d["layers"].items():
+        for name, entry in d.layers.items():
             last = entry["means"][-1]["overlap"] if entry["means"] else None
             layers.append({
-                "name": name, "url": "/evolve/" + quote(name, safe=""), "channels": entry["channels"],
+                "name": name, "url": self.links.evolve(name), "channels": entry["channels"],
                 "drawn": len(drawn.get(name, {}).get("units", [])) or None, "changes": entry["means"],
                 "last_overlap": last, "settled_from": settled_from(entry["means"]),
-                "grid": self.file_url(self.run.picture(grid_name(name))),
+                "grid": self.links.evolve_file(self.run.picture(grid_name(name))),
             })
-        return {"run": self.run.root.name, "checkpoints": d["checkpoints"], "top": manifest.get("top"),
+        return {"run": self.run.root.name, "checkpoints": d.checkpoints, "top": manifest.get("top"),
                 "method": manifest.get("method"), "photos": manifest.get("photos"), "settled_overlap": SETTLED,
-                "layers": layers, "changes_plot": self.file_url(self.run.picture(CHANGES_PLOT)), "note": d["note"]}
+                "layers": layers, "changes_plot": self.links.evolve_file(self.run.picture(CHANGES_PLOT)), "note": d.note}
 
     def layer(self, name: str) -> dict:
         """One layer: per drawn unit (rows) its cells per checkpoint (columns) and its change
         numbers per step; the layer's means."""
-        d = self.run.data()
-        if name not in d["layers"]:
-            raise unknown_name_error("layer", name, d["layers"], cls=NotFound,
-                                     hint=f"This run has the layers {', '.join(d['layers'])}; start from /evolve.")
-        entry = d["layers"][name]
-        drawn = ((d["manifest"] or {}).get("layers") or {}).get(name)
-        note = d["note"]
+        d = self.run.read()
+        if name not in d.layers:
+            raise unknown_name_error("layer", name, d.layers, cls=NotFound,
+                                     hint=f"This run has the layers {', '.join(d.layers)}; start from /evolve.")
+        entry = d.layers[name]
+        drawn = ((d.manifest or {}).get("layers") or {}).get(name)
+        note = d.note
         rows = []
-        if d["manifest"] is not None and not drawn:
+        if d.manifest is not None and not drawn:
             note = f"{MANIFEST} has no cells for layer {name!r}; the layer's grid picture is shown instead"
         for row in (drawn or {}).get("units", []):
             unit = int(row["unit"])
             cells = []
-            for checkpoint, cell in zip(d["checkpoints"], row["cells"]):
-                cells.append({"checkpoint": checkpoint, "photo": cell.get("photo"), "value": _num(cell.get("value")),
+            for checkpoint, cell in zip(d.checkpoints, row["cells"]):
+                cells.append({"checkpoint": checkpoint, "photo": cell.get("photo"), "value": finite(cell.get("value")),
                               "y": cell.get("y"), "x": cell.get("x"),
-                              "patch": self.file_url(self.run.picture(str(cell.get("patch") or ""))),
-                              "projection": self.file_url(self.run.picture(str(cell.get("projection") or "")))})
+                              "patch": self.links.evolve_file(self.run.picture(str(cell.get("patch") or ""))),
+                              "projection": self.links.evolve_file(self.run.picture(str(cell.get("projection") or "")))})
             rows.append({"unit": unit, "cells": cells, "changes": entry["units"].get(unit, []),
                          "settled_from": settled_from(entry["units"].get(unit, []))})
-        names = list(d["layers"])
+        names = list(d.layers)
         at = names.index(name)
-        return {"layer": name, "channels": entry["channels"], "checkpoints": d["checkpoints"],
+        return {"layer": name, "channels": entry["channels"], "checkpoints": d.checkpoints,
                 "steps": [{"from": s["from"], "to": s["to"]} for s in entry["means"]], "units": rows,
                 "means": entry["means"], "settled_from": settled_from(entry["means"]), "settled_overlap": SETTLED,
-                "grid": self.file_url(self.run.picture(grid_name(name))), "note": None if rows else note,
+                "grid": self.links.evolve_file(self.run.picture(grid_name(name))), "note": None if rows else note,
                 "prev": names[at - 1] if at > 0 else None, "next": names[at + 1] if at + 1 < len(names) else None}
 
     # ------------------------------------------------------------------ endpoints

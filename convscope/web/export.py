@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from ..files import atomic_write, write_bytes_atomic
-from .gallery import Gallery, NotFound
+from .common import NotFound
+from .gallery import Gallery
 from .render import STATIC, Links, environment, render, source_filename, static_dirname
 
 

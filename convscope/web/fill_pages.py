@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import ConvscopeError
-from .gallery import Gallery, NotFound
-from .render import Links
+from .common import NotFound
+from .gallery import Gallery
 from .site import Site
 
 #: Units waiting or running at once; more are refused with 503.
@@ -47,6 +47,7 @@ class FillPages:
     search = None
     home = None
     nav = ()
+    absent = None  # its URL is under the atlas's pages, which a server without an atlas says it lacks
 
     def __init__(self, site: Site, gallery: Gallery, model: Callable, featvis: dict | bool = True,
                  max_queue: int = MAX_QUEUE):
@@ -58,7 +59,7 @@ class FillPages:
         self.featvis = featvis
         self.max_queue = int(max_queue)
         self.api = {"fill": "POST /api/layers/{layer}/units/{unit}/fill (GET: how it stands)"}
-        self.links = Links()
+        self.links = site.links
         self._filler = None
         self._tasks: dict[tuple[str, int], asyncio.Task] = {}
         self._state: dict[tuple[str, int], dict] = {}

@@ -20,20 +20,22 @@ from __future__ import annotations
 
 import collections
 import datetime
-import io
 import math
 import os
 import re
 import stat
 import threading
 from typing import Callable
-from urllib.parse import quote, urlencode
 
 import numpy as np
 
+from ..data import load_image
 from ..errors import ConvscopeError, ImageError
+from ..index import parse_unit
+from ..index.explain import entry_image, why_picture
 from ..index.search import MIN_SCORE
-from .gallery import DECODE_LOCK, NotFound, decode_image
+from .common import Memo, NotFound, jpeg
+from .render import Links
 
 #: Results on one page unless ``top`` says otherwise, and the most ``top`` may ask for.
 TOP = 40
@@ -123,43 +125,6 @@ class Roots:
         return f"{head}/{rel}" if head else rel
 
 
-# --------------------------------------------------------------------------- URLs
-
-
-class SearchLinks:
-    """URLs of the search pages and their files (server only: the static export has none)."""
-
-    def search(self, **params) -> str:
-        params = {k: v for k, v in params.items() if v is not None and v != ""}
-        return "/search" + ("?" + urlencode(params) if params else "")
-
-    def api(self, page_url: str) -> str:
-        return "/api" + page_url
-
-    def like(self, path: str, time: float | None = None) -> str:
-        return self.search(like=path, t=None if time is None else f"{time:g}")
-
-    def thumb(self, row: int) -> str:
-        return f"/thumbs/{int(row)}.jpg"
-
-    def file(self, file_id: int, path: str, time: float | None = None) -> str:
-        url = f"/files/{int(file_id)}/{quote(os.path.basename(path), safe='')}"
-        return url + (f"#t={time:g}" if time else "")
-
-    def explain(self, row: int, *, cls: int | None = None, unit: str | None = None) -> str:
-        query = {"unit": unit} if unit is not None else {"class": int(cls)}
-        return f"/explain/{int(row)}.jpg?" + urlencode(query)
-
-    def duplicates(self) -> str:
-        return "/duplicates"
-
-    def albums(self) -> str:
-        return "/albums"
-
-    def album(self, name: str) -> str:
-        return "/albums/" + quote(name, safe="")
-
-
 def clock(seconds: float | None) -> str | None:
     """Seconds into a video for people: ``75.0`` -> ``1:15``, ``3725`` -> ``1:02:05``; tenths kept."""
     if seconds is None or not math.isfinite(seconds):
@@ -188,26 +153,17 @@ class Finder:
     """Read-only page data for one index; safe to share between request threads.
 
     ``model()`` returns the index's model (loaded on first use): it draws the receptive-field
-    boxes of unit results and the pictures of why.
+    boxes of unit results and the pictures of why. ``links``: the server's URLs.
     """
 
-    def __init__(self, index, model: Callable[[], object]):
+    def __init__(self, index, model: Callable[[], object], links: Links | None = None):
         self.index = index
         self.model = model
         self.roots = Roots(index.meta.get("inputs") or [])
-        self.links = SearchLinks()
-        self._lock = threading.Lock()
-        self._cache: dict[str, object] = {}
+        self.links = links or Links()
+        self._cached = Memo()  # page data, by name
+        self._lock = threading.Lock()  # of the pictures of why, most recent last
         self._pictures: collections.OrderedDict = collections.OrderedDict()
-
-    def _cached(self, key: str, fn):
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        value = fn()
-        with self._lock:
-            self._cache[key] = value
-        return value
 
     # ------------------------------------------------------------------ records and files
 
@@ -257,11 +213,9 @@ class Finder:
         suffix = os.path.splitext(real)[1].lower()
         if suffix in BROWSER_TYPES:
             return real, BROWSER_TYPES[suffix], None
-        image = decode_image(real, target_size=MAX_SIDE)  # a large JPEG decoded at reduced scale
+        image = load_image(real, target_size=MAX_SIDE)  # a large JPEG decoded at reduced scale
         image.thumbnail((MAX_SIDE, MAX_SIDE))
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=90)
-        return name, "image/jpeg", buf.getvalue()
+        return name, "image/jpeg", jpeg(image, quality=90)
 
     # ------------------------------------------------------------------ results
 
@@ -450,71 +404,24 @@ class Finder:
         record, time = self.entry(row)
         if unit is None and not (isinstance(cls, int) and 0 <= cls < len(self.index.labels)):
             raise ValueError(f"class must be a class index from 0 to {len(self.index.labels) - 1}, got {cls!r}")
-        box = self._unit_box(row, unit) if unit is not None else None  # a bad unit fails before the file is read
-        path = self._on_disk(record)
         model = self.model()
-        image = self._image(path, record["kind"], time, model)
-        data = _box_picture(model, image, box) if box is not None else _cam_picture(model, image, cls)
+        box = None
+        if unit is not None:  # a bad unit fails before the file is read
+            box = self.index.unit_at(*parse_unit(unit), row, model=model)[1]
+        path = self._on_disk(record)
+        try:  # a JPEG decodes at the scale the model needs (as the index did)
+            image = entry_image(path, time if record["kind"] == "video" else None, min_size=model.preprocessing.resize)
+        except ImageError as exc:
+            raise NotFound(f"{os.path.basename(path)} can no longer be read ({exc.reason})") from None
+        data = jpeg(why_picture(model, image, cls=cls, box=box))
         with self._lock:
             self._pictures[key] = data
             while len(self._pictures) > PICTURE_CACHE:
                 self._pictures.popitem(last=False)
         return data
 
-    def _unit_box(self, row: int, text: str) -> tuple[int, int, int, int]:
-        from ..index import parse_unit
-
-        layer, u = parse_unit(text)
-        info = self.index.layer(layer)
-        channels, _, width = info["shape"]
-        if not 0 <= u < channels:
-            raise ValueError(f"layer {layer!r} has units 0..{channels - 1}, got {u}")
-        y, x = divmod(int(self.index.unit_pos[info["offset"] + u, row]), width)
-        model = self.model()
-        return tuple(int(v) for v in model.layers.get(layer).box(y, x, input_size=model.input_size))
-
-    def _image(self, path: str, kind: str, time: float | None, model):
-        from ..index import media
-
-        try:
-            if kind == "video":
-                return media.frame_at(path, time or 0.0)
-            with DECODE_LOCK:  # a JPEG decodes at the scale the model needs (as the index did)
-                return media.read_photo(path, min_size=model.preprocessing.resize).image
-        except ImageError as exc:
-            raise NotFound(f"{os.path.basename(path)} can no longer be read ({exc.reason})") from None
-
 
 def _day(seconds: float | None) -> str | None:
     if seconds is None or not math.isfinite(seconds):
         return None
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d")
-
-
-def _jpeg(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=88)
-    return buf.getvalue()
-
-
-def _cam_picture(model, image, cls: int) -> bytes:
-    """Grad-CAM (:func:`convscope.explain.gradcam`) of ``cls`` blended over the model's view."""
-    from ..explain import gradcam
-    from .upload import overlay
-
-    cam = gradcam(model, image, target=cls)
-    view = np.round(np.clip(cam.image, 0, 1) * 255).astype(np.uint8)
-    return _jpeg(overlay(view, cam.heatmap))
-
-
-def _box_picture(model, image, box) -> bytes:
-    """The model's view with a receptive-field box ``(top, left, bottom, right)`` drawn in."""
-    from PIL import Image, ImageDraw
-
-    from ..index.explain import model_view
-
-    view = Image.fromarray(model_view(model, image))
-    top, left, bottom, right = box
-    draw = ImageDraw.Draw(view)
-    draw.rectangle([left, top, right - 1, bottom - 1], outline=(255, 209, 102), width=3)
-    return _jpeg(view)

@@ -15,91 +15,12 @@ guided backprop as the picture and say why (``deconvnet``, ``methods``, ``projec
 from __future__ import annotations
 
 import functools
-import math
-import os
-import stat
-import threading
 from pathlib import Path
-from typing import Any
 
+from ..data import load_image
 from ..errors import ConvscopeError, unknown_name_error
-
-
-class NotFound(ConvscopeError, LookupError):
-    """A layer, unit, example or file the atlas does not have; ``reason`` says which."""
-
-    status = 404
-
-
-def _num(value) -> float | None:
-    """A statistic as a JSON number: ``None`` for a missing or non-finite value."""
-    if value is None:
-        return None
-    v = float(value)
-    return v if math.isfinite(v) else None
-
-
-#: The atlas files the server hands out: images only, by suffix, each checked to begin as its
-#: suffix says (so a file named .png is served only if it is a PNG).
-IMAGE_MAGIC = {
-    ".png": (b"\x89PNG\r\n\x1a\n",),
-    ".jpg": (b"\xff\xd8\xff",),
-    ".jpeg": (b"\xff\xd8\xff",),
-    ".gif": (b"GIF87a", b"GIF89a"),
-    ".webp": (b"RIFF",),
-}
-MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".webp": "image/webp"}
-
-#: data.load_image changes warnings' process-wide filters (``warnings.catch_warnings``), which
-#: is not thread-safe: the request threads of one server decode one at a time (an atlas's
-#: source photos here, an index's photos in :mod:`convscope.web.finder`).
-DECODE_LOCK = threading.Lock()
-
-
-def decode_image(path, **options):
-    """:func:`convscope.data.load_image` for the server's threads (one decode at a time)."""
-    from ..data import load_image
-
-    with DECODE_LOCK:
-        return load_image(path, **options)
-
-
-def _no_follow(path, flags):
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
-
-
-def confined_image(root, relative: str, what: str, suffixes=None) -> tuple[Path, str]:
-    """The path and media type of the image ``relative`` inside folder ``root``, to serve: a
-    regular file reached through no symbolic link, with one of ``suffixes`` (default: those of
-    :data:`IMAGE_MAGIC`), whose first bytes are those of its suffix's format; :class:`NotFound`
-    (naming ``what``, e.g. "atlas image") otherwise."""
-    missing = what.rsplit(" ", 1)[0] + " file"  # "atlas image" -> "no such atlas file"
-    suffix = Path(relative).suffix.lower()
-    if suffix not in (suffixes or IMAGE_MAGIC):
-        raise NotFound(f"no such {what} {relative!r}")
-    parts = Path(relative).parts
-    if not parts or Path(relative).is_absolute() or any(p in ("", ".", "..") or "\\" in p for p in parts):
-        raise NotFound(f"no such {what} {relative!r}")
-    path, mode = Path(root).resolve(), None
-    for part in parts:
-        path = path / part
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError:
-            raise NotFound(f"no such {missing} {relative!r}") from None
-        if stat.S_ISLNK(mode):
-            raise NotFound(f"no such {what} {relative!r} (links are not served)")
-    if not stat.S_ISREG(mode):
-        raise NotFound(f"no such {missing} {relative!r}")
-    try:
-        with open(path, "rb", opener=_no_follow) as f:
-            head = f.read(12)
-    except OSError:
-        raise NotFound(f"no such {missing} {relative!r}") from None
-    if not head.startswith(IMAGE_MAGIC[suffix]) or (suffix == ".webp" and head[8:12] != b"WEBP"):
-        raise NotFound(f"no such {what} {relative!r} (the file is not a {suffix[1:].upper()} image)")
-    return path, MEDIA_TYPES[suffix]
+from .common import Memo, NotFound, confined_image
+from .common import finite as _num
 
 
 class Gallery:
@@ -111,19 +32,7 @@ class Gallery:
 
     def __init__(self, atlas):
         self.atlas = atlas
-        self._lock = threading.Lock()
-        self._cache: dict[tuple, Any] = {}
-
-    # ------------------------------------------------------------------ cached atlas reads
-
-    def _cached(self, key: tuple, fn):
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        value = fn()
-        with self._lock:
-            self._cache[key] = value
-        return value
+        self._cached = Memo()  # page data and source sizes, by key
 
     @functools.cached_property
     def info(self) -> dict:
@@ -213,9 +122,7 @@ class Gallery:
     def forget(self, layer: str, unit: int) -> None:
         """Drop the cached pages of ``unit`` of ``layer`` (after its projections or feature
         visualization were added to the atlas: :mod:`convscope.atlas.fill`)."""
-        with self._lock:
-            for key in (("units", layer), ("examples", layer, unit), ("layer", layer)):
-                self._cache.pop(key, None)
+        self._cached.forget(("units", layer), ("examples", layer, unit), ("layer", layer))
 
     def layer_summary(self, name: str) -> dict:
         meta = self._layer_meta[name]
@@ -364,17 +271,12 @@ class Gallery:
     def source_image(self, layer: str, unit: int, rank: int, max_side: int = 1600):
         """The source photo decoded as the scan saw it (RGB, EXIF upright), at most ``max_side``
         pixels wide or high, and its full size (W, H), in which the example's box is given."""
-        img = decode_image(self.source_path(layer, unit, rank))
+        img = load_image(self.source_path(layer, unit, rank))
         size = img.size
-        with self._lock:
-            self._cache[("source_size", layer, unit, rank)] = size
+        self._cached.put(("source_size", layer, unit, rank), size)
         if max(size) > max_side:
             img.thumbnail((max_side, max_side))
         return img, size
 
     def source_size(self, layer: str, unit: int, rank: int) -> tuple[int, int]:
-        key = ("source_size", layer, unit, rank)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        return self.source_image(layer, unit, rank)[1]
+        return self._cached.get(("source_size", layer, unit, rank)) or self.source_image(layer, unit, rank)[1]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-from urllib.parse import quote
 
 import numpy as np
 from starlette.requests import Request
@@ -24,9 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import ConvscopeError, unknown_name_error
-from ..health import BANDS, FLAGS, atlas_model, filter_sheet, first_layer_filters, health, sheet_flags
+from ..health import BANDS, FLAGS, PASS_MODEL, filter_sheet, first_layer_filters, health, sheet_flags
+from ..models import load_recorded
 from ..sketch import Sketch
-from .gallery import NotFound
+from .common import NotFound
 from .site import NavLink, Site
 
 #: Bars of a layer's pooled activation histogram.
@@ -40,14 +40,6 @@ class HealthUnavailable(ConvscopeError):
     status = 503
 
 
-def unit_url(layer: str, unit: int) -> str:
-    return f"/layers/{quote(layer, safe='')}/units/{unit}"
-
-
-def layer_url(layer: str) -> str:
-    return f"/health/{quote(layer, safe='')}"
-
-
 class HealthPages:
     """The health page group of one atlas (see the module's docstring). ``atlas``: an open
     :class:`~convscope.atlas.Atlas` or its folder; ``model``: its model (a LoadedModel or
@@ -55,12 +47,14 @@ class HealthPages:
 
     search = None
     home = None
+    absent = None  # a server without an atlas says so on every atlas page; /health is one more
 
     def __init__(self, site: Site, atlas, model=None):
         self.site = site
+        self.links = site.links
         self.atlas_arg = atlas
         self.model = model
-        self.nav = [NavLink("Health", "/health")]
+        self.nav = [NavLink("Health", self.links.health())]
         self.api = {"health": "/api/health", "layer health": "/api/health/{layer}", "filter sheet": FILTERS_URL}
         self._done: dict | None = None
         self._lock = asyncio.Lock()
@@ -87,9 +81,9 @@ class HealthPages:
                 try:  # the app's copy of the atlas's model (the uploads'): one copy in memory
                     model = self.site.model()
                 except ConvscopeError:
-                    model = None  # atlas_model says why in the health report's own words
+                    model = None  # load_recorded says why in the health report's own words
             if model is None:
-                model = atlas_model(atlas)
+                model = load_recorded(atlas.info()["model"], hint=PASS_MODEL)
             report = health(atlas, model)
             histograms = {entry.name: _pooled_histogram(atlas, entry.name) for entry in report.layers}
         except ConvscopeError as exc:
@@ -124,8 +118,8 @@ class HealthPages:
         layers = []
         for entry in report.layers:
             flagged = report.flagged(entry.name)
-            layers.append({**entry.to_dict(), "url": layer_url(entry.name), "flagged": len(flagged),
-                           "units_flagged": [_unit(u) for u in flagged]})
+            layers.append({**entry.to_dict(), "url": self.links.health(entry.name), "flagged": len(flagged),
+                           "units_flagged": [self._unit(u) for u in flagged]})
         first = None
         if filters is not None:
             first = {**filters.to_dict(), "sheet": FILTERS_URL}
@@ -142,10 +136,13 @@ class HealthPages:
                                      hint=f"The atlas's layers are: {', '.join(names)}; start from /health.")
         entry = report.layer(name)
         at = names.index(name)
-        return {**entry.to_dict(), "url": layer_url(name), "layer_url": f"/layers/{quote(name, safe='')}",
-                "flagged": [_unit(u) for u in report.flagged(name)], "histogram": done["histograms"][name],
+        return {**entry.to_dict(), "url": self.links.health(name), "layer_url": self.links.layer(name),
+                "flagged": [self._unit(u) for u in report.flagged(name)], "histogram": done["histograms"][name],
                 "thresholds": report.thresholds, "flags": list(FLAGS),
                 "prev": names[at - 1] if at > 0 else None, "next": names[at + 1] if at + 1 < len(names) else None}
+
+    def _unit(self, u) -> dict:
+        return {**u.to_dict(), "url": self.links.unit(u.layer, u.unit)}
 
     # ------------------------------------------------------------------ endpoints
 
@@ -171,10 +168,6 @@ class HealthPages:
         if done["sheet"] is None:
             raise NotFound(f"no filter sheet: {done['sheet_note']}")
         return Response(done["sheet"], media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
-
-
-def _unit(u) -> dict:
-    return {**u.to_dict(), "url": unit_url(u.layer, u.unit)}
 
 
 def _pooled_histogram(atlas, layer: str) -> dict:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 
@@ -35,7 +36,8 @@ def static_dirname(name) -> str:
 
 class Links:
     """URLs of pages and files, for the server (``static=False``) or an export page ``depth``
-    folders below the export root."""
+    folders below the export root: the one URL helper of every page group (the atlas's pages,
+    the uploads, the search pages, health and evolve; those past the atlas's on the server only)."""
 
     def __init__(self, static: bool = False, depth: int = 0):
         self.static = static
@@ -67,6 +69,10 @@ class Links:
     def upload(self) -> str | None:
         return None if self.static else "/image"
 
+    def uploaded(self, token: str, name: str) -> str:
+        """A picture the server made of an upload (``input.png``, ``gradcam.png``, ...)."""
+        return f"/uploads/{segment(token)}/{segment(name)}"
+
     def atlas_file(self, relative: str | None) -> str | None:
         if not relative:
             return None
@@ -84,6 +90,44 @@ class Links:
         if self.static:
             return self.root + "api/" + "/".join(static_dirname(p) for p in parts) + ".json"
         return "/api/" + "/".join(segment(p) for p in parts)
+
+    # the pages of the other groups: on the server only (an export has none of them)
+
+    def search(self, **params) -> str:
+        params = {k: v for k, v in params.items() if v is not None and v != ""}
+        return "/search" + ("?" + urlencode(params) if params else "")
+
+    def like(self, path: str, time: float | None = None) -> str:
+        return self.search(like=path, t=None if time is None else f"{time:g}")
+
+    def thumb(self, row: int) -> str:
+        return f"/thumbs/{int(row)}.jpg"
+
+    def file(self, file_id: int, path: str, time: float | None = None) -> str:
+        url = f"/files/{int(file_id)}/{segment(os.path.basename(path))}"
+        return url + (f"#t={time:g}" if time else "")
+
+    def explain(self, row: int, *, cls: int | None = None, unit: str | None = None) -> str:
+        query = {"unit": unit} if unit is not None else {"class": int(cls)}
+        return f"/explain/{int(row)}.jpg?" + urlencode(query)
+
+    def duplicates(self) -> str:
+        return "/duplicates"
+
+    def albums(self) -> str:
+        return "/albums"
+
+    def album(self, name: str) -> str:
+        return "/albums/" + segment(name)
+
+    def health(self, layer: str | None = None) -> str:
+        return "/health" + (f"/{segment(layer)}" if layer is not None else "")
+
+    def evolve(self, layer: str | None = None) -> str:
+        return "/evolve" + (f"/{segment(layer)}" if layer is not None else "")
+
+    def evolve_file(self, relative: str | None) -> str | None:
+        return None if not relative else "/evolve-files/" + quote(relative)
 
 
 def source_filename(layer: str, unit: int, rank: int, hash_: str | None) -> str:

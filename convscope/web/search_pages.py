@@ -5,15 +5,19 @@ grid, the duplicates and the albums, their JSON twins under ``/api``, and the fi
 with the :class:`~convscope.web.site.Site` (page renderer, worker threads), the open index and
 a loader of the index's model, and mounts its :meth:`~SearchPages.routes`. The data comes from
 :class:`convscope.web.finder.Finder`; keyword and like searches read only the index, unit
-searches and the pictures of why run the model on the model thread.
+searches and the pictures of why run the model on the model thread: the index's own model
+(:meth:`convscope.index.Index.checked_model`), loaded on first use, unless a model the app has
+(the one it was given, the atlas's) has the index's weights.
 
->>> pages = SearchPages(site, Index.open("photos.index"), model=lambda: model)
+>>> pages = SearchPages(site, Index.open("photos.index"))
 >>> app = Starlette(routes=pages.routes())
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import threading
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,12 +26,11 @@ from starlette.routing import Route
 
 from ..errors import ConvscopeError
 from ..index.search import MIN_SCORE, SORTS
+from .common import ModelUnavailable, error_status
 from .finder import MAX_TOP, TOP, Finder, close_matches
-from .site import NavLink, Site, error_status
+from .site import Absent, NavLink, Site
 
-#: The pages and files of this group, for a server that has no index to say so.
-PATHS = ("/search", "/api/search", "/duplicates", "/api/duplicates", "/albums", "/api/albums", "/albums/{name:path}",
-         "/api/albums/{name:path}", "/thumbs/{rest:path}", "/files/{rest:path}", "/explain/{rest:path}")
+logger = logging.getLogger("convscope.web")
 
 
 class BadQuery(ConvscopeError, ValueError):
@@ -81,16 +84,26 @@ class Query:
 
 
 class SearchPages:
-    """The page group of one index (see the module's docstring). ``model()`` returns the
-    index's model, loaded on first use."""
+    """The page group of one index (see the module's docstring). ``model``: a
+    :class:`~convscope.models.LoadedModel` the app was given, used when it has the index's
+    weights (and else the atlas's model, when the atlas records the index's spec)."""
 
     search = "/search"
+    absent = Absent(("/search", "/api/search", "/duplicates", "/api/duplicates", "/albums", "/api/albums",
+                     "/albums/{name:path}", "/api/albums/{name:path}", "/thumbs/{rest:path}", "/files/{rest:path}",
+                     "/explain/{rest:path}"),
+                    "this server has no index (it was started without one), so it has no search, duplicates or albums "
+                    "pages; start from /")
 
-    def __init__(self, site: Site, index, model):
+    def __init__(self, site: Site, index, model=None):
         self.site = site
-        self.finder = Finder(index, model)
-        self.links = self.finder.links
-        self.nav = [NavLink("Duplicates", "/duplicates"), NavLink("Albums", "/albums")]
+        self.index = index
+        self.given = model
+        self._loading = threading.Lock()
+        self._model = None
+        self.links = site.links
+        self.finder = Finder(index, self.model, self.links)
+        self.nav = [NavLink("Duplicates", self.links.duplicates()), NavLink("Albums", self.links.albums())]
         self.api = {
             "search": "/api/search?q={words} | like={indexed path}[&t={seconds}] | unit={layer}:{unit}"
                       " [&min_score=0.2&sort=score|date&top=40]",
@@ -102,6 +115,33 @@ class SearchPages:
             "why picture": "/explain/{entry}.jpg?class={class} | unit={layer}:{unit}",
         }
         self.home = self.search_page
+
+    def model(self):
+        """The index's model, loaded on the first call (:class:`ModelUnavailable`, 503, when it
+        cannot be had): the first model the app has whose weights are the index's, else the
+        one the index records (:meth:`~convscope.index.Index.checked_model`)."""
+        with self._loading:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _offered(self):
+        if self.given is not None:
+            yield "the model given", lambda: self.given
+        atlas = self.site.model_record or {}
+        if self.site.model is not None and atlas.get("spec") == self.index.meta["model"]["spec"]:
+            yield "the atlas's model", self.site.model  # one copy for both
+
+    def _load(self):
+        for what, make in self._offered():
+            try:
+                return self.index.checked_model(make())  # its weights' fingerprint must be the index's
+            except ConvscopeError as exc:
+                logger.info("the index's pictures of why do not use %s (%s)", what, exc)
+        try:
+            return self.index.checked_model(None)
+        except ConvscopeError as exc:
+            raise ModelUnavailable(f"the model of this index cannot be loaded: {exc}") from None
 
     def routes(self) -> list[Route]:
         return [
@@ -143,7 +183,7 @@ class SearchPages:
         params = request.url.query
         return self.site.page(
             "search.html", status=status, data=data, home=home, error=error, query=query or Query(),
-            suggestions=close_matches(error or ""), q=request.query_params.get("q", ""), search=self.links,
+            suggestions=close_matches(error or ""), q=request.query_params.get("q", ""),
             api_url="/api/search" + ("?" + params if params else ""), sorts=SORTS,
         )
 
@@ -158,21 +198,21 @@ class SearchPages:
 
     async def duplicates_page(self, request: Request):
         data = await run_in_threadpool(self.finder.duplicates)
-        return self.site.page("duplicates.html", data=data, search=self.links)
+        return self.site.page("duplicates.html", data=data)
 
     async def api_duplicates(self, request: Request):
         return JSONResponse(await run_in_threadpool(self.finder.duplicates))
 
     async def albums_page(self, request: Request):
         data = await run_in_threadpool(self.finder.albums)
-        return self.site.page("albums.html", data=data, search=self.links)
+        return self.site.page("albums.html", data=data)
 
     async def api_albums(self, request: Request):
         return JSONResponse(await run_in_threadpool(self.finder.albums))
 
     async def album_page(self, request: Request):
         data = await run_in_threadpool(self.finder.album, request.path_params["name"])
-        return self.site.page("album.html", album=data, search=self.links)
+        return self.site.page("album.html", album=data)
 
     async def api_album(self, request: Request):
         return JSONResponse(await run_in_threadpool(self.finder.album, request.path_params["name"]))

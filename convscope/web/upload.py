@@ -1,13 +1,14 @@
 """Uploaded photos: size-limited intake, server-named storage, and the model's view of them.
 
-An upload is decoded from memory only by :func:`convscope.web.decode.decode_upload`, within a
-memory budget and at the scale the model needs (so anything that is not a real image, or would
-take too much memory, is refused with a reason), and never unpickled, executed or written to
-disk as sent. :class:`UploadStore` keeps what the server itself made of it under a random
+An upload is decoded from memory only by :func:`convscope.data.load_image_bytes` (the decoder
+of every photo convscope reads), within a byte budget and at the scale the model needs (so
+anything that is not a real image, or would take too much memory, is refused with a reason),
+and never unpickled, executed or written to disk as sent; the HTTP side is
+:mod:`convscope.web.upload_pages`. :class:`UploadStore` keeps what the server itself made of it under a random
 name; :class:`Analyzer` runs the atlas's model once on it: the top predictions, the units that
 fire most in every atlas layer, and occlusion and Grad-CAM maps from :mod:`convscope.explain`.
 
->>> image = decode_upload(data_bytes, DecodeBudget(min_side=analyzer.min_side))
+>>> image = load_image_bytes(data_bytes, "upload", target_size=analyzer.min_side)
 >>> result = Analyzer(gallery, model).analyze(image, explain=False)
 >>> token = UploadStore(tmp_dir, keep=50).create()
 """
@@ -26,10 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConvscopeError, ImageError
+from ..errors import ConvscopeError
 from ..explain import gradcam, occlusion
 from ..files import atomic_write
 from ..hooks import capture, named_modules, run
+from ..index.explain import heat_picture
+from ..models import UnnamedModelError, load_recorded
+from .common import ModelUnavailable
 
 #: Largest upload accepted, in bytes (a phone photo is a few MB).
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
@@ -47,10 +51,6 @@ class UploadTooLarge(ConvscopeError):
 
 class BadUpload(ConvscopeError):
     status = 400
-
-
-class ModelUnavailable(ConvscopeError):
-    status = 503
 
 
 class UploadTimeout(ConvscopeError):
@@ -106,36 +106,6 @@ class UploadStore:
         if not path.is_file():
             raise FileNotFoundError("no such upload file (uploads are kept for a limited time)")
         return path
-
-
-def model_from_info(info: dict):
-    """Load the model an atlas was made with, as its info records it
-    (:func:`convscope.models.load_recorded`); :class:`ModelUnavailable` (503) when it cannot be."""
-    from ..models import UnnamedModelError, load_recorded
-
-    try:
-        return load_recorded(info["model"], device="cpu")
-    except UnnamedModelError as exc:
-        raise ModelUnavailable(f"{exc}; serve it from Python with create_app(atlas_dir, model=your_loaded_model)") from None
-    except ConvscopeError as exc:
-        raise ModelUnavailable(f"cannot load the atlas's model {(info['model'] or {}).get('spec')!r}: {exc}") from None
-
-
-def overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> Image.Image:
-    """A heat map (h, w), any range, resized and blended over ``picture`` (H, W, 3) uint8."""
-    import matplotlib
-
-    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
-    if heat.ndim == 3:
-        heat = heat.mean(axis=0) if heat.shape[0] in (1, 3) else heat.mean(axis=-1)
-    lo, hi = float(heat.min()), float(heat.max())
-    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-    H, W = picture.shape[:2]
-    if heat.shape != (H, W):
-        heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((W, H), Image.BILINEAR), np.float32) / 255
-    colours = matplotlib.colormaps[cmap](heat)[..., :3] * 255
-    mixed = (1 - alpha) * picture.astype(np.float32) + alpha * colours
-    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
 
 
 def _occlusion_heat(model, x: torch.Tensor, target: int) -> np.ndarray:
@@ -195,8 +165,20 @@ class Analyzer:
         if self._model is None:
             with self._loading:
                 if self._model is None:
-                    self._model = model_from_info(self.gallery.info)
+                    self._model = self._load()
         return self._model
+
+    def _load(self):
+        """The model the atlas records (:func:`convscope.models.load_recorded`); 503 when it
+        cannot be loaded."""
+        recorded = self.gallery.info["model"]
+        try:
+            return load_recorded(recorded, device="cpu",
+                                 hint="serve it from Python with create_app(atlas_dir, model=your_loaded_model)")
+        except UnnamedModelError as exc:
+            raise ModelUnavailable(str(exc)) from None
+        except ConvscopeError as exc:
+            raise ModelUnavailable(f"cannot load the atlas's model {(recorded or {}).get('spec')!r}: {exc}") from None
 
     def analyze(self, image: Image.Image, explain: bool = True) -> dict:
         """Predictions, most excited units per atlas layer and (with ``explain``) occlusion and
@@ -221,7 +203,7 @@ class Analyzer:
                 entry["reason"] = "not computed yet: explanations were not asked for"
             else:
                 try:
-                    images[f"{name}.png"] = overlay(picture, heat_map(model, x, int(indices[0])))
+                    images[f"{name}.png"] = heat_picture(picture, heat_map(model, x, int(indices[0])))
                 except ConvscopeError as exc:  # what this model cannot give (no classifier, ...)
                     entry["reason"] = f"not computed yet: {exc}"
             explanations[name] = entry

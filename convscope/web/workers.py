@@ -19,7 +19,7 @@ thread came next (about 60 ms instead of 560 ms on a loaded 2-core machine).
 
 >>> workers = Workers(decoders=2)
 >>> async with workers.job():
-...     image = await workers.decode(decode_upload, data)
+...     image = await workers.decode(load_image_bytes, data)
 ...     result = await workers.model(analyzer.analyze, image)
 """
 from __future__ import annotations
