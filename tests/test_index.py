@@ -21,10 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
+from convscope.data import load_image, load_photo
 from convscope.errors import ConvscopeError, UnknownNameError
 from convscope.hooks import hook_count
 from convscope.index import Index, IncompleteIndexError, album_for, media, parse_unit
 from convscope.index.search import segments
+from convscope.index.signals import decode_size
 from convscope.models import Preprocessing, load_model
 
 CHELSEA_COPIES = ("chelsea_small.jpg", "chelsea_q30.jpg", "chelsea_crop.png", "chelsea_flip.png")
@@ -147,10 +149,11 @@ def test_draft_decodes_large_jpegs_smaller_and_reads_exif_date(tmp_path):
     exif = Image.Exif()
     exif.get_ifd(0x8769)[36867] = "2021:07:04 12:30:00"
     Image.new("RGB", (2000, 1500), (90, 120, 200)).save(path, quality=90, exif=exif)
-    full, small = media.read_photo(path), media.read_photo(path, min_size=256)
+    full, small = load_photo(path), load_photo(path, target_size=256)
     assert full.image.size == (2000, 1500) and small.size == (2000, 1500)
     assert small.image.size == (500, 375)  # 1/4 scale: the largest that still covers 256 px
     assert full.taken == small.taken == "2021-07-04T12:30:00"
+    assert full.sha256 == small.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # the same one read
     thumb = Image.open(io.BytesIO(media.thumbnail_jpeg(small.image)))
     assert thumb.format == "JPEG" and max(thumb.size) == 160
 
@@ -213,9 +216,11 @@ def test_checked_model_hashes_once_and_again_after_a_weight_changes(built, tiny,
 
 
 def test_stored_probabilities_and_embedding_match_the_model(built, library, tiny):
-    """Cross-check against a plain forward pass of the model."""
+    """Cross-check against a plain forward pass of the model, on the photo decoded as the build
+    decodes it (at reduced scale: draft=True)."""
     index = built[0]
-    x = tiny.transform(Image.open(library / "photos" / "coffee.png").convert("RGB"))[None]
+    image = load_image(library / "photos" / "coffee.png", target_size=decode_size(tiny.preprocessing.resize))
+    x = tiny.transform(image)[None]
     with torch.inference_mode():
         probs = torch.softmax(tiny.module(x), 1)[0].numpy()
     row = index.file_of(library / "photos" / "coffee.png")["first_row"]
@@ -390,7 +395,8 @@ def test_unit_search_matches_a_plain_loop_and_gives_boxes(real, library, default
     values = np.asarray(real.units[column], np.float32)
     assert [r.score for r in results] == sorted(values, reverse=True)[:3]
     best = results[0]
-    x = default_model.transform(media.read_photo(best.path).image)[None] if best.time is None else None
+    decoded = load_image(best.path, target_size=decode_size(default_model.preprocessing.resize))  # as the build did
+    x = default_model.transform(decoded)[None] if best.time is None else None
     from convscope.hooks import forward_layers
 
     with torch.inference_mode():

@@ -14,7 +14,7 @@
    photo over the actors: :func:`convscope.distributed.render`); a photo that cannot be read
    again, or whose bytes changed since the scan, is recorded as unreadable;
 5. :func:`~convscope.atlas.store.write_db` into ``.partial/``, then
-   :func:`~convscope.atlas.store.commit_db` renames it to ``atlas.sqlite``: the commit point, so a
+   :func:`convscope.stores.commit` renames it to ``atlas.sqlite``: the commit point, so a
    crash never leaves an atlas that reads as complete, and ``build(..., resume=True)`` continues
    where it stopped.
 
@@ -45,7 +45,8 @@ from ..progress import Bar
 from ..runtime import keep_freed_memory
 from ..scan import RESUME_HINT, scan
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
-from .store import DB_NAME, METHODS, PARTIAL, STATE_NAME, Atlas, commit_db, write_db
+from ..stores import PARTIAL, State, commit, remove_partial, state
+from .store import DB_NAME, METHODS, STATE_NAME, Atlas, write_db
 
 
 def build(
@@ -138,8 +139,8 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
            methods, projection_batch, progress, on_skip, started, pool, rank_by="auto", deconvnet="auto") -> Atlas:
     """:func:`build`'s steps, once its arguments are checked and ``out`` is prepared."""
     partial = out / PARTIAL
-    if resume and (out / DB_NAME).exists():  # finished already (say, killed while cleaning up)
-        shutil.rmtree(partial, ignore_errors=True)
+    if resume and state(out, DB_NAME).committed:  # finished already (say, killed while cleaning up)
+        remove_partial(out)
         return Atlas.open(out)
     partial.mkdir(parents=True, exist_ok=True)
     kwargs = dict(crops=crops, batch_size=batch_size, workers=workers, checkpoint=partial / "scan.ckpt",
@@ -178,15 +179,14 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
     if hasattr(os, "sync"):
         os.sync()
     remove_stale_temps(out)  # none of ours is left; any other is a killed run's
-    commit_db(db_tmp, out / DB_NAME)  # the commit point: the atlas is complete from here on
-    shutil.rmtree(partial, ignore_errors=True)
+    commit(db_tmp, out / DB_NAME)  # the commit point: the atlas is complete from here on
+    remove_partial(out)
     return Atlas.open(out)
 
 
 def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
     """Check what ``out`` holds and clear it as asked, before any work; a build that goes on
     (resumed or overwritten) starts without the temporary files a killed run left."""
-    db, partial = out / DB_NAME, out / PARTIAL
     if overwrite:
         for name in (DB_NAME, STATE_NAME):
             if (out / name).exists():
@@ -196,13 +196,14 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
                 shutil.rmtree(out / name)
         remove_stale_temps(out)
         return
-    if db.exists() and not resume:
+    held = state(out, DB_NAME)
+    if held.committed and not resume:
         raise ConvscopeError(f"{out} already holds an atlas; pass overwrite=True to replace it, or choose another out folder")
-    if partial.exists() and not resume:
+    if held is State.PARTIAL and not resume:
         raise ConvscopeError(f"{out} holds an unfinished atlas build; pass resume=True to continue it, or overwrite=True to start again")
     if out.exists() and not out.is_dir():
         raise ConvscopeError(f"out {out} is a file; give a folder for the atlas")
-    if out.is_dir() and not partial.exists() and any(out.iterdir()):
+    if held is State.FOREIGN:
         raise ConvscopeError(f"{out} is not empty and holds no atlas; give a new or empty folder as out")
     if resume:
         remove_stale_temps(out)

@@ -29,12 +29,12 @@ import torch
 from ..errors import ConvscopeError, unknown_name_error
 from ..files import DiskFullError, atomic_write, safe_name
 from ..scan import ScanState
+from ..stores import PARTIAL, State, fsync_file, state
 from .records import Records
 
 FORMAT = "convscope-atlas"
 FORMAT_VERSION = 1
 DB_NAME = "atlas.sqlite"
-PARTIAL = ".partial"
 STATE_NAME = "scan_state.pt"
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HISTOGRAM_BINS = 32
@@ -110,9 +110,10 @@ class Atlas:
         db = root / DB_NAME
         resume_hint = "finish it by running the build again with resume=True and the same arguments"
         build_hint = "build one with convscope.atlas.build (`convscope atlas build`)"
-        if not db.is_file():
-            if (root / PARTIAL).exists():
-                raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
+        held = state(root, DB_NAME)
+        if held is State.PARTIAL:
+            raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
+        if not held.committed:
             if not root.is_dir():
                 raise ConvscopeError(f"no atlas folder {root}; {build_hint}")
             raise ConvscopeError(f"{root} holds no atlas ({DB_NAME} is missing); {build_hint}")
@@ -479,28 +480,6 @@ def _write_db(path: Path, model, result, records: Records, incomplete: set[str],
         conn.close()
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a closed file's data to disk (before it is renamed into place)."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def commit_db(finished: Path, dest: Path) -> None:
-    """Rename a finished, fsynced database (:func:`write_db`) to ``dest``, then fsync the folder
-    so that the rename itself survives a crash: from here on the atlas reads as complete."""
-    os.replace(finished, dest)
-    try:
-        fd = os.open(dest.parent, os.O_RDONLY)
-    except OSError:  # a folder cannot be opened for fsync on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # a file system that cannot fsync folders (EINVAL): the rename stands anyway
-        pass
-    finally:
-        os.close(fd)
-
-
 def unit_rows(result, layer: str):
     """The ``units`` rows of ``layer``, from the scan state's summary."""
     s = result.state.summary(layer, QUANTILES)
@@ -529,5 +508,5 @@ def unit_rows(result, layer: str):
 
 __all__ = [
     "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
-    "IncompleteAtlasError", "commit_db", "deconvnet_entry", "fsync_file", "unit_rows", "write_db",
+    "IncompleteAtlasError", "deconvnet_entry", "fsync_file", "unit_rows", "write_db",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import click
 
@@ -73,10 +72,11 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
       convscope atlas build photos/ --out atlas/ --rank-by output
       convscope atlas build @imagenet.txt --out atlas/ --ray auto
     """
-    from ..atlas import DB_NAME, PARTIAL
+    from ..atlas import DB_NAME
     from ..atlas import build as build_atlas
     from ..data import sample_photos
     from ..errors import ConvscopeError
+    from ..stores import State, state
 
     inputs = list(images)
     if samples:
@@ -84,9 +84,10 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
     if not inputs:
         raise click.UsageError("give image files, folders or globs, or --samples")
     # The library's refusals name its parameters; say them in flags, before the model loads.
-    if not (overwrite or resume) and (Path(out) / DB_NAME).exists():
+    held = state(out, DB_NAME)
+    if not (overwrite or resume) and held.committed:
         raise ConvscopeError(f"{out} already holds an atlas; give --overwrite to replace it, or another --out")
-    if not (overwrite or resume) and (Path(out) / PARTIAL).exists():
+    if not (overwrite or resume) and held is State.PARTIAL:
         raise ConvscopeError(f"{out} holds an unfinished atlas build; give --resume to continue it, "
                              "or --overwrite to start again")
     model = model_args.load()

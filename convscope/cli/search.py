@@ -54,14 +54,16 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
       convscope index photos/ --out photos.index --ray --ray-workers 2
     """
     from ..index import Index
-    from ..index.store import DB_NAME, PARTIAL
+    from ..index.store import DB_NAME
+    from ..stores import state
 
     if not paths and not update:
         raise click.UsageError("give photos and videos to index (files, folders, globs or @LIST files)")
     root = Path(out)
     # The library's refusals name its parameters; say them in flags, before the model loads.
-    finished = (root / DB_NAME).exists()
-    if not resume and ((root / PARTIAL / DB_NAME).exists() or (root / PARTIAL).exists() and not finished):
+    held = state(root, DB_NAME)
+    finished = held.committed
+    if not resume and held.unfinished:
         raise click.UsageError(f"{out} holds an unfinished index {'update' if finished else 'build'}; give "
                                f"{'--update --resume' if finished else '--resume'} (and the same PATHS) to continue it")
     if finished and not (update or resume):

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..data import load_image
 from ..files import write_bytes_atomic
 from . import media
 from .search import Result
@@ -23,7 +24,7 @@ def load_entry_image(result: Result) -> Image.Image:
     """The photo, or the video frame at ``result.time``, of a result (RGB, upright)."""
     if result.time is not None:
         return media.frame_at(result.path, result.time)
-    return media.read_photo(result.path).image
+    return load_image(result.path)
 
 
 def model_view(model, image: Image.Image) -> np.ndarray:

@@ -6,7 +6,7 @@ into shards of whole batches. Each actor of a :class:`~convscope.distributed.Poo
 shard's files (a filesystem every node sees), forwards the very batches one process forwards
 and sends back each item's rows (top classes, embedding, unit maxima and positions), times,
 thumbnails and file facts (about 15 KB a photo), with a bad file's reason naming the node. The
-driver takes the shards in order and appends them with the one-process :func:`.build.write_rows`,
+driver takes the shards in order and appends them with the one-process :func:`.compute.write_rows`,
 so the records, row order, arrays and thumbnails are the same bytes, whichever actor ran which
 shard and however often a shard ran again after a worker died. Commits, ``resume`` and one
 progress bar on the driver work as in one process.
@@ -20,7 +20,8 @@ import dataclasses
 import time
 from typing import Sequence
 
-from .build import Decoded, Source, Task, _decode, _Partial, default_workers, forward, write_rows
+from ..data import default_workers
+from .compute import Decoded, Source, Task, decode, forward, write_rows
 from .features import Extractor
 
 #: Work items (photos, or video pieces) per shard, at least: the unit of work and of retry. As
@@ -35,7 +36,7 @@ class ShardSettings:
 
     layers: tuple[str, ...]
     fps: float
-    min_size: int | None
+    target_size: int | None
     workers: int | None
 
 
@@ -66,7 +67,7 @@ def index_shard(model, info, settings: ShardSettings, tasks: Sequence[Task], end
     extractor = _extractor(model, settings.layers)
     workers = default_workers(len(tasks)) if settings.workers is None else max(0, settings.workers)
     items = []
-    for item, rows in forward(extractor, _decode(tasks, model.transform, settings.fps, settings.min_size, workers), ends):
+    for item, rows in forward(extractor, decode(tasks, model.transform, settings.fps, settings.target_size, workers), ends):
         if item.error is not None:
             item = dataclasses.replace(item, error=f"{item.error} (on node {info.node})")
         items.append((item, rows))
@@ -84,18 +85,18 @@ def shards(tasks: Sequence[Task], ends: Sequence[int], size: int) -> list[tuple[
     return out
 
 
-def compute_on_ray(ray, ray_workers: int | None, partial: _Partial, extractor: Extractor, sources: Sequence[Source],
-                   tasks: Sequence[Task], ends: Sequence[int], fps: float, min_size: int | None,
+def compute_on_ray(ray, ray_workers: int | None, partial, extractor: Extractor, sources: Sequence[Source],
+                   tasks: Sequence[Task], ends: Sequence[int], fps: float, target_size: int | None,
                    workers: int | None, skip, bar, shard_items: int | None = None) -> None:
     """The build's forward passes on Ray (``ray``: True, an address, or a running Pool), the rows
-    appended to ``partial`` in the order one process appends them."""
+    appended to ``partial`` (the build's partial index) in the order one process appends them."""
     from .. import distributed
 
     if isinstance(ray, distributed.Pool):
         opened = contextlib.nullcontext(ray)
     else:
         opened = distributed.cluster(extractor.model, None if ray is True else ray, num_workers=ray_workers)
-    settings = ShardSettings(tuple(extractor.layers), fps, min_size, workers)
+    settings = ShardSettings(tuple(extractor.layers), fps, target_size, workers)
     with opened as pool:
         jobs = [(settings, list(tasks[a:b]), local) for a, b, local in shards(tasks, ends, shard_items or SHARD_ITEMS)]
         results = pool.map(index_shard, jobs, ordered=True)

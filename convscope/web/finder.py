@@ -474,13 +474,15 @@ class Finder:
         return tuple(int(v) for v in model.layers.get(layer).box(y, x, input_size=model.input_size))
 
     def _image(self, path: str, kind: str, time: float | None, model):
+        from ..data import load_image
         from ..index import media
+        from ..index.signals import decode_size
 
         try:
             if kind == "video":
                 return media.frame_at(path, time or 0.0)
             with DECODE_LOCK:  # a JPEG decodes at the scale the model needs (as the index did)
-                return media.read_photo(path, min_size=model.preprocessing.resize).image
+                return load_image(path, target_size=decode_size(model.preprocessing.resize))
         except ImageError as exc:
             raise NotFound(f"{os.path.basename(path)} can no longer be read ({exc.reason})") from None
 

@@ -1,0 +1,126 @@
+"""Store folders on disk: the one protocol of the atlas and the index.
+
+A store is a folder whose database (``atlas.sqlite``, ``index.sqlite``) is its commit point::
+
+    <db_name>        the committed store: it appears (or is replaced) by one atomic rename
+    .partial/        a build in progress: its checkpoint, its database until the commit
+    ...              the store's other files, written and fsynced before the commit
+
+A build writes into ``.partial/`` (and into new files of the folder that the committed database
+does not name yet), fsyncs every file it wrote (:func:`fsync_tree`, :func:`fsync_file`), then
+renames its finished database over ``<db_name>`` (:func:`commit`: one rename, then an fsync of the
+folder). A reader therefore sees the old store or the new one, never a mix; a build stopped at
+any point leaves a folder that :func:`state` calls ``PARTIAL`` (or ``UPDATING``) and that the
+build resumes. :func:`state` is the one place that reads a folder's state from what it holds.
+
+>>> state("photos.index", "index.sqlite")
+<State.COMPLETE: 'complete'>
+"""
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+from pathlib import Path
+
+#: The folder a build in progress lives in, inside the store's folder.
+PARTIAL = ".partial"
+
+
+class State(enum.Enum):
+    """What a store folder holds, by names alone (the database's own format and ``complete``
+    flag are checked by the store's ``open``)."""
+
+    ABSENT = "absent"  #: no folder, or an empty one: a build may start there
+    PARTIAL = "partial"  #: a build stopped before its commit, nothing committed: resume it
+    COMPLETE = "complete"  #: a committed store (maybe with a finished build's leftovers)
+    UPDATING = "updating"  #: a committed store, and a build over it that stopped before its commit
+    FOREIGN = "foreign"  #: a file, or a folder holding something else
+
+    @property
+    def committed(self) -> bool:
+        """Whether a committed store is there to read."""
+        return self in (State.COMPLETE, State.UPDATING)
+
+    @property
+    def unfinished(self) -> bool:
+        """Whether a build stopped there before its commit (it may be resumed)."""
+        return self in (State.PARTIAL, State.UPDATING)
+
+
+def state(root: str | os.PathLike, db_name: str) -> State:
+    """The state of the store folder ``root`` whose committed database is ``db_name``.
+
+    A ``.partial/`` folder counts as a build in progress unless a committed database is there
+    and ``.partial/`` holds no database of its own (then it is what a finished build left before
+    cleaning up). Never raises for a folder that cannot be looked at: that one is FOREIGN.
+
+    >>> state("new-folder", "atlas.sqlite")
+    <State.ABSENT: 'absent'>
+    """
+    root = Path(root)
+    try:
+        if not root.exists():
+            return State.ABSENT
+        if not root.is_dir():
+            return State.FOREIGN
+        committed = (root / db_name).is_file()
+        partial = (root / PARTIAL).is_dir()
+        if committed:
+            return State.UPDATING if partial and (root / PARTIAL / db_name).exists() else State.COMPLETE
+        if partial:
+            return State.PARTIAL
+        return State.FOREIGN if any(root.iterdir()) else State.ABSENT
+    except OSError:
+        return State.FOREIGN
+
+
+def partial_dir(root: str | os.PathLike) -> Path:
+    """The ``.partial/`` folder of the store folder ``root``."""
+    return Path(root) / PARTIAL
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a closed file's data to disk (before the commit names it)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (new names, renames) to disk, where the system allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened for fsync on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot fsync folders (EINVAL): the names stand anyway
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under ``folder`` and the folders themselves (a store's arrays, written
+    by ``np.save`` and memory maps, before the commit makes them part of the store)."""
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            fsync_file(Path(root) / name)
+        fsync_dir(root)
+
+
+def commit(finished: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """The commit point: rename a finished, fsynced database to ``dest`` (one atomic rename),
+    then fsync the folder so that the rename itself survives a crash. From here on the store
+    reads as complete."""
+    dest = Path(dest)
+    os.replace(finished, dest)
+    fsync_dir(dest.parent)
+
+
+def remove_partial(root: str | os.PathLike) -> None:
+    """Remove ``.partial/`` (after the commit, or to start a build again)."""
+    shutil.rmtree(partial_dir(root), ignore_errors=True)
+
+
+__all__ = ["PARTIAL", "State", "commit", "fsync_dir", "fsync_file", "fsync_tree", "partial_dir", "remove_partial", "state"]
