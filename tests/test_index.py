@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -287,6 +288,113 @@ def test_resume_after_sigkill_equals_an_uninterrupted_build(built, library, tiny
     assert resumed.entries == fresh.entries and resumed.info()["skipped"] == fresh.info()["skipped"] == 4
     assert snapshot(resumed) == snapshot(fresh)
     assert not (out / ".partial").exists() and len([p for p in out.iterdir() if p.name.startswith("arrays-")]) == 1
+
+
+def test_a_new_signal_is_one_module_and_one_registry_line(library, tiny, tmp_path, monkeypatch):
+    """A signal made of what every signal has (an entry value from the decoded picture, a row
+    array) plugs into the build by one more item in the registry; its rows are the pictures'."""
+    from convscope.index import signals
+
+    class Brightness(signals.Signal):
+        name = "brightness"
+
+        def entry(self, image):
+            return {"brightness": float(np.asarray(image.convert("L"), np.float64).mean())}
+
+        def arrays(self, extractor):
+            return {"brightness": (np.float32, ())}
+
+        def rows(self, features, entries):
+            return {"brightness": np.array([e["brightness"] for e in entries], np.float32)}
+
+    monkeypatch.setattr(signals, "SIGNALS", (*signals.SIGNALS, Brightness()))
+    index = Index.build(tiny, [library / "photos"], tmp_path / "index", batch_size=4, workers=0)
+    got = np.load(index.arrays_dir / "brightness.npy")
+    assert got.shape == (index.entries,)
+    for f in index.files().values():
+        image = load_image(f["path"], target_size=signals.decode_size(tiny.preprocessing.resize))
+        assert got[f["first_row"]] == pytest.approx(np.asarray(image.convert("L"), np.float64).mean(), rel=1e-6)
+    assert [s.name for s in signals.SIGNALS][:5] == ["classes", "embedding", "units", "thumbnail", "metadata"]
+
+
+def _as_before_the_decoder_was_recorded(db: Path) -> None:
+    """Rewrite an index database as convscope wrote it before issue 19: no ``decoder`` in meta."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'decoder'")
+    conn.close()
+
+
+def test_an_index_built_before_the_change_opens_searches_and_updates(built, library, tiny, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(built[0].root, old)
+    _as_before_the_decoder_was_recorded(old / "index.sqlite")
+    with Index.open(old) as index:
+        assert "decoder" not in index.meta and snapshot(index) == snapshot(built[0])
+        assert [r.path for r in index.like(0, top=3)] == [r.path for r in built[0].like(0, top=3)]
+    with Index.build(tiny, None, old, update=True, batch_size=4, workers=0) as updated:  # nothing changed: all copied
+        assert snapshot(updated) == snapshot(built[0])
+
+
+def test_a_build_stopped_under_the_old_decoder_says_how_to_go_on(built, library, tiny, tmp_path):
+    """The old code's partial build (its arrays inside .partial/, no decoder recorded) is not
+    resumed with other pixels: one line says what to do."""
+    out = tmp_path / "stopped"
+    shutil.copytree(built[0].root, out / ".partial")
+    db = out / ".partial" / "index.sqlite"
+    _as_before_the_decoder_was_recorded(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = 'false' WHERE key = 'complete'")
+    conn.close()
+    with pytest.raises(IncompleteIndexError):
+        Index.open(out)
+    with pytest.raises(ConvscopeError, match="different decoder") as err:
+        Index.build(tiny, [library], out, batch_size=4, workers=0, resume=True)
+    assert "\n" not in str(err.value) and ".partial" in str(err.value)
+
+
+def test_the_extractor_captures_under_the_model_lock_with_its_checks(tiny):
+    """features.Extractor stands on hooks.capture: it waits for the model's lock, refuses a
+    shared module and a layer that did not run, and leaves no hook behind."""
+    import threading
+
+    from convscope.errors import LayerNotRunError
+    from convscope.hooks import ReusedModuleError, model_lock
+    from convscope.index.features import Extractor
+
+    extract = Extractor(tiny, ["layer1", "layer4"])
+    x = torch.zeros(2, 3, 64, 64)
+    done = threading.Event()
+    with model_lock(tiny.module):
+        worker = threading.Thread(target=lambda: (extract(x), done.set()))
+        worker.start()
+        assert not done.wait(0.5)  # another thread holds the model: the extractor waits
+    worker.join(30)
+    assert done.is_set() and hook_count(tiny.module) == 0
+
+    def layer1_twice(t, m=tiny.module):
+        out = type(m).forward(m, t)
+        m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(t)))))
+        return out
+
+    tiny.module.forward = layer1_twice
+    try:
+        with pytest.raises(ReusedModuleError, match="more than once"):
+            extract(x)
+    finally:
+        del tiny.module.forward
+    assert hook_count(tiny.module) == 0
+
+    def without_layer4(t, m=tiny.module):
+        m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(t)))))
+        return m.fc(torch.zeros(t.shape[0], m.fc.in_features))
+
+    tiny.module.forward = without_layer4
+    try:
+        with pytest.raises(LayerNotRunError, match="layer4"):
+            extract(x)
+    finally:
+        del tiny.module.forward
+    assert hook_count(tiny.module) == 0 and "forward" not in vars(tiny.module)
 
 
 def test_update_adds_changes_and_drops_without_recomputing(library, tiny, tmp_path):

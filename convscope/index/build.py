@@ -43,7 +43,7 @@ from . import media
 from .compute import Source, Task, decode, forward, write_rows
 from .features import Extractor
 from .shards import compute_on_ray
-from .signals import SIGNALS, decode_size
+from . import signals
 from .store import DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile, read_meta
 
 #: Sampled video frames decoded per work item: long videos are read in pieces of this many
@@ -152,7 +152,7 @@ class _Partial:
         if fresh:
             shutil.rmtree(self.arrays, ignore_errors=True)
         self.arrays.mkdir(exist_ok=True)
-        shapes = {name: shape for signal in SIGNALS for name, shape in signal.arrays(extractor).items()}
+        shapes = {name: shape for signal in signals.SIGNALS for name, shape in signal.arrays(extractor).items()}
         self.files = {name: RowFile(self.arrays / f"{name}.npy", dtype, row) for name, (dtype, row) in shapes.items()}
         # committed rows: those of the committed files (a video's rows that were committed
         # before the video finished are dropped and read again)
@@ -290,7 +290,7 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
             computed = [i for i, s in enumerate(sources) if s.keep is None]
             unplayable = lambda path, reason: (skip(path, reason), bar.advance())  # noqa: E731 (a video)
             tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, unplayable), partial.done)
-            target_size = decode_size(model.preprocessing.resize) if draft else None
+            target_size = signals.decode_size(model.preprocessing.resize) if draft else None
             if ray and tasks:
                 compute_on_ray(ray, ray_workers, partial, extractor, sources, tasks, ends, fps, target_size, workers,
                                skip, bar)
@@ -336,7 +336,7 @@ def _copy_file(partial: _Partial, old: IndexStore, src: Source) -> None:
     partial.next_id += 1
     times = [r["time"] for r in old.query("SELECT time FROM entries WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
     entries = [{"thumb": bytes(r["jpeg"])} for r in old.query("SELECT jpeg FROM thumbs WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
-    arrays = {k: v for signal in SIGNALS for k, v in signal.stored(old, a, b).items()}
+    arrays = {k: v for signal in signals.SIGNALS for k, v in signal.stored(old, a, b).items()}
     first = partial.rows
     partial.add_rows(file_id, times, entries, arrays)
     record = {k: was[k] for k in ("kind", "sha256", "taken", "width", "height", "duration")}
@@ -402,7 +402,7 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
     np.save(arrays / "entry_file.npy", file_col)
     np.save(arrays / "entry_time.npy", time_col)
     np.save(arrays / "entry_date.npy", date_col)
-    for signal in SIGNALS:
+    for signal in signals.SIGNALS:
         signal.finish(arrays, n, extractor)
     skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
     done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True,

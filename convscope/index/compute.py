@@ -17,7 +17,7 @@ import torch
 from ..data import decode_in_workers, failure_reason, load_photo
 from . import media
 from .features import Extractor
-from .signals import SIGNALS
+from . import signals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +91,11 @@ class Reader(torch.utils.data.Dataset):
     def _add(self, out: Decoded, image, t: float | None) -> None:
         out.tensors.append(self.transform(image))
         out.times.append(t)
-        out.entries.append({k: v for signal in SIGNALS for k, v in signal.entry(image).items()})
+        out.entries.append({k: v for signal in signals.SIGNALS for k, v in signal.entry(image).items()})
 
 
 def _file_columns(read) -> dict:
-    return {k: v for signal in SIGNALS for k, v in signal.file(read).items()}
+    return {k: v for signal in signals.SIGNALS for k, v in signal.file(read).items()}
 
 
 def decode(tasks: Sequence[Task], transform, fps: float, target_size: int | None, workers: int) -> Iterator[Decoded]:
@@ -103,9 +103,9 @@ def decode(tasks: Sequence[Task], transform, fps: float, target_size: int | None
     return decode_in_workers(Reader(tasks, transform, fps, target_size), workers)
 
 
-def signal_rows(features) -> dict:
+def signal_rows(features, entries: list[dict]) -> dict:
     """The row arrays of a batch's entries, from every signal."""
-    return {k: v for signal in SIGNALS for k, v in signal.rows(features).items()}
+    return {k: v for signal in signals.SIGNALS for k, v in signal.rows(features, entries).items()}
 
 
 def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int]) -> Iterator[tuple[Decoded, dict]]:
@@ -119,7 +119,8 @@ def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int
         if k == stop:
             stop = next(stops, None)
             tensors = [t for it in group for t in it.tensors]
-            rows = signal_rows(extractor(torch.stack(tensors))) if tensors else {}
+            entries = [e for it in group for e in it.entries]
+            rows = signal_rows(extractor(torch.stack(tensors)), entries) if tensors else {}
             start = 0
             for it in group:
                 n = len(it.tensors)

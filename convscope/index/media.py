@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
-from ..data import IMAGE_EXTENSIONS, check_pixels, expand_inputs, pixel_bytes
+from ..data import IMAGE_EXTENSIONS, MAX_BYTES, MAX_PIXELS, check_pixels, expand_inputs, pixel_bytes
 from ..errors import ImageError
 
 VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v".split())
@@ -129,14 +129,16 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop: int | None = None, *,
-                 target_size: int | None = None) -> Iterator[tuple[float, Image.Image]]:
+                 target_size: int | None = None, max_pixels: int = MAX_PIXELS,
+                 max_bytes: int = MAX_BYTES) -> Iterator[tuple[float, Image.Image]]:
     """Sampled frames ``(time in seconds from the start, RGB image)``, for sample times ``k / fps``
     with ``first <= k < stop``: each is the first frame shown at or after its time (a frame
     serves at most one sample). Seeks to the key frame before ``first / fps``, so a long video
     can be read in pieces. ``target_size``: frames larger than twice that (shorter side) are
     scaled down by FFmpeg to a shorter side of ``target_size`` on conversion, cheaper than a
     full-size RGB frame. Raises :class:`ImageError` for a file PyAV cannot decode, and
-    :class:`~convscope.data.ImageTooLarge` for frames over :mod:`convscope.data`'s budget.
+    :class:`~convscope.data.ImageTooLarge` for frames over ``max_pixels`` or ``max_bytes``
+    (:func:`convscope.data.load_image`'s budget).
 
     >>> [t for t, _ in video_frames("clip.mp4", fps=1.0)]     # a 3 s clip
     [0.0, 1.0, 2.0]
@@ -162,7 +164,7 @@ def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop
                 continue
             if stop is not None and k >= stop:
                 break
-            yield round(t, 3), _to_image(frame, target_size, path)
+            yield round(t, 3), _to_image(frame, target_size, path, max_pixels, max_bytes)
             k = max(k + 1, math.floor((t + eps) * fps) + 1)
             if stop is not None and k >= stop:
                 break
@@ -172,14 +174,14 @@ def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop
         container.close()
 
 
-def _to_image(frame, target_size: int | None, path) -> Image.Image:
+def _to_image(frame, target_size: int | None, path, max_pixels: int, max_bytes: int) -> Image.Image:
     w, h = frame.width, frame.height
     short = min(w, h)
     size = (w, h)
     if target_size and short > 2 * target_size:
         scale = target_size / short
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    check_pixels(path, w, h, cost=size[0] * size[1] * pixel_bytes("RGB"))  # the frame itself is decoded already
+    check_pixels(path, w, h, max_pixels, max_bytes, cost=size[0] * size[1] * pixel_bytes("RGB"))  # (the frame is decoded already)
     return frame.to_image() if size == (w, h) else frame.to_image(width=size[0], height=size[1])
 
 

@@ -7,15 +7,16 @@ stages, each optional (the base class's are empty).
 - :meth:`Signal.entry` runs in the decoding worker on each decoded picture (a photo, or a
   sampled video frame) while its pixels are there: per-entry values (a thumbnail).
 - :meth:`Signal.rows` runs after the batch's forward pass on its
-  :class:`~convscope.index.features.Features`: per-entry row arrays, declared by
+  :class:`~convscope.index.features.Features` and its entries' values: per-entry row arrays, declared by
   :meth:`Signal.arrays`; :meth:`Signal.stored` reads them back from an index (an update copies
   the rows of unchanged files), :meth:`Signal.finish` writes the arrays derived from them once
   the build has every row.
 
 >>> class Brightness(Signal):
 ...     name = "brightness"
-...     def arrays(self, extractor): return {"brightness": (np.float16, ())}
-...     ...
+...     def entry(self, image): return {"brightness": np.asarray(image.convert("L")).mean()}
+...     def arrays(self, extractor): return {"brightness": (np.float32, ())}
+...     def rows(self, features, entries): return {"brightness": np.array([e["brightness"] for e in entries])}
 """
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ class Signal:
         """The row arrays this signal adds: name -> (dtype, shape of one row)."""
         return {}
 
-    def rows(self, features) -> dict[str, np.ndarray]:
-        """The rows of a batch's entries, one array per name of :meth:`arrays`."""
+    def rows(self, features, entries: list[dict]) -> dict[str, np.ndarray]:
+        """The rows of a batch's entries, one array per name of :meth:`arrays`, from the batch's
+        forward pass (``features``) and the entries' values (what every :meth:`entry` gave)."""
         return {}
 
     def stored(self, store, first: int, stop: int) -> dict[str, np.ndarray]:

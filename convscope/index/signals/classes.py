@@ -32,7 +32,7 @@ class Classes(Signal):
     def arrays(self, extractor):
         return {"top_class": (np.int16, (TOP_CLASSES,)), "top_prob": (np.float16, (TOP_CLASSES,))}
 
-    def rows(self, features):
+    def rows(self, features, entries):
         cls, val = top_classes(features.probs)
         return {"top_class": cls, "top_prob": val}
 

@@ -13,7 +13,7 @@ class Embedding(Signal):
     def arrays(self, extractor):
         return {"embedding": (np.float16, (extractor.dim,))}
 
-    def rows(self, features):
+    def rows(self, features, entries):
         return {"embedding": features.embedding.astype(np.float16)}
 
     def stored(self, store, first, stop):

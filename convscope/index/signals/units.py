@@ -20,7 +20,7 @@ class Units(Signal):
     def arrays(self, extractor):
         return {"unit_rows": (np.float16, (extractor.units,)), "unit_pos_rows": (np.int16, (extractor.units,))}
 
-    def rows(self, features):
+    def rows(self, features, entries):
         return {"unit_rows": np.clip(features.unit_max, -F16_MAX, F16_MAX).astype(np.float16),
                 "unit_pos_rows": features.unit_pos}
 
