@@ -19,9 +19,13 @@ build resumes. :func:`state` is the one place that reads a folder's state from w
 from __future__ import annotations
 
 import enum
+import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
+
+from .errors import ConvscopeError
 
 #: The folder a build in progress lives in, inside the store's folder.
 PARTIAL = ".partial"
@@ -75,6 +79,41 @@ def state(root: str | os.PathLike, db_name: str) -> State:
         return State.FOREIGN
 
 
+def open_committed(root: str | os.PathLike, db_name: str, *, kind: str, format: str, build_hint: str,
+                   rebuild_hint: str, resume_hint: str, incomplete: type[ConvscopeError]) -> sqlite3.Connection:
+    """The committed database of the store folder ``root``, opened read-only (rows as
+    :class:`sqlite3.Row`, shareable between threads), once :func:`state` and its ``format`` and
+    ``complete`` meta entries say it is a finished ``kind`` (``"atlas"``, ``"index"``). Anything
+    else raises one line: ``incomplete`` (a build that stopped: ``resume_hint``), or
+    :class:`~convscope.errors.ConvscopeError` (nothing there: ``build_hint``; another file:
+    ``rebuild_hint``).
+
+    >>> conn = open_committed("atlas/", "atlas.sqlite", kind="atlas", format="convscope-atlas", ...)
+    """
+    root = Path(root)
+    db = root / db_name
+    held = state(root, db_name)
+    if held is State.PARTIAL:
+        raise incomplete(f"the {kind} in {root} is incomplete (its build stopped before the end); {resume_hint}")
+    if not held.committed:
+        if not root.is_dir():
+            raise ConvscopeError(f"no {kind} folder {root}; {build_hint}")
+        raise ConvscopeError(f"{root} holds no {kind} ({db_name} is missing); {build_hint}")
+    try:
+        conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta WHERE key IN ('format', 'complete')")}
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        raise ConvscopeError(f"{db} is not a readable {kind} database ({exc}); {rebuild_hint}") from None
+    if meta.get("format") != format:
+        conn.close()
+        raise ConvscopeError(f"{db} is not a convscope {kind}; {rebuild_hint}")
+    if meta.get("complete") is not True:
+        conn.close()
+        raise incomplete(f"the {kind} in {root} is incomplete (its build stopped before the end); {resume_hint}")
+    return conn
+
+
 def partial_dir(root: str | os.PathLike) -> Path:
     """The ``.partial/`` folder of the store folder ``root``."""
     return Path(root) / PARTIAL
@@ -123,4 +162,5 @@ def remove_partial(root: str | os.PathLike) -> None:
     shutil.rmtree(partial_dir(root), ignore_errors=True)
 
 
-__all__ = ["PARTIAL", "State", "commit", "fsync_dir", "fsync_file", "fsync_tree", "partial_dir", "remove_partial", "state"]
+__all__ = ["PARTIAL", "State", "commit", "fsync_dir", "fsync_file", "fsync_tree", "open_committed", "partial_dir",
+           "remove_partial", "state"]

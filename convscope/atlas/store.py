@@ -29,7 +29,7 @@ import torch
 from ..errors import ConvscopeError, unknown_name_error
 from ..files import DiskFullError, atomic_write, safe_name
 from ..scan import ScanState
-from ..stores import PARTIAL, State, fsync_file, state
+from ..stores import PARTIAL, fsync_file, open_committed
 from .records import Records
 
 FORMAT = "convscope-atlas"
@@ -107,29 +107,10 @@ class Atlas:
         """Open the atlas in ``directory``; an unfinished build raises :class:`IncompleteAtlasError`
         (one line, saying to run the build again with ``resume=True``)."""
         root = Path(directory)
-        db = root / DB_NAME
-        resume_hint = "finish it by running the build again with resume=True and the same arguments"
-        build_hint = "build one with convscope.atlas.build (`convscope atlas build`)"
-        held = state(root, DB_NAME)
-        if held is State.PARTIAL:
-            raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
-        if not held.committed:
-            if not root.is_dir():
-                raise ConvscopeError(f"no atlas folder {root}; {build_hint}")
-            raise ConvscopeError(f"{root} holds no atlas ({DB_NAME} is missing); {build_hint}")
-        try:
-            conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            complete = conn.execute("SELECT value FROM meta WHERE key = 'complete'").fetchone()
-            fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise ConvscopeError(f"{db} is not a readable atlas database ({exc}); rebuild it with overwrite=True") from None
-        if fmt is None or json.loads(fmt[0]) != FORMAT:
-            conn.close()
-            raise ConvscopeError(f"{db} is not a convscope atlas; rebuild it with overwrite=True")
-        if complete is None or json.loads(complete[0]) is not True:
-            conn.close()
-            raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
+        conn = open_committed(root, DB_NAME, kind="atlas", format=FORMAT, incomplete=IncompleteAtlasError,
+                              resume_hint="finish it by running the build again with resume=True and the same arguments",
+                              build_hint="build one with convscope.atlas.build (`convscope atlas build`)",
+                              rebuild_hint="rebuild it with overwrite=True")
         return cls(root, conn)
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConvscopeError
-from ..stores import State, state
+from ..stores import open_committed
 
 FORMAT = "convscope-index"
 FORMAT_VERSION = 1
@@ -190,29 +190,14 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         """Open the index in ``directory``; an unfinished build raises :class:`IncompleteIndexError`
         (one line that says to resume it)."""
         root = Path(directory)
-        db = root / DB_NAME
-        held = state(root, DB_NAME)
-        if not held.committed:
-            if held is State.PARTIAL:
-                raise IncompleteIndexError(f"the index in {root} is incomplete (its build stopped before the end); {resume_hint(root)}")
-            if not root.is_dir():
-                raise ConvscopeError(f"no index folder {root}; build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {root}`)")
-            raise ConvscopeError(f"{root} holds no index ({DB_NAME} is missing); build one with `convscope index PATHS --out {root}`")
-        try:
-            conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            meta = read_meta(conn)
-        except sqlite3.DatabaseError as exc:
-            raise ConvscopeError(f"{db} is not a readable index database ({exc}); build the index again") from None
-        if meta.get("format") != FORMAT:
-            conn.close()
-            raise ConvscopeError(f"{db} is not a convscope index; build one with `convscope index PATHS --out {root}`")
+        build = f"build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {root}`)"
+        conn = open_committed(root, DB_NAME, kind="index", format=FORMAT, incomplete=IncompleteIndexError,
+                              resume_hint=resume_hint(root), build_hint=build, rebuild_hint=build)
+        meta = read_meta(conn)
         if meta.get("version") != FORMAT_VERSION:
             conn.close()
-            raise ConvscopeError(f"{db} is an index of format version {meta.get('version')}; this convscope reads version {FORMAT_VERSION}: build it again")
-        if meta.get("complete") is not True:
-            conn.close()
-            raise IncompleteIndexError(f"the index in {root} is incomplete (its build stopped before the end); {resume_hint(root)}")
+            raise ConvscopeError(f"{root / DB_NAME} is an index of format version {meta.get('version')}; "
+                                 f"this convscope reads version {FORMAT_VERSION}: build it again")
         return cls(root, conn, meta)
 
     def close(self) -> None:
