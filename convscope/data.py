@@ -10,7 +10,6 @@ counted, and the rest carry on. Decoding runs in DataLoader worker processes.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import errno
 import glob
 import hashlib
@@ -18,7 +17,6 @@ import io
 import os
 import re
 import stat
-import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -27,6 +25,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError
+from .exif import EXIF_TRANSPOSE, QUARTER_TURNS, date_taken, orientation
 from .files import atomic_write, cache_dir
 
 IMAGE_EXTENSIONS = frozenset(
@@ -192,12 +191,6 @@ PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N
 DECODER_COPIES = {"WEBP": 2}
 #: Conversions to RGB run one strip of rows of about this many bytes at a time.
 STRIP_BYTES = 4 * 1024 * 1024
-EXIF_ORIENTATION = 0x0112
-EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -381,23 +374,23 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, to at least target on each side
             img.draft("RGB", (target, target))
         factor = max(1, min(img.size) // target) if target is not None else 1
-        rotated = _orientation(img) in EXIF_TRANSPOSE
+        rotated = orientation(img) in EXIF_TRANSPOSE
         cost = decode_cost(img, factor, rotated, full_size=(w, h)) + held
         if cost > budget.max_bytes:
             raise ImageTooLarge(
                 name, f"too large to decode ({w}x{h} {_describe(img)} takes {_mb(cost)}, limit {_mb(budget.max_bytes)})"
             )
         img.load()  # decode now, so truncation shows here
-        orientation = _orientation(img)  # PNG may carry its EXIF after the pixels
-        taken = _exif_date(img) if facts else None
+        turned = orientation(img)  # PNG may carry its EXIF after the pixels
+        taken = date_taken(img) if facts else None
         rgb = to_rgb(img, factor)
         if rgb is not img:
             img.close()  # the decoded pixels go before the upright copy is made
-        if orientation in EXIF_TRANSPOSE:
-            rgb = rgb.transpose(EXIF_TRANSPOSE[orientation])
+        if turned in EXIF_TRANSPOSE:
+            rgb = rgb.transpose(EXIF_TRANSPOSE[turned])
             for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"):
                 rgb.info.pop(key, None)  # no longer true of these pixels: no one turns them again
-            if orientation in _QUARTER_TURNS:
+            if turned in QUARTER_TURNS:
                 w, h = h, w
         return Photo(rgb, (w, h), taken)
     except ImageError:
@@ -437,38 +430,6 @@ def check_pixels(name, width: int, height: int, max_pixels: int = MAX_PIXELS, ma
         )
     if cost > max_bytes:
         raise ImageTooLarge(name, f"too large to decode ({width}x{height} takes {_mb(cost)}, limit {_mb(max_bytes)})")
-
-
-_QUARTER_TURNS = frozenset((5, 6, 7, 8))  # orientations that swap width and height
-_EXIF_IFD = 0x8769
-_DATE_TIME_ORIGINAL = 36867
-
-
-def _exif_date(img: Image.Image) -> str | None:
-    try:
-        value = img.getexif().get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL)
-    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):  # damaged EXIF: as if none
-        return None
-    return parse_exif_date(value)
-
-
-def parse_exif_date(value) -> str | None:
-    """EXIF's ``"YYYY:MM:DD HH:MM:SS"`` as ISO 8601 (``"YYYY-MM-DDTHH:MM:SS"``); None if unreadable."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
-    except ValueError:
-        return None
-
-
-def _orientation(img: Image.Image) -> int | None:
-    try:
-        return img.getexif().get(EXIF_ORIENTATION)
-    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):  # damaged EXIF: as if none
-        return None
 
 
 def _describe(img: Image.Image) -> str:

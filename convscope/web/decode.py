@@ -27,7 +27,8 @@ import math
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..data import EXIF_ORIENTATION, EXIF_TRANSPOSE, DECODER_COPIES, PIXEL_BYTES, STRIP_BYTES
+from ..data import DECODER_COPIES, PIXEL_BYTES, STRIP_BYTES
+from ..exif import EXIF_ORIENTATION, EXIF_TRANSPOSE
 from ..errors import ConvscopeError, ImageError
 
 #: The largest decode of one upload, in bytes of decoded pixels (a 24 Mpx RGB PNG is 96 MB).
