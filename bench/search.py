@@ -112,7 +112,7 @@ def bench_draft_top1(model, dev: Path, tmp: Path, limit: int | None) -> dict:
     """Top-1 with and without scaled JPEG decoding, on the dev photos as they are (most are
     500x375, where no scaled decode still covers 256 px, so it changes nothing) and on copies
     upscaled 4x (camera-sized photos, where it decodes at 1/4 or 1/2)."""
-    from convscope.index.media import read_photo
+    from convscope.data import load_photo
 
     paths, labels = dev_photos(dev, limit)
     big = tmp / "big"
@@ -132,7 +132,7 @@ def bench_draft_top1(model, dev: Path, tmp: Path, limit: int | None) -> dict:
                 xs = []
                 for p in files[i:i + 50]:
                     t0 = time.perf_counter()
-                    photo = read_photo(p, min_size=model.preprocessing.resize if draft else None)
+                    photo = load_photo(p, target_size=model.preprocessing.resize if draft else None)
                     xs.append(model.transform(photo.image))
                     decode += time.perf_counter() - t0
                     reduced += photo.image.size != photo.size
@@ -160,6 +160,7 @@ def synthetic_index(out: Path, n: int, dev_probs: np.ndarray, dim: int = 1280, u
     each entry takes the sorted probability profile of a random dev photo on random classes,
     a random unit embedding and random unit maxima."""
     from convscope.index import build as b
+    from convscope.index.signals import top_classes
     from convscope.models import imagenet_labels
 
     labels = imagenet_labels()
@@ -180,14 +181,14 @@ def synthetic_index(out: Path, n: int, dev_probs: np.ndarray, dim: int = 1280, u
         prof = profiles[rng.integers(0, len(profiles), m)]
         cls = rng.integers(0, 1000, (m, b.TOP_CLASSES))  # a repeated class keeps one of its values
         np.put_along_axis(probs, cls, prof, axis=1)
-        top_class, top_prob = b._prob_rows(probs)
+        top_class, top_prob = top_classes(probs)
         emb = rng.standard_normal((m, dim), dtype=np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         rows = {"top_class": top_class, "top_prob": top_prob, "embedding": emb.astype(np.float16),
                 "unit_rows": rng.random((m, units), dtype=np.float32).astype(np.float16),
                 "unit_pos_rows": rng.integers(0, 49, (m, units)).astype(np.int16)}
-        for name in b.ROW_ARRAYS:
-            partial.files[name].append(rows[name])
+        for name, f in partial.files.items():
+            f.append(rows[name])
         first = partial.rows
         partial.conn.executemany("INSERT INTO entries VALUES (?, ?, NULL)", [(first + i, first + i + 1) for i in range(m)])
         partial.conn.executemany("INSERT INTO thumbs VALUES (?, ?)", [(first + i, thumb) for i in range(m)])

@@ -17,7 +17,6 @@ import io
 import os
 import re
 import stat
-import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -26,6 +25,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError
+from .exif import EXIF_TRANSPOSE, QUARTER_TURNS, date_taken, orientation
 from .files import atomic_write, cache_dir
 
 IMAGE_EXTENSIONS = frozenset(
@@ -191,12 +191,6 @@ PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N
 DECODER_COPIES = {"WEBP": 2}
 #: Conversions to RGB run one strip of rows of about this many bytes at a time.
 STRIP_BYTES = 4 * 1024 * 1024
-EXIF_ORIENTATION = 0x0112
-EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -260,7 +254,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, max_byt
     >>> img = load_image("photos/cat.jpg")
     >>> small = load_image("photos/cat.jpg", target_size=256)   # min(small.size) >= 256
     """
-    return _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=False)[0]
+    return _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=False).image
 
 
 def load_image_hashed(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, max_bytes: int = MAX_BYTES,
@@ -270,7 +264,32 @@ def load_image_hashed(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, 
 
     >>> img, sha256 = load_image_hashed("photos/cat.jpg")
     """
-    return _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=True)
+    photo = _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=True)
+    return photo.image, photo.sha256
+
+
+@dataclasses.dataclass
+class Photo:
+    """A decoded photo and what the same read of its file tells: ``image`` (8-bit RGB, upright;
+    smaller than the file where ``target_size`` reduced it), ``size`` (width, height) of the
+    file's pixels, upright, ``taken`` (EXIF DateTimeOriginal as ISO 8601
+    ``YYYY-MM-DDTHH:MM:SS``, or None) and ``sha256`` (hex, of the bytes decoded)."""
+
+    image: Image.Image
+    size: tuple[int, int]
+    taken: str | None = None
+    sha256: str | None = None
+
+
+def load_photo(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, max_bytes: int = MAX_BYTES,
+               target_size: int | None = None) -> Photo:
+    """:func:`load_image_hashed` with the file's facts: the file is opened and read once, and its
+    pixels, full size, EXIF date and sha256 all come from those bytes (what an index keeps).
+
+    >>> photo = load_photo("holiday/beach.jpg", target_size=256)
+    >>> photo.image.size, photo.size, photo.taken   # ((500, 375), (2000, 1500), '2021-07-04T12:30:00')
+    """
+    return _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=True, facts=True)
 
 
 def load_image_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS, *,
@@ -283,7 +302,7 @@ def load_image_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIX
     budget = _Budget.of(max_pixels, max_bytes, target_size)
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
-    return _decode(io.BytesIO(data), name, budget, held=len(data))
+    return _decode(io.BytesIO(data), name, budget, held=len(data)).image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +321,7 @@ class _Budget:
         return cls(max_pixels, max_bytes, target_size)
 
 
-def _load(path: Path, budget: _Budget, digest: bool) -> tuple[Image.Image, str | None]:
+def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Photo:
     # Looked at before it is opened: opening a FIFO blocks until a writer comes, and opening a
     # device can act on it. O_NONBLOCK then keeps a file swapped for a FIFO meanwhile from
     # blocking the open, and fstat checks what was opened.
@@ -325,52 +344,56 @@ def _load(path: Path, budget: _Budget, digest: bool) -> tuple[Image.Image, str |
         why = _not_regular(st.st_mode)
         if why:
             raise ImageError(path, why)
-        if st.st_size == 0:
-            raise ImageError(path, "empty file (0 bytes)")
         if not digest:
-            return _decode(f, path, budget), None
-        try:
+            if st.st_size == 0:
+                raise ImageError(path, "empty file (0 bytes)")
+            return _decode(f, path, budget, facts=facts)
+        try:  # the size a file claims is not what it holds (/proc): what is read decides
+
             data = f.read()
         except OSError as exc:
             raise ImageError(path, _os_reason(exc)) from None
         if not data:
             raise ImageError(path, "empty file (0 bytes)")
-        return _decode(io.BytesIO(data), path, budget, held=len(data)), hashlib.sha256(data).hexdigest()
+        photo = _decode(io.BytesIO(data), path, budget, held=len(data), facts=facts)
+        photo.sha256 = hashlib.sha256(data).hexdigest()
+        return photo
 
 
-def _decode(source, name, budget: _Budget, held: int = 0) -> Image.Image:
-    """The budgeted decode of an open binary file; ``held``: bytes of the file already in memory."""
+def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -> Photo:
+    """The budgeted decode of an open binary file; ``held``: bytes of the file already in memory;
+    ``facts``: read the EXIF date too (the size is always known)."""
     img = rgb = None
     try:
         img = Image.open(source)
         w, h = img.size
         if w == 0 or h == 0:
             raise ImageError(name, "image has no pixels")
-        if w * h > budget.max_pixels:
-            raise ImageTooLarge(
-                name, f"too large ({w}x{h} = {w * h:,} pixels, limit {budget.max_pixels:,}); possible decompression bomb"
-            )
+        check_pixels(name, w, h, budget.max_pixels)
         target = budget.target_size
         if target is not None and img.format == "JPEG" and min(w, h) >= 2 * target:
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, to at least target on each side
             img.draft("RGB", (target, target))
         factor = max(1, min(img.size) // target) if target is not None else 1
-        rotated = _orientation(img) in EXIF_TRANSPOSE
+        rotated = orientation(img) in EXIF_TRANSPOSE
         cost = decode_cost(img, factor, rotated, full_size=(w, h)) + held
         if cost > budget.max_bytes:
             raise ImageTooLarge(
                 name, f"too large to decode ({w}x{h} {_describe(img)} takes {_mb(cost)}, limit {_mb(budget.max_bytes)})"
             )
         img.load()  # decode now, so truncation shows here
-        orientation = _orientation(img)  # PNG may carry its EXIF after the pixels
+        turned = orientation(img)  # PNG may carry its EXIF after the pixels
+        taken = date_taken(img) if facts else None
         rgb = to_rgb(img, factor)
         if rgb is not img:
             img.close()  # the decoded pixels go before the upright copy is made
-        if orientation in EXIF_TRANSPOSE:
-            rgb = rgb.transpose(EXIF_TRANSPOSE[orientation])
+        if turned in EXIF_TRANSPOSE:
+            rgb = rgb.transpose(EXIF_TRANSPOSE[turned])
             for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"):
                 rgb.info.pop(key, None)  # no longer true of these pixels: no one turns them again
-        return rgb
+            if turned in QUARTER_TURNS:
+                w, h = h, w
+        return Photo(rgb, (w, h), taken)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -397,11 +420,17 @@ def _decode(source, name, budget: _Budget, held: int = 0) -> Image.Image:
             img.close()
 
 
-def _orientation(img: Image.Image) -> int | None:
-    try:
-        return img.getexif().get(EXIF_ORIENTATION)
-    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):  # damaged EXIF: as if none
-        return None
+def check_pixels(name, width: int, height: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,
+                 cost: int = 0) -> None:
+    """Raise :class:`ImageTooLarge` for a picture of ``width`` x ``height`` over ``max_pixels``,
+    or whose decoding takes ``cost`` bytes over ``max_bytes`` (a video frame's decoder checks
+    its frames with the photos' budget)."""
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            name, f"too large ({width}x{height} = {width * height:,} pixels, limit {max_pixels:,}); possible decompression bomb"
+        )
+    if cost > max_bytes:
+        raise ImageTooLarge(name, f"too large to decode ({width}x{height} takes {_mb(cost)}, limit {_mb(max_bytes)})")
 
 
 def _describe(img: Image.Image) -> str:
@@ -505,16 +534,34 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            img, digest = _load(Path(self.paths[i]), self.budget, digest=self.sha256)
-            return i, self.transform(img), None, digest
-        except ImageError as exc:
-            return i, None, exc.reason, None
-        except Exception as exc:  # a transform failing on a strange image: still one line
-            return i, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:100]})", None
+            photo = _load(Path(self.paths[i]), self.budget, digest=self.sha256)
+            return i, self.transform(photo.image), None, photo.sha256
+        except Exception as exc:  # noqa: BLE001 (failure_reason: one line for every failure)
+            return i, None, failure_reason(exc), None
+
+
+def failure_reason(exc: Exception) -> str:
+    """The one line a decoding worker reports for a file it could not turn into model inputs:
+    an :class:`ImageError`'s reason, the system's words for an OSError, else the exception's
+    (a transform failing on a strange image)."""
+    if isinstance(exc, ImageError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return _os_reason(exc)
+    return f"cannot preprocess ({type(exc).__name__}: {str(exc)[:100]})"
 
 
 def _collate(items):
     return items
+
+
+def decode_in_workers(dataset: torch.utils.data.Dataset, workers: int, batch_size: int | None = None) -> Iterator:
+    """The items of ``dataset`` in order, decoded by ``workers`` processes (0: in this one),
+    in lists of ``batch_size`` (None: one by one). The one DataLoader of convscope's decoders."""
+    return iter(torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    ))
 
 
 def default_workers(n_images: int) -> int:
@@ -543,16 +590,7 @@ def iter_batches(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     dataset = ImageDataset(paths, transform, max_pixels, sha256, max_bytes=max_bytes, target_size=target_size)
     workers = default_workers(len(dataset)) if workers is None else max(0, workers)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
-    for items in loader:
+    for items in decode_in_workers(dataset, workers, batch_size):
         good = [(i, t, h) for i, t, err, h in items if err is None]
         errors = [ImageError(dataset.paths[i], err) for i, _t, err, _h in items if err is not None]
         tensors = torch.stack([t for _, t, _ in good]) if good else torch.empty(0)

@@ -28,9 +28,15 @@ class _StopForward(Exception):
 
 class _Outputs(dict):
     """A dict that hooks can hold weakly, so a hook never keeps captured tensors alive; ``wanted``
-    are the names :func:`run` checks after each forward pass."""
+    are the names :func:`run` checks after each forward pass; ``inputs`` holds the inputs of the
+    modules :func:`capture` was asked for (``wanted_inputs``)."""
 
     wanted: tuple[str, ...] = ()
+    wanted_inputs: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: dict[str, torch.Tensor] = {}
 
 
 class Handles:
@@ -100,6 +106,7 @@ def capture(
     *,
     stop: bool = True,
     transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    inputs: Sequence[str] = (),
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Hook ``names`` on ``model``; the yielded dict fills with their outputs on each forward.
 
@@ -110,13 +117,21 @@ def capture(
     :class:`~convscope.errors.UnknownLayerError` with close matches; :func:`run` raises
     :class:`~convscope.errors.LayerNotRunError` for a named layer that the pass did not reach.
     The block holds :func:`model_lock` of ``model``: other threads wait to hook or run it.
+    ``inputs``: modules whose input (the first positional argument) is captured too, into the
+    yielded dict's ``inputs`` (an index's embedding is the input of the classifier head), with
+    the same checks (use ``stop=False`` where such a module runs after the deepest output).
+
+    >>> with capture(model, ["layer4"], stop=False, inputs=["fc"]) as out:
+    ...     logits = run(model, x, out)
+    >>> out["layer4"].shape, out.inputs["fc"].shape
     """
     modules = named_modules(model)
-    missing = [n for n in names if n not in modules]
+    missing = [n for n in (*names, *inputs) if n not in modules]
     if missing:
         raise unknown_layer_error(missing[0], list(modules))
     outputs = _Outputs()
     outputs.wanted = tuple(dict.fromkeys(names))
+    outputs.wanted_inputs = tuple(dict.fromkeys(inputs))
     wanted = set(names)
     store = weakref.ref(outputs)
 
@@ -131,11 +146,7 @@ def capture(
                     "choose a layer from `convscope layers`"
                 )
             if name in out:
-                raise ReusedModuleError(
-                    f"layer {name!r} ({type(_module).__name__}) runs more than once per forward "
-                    "pass (a shared module), so its output is ambiguous; pick the block around it "
-                    "instead (run `convscope layers`)"
-                )
+                raise _reused(name, _module)
             if transform is not None:
                 output = transform(name, output)
             out[name] = output
@@ -145,16 +156,40 @@ def capture(
 
         return hook
 
+    def make_pre_hook(name: str):
+        def hook(_module, args):
+            out = store()
+            if out is None:
+                return None
+            if name in out.inputs:
+                raise _reused(name, _module)
+            out.inputs[name] = args[0]
+            return None
+
+        return hook
+
     with model_lock(model), Handles() as handles:
         for name in outputs.wanted:
             handles.add(modules[name].register_forward_hook(make_hook(name)))
+        for name in outputs.wanted_inputs:
+            handles.add(modules[name].register_forward_pre_hook(make_pre_hook(name)))
         yield outputs
 
 
-def run(model: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """Run ``model(x)`` inside a :func:`capture` block; returns the logits unless the pass was cut.
-    Raises :class:`~convscope.errors.LayerNotRunError` if a captured layer did not run."""
+def _reused(name: str, module: nn.Module) -> ReusedModuleError:
+    return ReusedModuleError(
+        f"layer {name!r} ({type(module).__name__}) runs more than once per forward "
+        "pass (a shared module), so its output is ambiguous; pick the block around it "
+        "instead (run `convscope layers`)"
+    )
+
+
+def run(model: nn.Module, x: torch.Tensor, outputs: _Outputs) -> torch.Tensor | None:
+    """Run ``model(x)`` inside a :func:`capture` block (``outputs``: the dict it yielded); returns
+    the logits unless the pass was cut. Raises :class:`~convscope.errors.LayerNotRunError` if a
+    captured layer (or module whose input was asked for) did not run."""
     outputs.clear()
+    outputs.inputs.clear()
     try:
         logits = model(x)
     except _StopForward:
@@ -162,7 +197,28 @@ def run(model: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor]) -> 
     for name in outputs.wanted:
         if name not in outputs:
             raise layer_not_run_error(name)
+    for name in outputs.wanted_inputs:
+        if name not in outputs.inputs:
+            raise layer_not_run_error(name)
     return logits
+
+
+def run_order(model: nn.Module, x: torch.Tensor, kinds: type | tuple[type, ...]) -> list[str]:
+    """The names of the submodules of type ``kinds`` in the order they ran in ``model(x)``
+    (one probe pass, under :func:`model_lock`, without gradients).
+
+    >>> run_order(resnet, torch.zeros(1, 3, 224, 224), nn.Linear)
+    ['fc']
+    """
+    order: list[str] = []
+    chosen = [(n, m) for n, m in named_modules(model).items() if isinstance(m, kinds)]
+    if not chosen:
+        return order
+    with model_lock(model), Handles() as handles, torch.inference_mode():
+        for name, m in chosen:
+            handles.add(m.register_forward_pre_hook(lambda _m, _i, name=name: order.append(name)))
+        model(x)
+    return order
 
 
 def forward_layers(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -564,3 +564,55 @@ print(rise * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - b
     rise, _after_small, *_ = out.stdout.split()
     cost = 3000 * 3000 * 6
     assert int(rise) <= 1.15 * cost + 8 * 2**20, (int(rise) / 2**20, cost / 2**20)  # the old way: about 4.5x
+
+
+def test_load_photo_reads_the_file_once_for_pixels_size_date_and_hash(tmp_path, monkeypatch):
+    """What an index keeps of a photo comes from one open and one read of its file: the pixels
+    at reduced scale, its upright full size, its EXIF date and the sha256 of those bytes."""
+    import hashlib
+
+    from convscope.data import load_photo
+
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6  # turned a quarter: the upright size is (height, width)
+    exif.get_ifd(0x8769)[36867] = "2021:07:04 12:30:00"
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (900, 1600, 3), dtype=np.uint8)).save(path, exif=exif)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(os.fspath(p)), real_open(p, *a, **k))[1])
+    photo = load_photo(path, target_size=256)
+    assert opened == [str(path)]
+    assert photo.size == (900, 1600) and photo.image.size[0] < photo.image.size[1] and min(photo.image.size) >= 256
+    assert photo.taken == "2021-07-04T12:30:00"
+    assert photo.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (30, 20)).save(plain)
+    assert load_photo(plain).taken is None and load_photo(plain).size == (30, 20)
+    with pytest.raises(ImageError, match="empty"):
+        (tmp_path / "empty.jpg").write_bytes(b"")
+        load_photo(tmp_path / "empty.jpg")
+
+
+def test_video_frames_go_through_the_photo_budget(tmp_path):
+    """A video frame larger than data's budget is refused in one line, as a photo would be."""
+    import av
+
+    from convscope.data import ImageTooLarge
+    from convscope.index import media
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 40, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert len(list(media.video_frames(path, fps=5.0))) == 5
+    with pytest.raises(ImageTooLarge, match="too large"):
+        list(media.video_frames(path, fps=5.0, max_pixels=64 * 48 - 1))
+    with pytest.raises(ImageTooLarge, match="too large to decode"):
+        list(media.video_frames(path, fps=5.0, max_bytes=64 * 48 * 4 - 1))

@@ -281,3 +281,93 @@ def test_real_full_file_system_through_the_cli(tmp_path):
         gc.collect()  # atlases the CLI opened and left to the garbage collector hold files there
         if subprocess.run(["umount", str(disk)], capture_output=True, timeout=60).returncode:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=60)  # busy: detach it now
+
+
+# --------------------------------------------------------------------------- store folders
+
+
+def test_store_state_is_read_from_the_folder_alone(tmp_path):
+    """One function decides what a store folder holds, for the atlas and the index alike."""
+    from convscope.stores import State, state
+
+    db = "store.sqlite"
+    assert state(tmp_path / "missing", db) is State.ABSENT
+    (tmp_path / "empty").mkdir()
+    assert state(tmp_path / "empty", db) is State.ABSENT
+    (tmp_path / "file").write_text("x")
+    assert state(tmp_path / "file", db) is State.FOREIGN
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    assert state(tmp_path / "other", db) is State.FOREIGN
+    (tmp_path / "partial" / ".partial").mkdir(parents=True)
+    assert state(tmp_path / "partial", db) is State.PARTIAL
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / db).write_bytes(b"")
+    assert state(tmp_path / "done", db) is State.COMPLETE
+    (tmp_path / "done" / ".partial").mkdir()  # a finished build's leftover: no database of its own
+    assert state(tmp_path / "done", db) is State.COMPLETE
+    (tmp_path / "done" / ".partial" / db).write_bytes(b"")  # an update that stopped before its commit
+    assert state(tmp_path / "done", db) is State.UPDATING
+    assert [s for s in State if s.committed] == [State.COMPLETE, State.UPDATING]
+    assert [s for s in State if s.unfinished] == [State.PARTIAL, State.UPDATING]
+
+
+def test_atlas_and_index_refuse_by_the_same_states(tmp_path):
+    from convscope.atlas import IncompleteAtlasError
+    from convscope.errors import ConvscopeError
+    from convscope.index import Index, IncompleteIndexError
+
+    (tmp_path / "half" / ".partial").mkdir(parents=True)
+    with pytest.raises(IncompleteAtlasError, match="incomplete"):
+        Atlas.open(tmp_path / "half")
+    with pytest.raises(IncompleteIndexError, match="incomplete"):
+        Index.open(tmp_path / "half")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    for opener in (Atlas.open, Index.open):
+        with pytest.raises(ConvscopeError, match="holds no"):
+            opener(tmp_path / "other")
+
+
+def _watch_commit(monkeypatch):
+    """Record every fsync (by the file's path) and every rename, in order."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kw):
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads file names from /proc")
+def test_index_commits_by_one_rename_after_every_file_is_synced(tmp_path, monkeypatch, sample_dir):
+    """The derived arrays (units, unit_pos, the postings, the entry columns) are synced before
+    the one rename that makes the index complete; nothing else is renamed into the folder."""
+    from convscope.index import Index
+
+    from .test_index import small_model
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        shutil.copy(sample_dir / f"{name}.png", photos / f"{name}.png")
+    out = tmp_path / "index"
+    events = _watch_commit(monkeypatch)
+    with Index.build(small_model(), [photos], out, batch_size=2, workers=0, progress=False) as index:
+        arrays = index.arrays_dir.resolve()
+    renames = [e for e in events if e[0] == "replace"]
+    assert [Path(dst).resolve() for _, _, dst in renames] == [(out / "index.sqlite").resolve()]
+    commit = events.index(renames[0])
+    synced = {Path(p).resolve() for kind, p in events[:commit] if kind == "fsync"}
+    kept = sorted(p for p in arrays.iterdir())
+    assert {p.name for p in kept} >= {"units.npy", "unit_pos.npy", "post_entry.npy", "post_offsets.npy",
+                                      "entry_date.npy", "embedding.npy"}
+    assert set(kept) <= synced and Path(renames[0][1]).resolve() in synced

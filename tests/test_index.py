@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
+from convscope.data import load_image, load_photo
 from convscope.errors import ConvscopeError, UnknownNameError
 from convscope.hooks import hook_count
 from convscope.index import Index, IncompleteIndexError, album_for, media, parse_unit
 from convscope.index.search import segments
+from convscope.index.signals import decode_size
 from convscope.models import Preprocessing, load_model
 
 CHELSEA_COPIES = ("chelsea_small.jpg", "chelsea_q30.jpg", "chelsea_crop.png", "chelsea_flip.png")
@@ -147,10 +150,11 @@ def test_draft_decodes_large_jpegs_smaller_and_reads_exif_date(tmp_path):
     exif = Image.Exif()
     exif.get_ifd(0x8769)[36867] = "2021:07:04 12:30:00"
     Image.new("RGB", (2000, 1500), (90, 120, 200)).save(path, quality=90, exif=exif)
-    full, small = media.read_photo(path), media.read_photo(path, min_size=256)
+    full, small = load_photo(path), load_photo(path, target_size=256)
     assert full.image.size == (2000, 1500) and small.size == (2000, 1500)
     assert small.image.size == (500, 375)  # 1/4 scale: the largest that still covers 256 px
     assert full.taken == small.taken == "2021-07-04T12:30:00"
+    assert full.sha256 == small.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # the same one read
     thumb = Image.open(io.BytesIO(media.thumbnail_jpeg(small.image)))
     assert thumb.format == "JPEG" and max(thumb.size) == 160
 
@@ -213,9 +217,11 @@ def test_checked_model_hashes_once_and_again_after_a_weight_changes(built, tiny,
 
 
 def test_stored_probabilities_and_embedding_match_the_model(built, library, tiny):
-    """Cross-check against a plain forward pass of the model."""
+    """Cross-check against a plain forward pass of the model, on the photo decoded as the build
+    decodes it (at reduced scale: draft=True)."""
     index = built[0]
-    x = tiny.transform(Image.open(library / "photos" / "coffee.png").convert("RGB"))[None]
+    image = load_image(library / "photos" / "coffee.png", target_size=decode_size(tiny.preprocessing.resize))
+    x = tiny.transform(image)[None]
     with torch.inference_mode():
         probs = torch.softmax(tiny.module(x), 1)[0].numpy()
     row = index.file_of(library / "photos" / "coffee.png")["first_row"]
@@ -282,6 +288,113 @@ def test_resume_after_sigkill_equals_an_uninterrupted_build(built, library, tiny
     assert resumed.entries == fresh.entries and resumed.info()["skipped"] == fresh.info()["skipped"] == 4
     assert snapshot(resumed) == snapshot(fresh)
     assert not (out / ".partial").exists() and len([p for p in out.iterdir() if p.name.startswith("arrays-")]) == 1
+
+
+def test_a_new_signal_is_one_module_and_one_registry_line(library, tiny, tmp_path, monkeypatch):
+    """A signal made of what every signal has (an entry value from the decoded picture, a row
+    array) plugs into the build by one more item in the registry; its rows are the pictures'."""
+    from convscope.index import signals
+
+    class Brightness(signals.Signal):
+        name = "brightness"
+
+        def entry(self, image):
+            return {"brightness": float(np.asarray(image.convert("L"), np.float64).mean())}
+
+        def arrays(self, extractor):
+            return {"brightness": (np.float32, ())}
+
+        def rows(self, features, entries):
+            return {"brightness": np.array([e["brightness"] for e in entries], np.float32)}
+
+    monkeypatch.setattr(signals, "SIGNALS", (*signals.SIGNALS, Brightness()))
+    index = Index.build(tiny, [library / "photos"], tmp_path / "index", batch_size=4, workers=0)
+    got = np.load(index.arrays_dir / "brightness.npy")
+    assert got.shape == (index.entries,)
+    for f in index.files().values():
+        image = load_image(f["path"], target_size=signals.decode_size(tiny.preprocessing.resize))
+        assert got[f["first_row"]] == pytest.approx(np.asarray(image.convert("L"), np.float64).mean(), rel=1e-6)
+    assert [s.name for s in signals.SIGNALS][:5] == ["classes", "embedding", "units", "thumbnail", "metadata"]
+
+
+def _as_before_the_decoder_was_recorded(db: Path) -> None:
+    """Rewrite an index database as convscope wrote it before issue 19: no ``decoder`` in meta."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'decoder'")
+    conn.close()
+
+
+def test_an_index_built_before_the_change_opens_searches_and_updates(built, library, tiny, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(built[0].root, old)
+    _as_before_the_decoder_was_recorded(old / "index.sqlite")
+    with Index.open(old) as index:
+        assert "decoder" not in index.meta and snapshot(index) == snapshot(built[0])
+        assert [r.path for r in index.like(0, top=3)] == [r.path for r in built[0].like(0, top=3)]
+    with Index.build(tiny, None, old, update=True, batch_size=4, workers=0) as updated:  # nothing changed: all copied
+        assert snapshot(updated) == snapshot(built[0])
+
+
+def test_a_build_stopped_under_the_old_decoder_says_how_to_go_on(built, library, tiny, tmp_path):
+    """The old code's partial build (its arrays inside .partial/, no decoder recorded) is not
+    resumed with other pixels: one line says what to do."""
+    out = tmp_path / "stopped"
+    shutil.copytree(built[0].root, out / ".partial")
+    db = out / ".partial" / "index.sqlite"
+    _as_before_the_decoder_was_recorded(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = 'false' WHERE key = 'complete'")
+    conn.close()
+    with pytest.raises(IncompleteIndexError):
+        Index.open(out)
+    with pytest.raises(ConvscopeError, match="different decoder") as err:
+        Index.build(tiny, [library], out, batch_size=4, workers=0, resume=True)
+    assert "\n" not in str(err.value) and ".partial" in str(err.value)
+
+
+def test_the_extractor_captures_under_the_model_lock_with_its_checks(tiny):
+    """features.Extractor stands on hooks.capture: it waits for the model's lock, refuses a
+    shared module and a layer that did not run, and leaves no hook behind."""
+    import threading
+
+    from convscope.errors import LayerNotRunError
+    from convscope.hooks import ReusedModuleError, model_lock
+    from convscope.index.features import Extractor
+
+    extract = Extractor(tiny, ["layer1", "layer4"])
+    x = torch.zeros(2, 3, 64, 64)
+    done = threading.Event()
+    with model_lock(tiny.module):
+        worker = threading.Thread(target=lambda: (extract(x), done.set()))
+        worker.start()
+        assert not done.wait(0.5)  # another thread holds the model: the extractor waits
+    worker.join(30)
+    assert done.is_set() and hook_count(tiny.module) == 0
+
+    def layer1_twice(t, m=tiny.module):
+        out = type(m).forward(m, t)
+        m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(t)))))
+        return out
+
+    tiny.module.forward = layer1_twice
+    try:
+        with pytest.raises(ReusedModuleError, match="more than once"):
+            extract(x)
+    finally:
+        del tiny.module.forward
+    assert hook_count(tiny.module) == 0
+
+    def without_layer4(t, m=tiny.module):
+        m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(t)))))
+        return m.fc(torch.zeros(t.shape[0], m.fc.in_features))
+
+    tiny.module.forward = without_layer4
+    try:
+        with pytest.raises(LayerNotRunError, match="layer4"):
+            extract(x)
+    finally:
+        del tiny.module.forward
+    assert hook_count(tiny.module) == 0 and "forward" not in vars(tiny.module)
 
 
 def test_update_adds_changes_and_drops_without_recomputing(library, tiny, tmp_path):
@@ -390,7 +503,8 @@ def test_unit_search_matches_a_plain_loop_and_gives_boxes(real, library, default
     values = np.asarray(real.units[column], np.float32)
     assert [r.score for r in results] == sorted(values, reverse=True)[:3]
     best = results[0]
-    x = default_model.transform(media.read_photo(best.path).image)[None] if best.time is None else None
+    decoded = load_image(best.path, target_size=decode_size(default_model.preprocessing.resize))  # as the build did
+    x = default_model.transform(decoded)[None] if best.time is None else None
     from convscope.hooks import forward_layers
 
     with torch.inference_mode():

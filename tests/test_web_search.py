@@ -473,9 +473,12 @@ def test_demo_index_builds_once_updates_and_reuses(tmp_path, monkeypatch):
     assert any("updating the demo index" in line for line in lines)
     with Index.open(folder) as idx:
         assert idx.info()["photos"] == 3 and idx.file_of(mine / "leaf.png") is not None
-    # a build that stopped (no stamp, a .partial folder) is resumed; another model starts again
+    # a build that stopped (no stamp, a .partial folder, nothing committed) is resumed; another
+    # model starts again. (A .partial folder beside a committed index without a database of its
+    # own is what a finished build left: convscope.stores.state reads it as complete.)
     (tmp_path / "demo" / "demo-index.json").unlink()
-    (folder / ".partial").mkdir()
+    shutil.rmtree(folder)
+    (folder / ".partial").mkdir(parents=True)
     lines.clear()
     demo.ensure_demo_index(tmp_path / "demo", [mine], recipe=recipe, echo=lines.append)
     assert any("(resuming the interrupted build)" in line for line in lines) and not (folder / ".partial").exists()

@@ -14,7 +14,7 @@
    photo over the actors: :func:`convscope.distributed.render`); a photo that cannot be read
    again, or whose bytes changed since the scan, is recorded as unreadable;
 5. :func:`~convscope.atlas.store.write_db` into ``.partial/``, then
-   :func:`~convscope.atlas.store.commit_db` renames it to ``atlas.sqlite``: the commit point, so a
+   :func:`convscope.stores.commit` renames it to ``atlas.sqlite``: the commit point, so a
    crash never leaves an atlas that reads as complete, and ``build(..., resume=True)`` continues
    where it stopped.
 
@@ -40,13 +40,14 @@ from ..backproject import ActivationRuleWarning, deconvnet_dependence, project_b
 from ..choices import DECONVNET_MODES, RANK_BY
 from ..data import load_image_hashed
 from ..display import crop_wanted, energy_box, to_picture
-from ..errors import ArgumentError, FolderInUseError, ImageError, unknown_name_error
+from ..errors import ArgumentError, ImageError, unknown_name_error
 from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_name
 from ..progress import Bar
 from ..runtime import keep_freed_memory
 from ..scan import RESUME_HINT, Scan, scan
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
-from .store import DB_NAME, METHODS, PARTIAL, STATE_NAME, Atlas, commit_db, write_db
+from ..stores import PARTIAL, check_folder, commit, remove_partial, state
+from .store import DB_NAME, METHODS, STATE_NAME, Atlas, write_db
 
 
 def build(
@@ -134,8 +135,8 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
            methods, projection_batch, progress, on_skip, started, pool, rank_by="auto", deconvnet="auto") -> Atlas:
     """:func:`build`'s steps, once its arguments are checked and ``out`` is prepared."""
     partial = out / PARTIAL
-    if resume and (out / DB_NAME).exists():  # finished already (say, killed while cleaning up)
-        shutil.rmtree(partial, ignore_errors=True)
+    if resume and state(out, DB_NAME).committed:  # finished already (say, killed while cleaning up)
+        remove_partial(out)
         return Atlas.open(out)
     partial.mkdir(parents=True, exist_ok=True)
     kwargs = dict(crops=crops, batch_size=batch_size, workers=workers, checkpoint=partial / "scan.ckpt",
@@ -175,15 +176,23 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
     if hasattr(os, "sync"):
         os.sync()
     remove_stale_temps(out)  # none of ours is left; any other is a killed run's
-    commit_db(db_tmp, out / DB_NAME)  # the commit point: the atlas is complete from here on
-    shutil.rmtree(partial, ignore_errors=True)
+    commit(db_tmp, out / DB_NAME)  # the commit point: the atlas is complete from here on
+    remove_partial(out)
     return Atlas.open(out)
+
+
+def check_out(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuse (:class:`~convscope.errors.FolderInUseError`) a folder ``out`` that a build with
+    these ``resume`` and ``overwrite`` may not use; :func:`build` asks first, and so may a caller
+    before it loads a model."""
+    if not overwrite:
+        check_folder(out, DB_NAME, kind="atlas", resume=resume, reuse_hint="give `overwrite=True` to replace it",
+                     resume_hint="give `resume=True` to continue it, or `overwrite=True` to start again")
 
 
 def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
     """Check what ``out`` holds and clear it as asked, before any work; a build that goes on
     (resumed or overwritten) starts without the temporary files a killed run left."""
-    db, partial = out / DB_NAME, out / PARTIAL
     if overwrite:
         for name in (DB_NAME, STATE_NAME):
             if (out / name).exists():
@@ -193,16 +202,7 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
                 shutil.rmtree(out / name)
         remove_stale_temps(out)
         return
-    if db.exists() and not resume:
-        raise FolderInUseError(f"{out} already holds an atlas; give `overwrite=True` to replace it, or another `out`",
-                               param="out")
-    if partial.exists() and not resume:
-        raise FolderInUseError(f"{out} holds an unfinished atlas build; give `resume=True` to continue it, or "
-                               "`overwrite=True` to start again", param="out")
-    if out.exists() and not out.is_dir():
-        raise FolderInUseError(f"`out` {out} is a file; give a folder for the atlas", param="out")
-    if out.is_dir() and not partial.exists() and any(out.iterdir()):
-        raise FolderInUseError(f"{out} is not empty and holds no atlas; give a new or empty folder as `out`", param="out")
+    check_out(out, resume=resume, overwrite=False)
     if resume:
         remove_stale_temps(out)
 

@@ -30,12 +30,12 @@ from ..choices import DRAWN_PROJECTIONS
 from ..errors import ConvscopeError, unknown_name_error
 from ..files import DiskFullError, atomic_write, safe_name
 from ..scan import ScanState
+from ..stores import PARTIAL, fsync_file, open_committed
 from .records import Records
 
 FORMAT = "convscope-atlas"
 FORMAT_VERSION = 1
 DB_NAME = "atlas.sqlite"
-PARTIAL = ".partial"
 STATE_NAME = "scan_state.pt"
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HISTOGRAM_BINS = 32
@@ -108,28 +108,10 @@ class Atlas:
         """Open the atlas in ``directory``; an unfinished build raises :class:`IncompleteAtlasError`
         (one line, saying to run the build again with ``resume=True``)."""
         root = Path(directory)
-        db = root / DB_NAME
-        resume_hint = "finish it by running the build again with resume=True and the same arguments"
-        build_hint = "build one with convscope.atlas.build (`convscope atlas build`)"
-        if not db.is_file():
-            if (root / PARTIAL).exists():
-                raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
-            if not root.is_dir():
-                raise ConvscopeError(f"no atlas folder {root}; {build_hint}")
-            raise ConvscopeError(f"{root} holds no atlas ({DB_NAME} is missing); {build_hint}")
-        try:
-            conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            complete = conn.execute("SELECT value FROM meta WHERE key = 'complete'").fetchone()
-            fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise ConvscopeError(f"{db} is not a readable atlas database ({exc}); rebuild it with overwrite=True") from None
-        if fmt is None or json.loads(fmt[0]) != FORMAT:
-            conn.close()
-            raise ConvscopeError(f"{db} is not a convscope atlas; rebuild it with overwrite=True")
-        if complete is None or json.loads(complete[0]) is not True:
-            conn.close()
-            raise IncompleteAtlasError(f"the atlas in {root} is incomplete (its build stopped before the end); {resume_hint}")
+        conn = open_committed(root, DB_NAME, kind="atlas", format=FORMAT, incomplete=IncompleteAtlasError,
+                              resume_hint="finish it by running the build again with resume=True and the same arguments",
+                              build_hint="build one with convscope.atlas.build (`convscope atlas build`)",
+                              rebuild_hint="rebuild it with overwrite=True")
         return cls(root, conn)
 
     def close(self) -> None:
@@ -480,28 +462,6 @@ def _write_db(path: Path, model, result, records: Records, incomplete: set[str],
         conn.close()
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a closed file's data to disk (before it is renamed into place)."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def commit_db(finished: Path, dest: Path) -> None:
-    """Rename a finished, fsynced database (:func:`write_db`) to ``dest``, then fsync the folder
-    so that the rename itself survives a crash: from here on the atlas reads as complete."""
-    os.replace(finished, dest)
-    try:
-        fd = os.open(dest.parent, os.O_RDONLY)
-    except OSError:  # a folder cannot be opened for fsync on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # a file system that cannot fsync folders (EINVAL): the rename stands anyway
-        pass
-    finally:
-        os.close(fd)
-
-
 def unit_rows(result, layer: str):
     """The ``units`` rows of ``layer``, from the scan state's summary."""
     s = result.state.summary(layer, QUANTILES)
@@ -530,5 +490,5 @@ def unit_rows(result, layer: str):
 
 __all__ = [
     "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
-    "IncompleteAtlasError", "commit_db", "deconvnet_entry", "fsync_file", "unit_rows", "write_db",
+    "IncompleteAtlasError", "deconvnet_entry", "fsync_file", "unit_rows", "write_db",
 ]

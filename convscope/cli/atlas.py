@@ -73,8 +73,10 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
       convscope atlas build @imagenet.txt --out atlas/ --ray auto
     """
     from ..atlas import build as build_atlas
+    from ..atlas.builder import check_out
 
     inputs = photo_inputs(images, samples)
+    check_out(out, resume=resume, overwrite=overwrite)  # before the model loads
     model = model_args.load()
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:

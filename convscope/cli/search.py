@@ -48,9 +48,11 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
       convscope index photos/ --out photos.index --ray --ray-workers 2
     """
     from ..index import Index
+    from ..index.build import check_out
 
     if not paths and not update:
         raise click.UsageError("give photos and videos to index (files, folders, globs or @LIST files)")
+    check_out(out, update=update, resume=resume)  # before the model loads
     model = model_args.load()
     started = time.time()
     with Index.build(model, list(paths) or None, out, fps=fps, update=update, resume=resume, batch_size=batch_size,

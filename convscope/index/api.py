@@ -180,14 +180,16 @@ class Index(IndexStore):
         computed with the index's model."""
         import torch
 
+        from ..data import load_image
         from . import media
         from .features import Extractor
+        from .signals import decode_size
 
         model = self.checked_model(model)
         if media.is_video(path):
             image = media.frame_at(path, time or 0.0)
         else:
-            image = media.read_photo(path, min_size=model.preprocessing.resize if self.meta["draft"] else None).image
+            image = load_image(path, target_size=decode_size(model.preprocessing.resize) if self.meta["draft"] else None)
         if self._extractor is None or self._extractor.model is not model:  # its set-up costs two forward passes
             self._extractor = Extractor(model, [layer["name"] for layer in self.layers])
         x = model.transform(image)[None]

@@ -2,10 +2,13 @@
 
 Files decode in DataLoader worker processes (a photo, or up to :data:`SEGMENT_FRAMES` sampled
 frames of a video, per work item); the main process (or Ray's actors: :mod:`.shards`) runs the
-model in batches fixed by the plan, and rows go to ``.partial/``, the database and the arrays
-committed together where a batch ends. A build that stops (a crash, Ctrl-C, SIGKILL) resumes from the last commit: the arrays
-are cut back to the committed rows, and files already committed are not read again. The
-finished index appears by one atomic rename of its database (see :mod:`.store`).
+model in batches fixed by the plan, and each per-photo signal (:mod:`.signals`) turns a photo
+and its model outputs into rows: the database in ``.partial/`` and the arrays of the new
+generation (``arrays-<gen>/``, which no committed database names yet), committed together where
+a batch ends. A build that stops (a crash, Ctrl-C, SIGKILL) resumes from the last commit: the
+arrays are cut back to the committed rows, and files already committed are not read again. The
+finished index appears by the store-folder protocol of :mod:`convscope.stores`: every file
+fsynced, the derived arrays included, then one atomic rename of its database.
 
 ``update=True`` compares the files with the index there: unchanged files (same size and mtime,
 or same size and SHA-256) have their rows copied, new and changed files are computed, files
@@ -17,7 +20,6 @@ that are gone are dropped.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -27,130 +29,36 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConvscopeError, FolderInUseError, ImageError
+from ..data import default_workers
+from ..errors import ConvscopeError, ImageError
 from ..models import as_loaded
 from ..progress import Bar
+from ..stores import State, check_folder, commit, fsync_file, fsync_tree, partial_dir, remove_partial, state
 from . import media
-from .postings import write_postings
-from .features import Extractor, Features
-from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PARTIAL, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile,
-                    load_rows, read_meta)
+from .compute import Source, Task, decode, forward, write_rows
+from .features import Extractor
+from . import signals
+from .store import DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile, read_meta
 
 #: Sampled video frames decoded per work item: long videos are read in pieces of this many
 #: frames (a worker seeks to the piece), so memory does not grow with a video's length.
 SEGMENT_FRAMES = 16
 #: Entries between commits of the partial build.
 CHUNK = 256
-ROW_ARRAYS = ("top_class", "top_prob", "embedding", "unit_rows", "unit_pos_rows")
+#: How photos are decoded (a setting of the build: a build stopped under another decoder is not
+#: resumed with this one, whose pixels differ). Indexes built before it was recorded read alike.
+DECODER = "data.load_photo"
 
 
 # --------------------------------------------------------------------------- work items
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One work item: a photo (``first`` = 0, ``stop`` = None) or the sampled frames
-    ``first <= k < stop`` of a video (``stop`` None: to the end). ``last``: the file's final item."""
-
-    file: int  # position in the plan
-    path: str
-    video: bool
-    first: int = 0
-    stop: int | None = None
-    last: bool = True
-
-
-@dataclasses.dataclass
-class Decoded:
-    """What a worker hands back for a task: model inputs, times, thumbnails, file facts."""
-
-    task: Task
-    tensors: list[torch.Tensor]
-    times: list[float | None]
-    thumbs: list[bytes]
-    sha256: str | None = None
-    taken: str | None = None
-    size: tuple[int, int] | None = None
-    duration: float | None = None
-    error: str | None = None
-
-
-class _Decoder(torch.utils.data.Dataset):
-    def __init__(self, tasks: Sequence[Task], transform: Callable, fps: float, min_size: int | None):
-        self.tasks = list(tasks)
-        self.transform = transform
-        self.fps = fps
-        self.min_size = min_size
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, i: int) -> Decoded:
-        task = self.tasks[i]
-        out = Decoded(task, [], [], [])
-        try:
-            if task.first == 0:
-                out.sha256 = media.sha256_file(task.path)
-            if task.video:
-                if task.first == 0:
-                    info = media.probe_video(task.path)
-                    out.taken, out.size, out.duration = info.taken, info.size, info.duration
-                for t, image in media.video_frames(task.path, self.fps, task.first, task.stop, min_size=self.min_size):
-                    self._add(out, image, t)
-            else:
-                photo = media.read_photo(task.path, min_size=self.min_size)
-                out.taken, out.size = photo.taken, photo.size
-                self._add(out, photo.image, None)
-        except ImageError as exc:
-            out.error = exc.reason
-        except OSError as exc:
-            out.error = f"cannot read ({exc.strerror or type(exc).__name__})"
-        except Exception as exc:  # a transform failing on a strange image: still one line
-            out.error = f"cannot preprocess ({type(exc).__name__}: {str(exc)[:100]})"
-        return out
-
-    def _add(self, out: Decoded, image, t: float | None) -> None:
-        out.tensors.append(self.transform(image))
-        out.times.append(t)
-        out.thumbs.append(media.thumbnail_jpeg(image))
-
-
-def _identity(item):
-    return item
-
-
-def default_workers(n_tasks: int) -> int:
-    """Decoding processes: none for a handful of files (start-up costs more), else up to 4."""
-    return 0 if n_tasks < 16 else max(1, min(4, os.cpu_count() or 1))
-
-
-def _decode(tasks: Sequence[Task], transform, fps: float, min_size: int | None, workers: int) -> Iterator[Decoded]:
-    dataset = _Decoder(tasks, transform, fps, min_size)
-    if workers == 0:
-        yield from (dataset[i] for i in range(len(dataset)))
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=_identity, prefetch_factor=4, persistent_workers=False)
-    yield from loader
-
-
 # --------------------------------------------------------------------------- the plan
-
-
-@dataclasses.dataclass
-class Source:
-    """A file of the plan: its stat, and (for an update) the old index's record when unchanged."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    video: bool
-    keep: dict | None = None
 
 
 def _plan(inputs: Iterable, old: IndexStore | None, skip: Callable[[str, str], None]) -> list[Source]:
@@ -214,10 +122,11 @@ def model_fingerprint(model) -> str:
 
 
 class _Partial:
-    """The database and growing arrays in ``.partial/``; ``rows`` entries committed or pending."""
+    """The database in ``.partial/`` and the growing arrays of the signals (in the new
+    ``arrays-<gen>/``); ``rows`` entries committed or pending."""
 
     def __init__(self, root: Path, settings: dict, extractor: Extractor, resume: bool):
-        self.dir = root / PARTIAL
+        self.dir = partial_dir(root)
         db = self.dir / DB_NAME
         fresh = not (resume and db.is_file())
         if fresh:
@@ -238,15 +147,12 @@ class _Partial:
                 if self.meta.get(key) != value:
                     raise ConvscopeError(f"the unfinished build in {root} was started with a different {key} "
                                          f"({self.meta.get(key)!r}, now {value!r}); resume it with the same settings, or remove {self.dir}")
-        self.arrays = self.dir / self.meta["arrays"]
-        moved = root / self.meta["arrays"]
-        if not self.arrays.exists() and moved.exists():  # stopped inside finalize, between the two renames
-            os.replace(moved, self.arrays)
+        self.arrays = root / self.meta["arrays"]
+        if fresh:
+            shutil.rmtree(self.arrays, ignore_errors=True)
         self.arrays.mkdir(exist_ok=True)
-        k, d, u = TOP_CLASSES, extractor.dim, extractor.units
-        shapes = {"top_class": (np.int16, (k,)), "top_prob": (np.float16, (k,)), "embedding": (np.float16, (d,)),
-                  "unit_rows": (np.float16, (u,)), "unit_pos_rows": (np.int16, (u,))}
-        self.files = {name: RowFile(self.arrays / f"{name}.npy", *shapes[name]) for name in ROW_ARRAYS}
+        shapes = {name: shape for signal in signals.SIGNALS for name, shape in signal.arrays(extractor).items()}
+        self.files = {name: RowFile(self.arrays / f"{name}.npy", dtype, row) for name, (dtype, row) in shapes.items()}
         # committed rows: those of the committed files (a video's rows that were committed
         # before the video finished are dropped and read again)
         self.rows = int(self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM files").fetchone()[0])
@@ -262,13 +168,15 @@ class _Partial:
         self.next_id = int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]) + 1
         self.pending = 0
 
-    def add_rows(self, file_id: int, times: Sequence[float | None], thumbs: Sequence[bytes], arrays: dict[str, np.ndarray]) -> None:
+    def add_rows(self, file_id: int, times: Sequence[float | None], entries: Sequence[dict],
+                 arrays: dict[str, np.ndarray]) -> None:
+        """Append entries: their video ``times``, the signals' per-entry values and row arrays."""
         n = len(times)
-        for name in ROW_ARRAYS:
-            self.files[name].append(arrays[name])
+        for name, f in self.files.items():
+            f.append(arrays[name])
         rows = range(self.rows, self.rows + n)
         self.conn.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(r, file_id, t) for r, t in zip(rows, times)])
-        self.conn.executemany("INSERT INTO thumbs VALUES (?, ?)", [(r, sqlite3.Binary(b)) for r, b in zip(rows, thumbs)])
+        self.conn.executemany("INSERT INTO thumbs VALUES (?, ?)", [(r, sqlite3.Binary(e["thumb"])) for r, e in zip(rows, entries)])
         self.rows += n
         self.pending += n
 
@@ -294,45 +202,27 @@ class _Partial:
         self.conn.close()
 
 
-def _prob_rows(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The :data:`TOP_CLASSES` most probable classes per row, -1 / 0 where below the floor."""
-    k = min(TOP_CLASSES, probs.shape[1])
-    idx = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < probs.shape[1] else np.tile(np.arange(k), (len(probs), 1))
-    p = np.take_along_axis(probs, idx, axis=1)
-    order = np.argsort(-p, axis=1, kind="stable")
-    idx, p = np.take_along_axis(idx, order, axis=1), np.take_along_axis(p, order, axis=1)
-    cls = np.full((len(probs), TOP_CLASSES), -1, np.int16)
-    val = np.zeros((len(probs), TOP_CLASSES), np.float16)
-    keep = p >= PROB_FLOOR
-    cls[:, :k] = np.where(keep, idx, -1)
-    val[:, :k] = np.where(keep, p, 0)
-    return cls, val
-
-
-def _feature_rows(f: Features) -> dict[str, np.ndarray]:
-    cls, val = _prob_rows(f.probs)
-    return {"top_class": cls, "top_prob": val, "embedding": f.embedding.astype(np.float16),
-            "unit_rows": np.clip(f.unit_max, -65504, 65504).astype(np.float16), "unit_pos_rows": f.unit_pos}
-
-
 # --------------------------------------------------------------------------- the build
 
 
-def _prepare(out: Path, update: bool, resume: bool) -> None:
-    db, partial = out / DB_NAME, out / PARTIAL
-    if db.exists() and partial.is_dir() and not (partial / DB_NAME).exists():
-        shutil.rmtree(partial)  # left over by a build stopped after its commit, before cleaning up
-    if out.exists() and not out.is_dir():
-        raise FolderInUseError(f"`out` {out} is a file; give a folder for the index", param="out")
-    if partial.exists() and not resume:
-        update_ = "`update=True` with " if db.exists() else ""
-        raise FolderInUseError(f"{out} holds an unfinished index {'update' if db.exists() else 'build'}; give {update_}"
-                               f"`resume=True` (and the same `inputs`) to continue it, or remove {partial}", param="out")
-    if db.exists() and not (update or resume):
-        raise FolderInUseError(f"{out} already holds an index; give `update=True` to add new and changed files, or "
-                               "another `out`", param="out")
-    if not db.exists() and not partial.exists() and out.is_dir() and any(out.iterdir()):
-        raise FolderInUseError(f"{out} is not empty and holds no index; give a new or empty folder as `out`", param="out")
+def check_out(out: str | os.PathLike, *, update: bool, resume: bool) -> None:
+    """Refuse (:class:`~convscope.errors.FolderInUseError`) a folder ``out`` that a build with
+    these ``update`` and ``resume`` may not use; :func:`build` asks first, and so may a caller
+    before it loads a model."""
+    held = state(out, DB_NAME)
+    check_folder(out, DB_NAME, kind="index", resume=resume, reuse=update,
+                 reuse_hint="give `update=True` to add new and changed files",
+                 resume_hint=("give `update=True` with " if held.committed else "give ")
+                 + f"`resume=True` (and the same `inputs`) to continue it, or remove {partial_dir(out)}")
+
+
+def _prepare(out: Path, update: bool, resume: bool) -> State:
+    """Check what ``out`` holds against what was asked; returns its state."""
+    check_out(out, update=update, resume=resume)
+    held = state(out, DB_NAME)
+    if held is State.COMPLETE:
+        remove_partial(out)  # what a build stopped after its commit, before cleaning up, left
+    return held
 
 
 def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, fps: float = 1.0, update: bool = False,
@@ -346,8 +236,9 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     None then means the inputs it was built from. ``resume``: continue a build that stopped.
     ``batch_size``: model inputs per forward pass; ``workers``: decoding processes (default:
     none for under 16 files, else up to 4). ``on_skip(path, reason)`` is called once per file
-    that cannot be read (it is skipped and counted). ``draft``: JPEGs decode at 1/2, 1/4 or
-    1/8 scale where the result still covers the model's resize. ``layers``: the layers kept for
+    that cannot be read (it is skipped and counted). ``draft``: photos decode at reduced scale
+    (:func:`convscope.data.load_photo`'s ``target_size``) where the result still covers the
+    model's resize and every signal's need (:func:`.signals.decode_size`). ``layers``: the layers kept for
     unit search (default: the catalogue's default selection). ``ray``: compute on a Ray cluster
     (True: a local Ray, or the one this process joined; ``"auto"`` or ``"HOST:PORT"``: that
     cluster; or a running :class:`convscope.distributed.Pool`) with ``ray_workers`` actors
@@ -364,10 +255,10 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
         raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     out = Path(out)
     model = as_loaded(model)
-    _prepare(out, update, resume)
-    if resume and not update and (out / DB_NAME).exists() and not (out / PARTIAL).exists():
+    held = _prepare(out, update, resume)
+    if resume and not update and held is State.COMPLETE:
         return out  # finished already
-    old = IndexStore.open(out) if update and (out / DB_NAME).exists() else None
+    old = IndexStore.open(out) if update and held.committed else None
     if inputs is None:
         if old is None:
             raise ValueError("give the photos and videos to index (inputs is None, and there is no index to update)")
@@ -401,15 +292,15 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
             computed = [i for i, s in enumerate(sources) if s.keep is None]
             unplayable = lambda path, reason: (skip(path, reason), bar.advance())  # noqa: E731 (a video)
             tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, unplayable), partial.done)
-            min_size = model.preprocessing.resize if draft else None
+            target_size = signals.decode_size(model.preprocessing.resize) if draft else None
             if ray and tasks:
                 from ..distributed import ray_index
 
-                rows = ray_index.forward(ray, ray_workers, extractor, tasks, ends, fps, min_size, workers)
+                rows = ray_index.forward(ray, ray_workers, extractor, tasks, ends, fps, target_size, workers)
                 write_rows(partial, sources, rows, ends, skip, bar)
             elif tasks:
-                decoded = _decode(tasks, model.transform, fps, min_size,
-                                  default_workers(len(tasks)) if workers is None else max(0, workers))
+                decoded = decode(tasks, model.transform, fps, target_size,
+                                 default_workers(len(tasks)) if workers is None else max(0, workers))
                 write_rows(partial, sources, forward(extractor, decoded, ends), ends, skip, bar)
         partial.commit(force=True)
         _finalize(out, partial, extractor, time.time() - started)
@@ -428,7 +319,7 @@ def _settings(model, extractor: Extractor, fps: float, draft: bool, inputs: list
         "format": FORMAT, "version": FORMAT_VERSION,
         "model": {"spec": model.spec, "weights": model.weights, "fingerprint": model_fingerprint(model)},
         "preprocessing": model.preprocessing.to_dict(), "labels": list(model.labels), "layers": layers,
-        "head": extractor.head, "embedding_dim": extractor.dim, "fps": float(fps), "draft": bool(draft),
+        "head": extractor.head, "embedding_dim": extractor.dim, "fps": float(fps), "draft": bool(draft), "decoder": DECODER,
         "top_classes": TOP_CLASSES, "prob_floor": PROB_FLOOR, "inputs": [os.path.abspath(i) if not i.startswith("@") else i for i in inputs],
     }
 
@@ -448,11 +339,10 @@ def _copy_file(partial: _Partial, old: IndexStore, src: Source) -> None:
     file_id = partial.next_id
     partial.next_id += 1
     times = [r["time"] for r in old.query("SELECT time FROM entries WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
-    thumbs = [bytes(r["jpeg"]) for r in old.query("SELECT jpeg FROM thumbs WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
-    arrays = {"top_class": old.top_class[a:b], "top_prob": old.top_prob[a:b], "embedding": old.embedding[a:b],
-              "unit_rows": old.units[:, a:b].T, "unit_pos_rows": old.unit_pos[:, a:b].T}
+    entries = [{"thumb": bytes(r["jpeg"])} for r in old.query("SELECT jpeg FROM thumbs WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
+    arrays = {k: v for signal in signals.SIGNALS for k, v in signal.stored(old, a, b).items()}
     first = partial.rows
-    partial.add_rows(file_id, times, thumbs, arrays)
+    partial.add_rows(file_id, times, entries, arrays)
     record = {k: was[k] for k in ("kind", "sha256", "taken", "width", "height", "duration")}
     partial.add_file({"id": file_id, "path": src.path, "size": src.size, "mtime_ns": src.mtime_ns, **record,
                       "first_row": first, "rows": b - a})
@@ -487,69 +377,6 @@ def _without(tasks: Sequence[Task], ends: Sequence[int], done: set[str]) -> tupl
     return kept, kept_ends
 
 
-def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int]) -> Iterator[tuple[Decoded, dict]]:
-    """Each decoded item (its tensors dropped) with the rows of its entries
-    (:func:`_feature_rows`), the items between two ``ends`` forwarded as one batch."""
-    group: list[Decoded] = []
-    stops = iter(ends)
-    stop = next(stops, None)
-    for k, item in enumerate(decoded, 1):
-        group.append(item)
-        if k == stop:
-            stop = next(stops, None)
-            tensors = [t for it in group for t in it.tensors]
-            rows = _feature_rows(extractor(torch.stack(tensors))) if tensors else {}
-            start = 0
-            for it in group:
-                n = len(it.tensors)
-                yield dataclasses.replace(it, tensors=[]), {name: v[start:start + n] for name, v in rows.items()}
-                start += n
-            group = []
-
-
-def write_rows(partial: _Partial, sources: Sequence[Source], computed: Iterable[tuple[Decoded, dict]],
-               ends: Sequence[int], skip, bar) -> None:
-    """Append the computed items' rows in order; a file's record is written once all its rows
-    are. Commits come where a batch ends and no file is half written, so that a resumed build
-    starts on a batch of the uninterrupted one."""
-    open_files: dict[int, dict] = {}  # plan position -> record being filled
-    ended: set[int] = set()  # files done with (finished, failed): their later pieces are ignored
-    boundaries = set(ends)
-    for k, (item, rows) in enumerate(computed, 1):
-        if k - 1 in boundaries and not open_files:
-            partial.commit()
-        task, src = item.task, sources[item.task.file]
-        if task.file in ended:
-            continue
-        record = open_files.get(task.file)
-        if item.error is not None and record is None:  # the file could not be read at all: skip it
-            skip(src.path, item.error)
-            ended.add(task.file)
-            bar.advance()
-            continue
-        # (a later piece of a video that failed: the frames read so far are kept)
-        if record is None:
-            record = {"id": partial.next_id, "path": src.path, "kind": "video" if src.video else "photo", "size": src.size,
-                      "mtime_ns": src.mtime_ns, "sha256": item.sha256, "taken": item.taken,
-                      "width": item.size[0] if item.size else None, "height": item.size[1] if item.size else None,
-                      "duration": item.duration, "first_row": None, "rows": 0}
-            partial.next_id += 1
-            open_files[task.file] = record
-        if item.times:
-            if record["first_row"] is None:
-                record["first_row"] = partial.rows
-            partial.add_rows(record["id"], item.times, item.thumbs, rows)
-            record["rows"] += len(item.times)
-        if task.last or item.error is not None:
-            ended.add(task.file)
-            open_files.pop(task.file)
-            if record["rows"] == 0:
-                skip(src.path, item.error or "no frame could be decoded")
-            else:
-                partial.add_file(record)
-            bar.advance()
-
-
 # --------------------------------------------------------------------------- finishing
 
 
@@ -562,7 +389,8 @@ def _date_seconds(taken: str | None, mtime_ns: int) -> float:
 
 
 def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float) -> None:
-    """Write the derived arrays, mark the database complete, and rename it into place."""
+    """Write the derived arrays (the entries' and the signals'), mark the database complete,
+    fsync every file, and commit: one rename of the database into place."""
     conn, arrays, n = partial.conn, partial.arrays, partial.rows
     for f in partial.files.values():
         f.close()
@@ -578,33 +406,17 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
     np.save(arrays / "entry_file.npy", file_col)
     np.save(arrays / "entry_time.npy", time_col)
     np.save(arrays / "entry_date.npy", date_col)
-    _transpose(arrays / "unit_rows.npy", arrays / "units.npy")
-    _transpose(arrays / "unit_pos_rows.npy", arrays / "unit_pos.npy")
-    write_postings(arrays, len(extractor.model.labels) if extractor.model.labels else extractor.classes, n)
+    for signal in signals.SIGNALS:
+        signal.finish(arrays, n, extractor)
     skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
     done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True,
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3)}
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in done.items()])
     conn.commit()
     conn.close()
-    os.replace(arrays, out / arrays.name)
-    os.replace(partial.dir / DB_NAME, out / DB_NAME)  # the commit point: the index is complete from here on
-
-
-def _transpose(src: Path, dst: Path, block: int = 8192) -> None:
-    """(N, U) rows -> (U, N) columns, a block of rows at a time (unit search reads one column)."""
-    rows = load_rows(src)
-    n, u = rows.shape
-    if n == 0:
-        np.save(dst, np.zeros((u, 0), rows.dtype))
-        src.unlink()
-        return
-    out = np.lib.format.open_memmap(dst, mode="w+", dtype=rows.dtype, shape=(u, n))
-    for a in range(0, n, block):
-        out[:, a:a + block] = np.asarray(rows[a:a + block]).T
-    out.flush()
-    del out, rows
-    src.unlink()
+    fsync_tree(arrays)
+    fsync_file(partial.dir / DB_NAME)
+    commit(partial.dir / DB_NAME, out / DB_NAME)  # the commit point: the index is complete from here on
 
 
 def _cleanup(out: Path) -> None:
@@ -615,4 +427,4 @@ def _cleanup(out: Path) -> None:
     for p in out.iterdir():
         if p.is_dir() and p.name.startswith("arrays-") and p.name != current:
             shutil.rmtree(p, ignore_errors=True)
-    shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    remove_partial(out)

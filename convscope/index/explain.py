@@ -23,22 +23,23 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..data import load_image
 from ..files import write_bytes_atomic
 from . import media
 from .search import Result
+from .signals import decode_size
 
 #: The receptive-field box: its colour and line width, in pixels of the model's input.
 BOX_COLOUR = (255, 40, 40)
 BOX_WIDTH = 2
 
 
-def entry_image(path: str | os.PathLike, time: float | None = None, *, min_size: int | None = None) -> Image.Image:
-    """The photo at ``path``, or the video frame at ``time`` seconds, RGB and upright; a photo is
-    decoded at reduced scale when its shorter side is at least twice ``min_size`` (the model's
-    resize, as the index did)."""
+def entry_image(path: str | os.PathLike, time: float | None = None, *, resize: int | None = None) -> Image.Image:
+    """The photo at ``path``, or the video frame at ``time`` seconds, RGB and upright; with the
+    model's ``resize``, a photo is decoded at the reduced scale the index decoded it at."""
     if time is not None or media.is_video(path):
         return media.frame_at(path, time or 0.0)
-    return media.read_photo(path, min_size=min_size).image
+    return load_image(path, target_size=None if resize is None else decode_size(resize))
 
 
 def model_view(model, image: Image.Image) -> np.ndarray:

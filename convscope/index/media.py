@@ -1,19 +1,16 @@
-"""Photos and videos as the index reads them: which files, their pixels, dates and thumbnails.
+"""Photos and videos as the index reads them: which files, video frames, thumbnails.
 
-Photos decode through :func:`convscope.data.load_image` (every bad file is one
-:class:`~convscope.errors.ImageError` line), or, for JPEGs, with libjpeg's scaled decoding
-(``Image.draft``) when a smaller decode still covers the size the model needs. Videos decode
-with PyAV; ``video_frames`` samples ``fps`` frames per second of video time.
+Photos decode through :func:`convscope.data.load_photo` (one read of the file: pixels at reduced
+scale, size, EXIF date and sha256; every bad file is one :class:`~convscope.errors.ImageError`
+line). Videos decode with PyAV, each frame checked against :mod:`convscope.data`'s budget;
+``video_frames`` samples ``fps`` frames per second of video time.
 
 >>> paths, errors = expand_media(["holiday/", "clip.mp4"])
->>> photo = read_photo(paths[0], min_size=256)
->>> photo.image.size, photo.taken                    # ((500, 375), '2021-07-04T12:30:00')
 >>> [t for t, _ in video_frames("clip.mp4", fps=1.0)]  # [0.0, 1.0, 2.0]
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import io
 import math
@@ -21,18 +18,15 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..data import IMAGE_EXTENSIONS, expand_inputs, load_image
+from ..data import IMAGE_EXTENSIONS, MAX_BYTES, MAX_PIXELS, check_pixels, expand_inputs, pixel_bytes
 from ..errors import ImageError
 
 VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v".split())
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-JPEG_EXTENSIONS = frozenset(".jpg .jpeg .jpe .jfif".split())
 THUMBNAIL_SIZE = 160
 THUMBNAIL_QUALITY = 80
-_EXIF_IFD = 0x8769
-_DATE_TIME_ORIGINAL = 36867
 
 
 def is_video(path: str | os.PathLike) -> bool:
@@ -67,83 +61,13 @@ def expand_media(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, as 64 hex digits."""
+    """The SHA-256 of a file's bytes, as 64 hex digits (a video's, or a touched file's on update:
+    photos are hashed by :func:`convscope.data.load_photo` from the bytes they decode)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@dataclasses.dataclass
-class Photo:
-    """A decoded photo: ``image`` (RGB, upright; smaller than the file when draft decoding was
-    used), ``size`` (width, height) of the file's pixels, upright, and ``taken`` (EXIF
-    DateTimeOriginal as ISO 8601 ``YYYY-MM-DDTHH:MM:SS``, or None)."""
-
-    image: Image.Image
-    size: tuple[int, int]
-    taken: str | None
-
-
-def read_photo(path: str | os.PathLike, *, min_size: int | None = None) -> Photo:
-    """Decode a photo; ``min_size``: a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale as
-    long as both sides stay at least ``min_size`` pixels (the model's resize, say 256), which
-    is several times faster for camera photos. Raises :class:`ImageError` for a bad file."""
-    path = Path(path)
-    if min_size and path.suffix.lower() in JPEG_EXTENSIONS:
-        photo = _read_jpeg_draft(path, min_size)
-        if photo is not None:
-            return photo
-    image = load_image(path)
-    return Photo(image, image.size, _taken_from_file(path))
-
-
-def _read_jpeg_draft(path: Path, min_size: int) -> Photo | None:
-    """The scaled decode; None for anything unusual (then :func:`load_image` decodes the file and
-    gives a bad file its one-line reason, so both paths report errors alike)."""
-    try:
-        with Image.open(path) as img:
-            if img.format != "JPEG" or img.width * img.height > 100_000_000:
-                return None
-            taken = _exif_date(img)
-            full = img.size
-            img.draft("RGB", (min_size, min_size))
-            img.load()
-            upright = ImageOps.exif_transpose(img) or img
-            if upright.size != img.size:
-                full = (full[1], full[0])
-            return Photo(upright.convert("RGB"), full, taken)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
-        return None
-
-
-def _taken_from_file(path: Path) -> str | None:
-    try:
-        with Image.open(path) as img:
-            return _exif_date(img)
-    except (OSError, SyntaxError, ValueError, EOFError):
-        return None
-
-
-def _exif_date(img: Image.Image) -> str | None:
-    try:
-        value = img.getexif().get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL)
-    except (OSError, SyntaxError, ValueError, KeyError, TypeError):
-        return None
-    return parse_exif_date(value)
-
-
-def parse_exif_date(value) -> str | None:
-    """EXIF's ``"YYYY:MM:DD HH:MM:SS"`` as ISO 8601 (``"YYYY-MM-DDTHH:MM:SS"``); None if unreadable."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
-    except ValueError:
-        return None
 
 
 def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_SIZE, quality: int = THUMBNAIL_QUALITY) -> bytes:
@@ -162,11 +86,13 @@ def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_SIZE, quality: int 
 @dataclasses.dataclass
 class VideoInfo:
     """What a video's header says: ``duration`` in seconds (None if unknown), frame ``size``
-    (width, height), ``taken`` (the container's creation time, ISO 8601, or None)."""
+    (width, height), ``taken`` (the container's creation time, ISO 8601, or None); ``sha256``
+    of the file, where the reader hashed it."""
 
     duration: float | None
     size: tuple[int, int]
     taken: str | None
+    sha256: str | None = None
 
 
 def _open_container(path: str | os.PathLike):
@@ -203,13 +129,16 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop: int | None = None, *,
-                 min_size: int | None = None) -> Iterator[tuple[float, Image.Image]]:
+                 target_size: int | None = None, max_pixels: int = MAX_PIXELS,
+                 max_bytes: int = MAX_BYTES) -> Iterator[tuple[float, Image.Image]]:
     """Sampled frames ``(time in seconds from the start, RGB image)``, for sample times ``k / fps``
     with ``first <= k < stop``: each is the first frame shown at or after its time (a frame
     serves at most one sample). Seeks to the key frame before ``first / fps``, so a long video
-    can be read in pieces. ``min_size``: frames larger than twice that (shorter side) are scaled
-    down by FFmpeg to a shorter side of ``min_size`` on conversion, cheaper than a full-size
-    RGB frame. Raises :class:`ImageError` for a file PyAV cannot decode.
+    can be read in pieces. ``target_size``: frames larger than twice that (shorter side) are
+    scaled down by FFmpeg to a shorter side of ``target_size`` on conversion, cheaper than a
+    full-size RGB frame. Raises :class:`ImageError` for a file PyAV cannot decode, and
+    :class:`~convscope.data.ImageTooLarge` for frames over ``max_pixels`` or ``max_bytes``
+    (:func:`convscope.data.load_image`'s budget).
 
     >>> [t for t, _ in video_frames("clip.mp4", fps=1.0)]     # a 3 s clip
     [0.0, 1.0, 2.0]
@@ -235,7 +164,7 @@ def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop
                 continue
             if stop is not None and k >= stop:
                 break
-            yield round(t, 3), _to_image(frame, min_size)
+            yield round(t, 3), _to_image(frame, target_size, path, max_pixels, max_bytes)
             k = max(k + 1, math.floor((t + eps) * fps) + 1)
             if stop is not None and k >= stop:
                 break
@@ -245,13 +174,15 @@ def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop
         container.close()
 
 
-def _to_image(frame, min_size: int | None) -> Image.Image:
+def _to_image(frame, target_size: int | None, path, max_pixels: int, max_bytes: int) -> Image.Image:
     w, h = frame.width, frame.height
     short = min(w, h)
-    if min_size and short > 2 * min_size:
-        scale = min_size / short
-        return frame.to_image(width=max(1, round(w * scale)), height=max(1, round(h * scale)))
-    return frame.to_image()
+    size = (w, h)
+    if target_size and short > 2 * target_size:
+        scale = target_size / short
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    check_pixels(path, w, h, max_pixels, max_bytes, cost=size[0] * size[1] * pixel_bytes("RGB"))  # (the frame is decoded already)
+    return frame.to_image() if size == (w, h) else frame.to_image(width=size[0], height=size[1])
 
 
 def frame_at(path: str | os.PathLike, time: float) -> Image.Image:

@@ -8,7 +8,7 @@ into shards of whole batches. Each actor of a :class:`~convscope.distributed.Poo
 shard's files (a filesystem every node sees), forwards the very batches one process forwards
 and sends back each item's rows (top classes, embedding, unit maxima and positions), times,
 thumbnails and file facts (about 15 KB a photo), with a bad file's reason naming the node. The
-driver takes the shards in order and appends them with the one-process :func:`.build.write_rows`,
+driver takes the shards in order and appends them with the one-process :func:`.compute.write_rows`,
 so the records, row order, arrays and thumbnails are the same bytes, whichever actor ran which
 shard and however often a shard ran again after a worker died. Commits, ``resume`` and one
 progress bar on the driver work as in one process.
@@ -21,7 +21,8 @@ import dataclasses
 import time
 from typing import Sequence
 
-from .build import Decoded, Task, _decode, default_workers, forward
+from ..data import default_workers
+from .compute import Decoded, Task, decode, forward
 from .features import Extractor
 
 
@@ -31,7 +32,7 @@ class ShardSettings:
 
     layers: tuple[str, ...]
     fps: float
-    min_size: int | None
+    target_size: int | None
     workers: int | None
 
 
@@ -62,7 +63,7 @@ def index_shard(model, info, settings: ShardSettings, tasks: Sequence[Task], end
     extractor = _extractor(model, settings.layers)
     workers = default_workers(len(tasks)) if settings.workers is None else max(0, settings.workers)
     items = []
-    for item, rows in forward(extractor, _decode(tasks, model.transform, settings.fps, settings.min_size, workers), ends):
+    for item, rows in forward(extractor, decode(tasks, model.transform, settings.fps, settings.target_size, workers), ends):
         if item.error is not None:
             item = dataclasses.replace(item, error=f"{item.error} (on node {info.node})")
         items.append((item, rows))

@@ -6,12 +6,13 @@ A folder (schema in ``docs/search.md``, "Index format")::
     arrays-<gen>/         top_class, top_prob, embedding (rows = entries);
                           units, unit_pos (rows = units); post_* (the class -> entry lists);
                           entry_file, entry_time, entry_date
-    .partial/             a build in progress: its database and arrays-<gen>/
+    .partial/             a build in progress: its database (its arrays-<gen>/ beside the others)
 
 An entry is one photo or one sampled video frame; its row in every entry array is its
-``entries.row``. ``index.sqlite`` appears (or is replaced) by one atomic rename only when a
-build is complete, and names the arrays folder it goes with, so a reader sees the old index or
-the new one and never a mix.
+``entries.row``. The folder follows :mod:`convscope.stores`: ``index.sqlite`` appears (or is
+replaced) by one atomic rename only when a build is complete and every file is fsynced, and
+names the arrays folder it goes with, so a reader sees the old index or the new one and never a
+mix. Indexes built before the decoder was recorded (no ``decoder`` in meta) read alike.
 
 >>> store = IndexStore.open("photos.index")
 >>> store.entries, store.embedding.shape            # (1234, (1234, 1280))
@@ -28,11 +29,11 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConvscopeError
+from ..stores import open_committed
 
 FORMAT = "convscope-index"
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"
-PARTIAL = ".partial"
 #: Classes kept per entry, most probable first, and the smallest probability kept: measured on
 #: the dev photos (BENCHMARKS.md), 32 classes above 0.001 give keyword search the mean average
 #: precision of the full 1,000 probabilities (0.988 against 0.987) with a mean score error of
@@ -189,28 +190,14 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         """Open the index in ``directory``; an unfinished build raises :class:`IncompleteIndexError`
         (one line that says to resume it)."""
         root = Path(directory)
-        db = root / DB_NAME
-        if not db.is_file():
-            if (root / PARTIAL).exists():
-                raise IncompleteIndexError(f"the index in {root} is incomplete (its build stopped before the end); {resume_hint(root)}")
-            if not root.is_dir():
-                raise ConvscopeError(f"no index folder {root}; build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {root}`)")
-            raise ConvscopeError(f"{root} holds no index ({DB_NAME} is missing); build one with `convscope index PATHS --out {root}`")
-        try:
-            conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            meta = read_meta(conn)
-        except sqlite3.DatabaseError as exc:
-            raise ConvscopeError(f"{db} is not a readable index database ({exc}); build the index again") from None
-        if meta.get("format") != FORMAT:
-            conn.close()
-            raise ConvscopeError(f"{db} is not a convscope index; build one with `convscope index PATHS --out {root}`")
+        build = f"build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {root}`)"
+        conn = open_committed(root, DB_NAME, kind="index", format=FORMAT, incomplete=IncompleteIndexError,
+                              resume_hint=resume_hint(root), build_hint=build, rebuild_hint=build)
+        meta = read_meta(conn)
         if meta.get("version") != FORMAT_VERSION:
             conn.close()
-            raise ConvscopeError(f"{db} is an index of format version {meta.get('version')}; this convscope reads version {FORMAT_VERSION}: build it again")
-        if meta.get("complete") is not True:
-            conn.close()
-            raise IncompleteIndexError(f"the index in {root} is incomplete (its build stopped before the end); {resume_hint(root)}")
+            raise ConvscopeError(f"{root / DB_NAME} is an index of format version {meta.get('version')}; "
+                                 f"this convscope reads version {FORMAT_VERSION}: build it again")
         return cls(root, conn, meta)
 
     def close(self) -> None:

@@ -84,9 +84,10 @@ def ensure_demo_atlas(
     the patches only, for the gallery to compute each unit's projections and feature
     visualization when its page is opened (:mod:`convscope.web.fill_pages`); such an atlas is
     reused by a later serving run, and built again by an ``up_front`` one (``--no-serve``)."""
-    from ..atlas import DB_NAME, PARTIAL, Atlas, build
+    from ..atlas import DB_NAME, Atlas, build
     from ..errors import ConvscopeError
     from ..models import load_model
+    from ..stores import State, state
 
     recipe = dict(recipe or RECIPE)
     out = Path(out) if out else default_dir()
@@ -102,11 +103,12 @@ def ensure_demo_atlas(
         except ConvscopeError:
             pass
     # an interrupted demo build (no stamp yet) is resumed; anything else stale is replaced
-    resume = not rebuild and (out / PARTIAL).exists() and stamp is None
+    found = state(out, DB_NAME)
+    resume = not rebuild and found.unfinished and stamp is None
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     foreign = [name for name in held if name not in (INDEX_DIR, INDEX_STAMP, STAMP)]
     # a folder holding only the demo's index is the demo's: the atlas is built beside it
-    overwrite = not resume and ((out / DB_NAME).exists() or (out / PARTIAL).exists() or bool(held) and not foreign)
+    overwrite = not resume and (found not in (State.ABSENT, State.FOREIGN) or bool(held) and not foreign)
     if (out / STAMP).exists():
         (out / STAMP).unlink()
     if out.exists() and not resume and not overwrite and foreign:
@@ -186,8 +188,9 @@ def ensure_demo_index(
     builds it again for another model or with ``rebuild``. Progress goes to stderr."""
     from ..errors import ConvscopeError
     from ..index import Index
-    from ..index.store import DB_NAME, PARTIAL
+    from ..index.store import DB_NAME
     from ..models import load_model
+    from ..stores import state
 
     recipe = dict(recipe or RECIPE)
     demo_dir = Path(out) if out else default_dir()
@@ -198,7 +201,7 @@ def ensure_demo_index(
     stamp = _read_stamp(demo_dir, INDEX_STAMP)
     if rebuild or (stamp is not None and {k: stamp.get(k) for k in model_key} != model_key):
         shutil.rmtree(folder, ignore_errors=True)  # asked for, or another model's: of no use
-    elif stamp == wanted and not (folder / PARTIAL).exists():
+    elif stamp == wanted and not state(folder, DB_NAME).unfinished:
         try:
             Index.open(folder).close()
             echo(f"reusing the demo index in {folder} (up to date; --rebuild to build it again)")
@@ -207,7 +210,8 @@ def ensure_demo_index(
             shutil.rmtree(folder, ignore_errors=True)
     if (demo_dir / INDEX_STAMP).exists():
         (demo_dir / INDEX_STAMP).unlink()  # a stamp stands for a finished index only
-    update, resume = (folder / DB_NAME).exists(), (folder / PARTIAL).exists()
+    found = state(folder, DB_NAME)
+    update, resume = found.committed, found.unfinished
     doing = "updating" if update else "building"
     echo(f"{doing} the demo index in {folder}: {recipe['model']} over {len(listing)} photos"
          + (" (resuming the interrupted build)" if resume else ""))

@@ -410,7 +410,7 @@ class Finder:
             box = self.index.unit_at(*parse_unit(unit), row, model=model)[1]
         path = self._on_disk(record)
         try:  # a JPEG decodes at the scale the model needs (as the index did)
-            image = entry_image(path, time if record["kind"] == "video" else None, min_size=model.preprocessing.resize)
+            image = entry_image(path, time if record["kind"] == "video" else None, resize=model.preprocessing.resize)
         except ImageError as exc:
             raise NotFound(f"{os.path.basename(path)} can no longer be read ({exc.reason})") from None
         data = jpeg(why_picture(model, image, cls=cls, box=box))

@@ -1,0 +1,192 @@
+"""Store folders on disk: the one protocol of the atlas and the index.
+
+A store is a folder whose database (``atlas.sqlite``, ``index.sqlite``) is its commit point::
+
+    <db_name>        the committed store: it appears (or is replaced) by one atomic rename
+    .partial/        a build in progress: its checkpoint, its database until the commit
+    ...              the store's other files, written and fsynced before the commit
+
+A build writes into ``.partial/`` (and into new files of the folder that the committed database
+does not name yet), fsyncs every file it wrote (:func:`fsync_tree`, :func:`fsync_file`), then
+renames its finished database over ``<db_name>`` (:func:`commit`: one rename, then an fsync of the
+folder). A reader therefore sees the old store or the new one, never a mix; a build stopped at
+any point leaves a folder that :func:`state` calls ``PARTIAL`` (or ``UPDATING``) and that the
+build resumes. :func:`state` is the one place that reads a folder's state from what it holds.
+
+>>> state("photos.index", "index.sqlite")
+<State.COMPLETE: 'complete'>
+"""
+from __future__ import annotations
+
+import enum
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+from .errors import ConvscopeError, FolderInUseError
+
+#: The folder a build in progress lives in, inside the store's folder.
+PARTIAL = ".partial"
+
+
+class State(enum.Enum):
+    """What a store folder holds, by names alone (the database's own format and ``complete``
+    flag are checked by the store's ``open``)."""
+
+    ABSENT = "absent"  #: no folder, or an empty one: a build may start there
+    PARTIAL = "partial"  #: a build stopped before its commit, nothing committed: resume it
+    COMPLETE = "complete"  #: a committed store (maybe with a finished build's leftovers)
+    UPDATING = "updating"  #: a committed store, and a build over it that stopped before its commit
+    FOREIGN = "foreign"  #: a file, or a folder holding something else
+
+    @property
+    def committed(self) -> bool:
+        """Whether a committed store is there to read."""
+        return self in (State.COMPLETE, State.UPDATING)
+
+    @property
+    def unfinished(self) -> bool:
+        """Whether a build stopped there before its commit (it may be resumed)."""
+        return self in (State.PARTIAL, State.UPDATING)
+
+
+def state(root: str | os.PathLike, db_name: str) -> State:
+    """The state of the store folder ``root`` whose committed database is ``db_name``.
+
+    A ``.partial/`` folder counts as a build in progress unless a committed database is there
+    and ``.partial/`` holds no database of its own (then it is what a finished build left before
+    cleaning up). Never raises for a folder that cannot be looked at: that one is FOREIGN.
+
+    >>> state("new-folder", "atlas.sqlite")
+    <State.ABSENT: 'absent'>
+    """
+    root = Path(root)
+    try:
+        if not root.exists():
+            return State.ABSENT
+        if not root.is_dir():
+            return State.FOREIGN
+        committed = (root / db_name).is_file()
+        partial = (root / PARTIAL).is_dir()
+        if committed:
+            return State.UPDATING if partial and (root / PARTIAL / db_name).exists() else State.COMPLETE
+        if partial:
+            return State.PARTIAL
+        return State.FOREIGN if any(root.iterdir()) else State.ABSENT
+    except OSError:
+        return State.FOREIGN
+
+
+def check_folder(root: str | os.PathLike, db_name: str, *, kind: str, resume: bool, reuse: bool = False,
+                 reuse_hint: str, resume_hint: str) -> State:
+    """The state of ``root`` (see :func:`state`) when a build of a ``kind`` may go there, else
+    :class:`~convscope.errors.FolderInUseError` naming the parameter ``out``: a file; an unfinished
+    build not told to ``resume`` (``resume_hint`` says how); a committed store neither resumed nor
+    ``reuse``d (an update; ``reuse_hint`` says how); a folder holding something else. The atlas's
+    and the index's builds, and the CLI before it loads a model, ask here.
+
+    >>> check_folder("atlas/", "atlas.sqlite", kind="atlas", resume=False, reuse_hint="...", resume_hint="...")
+    <State.ABSENT: 'absent'>
+    """
+    root = Path(root)
+    held = state(root, db_name)
+    if root.exists() and not root.is_dir():
+        raise FolderInUseError(f"`out` {root} is a file; give a folder for the {kind}", param="out")
+    if held.unfinished and not resume:
+        what = "update" if held is State.UPDATING else "build"
+        raise FolderInUseError(f"{root} holds an unfinished {kind} {what}; {resume_hint}", param="out")
+    if held.committed and not (reuse or resume):
+        raise FolderInUseError(f"{root} already holds an {kind}; {reuse_hint}, or another `out`", param="out")
+    if held is State.FOREIGN:
+        raise FolderInUseError(f"{root} is not empty and holds no {kind}; give a new or empty folder as `out`",
+                               param="out")
+    return held
+
+
+def open_committed(root: str | os.PathLike, db_name: str, *, kind: str, format: str, build_hint: str,
+                   rebuild_hint: str, resume_hint: str, incomplete: type[ConvscopeError]) -> sqlite3.Connection:
+    """The committed database of the store folder ``root``, opened read-only (rows as
+    :class:`sqlite3.Row`, shareable between threads), once :func:`state` and its ``format`` and
+    ``complete`` meta entries say it is a finished ``kind`` (``"atlas"``, ``"index"``). Anything
+    else raises one line: ``incomplete`` (a build that stopped: ``resume_hint``), or
+    :class:`~convscope.errors.ConvscopeError` (nothing there: ``build_hint``; another file:
+    ``rebuild_hint``).
+
+    >>> conn = open_committed("atlas/", "atlas.sqlite", kind="atlas", format="convscope-atlas", ...)
+    """
+    root = Path(root)
+    db = root / db_name
+    held = state(root, db_name)
+    if held is State.PARTIAL:
+        raise incomplete(f"the {kind} in {root} is incomplete (its build stopped before the end); {resume_hint}")
+    if not held.committed:
+        if not root.is_dir():
+            raise ConvscopeError(f"no {kind} folder {root}; {build_hint}")
+        raise ConvscopeError(f"{root} holds no {kind} ({db_name} is missing); {build_hint}")
+    try:
+        conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta WHERE key IN ('format', 'complete')")}
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        raise ConvscopeError(f"{db} is not a readable {kind} database ({exc}); {rebuild_hint}") from None
+    if meta.get("format") != format:
+        conn.close()
+        raise ConvscopeError(f"{db} is not a convscope {kind}; {rebuild_hint}")
+    if meta.get("complete") is not True:
+        conn.close()
+        raise incomplete(f"the {kind} in {root} is incomplete (its build stopped before the end); {resume_hint}")
+    return conn
+
+
+def partial_dir(root: str | os.PathLike) -> Path:
+    """The ``.partial/`` folder of the store folder ``root``."""
+    return Path(root) / PARTIAL
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a closed file's data to disk (before the commit names it)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (new names, renames) to disk, where the system allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened for fsync on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot fsync folders (EINVAL): the names stand anyway
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under ``folder`` and the folders themselves (a store's arrays, written
+    by ``np.save`` and memory maps, before the commit makes them part of the store)."""
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            fsync_file(Path(root) / name)
+        fsync_dir(root)
+
+
+def commit(finished: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """The commit point: rename a finished, fsynced database to ``dest`` (one atomic rename),
+    then fsync the folder so that the rename itself survives a crash. From here on the store
+    reads as complete."""
+    dest = Path(dest)
+    os.replace(finished, dest)
+    fsync_dir(dest.parent)
+
+
+def remove_partial(root: str | os.PathLike) -> None:
+    """Remove ``.partial/`` (after the commit, or to start a build again)."""
+    shutil.rmtree(partial_dir(root), ignore_errors=True)
+
+
+__all__ = ["PARTIAL", "State", "commit", "fsync_dir", "fsync_file", "fsync_tree", "open_committed", "partial_dir",
+           "remove_partial", "state"]
