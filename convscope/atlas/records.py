@@ -2,8 +2,10 @@
 dataclass per row of ``atlas.sqlite`` (``examples``, ``images``, and the photo behind each image).
 
 Names: an *image* is one model input, a crop of a photo, named inside the build by its
-``image_id`` (:meth:`convscope.scan.Scan.image_id`); the reader's ``Atlas.examples()[...]["image"]``
-is the path of its photo, as the gallery shows it.
+``image_id`` (:meth:`convscope.scan.Scan.image_id`). The reader (:meth:`convscope.atlas.Atlas.examples`)
+gives back the same names and box orders: ``path`` and ``sha256`` of the photo, ``window``
+(left, top, right, bottom) of the crop, ``pre``, ``box`` and ``display_box`` (top, left, bottom,
+right).
 """
 from __future__ import annotations
 

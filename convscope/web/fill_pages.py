@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ..atlas.fill import lacking
 from ..errors import ConvscopeError
 from .gallery import Gallery, NotFound
 from .render import Links
@@ -98,11 +99,7 @@ class FillPages:
     # ------------------------------------------------------------------ the endpoint
 
     def _missing(self, page: dict) -> dict:
-        missing = dict(page["missing"])
-        if self.featvis is False:
-            missing["featvis"] = False
-            missing["any"] = bool(missing["projections"])
-        return missing
+        return lacking(page["missing"], self.featvis is not False)
 
     def _files(self, page: dict) -> dict:
         files = {}
