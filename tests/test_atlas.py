@@ -225,7 +225,7 @@ def test_cli_info_and_show(atlas_dir):
     data = json.loads(res.output)
     assert data["layer"] == "features.4" and data["unit"] == 3 and len(data["examples"]) == 4
     first = data["examples"][0]
-    assert {"image", "value", "y", "x", "box"} <= set(first) and len(first["box"]) == 4
+    assert {"path", "value", "y", "x", "box"} <= set(first) and len(first["box"]) == 4
     assert [e["value"] for e in data["examples"]] == sorted((e["value"] for e in data["examples"]), reverse=True)
     res = runner.invoke(main, ["atlas", "info", str(atlas_dir), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["layers"][0]["name"] == "features.1"
