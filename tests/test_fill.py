@@ -247,3 +247,19 @@ def test_serve_lists_evolve_and_a_server_without_one_says_why(partial):
         for path in ("/evolve", "/api/evolve", "/evolve/features"):
             r = c.get(path)
             assert r.status_code == 404 and "no evolve run; start it with --evolve RUN" in r.text
+
+
+def test_the_unit_page_and_the_fill_read_one_answer_of_what_a_unit_lacks(partial):
+    """The atlas says which methods a layer has and what a unit lacks (Atlas.methods, Atlas.missing);
+    the gallery's pages and the fill read those answers, they do not decide them again."""
+    from convscope.atlas import Atlas
+    from convscope.atlas.fill import Filler
+    from convscope.web.gallery import Gallery
+
+    with Atlas.open(partial) as atlas:
+        gallery, filler = Gallery(atlas), Filler(atlas, relu6_model())
+        assert atlas.methods("features") == ["deconvnet", "guided"] and atlas.methods("features.1") == ["guided"]
+        for layer in atlas.layers:
+            assert gallery.projection_view(layer)["methods"] == atlas.methods(layer)
+            for unit in range(3):
+                assert gallery.unit(layer, unit)["missing"] == atlas.missing(layer, unit) == filler.missing(layer, unit)
