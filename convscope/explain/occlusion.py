@@ -41,14 +41,7 @@ from ..hooks import Handles, capture, model_lock, run
 from ..models import as_loaded
 from ..progress import Bar
 from . import figures
-from ._common import (
-    ExplainError,
-    Explanation,
-    check_layer,
-    prepare,
-    resolve_target,
-    top_predictions,
-)
+from ._common import ExplainError, Explanation, check_layer, prepare, resolve_target, top_predictions
 
 DEFAULT_WINDOW = 48
 DEFAULT_STRIDE = 16
