@@ -301,8 +301,8 @@ def _render(model, result, records: Records, out: Path, project: int, methods, b
     order = sorted(records.images)
     chunk = max(1, min(256, 4 * batch_size))
     incomplete: set[str] = set()
-    layer_methods = {info.name: tuple(records.methods.get(info.name, methods)) for info in result.layers}
-    work = {i: len(es) + sum(len(layer_methods[e.layer]) for e in es if e.rank < project) for i, es in by_image.items()}
+    per_layer = {info.name: records.methods_of(info.name, methods) for info in result.layers}
+    work = {i: len(es) + sum(len(per_layer[e.layer]) for e in es if e.rank < project) for i, es in by_image.items()}
     with Bar(sum(work.values()), "projecting", disable=None if progress is None else not progress) as bar:
         for start in range(0, len(order), chunk):
             ids = order[start : start + chunk]
@@ -345,12 +345,12 @@ def _render(model, result, records: Records, out: Path, project: int, methods, b
                     e.patch = rel
                 bar.advance(len(by_image[i]))
             # projections, per layer, batch_size examples per backward pass
-            todo = [e for i in ids if i in inputs for e in by_image[i] if e.rank < project and layer_methods[e.layer]]
+            todo = [e for i in ids if i in inputs for e in by_image[i] if e.rank < project and per_layer[e.layer]]
             todo.sort(key=lambda e: (e.layer_index, e.image_id, e.unit, e.rank))
             for li in sorted({e.layer_index for e in todo}):
                 group = [e for e in todo if e.layer_index == li]
                 counts = project_examples(module, memory_format, result.layers[li], group, inputs,
-                                        layer_methods[result.layers[li].name], batch_size, out, bar)
+                                        per_layer[result.layers[li].name], batch_size, out, bar)
                 layer_counts = stats.setdefault(result.layers[li].name, {})
                 for k, v in counts.items():
                     layer_counts[k] = layer_counts.get(k, 0) + v

@@ -86,8 +86,7 @@ def render(pool: Pool, step: Callable, result: Scan, records, out: str | os.Path
     # what the render reads of the scan: the paths, crops and layers, not the state
     light = dataclasses.replace(result, state=ScanState({}, result.state.top_k), hashes={})
     light_ref = ray.put(light)  # once in the object store, not once per job
-    layer_methods = records.methods  # per layer: deconvnet left out where it cannot depend on the image
-    work = [len(j.examples) + sum(len(layer_methods.get(e.layer, methods)) for e in j.examples if e.rank < project)
+    work = [len(j.examples) + sum(len(records.methods_of(e.layer, methods)) for e in j.examples if e.rank < project)
             for j in jobs]
     done: dict[int, RenderResult] = {}
     with Bar(sum(work), "projecting", disable=None if progress is None else not progress) as bar:
