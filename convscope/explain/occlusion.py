@@ -366,6 +366,7 @@ def occlusion(
     batch_size: int | None = None,
     split: str | None = "auto",
     progress: bool | None = None,
+    projection: bool = True,
 ) -> Occlusion:
     """Occlusion maps of one image (see the module docstring for what is computed).
 
@@ -376,7 +377,8 @@ def occlusion(
     occluded copies per forward pass (default: memory-bounded). ``split``: ``"auto"`` (skip
     work the square cannot change; see the module docstring), a layer name to split at, or
     ``None`` for plain full passes. ``progress``: a progress bar on stderr (default: when it
-    is a terminal).
+    is a terminal). ``projection``: compute panel (c) (False, for a caller that needs the maps
+    only: ``projection`` is then None, and the figure says so).
 
     >>> from convscope import load_model
     >>> from convscope.explain import occlusion
@@ -401,10 +403,12 @@ def occlusion(
     # One lock for the whole computation: hooks, the rule context of the projection and every
     # forward pass see no other thread's hooks on the model (see convscope.hooks.model_lock).
     with model_lock(model.module):
-        return _occlude(model, x, pixels, name, target, layer, int(window), int(stride), batch_size, split, progress)
+        return _occlude(model, x, pixels, name, target, layer, int(window), int(stride), batch_size, split, progress,
+                        projection)
 
 
-def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, split, progress) -> Occlusion:
+def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, split, progress,
+             projection=True) -> Occlusion:
     H, W = x.shape[2:]
     ys, xs = positions(H, window, stride), positions(W, window, stride)
     module = model.module
@@ -460,12 +464,15 @@ def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, 
         base_prob = float(torch.softmax(logits0.float(), dim=1)[0, cls])
         base_act = float(act0[channel].sum())
 
-    projection, peak, box, method, note = _projection(model, x, layer, channel, notes)
+    flat = int(act0[channel].argmax())
+    picture, peak, box, method, note = None, (flat // act0.shape[2], flat % act0.shape[2]), None, "deconvnet", None
+    if projection:
+        picture, peak, box, method, note = _projection(model, x, layer, channel, notes)
     labels = {int(c): model.label(int(c)) for c in np.unique(top_map)}
     return Occlusion(
         image=pixels, target=cls, target_label=model.label(cls), top=top_predictions(model, logits0), image_name=name,
         layer=layer, channel=channel, window=window, stride=stride, ys=ys, xs=xs,
-        activation=act_map, probability=prob_map, top_class=top_map, probabilities=all_probs, projection=projection,
+        activation=act_map, probability=prob_map, top_class=top_map, probabilities=all_probs, projection=picture,
         projection_method=method, projection_note=note, peak=peak, peak_box=box,
         base_activation=base_act, base_probability=base_prob, labels=labels,
         split=plan.layer if plan is not None else None, notes=notes,
