@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConvscopeError, ImageError
-from .store import METHODS, Atlas, fsync_file
+from .store import Atlas, fsync_file
 
 #: ``convscope featvis``'s defaults: what ``featvis --atlas`` renders with unless told otherwise.
 FEATVIS = {"steps": 512, "size": 128, "seed": 0, "param": "fourier", "lr": 0.05}
