@@ -86,7 +86,7 @@ def sheet(atlas: Atlas, units_per_layer: int, extra: int) -> Image.Image:
                     draw.text((cx + 6, y + 24 + 14 * k), line, fill=(110, 110, 110), font=font)
             for k, e in enumerate(ex[1 : 1 + extra]):
                 out.paste(tile(atlas, e["patch"], small, e), (x + 3 * CELL + 2 * GAP + 2 + (k // 2) * (small + 2), y + (k % 2) * (small + 2)))
-            pre = ex[0].get("pre_value")
+            pre = ex[0]["pre"]
             label = f"unit {u}  top {ex[0]['value']:.2f}" + (f" (pre {pre:.2f})" if pre is not None else "")
             draw.text((x, y + CELL + 4), label, fill=(60, 60, 60), font=font)
             x += unit_w + 3 * GAP

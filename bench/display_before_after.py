@@ -18,12 +18,23 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from convscope.backproject import project_methods, to_image
+from convscope.backproject import project_methods
 from convscope.display import crop_wanted, to_picture
 from convscope.hooks import forward_layers
 from convscope.models import load_model
 
 CELL, GAP = 96, 6
+
+
+def to_image(p) -> np.ndarray:
+    """The drawing before convscope.display (``backproject.to_image`` until issue 19, which
+    removed it), kept here as the "before" of this comparison: centred on the mean, five
+    standard deviations to black or white."""
+    p = np.asarray(p.detach().float().cpu() if hasattr(p, "detach") else p, np.float64)
+    p = p - p.mean()
+    std = p.std()
+    img = np.full(p.shape, 0.5) if std == 0 else np.clip(0.5 + 0.1 * p / std, 0.0, 1.0)
+    return np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8)
 SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
            "retina", "colorwheel", "stereo_motorcycle", "brick", "grass", "gravel", "camera", "coins", "clock")
 

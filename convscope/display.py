@@ -6,8 +6,8 @@ input's gradient units. Zero means "no effect" and is drawn mid-grey, as in the 
 maps 0 to 0.5); the colours are those of the input channels. Two choices make deep units readable:
 
 * **Contrast by a percentile, not by the largest value.** DVT divides by the single largest
-  absolute value, and :func:`convscope.backproject.to_image` by five standard deviations of the
-  whole array; one bright pixel (or a small blob on a 224-pixel field that is mostly zero) then
+  absolute value, and convscope's first drawing (``backproject.to_image``, gone since issue 19)
+  by five standard deviations of the whole array; one bright pixel (or a small blob on a 224-pixel field that is mostly zero) then
   leaves the rest faint. Here the scale is the ``percentile`` (99) of ``|x|`` over the shown
   pixels and channels, symmetric around zero, and the 1 % of values beyond it are clipped (captum's
   ``visualize_image_attr`` clips its outliers the same way, at 2 % of the attribution mass). A
@@ -19,7 +19,9 @@ maps 0 to 0.5); the colours are those of the input channels. Two choices make de
   ``min_size`` of the image, and the contrast is then taken inside it. The same box cuts the photo
   patch shown beside it, so the two stay aligned.
 
-Only the picture changes: the raw arrays are kept as they are.
+Only the picture changes: the raw arrays are kept as they are. This is the one drawing of a
+projection: the atlas, the gallery's fills, ``evolve``, ``explain`` and ``convscope project`` all
+draw with :func:`to_picture`.
 
 >>> picture, box = to_picture(pixels, crop=True)   # (h, w, 3) uint8 and (top, left, bottom, right)
 """
@@ -118,6 +120,15 @@ def crop_wanted(box: tuple[int, int, int, int], input_size: tuple[int, int], sha
     return (b - t) * (r - l) > share * input_size[0] * input_size[1]
 
 
+def shown_box(projection, box: tuple[int, int, int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The part of ``projection`` (cut to an example's receptive-field ``box`` on a model input of
+    ``input_size``) that its picture shows, (top, left, bottom, right) inside it: the
+    :func:`energy_box` where the field is (nearly) the whole input (:func:`crop_wanted`), else
+    all of it. The atlas and ``evolve`` cut the projection and the photo patch by this box."""
+    h, w = _as_array(projection).shape[1:]
+    return energy_box(projection) if crop_wanted(box, input_size) else (0, 0, h, w)
+
+
 def to_picture(projection, crop: bool = False, percentile: float = PERCENTILE, fraction: float = FRACTION,
                pad: float = 0.15, min_size: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The picture of one projection, (h, w, 3) uint8, and the box of the array it shows.
@@ -144,4 +155,4 @@ def to_picture(projection, crop: bool = False, percentile: float = PERCENTILE, f
     return np.ascontiguousarray(img), box
 
 
-__all__ = ["FRACTION", "PERCENTILE", "crop_wanted", "energy_box", "robust_scale", "to_picture"]
+__all__ = ["FRACTION", "PERCENTILE", "crop_wanted", "energy_box", "robust_scale", "shown_box", "to_picture"]

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backproject import project, to_image
+from .backproject import project
 from .checkpoints import checkpoint_labels, checkpoint_models
 from .choices import DEFAULT_UNITS
 from .crops import Crops
 from .data import expand_inputs, iter_batches, load_image
+from .display import shown_box, to_picture
 from .errors import ArgumentError, ConvscopeError, unknown_layer_error
 from .files import atomic_write, printable_path, safe_name, write_text_atomic
 from .hooks import capture, run
@@ -53,8 +54,11 @@ from .scan import Scan, ScanState
 @dataclasses.dataclass
 class Cell:
     """One unit at one checkpoint: its strongest example ``photo`` (a path), where on the
-    layer's map (``y``, ``x``) and how strongly (``value``); ``patch`` the receptive-field patch
-    of the model input and ``projection`` the example's projection on it, both (h, w, 3) uint8."""
+    layer's map (``y``, ``x``) and how strongly (``value``); ``box`` (top, left, bottom, right)
+    the part of the model input shown: the receptive field, or the energy crop inside it for a
+    whole-input field (as the atlas's ``display_box``); ``patch`` that part of the model input and
+    ``projection`` the example's projection on it, drawn by :func:`convscope.display.to_picture`,
+    both (h, w, 3) uint8."""
 
     photo: str
     value: float
@@ -530,8 +534,11 @@ def _draw_cells(models, scans, infos, layers: dict[str, LayerEvolution], method,
                 shown = base.preprocessing.denormalize(x).clamp(0, 1)
                 for row, (e, proj, img) in enumerate(zip(best, pixels.cpu(), shown)):
                     t, l, b, r = info.box(e.y, e.x, size)
+                    # drawn as the atlas draws it: robust contrast, the energy crop for a whole-input field
+                    ct, cl, cb, cr = shown_box(proj[:, t:b, l:r], (t, l, b, r), size)
+                    t, l, b, r = t + ct, l + cl, t + cb, l + cr
                     patch = (img[:, t:b, l:r].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                    ev.cells[row].append(Cell(e.path, e.value, e.y, e.x, (t, l, b, r), patch, to_image(proj[:, t:b, l:r])))
+                    ev.cells[row].append(Cell(e.path, e.value, e.y, e.x, (t, l, b, r), patch, to_picture(proj[:, t:b, l:r])[0]))
                 bar.advance(1)
 
 

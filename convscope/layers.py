@@ -552,14 +552,3 @@ def _probe_group(probe, group, strides, size, device, allow_clipped=False):
             continue
         geometry[name] = ((sy, sx), (a[2] - a[0], a[3] - a[1]), (a[0] - cy * sy, a[1] - cx * sx))
     return geometry
-
-
-def receptive_field_support(model: nn.Module, layer: str, x: torch.Tensor, y: int, xx: int) -> tuple[int, int, int, int] | None:
-    """Bounding box of the input-gradient support of unit (y, xx) at ``layer`` summed over
-    channels, for the real weights (used in tests to check the reported field contains it)."""
-    x = x.clone().requires_grad_(True)
-    with capture(model, [layer]) as outs:
-        run(model, x, outs)
-        out = outs[layer]
-        (grad,) = torch.autograd.grad(out[0, :, y, xx].sum(), x)
-    return _support_box(grad[0])

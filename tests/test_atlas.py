@@ -105,8 +105,8 @@ def test_atlas_contents(model, photos, atlas_dir):
             assert [e["image_id"] for e in examples] == ids[u].tolist()
             for e in examples:
                 assert e["box"] == list(geometry[layer].box(e["y"], e["x"], (SIZE, SIZE)))
-                assert e["image"] == os.path.abspath(photos[e["image_id"] // 5]) and e["crop"] == e["image_id"] % 5
-                assert e["hash"] == hashlib.sha256(Path(e["image"]).read_bytes()).hexdigest()
+                assert e["path"] == os.path.abspath(photos[e["image_id"] // 5]) and e["crop"] == e["image_id"] % 5
+                assert e["sha256"] == hashlib.sha256(Path(e["path"]).read_bytes()).hexdigest()
                 t, l, b, r = e["box"]
                 dt, dl, db, dr = e["display_box"]  # the box the projections show (an energy crop of a whole-input field)
                 assert t <= dt < db <= b and l <= dl < dr <= r
@@ -118,9 +118,9 @@ def test_atlas_contents(model, photos, atlas_dir):
                     with Image.open(atlas.path(e[kind])) as im:
                         assert im.size == (dr - dl, db - dt)
                 top, left, bottom, right = e["box_original"]
-                ct, cl, cb, cr = e["crop_box"]
+                cl, ct, cr, cb = e["window"]  # as ImageRecord.window: left, top, right, bottom
                 assert ct <= top < bottom <= cb and cl <= left < right <= cr
-                assert e["image_size"] == list(Image.open(e["image"]).size)
+                assert e["size"] == list(Image.open(e["path"]).size)
 
 
 def test_patch_and_projections_are_those_of_the_example(model, photos, atlas_dir):
@@ -133,7 +133,7 @@ def test_patch_and_projections_are_those_of_the_example(model, photos, atlas_dir
     e = atlas.examples("features", 5)[1]
     img = Image.open(photos[e["image_id"] // 5]).convert("RGB")
     window = Crops.parse("1,2").windows(*img.size)[e["crop"]]
-    assert list(window) == [e["crop_box"][1], e["crop_box"][0], e["crop_box"][3], e["crop_box"][2]]
+    assert list(window) == e["window"]
     x = model.transform(img.crop(window)).unsqueeze(0)
     with torch.no_grad():
         act = model.module.features(x)
@@ -190,7 +190,7 @@ def test_projections_on_windows_equal_whole_input_projections(kind, model, photo
     for layer in layers:
         for u in range(3):
             for e in atlas.examples(layer, u):
-                img = Image.open(e["image"]).convert("RGB")
+                img = Image.open(e["path"]).convert("RGB")
                 x = net.transform(img).unsqueeze(0)
                 t, l, b, r = e["display_box"]
                 for method in ("deconvnet", "guided") if e["deconvnet"] else ("guided",):
@@ -225,7 +225,7 @@ def test_cli_info_and_show(atlas_dir):
     data = json.loads(res.output)
     assert data["layer"] == "features.4" and data["unit"] == 3 and len(data["examples"]) == 4
     first = data["examples"][0]
-    assert {"image", "value", "y", "x", "box"} <= set(first) and len(first["box"]) == 4
+    assert {"path", "value", "y", "x", "box"} <= set(first) and len(first["box"]) == 4
     assert [e["value"] for e in data["examples"]] == sorted((e["value"] for e in data["examples"]), reverse=True)
     res = runner.invoke(main, ["atlas", "info", str(atlas_dir), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["layers"][0]["name"] == "features.1"
@@ -417,7 +417,8 @@ def test_private_projection_copy_of_the_default_model_projects_as_the_model(defa
     its pictures are the model's own, windowed (blocks.2) and whole-input (bn2) alike."""
     from skimage import data as skdata
 
-    from convscope.backproject import project_boxes, project_full, projection_module, to_image
+    from convscope.backproject import project_boxes, project_full, projection_module
+    from convscope.display import to_picture
 
     model = default_model
     x = model.transform(Image.fromarray(skdata.chelsea())).unsqueeze(0)
@@ -438,7 +439,7 @@ def test_private_projection_copy_of_the_default_model_projects_as_the_model(defa
             t, l, b, r = info.box(*positions[k], model.input_size)
             for method in ("deconvnet", "guided"):
                 ref = project_full(model, x, layer, [u], [positions[k]], method).pixels[0]
-                got, want = to_image(results[k][method]).astype(int), to_image(ref[:, t:b, l:r]).astype(int)
+                got, want = to_picture(results[k][method])[0].astype(int), to_picture(ref[:, t:b, l:r])[0].astype(int)
                 assert np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.05, (layer, u, method)
     assert hook_count(model.module) == 0
 
@@ -496,9 +497,9 @@ def test_photos_unreadable_after_the_scan_are_written_to_the_atlas(model, photos
     assert atlas.layer("features")["complete"] is False
     for u in range(16):
         for e in atlas.examples("features", u):
-            gone = e["image"] in {os.path.abspath(p) for p in mine[:3]}
+            gone = e["path"] in {os.path.abspath(p) for p in mine[:3]}
             assert (e["patch"] is None) == gone and (e["deconvnet"] is None) == gone
-            assert e["hash"] == scanned[e["image"]]  # the bytes the scan saw
+            assert e["sha256"] == scanned[e["path"]]  # the bytes the scan saw
 
 
 def test_an_uncopyable_model_is_projected_as_it_is_with_one_warning():

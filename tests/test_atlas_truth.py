@@ -109,7 +109,7 @@ def test_deconvnet_always_computes_it_everywhere(photos, tmp_path):
     assert dep["depends"] is False and dep["computed"] is True and "computed anyway" in dep["note"]
     assert len(_files(atlas, "features", "deconvnet")) == 2 * 16
     assert atlas.info()["projections"]["layer_methods"] == {}
-    with pytest.raises(Exception, match="deconvnet must be 'auto' or 'always'"):
+    with pytest.raises(Exception, match="`deconvnet` must be 'auto' or 'always'"):
         build(_model(strided), photos[:2], tmp_path / "b", layers=["features"], deconvnet="never")
 
 
@@ -120,7 +120,7 @@ def test_projections_are_drawn_by_to_picture_with_the_crop_box_recorded(pooled_a
         for u in (0, 3):
             for e in atlas.examples(layer, u):
                 t, l, b, r = e["box"]
-                x = model.transform(Image.open(e["image"]).convert("RGB")).unsqueeze(0)
+                x = model.transform(Image.open(e["path"]).convert("RGB")).unsqueeze(0)
                 guided = project(model, x, layer, [u], [(e["y"], e["x"])], method="guided")[0][:, t:b, l:r]
                 if crop_wanted(e["box"], (SIZE, SIZE)):
                     bt, bl, bb, br = energy_box(guided)
@@ -155,6 +155,6 @@ def test_an_atlas_written_before_these_fields_still_reads(pooled_atlas, tmp_path
         entry = a.layer("features.4")
         assert entry["ranked_by"] is None and entry["deconvnet"] is None and entry["shape"] == atlas.layer("features.4")["shape"]
         e = a.examples("features.4", 0)[0]
-        assert e["pre_value"] is None and e["display_box"] is None and e["value"] == atlas.examples("features.4", 0)[0]["value"]
+        assert e["pre"] is None and e["display_box"] is None and e["value"] == atlas.examples("features.4", 0)[0]["value"]
     res = CliRunner().invoke(main, ["atlas", "info", str(old)])
     assert res.exit_code == 0 and "deconvnet:" not in res.output

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from convscope.backproject import to_image
 from convscope.display import FRACTION, crop_wanted, energy_box, robust_scale, to_picture
 
 
@@ -94,11 +93,18 @@ def test_inputs_and_errors():
         robust_scale(np.ones((3, 4, 4)), percentile=0)
 
 
+def _old_display(p: np.ndarray) -> np.ndarray:
+    """convscope's first drawing (``backproject.to_image`` until issue 19), written out here as
+    the reference: centred on the mean, five standard deviations to black or white."""
+    p = p - p.mean()
+    return np.round(np.clip(0.5 + 0.1 * p / p.std(), 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
 def test_the_new_display_reads_deep_projections_better_than_the_old():
     # a small blob on a big field: the old display (mean, 5 std) shows it on grey, as the new one
     # does, but the crop makes it fill a quarter of the picture instead of 0.2 % of it
     p = _blob(sigma=4)
-    old = to_image(p)
+    old = _old_display(p)
     new, (t, l, b, r) = to_picture(p, crop=True)
     strong = lambda img: (np.abs(img.astype(int) - 128).max(2) > 64).mean()
     assert strong(new) > 5 * strong(old)

@@ -103,6 +103,7 @@ def test_occlusion_equals_plain_loop(resnet, plain64, split):
     assert (r.top_class == probs.argmax(-1)).mean() > 0.95  # near-ties may flip
     assert r.base_probability == pytest.approx(float(torch.softmax(logits0, 1)[0, 7]), abs=1e-5)
     assert r.projection.shape == (64, 64, 3) and r.projection.dtype == np.uint8
+    assert r.projection_method == "deconvnet" and r.projection_note is None  # ResNet's stem max-pool routes it
     _assert_untouched(resnet.module, before, x)
 
 
@@ -381,3 +382,30 @@ def test_occluding_the_cats_face_lowers_cat_probability_most(default_model):
     # squares wholly on the grey canvas change nothing: the occluder is the mean colour
     on_grey = [cat[a, b] for a, y in enumerate(r.ys) for b, x in enumerate(r.xs) if y >= 62 + 100 or x >= 8 + 150]
     assert on_grey and np.abs(np.array(on_grey) - base).max() < 0.01
+
+
+def test_occlusion_panel_c_shows_guided_backprop_where_the_deconvnet_cannot_depend_on_the_image(default_model):
+    """EfficientNet-Lite0 has no max-pool: bn2's deconvnet projection is one picture whatever the
+    photo (a uniform checkerboard), so panel (c) shows guided backprop with the atlas's reason."""
+    import warnings
+
+    import skimage.data
+    from PIL import Image
+
+    from convscope.backproject import project
+    from convscope.display import to_picture
+
+    cat = occlusion(default_model, skimage.data.chelsea(), layer="bn2", window=112, stride=112)
+    assert cat.projection_method == "guided" and "guided backprop is shown instead" in cat.projection_note
+    assert cat.summary()["projection_method"] == "guided" and any(n.startswith("(c): ") for n in cat.notes)
+    rocket = occlusion(default_model, skimage.data.rocket(), layer="bn2", window=112, stride=112)
+    maps_only = occlusion(default_model, skimage.data.chelsea(), layer="bn2", window=112, stride=112, projection=False)
+    assert maps_only.projection is None and maps_only.peak == cat.peak
+    np.testing.assert_array_equal(maps_only.probability, cat.probability)
+    assert np.abs(cat.projection.astype(int) - rocket.projection.astype(int)).mean() > 5  # it sees the photo
+    # drawn as the atlas draws projections
+    x = default_model.transform(Image.fromarray(skimage.data.chelsea())).unsqueeze(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pixels = project(default_model, x, "bn2", [cat.channel], [cat.peak], method="guided")[0]
+    assert np.abs(cat.projection.astype(int) - to_picture(pixels)[0].astype(int)).max() <= 1

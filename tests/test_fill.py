@@ -97,7 +97,8 @@ def test_fill_unit_equals_the_build_with_every_projection_and_is_idempotent(part
         assert [e["guided"] is not None for e in atlas.examples("features", 2)] == [True, False, False]
         filler = Filler(atlas, model, featvis=False)
         assert filler.missing("features", 2) == {"projections": [1, 2], "featvis": False,
-                                                   "methods": ["deconvnet", "guided"]}
+                                                   "methods": ["deconvnet", "guided"], "any": True}
+        assert atlas.missing("features", 2)["featvis"] is True  # the atlas's answer; this filler makes none
         # features.1's deconvnet was left out as image-independent: the fill leaves it out too
         assert filler.missing("features.1", 5)["methods"] == ["guided"]
         done = filler.fill("features", 2)
@@ -187,7 +188,7 @@ def test_fill_error_is_one_line_and_tried_again(partial, tmp_path):
     from convscope.atlas import Atlas
 
     with Atlas.open(partial) as atlas:
-        photo = Path(atlas.examples("features", 3)[1]["image"])
+        photo = Path(atlas.examples("features", 3)[1]["path"])
         before = [e["guided"] for e in atlas.examples("features", 3)]
     moved = tmp_path / "moved.png"
     shutil.move(photo, moved)
@@ -210,18 +211,18 @@ def test_unit_page_shows_the_ranking_pre_activation_beside_the_output(partial):
         ranked_by = atlas.layer("features")["ranked_by"]
         examples = atlas.examples("features", 0)
     assert ranked_by.startswith("pre-activation (input of ReLU6")
-    assert all(e["pre_value"] is not None for e in examples)
+    assert all(e["pre"] is not None for e in examples)
     with TestClient(create_app(partial, model=relu6_model(), fill=False)) as c:
         data = c.get("/api/layers/features/units/0").json()
         assert data["ranked_by"] == ranked_by
-        assert [e["pre_value"] for e in data["examples"]] == pytest.approx([e["pre_value"] for e in examples])
+        assert [e["pre"] for e in data["examples"]] == pytest.approx([e["pre"] for e in examples])
         html = c.get("/layers/features/units/0").text
         assert 'id="ranked-by"' in html and "data-fill-url" not in html  # fill=False: no requests
         for e in examples:
-            assert f"ranked by input of ReLU6: {fmt(e['pre_value'])}</small>" in html
+            assert f"ranked by input of ReLU6: {fmt(e['pre'])}</small>" in html
             assert f'<small class="output">output {fmt(e["value"])}</small>' in html
         html = c.get("/layers/features/units/0/examples/0").text
-        assert f"ranked by the input of ReLU6 &#39;features.4&#39;: {fmt(examples[0]['pre_value'])}" in html
+        assert f"ranked by the input of ReLU6 &#39;features.4&#39;: {fmt(examples[0]['pre'])}" in html
 
 
 def test_static_export_says_what_it_lacks(partial, tmp_path):
@@ -246,3 +247,19 @@ def test_serve_lists_evolve_and_a_server_without_one_says_why(partial):
         for path in ("/evolve", "/api/evolve", "/evolve/features"):
             r = c.get(path)
             assert r.status_code == 404 and "no evolve run; start it with --evolve RUN" in r.text
+
+
+def test_the_unit_page_and_the_fill_read_one_answer_of_what_a_unit_lacks(partial):
+    """The atlas says which methods a layer has and what a unit lacks (Atlas.methods, Atlas.missing);
+    the gallery's pages and the fill read those answers, they do not decide them again."""
+    from convscope.atlas import Atlas
+    from convscope.atlas.fill import Filler
+    from convscope.web.gallery import Gallery
+
+    with Atlas.open(partial) as atlas:
+        gallery, filler = Gallery(atlas), Filler(atlas, relu6_model())
+        assert atlas.methods("features") == ["deconvnet", "guided"] and atlas.methods("features.1") == ["guided"]
+        for layer in atlas.layers:
+            assert gallery.projection_view(layer)["methods"] == atlas.methods(layer)
+            for unit in range(3):
+                assert gallery.unit(layer, unit)["missing"] == atlas.missing(layer, unit) == filler.missing(layer, unit)

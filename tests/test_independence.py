@@ -166,3 +166,22 @@ def test_several_layers_share_one_pass_and_agree_with_one_at_a_time():
     assert [bool(deps[n]) for n in layers] == [True, False, True, True]
     assert [s.name for s in deps["features.3"].switches] == ["features.2"]
     assert hook_count(net) == 0
+
+
+def test_layer_methods_is_the_one_rule_of_which_methods_a_layer_gets():
+    """Guided backprop stands in for the deconvnet (once, with the reason) where the deconvnet
+    cannot depend on the image; elsewhere, and with deconvnet="always", the methods are as asked."""
+    from convscope.backproject import layer_methods, methods_for
+
+    chosen = layer_methods(_net(strided), ["features.6"], ("deconvnet", "guided"), input_size=(32, 32))["features.6"]
+    assert chosen.methods == ("guided",) and not chosen.dependence.depends
+    assert chosen.note == chosen.dependence.reason and "guided backprop is shown instead" in chosen.note
+    pooled_methods = layer_methods(_net(pooled), ["features.7"], ("deconvnet",), input_size=(32, 32))["features.7"]
+    assert pooled_methods.methods == ("deconvnet",) and pooled_methods.note is None
+    flat = Dependence("bn2", False, ())
+    assert methods_for(flat, ("deconvnet",)).methods == ("guided",)
+    assert methods_for(flat, ("deconvnet", "gradient")).methods == ("guided", "gradient")
+    assert methods_for(flat, ("deconvnet", "guided"), "always").methods == ("deconvnet", "guided")
+    assert methods_for(flat, ("guided",)).note is None
+    with pytest.raises(ValueError, match="`deconvnet` must be 'auto' or 'always', got 'never'"):
+        methods_for(flat, ("deconvnet",), "never")

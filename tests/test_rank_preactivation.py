@@ -178,9 +178,9 @@ def test_an_atlas_keeps_both_values_and_what_ranks(lite0, photos, tmp_path):
         entry = atlas.layer(layer)
         assert entry["ranked_by"] == f"pre-activation (input of ReLU6 '{layer}.act')"
         examples = atlas.examples(layer, 1)
-        assert [e["pre_value"] for e in examples] == sorted((e["pre_value"] for e in examples), reverse=True)
+        assert [e["pre"] for e in examples] == sorted((e["pre"] for e in examples), reverse=True)
         for e in examples:  # value: the layer's output at the position of the largest pre-activation
-            assert e["value"] == pytest.approx(min(max(e["pre_value"], 0.0), 6.0), abs=1e-6)
+            assert e["value"] == pytest.approx(min(max(e["pre"], 0.0), 6.0), abs=1e-6)
         assert atlas.units(layer)[1]["top"] == examples[0]["value"]
     res = CliRunner().invoke(main, ["atlas", "info", str(out), "--json"])
     assert res.exit_code == 0, res.output
@@ -191,5 +191,5 @@ def test_an_atlas_keeps_both_values_and_what_ranks(lite0, photos, tmp_path):
     assert res.exit_code == 0 and "bn1: ranked by pre-activation (input of ReLU6 'bn1.act')" in res.output
     output = build(lite0, photos[:8], tmp_path / "by_output", layers=LAYERS, top=3, project=0, workers=0,
                    progress=False, rank_by="output")
-    assert output.layer("bn1")["ranked_by"] == "output" and output.examples("bn1", 0)[0]["pre_value"] is None
-    assert isinstance(Atlas.open(out).examples("bn1", 0)[0]["pre_value"], float)
+    assert output.layer("bn1")["ranked_by"] == "output" and output.examples("bn1", 0)[0]["pre"] is None
+    assert isinstance(Atlas.open(out).examples("bn1", 0)[0]["pre"], float)

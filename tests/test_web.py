@@ -190,7 +190,8 @@ def test_unit_json_has_stats_histogram_examples_and_featvis(client, atlas):
     assert [e["rank"] for e in data["examples"]] == [0, 1, 2]
     assert [e["value"] for e in data["examples"]] == pytest.approx([e["value"] for e in examples])
     assert [e["box_original"] for e in data["examples"]] == [e["box_original"] for e in examples]
-    assert data["examples"][0]["image"] == Path(examples[0]["image"]).name  # no server paths
+    assert data["examples"][0]["name"] == Path(examples[0]["path"]).name  # no server paths
+    assert [e["sha256"] for e in data["examples"]] == [e["sha256"] for e in examples]
     assert data["featvis"] == atlas.featvis("features", 1) is not None
     html = client.get("/layers/features/units/1").text
     assert html.count("<rect x=") == len(record["histogram"]["counts"])  # one bar per bin
@@ -222,7 +223,7 @@ def test_image_independent_layer_shows_guided_backprop_and_says_why(client, atla
 def test_example_page_draws_the_box_on_the_source(client, atlas):
     ex = atlas.examples("features.1", 4)[1]
     data = client.get("/api/layers/features.1/units/4/examples/1").json()
-    with Image.open(ex["image"]) as img:
+    with Image.open(ex["path"]) as img:
         assert data["source_size"] == list(img.size)
     assert data["example"]["box_original"] == ex["box_original"]
     top, left, bottom, right = ex["box_original"]
@@ -230,7 +231,7 @@ def test_example_page_draws_the_box_on_the_source(client, atlas):
     assert f'<rect class="box" x="{left}" y="{top}" width="{right - left}" height="{bottom - top}"' in html
     resp = client.get("/sources/features.1/4/1.jpg")
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
-    assert Image.open(io.BytesIO(resp.content)).size == Image.open(ex["image"]).size
+    assert Image.open(io.BytesIO(resp.content)).size == Image.open(ex["path"]).size
 
 
 def test_example_whose_photo_is_gone_says_so(atlas_dir, atlas, tmp_path):
@@ -238,7 +239,7 @@ def test_example_whose_photo_is_gone_says_so(atlas_dir, atlas, tmp_path):
 
     copy = tmp_path / "atlas"
     shutil.copytree(atlas_dir, copy)
-    photo = Path(atlas.examples("features", 0)[0]["image"])
+    photo = Path(atlas.examples("features", 0)[0]["path"])
     moved = photo.with_suffix(".moved")
     photo.rename(moved)
     try:
@@ -526,7 +527,7 @@ def test_static_export_links_all_resolve(atlas_dir, atlas, tmp_path):
     counts = export_static(atlas_dir, out)
     units = sum(LAYERS.values())
     assert counts["pages"] == 1 + len(LAYERS) + units + units * 3
-    hashes = {e["hash"] for layer in LAYERS for u in range(LAYERS[layer]) for e in atlas.examples(layer, u)}
+    hashes = {e["sha256"] for layer in LAYERS for u in range(LAYERS[layer]) for e in atlas.examples(layer, u)}
     assert counts["sources"] == len(hashes)  # each source photo once
     pages = list(out.rglob("*.html"))
     assert len(pages) == counts["pages"]

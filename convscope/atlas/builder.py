@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backproject import ActivationRuleWarning, deconvnet_dependence, project_boxes, projection_module
-from ..choices import DECONVNET_MODES, RANK_BY
+from ..backproject import ActivationRuleWarning, check_deconvnet, layer_methods, project_boxes, projection_module
+from ..choices import RANK_BY
 from ..data import load_image_hashed
-from ..display import crop_wanted, energy_box, to_picture
+from ..display import shown_box, to_picture
 from ..errors import ArgumentError, ImageError, unknown_name_error
 from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_name
 from ..progress import Bar
@@ -91,9 +91,9 @@ def build(
     process (:mod:`convscope.distributed`), ``workers`` then counting decoding processes per actor.
     ``rank_by``: what ranks each layer's top images (``"auto"``, ``"output"``,
     ``"pre-activation"``: :func:`convscope.scan.scan`'s); the atlas records it per layer and
-    keeps both values per example. ``deconvnet``: ``"auto"`` leaves the deconvnet projection
-    out of every layer where it cannot depend on the image
-    (:func:`convscope.backproject.deconvnet_dependence`: no max-pool or other forward-dependent
+    keeps both values per example. ``deconvnet``: ``"auto"`` computes guided backprop instead of
+    the deconvnet projection in every layer where the deconvnet cannot depend on the image
+    (:func:`convscope.backproject.layer_methods`: no max-pool or other forward-dependent
     routing below the layer, so the picture is the same for every photo), ``"always"``
     computes it everywhere; the dependence is recorded per layer either way.
 
@@ -111,9 +111,7 @@ def build(
     for m in methods:
         if m not in METHODS:  # the atlas has a column for these only
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
-    if deconvnet not in DECONVNET_MODES:
-        raise ArgumentError(f"deconvnet must be {' or '.join(map(repr, DECONVNET_MODES))}, got {deconvnet!r}",
-                            param="deconvnet")
+    check_deconvnet(deconvnet)
     if rank_by not in RANK_BY:
         raise ArgumentError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
     choices = dict(rank_by=rank_by, deconvnet=deconvnet)
@@ -228,15 +226,16 @@ def _summarize_warnings(caught) -> list[str]:
 
 
 def _deconvnet_methods(model, result, records: Records, methods, deconvnet: str) -> tuple[dict, str | None]:
-    """Whether each layer's deconvnet depends on the image (one traced forward pass for all), as
-    the atlas records it; with ``deconvnet="auto"``, ``records.methods`` leaves it out of the
-    layers where it does not, and the note saying so for the build's notes."""
+    """Each layer's projection methods (:func:`convscope.backproject.layer_methods`, one traced
+    forward pass for all): ``records.methods`` holds those of the layers where guided backprop
+    stands in for the deconvnet; returns whether each layer's deconvnet depends on the image, as
+    the atlas records it, and the note saying where it was left out, for the build's notes."""
     names = [info.name for info in result.layers]
-    deps = deconvnet_dependence(model.module, names, tuple(model.preprocessing.input_size))
-    left_out = [n for n in names if not deps[n].depends and "deconvnet" in methods and deconvnet == "auto"]
+    chosen = layer_methods(model.module, names, methods, deconvnet, tuple(model.preprocessing.input_size))
+    left_out = [n for n in names if chosen[n].note is not None]
     for n in left_out:
-        records.methods[n] = tuple(m for m in methods if m != "deconvnet")
-    table = {n: {**deps[n].to_dict(), "computed": "deconvnet" in methods and n not in left_out} for n in names}
+        records.methods[n] = chosen[n].methods
+    table = {n: {**chosen[n].dependence.to_dict(), "computed": "deconvnet" in chosen[n].methods} for n in names}
     note = None
     if left_out:
         note = (f"deconvnet projections not computed for {', '.join(left_out)}: image-independent there (no max-pool "
@@ -305,10 +304,9 @@ class RenderJob:
     def work(self) -> dict[int, int]:
         """Per image id, the steps the progress bar counts: a patch per example, a projection
         per method of each example of the first ``project`` ranks."""
-        methods = self.records.methods
         work: dict[int, int] = {}
         for e in self.records.examples:
-            steps = 1 + (len(methods.get(e.layer, self.methods)) if e.rank < self.project else 0)
+            steps = 1 + (len(self.records.methods_of(e.layer, self.methods)) if e.rank < self.project else 0)
             work[e.image_id] = work.get(e.image_id, 0) + steps
         return work
 
@@ -336,7 +334,7 @@ def render(model, job: RenderJob, stats: dict) -> set[str]:
     for e in records.examples:
         by_image.setdefault(e.image_id, []).append(e)
     incomplete: set[str] = set()
-    layer_methods = {info.name: tuple(records.methods.get(info.name, job.methods)) for info in result.layers}
+    per_layer = {info.name: records.methods_of(info.name, job.methods) for info in result.layers}
     work = job.work()
     with Bar(sum(work.values()), "projecting", disable=None if job.progress is None else not job.progress) as bar:
         for ids in job.chunks:
@@ -379,12 +377,12 @@ def render(model, job: RenderJob, stats: dict) -> set[str]:
                     e.patch = rel
                 bar.advance(len(by_image[i]))
             # projections, per layer, batch_size examples per backward pass
-            todo = [e for i in ids if i in inputs for e in by_image[i] if e.rank < project and layer_methods[e.layer]]
+            todo = [e for i in ids if i in inputs for e in by_image[i] if e.rank < project and per_layer[e.layer]]
             todo.sort(key=lambda e: (e.layer_index, e.image_id, e.unit, e.rank))
             for li in sorted({e.layer_index for e in todo}):
                 group = [e for e in todo if e.layer_index == li]
                 counts = project_examples(module, memory_format, result.layers[li], group, inputs,
-                                        layer_methods[result.layers[li].name], batch_size, out, bar)
+                                        per_layer[result.layers[li].name], batch_size, out, bar)
                 layer_counts = stats.setdefault(result.layers[li].name, {})
                 for k, v in counts.items():
                     layer_counts[k] = layer_counts.get(k, 0) + v
@@ -406,7 +404,7 @@ def project_examples(module, memory_format, info, group: list[ExampleRecord], in
     for e, res in zip(group, results):
         size = tuple(inputs[e.image_id].shape[-2:])
         ref = res["guided"] if "guided" in res else next(iter(res.values()))
-        t, l, b, r = energy_box(ref) if crop_wanted(e.box, size) else (0, 0, *ref.shape[-2:])
+        t, l, b, r = shown_box(ref, e.box, size)
         e.display_box = (e.box[0] + t, e.box[1] + l, e.box[0] + b, e.box[1] + r)
         for method, p in res.items():
             rel = f"layers/{safe_name(info.name)}/unit_{e.unit:04d}/top_{e.rank:02d}_{method}.png"

@@ -24,7 +24,7 @@ or the filled one. Filling a unit that lacks nothing does nothing (idempotent).
 
 >>> filler = Filler(Atlas.open("atlas/"), model)
 >>> filler.missing("blocks.2", 7)
-{'projections': [3, 4, 5], 'featvis': True, 'methods': ['deconvnet', 'guided']}
+{'projections': [3, 4, 5], 'featvis': True, 'methods': ['guided'], 'any': True}
 >>> filler.fill("blocks.2", 7)
 {'layer': 'blocks.2', 'unit': 7, 'projections': [3, 4, 5], 'featvis': True, 'seconds': 2.1}
 """
@@ -37,21 +37,18 @@ from pathlib import Path
 import torch
 
 from ..errors import ConvscopeError, ImageError
-from .store import METHODS, Atlas, fsync_file
+from .store import Atlas, fsync_file
 
 #: ``convscope featvis``'s defaults: what ``featvis --atlas`` renders with unless told otherwise.
 FEATVIS = {"steps": 512, "size": 128, "seed": 0, "param": "fourier", "lr": 0.05}
 
 
-def layer_methods(atlas: Atlas, layer: str) -> list[str]:
-    """The projection methods the atlas computes for ``layer``: the build's methods, less the
-    deconvnet where the build left it out (image-independent there)."""
-    projections = atlas.info().get("projections") or {}
-    methods = (projections.get("layer_methods") or {}).get(layer) or projections.get("methods") or list(METHODS)
-    dep = atlas.layer(layer).get("deconvnet")
-    if dep is not None and not dep["computed"]:
-        methods = [m for m in methods if m != "deconvnet"]
-    return [m for m in methods if m in METHODS]
+def lacking(missing: dict, featvis: bool) -> dict:
+    """``missing`` (:func:`convscope.atlas.store.unit_missing`) as a filler sees it: without the
+    feature visualization unless it fills them (``featvis``)."""
+    if featvis:
+        return missing
+    return {**missing, "featvis": False, "any": bool(missing["projections"])}
 
 
 class _NoBar:
@@ -74,14 +71,9 @@ class Filler:
         self._private = None
 
     def missing(self, layer: str, unit: int) -> dict:
-        """What ``unit`` of ``layer`` lacks: ``projections`` (the ranks of the top examples that
-        have a patch but not every method's projection), ``featvis`` (True when it has none,
-        and feature visualizations are filled) and ``methods`` (the layer's)."""
-        methods = layer_methods(self.atlas, layer)
-        ranks = [ex["rank"] for ex in self.atlas.examples(layer, unit)
-                 if ex["patch"] and methods and any(not ex[m] for m in methods)]
-        featvis = bool(self.featvis) and self.atlas.featvis(layer, unit) is None
-        return {"projections": ranks, "featvis": featvis, "methods": methods}
+        """What ``unit`` of ``layer`` lacks (:meth:`Atlas.missing`), less the feature
+        visualization when this filler makes none."""
+        return lacking(self.atlas.missing(layer, unit), bool(self.featvis))
 
     def fill(self, layer: str, unit: int, on_projections=None) -> dict:
         """Compute and write what ``unit`` of ``layer`` lacks (:meth:`missing`); returns what was
@@ -129,18 +121,17 @@ class Filler:
             ex = examples[rank]
             if ex["image_id"] not in inputs:
                 try:
-                    img, sha256 = load_image_hashed(ex["image"])
+                    img, sha256 = load_image_hashed(ex["path"])
                 except ImageError as exc:
                     raise ConvscopeError(f"cannot project example {rank + 1} of unit {unit} of {layer!r}: its photo "
-                                         f"{Path(ex['image']).name} cannot be read again ({exc.reason})") from None
-                if ex["hash"] is not None and sha256 != ex["hash"]:
+                                         f"{Path(ex['path']).name} cannot be read again ({exc.reason})") from None
+                if ex["sha256"] is not None and sha256 != ex["sha256"]:
                     raise ConvscopeError(f"cannot project example {rank + 1} of unit {unit} of {layer!r}: its photo "
-                                         f"{Path(ex['image']).name} changed since the scan (its sha256 differs); "
+                                         f"{Path(ex['path']).name} changed since the scan (its sha256 differs); "
                                          "build the atlas again")
-                t, l, b, r = ex["crop_box"] or (0, 0, img.size[1], img.size[0])
-                inputs[ex["image_id"]] = self.model.transform(img.crop((l, t, r, b)))
+                inputs[ex["image_id"]] = self.model.transform(img.crop(tuple(ex["window"] or (0, 0, *img.size))))
             group.append(ExampleRecord(layer, position, int(unit), rank, ex["image_id"], float(ex["value"]),
-                                       ex["y"], ex["x"], tuple(ex["box"])))
+                                       ex["y"], ex["x"], tuple(ex["box"]), pre=ex["pre"]))
         module, memory_format = self._module()
         group.sort(key=lambda e: (e.image_id, e.rank))  # the build's order within a layer
         with warnings.catch_warnings():
@@ -166,10 +157,4 @@ class Filler:
             self.atlas.set_featvis(layer, int(unit), png)  # atomic file, then one UPDATE
 
 
-def fill_unit(atlas: Atlas, model, layer: str, unit: int, featvis: dict | bool = True) -> dict:
-    """:meth:`Filler.fill` once: the missing projections and feature visualization of ``unit``
-    of ``layer`` of the open ``atlas``, computed with ``model``."""
-    return Filler(atlas, model, featvis).fill(layer, unit)
-
-
-__all__ = ["FEATVIS", "Filler", "fill_unit", "layer_methods"]
+__all__ = ["FEATVIS", "Filler", "lacking"]

@@ -2,8 +2,10 @@
 dataclass per row of ``atlas.sqlite`` (``examples``, ``images``, and the photo behind each image).
 
 Names: an *image* is one model input, a crop of a photo, named inside the build by its
-``image_id`` (:meth:`convscope.scan.Scan.image_id`); the reader's ``Atlas.examples()[...]["image"]``
-is the path of its photo, as the gallery shows it.
+``image_id`` (:meth:`convscope.scan.Scan.image_id`). The reader (:meth:`convscope.atlas.Atlas.examples`)
+gives back the same names and box orders: ``path`` and ``sha256`` of the photo, ``window``
+(left, top, right, bottom) of the crop, ``pre``, ``box`` and ``display_box`` (top, left, bottom,
+right).
 """
 from __future__ import annotations
 
@@ -65,13 +67,18 @@ class PhotoRecord:
 class Records:
     """Every record of a build: ``examples`` in (layer, unit, rank) order, ``images`` by image id,
     ``photos`` by index into the scan's paths, and ``methods``: per layer, the projection methods
-    computed where they are not all of the build's (the deconvnet left out of a layer where it
-    does not depend on the image)."""
+    computed where they are not the build's (guided backprop standing in for the deconvnet where
+    the deconvnet does not depend on the image)."""
 
     examples: list[ExampleRecord]
     images: dict[int, ImageRecord]
     photos: dict[int, PhotoRecord]
     methods: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def methods_of(self, layer: str, methods: tuple[str, ...]) -> tuple[str, ...]:
+        """The projection methods of ``layer``'s examples: its own (guided backprop standing in
+        for the deconvnet, :func:`convscope.backproject.layer_methods`), else the build's ``methods``."""
+        return tuple(self.methods.get(layer, methods))
 
 
 __all__ = ["ExampleRecord", "ImageRecord", "PhotoRecord", "Records"]

@@ -188,13 +188,15 @@ class Atlas:
         return out
 
     def examples(self, layer: str, unit: int) -> list[dict]:
-        """The top examples of one unit, best first: rank, image (photo path), image_id, crop,
-        hash (sha256 of the file), value (the layer's output), pre_value (the pre-activation
-        there, for a layer ranked by it; else None), y, x (on the layer's map), box (top, left,
-        bottom, right on the model input), box_original (the same on the photo), crop_box (the
-        crop's window on the photo), display_box (the part of the model input the projection
-        pictures show: ``box``, or the energy crop inside it for whole-input fields; None
-        without projections), and patch, deconvnet, guided (relative paths, or None)."""
+        """The top examples of one unit, best first, named as the build's records name them
+        (:mod:`convscope.atlas.records`): rank, image_id, crop, path (the photo's), sha256 (of the
+        bytes the scan decoded), size ([W, H] of the photo, or None if it could not be read
+        again), window (the crop on the photo: left, top, right, bottom), value (the layer's
+        output), pre (the pre-activation there, for a layer ranked by it; else None), y, x (on
+        the layer's map), box (top, left, bottom, right on the model input), box_original (the
+        same on the photo), display_box (the part of the model input the projection pictures
+        show: ``box``, or the energy crop inside it for whole-input fields; None without
+        projections), and patch, deconvnet, guided (relative paths, or None)."""
         new = "pre_value" in self._example_columns
         self._check_unit(layer, unit)
         rows = self._query(
@@ -205,26 +207,43 @@ class Atlas:
         return [
             {
                 "rank": r["rank"],
-                "image": r["path"],
                 "image_id": r["image"],
                 "crop": r["crop"],
-                "hash": r["hash"],
+                "path": r["path"],
+                "sha256": r["hash"],
+                "size": None if r["width"] is None else [r["width"], r["height"]],
+                "window": None if r["crop_top"] is None else [r["crop_left"], r["crop_top"], r["crop_right"], r["crop_bottom"]],
                 "value": r["value"],
+                "pre": r["pre_value"] if new else None,
                 "y": r["y"],
                 "x": r["x"],
                 "box": [r["box_top"], r["box_left"], r["box_bottom"], r["box_right"]],
                 "box_original": None if r["orig_top"] is None else [r["orig_top"], r["orig_left"], r["orig_bottom"], r["orig_right"]],
-                "crop_box": None if r["crop_top"] is None else [r["crop_top"], r["crop_left"], r["crop_bottom"], r["crop_right"]],
-                "image_size": None if r["width"] is None else [r["width"], r["height"]],
-                "patch": r["patch"],
-                "deconvnet": r["deconvnet"],
-                "guided": r["guided"],
-                "pre_value": r["pre_value"] if new else None,
                 "display_box": None if not new or r["display_top"] is None else
                 [r["display_top"], r["display_left"], r["display_bottom"], r["display_right"]],
+                "patch": r["patch"],
+                **{m: r[m] for m in METHODS},
             }
             for r in rows
         ]
+
+    def methods(self, layer: str) -> list[str]:
+        """The projection methods this atlas holds for ``layer``: the build's methods, with guided
+        backprop standing in for the deconvnet where the build found that the deconvnet cannot
+        depend on the image (:func:`convscope.backproject.layer_methods`, recorded per layer)."""
+        row = self._layer_row(layer)
+        projections = self._meta.get("projections") or {}
+        chosen = (projections.get("layer_methods") or {}).get(layer)
+        if chosen is None:
+            chosen = projections.get("methods") or METHODS
+            dep = deconvnet_entry(row)
+            if dep is not None and not dep["computed"]:  # an atlas built before layer_methods was recorded
+                chosen = [m for m in chosen if m != "deconvnet"]
+        return [m for m in chosen if m in METHODS]
+
+    def missing(self, layer: str, unit: int) -> dict:
+        """What ``unit`` of ``layer`` lacks (:func:`unit_missing`)."""
+        return unit_missing(self.examples(layer, unit), self.featvis(layer, unit), self.methods(layer))
 
     def featvis(self, layer: str, unit: int) -> str | None:
         """Relative path of the unit's feature visualization, or None."""
@@ -334,6 +353,17 @@ class Atlas:
 
     def __repr__(self) -> str:
         return f"Atlas({str(self.root)!r}, {len(self._layers)} layers)"
+
+
+def unit_missing(examples: list[dict], featvis: str | None, methods: Sequence[str]) -> dict:
+    """What a unit lacks, from its ``examples`` (:meth:`Atlas.examples`), its ``featvis`` file (or
+    None) and its layer's ``methods`` (:meth:`Atlas.methods`): ``projections``, the ranks of the
+    examples that have a patch (their photo was read) but not every method's projection;
+    ``featvis``, True when it has none; ``methods``; ``any``, whether anything lacks. What the
+    fill (:mod:`convscope.atlas.fill`) adds and the unit page offers to compute."""
+    ranks = [ex["rank"] for ex in examples if ex["patch"] and any(not ex[m] for m in methods)]
+    return {"projections": ranks, "featvis": featvis is None, "methods": list(methods),
+            "any": bool(ranks) or featvis is None}
 
 
 def deconvnet_entry(r: dict) -> dict | None:
@@ -490,5 +520,5 @@ def unit_rows(result, layer: str):
 
 __all__ = [
     "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
-    "IncompleteAtlasError", "deconvnet_entry", "fsync_file", "unit_rows", "write_db",
+    "IncompleteAtlasError", "deconvnet_entry", "fsync_file", "unit_missing", "unit_rows", "write_db",
 ]

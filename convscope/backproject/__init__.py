@@ -62,7 +62,7 @@ usual entry point.
 >>> model = load_model("torchvision:alexnet", pretrained=False)
 >>> x = torch.randn(2, 3, 112, 112)
 >>> pixels = project(model, x, "features.10", units=[3, 7])   # (2, 3, 112, 112)
->>> image = to_image(pixels[0])                                # (112, 112, 3) uint8
+>>> picture, _box = convscope.display.to_picture(pixels[0])   # (112, 112, 3) uint8
 
 The package, one idea per module, each importing only from those above it in this list:
 
@@ -71,12 +71,13 @@ The package, one idea per module, each importing only from those above it in thi
 * :mod:`~convscope.backproject.core`: the mechanism: :func:`modified_backward`, its hooks and
   their lifetime;
 * :mod:`~convscope.backproject.project`: the entry points: :func:`forward_pass`,
-  :func:`project_methods`, :func:`project_full`, :func:`project`, :func:`check_ranges`,
-  :func:`to_image`;
+  :func:`project_methods`, :func:`project_full`, :func:`project`, :func:`check_ranges` (a
+  projection's picture is :func:`convscope.display.to_picture`'s);
 * :mod:`~convscope.backproject.batching`: many examples at once, each on the window of its
   receptive field (:func:`project_boxes`, as ``atlas build`` runs them);
 * :mod:`~convscope.backproject.independence`: whether a layer's deconvnet depends on the image
-  at all (:func:`deconvnet_dependence`: not without max-pool switches or other routing);
+  at all (:func:`deconvnet_dependence`: not without max-pool switches or other routing), and
+  so which methods a layer gets (:func:`layer_methods`);
 * :mod:`~convscope.backproject.private`: the faster private copy of a model that the atlas
   projects on (:func:`projection_module`).
 """
@@ -84,8 +85,9 @@ from __future__ import annotations
 
 from .batching import field_window, project_boxes
 from .core import Rules, modified_backward
-from .independence import (Dependence, Difference, Switch, deconvnet_dependence, deconvnet_depends_on_image,
-                           deconvnet_difference)
+from .independence import (Dependence, Difference, LayerMethods, Switch, check_deconvnet,
+                           deconvnet_dependence,
+                           deconvnet_depends_on_image, deconvnet_difference, layer_methods, methods_for)
 from .private import projection_module
 from .project import (
     ForwardPass,
@@ -96,7 +98,6 @@ from .project import (
     project,
     project_full,
     project_methods,
-    to_image,
 )
 from .rules import METHODS, ActivationRuleWarning, Rule, activation_kind, get_rule
 
@@ -106,12 +107,14 @@ __all__ = [
     "Dependence",
     "Difference",
     "ForwardPass",
+    "LayerMethods",
     "Projection",
     "ProjectionError",
     "Rule",
     "Rules",
     "activation_kind",
     "Switch",
+    "check_deconvnet",
     "check_ranges",
     "deconvnet_dependence",
     "deconvnet_depends_on_image",
@@ -119,11 +122,12 @@ __all__ = [
     "field_window",
     "forward_pass",
     "get_rule",
+    "layer_methods",
+    "methods_for",
     "modified_backward",
     "project",
     "project_boxes",
     "project_full",
     "project_methods",
     "projection_module",
-    "to_image",
 ]

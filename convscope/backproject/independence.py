@@ -20,17 +20,25 @@ replaced, so what runs inside them does not count), or routing by the forward pa
 not known to be linear counts as routing, so the detector errs towards "depends" (a wasted
 projection per example, never a false claim). :func:`deconvnet_difference` is the empirical check:
 two random inputs, the same unit and position, the largest difference of their projections.
+
+:func:`layer_methods` is the one rule of which projection methods a layer gets, used by the atlas
+build, ``explain`` (occlusion's panel (c)) and ``convscope project``: where the deconvnet cannot
+depend on the image, guided backprop stands in for it, with the reason (``deconvnet="always"``
+keeps the deconvnet). The atlas records the outcome per layer, and its reader answers from that
+record (:meth:`convscope.atlas.Atlas.methods`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..choices import DECONVNET_MODES
+from ..errors import ArgumentError
 from ..hooks import Handles, capture, model_lock, run
 from .project import check_ranges, project
 from .rules import FUNCTIONAL, activation_kind
@@ -268,6 +276,61 @@ def deconvnet_dependence(model, layers, input_size: tuple[int, int] | None = Non
     return {name: Dependence(name, bool(seen[name]), seen[name]) for name in layers}
 
 
+#: What ``deconvnet`` may be in :func:`layer_methods`: ``"auto"`` lets guided backprop stand in
+#: for the deconvnet where the deconvnet cannot depend on the image, ``"always"`` keeps it.
+
+
+def check_deconvnet(deconvnet: str) -> None:
+    """Raise :class:`~convscope.errors.ArgumentError` (one line) unless ``deconvnet`` is one of
+    :data:`convscope.choices.DECONVNET_MODES`."""
+    if deconvnet not in DECONVNET_MODES:
+        raise ArgumentError(f"`deconvnet` must be {' or '.join(map(repr, DECONVNET_MODES))}, got {deconvnet!r}",
+                            param="deconvnet")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerMethods:
+    """The projection methods of one layer (:func:`layer_methods`): ``methods`` in the order
+    asked, ``dependence`` whether its deconvnet depends on the image, and ``note`` the reason
+    guided backprop stands in for the deconvnet (None where it does not)."""
+
+    layer: str
+    methods: tuple[str, ...]
+    dependence: Dependence
+    note: str | None = None
+
+
+def methods_for(dependence: Dependence, methods: Sequence[str], deconvnet: str = "auto") -> LayerMethods:
+    """The rule of :func:`layer_methods` for a layer whose ``dependence`` is known: ``methods``,
+    except that with ``deconvnet="auto"`` guided backprop stands in for the deconvnet (once)
+    where the deconvnet cannot depend on the image.
+
+    >>> methods_for(Dependence("bn2", False, ()), ("deconvnet", "guided")).methods
+    ('guided',)
+    """
+    check_deconvnet(deconvnet)
+    methods = tuple(methods)
+    if deconvnet == "always" or dependence.depends or "deconvnet" not in methods:
+        return LayerMethods(dependence.layer, methods, dependence)
+    shown = tuple(dict.fromkeys("guided" if m == "deconvnet" else m for m in methods))
+    return LayerMethods(dependence.layer, shown, dependence, dependence.reason)
+
+
+def layer_methods(model, layers, methods: Sequence[str] = ("deconvnet", "guided"), deconvnet: str = "auto",
+                  input_size: tuple[int, int] | None = None) -> dict[str, LayerMethods]:
+    """Which projection methods each of ``layers`` gets, ``{layer: LayerMethods}`` in the order
+    given: ``methods``, with guided backprop standing in for the deconvnet where the deconvnet
+    cannot depend on the image (:func:`deconvnet_dependence`, one traced forward pass for all
+    the layers; ``input_size`` as there), unless ``deconvnet="always"``.
+
+    >>> layer_methods(load_model(), ["bn2"], ("deconvnet",))["bn2"].methods   # EfficientNet-Lite0
+    ('guided',)
+    """
+    check_deconvnet(deconvnet)
+    deps = deconvnet_dependence(model, layers, input_size)
+    return {name: methods_for(dep, methods, deconvnet) for name, dep in deps.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Difference:
     """What :func:`deconvnet_difference` measured: ``difference`` the largest absolute difference
@@ -306,4 +369,5 @@ def deconvnet_difference(model, layer: str, unit: int = 0, position: tuple[int, 
     return Difference(float((p[0] - p[1]).abs().max()), float(p.abs().max()))
 
 
-__all__ = ["Dependence", "Difference", "Switch", "deconvnet_dependence", "deconvnet_depends_on_image", "deconvnet_difference"]
+__all__ = ["Dependence", "Difference", "LayerMethods", "Switch", "check_deconvnet", "deconvnet_dependence",
+           "deconvnet_depends_on_image", "deconvnet_difference", "layer_methods", "methods_for"]

@@ -3,8 +3,8 @@
 :func:`forward_pass` records one forward pass with the rules of several methods (the hooks of
 :func:`~convscope.backproject.core.modified_backward`), :func:`project_methods` /
 :func:`project_full` / :func:`project` seed one unit per example and run one backward pass per
-method, :func:`check_ranges` says which units and positions a layer has, and :func:`to_image`
-makes the usual picture of a projection.
+method, :func:`check_ranges` says which units and positions a layer has (the picture of a
+projection is :func:`convscope.display.to_picture`'s).
 """
 from __future__ import annotations
 
@@ -253,7 +253,7 @@ def project(
     channel. ``method``: a key of :data:`METHODS` (``"deconvnet"``, ``"guided"``, ``"gradient"``).
 
     Returns the raw projection, (N, 3, H, W) in the input's gradient units, on the model's
-    device; :func:`to_image` makes a picture of one. The forward pass stops at ``layer``; no
+    device; :func:`convscope.display.to_picture` makes a picture of one. The forward pass stops at ``layer``; no
     gradient is left on the model's parameters, and the model is left as it was.
 
     >>> pixels = project(model, x, "features.10", units=[3, 7], method="guided")
@@ -261,32 +261,7 @@ def project(
     return project_full(model, x, layer, units, positions, method, _stacklevel=2).pixels
 
 
-def to_image(projection: torch.Tensor | np.ndarray, scale: float = 0.1) -> np.ndarray:
-    """The usual picture of a projection: (3, H, W) -> (H, W, 3) uint8.
-
-    As in the deconvnet and guided-backprop papers' figures: the whole array is centred on its
-    mean (drawn as mid-grey, 128), divided by its standard deviation, multiplied by ``scale``
-    (0.1: five standard deviations reach black or white) and clipped to [0, 1]. A constant
-    projection is plain grey. Colours are those of the model's input channels (RGB).
-
-    >>> to_image(project(model, x, "features.10", [3])[0]).shape
-    (112, 112, 3)
-    """
-    if isinstance(projection, torch.Tensor):
-        projection = projection.detach().float().cpu().numpy()
-    p = np.asarray(projection, dtype=np.float64)
-    if p.ndim == 4 and p.shape[0] == 1:
-        p = p[0]
-    if p.ndim != 3 or p.shape[0] != 3:
-        raise ValueError(f"to_image expects one projection of shape (3, H, W), got {p.shape}")
-    p = np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
-    p = p - p.mean()
-    std = p.std()
-    img = np.full(p.shape, 0.5) if std == 0 else np.clip(0.5 + scale * p / std, 0.0, 1.0)
-    return np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8)
-
-
 __all__ = [
     "ForwardPass", "Projection", "ProjectionError", "check_ranges", "forward_pass", "project", "project_full",
-    "project_methods", "to_image",
+    "project_methods",
 ]

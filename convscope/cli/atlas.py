@@ -162,7 +162,7 @@ def info(directory, as_json):
 @renamed("--unit", "--units", required=True, type=UNITS)
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per unit: layer, unit, examples.")
 def show(directory, layers, units, as_json):
-    """The top examples of units: image, value, position on the layer's map, and box
+    """The top examples of units: photo path, value, position on the layer's map, and box
     (top, left, bottom, right) on the model input.
 
     \b
@@ -179,7 +179,7 @@ def show(directory, layers, units, as_json):
     for layer, unit, examples in found:
         rows = [
             {
-                "image": e["image"], "value": e["value"], "y": e["y"], "x": e["x"], "box": e["box"],
+                "path": e["path"], "value": e["value"], "y": e["y"], "x": e["x"], "box": e["box"],
                 "rank": e["rank"], "box_original": e["box_original"],
                 "patch": e["patch"], "deconvnet": e["deconvnet"], "guided": e["guided"],
             }
@@ -191,5 +191,5 @@ def show(directory, layers, units, as_json):
         click.echo(f"{layer} unit {unit}: {len(rows)} examples (files under {root})")
         for r in rows:
             click.echo(
-                f"{r['rank']:3d}  {r['value']:10.4f}  y={r['y']:<3d} x={r['x']:<3d} box={r['box']}  {r['image']}"
+                f"{r['rank']:3d}  {r['value']:10.4f}  y={r['y']:<3d} x={r['x']:<3d} box={r['box']}  {r['path']}"
             )

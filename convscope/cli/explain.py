@@ -33,8 +33,9 @@ def explain(image, methods, target, layers, window, stride, batch_size, out_dir,
     \b
     Methods (one PNG each in --out):
       occlusion       grey square slid over the image (Zeiler & Fergus fig. 7): total activation
-                      of the strongest map of the layer, its deconvnet projection, probability of
-                      the target, most probable class, against the square's position
+                      of the strongest map of the layer, its deconvnet projection (guided
+                      backprop where the deconvnet cannot depend on the image, as in the atlas),
+                      probability of the target, most probable class, against the square's position
       gradcam         Grad-CAM at the layer over the image
       guided-gradcam  guided backprop times the upsampled Grad-CAM
       saliency        input gradient of the target logit, max |.| over colour channels

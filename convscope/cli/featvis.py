@@ -65,8 +65,7 @@ def featvis(model_args, layers, units, steps, size, batch_size, seed, param, lr,
                 if out_dir is not None:
                     files, sheet = save_pngs(result, out_dir)
                 if opened is not None:
-                    meta = {"model": model.spec, "steps": steps, "size": size, "param": param, "lr": lr, "base_seed": seed}
-                    atlas_files = save_to_atlas(result, atlas_dir, meta, opened)
+                    atlas_files = save_to_atlas(result, atlas_dir, opened)
                     files = files or atlas_files
                 if as_json:
                     for u, path, value in zip(result.units, files, result.objective):

@@ -35,8 +35,10 @@ def project(image, layers, units, y, x, method, out, npy, as_json, model_args):
     """Project units of layers back to the input pixels of IMAGE.
 
     Takes each unit's strongest position in the image unless --y and --x are given, and writes
-    the projection as a picture (centred at grey, see `convscope.backproject.to_image`) and,
-    with --npy, as the raw array.
+    the projection as a picture (zero at grey, robust contrast: `convscope.display.to_picture`,
+    as the atlas draws it) and, with --npy, as the raw array. Where the deconvnet cannot depend
+    on the image (no max-pool or other routing below the layer), guided backprop is projected
+    instead, as in the atlas, and a note says why.
 
     \b
     Examples:
@@ -54,7 +56,7 @@ def project(image, layers, units, y, x, method, out, npy, as_json, model_args):
     write_png = out is not None or out_file is not None or npy_file is None
     out_dir = Path(out if out is not None else ".")
 
-    from ..backproject import ActivationRuleWarning, check_ranges, project_full
+    from ..backproject import ActivationRuleWarning, check_ranges, layer_methods, project_full
     from ..data import load_image
     from ..progress import Bar
 
@@ -68,6 +70,8 @@ def project(image, layers, units, y, x, method, out, npy, as_json, model_args):
         wanted = list(range(shape[0])) if units == "all" else list(units)
         check_ranges(layer, shape, wanted, None if y is None else [(y, x)])
         plan.append((layer, shape, wanted))
+    # guided backprop stands in for the deconvnet where it cannot depend on the image, as in the atlas
+    chosen = layer_methods(model, [layer for layer, _, _ in plan], (method,), input_size=tuple(batch.shape[-2:]))
     count = sum(len(w) for _, _, w in plan)
     if count > 1 and (out_file is not None or npy_file is not None):
         raise click.UsageError(f"{count} projections asked for: give --out a folder and --npy without a file name")
@@ -76,26 +80,29 @@ def project(image, layers, units, y, x, method, out, npy, as_json, model_args):
     with Bar(count, "projecting", disable=True if count <= CHUNK else None) as bar:
         for layer, shape, wanted in plan:
             info = catalogue.get(layer)
+            drawn = chosen[layer].methods[0]
+            if chosen[layer].note is not None:
+                note(f"{layer}: {chosen[layer].note}")
             for start in range(0, len(wanted), CHUNK):
                 chunk = wanted[start:start + CHUNK]
                 with warnings.catch_warnings():
                     # One summary line at the end instead of one warning per activation.
                     warnings.simplefilter("ignore", ActivationRuleWarning)
                     result = project_full(model, batch.expand(len(chunk), -1, -1, -1), layer, chunk,
-                                          None if y is None else [(y, x)] * len(chunk), method)
+                                          None if y is None else [(y, x)] * len(chunk), drawn)
                 notes += [n for n in result.notes if n not in notes]
                 for i, unit in enumerate(chunk):
                     py, px = result.positions[i]
                     box = info.box(py, px, tuple(batch.shape[-2:]))
                     pixels = result.pixels[i].float().cpu().numpy()
-                    stem = out_dir / f"{Path(image).stem}-{layer}-{unit}-{method}"
+                    stem = out_dir / f"{Path(image).stem}-{layer}-{unit}-{drawn}"
                     written = []
                     if npy is not None:
                         written.append(_save_npy(npy_file or f"{stem}.npy", pixels))
                     if write_png:
                         written.append(_save_png(out_file or f"{stem}.png", pixels, box))
                     record = {
-                        "image": image, "layer": layer, "unit": unit, "method": method, "y": py, "x": px,
+                        "image": image, "layer": layer, "unit": unit, "method": drawn, "y": py, "x": px,
                         "position": "strongest" if y is None else "given",
                         "activation": float(result.activations[i]), "box": list(box), "files": written,
                     }
@@ -138,9 +145,9 @@ def _save_npy(path, pixels) -> str:
 def _save_png(path, pixels, box) -> str:
     from PIL import Image, ImageDraw
 
-    from ..backproject import to_image
+    from ..display import to_picture
 
-    img = Image.fromarray(to_image(pixels))
+    img = Image.fromarray(to_picture(pixels)[0])
     top, left, bottom, right = box
     if bottom > top and right > left:
         ImageDraw.Draw(img).rectangle([left, top, right - 1, bottom - 1], outline=(255, 210, 0), width=1)

@@ -133,13 +133,13 @@ class GuidedGradCAM(GradCAM):
         self.arrays = {"guided_gradcam": "guided"}
 
     def figure(self):
-        from ..backproject import to_image
+        from ..display import to_picture
 
         fig, (a, b, c, d) = figures.new_figure(4)
         figures.show_image(a, self.image, f"input: {self.image_name}")
         figures.overlay(b, self.image, self.heatmap, f"Grad-CAM at {self.layer}")
-        figures.show_image(c, to_image(self.backprop), "guided backprop")
-        figures.show_image(d, to_image(self.guided), f"guided Grad-CAM\n{self.target}: {self.target_label}")
+        figures.show_image(c, to_picture(self.backprop)[0], "guided backprop")
+        figures.show_image(d, to_picture(self.guided)[0], f"guided Grad-CAM\n{self.target}: {self.target_label}")
         return fig
 
 

@@ -11,7 +11,10 @@ the last square clipped at the border (the positions of captum's ``Occlusion``).
 For each position: (b) the total activation (sum over the map) of the channel of ``layer`` that
 responds most strongly (largest single value) to the unoccluded image, (d) the probability of
 the target class, (e) the most probable class. (c) is that channel's deconvnet projection for
-the unoccluded image (:mod:`convscope.backproject`).
+the unoccluded image (:mod:`convscope.backproject`), or its guided backprop, with the reason,
+where the deconvnet cannot depend on the image (no max-pool or other routing below the layer:
+:func:`convscope.backproject.layer_methods`, the atlas's rule), drawn as the atlas draws
+projections (:func:`convscope.display.to_picture`).
 
 Speed: the occluded copies go through the model in memory-bounded batches, and work the square
 cannot change is skipped. A layer early in the network (the *split*, a stage output chosen by a
@@ -38,14 +41,7 @@ from ..hooks import Handles, capture, model_lock, run
 from ..models import as_loaded
 from ..progress import Bar
 from . import figures
-from ._common import (
-    ExplainError,
-    Explanation,
-    check_layer,
-    prepare,
-    resolve_target,
-    top_predictions,
-)
+from ._common import ExplainError, Explanation, check_layer, prepare, resolve_target, top_predictions
 
 DEFAULT_WINDOW = 48
 DEFAULT_STRIDE = 16
@@ -81,9 +77,10 @@ class Occlusion(Explanation):
     (ny, nx): probability of ``target``; ``top_class`` (ny, nx): most probable class;
     ``probabilities`` (ny, nx, classes): every class's probability (for maps of other classes,
     or of a group: ``probabilities[..., 281:286].sum(-1)`` for ImageNet's cats);
-    ``projection`` (H, W, 3) uint8: deconvnet projection of ``channel`` at its strongest
-    position ``peak`` (on the layer's map) for the unoccluded image, nonzero within
-    ``peak_box`` (top, left, bottom, right);
+    ``projection`` (H, W, 3) uint8: the projection of ``channel`` at its strongest position
+    ``peak`` (on the layer's map) for the unoccluded image by ``projection_method`` (the
+    deconvnet, or guided backprop where the deconvnet cannot depend on the image, and
+    ``projection_note`` says why), nonzero within ``peak_box`` (top, left, bottom, right);
     ``base_activation``/``base_probability``: the unoccluded values; ``split``: the layer the
     forward passes were split at (``None``: full passes).
     """
@@ -99,6 +96,8 @@ class Occlusion(Explanation):
     top_class: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     projection: np.ndarray | None = None
+    projection_method: str = "deconvnet"
+    projection_note: str | None = None
     peak: tuple[int, int] = (0, 0)
     peak_box: tuple[int, int, int, int] | None = None
     base_activation: float = 0.0
@@ -128,7 +127,10 @@ class Occlusion(Explanation):
         figures.occlusion_map(ax[1], self.image, self.activation, self.window, self.stride,
                               f"(b) total activation\n{self.layer} channel {self.channel}")
         if self.projection is not None:
-            figures.show_image(ax[2], self.projection, f"(c) deconvnet projection\n{self.layer} channel {self.channel}")
+            shown = "deconvnet" if self.projection_method == "deconvnet" else "guided backprop"
+            figures.show_image(ax[2], self.projection, f"(c) {shown} projection\n{self.layer} channel {self.channel}")
+            if self.projection_note is not None:  # the whole reason is in the notes and the JSON summary
+                ax[2].set_xlabel("the deconvnet is the same for every\nimage here: guided backprop shown", fontsize=8)
             if self.peak_box is not None and self.peak_box != (0, 0, h, w):
                 figures.draw_box(ax[2], self.peak_box)
         else:
@@ -141,7 +143,8 @@ class Occlusion(Explanation):
     def summary(self) -> dict:
         d = super().summary()
         d.update(layer=self.layer, channel=self.channel, window=self.window, stride=self.stride, split=self.split,
-                 map_shape=list(self.probability.shape))
+                 map_shape=list(self.probability.shape), projection_method=self.projection_method,
+                 projection_note=self.projection_note)
         return d
 
 
@@ -363,6 +366,7 @@ def occlusion(
     batch_size: int | None = None,
     split: str | None = "auto",
     progress: bool | None = None,
+    projection: bool = True,
 ) -> Occlusion:
     """Occlusion maps of one image (see the module docstring for what is computed).
 
@@ -373,7 +377,8 @@ def occlusion(
     occluded copies per forward pass (default: memory-bounded). ``split``: ``"auto"`` (skip
     work the square cannot change; see the module docstring), a layer name to split at, or
     ``None`` for plain full passes. ``progress``: a progress bar on stderr (default: when it
-    is a terminal).
+    is a terminal). ``projection``: compute panel (c) (False, for a caller that needs the maps
+    only: ``projection`` is then None, and the figure says so).
 
     >>> from convscope import load_model
     >>> from convscope.explain import occlusion
@@ -398,10 +403,12 @@ def occlusion(
     # One lock for the whole computation: hooks, the rule context of the projection and every
     # forward pass see no other thread's hooks on the model (see convscope.hooks.model_lock).
     with model_lock(model.module):
-        return _occlude(model, x, pixels, name, target, layer, int(window), int(stride), batch_size, split, progress)
+        return _occlude(model, x, pixels, name, target, layer, int(window), int(stride), batch_size, split, progress,
+                        projection)
 
 
-def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, split, progress) -> Occlusion:
+def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, split, progress,
+             projection=True) -> Occlusion:
     H, W = x.shape[2:]
     ys, xs = positions(H, window, stride), positions(W, window, stride)
     module = model.module
@@ -457,35 +464,45 @@ def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, 
         base_prob = float(torch.softmax(logits0.float(), dim=1)[0, cls])
         base_act = float(act0[channel].sum())
 
-    projection, peak, box = _deconvnet(model, x, layer, channel, notes)
+    flat = int(act0[channel].argmax())
+    picture, peak, box, method, note = None, (flat // act0.shape[2], flat % act0.shape[2]), None, "deconvnet", None
+    if projection:
+        picture, peak, box, method, note = _projection(model, x, layer, channel, notes)
     labels = {int(c): model.label(int(c)) for c in np.unique(top_map)}
     return Occlusion(
         image=pixels, target=cls, target_label=model.label(cls), top=top_predictions(model, logits0), image_name=name,
         layer=layer, channel=channel, window=window, stride=stride, ys=ys, xs=xs,
-        activation=act_map, probability=prob_map, top_class=top_map, probabilities=all_probs, projection=projection, peak=peak, peak_box=box,
+        activation=act_map, probability=prob_map, top_class=top_map, probabilities=all_probs, projection=picture,
+        projection_method=method, projection_note=note, peak=peak, peak_box=box,
         base_activation=base_act, base_probability=base_prob, labels=labels,
         split=plan.layer if plan is not None else None, notes=notes,
     )
 
 
-def _deconvnet(model, x, layer: str, channel: int, notes: list[str]):
-    """(c): the channel's deconvnet projection at its strongest position, as an image, with the
-    position and the box where the projection is nonzero (the unit's receptive field).
+def _projection(model, x, layer: str, channel: int, notes: list[str]):
+    """(c): the channel's projection at its strongest position, as a picture, with the position,
+    the box where the projection is nonzero (the unit's receptive field), the method and the
+    reason guided backprop stands in for the deconvnet (None where it does not).
 
     The substitute-rule notes go into ``notes`` (the result's), not out as warnings: silencing
     warnings would need ``warnings.catch_warnings``, whose process-wide filters are not thread-safe.
     """
-    from ..backproject import forward_pass, to_image
+    from ..backproject import forward_pass, layer_methods
+    from ..display import to_picture
 
-    with forward_pass(model, x, [layer], ("deconvnet",), warn=False) as fp:
+    chosen = layer_methods(model, [layer], ("deconvnet",), input_size=tuple(x.shape[-2:]))[layer]
+    method = chosen.methods[0]
+    if chosen.note is not None:
+        notes.append(f"(c): {chosen.note}")
+    with forward_pass(model, x, [layer], (method,), warn=False) as fp:
         out = fp.outputs[layer]
         flat = int(out.detach()[0, channel].argmax())
         peak = (flat // out.shape[3], flat % out.shape[3])
         seed = torch.zeros_like(out)
         seed[0, channel, peak[0], peak[1]] = 1.0
-        pixels = fp.backward({layer: seed}, "deconvnet", retain=False)[0].detach()
-    notes.extend(fp.rules.by_method.get("deconvnet", []))
+        pixels = fp.backward({layer: seed}, method, retain=False)[0].detach()
+    notes.extend(fp.rules.by_method.get(method, []))
     support = pixels.abs().sum(0) > 0
     rows, cols = torch.nonzero(support.any(1)).flatten(), torch.nonzero(support.any(0)).flatten()
     box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1) if len(rows) else None
-    return to_image(pixels), peak, box
+    return to_picture(pixels)[0], peak, box, method, chosen.note

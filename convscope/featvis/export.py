@@ -80,13 +80,13 @@ def close_atlas(atlas: Atlas | None) -> None:
         atlas.close()
 
 
-def save_to_atlas(result: FeatvisResult, atlas_dir, meta: dict | None = None, opened: Atlas | None = None) -> list[Path]:
+def save_to_atlas(result: FeatvisResult, atlas_dir, opened: Atlas | None = None) -> list[Path]:
     """Add ``result`` to the atlas at ``atlas_dir`` (:meth:`~convscope.atlas.Atlas.set_featvis`
-    for each unit); returns the absolute PNG path of each unit inside the atlas.
+    for each unit); returns the absolute PNG path of each unit inside the atlas (the atlas
+    records the images only).
 
     ``opened``: the atlas from :func:`open_atlas`, which stays the caller's to close; otherwise
-    the atlas is opened and closed here. ``meta`` is not stored (the atlas records the images
-    only); it is accepted for the callers that still pass it.
+    the atlas is opened and closed here.
     """
     atlas = opened if opened is not None else open_atlas(atlas_dir, layer=result.layer)
     try:

@@ -4,8 +4,8 @@
   at least :data:`DUPLICATE_COSINE` (a photo's embedding; a video's mean frame embedding),
   joined transitively (union-find). All pairs are compared, in blocks of float16 products:
   O(files^2) work, seconds for ten thousand files.
-* Albums: by WordNet category, at a readable depth (:data:`ALBUMS`, first match wins), for
-  files whose probability mass in one category is at least :data:`ALBUM_CONFIDENCE`; the rest
+* Albums: by WordNet category, at a readable depth (:func:`convscope.vocab.album_for`, the
+  one taxonomy), for files whose probability mass in one category is at least :data:`ALBUM_CONFIDENCE`; the rest
   are clustered by embedding (agglomerative, average linkage on cosine distance; k-means past
   :data:`AGGLOMERATIVE_LIMIT` files) and named after their most common top class.
 
@@ -16,11 +16,11 @@
 """
 from __future__ import annotations
 
-import functools
 from collections import Counter, defaultdict
 
 import numpy as np
 
+from ..vocab.albums import album_for
 from .store import IndexStore
 
 #: Cosine of the embeddings above which two files are near-duplicates. Measured on resized,
@@ -28,35 +28,6 @@ from .store import IndexStore
 DUPLICATE_COSINE = 0.80
 #: Probability mass of a category's classes above which a file goes to that category's album.
 ALBUM_CONFIDENCE = 0.5
-#: Albums by WordNet category: (album name, query words), most specific first.
-ALBUMS = (
-    ("animals > dogs", "dog"), ("animals > cats", "cat, big cat"), ("animals > birds", "bird"), ("animals > fish", "fish"),
-    ("animals > reptiles and amphibians", "reptile, amphibian"), ("animals > insects and spiders", "insect, arachnid"),
-    ("animals > primates", "primate"), ("animals > mammals", "mammal"), ("animals > sea life", "invertebrate"),
-    ("animals", "animal"), ("food > fruit and vegetables", "fruit, vegetable"), ("food", "food, dish"),
-    ("vehicles > cars", "car"), ("vehicles > boats", "boat, ship"), ("vehicles > aircraft", "aircraft"), ("vehicles", "vehicle"),
-    ("nature > plants", "plant, flower"), ("nature > landscapes", "geological formation"), ("music", "musical instrument"),
-    ("clothing", "clothing"), ("buildings", "structure"), ("furniture", "furniture"), ("sports", "sports equipment"),
-    ("things > containers", "container"), ("things > devices", "device"),
-)
-
-
-@functools.cache
-def _album_of_class() -> dict[int, str]:
-    from ..vocab import Vocabulary
-
-    vocab = Vocabulary.load()
-    found: dict[int, str] = {}
-    for name, words in ALBUMS:
-        for c in vocab.classes_for(words).paths:
-            found.setdefault(c, name)
-    return found
-
-
-def album_for(class_index: int) -> str | None:
-    """The album of an ImageNet class (``"animals > dogs"`` for 207), or None if no category
-    of :data:`ALBUMS` holds it."""
-    return _album_of_class().get(int(class_index))
 
 
 def file_vectors(store: IndexStore) -> tuple[list[int], np.ndarray]:

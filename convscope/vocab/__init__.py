@@ -3,8 +3,7 @@
 :mod:`.wordnet` reads a query ("dog", "sports cars") as ImageNet classes with their WordNet
 paths; :mod:`.albums` files each class under a readable category ("animals > dogs").
 """
-from .albums import ALBUMS, Album, album_for, categories
+from .albums import ALBUMS, album_for
 from .wordnet import NoClassError, QueryMatch, Synset, Vocabulary, normalize
 
-__all__ = ["ALBUMS", "Album", "NoClassError", "QueryMatch", "Synset", "Vocabulary", "album_for",
-           "categories", "normalize"]
+__all__ = ["ALBUMS", "NoClassError", "QueryMatch", "Synset", "Vocabulary", "album_for", "normalize"]

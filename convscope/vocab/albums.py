@@ -1,95 +1,56 @@
 """Albums: a readable WordNet category for each ImageNet class ("animals > dogs", "food").
 
-A fixed list of 25 categories, each one or a few WordNet synsets, chosen to be words a person
-files photos under and to cover most classes (850 of the 1,000; the generator prints the count
-per album). A class goes to the first album in :data:`ALBUMS` whose synsets include the class or
-one of its ancestors, so the narrower albums come first ("animals > dogs" before "animals >
-mammals", kitchenware before containers). The 150 classes that no album names (a padlock, an
-umbrella, a rifle) get None: ``organize`` groups them by their embeddings instead.
+The one album taxonomy of convscope (the index's albums, :func:`convscope.index.organize.albums`,
+file photos under it). :data:`ALBUMS` is 25 categories, each a name and the query words whose
+classes it holds (read as a keyword search reads them, :meth:`Vocabulary.classes_for`), most
+specific first: a class goes to the first album whose words hold it ("animals > dogs" before
+"animals > mammals" before "animals"). 852 of the 1,000 classes get an album; the rest (an
+umbrella, a rifle) get None, and the index groups their photos by embedding instead.
+
+>>> album_for(207), album_for(817)
+('animals > dogs', 'vehicles > cars')
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cache
+import functools
 
 from .wordnet import Vocabulary
 
-
-@dataclass(frozen=True)
-class Album:
-    """``path``: the album's names from the broadest, ``("animals", "dogs")``; ``synsets``: the
-    WordNet ids whose classes it holds."""
-
-    path: tuple[str, ...]
-    synsets: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return " > ".join(self.path)
-
-
+#: Albums by WordNet category: (album name, query words), most specific first.
 ALBUMS = (
-    Album(("animals", "dogs"), ("n02084071",)),  # dog
-    Album(("animals", "cats"), ("n02120997",)),  # feline: house cats and big cats
-    Album(("animals", "mammals"), ("n01861778",)),  # mammal
-    Album(("animals", "birds"), ("n01503061",)),  # bird
-    Album(("animals", "reptiles and amphibians"), ("n01661091", "n01627424")),  # reptile, amphibian
-    Album(("animals", "fish"), ("n02512053",)),  # fish
-    Album(("animals", "insects"), ("n02159955",)),  # insect
-    Album(("animals", "invertebrates"), ("n01905661",)),  # invertebrate: spiders, crabs, snails
-    Album(("people",), ("n00007846",)),  # person
-    Album(("plants and fungi",), ("n00017222", "n12992868")),  # plant, fungus
-    Album(("food", "fruit and vegetables"), ("n07705711", "n13134947")),  # produce, fruit
-    Album(("food",), ("n00021265", "n07555863")),  # food (nutrient), food (solid food)
-    Album(("landscapes",), ("n09287968",)),  # geological formation
-    Album(("vehicles", "cars and trucks"), ("n03791235",)),  # motor vehicle
-    Album(("vehicles", "boats"), ("n04530566",)),  # vessel (watercraft)
-    Album(("vehicles",), ("n04524313", "n04019101")),  # vehicle, public transport
-    Album(("musical instruments",), ("n03800933",)),  # musical instrument
-    Album(("clothing",), ("n03051540", "n03380867", "n02739668")),  # clothing, footwear, armor
-    Album(("furniture",), ("n03405725",)),  # furniture
-    Album(("buildings and structures",), ("n04341686",)),  # structure
-    # electronic equipment, computer, appliance, electronic device, electrical device,
-    # communication system, photographic equipment
-    Album(("electronics and appliances",),
-          ("n03278248", "n03082979", "n02729837", "n03277771", "n03269401", "n03078287", "n03926148")),
-    Album(("sports and games",), ("n04285146", "n03414162")),  # sports, game equipment
-    Album(("kitchenware",), ("n03621049", "n04381994")),  # kitchen utensil, tableware
-    Album(("tools and instruments",), ("n04451818", "n03733925")),  # tool, measuring instrument
-    Album(("containers",), ("n03094503",)),  # container: bags, boxes, baskets
+    ("animals > dogs", "dog"), ("animals > cats", "cat, big cat"), ("animals > birds", "bird"), ("animals > fish", "fish"),
+    ("animals > reptiles and amphibians", "reptile, amphibian"), ("animals > insects and spiders", "insect, arachnid"),
+    ("animals > primates", "primate"), ("animals > mammals", "mammal"), ("animals > sea life", "invertebrate"),
+    ("animals", "animal"), ("food > fruit and vegetables", "fruit, vegetable"), ("food", "food, dish"),
+    ("vehicles > cars", "car"), ("vehicles > boats", "boat, ship"), ("vehicles > aircraft", "aircraft"), ("vehicles", "vehicle"),
+    ("nature > plants", "plant, flower"), ("nature > landscapes", "geological formation"), ("music", "musical instrument"),
+    ("clothing", "clothing"), ("buildings", "structure"), ("furniture", "furniture"), ("sports", "sports equipment"),
+    ("things > containers", "container"), ("things > devices", "device"),
 )
 
 
-def categories(class_index: int, depth: int | None = None) -> tuple[str, ...]:
-    """The album path of ImageNet class ``class_index`` (0 to 999), broadest first, cut to
-    ``depth`` names: ``categories(207) == ("animals", "dogs")``, ``categories(207, 1) ==
-    ("animals",)``; ``()`` for a class that no album names."""
-    album = _album_of()[class_index]
-    path = album.path if album else ()
-    return path if depth is None else path[:depth]
+@functools.cache
+def _album_of_class() -> dict[int, str]:
+    vocab = Vocabulary.load()
+    found: dict[int, str] = {}
+    for name, words in ALBUMS:
+        for c in vocab.classes_for(words).paths:
+            found.setdefault(c, name)
+    return found
 
 
 def album_for(class_index: int) -> str | None:
-    """The album name of ImageNet class ``class_index``: ``album_for(207) == "animals > dogs"``;
-    None for a class that no album names."""
-    album = _album_of()[class_index]
-    return album.name if album else None
+    """The album of ImageNet class ``class_index`` (0 to 999): ``album_for(207) ==
+    "animals > dogs"``; None if no category of :data:`ALBUMS` holds it."""
+    return _album_of_class().get(int(class_index))
 
 
 def coverage() -> dict[str, int]:
     """How many of the 1,000 classes each album holds, in the order of :data:`ALBUMS`."""
-    counts = {album.name: 0 for album in ALBUMS}
-    for album in _album_of():
-        if album:
-            counts[album.name] += 1
+    counts = {name: 0 for name, _words in ALBUMS}
+    for name in _album_of_class().values():
+        counts[name] += 1
     return counts
 
 
-@cache
-def _album_of() -> tuple[Album | None, ...]:
-    vocab = Vocabulary.load()
-    out = []
-    for index in range(len(vocab.labels)):
-        above = vocab.ancestors(index)
-        out.append(next((a for a in ALBUMS if above.intersection(a.synsets)), None))
-    return tuple(out)
+__all__ = ["ALBUMS", "album_for", "coverage"]

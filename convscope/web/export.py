@@ -92,7 +92,7 @@ def export_static(atlas, out: str | os.PathLike, progress: bool | None = None) -
                     example = gallery.example(name, u, ex["rank"])
                     write_page(["layers", name, "units", u, "examples", ex["rank"]], "example.html", page=example)
                     write_json(["layers", name, "units", u, "examples", ex["rank"]], example)
-                    filename = source_filename(name, u, ex["rank"], example["hash"])
+                    filename = source_filename(name, u, ex["rank"], example["sha256"])
                     if example["source_available"] and filename not in written_sources:
                         img, _ = gallery.source_image(name, u, ex["rank"])
                         with atomic_write(inside(out / "sources" / filename), fsync=False) as f:

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ..atlas.fill import lacking
 from ..errors import ConvscopeError
 from .common import NotFound
 from .gallery import Gallery
@@ -99,11 +100,7 @@ class FillPages:
     # ------------------------------------------------------------------ the endpoint
 
     def _missing(self, page: dict) -> dict:
-        missing = dict(page["missing"])
-        if self.featvis is False:
-            missing["featvis"] = False
-            missing["any"] = bool(missing["projections"])
-        return missing
+        return lacking(page["missing"], self.featvis is not False)
 
     def _files(self, page: dict) -> dict:
         files = {}

@@ -17,10 +17,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from ..atlas.store import METHODS, unit_missing
 from ..data import load_image
 from ..errors import ConvscopeError, unknown_name_error
 from .common import Memo, NotFound, confined_image
-from .common import finite as _num
+from .common import finite
 
 
 class Gallery:
@@ -102,15 +103,12 @@ class Gallery:
         ``computed``, ``reason``; None for atlases built before it was recorded) and ``note``
         (one sentence for the page when guided backprop stands in for the deconvnet, else None)."""
         dep = self._layer_meta[name].get("deconvnet")
-        if dep is None or dep["computed"]:
-            methods = ["deconvnet", "guided"]
-        else:
-            methods = ["guided"]
+        methods = self.atlas.methods(name)
         note = None
         if dep is not None and not dep["depends"] and not dep["computed"]:
             reason = dep["reason"].rstrip(".")
             note = reason[:1].upper() + reason[1:] + "."  # the atlas's own sentence
-        return {"methods": methods, "projection": methods[0],
+        return {"methods": methods, "projection": methods[0] if methods else None,
                 "deconvnet": None if dep is None else {k: dep[k] for k in ("depends", "computed", "reason")},
                 "note": note}
 
@@ -162,11 +160,11 @@ class Gallery:
             for record in self.unit_records(name):
                 u = record["unit"]
                 examples = self._examples(name, u)
-                top = examples[0] if examples else dict.fromkeys(("patch", "deconvnet", "guided"))
+                top = examples[0] if examples else dict.fromkeys(("patch", *METHODS))
                 units.append({
-                    "projection": top[view["projection"]],
+                    "projection": top.get(view["projection"]),
                     "unit": u,
-                    "top": _num(record["top"]),
+                    "top": finite(record["top"]),
                     "patch": top["patch"],
                     "deconvnet": top["deconvnet"],
                     "guided": top["guided"],
@@ -191,13 +189,14 @@ class Gallery:
         boxes, the feature visualization, and neighbouring units."""
         record = self.check_unit(layer, unit)
         n = len(self.unit_records(layer))
+        stored = self._examples(layer, unit)
         examples = [
             {
                 "rank": ex["rank"],
-                "image": Path(ex["image"]).name,  # the file name only: no server paths
-                "hash": ex["hash"],
-                "value": _num(ex["value"]),
-                "pre_value": _num(ex.get("pre_value")),
+                "name": Path(ex["path"]).name,  # the photo's file name only: no server paths
+                "sha256": ex["sha256"],
+                "value": finite(ex["value"]),
+                "pre": finite(ex["pre"]),
                 "y": ex["y"],
                 "x": ex["x"],
                 "box": ex["box"],
@@ -206,22 +205,19 @@ class Gallery:
                 "deconvnet": ex["deconvnet"],
                 "guided": ex["guided"],
             }
-            for ex in self._examples(layer, unit)
+            for ex in stored
         ]
         hist = record["histogram"]
         view = self.projection_view(layer)
-        # what the on-demand fill (convscope.atlas.fill) would add: projections of examples that
-        # have a patch (their photo was read), and the feature visualization
-        lacking = [ex["rank"] for ex in examples if ex["patch"] and any(not ex[m] for m in view["methods"])]
-        missing = {"projections": lacking, "featvis": record["featvis"] is None,
-                   "any": bool(lacking) or record["featvis"] is None}
+        # what the on-demand fill (convscope.atlas.fill) would add
+        missing = unit_missing(stored, record["featvis"], view["methods"])
         return {
             "layer": self.layer_summary(layer),
             "unit": unit,
             "stats": {
-                "top": _num(record["top"]),
-                "mean": _num(record["mean"]),
-                "frac_positive": _num(record["frac_positive"]),
+                "top": finite(record["top"]),
+                "mean": finite(record["mean"]),
+                "frac_positive": finite(record["frac_positive"]),
                 "quantiles": record["quantiles"],
             },
             "histogram": {"counts": list(hist["counts"]), "edges": list(hist["edges"])},
@@ -249,7 +245,7 @@ class Gallery:
             path = self.source_path(layer, unit, rank)
         except NotFound:
             path = None
-        size = ex["image_size"]
+        size = ex["size"]
         if path is not None and not size:
             try:
                 size = self.source_size(layer, unit, rank)
@@ -258,12 +254,12 @@ class Gallery:
         size = list(size) if path is not None and size else None
         return {"layer": page["layer"], "unit": unit, "example": mine, "source_size": size,
                 "ranked_by": page["ranked_by"], "methods": page["methods"], "note": page["note"],
-                "source_available": size is not None, "hash": ex["hash"]}
+                "source_available": size is not None, "sha256": ex["sha256"]}
 
     def source_path(self, layer: str, unit: int, rank: int) -> Path:
         """The photo an example was found in, as the atlas recorded its path (the atlas keeps
         no copy of it); :class:`NotFound` when it is no longer on disk."""
-        image = Path(self._example(layer, unit, rank)["image"])
+        image = Path(self._example(layer, unit, rank)["path"])
         if image.is_file():
             return image
         raise NotFound(f"the source image of this example ({image.name}) is no longer on disk")

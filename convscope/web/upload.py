@@ -111,7 +111,8 @@ class UploadStore:
 def _occlusion_heat(model, x: torch.Tensor, target: int) -> np.ndarray:
     """Per pixel, the mean drop in the target's probability over the squares that covered it."""
     cpu = torch.device(model.device).type == "cpu"
-    result = occlusion(model, x[0], target=target, progress=False, batch_size=OCCLUSION_BATCH if cpu else None)
+    result = occlusion(model, x[0], target=target, progress=False, batch_size=OCCLUSION_BATCH if cpu else None,
+                       projection=False)  # the maps only: no projection (panel (c)) to compute
     drop = float(result.base_probability) - np.asarray(result.probability, dtype=np.float64)
     H, W = int(x.shape[2]), int(x.shape[3])
     total = np.zeros((H, W))
