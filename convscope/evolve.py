@@ -43,7 +43,7 @@ from .crops import Crops
 from .data import expand_inputs, iter_batches, load_image
 from .display import shown_box, to_picture
 from .errors import ArgumentError, ConvscopeError, unknown_layer_error
-from .files import atomic_write, printable_path, safe_name, write_text_atomic
+from .files import atomic_write, json_number, printable_path, safe_name, write_text_atomic
 from .hooks import capture, run
 from .models import LoadedModel, Preprocessing
 from .progress import Bar
@@ -117,7 +117,7 @@ class Evolution:
         """Per step of ``layer``: ``{"from", "to", "overlap", "correlation"}``, the layer means."""
         ev = self._layer(layer)
         return [
-            {"from": a, "to": b, "overlap": float(o), "correlation": _num(r)}
+            {"from": a, "to": b, "overlap": float(o), "correlation": json_number(r)}
             for (a, b), o, r in zip(self.steps, ev.mean_overlap(), ev.mean_correlation())
         ]
 
@@ -130,11 +130,11 @@ class Evolution:
         for name, ev in self.layers.items():
             for s, ((a, b), o, r) in enumerate(zip(self.steps, ev.mean_overlap(), ev.mean_correlation())):
                 out.append({"layer": name, "unit": None, "from": a, "to": b, "overlap": float(o),
-                            "correlation": _num(r), "units": ev.channels})
+                            "correlation": json_number(r), "units": ev.channels})
             for u in (range(ev.channels) if all_units else ev.units):
                 for s, (a, b) in enumerate(self.steps):
                     out.append({"layer": name, "unit": int(u), "from": a, "to": b,
-                                "overlap": float(ev.overlap[s, u]), "correlation": _num(ev.correlation[s, u])})
+                                "overlap": float(ev.overlap[s, u]), "correlation": json_number(ev.correlation[s, u])})
         return out
 
     def to_json(self, all_units: bool = False) -> str:
@@ -185,11 +185,6 @@ class Evolution:
         return self.layers[layer]
 
 
-def _num(v) -> float | None:
-    v = float(v)
-    return None if math.isnan(v) else v
-
-
 #: The gallery's manifest of an evolve run's cells, and the folder of the cell pictures.
 MANIFEST = "evolve.json"
 CELLS = "cells"
@@ -212,7 +207,7 @@ def save_cells(result, out: str | os.PathLike) -> list[Path]:
         for unit, cells in zip(ev.units, ev.cells):
             row = []
             for c, cell in enumerate(cells):
-                entry = {"photo": Path(cell.photo).name, "value": _num(cell.value), "y": int(cell.y), "x": int(cell.x),
+                entry = {"photo": Path(cell.photo).name, "value": json_number(cell.value), "y": int(cell.y), "x": int(cell.x),
                          "box": [int(v) for v in cell.box]}
                 for kind, pixels in (("patch", cell.patch), ("projection", cell.projection)):
                     rel = folder / f"{unit}-{c}-{kind}.png"
@@ -297,8 +292,8 @@ class EvolveRun:
                     continue
                 r = json.loads(line)
                 entry = layers.setdefault(str(r["layer"]), {"means": [], "units": {}, "channels": None})
-                step = {"from": str(r["from"]), "to": str(r["to"]), "overlap": _finite(r["overlap"]),
-                        "correlation": _finite(r.get("correlation"))}
+                step = {"from": str(r["from"]), "to": str(r["to"]), "overlap": json_number(r["overlap"]),
+                        "correlation": json_number(r.get("correlation"))}
                 if r.get("unit") is None:
                     entry["means"].append(step)
                     entry["channels"] = r.get("units")
@@ -327,13 +322,6 @@ class EvolveRun:
 def grid_name(layer: str) -> str:
     """The grid picture :meth:`Evolution.save` writes for ``layer``."""
     return f"evolve-{safe_name(layer)}.png"
-
-
-def _finite(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 # --------------------------------------------------------------------------- the numbers

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 from pathlib import Path
@@ -217,6 +218,19 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def json_number(value) -> float | None:
+    """A number as the project's JSON and SQLite records hold it: ``None`` for a missing, NaN or
+    infinite value (JSON has no NaN), else a float.
+
+    >>> json_number(float("nan")) is None
+    True
+    """
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:

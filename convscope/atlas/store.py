@@ -28,7 +28,7 @@ import torch
 
 from ..choices import DRAWN_PROJECTIONS
 from ..errors import ConvscopeError, unknown_name_error
-from ..files import DiskFullError, atomic_write, safe_name
+from ..files import DiskFullError, atomic_write, json_number, safe_name
 from ..scan import ScanState
 from ..stores import PARTIAL, fsync_file, open_committed
 from .records import Records
@@ -399,10 +399,6 @@ def _display_histogram(hist: torch.Tensor, mids: np.ndarray, lo: float, hi: floa
     return {"counts": [int(v) for v in binned], "edges": [float(v) for v in out_edges]}
 
 
-def _finite(v: float) -> float | None:
-    return v if np.isfinite(v) else None
-
-
 def write_db(path: Path, model, result, records: Records, incomplete: set[str], projections: dict,
              seconds: float, deconvnet: dict | None = None) -> None:
     """Write the whole atlas database of a build to ``path`` (a new file) in one transaction, the
@@ -505,13 +501,13 @@ def unit_rows(result, layer: str):
         sketch = {
             "first": first,
             "counts": hist[first:last].tolist(),
-            "edges": [_finite(float(e)) for e in edges[first : last + 1]] if last else [],
+            "edges": [json_number(float(e)) for e in edges[first : last + 1]] if last else [],
         }
         lo, hi = float(s["min"][u]), float(s["max"][u])
         yield (
-            layer, u, _finite(float(values[u, 0])), float(s["mean"][u]), _finite(lo), _finite(hi),
+            layer, u, json_number(float(values[u, 0])), float(s["mean"][u]), json_number(lo), json_number(hi),
             float(s["frac_positive"][u]),
-            json.dumps({str(q): _finite(float(v)) for q, v in zip(QUANTILES, s["quantiles"][u].tolist())}),
+            json.dumps({str(q): json_number(float(v)) for q, v in zip(QUANTILES, s["quantiles"][u].tolist())}),
             json.dumps(_display_histogram(hist, mids, lo, hi)),
             json.dumps(sketch),
             None,

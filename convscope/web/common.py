@@ -10,7 +10,6 @@ elsewhere), and the confined serving of image files.
 from __future__ import annotations
 
 import io
-import math
 import os
 import stat
 import threading
@@ -111,14 +110,6 @@ class Memo:
         with self._lock:
             for key in keys:
                 self._values.pop(key, None)
-
-
-def finite(value) -> float | None:
-    """A number as JSON takes it: None for a missing or non-finite value."""
-    if value is None:
-        return None
-    v = float(value)
-    return v if math.isfinite(v) else None
 
 
 def jpeg(image, quality: int = 88) -> bytes:

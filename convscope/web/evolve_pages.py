@@ -34,7 +34,8 @@ from starlette.routing import Route
 
 from ..errors import unknown_name_error
 from ..evolve import CHANGES_PLOT, MANIFEST, EvolveRun, grid_name
-from .common import NotFound, confined_image, finite
+from ..files import json_number
+from .common import NotFound, confined_image
 from .site import Absent, NavLink, Site
 
 #: A layer has settled from the step at which its mean top-image overlap reaches this and stays
@@ -148,7 +149,7 @@ class EvolvePages:
             unit = int(row["unit"])
             cells = []
             for checkpoint, cell in zip(d.checkpoints, row["cells"]):
-                cells.append({"checkpoint": checkpoint, "photo": cell.get("photo"), "value": finite(cell.get("value")),
+                cells.append({"checkpoint": checkpoint, "photo": cell.get("photo"), "value": json_number(cell.get("value")),
                               "y": cell.get("y"), "x": cell.get("x"),
                               "patch": self.links.evolve_file(self.run.picture(str(cell.get("patch") or ""))),
                               "projection": self.links.evolve_file(self.run.picture(str(cell.get("projection") or "")))})

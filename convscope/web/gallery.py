@@ -21,7 +21,7 @@ from ..atlas.store import METHODS, unit_missing
 from ..data import load_image
 from ..errors import ConvscopeError, unknown_name_error
 from .common import Memo, NotFound, confined_image
-from .common import finite
+from ..files import json_number
 
 
 class Gallery:
@@ -164,7 +164,7 @@ class Gallery:
                 units.append({
                     "projection": top.get(view["projection"]),
                     "unit": u,
-                    "top": finite(record["top"]),
+                    "top": json_number(record["top"]),
                     "patch": top["patch"],
                     "deconvnet": top["deconvnet"],
                     "guided": top["guided"],
@@ -195,8 +195,8 @@ class Gallery:
                 "rank": ex["rank"],
                 "name": Path(ex["path"]).name,  # the photo's file name only: no server paths
                 "sha256": ex["sha256"],
-                "value": finite(ex["value"]),
-                "pre": finite(ex["pre"]),
+                "value": json_number(ex["value"]),
+                "pre": json_number(ex["pre"]),
                 "y": ex["y"],
                 "x": ex["x"],
                 "box": ex["box"],
@@ -215,9 +215,9 @@ class Gallery:
             "layer": self.layer_summary(layer),
             "unit": unit,
             "stats": {
-                "top": finite(record["top"]),
-                "mean": finite(record["mean"]),
-                "frac_positive": finite(record["frac_positive"]),
+                "top": json_number(record["top"]),
+                "mean": json_number(record["mean"]),
+                "frac_positive": json_number(record["frac_positive"]),
                 "quantiles": record["quantiles"],
             },
             "histogram": {"counts": list(hist["counts"]), "edges": list(hist["edges"])},
