@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backproject import project
+from .backproject import layer_methods, project
 from .checkpoints import checkpoint_labels, checkpoint_models
 from .choices import DEFAULT_UNITS
 from .crops import Crops
@@ -81,6 +81,10 @@ class LayerEvolution:
     overlap: np.ndarray
     correlation: np.ndarray
     cells: list[list[Cell]]
+    #: The projection drawn (:func:`convscope.backproject.layer_methods`: guided backprop stands in
+    #: for the deconvnet where it cannot depend on the image) and why, when it stands in.
+    method: str = "deconvnet"
+    method_note: str | None = None
 
     def mean_overlap(self) -> np.ndarray:
         """(steps,) the layer's mean overlap per step."""
@@ -217,7 +221,7 @@ def save_cells(result, out: str | os.PathLike) -> list[Path]:
                     entry[kind] = rel.as_posix()
                 row.append(entry)
             rows.append({"unit": int(unit), "cells": row})
-        layers[name] = {"channels": int(ev.channels), "units": rows}
+        layers[name] = {"channels": int(ev.channels), "method": ev.method, "method_note": ev.method_note, "units": rows}
     manifest = {"format": CELLS_FORMAT, "checkpoints": list(result.checkpoints), "top": int(result.top),
                 "method": result.method, "photos": int(result.photos), "layers": layers}
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
@@ -510,15 +514,19 @@ def _draw_cells(models, scans, infos, layers: dict[str, LayerEvolution], method,
     transform = base.transform
     inputs = {p: transform(load_image(p)) for p in sorted(wanted)}
     size = tuple(base.preprocessing.input_size)
+    # the checkpoints share one architecture, so one traced pass says where the deconvnet is blind
+    chosen = layer_methods(base.module, [info.name for info in infos], (method,), input_size=size)
     for info in infos:
-        layers[info.name].cells = [[] for _ in layers[info.name].units]
+        ev = layers[info.name]
+        ev.cells = [[] for _ in ev.units]
+        ev.method, ev.method_note = chosen[info.name].methods[0], chosen[info.name].note
     with Bar(len(models) * len(infos), "projecting", disable=None if progress is None else not progress) as bar:
         for model, scan in zip(models, scans):
             for info in infos:
                 ev = layers[info.name]
                 best = [scan.examples(info.name, u)[0] for u in ev.units]
                 x = torch.stack([inputs[e.path] for e in best])
-                pixels = project(model, x, info.name, ev.units, positions=[(e.y, e.x) for e in best], method=method)
+                pixels = project(model, x, info.name, ev.units, positions=[(e.y, e.x) for e in best], method=ev.method)
                 shown = base.preprocessing.denormalize(x).clamp(0, 1)
                 for row, (e, proj, img) in enumerate(zip(best, pixels.cpu(), shown)):
                     t, l, b, r = info.box(e.y, e.x, size)
@@ -599,7 +607,7 @@ def _draw_figure(result: Evolution, size: int) -> "Image.Image":
         grid = _draw_grid(result, ev, size)
         title = Image.new("RGB", (grid.width, 22), _PAPER)
         ImageDraw.Draw(title).text((4, 4), f"layer {name}  ({ev.channels} units; top {result.top} of "
-                                           f"{result.photos} photos)", fill=_INK, font=_font(13))
+                                           f"{result.photos} photos; {ev.method})", fill=_INK, font=_font(13))
         parts += [title, grid]
     width = max(p.width for p in parts)
     out = Image.new("RGB", (width, sum(p.height for p in parts)), _PAPER)

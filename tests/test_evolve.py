@@ -346,6 +346,19 @@ def test_a_save_stopped_half_way_over_an_older_run_reads_as_incomplete(result, t
     assert not (out / "evolve.jsonl").exists() and not (out / "evolve.json").exists()
 
 
+def test_each_layer_is_drawn_by_the_atlas_rule_of_methods(result, tmp_path):
+    """relu1 comes before any max-pool, so its deconvnet is the same for every image: guided
+    backprop stands in, with the reason, as in the atlas; relu2 and relu3 follow a max-pool and
+    keep the deconvnet the run asked for. The saved manifest says which was drawn."""
+    assert result.method == "deconvnet"
+    drawn = {name: (ev.method, ev.method_note) for name, ev in result.layers.items()}
+    assert drawn["relu1"][0] == "guided" and "guided backprop is shown instead" in drawn["relu1"][1]
+    assert drawn["relu2"] == ("deconvnet", None) and drawn["relu3"] == ("deconvnet", None)
+    result.save(tmp_path, size=32)
+    manifest = json.loads((tmp_path / "evolve.json").read_text())
+    assert {n: (manifest["layers"][n]["method"], manifest["layers"][n]["method_note"]) for n in LAYERS} == drawn
+
+
 def test_a_saved_run_reads_back_as_it_was_saved(result, tmp_path):
     """EvolveRun.open, the reader beside Evolution.save: the checkpoints, each layer's mean
     change numbers per step and every unit's; a folder that is not a run is one line."""

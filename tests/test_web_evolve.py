@@ -118,6 +118,10 @@ def test_a_layer_as_json_with_its_pictures(client, evolved):
             assert cell["photo"] == Path(want.photo).name  # a name, no server path
             assert np.array_equal(png(client.get(cell["patch"]).content), want.patch)
             assert np.array_equal(png(client.get(cell["projection"]).content), want.projection)
+    assert (data["method"], data["method_note"]) == ("deconvnet", None)
+    first = client.get("/api/evolve/relu1").json()  # before any max-pool: guided backprop, and why
+    assert first["method"] == "guided" and first["method_note"] == result.layers["relu1"].method_note
+    assert "guided backprop is shown instead" in client.get("/evolve/relu1").text
 
 
 def test_the_pages(client, evolved):

@@ -161,6 +161,8 @@ class EvolvePages:
                 "steps": [{"from": s["from"], "to": s["to"]} for s in entry["means"]], "units": rows,
                 "means": entry["means"], "settled_from": settled_from(entry["means"]), "settled_overlap": SETTLED,
                 "grid": self.links.evolve_file(self.run.picture(grid_name(name))), "note": None if rows else note,
+                "method": (drawn or {}).get("method") or (d.manifest or {}).get("method"),
+                "method_note": (drawn or {}).get("method_note"),
                 "prev": names[at - 1] if at > 0 else None, "next": names[at + 1] if at + 1 < len(names) else None}
 
     # ------------------------------------------------------------------ endpoints
