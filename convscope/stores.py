@@ -188,5 +188,5 @@ def remove_partial(root: str | os.PathLike) -> None:
     shutil.rmtree(partial_dir(root), ignore_errors=True)
 
 
-__all__ = ["PARTIAL", "State", "commit", "fsync_dir", "fsync_file", "fsync_tree", "open_committed", "partial_dir",
+__all__ = ["PARTIAL", "State", "check_folder", "commit", "fsync_dir", "fsync_file", "fsync_tree", "open_committed", "partial_dir",
            "remove_partial", "state"]

@@ -200,13 +200,13 @@ def test_build_records_arrays_and_skips(built, library, tiny):
 def test_checked_model_hashes_once_and_again_after_a_weight_changes(built, tiny, monkeypatch):
     import copy
 
-    import convscope.index.build as build_module
+    import convscope.index.features as features_module
 
     index = built[0]
     model = copy.deepcopy(tiny)
     hashed = []
-    real = build_module.model_fingerprint
-    monkeypatch.setattr(build_module, "model_fingerprint", lambda m: hashed.append(1) or real(m))
+    real = features_module.model_fingerprint
+    monkeypatch.setattr(features_module, "model_fingerprint", lambda m: hashed.append(1) or real(m))
     assert index.checked_model(model) is model and index.checked_model(model) is model
     assert len(hashed) == 1  # the second check saw the same tensors, unchanged
     with torch.no_grad():

@@ -223,7 +223,8 @@ def test_index_only_home_is_the_search_page_and_atlas_pages_say_why_not(client):
     home = client.get("/")
     assert home.status_code == 200 and "Search 7 photos and 1 video" in home.text and 'class="search-box"' in home.text
     assert "Try a photo" not in home.text  # uploads need an atlas
-    for url in ("/layers/features", "/api/atlas", "/image", "/atlas/x.png", "/sources/a/0/0.jpg"):
+    for url in ("/layers/features", "/api/atlas", "/image", "/atlas/x.png", "/sources/a/0/0.jpg", "/health",
+                "/api/health/features"):
         r = client.get(url)
         assert r.status_code == 404, url
         text = r.json()["error"] if url.startswith("/api/") else r.text

@@ -7,7 +7,7 @@ forward, the rows of every item) and yields the items with their rows in the ord
 forwards them, whichever actor ran which shard and however often a shard ran again after a
 worker died. The build appends them with its own writer, so the index is the same bytes.
 
->>> for item, rows in forward(True, None, extractor, tasks, ends, fps=1.0, min_size=None, workers=None):
+>>> for item, rows in forward(True, None, extractor, tasks, ends, fps=1.0, target_size=None, workers=None):
 ...     ...
 """
 from __future__ import annotations
@@ -24,12 +24,12 @@ SHARD_ITEMS = 512
 
 
 def forward(ray, ray_workers: int | None, extractor, tasks: Sequence, ends: Sequence[int], fps: float,
-            min_size: int | None, workers: int | None, shard_items: int | None = None) -> Iterator[tuple]:
+            target_size: int | None, workers: int | None, shard_items: int | None = None) -> Iterator[tuple]:
     """``(item, rows)`` of every work item of ``tasks`` (batches ending at ``ends``), in order,
     forwarded on Ray (``ray``: True, an address, or a running Pool, as :func:`open_pool` takes it)
     by ``extractor``'s model with ``ray_workers`` actors; ``shard_items``: items per shard, at
     least (default :data:`SHARD_ITEMS`)."""
-    settings = ShardSettings(tuple(extractor.layers), fps, min_size, workers)
+    settings = ShardSettings(tuple(extractor.layers), fps, target_size, workers)
     with open_pool(ray, extractor.model, ray_workers) as pool:
         jobs = [(settings, list(tasks[a:b]), local) for a, b, local in shards(tasks, ends, shard_items or SHARD_ITEMS)]
         for _job, shard in pool.map(index_shard, jobs, ordered=True):

@@ -152,7 +152,7 @@ class Index(IndexStore):
         records loaded again (:func:`convscope.models.load_recorded`: its weights file, its
         seeded random weights or its spec's pretrained ones, with the index's preprocessing);
         a one-line :class:`~convscope.errors.ConvscopeError` when neither can be had."""
-        from .build import model_fingerprint
+        from .features import model_fingerprint
         from ..models import as_loaded, load_recorded
 
         spec = self.meta["model"]["spec"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from ..data import default_workers
 from ..errors import ConvscopeError, ImageError
@@ -41,7 +39,7 @@ from ..progress import Bar
 from ..stores import State, check_folder, commit, fsync_file, fsync_tree, partial_dir, remove_partial, state
 from . import media
 from .compute import Source, Task, decode, forward, write_rows
-from .features import Extractor
+from .features import Extractor, model_fingerprint
 from . import signals
 from .store import DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile, read_meta
 
@@ -108,17 +106,6 @@ def _tasks(sources: Sequence[Source], todo: Sequence[int], fps: float, skip) -> 
 
 
 # --------------------------------------------------------------------------- the partial build
-
-
-def model_fingerprint(model) -> str:
-    """SHA-256 over the model's parameters and buffers (names, shapes and bytes): an update
-    with different weights is refused."""
-    h = hashlib.sha256()
-    for name, t in model.module.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 class _Partial:

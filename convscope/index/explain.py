@@ -88,7 +88,7 @@ def why_picture(model, image: Image.Image, *, cls: int | str = "top",
 def result_picture(model, result: Result) -> Image.Image:
     """:func:`why_picture` of a search result: a unit result's box, else the Grad-CAM of its
     most probable matched class (a like result, with no matched class, gets its top class's)."""
-    image = entry_image(result.path, result.time)
+    image = entry_image(result.path, result.time, resize=model.preprocessing.resize)
     if result.box is not None:
         return why_picture(model, image, box=result.box)
     return why_picture(model, image, cls=result.why[0].index if result.why else "top")

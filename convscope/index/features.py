@@ -14,6 +14,7 @@ as it came.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
 from typing import Sequence
 
@@ -110,3 +111,14 @@ class Extractor:
 def _flat(out: torch.Tensor) -> torch.Tensor:
     """A layer's output as (B, C, positions): maps flattened, a vector as one position."""
     return out.detach().flatten(2) if out.dim() > 2 else out.detach()[:, :, None]
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 over the model's parameters and buffers (names, shapes and bytes): an update
+    with different weights is refused."""
+    h = hashlib.sha256()
+    for name, t in model.module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -27,7 +27,7 @@ from ..health import BANDS, FLAGS, PASS_MODEL, filter_sheet, first_layer_filters
 from ..models import load_recorded
 from ..sketch import Sketch
 from .common import NotFound
-from .site import NavLink, Site
+from .site import Absent, NavLink, Site
 
 #: Bars of a layer's pooled activation histogram.
 HISTOGRAM_BINS = 40
@@ -47,7 +47,9 @@ class HealthPages:
 
     search = None
     home = None
-    absent = None  # a server without an atlas says so on every atlas page; /health is one more
+    absent = Absent(("/health", "/health/{rest:path}", "/api/health", "/api/health/{rest:path}"),
+                    "this server has no atlas (it was started without one), so it has no model-health pages; "
+                    "start from /")
 
     def __init__(self, site: Site, atlas, model=None):
         self.site = site
