@@ -19,7 +19,6 @@ from convscope.atlas import Atlas, build  # noqa: E402
 from convscope.health import filter_sheet, first_layer_filters, health, sheet_flags  # noqa: E402
 from convscope.web import create_app  # noqa: E402
 from convscope.web import health_pages  # noqa: E402
-from convscope.web.health_pages import HealthPages  # noqa: E402
 
 from tests.test_health import LAYERS, PLANTED, make_photos, tiny_model  # noqa: E402
 
@@ -48,7 +47,7 @@ def report(atlas_dir, model):
 
 
 def app_for(atlas_dir, model):
-    return create_app(atlas_dir, model=model, pages=[lambda site: HealthPages(site, atlas_dir, model)])
+    return create_app(atlas_dir, model=model)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +119,9 @@ def test_errors_are_one_line(client, atlas_dir, tmp_path):
     assert r.status_code == 404 and "features" in r.json()["error"] and "\n" not in r.json()["error"]
     assert client.get("/health/nope").status_code == 404
     # an atlas whose model cannot be loaded by name: 503 with the reason, not a 500
-    with TestClient(create_app(atlas_dir, pages=[lambda site: HealthPages(site, atlas_dir)])) as c:
+    with TestClient(create_app(atlas_dir)) as c:
         r = c.get("/api/health")
-        assert r.status_code == 503 and "health(atlas, model=" in r.json()["error"]
+        assert r.status_code == 503 and "create_app(atlas_dir, model=" in r.json()["error"]
         page = c.get("/health")
         assert page.status_code == 503 and "cannot be made" in page.text
 

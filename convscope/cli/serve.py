@@ -88,23 +88,16 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
     if model_args.names_a_model:  # not the atlas's (or the index's) own model as it was built
         own = _check_model(atlas, model_args.spec) if atlas is not None else index.meta["model"]["spec"]
         model = model_args.load(own)
-    app = create_app(atlas, model, index=index, pages=page_groups(atlas, evolve_dir, model),
+    app = create_app(atlas, model, index=index, pages=page_groups(evolve_dir),
                      max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts, fill=not no_fill)
     _run_server(app, host, port)
 
 
-def page_groups(atlas, evolve_dir, model) -> list:
-    """The page groups of ``serve``: the evolve run's (``--evolve``) and, with an atlas, its
-    health pages (their model: ``model``, else the app's copy of the atlas's)."""
+def page_groups(evolve_dir) -> list:
+    """The page groups ``serve`` adds to the app's own: the evolve run's (``--evolve``)."""
     from ..web.evolve_pages import EvolvePages
-    from ..web.health_pages import HealthPages
 
-    pages = []
-    if evolve_dir is not None:
-        pages.append(lambda site: EvolvePages(site, evolve_dir))
-    if atlas is not None:
-        pages.append(lambda site: HealthPages(site, atlas, model))
-    return pages
+    return [] if evolve_dir is None else [lambda site: EvolvePages(site, evolve_dir)]
 
 
 @click.command()
@@ -185,5 +178,5 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
         return
     from ..web import create_app
 
-    _run_server(create_app(atlas_dir, index=index_dir, pages=page_groups(atlas_dir, None, None),
+    _run_server(create_app(atlas_dir, index=index_dir, pages=page_groups(None),
                            allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe)), host, port)

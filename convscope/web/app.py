@@ -149,7 +149,8 @@ def create_app(
     store = UploadStore(upload_dir, keep=keep_uploads) if gallery is not None else None
     makers: list[Callable[[Site], PageGroup]] = []
     if gallery is not None:
-        makers += [lambda site: AtlasPages(site, gallery), lambda site: UploadPages(site, analyzer, store, limits)]
+        makers += [lambda site: AtlasPages(site, gallery), lambda site: UploadPages(site, analyzer, store, limits),
+                   lambda site: HealthPages(site, gallery.atlas, model)]
     if site.fill:
         settings = dict(fill) if isinstance(fill, dict) else {}
         featvis = False if settings.pop("featvis", True) is False else (settings or True)

@@ -79,11 +79,8 @@ class HealthPages:
         atlas = Atlas.open(self.atlas_arg) if opened else self.atlas_arg
         try:
             model = self.model
-            if model is None and getattr(self.site, "model", None) is not None:
-                try:  # the app's copy of the atlas's model (the uploads'): one copy in memory
-                    model = self.site.model()
-                except ConvscopeError:
-                    model = None  # load_recorded says why in the health report's own words
+            if model is None and self.site.model is not None:
+                model = self.site.model()  # the app's copy of the atlas's model (the uploads'): one in memory
             if model is None:
                 model = load_recorded(atlas.info()["model"], hint=PASS_MODEL)
             report = health(atlas, model)
