@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from .errors import ArgumentError
+
 
 @dataclasses.dataclass(frozen=True)
 class Crops:
@@ -31,9 +33,9 @@ class Crops:
 
     def __post_init__(self):
         if not self.levels or any((not isinstance(n, int)) or n < 1 or n > 16 for n in self.levels):
-            raise ValueError(f"crop levels must be whole numbers from 1 to 16, got {self.levels!r}")
+            raise ArgumentError(f"`crops` levels must be whole numbers from 1 to 16, got {self.levels!r}", param="crops")
         if len(set(self.levels)) != len(self.levels):
-            raise ValueError(f"crop levels repeat: {self.levels!r}")
+            raise ArgumentError(f"`crops` levels repeat: {self.levels!r}", param="crops")
 
     @classmethod
     def parse(cls, value) -> "Crops":
@@ -49,7 +51,7 @@ class Crops:
             try:
                 levels = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
             except ValueError:
-                raise ValueError(f"crops must be grid levels like '1,2,3', got {value!r}") from None
+                raise ArgumentError(f"`crops` must be grid levels like '1,2,3', got {value!r}", param="crops") from None
             return cls(levels)
         return cls(tuple(int(v) for v in value))
 

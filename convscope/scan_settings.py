@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .choices import RANK_BY
-from .errors import ConvscopeError
+from .errors import ArgumentError, ConvscopeError
 from .saturation import Saturation, saturating_activations
 
 
@@ -92,11 +92,11 @@ def fingerprint(paths: Sequence[str]) -> str:
 def check_arguments(top, batch_size: int, checkpoint_every: int) -> None:
     """The checks of :func:`scan`'s numbers, shared with the scan on Ray."""
     if not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive whole number, got {top!r}")
+        raise ArgumentError(f"`top` must be a positive whole number, got {top!r}", param="top")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ArgumentError(f"`batch_size` must be at least 1, got {batch_size}", param="batch_size")
     if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be at least 1 image, got {checkpoint_every}")
+        raise ArgumentError(f"`checkpoint_every` must be at least 1 image, got {checkpoint_every}", param="checkpoint_every")
 
 
 def checkpoint_config(spec, weights, input_size, names: Sequence[str], top: int, crops, photos_per_batch: int,

@@ -252,6 +252,12 @@ def test_cli_build_with_a_torchvision_model(tmp_path):
     assert len(e) == 2 and e[0]["patch"] and e[0]["deconvnet"] is None
     res = CliRunner().invoke(main, args)  # refuses to overwrite silently, and says how not to
     assert res.exit_code == 2 and "give --overwrite" in res.output  # a usage error, in flags
+    foreign = tmp_path / "my-documents"  # --overwrite replaces an atlas, never a folder of other things
+    (foreign / "layers").mkdir(parents=True)
+    (foreign / "layers" / "thesis.txt").write_text("mine")
+    res = CliRunner().invoke(main, [*args[:4], str(foreign), *args[5:], "--overwrite"])
+    assert res.exit_code == 2 and "is not empty and holds no atlas" in res.output
+    assert (foreign / "layers" / "thesis.txt").read_text() == "mine"
 
 
 def _tables(path: Path) -> dict:

@@ -318,7 +318,7 @@ def test_bad_arguments_are_one_line_errors(model, photos):
         scan(model, paths[:2], top=0)
     with pytest.raises(ConvscopeError, match="unknown layer 'features.99'"):
         scan(model, paths[:2], ["features.99"])
-    with pytest.raises(ValueError, match="crop levels"):
+    with pytest.raises(ValueError, match="`crops` levels"):
         Crops.parse("0,2")
     a = ScanState({"l": (2, 2, 2)}, top=2)
     with pytest.raises(ValueError, match="cannot merge"):

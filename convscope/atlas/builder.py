@@ -183,14 +183,16 @@ def check_out(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
     """Refuse (:class:`~convscope.errors.FolderInUseError`) a folder ``out`` that a build with
     these ``resume`` and ``overwrite`` may not use; :func:`build` asks first, and so may a caller
     before it loads a model."""
-    if not overwrite:
-        check_folder(out, DB_NAME, kind="atlas", resume=resume, reuse_hint="give `overwrite=True` to replace it",
-                     resume_hint="give `resume=True` to continue it, or `overwrite=True` to start again")
+    # overwrite replaces an atlas or an unfinished build, never a file or a folder of other things
+    check_folder(out, DB_NAME, kind="atlas", resume=resume or overwrite, reuse=overwrite,
+                 reuse_hint="give `overwrite=True` to replace it",
+                 resume_hint="give `resume=True` to continue it, or `overwrite=True` to start again")
 
 
 def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
     """Check what ``out`` holds and clear it as asked, before any work; a build that goes on
     (resumed or overwritten) starts without the temporary files a killed run left."""
+    check_out(out, resume=resume, overwrite=overwrite)
     if overwrite:
         for name in (DB_NAME, STATE_NAME):
             if (out / name).exists():
@@ -200,7 +202,6 @@ def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
                 shutil.rmtree(out / name)
         remove_stale_temps(out)
         return
-    check_out(out, resume=resume, overwrite=False)
     if resume:
         remove_stale_temps(out)
 
