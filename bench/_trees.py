@@ -207,6 +207,16 @@ def serve_calls(namespace: dict) -> None:
         proto.write(json.dumps(result) + "\n")
 
 
+def dev_photos_dir() -> Path:
+    """The dev photos (500 ImageNet photos, beside ``imagenet-samples-labels.tsv``):
+    ``shared/data/imagenet-samples`` in the first folder above this checkout that has it. Benches
+    only; never the tests."""
+    for folder in ROOT.parents:
+        if (folder / "shared" / "data" / "imagenet-samples").is_dir():
+            return folder / "shared" / "data" / "imagenet-samples"
+    return ROOT.parent / "shared" / "data" / "imagenet-samples"
+
+
 # --------------------------------------------------------------------------- figures
 
 

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _trees import ROOT, Figure, Trees, is_worker, print_table, serve_calls
+from _trees import ROOT, Figure, Trees, dev_photos_dir, is_worker, print_table, serve_calls
 
 QUERIES = ("dog", "cat", "bird", "fish", "snake", "insect", "primate", "vehicle", "boat", "fruit",
            "musical instrument", "furniture", "tool", "building", "clothing")
@@ -664,18 +664,11 @@ def compare(args, trees: Trees) -> None:
     print_table("search: all figures, after / before", figures)
 
 
-def _default_dev() -> Path:
-    for folder in ROOT.parents:
-        if (folder / "shared" / "data" / "imagenet-samples").is_dir():
-            return folder / "shared" / "data" / "imagenet-samples"
-    return ROOT.parent / "shared" / "data" / "imagenet-samples"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None, help="throughput latency memory quality duplicates")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--dev", type=Path, default=_default_dev(),
+    ap.add_argument("--dev", type=Path, default=dev_photos_dir(),
                     help="the dev photos, beside their NAME-labels.tsv (default: shared/data/imagenet-samples in a "
                          "folder above this checkout)")
     ap.add_argument("--threads", type=int, default=2)
