@@ -44,7 +44,8 @@ class Tree:
 
     def env(self, **extra: str) -> dict[str, str]:
         """This process's environment with ``PYTHONPATH`` = the checkout alone."""
-        return {**os.environ, "PYTHONPATH": str(self.root), "PYTHONUNBUFFERED": "1", **extra}
+        # no bytecode written into the checkouts (the same for both trees)
+        return {**os.environ, "PYTHONPATH": str(self.root), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
     def command(self, *args: str) -> list[str]:
         """``python -m convscope ARGS``; run it with ``env=self.env()`` and a ``cwd`` outside any

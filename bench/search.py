@@ -268,7 +268,7 @@ def write_synthetic(out: Path, n: int, dev: Path, limit: int | None, writer: Pat
     cmd = [sys.executable, __file__, "--write-synthetic", str(out), str(n), "--dev", str(dev)]
     if limit is not None:
         cmd += ["--limit", str(limit)]
-    env = {**os.environ, "PYTHONPATH": str(writer)}
+    env = {**os.environ, "PYTHONPATH": str(writer), "PYTHONDONTWRITEBYTECODE": "1"}
     t = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
