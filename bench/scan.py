@@ -19,7 +19,7 @@ it, alternating round by round, and prints both with the ratio after / before. F
 take the median of ``--rounds`` (default 3; projections one round fewer, 4 inputs and 4 captum
 examples per layer instead of 8); [4] runs each size in a fresh process per tree.
 
-    python bench/scan.py --before /work/wt/base                 # about 4 minutes on 2 CPU cores
+    python bench/scan.py --before /work/wt/base                 # about 5 minutes on 2 idle CPU cores
     python bench/scan.py --before /work/wt/base --after /work/main
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ synthetic index is written once, by the convscope of ``--synthetic-writer`` (def
 trees open that same folder. Quality and duplicates are answers, not speed: run them on each
 checkout alone.
 
-    python bench/search.py --before /work/wt/base                 # about 5 minutes on 2 CPU cores
+    python bench/search.py --before /work/wt/base                 # about 4 minutes on 2 idle CPU cores
     python bench/search.py --before /work/wt/base --after /work/main
 
 The dev photos (``--dev``, default ``../shared/data/imagenet-samples``) are used here only,

@@ -23,7 +23,7 @@ and index built by its own command line, and runs every phase against both in tu
 swapped from one phase to the next; it prints each server's report, then every figure for both
 with the ratio after / before.
 
-    python bench/serve.py --before /work/wt/base                 # about 3 minutes on 2 CPU cores
+    python bench/serve.py --before /work/wt/base                 # about 3 minutes on 2 idle CPU cores
 
 Only 127.0.0.1 is contacted; every loop is bounded. Exits 1 if any request failed.
 """
@@ -280,19 +280,28 @@ async def phase_warm(server: Server, plan: dict, args) -> None:
     await run_batch(c, list(dict.fromkeys(plan["search"])), 8)
 
 
+def pooled(old: tuple | None, new: tuple) -> tuple:
+    """Two rounds of one group (label, sequential latencies, concurrent latencies, errors, wall
+    seconds, requests) as one."""
+    if old is None:
+        return new
+    return (new[0], old[1] + new[1], old[2] + new[2], old[3] + new[3], old[4] + new[4], old[5] + new[5])
+
+
 async def phase_bursts(server: Server, plan: dict, args) -> None:
     """The JSON endpoints, then the uploads: ``--sequential`` one at a time, then all of them
     with ``--concurrency`` in flight."""
     r = server.result
-    r["loaded_rss"] = server.memory.read()
-    r["rows"] = []
+    r.setdefault("loaded_rss", server.memory.read())
+    rows = r.setdefault("groups", {})
     for label, reqs in (("JSON endpoints", plan["json"]), ("upload /api/image", plan["uploads"])):
         seq, err_seq = await run_batch(server.client, reqs[:min(args.sequential, len(reqs))], 1)
         t = time.perf_counter()
         conc, err_conc = await run_batch(server.client, reqs, args.concurrency)
         wall = time.perf_counter() - t
         r["failures"] += err_seq + err_conc
-        r["rows"].append((label, seq, conc, len(err_seq) + len(err_conc), wall, len(reqs)))
+        rows[label] = pooled(rows.get(label), (label, seq, conc, len(err_seq) + len(err_conc), wall, len(reqs)))
+    r["rows"] = list(rows.values())
     r["after_bursts"] = server.memory.read()
 
 
@@ -305,25 +314,34 @@ async def phase_search(server: Server, plan: dict, args) -> None:
     conc, err_conc = await run_batch(server.client, reqs, args.page_concurrency)
     wall = time.perf_counter() - t
     server.result["failures"] += err_seq + err_conc
-    server.result["search"] = (seq, conc, len(err_seq) + len(err_conc), wall, len(reqs))
+    old = server.result.get("search")
+    new = (seq, conc, len(err_seq) + len(err_conc), wall, len(reqs))
+    server.result["search"] = new if old is None else tuple(a + b for a, b in zip(old, new))
 
 
 async def phase_pages(server: Server, plan: dict, args) -> None:
     under = await pages_under_uploads(server.client, plan["pages"], plan["phone"], plan["explain"], args.in_flight,
                                       args.page_concurrency, server.memory)
     server.result["failures"] += under["errors"]
+    old = server.result.get("under")
+    if old is not None:  # pooled with the rounds before; memory: the first before, the highest peak, the last after
+        under = {**under, "idle": old["idle"] + under["idle"], "loaded": old["loaded"] + under["loaded"],
+                 "uploads": old["uploads"] + under["uploads"], "wall": old["wall"] + under["wall"],
+                 "before": old["before"], "peak": max(old["peak"] or 0, under["peak"] or 0) or None}
     server.result["under"] = under
 
 
 async def measure(args, servers: list[Server], plan: dict) -> None:
-    """Each phase on every server in turn, the order swapped from one phase to the next."""
+    """Each phase on every server in turn, the order swapped from one phase to the next; the
+    measured phases ``--rounds`` times, their samples pooled."""
     import httpx
 
     # idle connections are dropped before the server's 5 s keep-alive ends, so no request is sent
     # on a connection the server is closing at that moment
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
                           keepalive_expiry=3.0)
-    phases = [phase_warm, phase_bursts] + ([phase_search] if plan["search"] else []) + [phase_pages]
+    measured = [phase_bursts] + ([phase_search] if plan["search"] else []) + [phase_pages]
+    phases = [phase_warm] + measured * args.rounds
     async with contextlib.AsyncExitStack() as stack:
         for server in servers:
             server.client = await stack.enter_async_context(
@@ -353,10 +371,12 @@ def report(args, server: Server, plan: dict) -> None:
         print(f"{label:20s} {s50 * 1e3:7.1f}ms {c50 * 1e3:7.1f}ms {c99 * 1e3:7.1f}ms {c50 / s50:8.1f}x "
               f"{n / wall:7.1f} {n:8d} {nerr:6d}")
     print(f"({args.concurrency} in flight at once; 'seq' = {args.sequential} requests one at a time; "
+          + (f"{args.rounds} rounds pooled; " if args.rounds > 1 else "") +
           "ratio = concurrent p50 / sequential p50" + ("; search: /api/search, /search, thumbnails" if "search" in r else "") + ")")
     under = r["under"]
     idle, loaded = under["idle"], under["loaded"]
-    print(f"HTML pages (home, layer, unit, example), {args.page_concurrency} in flight, {len(plan['pages'])} requests:")
+    print(f"HTML pages (home, layer, unit, example), {args.page_concurrency} in flight, {len(plan['pages'])} requests"
+          + (f" x {args.rounds} rounds, pooled" if args.rounds > 1 else "") + ":")
     print(f"  alone:                      p50 {pct(idle, 50) * 1e3:7.1f} ms  p99 {pct(idle, 99) * 1e3:7.1f} ms")
     print(f"  while {args.in_flight} uploads (12 Mpx JPEG) in flight:  p50 {pct(loaded, 50) * 1e3:7.1f} ms  "
           f"p99 {pct(loaded, 99) * 1e3:7.1f} ms  ({len(loaded) / under['wall']:.1f} pages/s; "
@@ -416,6 +436,8 @@ def main() -> int:
                     help="dev photos in the index served beside the atlas (its search pages measured too); 0: no index")
     ap.add_argument("--search-requests", type=int, default=300, help="search requests (JSON, HTML, thumbnails)")
     ap.add_argument("--dev", type=Path, default=dev_photos_dir(), help="the dev photos, for --search-photos")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times each measured phase runs (per server), the samples pooled (a noisy machine)")
     Trees.add_arguments(ap)
     args = ap.parse_args()
     args.requests = max(1, min(args.requests, 5000))
@@ -424,6 +446,7 @@ def main() -> int:
     args.page_concurrency = max(1, min(args.page_concurrency, 100))
     args.in_flight = max(1, min(args.in_flight, 100))
     args.search_requests = max(3, min(args.search_requests, 5000))
+    args.rounds = max(1, min(args.rounds, 20))
     trees = Trees.from_args(args)
     chosen = list(trees) if trees is not None else [Tree("this", args.after.resolve())]
     if trees is not None:
