@@ -20,8 +20,8 @@ the concurrent numbers can be read against it. Memory is the server's resident s
 Two checkouts side by side (``bench/_trees.py``): ``--before DIR`` starts a server of DIR and one
 of this checkout (or ``--after DIR``), each with PYTHONPATH set to its checkout and its own atlas
 and index built by its own command line, and runs every phase against both in turn, the order
-swapped from one phase to the next; it prints each server's report, then every figure for both
-with the ratio after / before.
+swapped from one phase to the next, each phase with a fresh client and once both servers are
+idle; it prints each server's report, then every figure for both with the ratio after / before.
 
     python bench/serve.py --before /work/wt/base                 # about 3 minutes on 2 idle CPU cores
 
@@ -164,6 +164,14 @@ class Memory:
         except OSError:
             return None
         return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the server process so far (all its threads)."""
+        try:
+            fields = self.path.with_name("stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def reset_peak(self) -> None:
         try:
@@ -331,9 +339,22 @@ async def phase_pages(server: Server, plan: dict, args) -> None:
     server.result["under"] = under
 
 
+async def settle(servers: list[Server], quiet: float = 0.05, timeout: float = 60.0) -> None:
+    """Wait until every server is idle (under ``quiet`` CPU seconds in half a second): work a
+    server still does after its last answer (the uploads' own after-work, memory handed back)
+    must not fall on the next measurement, its own or the other tree's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = [s.memory.cpu_seconds() for s in servers]
+        await asyncio.sleep(0.5)
+        after = [s.memory.cpu_seconds() for s in servers]
+        if all(a is None or b is None or a - b < quiet for a, b in zip(after, before)):
+            return
+
+
 async def measure(args, servers: list[Server], plan: dict) -> None:
-    """Each phase on every server in turn, the order swapped from one phase to the next; the
-    measured phases ``--rounds`` times, their samples pooled."""
+    """Each phase on every server in turn, the order swapped from one phase to the next, each
+    once both servers are idle; the measured phases ``--rounds`` times, their samples pooled."""
     import httpx
 
     # idle connections are dropped before the server's 5 s keep-alive ends, so no request is sent
@@ -342,13 +363,15 @@ async def measure(args, servers: list[Server], plan: dict) -> None:
                           keepalive_expiry=3.0)
     measured = [phase_bursts] + ([phase_search] if plan["search"] else []) + [phase_pages]
     phases = [phase_warm] + measured * args.rounds
-    async with contextlib.AsyncExitStack() as stack:
-        for server in servers:
-            server.client = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=server.base, timeout=args.timeout, limits=limits))
-        for k, phase in enumerate(phases):
-            for server in servers if k % 2 == 0 else servers[::-1]:
+    for k, phase in enumerate(phases):
+        for server in servers if k % 2 == 0 else servers[::-1]:
+            # a fresh client per phase: the previous phase's hundreds of keep-alive connections
+            # are closed now, not while the next phase is measured (on either server)
+            async with httpx.AsyncClient(base_url=server.base, timeout=args.timeout, limits=limits) as client:
+                server.client = client
+                await settle(servers)
                 await phase(server, plan, args)
+            server.client = None
 
 
 def mib(v):
