@@ -12,6 +12,15 @@
     python bench/scan.py                       # about 5 minutes on 2 CPU cores
     python bench/scan.py --device cuda         # channels_last + bfloat16 autocast
     python bench/scan.py --quick               # smaller sizes, for a smoke test
+
+Two checkouts side by side (``bench/_trees.py``): ``--before DIR`` measures every figure for DIR
+and for this checkout (or ``--after DIR``), each in its own worker process with PYTHONPATH set to
+it, alternating round by round, and prints both with the ratio after / before. Figures [1]-[3]
+take the median of ``--rounds`` (default 3; projections one round fewer, 4 inputs and 4 captum
+examples per layer instead of 8); [4] runs each size in a fresh process per tree.
+
+    python bench/scan.py --before /work/wt/base                 # about 5 minutes on 2 idle CPU cores
+    python bench/scan.py --before /work/wt/base --after /work/main
 """
 from __future__ import annotations
 
@@ -31,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from _trees import Figure, Trees, is_worker, median, print_table, serve_calls
 
 warnings.simplefilter("ignore")  # the projections' rule notes (ReLU6 treated as ReLU)
 
@@ -113,16 +124,15 @@ def write_photos(folder: Path, n: int, size: tuple[int, int], fmt: str = "JPEG")
     return paths
 
 
-def bench_end_to_end(model, folder: Path, n: int, batch: int, workers: int | None) -> dict:
+def bench_end_to_end(model, paths: list[str], batch: int, workers: int | None) -> dict:
     from convscope.scan import scan
 
-    paths = write_photos(folder, n, (640, 480))
     scan(model, paths[: batch], top=9, batch_size=batch, workers=0, autocast=True)  # warm up
     t = time.perf_counter()
     result = scan(model, paths, top=9, batch_size=batch, workers=workers, autocast=True)
     sync(model.device)
     dt = time.perf_counter() - t
-    return {"images": n, "seconds": dt, "images_per_s": result.state.images / dt, "photo_size": "640x480 JPEG"}
+    return {"images": len(paths), "seconds": dt, "images_per_s": result.state.images / dt, "photo_size": "640x480 JPEG"}
 
 
 # --------------------------------------------------------------------------- 3. projections
@@ -251,19 +261,144 @@ def memory_child(args) -> None:
                       "growth_kib": peak - base, "seconds": dt}))
 
 
+def memory_run(args, folder: Path, n: int, env: dict | None = None) -> dict:
+    """One memory child: a fresh process (under ``env``: a tree's PYTHONPATH) scanning ``n`` images."""
+    cmd = [sys.executable, __file__, "--memory-child", "--n", str(n), "--folder", str(folder),
+           "--model", args.model, "--device", args.device, "--threads", str(args.threads),
+           "--batch-size", str(args.batch_size), "--memory-input", str(args.memory_input)]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"the memory run of {n} images failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def memory_ratios(runs: dict, sizes: list[int]) -> dict:
+    a, b = runs[sizes[0]], runs[sizes[-1]]
+    return {"runs": runs, "peak_ratio": b["peak_kib"] / a["peak_kib"], "growth_ratio": b["growth_kib"] / max(1, a["growth_kib"])}
+
+
 def bench_memory(args, folder: Path, sizes: list[int]) -> dict:
     write_photos(folder, max(sizes), (64, 64), fmt="PNG")
-    out = {}
-    for n in sizes:
-        cmd = [sys.executable, __file__, "--memory-child", "--n", str(n), "--folder", str(folder),
-               "--model", args.model, "--device", args.device, "--threads", str(args.threads),
-               "--batch-size", str(args.batch_size), "--memory-input", str(args.memory_input)]
-        if args.workers is not None:
-            cmd += ["--workers", str(args.workers)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[n] = json.loads(res.stdout.strip().splitlines()[-1])
-    a, b = out[sizes[0]], out[sizes[-1]]
-    return {"runs": out, "peak_ratio": b["peak_kib"] / a["peak_kib"], "growth_ratio": b["growth_kib"] / max(1, a["growth_kib"])}
+    return memory_ratios({n: memory_run(args, folder, n) for n in sizes}, sizes)
+
+
+# --------------------------------------------------------------------------- two trees (--before)
+# Calls made by the harness in each tree's worker process (bench/_trees.py); the model is loaded
+# once per worker.
+
+_WORKER: dict = {}
+
+
+def w_load(spec: str, device: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    from convscope.runtime import keep_freed_memory
+
+    keep_freed_memory()
+    model = _WORKER["model"] = prepare_model(spec, device)
+    return {"device": str(model.device), "input_size": list(model.input_size), "layers": list(model.layers.default)}
+
+
+def w_overhead(batch: int, batches: int, rounds: int) -> dict:
+    return bench_overhead(_WORKER["model"], batch, batches, rounds)
+
+
+def w_end_to_end(paths: list[str], batch: int, workers: int | None) -> dict:
+    return bench_end_to_end(_WORKER["model"], paths, batch, workers)
+
+
+def w_projections(layers: list[str], images: int, per_pass: int, captum_n: int) -> dict:
+    return bench_projections(_WORKER["model"], layers, images=images, top=9, photos=500, per_pass=per_pass,
+                             captum_n=captum_n)
+
+
+def w_warm_memory_input(path: str, spec: str, device: str, input_size: int) -> None:
+    from convscope.scan import scan
+
+    scan(prepare_model(spec, device, input_size), [path], top=1, batch_size=1, workers=0)
+
+
+def compare(args, trees: Trees) -> None:
+    """Every figure for both trees, alternately, then the table of after / before."""
+    quick, b = args.quick, args.batch_size
+    print(f"scan benchmark, two trees side by side; model {args.model}, batch {b}, threads {args.threads}, "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs\n{trees.header()}", flush=True)
+    rounds = args.rounds or (2 if quick else 3)
+    figures: list[Figure] = []
+    with trees.workers(__file__) as w, tempfile.TemporaryDirectory() as tmp:
+        info = w.broadcast("w_load", spec=args.model, device=args.device, threads=args.threads)
+        layers = info["after"]["layers"]
+        if info["before"]["layers"] != layers:
+            print(f"note: the default layers differ: before {info['before']['layers']}, after {layers}")
+
+        runs = w.interleave("w_overhead", rounds, batch=b, batches=1 if quick else 2, rounds=2)
+        med = {t: {k: median(r[k] for r in runs[t]) for k in ("bare_images_per_s", "scan_images_per_s", "ratio")}
+               for t in runs}
+        figures += [
+            Figure("[1] bare forward, img/s (decoded tensors)", med["before"]["bare_images_per_s"],
+                   med["after"]["bare_images_per_s"]),
+            Figure("[1] scan, default layers hooked, img/s", med["before"]["scan_images_per_s"],
+                   med["after"]["scan_images_per_s"]),
+            Figure("[1] scan / bare forward (target >= 0.9)", med["before"]["ratio"], med["after"]["ratio"], digits=3),
+        ]
+        print_table(f"[1] median of {rounds} rounds", figures[-3:])
+
+        paths = write_photos(Path(tmp) / "photos", (2 if quick else 6) * b, (640, 480))
+        runs = w.interleave("w_end_to_end", rounds, paths=paths, batch=b, workers=args.workers)
+        e = {t: median(r["images_per_s"] for r in runs[t]) for t in runs}
+        figures.append(Figure(f"[2] end to end, {len(paths)} 640x480 JPEGs, img/s", e["before"], e["after"]))
+        print_table(f"[2] median of {rounds} rounds", figures[-1:])
+
+        chosen = [layers[1], layers[len(layers) // 2], layers[-1]] if quick and len(layers) >= 3 else layers
+        per_pass = b if info["after"]["device"].startswith("cuda") else min(b, 8)  # as `atlas build` does
+        prounds = max(2, rounds - 1)
+        runs = w.interleave("w_projections", prounds, layers=chosen, images=2 if quick else 4, per_pass=per_pass,
+                            captum_n=2 if quick else 4)
+        proj = []
+        for layer in chosen:
+            ours = {t: median(r["per_layer"][layer]["ours_per_s"] for r in runs[t]) for t in runs}
+            theirs = {t: median(r["per_layer"][layer]["captum_per_s"] for r in runs[t]) for t in runs}
+            proj.append(Figure(f"[3] {layer}: ours, projections/s", ours["before"], ours["after"]))
+            proj.append(Figure(f"[3] {layer}: captum, projections/s (same code)", theirs["before"], theirs["after"]))
+        mix = {}  # weighted as bench_projections weighs one run, from the per-layer medians
+        for t in runs:
+            units = runs[t][0]["per_layer"]
+            t_ours = sum(units[layer]["units"] / median(r["per_layer"][layer]["ours_per_s"] for r in runs[t]) for layer in chosen)
+            t_theirs = sum(units[layer]["units"] / median(r["per_layer"][layer]["captum_per_s"] for r in runs[t]) for layer in chosen)
+            mix[t] = t_theirs / t_ours
+        proj.append(Figure("[3] ours / captum, an atlas's mix (target >= 5)", mix["before"], mix["after"], digits=2))
+        figures += proj
+        print_table(f"[3] projections as `atlas build` computes them, median of {prounds} rounds", proj)
+
+        # The layer catalogue probes the receptive fields of a new input size once and caches them
+        # on disk (~/.cache/convscope/layers, shared by both trees): the first process to scan at
+        # the memory runs' size would pay that probe's memory alone. Each tree pays it here.
+        sizes = args.memory_sizes or ([200, 2000] if quick else [1000, 10000])
+        folder = Path(tmp) / "small"
+        write_photos(folder, max(sizes), (64, 64), fmt="PNG")
+        for t in trees:
+            w.call(t.label, "w_warm_memory_input", path=str(next(folder.iterdir())), spec=args.model,
+                   device=args.device, input_size=args.memory_input)
+
+        mem: dict = {t.label: {} for t in trees}
+        order = [(t, n) for n in sizes for t in (trees if n == sizes[0] else list(trees)[::-1])]
+        for t, n in order:  # before, after at the first size; after, before at the last
+            mem[t.label][n] = memory_run(args, folder, n, t.env())
+        ratios = {t: memory_ratios(mem[t], sizes) for t in mem}
+        rows = []
+        for n in sizes:
+            rows.append(Figure(f"[4] peak RSS scanning {n} images, MiB", mem["before"][n]["peak_kib"] / 1024,
+                               mem["after"][n]["peak_kib"] / 1024, "lower", digits=0))
+        rows.append(Figure(f"[4] peak RSS {sizes[-1]} / {sizes[0]} (target <= 1.10)", ratios["before"]["peak_ratio"],
+                           ratios["after"]["peak_ratio"], "lower", digits=3))
+        z = sizes[-1]
+        rows.append(Figure(f"[4] img/s scanning {z} 64x64 PNGs", mem["before"][z]["images"] / mem["before"][z]["seconds"],
+                           mem["after"][z]["images"] / mem["after"][z]["seconds"], digits=0))
+        figures += rows
+        print_table(f"[4] memory (fresh process per run, 64x64 PNG, input {args.memory_input}px)", rows)
+    print()
+    print_table("scan: all figures, after / before", figures)
 
 
 # --------------------------------------------------------------------------- main
@@ -278,12 +413,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--memory-input", type=int, default=64, help="model input size for the memory runs (px)")
+    parser.add_argument("--memory-sizes", type=int, nargs=2, default=None, metavar=("N1", "N2"),
+                        help="images in the two memory runs (default 1000 10000; --quick 200 2000)")
+    parser.add_argument("--rounds", type=int, default=None, help="with --before: rounds per figure (default 3)")
+    Trees.add_arguments(parser)
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args)
+        return
+    if is_worker():
+        serve_calls(globals())
+        return
+    trees = Trees.from_args(args)
+    if trees is not None:
+        compare(args, trees)
         return
     torch.set_num_threads(args.threads)
     from convscope.runtime import keep_freed_memory
@@ -301,7 +447,8 @@ def main() -> None:
           f"ratio {r['ratio']:.2f} (target >= 0.9)", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        e = bench_end_to_end(model, Path(tmp) / "photos", 2 * b if quick else 6 * b, b, args.workers)
+        paths = write_photos(Path(tmp) / "photos", 2 * b if quick else 6 * b, (640, 480))
+        e = bench_end_to_end(model, paths, b, args.workers)
         print(f"[2] end to end (decode {e['photo_size']} + scan): {e['images_per_s']:.1f} img/s "
               f"({e['images']} photos in {e['seconds']:.1f} s; {e['images_per_s'] / r['bare_images_per_s']:.2f} of the bare forward)",
               flush=True)
@@ -319,7 +466,7 @@ def main() -> None:
               f"at a time, weighted by units per layer (an atlas's mix): ratio {p['atlas_ratio']:.1f} (target >= 5)",
               flush=True)
 
-        sizes = [200, 2000] if quick else [1000, 10000]
+        sizes = args.memory_sizes or ([200, 2000] if quick else [1000, 10000])
         m = bench_memory(args, Path(tmp) / "small", sizes)
         a, z = m["runs"][sizes[0]], m["runs"][sizes[-1]]
         print(f"[4] peak RSS scanning {sizes[0]} vs {sizes[-1]} images (64x64 PNG, input {args.memory_input}px): "

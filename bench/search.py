@@ -17,6 +17,20 @@
     python bench/search.py --only latency       # one part: throughput latency memory quality duplicates
     python bench/search.py --quick              # smaller sizes, a smoke test
 
+Two checkouts side by side (``bench/_trees.py``): ``--before DIR`` measures the speed figures for
+DIR and for this checkout (or ``--after DIR``), each in a worker process with PYTHONPATH set to
+it, alternating round by round, through the public API only (``Index.build``, ``Index.open``,
+``Index.search``, ``Index.like``), and prints both with the ratio after / before: throughput (best
+of ``--rounds``, default 3) and keyword and like latency (14 rounds of the 15 words, the 3 broadest
+words 9 times, 20 like queries), and with ``--only memory`` the build's peak memory. The
+synthetic index is written once, by the convscope of ``--synthetic-writer`` (default: the
+``--before`` checkout; its writer uses the build's private partial store of 0f7ca53), and both
+trees open that same folder. Quality and duplicates are answers, not speed: run them on each
+checkout alone.
+
+    python bench/search.py --before /work/wt/base                 # about 4 minutes on 2 idle CPU cores
+    python bench/search.py --before /work/wt/base --after /work/main
+
 The dev photos (``--dev``, default ``../shared/data/imagenet-samples``) are used here only,
 never by the tests.
 """
@@ -39,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from _trees import ROOT, Figure, Trees, dev_photos_dir, is_worker, print_table, serve_calls
 
 QUERIES = ("dog", "cat", "bird", "fish", "snake", "insect", "primate", "vehicle", "boat", "fruit",
            "musical instrument", "furniture", "tool", "building", "clothing")
@@ -109,10 +125,11 @@ def bench_throughput(model, n: int, batch: int, workers: int, tmp: Path, rounds:
 
 
 def bench_draft_top1(model, dev: Path, tmp: Path, limit: int | None) -> dict:
-    """Top-1 with and without scaled JPEG decoding, on the dev photos as they are (most are
-    500x375, where no scaled decode still covers 256 px, so it changes nothing) and on copies
-    upscaled 4x (camera-sized photos, where it decodes at 1/4 or 1/2)."""
-    from convscope.data import load_photo
+    """Top-1 with and without reduced-scale decoding (``convscope.data.load_image(target_size=)``,
+    libjpeg's ``draft`` for a JPEG), on the dev photos as they are (most are 500x375, where no
+    scaled decode still covers 256 px, so it changes nothing) and on copies upscaled 4x
+    (camera-sized photos, where it decodes at 1/4 or 1/2)."""
+    from convscope.data import load_image
 
     paths, labels = dev_photos(dev, limit)
     big = tmp / "big"
@@ -125,17 +142,21 @@ def bench_draft_top1(model, dev: Path, tmp: Path, limit: int | None) -> dict:
         big_paths.append(q)
     out = {}
     for name, files in (("as_is", paths), ("upscaled_4x", big_paths)):
+        sizes = []
+        for p in files:
+            with Image.open(p) as im:
+                sizes.append(im.size)
         for draft in (False, True):
             preds, reduced, t = [], 0, time.perf_counter()
             decode = 0.0
             for i in range(0, len(files), 50):
                 xs = []
-                for p in files[i:i + 50]:
+                for p, size in zip(files[i:i + 50], sizes[i:i + 50]):
                     t0 = time.perf_counter()
-                    photo = load_photo(p, target_size=model.preprocessing.resize if draft else None)
-                    xs.append(model.transform(photo.image))
+                    image = load_image(p, target_size=model.preprocessing.resize if draft else None)
+                    xs.append(model.transform(image))
                     decode += time.perf_counter() - t0
-                    reduced += photo.image.size != photo.size
+                    reduced += image.size != size
                 with torch.inference_mode():
                     preds.append(model.module(torch.stack(xs)).argmax(1).numpy())
             top1 = float((np.concatenate(preds) == labels).mean())
@@ -241,13 +262,35 @@ def before_fast_paths(index):
         S.segments, S._top_order, wordnet.Vocabulary._paths, index.class_blocks = saved
 
 
-def bench_latency(n: int, tmp: Path, dev_probs: np.ndarray, runs: int) -> dict:
+def write_synthetic(out: Path, n: int, dev: Path, limit: int | None, writer: Path) -> float:
+    """The synthetic index of ``n`` entries, written by :func:`synthetic_index` in a process whose
+    convscope is the checkout ``writer`` (the writer uses the build's private partial store of
+    0f7ca53: ``writer`` must be a checkout that has it); returns the seconds it took."""
+    cmd = [sys.executable, __file__, "--write-synthetic", str(out), str(n), "--dev", str(dev)]
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
+    env = {**os.environ, "PYTHONPATH": str(writer), "PYTHONDONTWRITEBYTECODE": "1"}
+    t = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"writing the synthetic index with the convscope of {writer} failed "
+                         f"(--synthetic-writer names a checkout whose index build has _Partial, such as 0f7ca53):\n"
+                         f"{res.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
+def _write_synthetic_child(out: str, n: int, dev: Path, limit: int | None) -> None:
+    from convscope.models import load_model
+
+    paths, _ = dev_photos(dev, limit)
+    synthetic_index(Path(out), n, _dev_probs(load_model(device="cpu"), paths))
+
+
+def bench_latency(folder: Path, built: float, runs: int) -> dict:
     from convscope.index import Index
 
-    t = time.perf_counter()
-    folder = synthetic_index(tmp / "synthetic", n, dev_probs)
-    built = time.perf_counter() - t
     index = Index.open(folder)
+    n = index.entries
     # warm the page cache once, as a server that keeps an index open would be
     index.search("dog", top=20)
     index.like(0, top=20)
@@ -293,7 +336,6 @@ def bench_latency(n: int, tmp: Path, dev_probs: np.ndarray, runs: int) -> dict:
     out["like_exact"] = percentiles(lk)
     out["index_bytes"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     index.close()
-    shutil.rmtree(folder)
     return out
 
 
@@ -324,13 +366,23 @@ def _vm_hwm() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def memory_run(n: int, folder: Path, env: dict | None = None) -> dict:
+    """A build over the ``n`` JPEGs in ``folder/jpegs`` in a fresh process (under ``env``: a
+    tree's PYTHONPATH); its peak RSS."""
+    res = subprocess.run([sys.executable, __file__, "--memory-child", str(n), str(folder)], capture_output=True,
+                         text=True, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"the memory run over {n} photos failed:\n{res.stderr[-3000:]}")
+    shutil.rmtree(folder / f"index-{n}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def bench_memory(sizes: list[int], tmp: Path) -> dict:
     out = {}
     for n in sizes:
         folder = tmp / f"mem-{n}"
         write_jpegs(folder / "jpegs", n, (96, 72), seed=n)
-        res = subprocess.run([sys.executable, __file__, "--memory-child", str(n), str(folder)], capture_output=True, text=True, check=True)
-        out[n] = json.loads(res.stdout.strip().splitlines()[-1])
+        out[n] = memory_run(n, folder)
         shutil.rmtree(folder)
     a, b = out[sizes[0]]["peak_rss_mib"], out[sizes[-1]]["peak_rss_mib"]
     out["peak_ratio"] = round(b / a, 3)
@@ -449,19 +501,210 @@ def bench_dev(model, dev: Path, tmp: Path, limit: int | None, batch: int, worker
     return out
 
 
+# --------------------------------------------------------------------------- two trees (--before)
+# Calls made by the harness in each tree's worker process (bench/_trees.py), through the public
+# API only (Index.build, Index.open, Index.search, Index.like): the model and the open index stay
+# in the worker between calls.
+
+_WORKER: dict = {}
+
+
+def w_load(threads: int) -> None:
+    from convscope.models import load_model
+
+    torch.set_num_threads(threads)
+    _WORKER["model"] = load_model(device="cpu")
+
+
+def w_throughput(jpegs: str, out: str, batch: int, workers: int) -> dict:
+    """One round of figure 1: the bare forward pass over the photos decoded beforehand, then
+    ``Index.build`` on the files (default options), each as photos per second."""
+    from convscope.index import Index
+
+    model = _WORKER["model"]
+    paths = sorted(Path(jpegs).iterdir())
+    if _WORKER.get("tensors_of") != (jpegs, batch):
+        tensors = [model.transform(Image.open(p).convert("RGB")) for p in paths]
+        _WORKER["tensors"] = [torch.stack(tensors[i:i + batch]) for i in range(0, len(paths), batch)]
+        _WORKER["tensors_of"] = (jpegs, batch)
+        with torch.inference_mode():
+            model.module(_WORKER["tensors"][0])
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x in _WORKER["tensors"]:
+            model.module(x)
+    bare = len(paths) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    Index.build(model, [jpegs], out, batch_size=batch, workers=workers, progress=False).close()
+    built = len(paths) / (time.perf_counter() - t)
+    shutil.rmtree(out)
+    return {"bare_per_s": bare, "index_per_s": built}
+
+
+def w_open(folder: str) -> dict:
+    from convscope.index import Index
+
+    index = _WORKER["index"] = Index.open(folder)
+    index.search("dog", top=20)  # the page cache warmed once, as a server that keeps an index open has it
+    index.like(0, top=20)
+    return {"entries": int(index.entries)}
+
+
+def w_keyword(queries: list[str]) -> dict:
+    wall, cpu = [], []
+    for q in queries:
+        t, c = time.perf_counter(), time.process_time()
+        _WORKER["index"].search(q, top=20)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"wall": wall, "cpu": cpu}
+
+
+def w_like(rows: list[int]) -> list[float]:
+    times = []
+    for row in rows:
+        t = time.perf_counter()
+        _WORKER["index"].like(row, top=20)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def w_close() -> None:
+    _WORKER.pop("index").close()
+
+
+def _ms(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000, q))
+
+
+def compare(args, trees: Trees) -> None:
+    want = set(args.only or ["throughput", "latency"])
+    unknown = want - {"throughput", "latency", "memory"}
+    if unknown:
+        raise SystemExit(f"--before compares speed and memory (--only throughput latency memory); "
+                         f"{' '.join(sorted(unknown))} measure answers: run them on each checkout alone")
+    quick = args.quick
+    limit = 60 if quick else None
+    print(f"search benchmark, two trees side by side; threads {args.threads}, batch {args.batch}, "
+          f"decoding workers {args.workers}, torch {torch.__version__}, {os.cpu_count()} CPUs\n{trees.header()}",
+          flush=True)
+    figures: list[Figure] = []
+    with trees.workers(__file__) as w, tempfile.TemporaryDirectory(prefix="convscope-bench-search-") as tmp:
+        tmp = Path(tmp)
+        w.broadcast("w_load", threads=args.threads)
+        if "throughput" in want:
+            n = 64 if quick else 256
+            rounds = args.rounds or (2 if quick else 3)
+            write_jpegs(tmp / "jpegs", n, (640, 480))
+            runs = w.interleave("w_throughput", rounds, jpegs=str(tmp / "jpegs"), out=str(tmp / "index"),
+                                batch=args.batch, workers=args.workers)
+            best = {t: {k: max(r[k] for r in runs[t]) for k in ("bare_per_s", "index_per_s")} for t in runs}
+            rows = [
+                Figure("[1] bare forward on decoded tensors, photos/s", best["before"]["bare_per_s"], best["after"]["bare_per_s"]),
+                Figure(f"[1] Index.build, {n} 640x480 JPEGs, photos/s", best["before"]["index_per_s"], best["after"]["index_per_s"]),
+                Figure("[1] Index.build / bare forward, best / best (target >= 0.9)",
+                       best["before"]["index_per_s"] / best["before"]["bare_per_s"],
+                       best["after"]["index_per_s"] / best["after"]["bare_per_s"], digits=3),
+                # each round times the bare forward and the build back to back: their ratio drifts
+                # less with the machine's load than rates taken minutes apart
+                Figure("[1] Index.build / bare forward, median of the rounds' own ratios",
+                       *(float(np.median([r["index_per_s"] / r["bare_per_s"] for r in runs[t]])) for t in ("before", "after")),
+                       digits=3),
+            ]
+            figures += rows
+            print_table(f"[1] throughput, best of {rounds} rounds", rows)
+        if "latency" in want:
+            n = 50_000 if quick else 1_000_000
+            writer = args.synthetic_writer or trees.before.root
+            folder = tmp / "synthetic"
+            built = write_synthetic(folder, n, args.dev, limit, writer)
+            print(f"synthetic index of {n:,} entries written in {built:.0f} s by the convscope of {writer}; "
+                  f"both trees open that one folder", flush=True)
+            w.broadcast("w_open", folder=str(folder))
+            rounds = 3 if quick else 14  # each round: the 15 words once per tree
+            kw = w.interleave("w_keyword", rounds, queries=list(QUERIES))
+            wall = {t: [x for r in kw[t] for x in r["wall"]] for t in kw}
+            cpu = {t: [x for r in kw[t] for x in r["cpu"]] for t in kw}
+            rows = []
+            for q in (50, 99):
+                rows.append(Figure(f"[2] keyword, {len(wall['after'])} queries, p{q}, ms", _ms(wall["before"], q),
+                                   _ms(wall["after"], q), "lower", digits=2))
+            for q in (50, 99):
+                rows.append(Figure(f"[2] keyword, CPU time, p{q}, ms", _ms(cpu["before"], q), _ms(cpu["after"], q),
+                                   "lower", digits=2))
+            broad = w.interleave("w_keyword", 9, queries=list(BROAD))
+            for k, word in enumerate(BROAD):
+                rows.append(Figure(f"[2] keyword {word!r}, median of 9, ms", _ms([r["wall"][k] for r in broad["before"]], 50),
+                                   _ms([r["wall"][k] for r in broad["after"]], 50), "lower", digits=2))
+            like_rows = [int(i * 9973 % n) for i in range(10 if quick else 20)]
+            lk_rounds = [like_rows[i:i + 5] for i in range(0, len(like_rows), 5)]
+            lk = {t.label: [] for t in trees}
+            for r, chunk in enumerate(lk_rounds):
+                for t in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+                    lk[t.label] += w.call(t.label, "w_like", rows=chunk)
+            for q in (50, 99):
+                rows.append(Figure(f"[2] like, exact, {len(lk['after'])} queries, p{q}, ms", _ms(lk["before"], q),
+                                   _ms(lk["after"], q), "lower", digits=1))
+            w.broadcast("w_close")
+            shutil.rmtree(folder)
+            figures += rows
+            print_table(f"[2] latency on a synthetic index of {n:,} entries", rows)
+    if "memory" in want:
+        sizes = [100, 1000] if quick else [1000, 10000]
+        mem: dict = {t.label: {} for t in trees}
+        with tempfile.TemporaryDirectory(prefix="convscope-bench-search-") as tmp:
+            for k, n in enumerate(sizes):
+                folder = Path(tmp) / f"mem-{n}"
+                write_jpegs(folder / "jpegs", n, (96, 72), seed=n)
+                for t in (list(trees) if k % 2 == 0 else list(trees)[::-1]):
+                    mem[t.label][n] = memory_run(n, folder, t.env())
+                shutil.rmtree(folder)
+        rows = [Figure(f"[3] peak RSS of a build over {n} photos, MiB", mem["before"][n]["peak_rss_mib"],
+                       mem["after"][n]["peak_rss_mib"], "lower", digits=0) for n in sizes]
+        rows.append(Figure(f"[3] peak RSS {sizes[-1]} / {sizes[0]} (target <= 1.10)",
+                           mem["before"][sizes[-1]]["peak_rss_mib"] / mem["before"][sizes[0]]["peak_rss_mib"],
+                           mem["after"][sizes[-1]]["peak_rss_mib"] / mem["after"][sizes[0]]["peak_rss_mib"], "lower", digits=3))
+        figures += rows
+        print_table("[3] memory (fresh process per build, 96x72 JPEGs, model at 64 px)", rows)
+    print()
+    print_table("search: all figures, after / before", figures)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None, help="throughput latency memory quality duplicates")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--dev", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples")
+    ap.add_argument("--dev", type=Path, default=dev_photos_dir(),
+                    help="the dev photos, beside their NAME-labels.tsv (default: shared/data/imagenet-samples in a "
+                         "folder above this checkout)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=None, help="with --before: throughput rounds per tree (default 3)")
+    ap.add_argument("--synthetic-writer", type=Path, default=None, metavar="DIR",
+                    help="the checkout whose convscope writes the synthetic index of the latency figures (its "
+                         "build's private partial store, as at 0f7ca53; default: --before, else this checkout)")
+    Trees.add_arguments(ap)
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--write-synthetic", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    labels = args.dev.parent / f"{args.dev.name}-labels.tsv"
+    if not (args.dev.is_dir() and labels.is_file()):
+        raise SystemExit(f"--dev {args.dev}: no such folder of photos beside {labels.name}")
     if args.memory_child:
         _memory_child(int(args.memory_child[0]), args.memory_child[1])
+        return
+    if args.write_synthetic:
+        _write_synthetic_child(args.write_synthetic[0], int(args.write_synthetic[1]), args.dev, args.limit)
+        return
+    if is_worker():
+        serve_calls(globals())
+        return
+    trees = Trees.from_args(args)
+    if trees is not None:
+        compare(args, trees)
         return
     from convscope.models import load_model
 
@@ -478,9 +721,11 @@ def main() -> None:
             results["draft_top1"] = bench_draft_top1(model, args.dev, tmp, limit)
             print(json.dumps({"throughput": results["throughput"], "draft_top1": results["draft_top1"]}), flush=True)
         if "latency" in want:
-            paths, labels = dev_photos(args.dev, limit)
-            probs = _dev_probs(model, paths)
-            results["latency"] = bench_latency(50_000 if args.quick else 1_000_000, tmp, probs, 40 if args.quick else 200)
+            folder = tmp / "synthetic"
+            built = write_synthetic(folder, 50_000 if args.quick else 1_000_000, args.dev, limit,
+                                    args.synthetic_writer or ROOT)
+            results["latency"] = bench_latency(folder, built, 40 if args.quick else 200)
+            shutil.rmtree(folder)
             print(json.dumps({"latency": results["latency"]}), flush=True)
         if "memory" in want:
             results["memory"] = bench_memory([100, 1000] if args.quick else [1000, 10000], tmp)

@@ -1,18 +1,29 @@
 """Load test of the gallery server over loopback: 200 concurrent requests against the JSON
-endpoints, then 200 concurrent photo uploads, with p50 / p99 latency and the error count; then
-the HTML pages alone and while ten uploads are in flight, with the server's memory before,
-during and after those uploads.
+endpoints, then 200 concurrent photo uploads, with p50 / p99 latency and the error count; the
+search pages of an index served beside the atlas (JSON, HTML, thumbnails); then the HTML pages
+alone and while ten uploads are in flight, with the server's memory before, during and after
+those uploads.
 
-The server runs in its own process (uvicorn, 127.0.0.1, a free port), as `convscope serve` runs
-it: the CLI's keep_freed_memory at start-up, then convscope.web.serve (deadlines, the connection
-cap, memory given back). The client is httpx's async client. A sequential pass (one request at
-a time) is measured first, so the concurrent numbers can be read against it. Memory is the
-server's resident size from /proc/PID/status (Linux): its peak during the uploads is VmHWM,
-reset just before them.
+The server runs in its own process, started as `python -m convscope serve ATLAS --index INDEX`
+(uvicorn, 127.0.0.1, a free port: the CLI's keep_freed_memory at start-up, then
+convscope.web.serve with its deadlines, connection cap and memory given back); the atlas (the
+default model over four scikit-image photos, two layers, top 3) and the index (the first
+``--search-photos`` dev photos) are built by `convscope atlas build` and `convscope index`. The
+client is httpx's async client. A sequential pass (one request at a time) is measured first, so
+the concurrent numbers can be read against it. Memory is the server's resident size from
+/proc/PID/status (Linux): its peak during the uploads is VmHWM, reset just before them.
 
-    python bench/serve.py                      # builds a small atlas of the default model first
+    python bench/serve.py                      # builds a small atlas and index first
     python bench/serve.py --atlas demo-atlas/  # or use an existing atlas
     python bench/serve.py --explain            # uploads also compute occlusion and Grad-CAM (slow)
+
+Two checkouts side by side (``bench/_trees.py``): ``--before DIR`` starts a server of DIR and one
+of this checkout (or ``--after DIR``), each with PYTHONPATH set to its checkout and its own atlas
+and index built by its own command line, and runs every phase against both in turn, the order
+swapped from one phase to the next, each phase with a fresh client and once both servers are
+idle; it prints each server's report, then every figure for both with the ratio after / before.
+
+    python bench/serve.py --before /work/wt/base                 # about 3 minutes on 2 idle CPU cores
 
 Only 127.0.0.1 is contacted; every loop is bounded. Exits 1 if any request failed.
 """
@@ -20,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import io
+import json
 import os
 import random
 import socket
@@ -30,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _trees import Figure, Tree, Trees, dev_photos_dir, print_table
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -37,45 +53,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_small_atlas(out: Path) -> Path:
-    """The default model (EfficientNet-Lite0) over four scikit-image photos, two layers, top 3."""
-    from convscope.atlas import build
-    from convscope.data import sample_photos
-    from convscope.models import load_model
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
-    import warnings
 
-    photos = [str(p) for p in sample_photos()[:4]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # notes about ReLU6 in the projections: not what is measured
-        build(load_model(device="cpu"), photos, out, layers=["bn1", "blocks.2"], top=3, project=1, progress=False)
+def write_atlas_photos(folder: Path) -> Path:
+    """Four scikit-image photos as PNG files (the atlas's photos)."""
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.png")
+    return folder
+
+
+def build_small_atlas(tree: Tree, photos: Path, out: Path, cwd: Path) -> Path:
+    """The default model (EfficientNet-Lite0) over four scikit-image photos, two layers, top 3,
+    built by ``tree``'s command line."""
+    tree.run("atlas", "build", str(photos), "--out", str(out), "--layers", "bn1,blocks.2", "--top", "3",
+             "--project", "1", "--workers", "0", cwd=cwd)
     return out
 
 
-def start_server(atlas: Path, port: int) -> subprocess.Popen:
-    code = (
-        "from convscope.runtime import keep_freed_memory; keep_freed_memory(); "  # as the CLI does
-        "from convscope.web import create_app, serve; "
-        f"serve(create_app({str(atlas)!r}), host='127.0.0.1', port={port})"
-    )
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-c", code], env=env)
+def build_small_index(tree: Tree, photos: list[Path], out: Path, cwd: Path) -> int:
+    """An index of ``photos`` built by ``tree``'s command line; returns its entries."""
+    listing = cwd / f"index-photos-{tree.label}.txt"
+    listing.write_text("".join(f"{p}\n" for p in photos))
+    res = tree.run("index", f"@{listing}", "--out", str(out), "--workers", "1", "--json", cwd=cwd)
+    return int(json.loads(res.stdout.strip().splitlines()[-1])["entries"])
 
 
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def start_server(tree: Tree, atlas: Path, index: Path | None, port: int, cwd: Path, log) -> subprocess.Popen:
+    """``convscope serve`` of ``tree`` (its keep_freed_memory at start-up, then
+    convscope.web.serve: deadlines, the connection cap, memory given back)."""
+    args = ["serve", str(atlas), "--host", "127.0.0.1", "--port", str(port)]
+    if index is not None:
+        args += ["--index", str(index)]
+    return subprocess.Popen(tree.command(*args), env=tree.env(), cwd=cwd, stdout=log, stderr=log)
+
+
+def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with status {proc.returncode}")
+            raise SystemExit(f"the server exited with status {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(base + "/api", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise SystemExit("the server did not start in time")
+    raise SystemExit(f"the server did not start in time:\n{log.read_text()[-3000:]}")
 
 
 def photo_bytes(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
@@ -134,6 +164,14 @@ class Memory:
         except OSError:
             return None
         return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the server process so far (all its threads)."""
+        try:
+            fields = self.path.with_name("stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def reset_peak(self) -> None:
         try:
@@ -196,94 +234,219 @@ def pct(values: list[float], q: float) -> float:
     return values[k]
 
 
-async def main_async(args, memory: Memory) -> int:
+@dataclasses.dataclass
+class Server:
+    """One running ``convscope serve`` (of one tree) and what was measured on it."""
+
+    label: str
+    base: str
+    memory: Memory
+    client: object = None
+    result: dict = dataclasses.field(default_factory=lambda: {"failures": []})
+
+
+def make_plan(args, info: dict, entries: int | None) -> dict:
+    """The requests of every phase (the same for both trees): JSON endpoints, uploads, HTML
+    pages, and with an index the search requests."""
+    rng = random.Random(0)
+    layers = [(layer["name"], layer["channels"]) for layer in info["layers"]]
+    json_urls, page_urls = [], []
+    for i in range(args.requests):
+        name, channels = layers[i % len(layers)]
+        unit = rng.randrange(channels)
+        json_urls.append(["/api/atlas", f"/api/layers/{name}", f"/api/layers/{name}/units/{unit}",
+                          f"/api/layers/{name}/units/{unit}/examples/0"][i % 4])
+    for i in range(args.pages):
+        name, channels = layers[i % len(layers)]
+        unit = rng.randrange(channels)
+        page_urls.append(["/", f"/layers/{name}", f"/layers/{name}/units/{unit}",
+                          f"/layers/{name}/units/{unit}/examples/0"][i % 4])
+    explain = "1" if args.explain else "0"
+    bodies = [photo_bytes(i) for i in range(4)]
+    plan = {
+        "model": info["model"].get("spec") if isinstance(info.get("model"), dict) else info.get("model"),
+        "layers": layers, "explain": explain,
+        "json": [("GET", u, None) for u in json_urls],
+        "uploads": [("POST", f"/api/image?explain={explain}", bodies[i % 4]) for i in range(args.requests)],
+        "pages": [("GET", u, None) for u in page_urls],
+        "phone": [photo_bytes(i, (4032, 3024)) for i in range(4)],  # 12 Mpx JPEGs, as a phone takes them
+        "search": [],
+    }
+    if entries:
+        words = ("dog", "cat", "bird", "vehicle", "fruit", "furniture", "tool", "building")
+        plan["search"] = [("GET", [f"/api/search?q={words[i % len(words)]}", f"/search?q={words[i % len(words)]}",
+                                   f"/thumbs/{(7 * i) % entries}.jpg"][i % 3], None) for i in range(args.search_requests)]
+    return plan
+
+
+async def phase_warm(server: Server, plan: dict, args) -> None:
+    """Not measured: fills the server's page caches and loads the model."""
+    c = server.client
+    await run_batch(c, list(dict.fromkeys(plan["json"])), 8)
+    await run_batch(c, plan["uploads"][:2], 1)
+    await run_batch(c, list(dict.fromkeys(plan["pages"])), 8)
+    await run_batch(c, list(dict.fromkeys(plan["search"])), 8)
+
+
+def pooled(old: tuple | None, new: tuple) -> tuple:
+    """Two rounds of one group (label, sequential latencies, concurrent latencies, errors, wall
+    seconds, requests) as one."""
+    if old is None:
+        return new
+    return (new[0], old[1] + new[1], old[2] + new[2], old[3] + new[3], old[4] + new[4], old[5] + new[5])
+
+
+async def phase_bursts(server: Server, plan: dict, args) -> None:
+    """The JSON endpoints, then the uploads: ``--sequential`` one at a time, then all of them
+    with ``--concurrency`` in flight."""
+    r = server.result
+    r.setdefault("loaded_rss", server.memory.read())
+    rows = r.setdefault("groups", {})
+    for label, reqs in (("JSON endpoints", plan["json"]), ("upload /api/image", plan["uploads"])):
+        seq, err_seq = await run_batch(server.client, reqs[:min(args.sequential, len(reqs))], 1)
+        t = time.perf_counter()
+        conc, err_conc = await run_batch(server.client, reqs, args.concurrency)
+        wall = time.perf_counter() - t
+        r["failures"] += err_seq + err_conc
+        rows[label] = pooled(rows.get(label), (label, seq, conc, len(err_seq) + len(err_conc), wall, len(reqs)))
+    r["rows"] = list(rows.values())
+    r["after_bursts"] = server.memory.read()
+
+
+async def phase_search(server: Server, plan: dict, args) -> None:
+    """The search requests (JSON, HTML, thumbnails): one at a time, then ``--page-concurrency``
+    in flight."""
+    reqs = plan["search"]
+    seq, err_seq = await run_batch(server.client, reqs[:min(args.sequential, len(reqs))], 1)
+    t = time.perf_counter()
+    conc, err_conc = await run_batch(server.client, reqs, args.page_concurrency)
+    wall = time.perf_counter() - t
+    server.result["failures"] += err_seq + err_conc
+    old = server.result.get("search")
+    new = (seq, conc, len(err_seq) + len(err_conc), wall, len(reqs))
+    server.result["search"] = new if old is None else tuple(a + b for a, b in zip(old, new))
+
+
+async def phase_pages(server: Server, plan: dict, args) -> None:
+    under = await pages_under_uploads(server.client, plan["pages"], plan["phone"], plan["explain"], args.in_flight,
+                                      args.page_concurrency, server.memory)
+    server.result["failures"] += under["errors"]
+    old = server.result.get("under")
+    if old is not None:  # pooled with the rounds before; memory: the first before, the highest peak, the last after
+        under = {**under, "idle": old["idle"] + under["idle"], "loaded": old["loaded"] + under["loaded"],
+                 "uploads": old["uploads"] + under["uploads"], "wall": old["wall"] + under["wall"],
+                 "before": old["before"], "peak": max(old["peak"] or 0, under["peak"] or 0) or None}
+    server.result["under"] = under
+
+
+async def settle(servers: list[Server], quiet: float = 0.05, timeout: float = 60.0) -> None:
+    """Wait until every server is idle (under ``quiet`` CPU seconds in half a second): work a
+    server still does after its last answer (the uploads' own after-work, memory handed back)
+    must not fall on the next measurement, its own or the other tree's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = [s.memory.cpu_seconds() for s in servers]
+        await asyncio.sleep(0.5)
+        after = [s.memory.cpu_seconds() for s in servers]
+        if all(a is None or b is None or a - b < quiet for a, b in zip(after, before)):
+            return
+
+
+async def measure(args, servers: list[Server], plan: dict) -> None:
+    """Each phase on every server in turn, the order swapped from one phase to the next, each
+    once both servers are idle; the measured phases ``--rounds`` times, their samples pooled."""
     import httpx
 
-    base = f"http://127.0.0.1:{args.port}"
-    rng = random.Random(0)
     # idle connections are dropped before the server's 5 s keep-alive ends, so no request is sent
     # on a connection the server is closing at that moment
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
                           keepalive_expiry=3.0)
-    async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as client:
-        info = (await client.get("/api/atlas")).json()
-        layers = [(layer["name"], layer["channels"]) for layer in info["layers"]]
-        json_urls = []
-        for i in range(args.requests):
-            name, channels = layers[i % len(layers)]
-            unit = rng.randrange(channels)
-            json_urls.append(
-                ["/api/atlas", f"/api/layers/{name}", f"/api/layers/{name}/units/{unit}",
-                 f"/api/layers/{name}/units/{unit}/examples/0"][i % 4]
-            )
-        explain = "1" if args.explain else "0"
-        bodies = [photo_bytes(i) for i in range(4)]
-        upload_reqs = [("POST", f"/api/image?explain={explain}", bodies[i % 4]) for i in range(args.requests)]
-        json_reqs = [("GET", u, None) for u in json_urls]
+    measured = [phase_bursts] + ([phase_search] if plan["search"] else []) + [phase_pages]
+    phases = [phase_warm] + measured * args.rounds
+    for k, phase in enumerate(phases):
+        for server in servers if k % 2 == 0 else servers[::-1]:
+            # a fresh client per phase: the previous phase's hundreds of keep-alive connections
+            # are closed now, not while the next phase is measured (on either server)
+            async with httpx.AsyncClient(base_url=server.base, timeout=args.timeout, limits=limits) as client:
+                server.client = client
+                await settle(servers)
+                await phase(server, plan, args)
+            server.client = None
 
-        # warm-up (not measured): fills the server's page caches and loads the model
-        await run_batch(client, [("GET", u, None) for u in dict.fromkeys(json_urls)], 8)
-        await run_batch(client, upload_reqs[:2], 1)
 
-        loaded_rss = memory.read()
-        rows = []
-        failures: list[str] = []
-        for label, reqs in (("JSON endpoints", json_reqs), ("upload /api/image", upload_reqs)):
-            seq_n = min(args.sequential, len(reqs))
-            seq, err_seq = await run_batch(client, reqs[:seq_n], 1)
-            t = time.perf_counter()
-            conc, err_conc = await run_batch(client, reqs, args.concurrency)
-            wall = time.perf_counter() - t
-            failures += err_seq + err_conc
-            rows.append((label, seq, conc, len(err_seq) + len(err_conc), wall, len(reqs)))
-        after_bursts = memory.read()
+def mib(v):
+    return "n/a" if v is None else f"{v:.0f} MiB"
 
-        page_urls = []
-        for i in range(args.pages):
-            name, channels = layers[i % len(layers)]
-            unit = rng.randrange(channels)
-            page_urls.append(["/", f"/layers/{name}", f"/layers/{name}/units/{unit}",
-                              f"/layers/{name}/units/{unit}/examples/0"][i % 4])
-        await run_batch(client, [("GET", u, None) for u in dict.fromkeys(page_urls)], 8)  # warm the caches
-        phone = [photo_bytes(i, (4032, 3024)) for i in range(4)]  # 12 Mpx JPEGs, as a phone takes them
-        under = await pages_under_uploads(client, [("GET", u, None) for u in page_urls], phone, explain,
-                                          args.in_flight, args.page_concurrency, memory)
-        failures += under["errors"]
 
-    print(f"atlas: {info['model'].get('spec') if isinstance(info.get('model'), dict) else info.get('model')}, "
-          f"{len(layers)} layers; uploads {'with' if args.explain else 'without'} occlusion/Grad-CAM; "
-          f"server: uvicorn, 1 process, 127.0.0.1; cores: {os.cpu_count()}")
+def report(args, server: Server, plan: dict) -> None:
+    r = server.result
+    print(f"[{server.label}] atlas: {plan['model']}, {len(plan['layers'])} layers; uploads "
+          f"{'with' if args.explain else 'without'} occlusion/Grad-CAM; server: uvicorn, 1 process, 127.0.0.1; "
+          f"cores: {os.cpu_count()}")
     print(f"{'endpoint group':20s} {'seq p50':>9s} {'conc p50':>9s} {'conc p99':>9s} {'p50 ratio':>9s} "
           f"{'req/s':>7s} {'requests':>8s} {'errors':>6s}")
+    rows = list(r["rows"])
+    if "search" in r:
+        seq, conc, nerr, wall, n = r["search"]
+        rows.append((f"search ({args.page_concurrency} in flight)", seq, conc, nerr, wall, n))
     for label, seq, conc, nerr, wall, n in rows:
         s50, c50, c99 = pct(seq, 50), pct(conc, 50), pct(conc, 99)
         print(f"{label:20s} {s50 * 1e3:7.1f}ms {c50 * 1e3:7.1f}ms {c99 * 1e3:7.1f}ms {c50 / s50:8.1f}x "
               f"{n / wall:7.1f} {n:8d} {nerr:6d}")
     print(f"({args.concurrency} in flight at once; 'seq' = {args.sequential} requests one at a time; "
-          "ratio = concurrent p50 / sequential p50)")
-    print()
+          + (f"{args.rounds} rounds pooled; " if args.rounds > 1 else "") +
+          "ratio = concurrent p50 / sequential p50" + ("; search: /api/search, /search, thumbnails" if "search" in r else "") + ")")
+    under = r["under"]
     idle, loaded = under["idle"], under["loaded"]
-    print(f"HTML pages (home, layer, unit, example), {args.page_concurrency} in flight, {len(page_urls)} requests:")
+    print(f"HTML pages (home, layer, unit, example), {args.page_concurrency} in flight, {len(plan['pages'])} requests"
+          + (f" x {args.rounds} rounds, pooled" if args.rounds > 1 else "") + ":")
     print(f"  alone:                      p50 {pct(idle, 50) * 1e3:7.1f} ms  p99 {pct(idle, 99) * 1e3:7.1f} ms")
     print(f"  while {args.in_flight} uploads (12 Mpx JPEG) in flight:  p50 {pct(loaded, 50) * 1e3:7.1f} ms  "
           f"p99 {pct(loaded, 99) * 1e3:7.1f} ms  ({len(loaded) / under['wall']:.1f} pages/s; "
           f"{under['uploads']} uploads answered in that time)")
-
-    def mib(v):
-        return "n/a" if v is None else f"{v:.0f} MiB"
-
     print("server RSS: "
-          f"after model load {mib(loaded_rss)}; after the 200+200 bursts {mib(after_bursts)}; "
+          f"after model load {mib(r['loaded_rss'])}; after the {args.requests}+{args.requests} bursts {mib(r['after_bursts'])}; "
           f"before the {args.in_flight} uploads {mib(under['before'])}; peak during {mib(under['peak'])}; "
           + "; ".join(f"{s} s after {mib(v)}" for s, v in under["after"].items()))
-    for line in failures[:10]:
+    for line in r["failures"][:10]:
         print("error:", line)
-    return 1 if failures else 0
+    print(flush=True)
+
+
+def figures(args, before: Server, after: Server) -> list[Figure]:
+    """The figures of :func:`report`, both trees side by side."""
+    out = []
+    for rb, ra in zip(before.result["rows"], after.result["rows"]):
+        label = rb[0]
+        for name, fn in (("seq p50", lambda row: pct(row[1], 50)), ("conc p50", lambda row: pct(row[2], 50)),
+                         ("conc p99", lambda row: pct(row[2], 99))):
+            out.append(Figure(f"{label}: {name}, ms", fn(rb) * 1e3, fn(ra) * 1e3, "lower"))
+        out.append(Figure(f"{label}: requests/s, {args.concurrency} in flight", rb[5] / rb[4], ra[5] / ra[4]))
+    if "search" in after.result:
+        sb, sa = before.result["search"], after.result["search"]
+        out += [Figure("search: seq p50, ms", pct(sb[0], 50) * 1e3, pct(sa[0], 50) * 1e3, "lower"),
+                Figure(f"search: conc p50, ms ({args.page_concurrency} in flight)", pct(sb[1], 50) * 1e3, pct(sa[1], 50) * 1e3, "lower"),
+                Figure("search: conc p99, ms", pct(sb[1], 99) * 1e3, pct(sa[1], 99) * 1e3, "lower"),
+                Figure("search: requests/s", sb[4] / sb[3], sa[4] / sa[3])]
+    ub, ua = before.result["under"], after.result["under"]
+    out += [Figure("HTML pages alone: p50, ms", pct(ub["idle"], 50) * 1e3, pct(ua["idle"], 50) * 1e3, "lower"),
+            Figure("HTML pages alone: p99, ms", pct(ub["idle"], 99) * 1e3, pct(ua["idle"], 99) * 1e3, "lower"),
+            Figure(f"HTML pages, {args.in_flight} uploads in flight: p50, ms", pct(ub["loaded"], 50) * 1e3,
+                   pct(ua["loaded"], 50) * 1e3, "lower"),
+            Figure(f"HTML pages, {args.in_flight} uploads in flight: p99, ms", pct(ub["loaded"], 99) * 1e3,
+                   pct(ua["loaded"], 99) * 1e3, "lower"),
+            Figure("HTML pages under uploads: pages/s", len(ub["loaded"]) / ub["wall"], len(ua["loaded"]) / ua["wall"]),
+            Figure("server RSS after model load, MiB", before.result["loaded_rss"], after.result["loaded_rss"], "lower", digits=0),
+            Figure("server RSS after the bursts, MiB", before.result["after_bursts"], after.result["after_bursts"], "lower", digits=0),
+            Figure("server RSS peak during the uploads, MiB", ub["peak"], ua["peak"], "lower", digits=0),
+            Figure("server RSS 5 s after the uploads, MiB", ub["after"][5], ua["after"][5], "lower", digits=0),
+            Figure("failed requests", len(before.result["failures"]), len(after.result["failures"]), "lower", digits=0)]
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--atlas", type=Path, default=None, help="an existing atlas (default: build a small one)")
+    ap.add_argument("--atlas", type=Path, default=None, help="an existing atlas (default: each tree builds a small one)")
     ap.add_argument("--requests", type=int, default=200, help="requests per endpoint group")
     ap.add_argument("--concurrency", type=int, default=200, help="requests in flight at once")
     ap.add_argument("--sequential", type=int, default=20, help="requests in the one-at-a-time baseline")
@@ -292,29 +455,73 @@ def main() -> int:
     ap.add_argument("--pages", type=int, default=1000, help="HTML page requests, alone and under upload load")
     ap.add_argument("--page-concurrency", type=int, default=8, help="page requests in flight at once")
     ap.add_argument("--in-flight", type=int, default=10, help="uploads kept in flight while pages are measured")
+    ap.add_argument("--search-photos", type=int, default=60,
+                    help="dev photos in the index served beside the atlas (its search pages measured too); 0: no index")
+    ap.add_argument("--search-requests", type=int, default=300, help="search requests (JSON, HTML, thumbnails)")
+    ap.add_argument("--dev", type=Path, default=dev_photos_dir(), help="the dev photos, for --search-photos")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times each measured phase runs (per server), the samples pooled (a noisy machine)")
+    Trees.add_arguments(ap)
     args = ap.parse_args()
     args.requests = max(1, min(args.requests, 5000))
     args.concurrency = max(1, min(args.concurrency, 1000))
     args.pages = max(4, min(args.pages, 5000))
     args.page_concurrency = max(1, min(args.page_concurrency, 100))
     args.in_flight = max(1, min(args.in_flight, 100))
-    with tempfile.TemporaryDirectory(prefix="convscope-bench-") as tmp:
-        atlas = args.atlas
-        if atlas is None:
+    args.search_requests = max(3, min(args.search_requests, 5000))
+    args.rounds = max(1, min(args.rounds, 20))
+    trees = Trees.from_args(args)
+    chosen = list(trees) if trees is not None else [Tree("this", args.after.resolve())]
+    if trees is not None:
+        print(f"gallery server benchmark, two trees side by side\n{trees.header()}", flush=True)
+    dev = []
+    if args.search_photos:
+        dev = sorted(p for p in args.dev.glob("*.*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.search_photos]
+        if not dev:
+            raise SystemExit(f"--dev {args.dev}: no photos to index (or --search-photos 0)")
+    with tempfile.TemporaryDirectory(prefix="convscope-bench-") as tmp_name, contextlib.ExitStack() as stack:
+        tmp = Path(tmp_name)
+        photos = write_atlas_photos(tmp / "photos")
+        servers, procs = [], []
+        entries = None
+        for tree in chosen:
             t = time.perf_counter()
-            atlas = build_small_atlas(Path(tmp) / "atlas")
-            print(f"built a small atlas in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-        args.port = free_port()
-        proc = start_server(atlas, args.port)
-        try:
-            wait_ready(f"http://127.0.0.1:{args.port}", proc)
-            return asyncio.run(main_async(args, Memory(proc.pid)))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            atlas = args.atlas or build_small_atlas(tree, photos, tmp / f"atlas-{tree.label}", tmp)
+            index = None
+            if dev:
+                index = tmp / f"index-{tree.label}"
+                entries = build_small_index(tree, dev, index, tmp)
+            print(f"[{tree.label}] built {'an index and ' if dev else ''}{'a small atlas' if args.atlas is None else ''} "
+                  f"in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            port = free_port()
+            log = stack.enter_context(open(tmp / f"server-{tree.label}.log", "w"))
+            proc = start_server(tree, atlas, index, port, tmp, log)
+            stack.callback(stop, proc)
+            servers.append(Server(tree.label, f"http://127.0.0.1:{port}", Memory(proc.pid)))
+            procs.append(proc)
+        for server, proc in zip(servers, procs):
+            wait_ready(server.base, proc, tmp / f"server-{server.label}.log")
+        import httpx
+
+        infos = [httpx.get(s.base + "/api/atlas", timeout=60).json() for s in servers]
+        if len({json.dumps(i["layers"], sort_keys=True) for i in infos}) != 1:
+            print("note: the two atlases list different layers; the requests follow the after tree's", file=sys.stderr)
+        plan = make_plan(args, infos[-1], entries)
+        asyncio.run(measure(args, servers, plan))
+    for server in servers:
+        report(args, server, plan)
+    if len(servers) == 2:
+        print_table("gallery server: after / before", figures(args, *servers))
+    return 1 if any(s.result["failures"] for s in servers) else 0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 if __name__ == "__main__":
