@@ -155,4 +155,22 @@ def to_picture(projection, crop: bool = False, percentile: float = PERCENTILE, f
     return np.ascontiguousarray(img), box
 
 
-__all__ = ["FRACTION", "PERCENTILE", "crop_wanted", "energy_box", "robust_scale", "shown_box", "to_picture"]
+def heat_picture(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> Image.Image:
+    """A heat map (h, w), any range, scaled to [0, 1], resized and blended over ``picture``
+    (H, W, 3) uint8: bright where the heat is."""
+    import matplotlib
+    from PIL import Image
+
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
+    if heat.ndim == 3:
+        heat = heat.mean(axis=0) if heat.shape[0] in (1, 3) else heat.mean(axis=-1)
+    lo, hi = float(heat.min()), float(heat.max())
+    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    H, W = picture.shape[:2]
+    if heat.shape != (H, W):
+        heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((W, H), Image.BILINEAR), np.float32) / 255
+    colours = matplotlib.colormaps[cmap](heat)[..., :3] * 255
+    mixed = (1 - alpha) * picture.astype(np.float32) + alpha * colours
+    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
+
+__all__ = ["heat_picture", "FRACTION", "PERCENTILE", "crop_wanted", "energy_box", "robust_scale", "shown_box", "to_picture"]

