@@ -400,7 +400,7 @@ def test_occlusion_panel_c_shows_guided_backprop_where_the_deconvnet_cannot_depe
     assert cat.summary()["projection_method"] == "guided" and any(n.startswith("(c): ") for n in cat.notes)
     rocket = occlusion(default_model, skimage.data.rocket(), layer="bn2", window=112, stride=112)
     maps_only = occlusion(default_model, skimage.data.chelsea(), layer="bn2", window=112, stride=112, projection=False)
-    assert maps_only.projection is None and maps_only.peak == cat.peak
+    assert maps_only.projection is None and maps_only.projection_method is None and maps_only.peak == cat.peak
     np.testing.assert_array_equal(maps_only.probability, cat.probability)
     assert np.abs(cat.projection.astype(int) - rocket.projection.astype(int)).mean() > 5  # it sees the photo
     # drawn as the atlas draws projections

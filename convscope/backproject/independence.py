@@ -276,10 +276,6 @@ def deconvnet_dependence(model, layers, input_size: tuple[int, int] | None = Non
     return {name: Dependence(name, bool(seen[name]), seen[name]) for name in layers}
 
 
-#: What ``deconvnet`` may be in :func:`layer_methods`: ``"auto"`` lets guided backprop stand in
-#: for the deconvnet where the deconvnet cannot depend on the image, ``"always"`` keeps it.
-
-
 def check_deconvnet(deconvnet: str) -> None:
     """Raise :class:`~convscope.errors.ArgumentError` (one line) unless ``deconvnet`` is one of
     :data:`convscope.choices.DECONVNET_MODES`."""

@@ -96,7 +96,7 @@ class Occlusion(Explanation):
     top_class: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     projection: np.ndarray | None = None
-    projection_method: str = "deconvnet"
+    projection_method: str | None = "deconvnet"  #: None where no projection was asked for
     projection_note: str | None = None
     peak: tuple[int, int] = (0, 0)
     peak_box: tuple[int, int, int, int] | None = None
@@ -465,7 +465,7 @@ def _occlude(model, x, pixels, name, target, layer, window, stride, batch_size, 
         base_act = float(act0[channel].sum())
 
     flat = int(act0[channel].argmax())
-    picture, peak, box, method, note = None, (flat // act0.shape[2], flat % act0.shape[2]), None, "deconvnet", None
+    picture, peak, box, method, note = None, (flat // act0.shape[2], flat % act0.shape[2]), None, None, None
     if projection:
         picture, peak, box, method, note = _projection(model, x, layer, channel, notes)
     labels = {int(c): model.label(int(c)) for c in np.unique(top_map)}
