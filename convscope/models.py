@@ -266,8 +266,7 @@ def _unavailable(spec: str, exc: BaseException) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"cannot get pretrained weights for {spec!r} ({type(exc).__name__}: "
         f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); "
-        f"pass a state dict file as weights= (--weights FILE), pretrained=False (--no-pretrained) "
-        f"for random weights, "
+        f"pass a state dict file as `weights=FILE`, `pretrained=False` for random weights, "
         f"or use the embedded default model {DEFAULT_MODEL!r}"
     )
 
@@ -465,7 +464,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except RuntimeError:
         raise ArgumentError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ArgumentError(f"device {device!r} asked for, but no CUDA GPU is available; use device='cpu' (--device cpu)")
+        raise ArgumentError(f"device {device!r} asked for, but no CUDA GPU is available; use `device=cpu`")
     return dev
 
 

@@ -227,7 +227,7 @@ def probe(
     >>> [(r["layer"], round(r["accuracy"], 2)) for r in result.records()]
     """
     if pool not in POOLS:
-        raise ArgumentError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}", param="pool")
+        raise ArgumentError(f"`pool` must be one of {', '.join(POOLS)}, got {pool!r}", param="pool")
     if not isinstance(folds, int) or folds < 2:
         raise ArgumentError(f"`folds` must be a whole number of at least 2, got {folds!r}", param="folds")
     model: LoadedModel = as_loaded(model)
@@ -242,7 +242,7 @@ def probe(
     short = [(classes[k], int(c)) for k, c in enumerate(counts) if c < folds]
     if short:
         name, c = short[0]
-        raise ArgumentError(f"class {name!r} has {c} readable photos, fewer than folds={folds}; add photos or use fewer "
+        raise ArgumentError(f"class {name!r} has {c} readable photos, fewer than `folds={folds}`; add photos or use fewer "
                             "folds", param="folds")
     out = []
     for info in infos:

@@ -49,7 +49,7 @@ def ranking(module: torch.nn.Module, names: Sequence[str], rank_by: str = "auto"
     its output, as before) or ``"pre-activation"`` (every layer; a layer without a saturating
     activation is a one-line error). ``input_size`` of the probe pass (default 64 x 64)."""
     if rank_by not in RANK_BY:
-        raise ConvscopeError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+        raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
     if rank_by == "output":
         return {name: None for name in names}
     x = None

@@ -78,7 +78,10 @@ def test_torchvision_offline_gives_clear_error(monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError) as err:
         convscope.load_model("torchvision:resnet18")
     msg = str(err.value)
-    assert "torchvision:resnet18" in msg and "--weights FILE" in msg and "efficientnet_lite0" in msg
+    assert "torchvision:resnet18" in msg and "`weights=FILE`" in msg and "efficientnet_lite0" in msg
+    from convscope.cli._common import in_flags  # the CLI says the parameters as its flags
+
+    assert "--weights FILE, --no-pretrained for random weights" in in_flags(msg)
     assert "\n" not in msg
 
 
@@ -87,7 +90,7 @@ def test_timm_offline_gives_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailableError) as err:
         convscope.load_model("timm:resnet18")
-    assert "timm:resnet18" in str(err.value) and "--weights FILE" in str(err.value)
+    assert "timm:resnet18" in str(err.value) and "`weights=FILE`" in str(err.value)
 
 
 def test_random_init_is_seeded_and_does_not_touch_global_rng():

@@ -153,7 +153,7 @@ def test_bad_folders_and_arguments_are_sentences(model, arrangement, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         probe(model, tmp_path, ["relu1"])
-    with pytest.raises(ValueError, match="fewer than folds=50"):
+    with pytest.raises(ValueError, match="fewer than `folds=50`"):
         probe(model, arrangement, ["relu1"], folds=50, workers=0)
-    with pytest.raises(ValueError, match="pool must be"):
+    with pytest.raises(ValueError, match="`pool` must be"):
         probe(model, arrangement, ["relu1"], pool="median")

@@ -162,7 +162,7 @@ def test_checkpoint_refuses_another_choice_and_errors_are_one_line(lite0, photos
     with pytest.raises(ConvscopeError, match="layer 'blocks.5' does not end in a saturating activation") as err:
         scan(lite0, photos[:2], layers=["blocks.5"], rank_by="pre-activation", workers=0, progress=False)
     assert "\n" not in str(err.value)
-    with pytest.raises(ConvscopeError, match="rank_by must be one of auto, output, pre-activation"):
+    with pytest.raises(ConvscopeError, match="`rank_by` must be one of auto, output, pre-activation"):
         scan(lite0, photos[:2], layers=LAYERS, rank_by="pre", workers=0, progress=False)
     assert hook_count(lite0.module) == 0
 

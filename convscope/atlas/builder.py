@@ -113,7 +113,7 @@ def build(
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
     check_deconvnet(deconvnet)
     if rank_by not in RANK_BY:
-        raise ArgumentError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
+        raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
     choices = dict(rank_by=rank_by, deconvnet=deconvnet)
     _prepare(out, resume, overwrite)
     # A full disk stops the build with one line; every file written so far is whole, the last
