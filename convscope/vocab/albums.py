@@ -1,10 +1,10 @@
 """Albums: a readable WordNet category for each ImageNet class ("animals > dogs", "food").
 
 The one album taxonomy of convscope (the index's albums, :func:`convscope.index.organize.albums`,
-file photos under it). :data:`ALBUMS` is 25 categories, each a name and the query words whose
+file photos under it). :data:`ALBUMS` is 24 categories, each a name and the query words whose
 classes it holds (read as a keyword search reads them, :meth:`Vocabulary.classes_for`), most
 specific first: a class goes to the first album whose words hold it ("animals > dogs" before
-"animals > mammals" before "animals"). 852 of the 1,000 classes get an album; the rest (an
+"animals > mammals"; a catch-all "animals" would hold no class, so there is none). 852 of the 1,000 classes get an album; the rest (an
 umbrella, a rifle) get None, and the index groups their photos by embedding instead.
 
 >>> album_for(207), album_for(817)
@@ -21,7 +21,7 @@ ALBUMS = (
     ("animals > dogs", "dog"), ("animals > cats", "cat, big cat"), ("animals > birds", "bird"), ("animals > fish", "fish"),
     ("animals > reptiles and amphibians", "reptile, amphibian"), ("animals > insects and spiders", "insect, arachnid"),
     ("animals > primates", "primate"), ("animals > mammals", "mammal"), ("animals > sea life", "invertebrate"),
-    ("animals", "animal"), ("food > fruit and vegetables", "fruit, vegetable"), ("food", "food, dish"),
+    ("food > fruit and vegetables", "fruit, vegetable"), ("food", "food, dish"),
     ("vehicles > cars", "car"), ("vehicles > boats", "boat, ship"), ("vehicles > aircraft", "aircraft"), ("vehicles", "vehicle"),
     ("nature > plants", "plant, flower"), ("nature > landscapes", "geological formation"), ("music", "musical instrument"),
     ("clothing", "clothing"), ("buildings", "structure"), ("furniture", "furniture"), ("sports", "sports equipment"),
