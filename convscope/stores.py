@@ -174,6 +174,16 @@ def fsync_tree(folder: str | os.PathLike) -> None:
         fsync_dir(root)
 
 
+def sync_written(folder: str | os.PathLike) -> None:
+    """Flush everything written under ``folder`` before a commit names it: one ``os.sync()``
+    where the system has it (an atlas writes tens of thousands of PNGs, at 0.4 ms an fsync
+    apiece), else :func:`fsync_tree` (Windows has no ``os.sync``)."""
+    if hasattr(os, "sync"):
+        os.sync()
+    else:
+        fsync_tree(folder)
+
+
 def commit(finished: str | os.PathLike, dest: str | os.PathLike) -> None:
     """The commit point: rename a finished, fsynced database to ``dest`` (one atomic rename),
     then fsync the folder so that the rename itself survives a crash. From here on the store
@@ -189,4 +199,4 @@ def remove_partial(root: str | os.PathLike) -> None:
 
 
 __all__ = ["PARTIAL", "State", "check_folder", "commit", "fsync_dir", "fsync_file", "fsync_tree", "open_committed", "partial_dir",
-           "remove_partial", "state"]
+           "remove_partial", "state", "sync_written"]

@@ -46,7 +46,7 @@ from ..progress import Bar
 from ..runtime import keep_freed_memory
 from ..scan import RESUME_HINT, Scan, scan
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
-from ..stores import PARTIAL, check_folder, commit, remove_partial, state
+from ..stores import PARTIAL, check_folder, commit, remove_partial, state, sync_written
 from .store import DB_NAME, METHODS, STATE_NAME, Atlas, write_db
 
 
@@ -169,10 +169,7 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
                    "layer_methods": {name: list(ms) for name, ms in records.methods.items()}}
     write_db(db_tmp, model, result, records, incomplete, projections, time.time() - started, dependence)
     result.state.save(out / STATE_NAME, {"paths": result.paths, "crops": list(result.crops.levels)})
-    # The PNG files were written without an fsync each (tens of thousands of them, 0.4 ms
-    # apiece): one sync flushes them before the commit makes the atlas read as complete.
-    if hasattr(os, "sync"):
-        os.sync()
+    sync_written(out)  # the PNGs, written without an fsync each, are on disk before the commit
     remove_stale_temps(out)  # none of ours is left; any other is a killed run's
     commit(db_tmp, out / DB_NAME)  # the commit point: the atlas is complete from here on
     remove_partial(out)

@@ -17,7 +17,6 @@ writes.
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ import ray
 
 from ..progress import Bar
 from ..scan import Scan, ScanState
+from ..stores import sync_written
 from .pool import Pool, WorkerInfo
 
 #: Images per job, at least: a few chunks of the builder's (256 images at most each).
@@ -51,8 +51,7 @@ def render_job(model, info: WorkerInfo, step: Callable, result: Scan, job) -> Re
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         incomplete = step(model, dataclasses.replace(job, result=result), stats)
-    if hasattr(os, "sync"):  # the files are whole on disk before the driver commits the atlas
-        os.sync()
+    sync_written(job.out)  # the files are whole on disk before the driver commits the atlas
     return RenderResult(job.records, incomplete, stats, [(w.category, str(w.message)) for w in caught], info.node)
 
 
