@@ -177,11 +177,11 @@ class _FakeExtractor:
 
 
 def synthetic_index(out: Path, n: int, dev_probs: np.ndarray, dim: int = 1280, units: int = 8, seed: int = 0) -> Path:
-    """An index of ``n`` entries written through the build's own partial store and finalize:
+    """An index of ``n`` entries written through the build's own partial store and finalize, as
+    0f7ca53 has them (run by the ``--synthetic-writer`` checkout; the code after issue 19 opens it):
     each entry takes the sorted probability profile of a random dev photo on random classes,
     a random unit embedding and random unit maxima."""
     from convscope.index import build as b
-    from convscope.index.signals import top_classes
     from convscope.models import imagenet_labels
 
     labels = imagenet_labels()
@@ -202,14 +202,14 @@ def synthetic_index(out: Path, n: int, dev_probs: np.ndarray, dim: int = 1280, u
         prof = profiles[rng.integers(0, len(profiles), m)]
         cls = rng.integers(0, 1000, (m, b.TOP_CLASSES))  # a repeated class keeps one of its values
         np.put_along_axis(probs, cls, prof, axis=1)
-        top_class, top_prob = top_classes(probs)
+        top_class, top_prob = b._prob_rows(probs)
         emb = rng.standard_normal((m, dim), dtype=np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         rows = {"top_class": top_class, "top_prob": top_prob, "embedding": emb.astype(np.float16),
                 "unit_rows": rng.random((m, units), dtype=np.float32).astype(np.float16),
                 "unit_pos_rows": rng.integers(0, 49, (m, units)).astype(np.int16)}
-        for name, f in partial.files.items():
-            f.append(rows[name])
+        for name in b.ROW_ARRAYS:
+            partial.files[name].append(rows[name])
         first = partial.rows
         partial.conn.executemany("INSERT INTO entries VALUES (?, ?, NULL)", [(first + i, first + i + 1) for i in range(m)])
         partial.conn.executemany("INSERT INTO thumbs VALUES (?, ?)", [(first + i, thumb) for i in range(m)])
