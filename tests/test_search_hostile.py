@@ -133,7 +133,7 @@ def test_the_server_answers_a_long_query_400_without_a_traceback(index, capfd):
 def test_input_errors_are_typed_and_exit_2(index):
     res = run("search", index, "--unit", "layer4:99999")
     assert res.exit_code == 2  # the README's status for a unit out of range, said before a model loads
-    assert one_line(res) == "error: layer 'layer4' has units 0 to 511; 99999 is not one of them"
+    assert one_line(res) == "error: layer 'layer4' has units 0..511, got 99999"
     for query in ("and or , ,", "or", ", and ,"):
         res = run("search", index, query)
         assert res.exit_code == 2 and one_line(res) == f"error: the query {query!r} holds no word; give one such as 'dog'"

@@ -111,7 +111,7 @@ class Index(IndexStore):
         of its range; nothing loads.
 
         >>> index.check_unit("blocks.4", 99999)
-        ArgumentError: layer 'blocks.4' has units 0 to 319; 99999 is not one of them
+        ArgumentError: layer 'blocks.4' has units 0..319, got 99999
         """
         search.unit_column(self, layer, unit)
 

@@ -342,8 +342,7 @@ def unit_column(store: IndexStore, layer: str, index) -> tuple[int, int]:
     info = store.layer(layer)
     channels, _, width = info["shape"]
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < channels:
-        raise ArgumentError(f"layer {layer!r} has units 0 to {channels - 1}; {index!r} is not one of them",
-                            param="unit")
+        raise ArgumentError(f"layer {layer!r} has units 0..{channels - 1}, got {index!r}", param="unit")
     return info["offset"] + int(index), width
 
 
