@@ -161,18 +161,21 @@ def resume_command(root: Path) -> str:
     except (sqlite3.Error, ValueError, OSError):  # a database cut short: the hint without its settings
         meta = {}
     model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-    spec, weights = model.get("spec"), str(model.get("weights") or "")
-    words = ["convscope", "index", *(meta.get("inputs") or ["PATHS"]), "--out", str(root), "--resume"]
+    spec, weights = str(model.get("spec") or ""), str(model.get("weights") or "")
+    inputs = [str(i) for i in meta.get("inputs") or [] if isinstance(meta.get("inputs"), list)]
+    words = ["convscope", "index", *(inputs or ["PATHS"]), "--out", str(root), "--resume"]
     if spec and spec != DEFAULT_MODEL:
         words += ["--model", spec]
     if weights.startswith("random"):
         words.append("--no-pretrained")
     elif os.path.isfile(weights):
         words += ["--weights", weights]
-    if meta.get("layers"):
-        words += ["--layers", ",".join(layer["name"] for layer in meta["layers"])]
-    if meta.get("fps", 1.0) != 1.0:
-        words += ["--fps", f"{meta['fps']:g}"]
+    layers = meta.get("layers")
+    if isinstance(layers, list) and all(isinstance(layer, dict) and "name" in layer for layer in layers) and layers:
+        words += ["--layers", ",".join(str(layer["name"]) for layer in layers)]
+    fps = meta.get("fps", 1.0)
+    if isinstance(fps, (int, float)) and fps != 1.0:
+        words += ["--fps", f"{fps:g}"]
     return " ".join(w if w == "PATHS" else shlex.quote(printable_path(w)) for w in words)
 
 
