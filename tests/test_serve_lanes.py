@@ -25,7 +25,18 @@ from tests.test_fill import FV, built, relu6_model  # noqa: E402,F401  (built: t
 from tests.test_web_search import search_library  # noqa: E402
 
 #: A fill whose feature visualization runs long enough (several seconds) to be met running.
-LONG_FV = {"steps": 3000, "size": 32}
+LONG_FV = {"steps": 2000, "size": 32}
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread meanwhile: on a loaded machine two threads per step took 15x longer."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -77,7 +88,7 @@ def explain_url(client, row=0, cls=0):
     return f"/explain/{row}.jpg?class={cls}"
 
 
-def test_interactive_work_goes_before_a_running_fill(atlas_dir, library):
+def test_interactive_work_goes_before_a_running_fill(atlas_dir, library, one_thread):
     """Before: the hover, the unit search and /health each waited for the whole fill."""
     app, served = serve(atlas_dir, library, LONG_FV)
     fill = "/api/layers/features/units/2/fill"
@@ -96,14 +107,31 @@ def test_interactive_work_goes_before_a_running_fill(atlas_dir, library):
         assert max(waits.values()) < 20, waits
         done = wait_for(c, fill, ("done", "error"))
         assert done["status"] == "done", done
+
+
+def test_a_paused_fill_draws_what_an_unpaused_one_draws(built, atlas_dir):  # noqa: F811
     from convscope import featvis
     from convscope.atlas import Atlas
-    from tests.test_fill import pixels
+    from convscope.atlas.fill import Filler
+    from tests.test_fill import assert_like_full, pixels
 
-    with Atlas.open(atlas_dir) as atlas:  # the paused fill drew what an unpaused render draws
-        expected = featvis.render(relu6_model(), "features", [2], progress=False, **LONG_FV).image(0)
-        np.testing.assert_array_equal(pixels(atlas, atlas.featvis("features", 2)),
-                                      np.asarray(expected.convert("RGB")))
+    class Always:
+        calls = 0
+
+        def wanted(self):
+            return True
+
+        def __call__(self):
+            self.calls += 1
+
+    model, pause = relu6_model(), Always()
+    with Atlas.open(atlas_dir) as atlas:
+        Filler(atlas, model, featvis=FV).fill("features", 2, pause=pause)
+        # two photos read, one projection batch, and 3 of the 4 featvis steps
+        assert pause.calls >= 2 + 1 + 3
+        expected = featvis.render(model, "features", [2], progress=False, **FV).image(0)
+        np.testing.assert_array_equal(pixels(atlas, atlas.featvis("features", 2)), np.asarray(expected.convert("RGB")))
+    assert_like_full(atlas_dir, built / "full", "features", 2)
 
 
 def test_a_pause_lets_the_model_go_as_it_was_given():
