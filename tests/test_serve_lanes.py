@@ -218,6 +218,7 @@ def test_a_request_abandoned_before_its_job_started_is_not_computed(atlas_dir, l
         while not any("dropped before it started" in r.getMessage() for r in caplog.records):
             assert time.monotonic() < deadline, "the server did not notice the client went away"
             time.sleep(0.02)
+        assert not app.state.site.workers.pause.wanted()  # its place in the queue is free again
         gate.set()
         assert wait_for(c, "/api/layers/features/units/0/fill", ("done", "error"))["status"] == "done"
         assert (2, 7, None) not in finder._pictures  # never computed

@@ -82,7 +82,7 @@ class Pause:
         self._lane = lane
 
     def wanted(self) -> bool:
-        return bool(self._lane.waiting[INTERACTIVE])
+        return self._lane.count(INTERACTIVE) > 0
 
     def __call__(self) -> None:
         self._lane.run_interactive()
@@ -99,6 +99,16 @@ class _ModelLane:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def count(self, lane: str) -> int:
+        """Jobs waiting in ``lane``, those dropped meanwhile (their client went away) let go."""
+        with self._cond:
+            queue = self.waiting[lane]
+            if any(future.cancelled() for future, _fn in queue):
+                kept = [job for job in queue if not job[0].cancelled()]
+                queue.clear()
+                queue.extend(kept)
+            return len(queue)
 
     def submit(self, future: Future, fn, lane: str) -> None:
         with self._cond:
@@ -191,7 +201,7 @@ class Workers:
     async def model(self, fn, *args, request=None):
         """``fn(*args)`` on the model thread, before any batch job's next step; dropped if
         ``request``'s client goes away before it starts (:class:`Abandoned`)."""
-        waiting = len(self._lane.waiting[INTERACTIVE])
+        waiting = self._lane.count(INTERACTIVE)
         if waiting >= self.max_waiting:
             raise Busy(f"the model has {waiting} requests waiting already (at most {self.max_waiting}); "
                        f"try again in {RETRY_AFTER} s")
