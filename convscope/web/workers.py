@@ -98,7 +98,6 @@ class _ModelLane:
         self.waiting: dict[str, collections.deque] = {INTERACTIVE: collections.deque(), BATCH: collections.deque()}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._closed = False
 
     def count(self, lane: str) -> int:
         """Jobs waiting in ``lane``, those dropped meanwhile (their client went away) let go."""
@@ -113,7 +112,6 @@ class _ModelLane:
     def submit(self, future: Future, fn, lane: str) -> None:
         with self._cond:
             if self._thread is None:
-                self._closed = False
                 self._thread = threading.Thread(target=self._loop, name="convscope-model", daemon=True)
                 self._thread.start()
             self.waiting[lane].append((future, fn))
@@ -126,11 +124,12 @@ class _ModelLane:
         return None
 
     def _loop(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._cond:
-                while not self._closed and not (job := self._next((INTERACTIVE, BATCH))):
+                while self._thread is me and not (job := self._next((INTERACTIVE, BATCH))):
                     self._cond.wait()
-                if self._closed:
+                if self._thread is not me:  # closed (a thread started since is the model thread)
                     return
             _run(*job)
 
@@ -146,7 +145,7 @@ class _ModelLane:
 
     def close(self) -> None:
         with self._cond:
-            self._closed, self._thread = True, None
+            self._thread = None
             for lane in self.waiting.values():
                 while lane:
                     lane.popleft()[0].cancel()
