@@ -173,6 +173,7 @@ def test_fill_refuses_cross_site_posts_a_full_queue_and_bad_units(partial):
         assert c.post("/api/layers/features/units/0/fill").status_code == 202
         full = c.post("/api/layers/features/units/1/fill")
         assert full.status_code == 503 and "at most 1 wait" in full.json()["error"]
+        assert full.headers["retry-after"] == "60"
         gate.set()
         assert wait_done(c, "/api/layers/features/units/0/fill")["status"] == "done"
         assert c.post("/api/layers/features/units/1/fill").status_code == 202  # room again

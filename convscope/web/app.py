@@ -35,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ConvscopeError
 from .atlas_pages import AtlasPages
-from .common import error_response, error_status
+from .common import error_headers, error_response, error_status
 from .evolve_pages import EvolvePages
 from .fill_pages import MAX_QUEUE, FillPages
 from .gallery import Gallery
@@ -172,7 +172,7 @@ def create_app(
 
     async def on_error(request: Request, exc: Exception):
         status, reason = error_status(exc)
-        return error_response(page, request, status, reason)
+        return error_response(page, request, status, reason, error_headers(exc))
 
     async def on_aborted(request: Request, exc: UploadAborted):
         logger.info("%s", exc)  # one line: the client is gone, and so is its answer

@@ -69,16 +69,25 @@ def error_status(exc: Exception) -> tuple[int, str]:
     return 500, "internal error; the server log has the details"
 
 
-def error_response(page: Callable[..., Response], request: Request, status: int, reason: str) -> Response:
+def error_response(page: Callable[..., Response], request: Request, status: int, reason: str,
+                   headers: dict | None = None) -> Response:
     """The answer to a failed request: ``{"error", "status"}`` under ``/api``, else the error
-    page rendered by ``page`` (:attr:`convscope.web.site.Site.page`)."""
+    page rendered by ``page`` (:attr:`convscope.web.site.Site.page`); with the error's own
+    ``headers`` (a full queue's ``Retry-After``, see :func:`error_headers`)."""
     if request.url.path.startswith("/api/") or request.url.path == "/api":
         response = JSONResponse({"error": reason, "status": status}, status_code=status)
     else:
         response = page("error.html", status=status, code=status, title=TITLES.get(status, "Error"), reason=reason)
     if status == 408:  # the rest of a late body is not waited for
         response.headers["Connection"] = "close"
+    response.headers.update(headers or {})
     return response
+
+
+def error_headers(exc: Exception) -> dict:
+    """The headers an error's answer carries: its ``headers`` (``Retry-After`` of a full
+    queue, :class:`convscope.web.workers.Busy`; an ``HTTPException``'s own), else none."""
+    return dict(getattr(exc, "headers", None) or {})
 
 
 class Memo:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from ..errors import ConvscopeError
 from ..index.search import MIN_SCORE, SORTS
-from .common import ModelUnavailable, error_status
+from .common import ModelUnavailable, error_headers, error_status
 from .finder import MAX_TOP, TOP, Finder, close_matches
 from .site import Absent, NavLink, Site
 
@@ -160,7 +160,7 @@ class SearchPages:
 
     # ------------------------------------------------------------------ search
 
-    async def _results(self, query: Query) -> dict | None:
+    async def _results(self, query: Query, request: Request) -> dict | None:
         finder, workers = self.finder, self.site.workers
         if query.q is not None:
             return await run_in_threadpool(functools.partial(
@@ -168,28 +168,30 @@ class SearchPages:
         if query.like is not None:
             return await run_in_threadpool(functools.partial(finder.like, query.like, time=query.t, top=query.top))
         if query.unit is not None:
-            async with workers.job():  # the model draws the boxes: on its own thread
-                return await workers.model(functools.partial(finder.unit, query.unit, top=query.top))
+            async with workers.job():  # the model draws the boxes: on its own thread, dropped if no one waits
+                return await workers.model(functools.partial(finder.unit, query.unit, top=query.top), request=request)
         return None
 
     async def search_page(self, request: Request):
-        data, error, status, query = None, None, 200, None
+        data, error, status, query, headers = None, None, 200, None, {}
         try:
             query = Query.parse(request.query_params)
-            data = await self._results(query)
-        except (ConvscopeError, ValueError) as exc:  # an unknown word, a bad unit, ...: said on the page
-            status, error = error_status(exc)
+            data = await self._results(query, request)
+        except (ConvscopeError, ValueError) as exc:  # an unknown word, a bad unit, a full queue...: said on the page
+            (status, error), headers = error_status(exc), error_headers(exc)
         home = await run_in_threadpool(self.finder.home)
         params = request.url.query
-        return self.site.page(
+        response = self.site.page(
             "search.html", status=status, data=data, home=home, error=error, query=query or Query(),
             suggestions=close_matches(error or ""), q=request.query_params.get("q", ""),
             api_url="/api/search" + ("?" + params if params else ""), sorts=SORTS,
         )
+        response.headers.update(headers)
+        return response
 
     async def api_search(self, request: Request):
         query = Query.parse(request.query_params)
-        data = await self._results(query)
+        data = await self._results(query, request)
         if data is None:
             data = {"mode": "home", **(await run_in_threadpool(self.finder.home))}
         return JSONResponse(data)
@@ -226,7 +228,7 @@ class SearchPages:
     async def original(self, request: Request):
         p, workers = request.path_params, self.site.workers
         async with workers.job():  # a photo browsers cannot show is decoded: on a decode thread
-            path, media_type, data = await workers.decode(self.finder.original, p["file_id"], p["name"])
+            path, media_type, data = await workers.decode(self.finder.original, p["file_id"], p["name"], request=request)
         headers = {"Cache-Control": "private, max-age=600"}
         if data is None:
             return FileResponse(path, media_type=media_type, headers=headers)
@@ -242,5 +244,5 @@ class SearchPages:
                 raise BadQuery(f"class must be a class index, got {cls[:40]!r}")
             cls = int(cls)
         async with workers.job():
-            data = await workers.model(functools.partial(self.finder.picture, row, cls=cls, unit=unit))
+            data = await workers.model(functools.partial(self.finder.picture, row, cls=cls, unit=unit), request=request)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from ..data import load_image_bytes
 from ..errors import ConvscopeError
-from .common import NotFound, error_status
+from .common import NotFound, error_headers, error_status
 from .site import Absent, Site
 from .upload import (MAX_UPLOAD_BYTES, Analyzer, BadUpload, UploadAborted, UploadStore, UploadTimeout,
                      UploadTooLarge)
@@ -167,9 +167,9 @@ class UploadPages:
         async with workers.job():
             async with self.receiving:  # bodies being received and decoded at once: bounded
                 data, explain = await self.read_upload(request, explain_default)
-                image = await workers.decode(self.decode, data)
+                image = await workers.decode(self.decode, data, request=request)
                 del data  # only the decoded image waits for the model
-            token, result, stored = await workers.model(self.analyze_and_store, image, explain)
+            token, result, stored = await workers.model(self.analyze_and_store, image, explain, request=request)
         result["id"] = token
         result["image"] = self.site.links.uploaded(token, "input.png")
         for name, entry in result["explanations"].items():
@@ -191,7 +191,9 @@ class UploadPages:
             result = await self.analyze(request, explain_default=False)  # an unticked box sends nothing
         except (ConvscopeError, HTTPException) as exc:
             status, reason = error_status(exc)
-            return self._page(status, error=reason)
+            response = self._page(status, error=reason)
+            response.headers.update(error_headers(exc))  # a full queue's Retry-After
+            return response
         return self._page(result=result)
 
     async def api_image(self, request: Request):
