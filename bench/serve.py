@@ -205,7 +205,9 @@ async def main_async(args, memory: Memory) -> int:
     # on a connection the server is closing at that moment
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
                           keepalive_expiry=3.0)
-    async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits) as client:
+    # Origin: the gallery takes writes (uploads) only from its own origin, as its pages send them
+    async with httpx.AsyncClient(base_url=base, timeout=args.timeout, limits=limits,
+                                 headers={"Origin": base}) as client:
         info = (await client.get("/api/atlas")).json()
         layers = [(layer["name"], layer["channels"]) for layer in info["layers"]]
         json_urls = []

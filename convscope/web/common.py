@@ -67,16 +67,16 @@ def parse_number(text: str | int, what: str = "unit", *, stop: int | None = None
     >>> parse_number("7", "entry", stop=10)
     7
     """
-    text = str(text)
+    text, many = str(text), (what[:-1] + "ies" if what.endswith("y") else what + "s")
     digits = text.removeprefix("-")
     if not (digits.isascii() and digits.isdigit()):
         raise BadNumber(f"{what} must be a whole number, got {text[:40]!r}")
     shown = text if len(text) <= 40 else f"{text[:20]}... ({len(digits)} digits)"
     if text.startswith("-"):
-        raise NotFound(f"there is no {what} {shown}; {what}s start at 0")
+        raise NotFound(f"there is no {what} {shown}; {many} start at 0")
     value = int(digits) if len(digits) <= 20 else MAX_ID + 1
     if stop is not None and value >= stop:
-        there = f"{what}s run from 0 to {stop - 1}" if stop > 0 else f"there are no {what}s"
+        there = f"{many} run from 0 to {stop - 1}" if stop > 0 else f"there are no {many}"
         raise NotFound(f"there is no {what} {shown}; {there}")
     if value > MAX_ID:
         raise NotFound(f"there is no {what} {shown}; no {what} is that large")

@@ -7,10 +7,12 @@ writes, and the security headers.
   address, unlike a name, cannot be rebound), and the names in ``allowed_hosts``. Others get
   421 and a reason.
 * **Origin** (cross-site writes): a request that changes state (POST, PUT, PATCH, DELETE) must
-  come from a page of this very server: its ``Origin``, or its ``Referer`` where a browser sends
-  no Origin, names the scheme, host and port the request was sent to; others get 403 and a
-  reason. A request with neither header is not a browser's cross-site request (a browser
-  always names the origin of those) and passes, so ``curl`` and scripts keep working.
+  show that it comes from a page of this very server: its ``Origin``, or its ``Referer`` where
+  it sends no Origin, names the scheme, host and port the request was sent to, or (with
+  neither) its ``Sec-Fetch-Site`` says ``same-origin``. ``Sec-Fetch-Site: cross-site`` is
+  refused whatever else the request says, and so is a write with no such signal at all (a
+  browser's pages send Origin with every POST; a script sends ``Origin: http://HOST:PORT``,
+  the gallery's own address). Others get 403 and a reason.
 
 >>> app = HostAndOrigin(app, AllowedHosts(["gallery.lan"]), respond=error_response)
 """
@@ -128,17 +130,30 @@ class HostAndOrigin:
             return None
         scheme = scope.get("scheme", "http")
         here = (scheme, _name(name), port or _DEFAULT_PORTS.get(scheme))
-        for header in ("origin", "referer"):
-            value = headers.get(header)
-            if value is None:
-                continue
-            there = _origin(value)
-            if there != here:
-                shown = value if len(value) <= 80 else value[:80] + "..."
-                return 403, (f"cross-site request refused: its {header.title()} {shown!r} is not this gallery "
-                             f"({_url(here)}); send it from the gallery's own pages")
-            return None  # the Origin decides when there is one; else the Referer
+        return same_origin_write(headers, here)
+
+
+def same_origin_write(headers: dict[str, str], here: tuple[str, str, int | None]) -> tuple[int, str] | None:
+    """``None`` when a write's lower-cased ``headers`` show it comes from the origin ``here``
+    (scheme, host, port), else (403, the reason): see the module's docstring."""
+    fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+    if fetch_site == "cross-site":
+        return 403, ("cross-site request refused: its Sec-Fetch-Site is cross-site; send it from the gallery's "
+                     f"own pages ({_url(here)})")
+    for header in ("origin", "referer"):
+        value = headers.get(header)
+        if value is None:
+            continue
+        if _origin(value) != here:
+            shown = value if len(value) <= 80 else value[:80] + "..."
+            return 403, (f"cross-site request refused: its {header.title()} {shown!r} is not this gallery "
+                         f"({_url(here)}); send it from the gallery's own pages")
+        return None  # the Origin decides when there is one; else the Referer
+    if fetch_site == "same-origin":
         return None
+    return 403, ("request refused: a write must say it comes from this gallery, and this one has neither Origin, "
+                 f"Referer nor Sec-Fetch-Site: same-origin; send it from the gallery's own pages, or (a script) "
+                 f"with the header Origin: {_url(here)}")
 
 
 def _headers(scope) -> dict[str, str]:
