@@ -195,22 +195,49 @@ def test_four_concurrent_16bit_uploads_raise_the_peak_by_under_600mb(server, gre
     assert np.abs(seen - expected).max() <= 3 and np.abs(seen - expected).mean() < 1
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_photo_of_almost_40_megapixels_is_taken_as_the_docs_promise(server, mode):
+    """docs/api.md: 40 megapixels. A 6300 x 6300 (39.7 MP) 8-bit PNG takes 152 MiB to decode,
+    RGB or RGBA (4 bytes a pixel), within the 192 MiB budget the docs explain."""
+    big = png_bytes(Image.new(mode, (6300, 6300), (90, 120, 200, 255)[:len(mode)]), compress_level=1)
+    r = post_image(server.base, big)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 5
+
+
 def test_an_image_over_the_decoding_budget_is_413_with_its_reason(server):
-    big = png_bytes(Image.new("RGB", (6000, 6000), (90, 120, 200)), compress_level=1)
+    # a WebP's decoder keeps a second copy: the same 39.7 MP takes twice the memory
+    big = io.BytesIO()
+    Image.new("RGB", (6300, 6300), (90, 120, 200)).save(big, "WEBP", lossless=True, quality=0, method=0)
+    big = big.getvalue()
     r = post_image(server.base, big)
     assert r.status_code == 413
     reason = r.json()["error"]
-    assert reason == ("not a usable image: too large to decode (6000x6000 8-bit RGB takes 138 MiB, limit 128 MiB); "
+    assert reason == ("not a usable image: too large to decode (6300x6300 8-bit RGB takes 303 MiB, limit 192 MiB); "
                       "send a smaller image or a JPEG")
-    r = httpx.post(server.base + "/image", files={"image": ("big.png", big, "image/png")}, timeout=60,
+    r = httpx.post(server.base + "/image", files={"image": ("big.webp", big, "image/webp")}, timeout=60,
                    headers={"Origin": server.base})
     assert r.status_code == 413 and "too large to decode" in r.text
-    # the same picture as a JPEG is decoded at 1/8 scale by libjpeg: taken, and cheap
+    # past 40 megapixels, whatever it would take
+    r = post_image(server.base, png_bytes(Image.new("L", (6400, 6400)), compress_level=1))
+    assert r.status_code == 413
+    assert "too large (6400x6400 = 40,960,000 pixels, limit 40,000,000)" in r.json()["error"]
+    # a JPEG of 36 MP is decoded at 1/8 scale by libjpeg: taken, and cheap
     before = server.status()["VmRSS"]
     server.reset_peak()
     r = post_image(server.base, jpeg_bytes(photo((6000, 6000))))
     assert r.status_code == 200, r.text
     assert server.status()["VmHWM"] - before < 60 * 2**20  # its full-size RGB alone is 144 MB
+
+
+def test_the_docs_state_the_upload_limits_the_server_has():
+    from convscope.web.upload import MAX_UPLOAD_BYTES
+    from convscope.web.upload_pages import MAX_DECODE_BYTES, MAX_UPLOAD_PIXELS
+
+    api = " ".join((ROOT / "docs" / "api.md").read_text().split())
+    assert (f"limited to {MAX_UPLOAD_BYTES >> 20} MB (`--max-upload-mb`) and {MAX_UPLOAD_PIXELS // 10**6} "
+            f"megapixels") in api
+    assert f"within {MAX_DECODE_BYTES >> 20} MiB of decoding memory" in api
 
 
 # --------------------------------------------------------------------------- memory comes back

@@ -88,8 +88,15 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
     if model_args.names_a_model:  # not the atlas's (or the index's) own model as it was built
         own = _check_model(atlas, model_args.spec) if atlas is not None else index.meta["model"]["spec"]
         model = model_args.load(own)
+    from ..web.upload import MAX_UPLOAD_BYTES
+    from ..web.upload_pages import MAX_DECODE_BYTES
+
+    max_upload_bytes = max_upload_mb * 1024 * 1024
+    # the file is held while it is decoded: a larger upload widens the decoding budget by as much
+    max_decode_bytes = MAX_DECODE_BYTES + max(0, max_upload_bytes - MAX_UPLOAD_BYTES)
     app = create_app(atlas, model, index=index, pages=page_groups(atlas, evolve_dir, model),
-                     max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts, fill=not no_fill)
+                     max_upload_bytes=max_upload_bytes, max_decode_bytes=max_decode_bytes, allowed_hosts=allow_hosts,
+                     fill=not no_fill)
     _run_server(app, host, port)
 
 
