@@ -16,10 +16,11 @@ def _secret(host: str, password_file: str | None):
     return None if is_loopback(host) else Secret.generate()
 
 
-def _run_server(app, host: str, port: int, secret=None, password_file: str | None = None) -> None:
+def _run_server(app, host: str, port: int) -> None:
     from ..web import serve as run
     from ..web.security import is_loopback
 
+    secret = app.state.login.secret  # the app's (create_app(secret=...)), as _secret chose it
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     click.echo(f"serving the gallery at {where}  (Ctrl+C to stop)", err=True)
     if not is_loopback(host):
@@ -29,8 +30,8 @@ def _run_server(app, host: str, port: int, secret=None, password_file: str | Non
         click.echo(f"sign in once by opening {where}?token={secret.token}  (a cookie keeps it; or give the token "
                    f"at {where}login)", err=True)
     elif secret is not None:
-        click.echo(f"sign in at {where}login with the password in {password_file}", err=True)
-    run(app, host=host, port=port, secret=secret)  # request deadlines, a connection cap, memory handed back when idle
+        click.echo(f"sign in at {where}login with the password in {secret.source}", err=True)
+    run(app, host=host, port=port)  # request deadlines, a connection cap, memory handed back when idle
 
 
 def allow_host_option(fn):
@@ -121,8 +122,8 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
     max_decode_bytes = MAX_DECODE_BYTES + max(0, max_upload_bytes - MAX_UPLOAD_BYTES)
     app = create_app(atlas, model, index=index, pages=page_groups(atlas, evolve_dir, model),
                      max_upload_bytes=max_upload_bytes, max_decode_bytes=max_decode_bytes, allowed_hosts=allow_hosts,
-                     fill=not no_fill)
-    _run_server(app, host, port, secret, password_file)
+                     fill=not no_fill, secret=secret)
+    _run_server(app, host, port)
 
 
 def page_groups(atlas, evolve_dir, model) -> list:
@@ -219,4 +220,4 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
     from ..web import create_app
 
     _run_server(create_app(atlas_dir, index=index_dir, pages=page_groups(atlas_dir, None, None),
-                           allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe)), host, port, secret, password_file)
+                           allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret), host, port)

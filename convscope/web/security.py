@@ -263,14 +263,15 @@ class Secret:
     True
     """
 
-    def __init__(self, value: str, *, token: bool = False):
+    def __init__(self, value: str, *, token: bool = False, source: str | None = None):
         value = value.strip()
         if len(value) < MIN_SECRET:
             raise ArgumentError(f"a gallery's secret needs at least {MIN_SECRET} characters, got {len(value)}",
                                 param="secret")
         self._digest = hashlib.sha256(value.encode()).digest()
-        #: The token to print (a made one only: a password is never shown).
+        #: The token to print (a made one only: a password is never shown), and the file it came from.
         self.token = value if token else None
+        self.source = source
 
     @classmethod
     def generate(cls) -> "Secret":
@@ -289,7 +290,7 @@ class Secret:
         if len(first) < MIN_SECRET:
             raise ArgumentError(f"the `password_file` {str(path)!r} must hold a password of at least {MIN_SECRET} "
                                 f"characters on its first line", param="password_file")
-        return cls(first)
+        return cls(first, source=str(path))
 
     def matches(self, given: str) -> bool:
         return hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest(), self._digest)
