@@ -230,3 +230,29 @@ def test_serve_on_loopback_asks_for_nothing(web_atlas_dir, tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/api/atlas", timeout=10).status_code == 200
     finally:
         stop(proc)
+
+
+# --------------------------------------------------------------------------- in Chromium
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="no Chromium at /usr/bin/chromium")
+def test_in_a_browser_the_secret_signs_in_with_a_cookie_scripts_cannot_read(web_atlas_dir):
+    pytest.importorskip("playwright.sync_api")
+    from .served import chromium
+
+    token = Secret.generate()
+    with serving(create_app(web_atlas_dir, model=tiny_model(), fill=False, secret=token)) as base, \
+            chromium() as browser:
+        page = browser.new_page()
+        page.goto(base + "/layers/features.1")
+        assert page.url.startswith(base + "/login?next=") and page.locator("input[name=secret]").count() == 1
+        page.fill("input[name=secret]", token.token)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/layers/features.1")
+        assert "features.1" in page.locator("h1").inner_text()
+        cookie = next(c for c in page.context.cookies() if c["name"].startswith("convscope-"))
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"  # not sent from another site
+        assert page.evaluate("document.cookie") == ""  # scripts cannot read it
+        assert page.evaluate("fetch('/api/atlas').then(r => r.status)") == 200  # the gallery's own scripts can
+        page.goto(base + "/?token=" + token.token)  # and a visit with the token in its URL drops it
+        assert page.url == base + "/"

@@ -155,10 +155,7 @@ class HostAndOrigin:
 def same_origin_write(headers: dict[str, str], here: tuple[str, str, int | None]) -> tuple[int, str] | None:
     """``None`` when a write's lower-cased ``headers`` show it comes from the origin ``here``
     (scheme, host, port), else (403, the reason): see the module's docstring."""
-    fetch_site = headers.get("sec-fetch-site", "").strip().lower()
-    if fetch_site == "cross-site":
-        return 403, ("cross-site request refused: its Sec-Fetch-Site is cross-site; send it from the gallery's "
-                     f"own pages ({_url(here)})")
+    same = False  # the Origin decides when there is one; else the Referer
     for header in ("origin", "referer"):
         value = headers.get(header)
         if value is None:
@@ -167,8 +164,13 @@ def same_origin_write(headers: dict[str, str], here: tuple[str, str, int | None]
             shown = value if len(value) <= 80 else value[:80] + "..."
             return 403, (f"cross-site request refused: its {header.title()} {shown!r} is not this gallery "
                          f"({_url(here)}); send it from the gallery's own pages")
-        return None  # the Origin decides when there is one; else the Referer
-    if fetch_site == "same-origin":
+        same = True
+        break
+    fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+    if fetch_site == "cross-site":
+        return 403, ("cross-site request refused: its Sec-Fetch-Site is cross-site; send it from the gallery's "
+                     f"own pages ({_url(here)})")
+    if same or fetch_site == "same-origin":
         return None
     return 403, ("request refused: a write must say it comes from this gallery, and this one has neither Origin, "
                  f"Referer nor Sec-Fetch-Site: same-origin; send it from the gallery's own pages, or (a script) "
