@@ -200,10 +200,11 @@ class Finder:
         return real
 
     def thumbnail(self, row: int | str) -> bytes:
-        """The JPEG the index stored for entry ``row``."""
+        """The JPEG the index stored for entry ``row`` (a number, or its text in a URL)."""
+        row = parse_number(row, "entry", stop=self.index.entries)
         record, _ = self.entry(row)
         self.check_served(record)
-        return self.index.thumbnail(parse_number(row, "entry"))
+        return self.index.thumbnail(row)
 
     def original(self, file_id: int, name: str) -> tuple[str, str | None, bytes | None]:
         """An original to hand out: (path, media type, None) for a format browsers show, else

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import anyio
 from starlette.responses import RedirectResponse, Response
 
 from ..errors import ArgumentError
@@ -243,6 +244,8 @@ SESSION_AGE = 30 * 24 * 3600
 #: The shortest secret a password file may hold.
 MIN_SECRET = 8
 _MAX_FORM = 4096
+#: Seconds a client has to send the login form's body.
+LOGIN_BODY_TIMEOUT = 10.0
 
 
 def is_loopback(host: str) -> bool:
@@ -363,8 +366,10 @@ class LoginRequired:
         elif "token" in query and method in ("GET", "HEAD"):
             rest = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
             target = scope["path"] + ("?" + urlencode(rest) if rest else "")
-            response = self._try(scope, query["token"], target) or self.page(
-                status=401, error="that is not this gallery's token; give the one `convscope serve` printed", next=target)
+            wrong = "that is not this gallery's token; give the one `convscope serve` printed"
+            response = self._try(scope, query["token"], target) or (
+                self.respond(scope, 401, wrong) if scope["path"].startswith("/api") else
+                self.page(status=401, error=wrong, next=target))
         elif signed_in:
             return await self.app(scope, receive, send)
         elif method in ("GET", "HEAD") and not scope["path"].startswith("/api"):
@@ -382,13 +387,16 @@ class LoginRequired:
         if method != "POST":
             return self.respond(scope, 405, "this URL does not accept that method")
         body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > _MAX_FORM:
-                return self.respond(scope, 413, "the login form is too large")
-            if not message.get("more_body"):
-                break
+        with anyio.move_on_after(LOGIN_BODY_TIMEOUT) as late:
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if len(body) > _MAX_FORM:
+                    return self.respond(scope, 413, "the login form is too large")
+                if not message.get("more_body"):
+                    break
+        if late.cancel_called:
+            return self.respond(scope, 408, f"the login form did not arrive within {LOGIN_BODY_TIMEOUT:g} s")
         form = dict(parse_qsl(body.decode("utf-8", "replace")))
         target = _local(form.get("next", target))
         return self._try(scope, form.get("secret", ""), target) or self.page(
