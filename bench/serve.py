@@ -367,7 +367,9 @@ async def measure(args, servers: list[Server], plan: dict) -> None:
         for server in servers if k % 2 == 0 else servers[::-1]:
             # a fresh client per phase: the previous phase's hundreds of keep-alive connections
             # are closed now, not while the next phase is measured (on either server)
-            async with httpx.AsyncClient(base_url=server.base, timeout=args.timeout, limits=limits) as client:
+            # Origin: the gallery takes writes (uploads) only from its own origin, as its pages send them
+            async with httpx.AsyncClient(base_url=server.base, timeout=args.timeout, limits=limits,
+                                         headers={"Origin": server.base}) as client:
                 server.client = client
                 await settle(servers)
                 await phase(server, plan, args)

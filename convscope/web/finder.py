@@ -34,7 +34,7 @@ from ..errors import ConvscopeError, ImageError
 from ..index import parse_unit
 from ..index.explain import entry_image, why_picture
 from ..index.search import MIN_SCORE
-from .common import Memo, NotFound, jpeg
+from .common import Memo, NotFound, jpeg, parse_number
 from .render import Links
 
 #: Results on one page unless ``top`` says otherwise, and the most ``top`` may ask for.
@@ -167,17 +167,19 @@ class Finder:
 
     # ------------------------------------------------------------------ records and files
 
-    def record(self, file_id: int) -> dict:
-        """The file record of ``file_id`` (the index keeps those it has read)."""
+    def record(self, file_id: int | str) -> dict:
+        """The file record of ``file_id`` (a number, or its text in a URL: range-checked by
+        :func:`~convscope.web.common.parse_number`; the index keeps those it has read)."""
+        file_id = parse_number(file_id, "file")
         try:
-            return self.index.files([int(file_id)])[int(file_id)]
+            return self.index.files([file_id])[file_id]
         except KeyError:
             raise NotFound(f"there is no file {file_id} in this index") from None
 
-    def entry(self, row: int) -> tuple[dict, float | None]:
-        """The file record of entry ``row`` and the entry's time (None for a photo)."""
-        if not 0 <= row < self.index.entries:
-            raise NotFound(f"there is no entry {row} in this index of {self.index.entries} entries")
+    def entry(self, row: int | str) -> tuple[dict, float | None]:
+        """The file record of entry ``row`` (a number, or its text in a URL) and the entry's time
+        (None for a photo)."""
+        row = parse_number(row, "entry", stop=self.index.entries)
         t = float(self.index.entry_time[row])
         return self.record(int(self.index.entry_file[row])), (None if math.isnan(t) else t)
 
@@ -197,8 +199,9 @@ class Finder:
             raise NotFound(f"{os.path.basename(record['path'])} is no longer on disk")
         return real
 
-    def thumbnail(self, row: int) -> bytes:
-        """The JPEG the index stored for entry ``row``."""
+    def thumbnail(self, row: int | str) -> bytes:
+        """The JPEG the index stored for entry ``row`` (a number, or its text in a URL)."""
+        row = parse_number(row, "entry", stop=self.index.entries)
         record, _ = self.entry(row)
         self.check_served(record)
         return self.index.thumbnail(row)
@@ -396,6 +399,7 @@ class Finder:
         """JPEG: the Grad-CAM of class ``cls`` over entry ``row`` as the model sees it, or (with
         ``unit``, ``LAYER:UNIT``) the unit's receptive-field box at its maximum on that entry.
         Made on first request, then cached. Runs the model: call it on the model thread."""
+        row = parse_number(row, "entry", stop=self.index.entries)
         key = (row, cls, unit)
         with self._lock:
             if key in self._pictures:

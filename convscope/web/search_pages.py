@@ -153,9 +153,10 @@ class SearchPages:
             Route("/api/albums", self.api_albums),
             Route("/albums/{name:path}", self.album_page),  # a class label in an album's name may hold a "/"
             Route("/api/albums/{name:path}", self.api_album),
-            Route("/thumbs/{row:int}.jpg", self.thumbnail),
-            Route("/files/{file_id:int}/{name}", self.original),
-            Route("/explain/{row:int}.jpg", self.picture),
+            # ids as text: the finder range-checks them (a 404 with the reason, never an overflow)
+            Route("/thumbs/{row}.jpg", self.thumbnail),
+            Route("/files/{file_id}/{name}", self.original),
+            Route("/explain/{row}.jpg", self.picture),
         ]
 
     # ------------------------------------------------------------------ search

@@ -28,10 +28,13 @@ from .site import Absent, Site
 from .upload import (MAX_UPLOAD_BYTES, Analyzer, BadUpload, UploadAborted, UploadStore, UploadTimeout,
                      UploadTooLarge)
 
-#: The largest decode of one upload, in bytes of memory (a 24 Mpx RGB PNG takes 96 MB).
-MAX_DECODE_BYTES = 128 * 1024 * 1024
 #: Largest upload, in pixels (width x height), whatever the format.
 MAX_UPLOAD_PIXELS = 40_000_000
+#: The largest decode of one upload, in bytes of memory (:func:`convscope.data.decode_cost`, the
+#: file counted): room for every 8-bit photo of :data:`MAX_UPLOAD_PIXELS`, RGB or RGBA (Pillow
+#: holds both in 4 bytes a pixel: 160 MB), with its file up to the default 12 MB and the copy
+#: reduced to the model's scale. 16-bit and WebP images take more a pixel, and fit fewer.
+MAX_DECODE_BYTES = 192 * 1024 * 1024
 #: Seconds a client has to send a whole upload body.
 BODY_TIMEOUT = 60.0
 #: Uploads received and decoded at once; more wait their turn, their bodies unread.
