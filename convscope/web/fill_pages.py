@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from ..atlas.fill import lacking
 from ..errors import ConvscopeError
+from .common import parse_number
 from .gallery import Gallery
 from .site import Site
 from .workers import Busy
@@ -136,7 +137,7 @@ class FillPages:
         text = request.path_params["unit"]
         if not (text.isascii() and text.isdigit()):
             raise BadUnit(f"unit must be a whole number from 0, got {text[:40]!r}")
-        unit = int(text)
+        unit = parse_number(text, "unit")  # a 5,000-digit unit is out of range, not a bug
         self.gallery.check_unit(layer, unit)
         key = (layer, unit)
         # one read of the unit's page, off the event loop (a poll may meet the model thread's write)
