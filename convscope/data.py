@@ -18,7 +18,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -321,10 +321,19 @@ class _Budget:
         return cls(max_pixels, max_bytes, target_size)
 
 
-def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Photo:
-    # Looked at before it is opened: opening a FIFO blocks until a writer comes, and opening a
-    # device can act on it. O_NONBLOCK then keeps a file swapped for a FIFO meanwhile from
-    # blocking the open, and fstat checks what was opened.
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading in binary, if it is a regular file; else :class:`ImageError`
+    with one line (a FIFO, a device, a socket, a folder, a name that cannot be opened). The one
+    opening of an input file convscope reads (photos here, videos and hashes in
+    :mod:`convscope.index.media`).
+
+    Looked at before it is opened: opening a FIFO blocks until a writer comes, and opening a
+    device can act on it. ``O_NONBLOCK`` then keeps a file swapped for a FIFO meanwhile from
+    blocking the open, and ``fstat`` checks what was opened.
+
+    >>> with open_regular("photos/cat.jpg") as f:
+    ...     head = f.read(2)
+    """
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -339,11 +348,17 @@ def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Pho
                      | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise ImageError(path, _os_reason(exc)) from None
-    with os.fdopen(fd, "rb") as f:
+    f = os.fdopen(fd, "rb")
+    why = _not_regular(os.fstat(fd).st_mode)
+    if why:
+        f.close()
+        raise ImageError(path, why)
+    return f
+
+
+def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Photo:
+    with open_regular(path) as f:
         st = os.fstat(f.fileno())
-        why = _not_regular(st.st_mode)
-        if why:
-            raise ImageError(path, why)
         if not digest:
             if st.st_size == 0:
                 raise ImageError(path, "empty file (0 bytes)")
