@@ -120,22 +120,17 @@ class _Partial:
     def __init__(self, root: Path, settings: dict, extractor: Extractor, resume: bool):
         self.dir = partial_dir(root)
         db = self.dir / DB_NAME
-        fresh = not (resume and db.is_file())
+        fresh = not (resume and _begun(db))
         if fresh:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir(parents=True)
-            # made whole under another name, then renamed: a database there always holds its
-            # settings (a disk that fills up at the start leaves none, and a resume starts afresh)
-            new = self.dir / f"new-{DB_NAME}"
-            with contextlib.closing(sqlite3.connect(new)) as conn:
-                conn.executescript(SCHEMA)
-                settings = {**settings, "arrays": f"arrays-{uuid.uuid4().hex[:12]}", "complete": False}
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in settings.items()])
-                conn.commit()
-            fsync_file(new)
-            os.replace(new, db)
         self.conn = sqlite3.connect(db)
         self.conn.execute("PRAGMA synchronous = FULL")
+        if fresh:
+            self.conn.executescript(SCHEMA)
+            settings = {**settings, "arrays": f"arrays-{uuid.uuid4().hex[:12]}", "complete": False}
+            self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in settings.items()])
+            self.conn.commit()
         self.meta = read_meta(self.conn)
         if not fresh:
             for key, value in settings.items():
@@ -202,6 +197,16 @@ class _Partial:
         for f in self.files.values():
             f.close()
         self.conn.close()
+
+
+def _begun(db: Path) -> bool:
+    """Whether a partial database holds its settings: a build whose disk filled up before they
+    were committed has nothing to resume, and starts again."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT 1 FROM meta WHERE key = 'format'").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False
 
 
 # --------------------------------------------------------------------------- the build
