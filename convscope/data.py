@@ -122,9 +122,14 @@ def _stat_kind(path: str | os.PathLike) -> tuple[str | None, str]:
     return ("file" if stat.S_ISREG(mode) else "special"), ""
 
 
+#: The reason a folder's link whose target is missing is skipped (said once, not dropped).
+DANGLING_LINK = "dangling link (its target is missing)"
+
+
 def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[ImageError]]:
     """The regular files with image extensions under ``folder`` (sorted as ``Path`` objects,
-    symlinked folders not followed) and one error per subfolder that could not be listed."""
+    symlinked folders not followed) and one error per subfolder that could not be listed and
+    per dangling link."""
     found: list[Path] = []
     errors: list[ImageError] = []
 
@@ -139,8 +144,11 @@ def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[ImageE
         for name in files:
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 p = base / name
-                if _stat_kind(p)[0] == "file":
+                kind = _stat_kind(p)[0]
+                if kind == "file":
                     found.append(p)
+                elif kind is None and os.path.islink(p):
+                    errors.append(ImageError(p, DANGLING_LINK))
     return sorted(found), errors
 
 

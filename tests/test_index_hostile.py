@@ -124,6 +124,8 @@ def test_a_file_name_that_is_not_utf8_is_indexed_shown_and_resumed(tmp_path, mon
     shown = cli("search", out, "--like", folder / "plain.png", "--json")
     assert shown.returncode == 0, shown.stderr
     assert [json.loads(line)["path"] for line in shown.stdout.splitlines()] == [odd]  # (itself left out)
+    table = cli("search", out, "--like", folder / "plain.png")
+    assert table.returncode == 0 and "caf\\xe9.png" in table.stdout, table.stdout + table.stderr
 
     # a build stopped before its end with that name committed resumes
     import convscope.index.build as build
@@ -226,6 +228,9 @@ def test_a_dangling_link_is_a_skipped_line(tmp_path):
     assert [line for line in run.stderr.splitlines() if line.startswith("skipped ")] == [
         f"skipped {folder / 'link.jpg'}: dangling link (its target is missing)"]
     assert json.loads(run.stdout)["skipped"] == 1
+    atlas = cli("atlas", "build", folder, "--out", tmp_path / "atlas", "--top", 1, "--project", 0, *ARGS)
+    assert atlas.returncode == 0, atlas.stderr  # the atlas reads folders with data's walk: the same line
+    assert f"skipped {folder / 'link.jpg'}: dangling link (its target is missing)" in atlas.stderr.splitlines()
 
 
 # --------------------------------------------------------------------------- 10: a full disk

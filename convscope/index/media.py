@@ -21,7 +21,8 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
-from ..data import IMAGE_EXTENSIONS, MAX_BYTES, MAX_PIXELS, check_pixels, expand_inputs, open_regular, pixel_bytes
+from ..data import (DANGLING_LINK, IMAGE_EXTENSIONS, MAX_BYTES, MAX_PIXELS, check_pixels, expand_inputs, open_regular,
+                    pixel_bytes)
 from ..errors import ImageError
 
 VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v".split())
@@ -48,7 +49,7 @@ def expand_media(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in MEDIA_EXTENSIONS)
             paths.extend(f for f in found if f.is_file())
-            errors.extend(ImageError(f, "dangling link (its target is missing)") for f in found
+            errors.extend(ImageError(f, DANGLING_LINK) for f in found
                           if f.is_symlink() and not f.exists())
         else:
             found, missing = expand_inputs([item])
