@@ -127,9 +127,8 @@ DANGLING_LINK = "dangling link (its target is missing)"
 
 
 def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[ImageError]]:
-    """The regular files with image extensions under ``folder`` (sorted as ``Path`` objects,
-    symlinked folders not followed) and one error per subfolder that could not be listed and
-    per dangling link."""
+    """The regular files with image extensions under ``folder`` (sorted as ``Path`` objects, symlinked
+    folders not followed), and one error per subfolder that could not be listed and per dangling link."""
     found: list[Path] = []
     errors: list[ImageError] = []
 
@@ -330,32 +329,25 @@ class _Budget:
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
-    """``path`` opened for reading in binary, if it is a regular file; else :class:`ImageError`
-    with one line (a FIFO, a device, a socket, a folder, a name that cannot be opened). The one
-    opening of an input file convscope reads (photos here, videos and hashes in
-    :mod:`convscope.index.media`).
-
-    Looked at before it is opened: opening a FIFO blocks until a writer comes, and opening a
-    device can act on it. ``O_NONBLOCK`` then keeps a file swapped for a FIFO meanwhile from
-    blocking the open, and ``fstat`` checks what was opened.
+    """``path`` opened for reading in binary if it is a regular file, else :class:`ImageError`
+    (one line: a FIFO, a device, a folder, a name that cannot be opened). The one opening of an
+    input file (photos here, videos and hashes in :mod:`convscope.index.media`). Looked at before
+    it is opened (opening a FIFO blocks until a writer comes; opening a device can act on it);
+    ``O_NONBLOCK`` keeps a file swapped for a FIFO meanwhile from blocking, ``fstat`` checks it.
 
     >>> with open_regular("photos/cat.jpg") as f:
     ...     head = f.read(2)
     """
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ImageError(path, _os_reason(exc)) from None
-    except ValueError:
-        raise ImageError(path, "not a valid file name (it holds a NUL character)") from None
-    why = _not_regular(st.st_mode)
-    if why:
-        raise ImageError(path, why)
-    try:
+        why = _not_regular(os.stat(path).st_mode)
+        if why:
+            raise ImageError(path, why)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
                      | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise ImageError(path, _os_reason(exc)) from None
+    except ValueError:
+        raise ImageError(path, "not a valid file name (it holds a NUL character)") from None
     f = os.fdopen(fd, "rb")
     why = _not_regular(os.fstat(fd).st_mode)
     if why:
