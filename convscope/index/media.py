@@ -115,13 +115,20 @@ def _open_container(path: str | os.PathLike):
         try:
             container = av.open(f)
         except (OSError, av.error.FFmpegError) as exc:
-            raise ImageError(path, f"not a readable video ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
+            raise ImageError(path, f"not a readable video ({_reason(exc)})") from None
         try:
             if not container.streams.video:
                 raise ImageError(path, "holds no video stream")
             yield container
         finally:
             container.close()
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's words for an error, without the name it gives the file (an opened file's is its
+    descriptor number, which differs from run to run)."""
+    words = getattr(exc, "strerror", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return words[:100]
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -197,7 +204,7 @@ def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop
                 if stop is not None and k >= stop:
                     break
         except (OSError, av.error.FFmpegError) as exc:
-            raise ImageError(path, f"video cannot be decoded ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
+            raise ImageError(path, f"video cannot be decoded ({_reason(exc)})") from None
 
 
 #: Bytes a decoder holds per pixel of a frame, at most (planar 4:4:4, 8 bits: 4:2:0 takes 1.5).
