@@ -198,10 +198,11 @@ class Index(IndexStore):
         from .signals import decode_size
 
         model = self.checked_model(model)
+        target_size = decode_size(model.preprocessing.resize) if self.meta["draft"] else None  # as the index decoded
         if media.is_video(path):
-            image = media.frame_at(path, time or 0.0)
+            image = media.frame_at(path, time or 0.0, target_size=target_size)
         else:
-            image = load_image(path, target_size=decode_size(model.preprocessing.resize) if self.meta["draft"] else None)
+            image = load_image(path, target_size=target_size)
         if self._extractor is None or self._extractor.model is not model:  # its set-up costs two forward passes
             self._extractor = Extractor(model, [layer["name"] for layer in self.layers])
         x = model.transform(image)[None]

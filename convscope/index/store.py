@@ -76,6 +76,29 @@ def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + (_HEADER - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
 
 
+def db_path(path: str) -> str | bytes:
+    """A file name as the database holds it: text, or, for a name that is not valid UTF-8 (its
+    bytes ``os.fsdecode`` kept as surrogate escapes, which SQLite's text cannot hold), its bytes
+    as a blob; :func:`read_path` gives the same ``str`` back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def read_path(value: str | bytes) -> str:
+    """A file name the database holds (:func:`db_path`) as the ``str`` Python's file functions
+    take (undecodable bytes as surrogate escapes)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _record(row) -> dict:
+    record = dict(row)
+    record["path"] = read_path(record["path"])
+    return record
+
+
 class RowFile:
     """An .npy file that grows by rows: ``append`` writes rows at the end, ``commit`` rewrites the
     header for the rows so far and fsyncs, ``truncate`` cuts it back to a committed row count (to
@@ -264,20 +287,20 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         """File records by id (all of them, or those of ``ids``): path, kind ("photo"/"video"),
         size, mtime_ns, sha256, taken, width, height, duration, first_row, rows."""
         if ids is None:
-            return {r["id"]: dict(r) for r in self.query("SELECT * FROM files ORDER BY id")}
+            return {r["id"]: _record(r) for r in self.query("SELECT * FROM files ORDER BY id")}
         want = sorted({int(i) for i in ids} - set(self._paths))
         for start in range(0, len(want), 900):  # SQLite's limit on bound parameters
             part = want[start:start + 900]
             rows = self.query(f"SELECT * FROM files WHERE id IN ({','.join('?' * len(part))})", part)
             for r in rows:
-                self._paths[r["id"]] = dict(r)
+                self._paths[r["id"]] = _record(r)
         return {int(i): self._paths[int(i)] for i in ids}
 
     def file_of(self, path: str | os.PathLike) -> dict | None:
         """The file record of an indexed ``path`` (absolute or as given), or None."""
         key = os.path.normpath(os.path.abspath(os.fspath(path)))
-        rows = self.query("SELECT * FROM files WHERE path = ?", [key])
-        return dict(rows[0]) if rows else None
+        rows = self.query("SELECT * FROM files WHERE path = ?", [db_path(key)])
+        return _record(rows[0]) if rows else None
 
     def thumbnail(self, row: int) -> bytes:
         """The JPEG thumbnail of entry ``row`` (at most 160 x 160 pixels)."""
@@ -288,7 +311,7 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
 
     def skipped(self) -> list[tuple[str, str]]:
         """The files the build skipped, with their one-line reasons."""
-        return [(r["path"], r["reason"]) for r in self.query("SELECT path, reason FROM skipped ORDER BY path")]
+        return [(read_path(r["path"]), r["reason"]) for r in self.query("SELECT path, reason FROM skipped ORDER BY path")]
 
     def layer(self, name: str) -> dict:
         """An indexed layer: name, offset (its first column in the unit arrays), shape (C, H, W)."""
