@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import threading
+from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -35,6 +38,27 @@ logger = logging.getLogger("convscope.web")
 
 class BadQuery(ConvscopeError, ValueError):
     status = 400
+
+
+class PathJSON(JSONResponse):
+    """JSON whose paths are exact: a name that is not valid UTF-8 holds its undecodable bytes
+    as surrogate escapes (``os.fsdecode``), which UTF-8 cannot carry; such a document is
+    written as the CLI's ``--json`` writes it, ``\\udce9`` (``json.loads`` gives the exact
+    ``str`` back, ``os.fsencode`` its bytes). Every other document is as Starlette writes it."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def query_params(request: Request) -> QueryParams:
+    """The URL's parameters as Starlette reads them, but ``like`` (a path the index records)
+    with a byte that is not UTF-8 kept as ``os.fsdecode`` keeps it (``%E9`` -> ``\\udce9``)."""
+    pairs = parse_qsl(request.url.query, keep_blank_values=True, errors="surrogateescape")
+    return QueryParams([(k, v if k == "like" else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+                        for k, v in pairs])
 
 
 @dataclasses.dataclass
@@ -176,7 +200,7 @@ class SearchPages:
     async def search_page(self, request: Request):
         data, error, status, query, headers = None, None, 200, None, {}
         try:
-            query = Query.parse(request.query_params)
+            query = Query.parse(query_params(request))
             data = await self._results(query, request)
         except (ConvscopeError, ValueError) as exc:  # an unknown word, a bad unit, a full queue...: said on the page
             (status, error), headers = error_status(exc), error_headers(exc)
@@ -191,11 +215,11 @@ class SearchPages:
         return response
 
     async def api_search(self, request: Request):
-        query = Query.parse(request.query_params)
+        query = Query.parse(query_params(request))
         data = await self._results(query, request)
         if data is None:
             data = {"mode": "home", **(await run_in_threadpool(self.finder.home))}
-        return JSONResponse(data)
+        return PathJSON(data)
 
     # ------------------------------------------------------------------ duplicates and albums
 
@@ -204,21 +228,21 @@ class SearchPages:
         return self.site.page("duplicates.html", data=data)
 
     async def api_duplicates(self, request: Request):
-        return JSONResponse(await run_in_threadpool(self.finder.duplicates))
+        return PathJSON(await run_in_threadpool(self.finder.duplicates))
 
     async def albums_page(self, request: Request):
         data = await run_in_threadpool(self.finder.albums)
         return self.site.page("albums.html", data=data)
 
     async def api_albums(self, request: Request):
-        return JSONResponse(await run_in_threadpool(self.finder.albums))
+        return PathJSON(await run_in_threadpool(self.finder.albums))
 
     async def album_page(self, request: Request):
         data = await run_in_threadpool(self.finder.album, request.path_params["name"])
         return self.site.page("album.html", album=data)
 
     async def api_album(self, request: Request):
-        return JSONResponse(await run_in_threadpool(self.finder.album, request.path_params["name"]))
+        return PathJSON(await run_in_threadpool(self.finder.album, request.path_params["name"]))
 
     # ------------------------------------------------------------------ files
 
