@@ -2,7 +2,8 @@
 endpoints, then 200 concurrent photo uploads, with p50 / p99 latency and the error count; the
 search pages of an index served beside the atlas (JSON, HTML, thumbnails); then the HTML pages
 alone and while ten uploads are in flight, with the server's memory before, during and after
-those uploads.
+those uploads; last, the latency of a Grad-CAM hover, a unit search and a first /health while
+the fill queue is full.
 
 The server runs in its own process, started as `python -m convscope serve ATLAS --index INDEX`
 (uvicorn, 127.0.0.1, a free port: the CLI's keep_freed_memory at start-up, then
@@ -24,6 +25,22 @@ swapped from one phase to the next, each phase with a fresh client and once both
 idle; it prints each server's report, then every figure for both with the ratio after / before.
 
     python bench/serve.py --before /work/wt/base                 # about 3 minutes on 2 idle CPU cores
+
+The fills phase (``--only fills`` runs it alone): ``--fill-units`` unit fills (8) queued on a
+server (units whose projections or feature visualization its atlas lacks: the small atlas is
+built with ``--project 1``), then, once the first one is at work, a first ``/health``, then
+``--fill-probes`` uncached Grad-CAM hovers (``/explain/ROW.jpg?class=C``, as the search pages
+ask for them) and as many unit searches (``/api/search?unit=L:U``), one probe every
+``--fill-gap`` s, each waiting at most ``--fill-timeout`` s (120: a timeout counts as a failure
+with that latency; where the model thread takes fills first to last, a probe waits for the
+queue ahead of it, so its latency is capped there). Each server is measured on its own and
+stopped right after (its fills left queued stop with it), so they never burden the other
+tree. Every layer's geometry is probed and cached first (``convscope layers``, the default
+model; with ``--atlas`` cache it yourself), so the first ``/health`` does not probe it (minutes
+on 2 busy cores the first time on a machine). The before tree's timeouts are what the phase shows: only the after tree's failures make
+the exit status 1.
+
+    python bench/serve.py --before /work/wt/pre20 --only fills   # about 6 minutes on 2 loaded cores
 
 Only 127.0.0.1 is contacted; every loop is bounded. Exits 1 if any request failed.
 """
@@ -241,13 +258,15 @@ class Server:
     label: str
     base: str
     memory: Memory
+    proc: subprocess.Popen | None = None
     client: object = None
     result: dict = dataclasses.field(default_factory=lambda: {"failures": []})
 
 
-def make_plan(args, info: dict, entries: int | None) -> dict:
+def make_plan(args, info: dict, entries: int | None, unit_layers: list[dict] | None = None) -> dict:
     """The requests of every phase (the same for both trees): JSON endpoints, uploads, HTML
-    pages, and with an index the search requests."""
+    pages, and with an index the search requests and (``unit_layers``: the layers its unit
+    search offers) those of the fills phase."""
     rng = random.Random(0)
     layers = [(layer["name"], layer["channels"]) for layer in info["layers"]]
     json_urls, page_urls = [], []
@@ -276,6 +295,18 @@ def make_plan(args, info: dict, entries: int | None) -> dict:
         words = ("dog", "cat", "bird", "vehicle", "fruit", "furniture", "tool", "building")
         plan["search"] = [("GET", [f"/api/search?q={words[i % len(words)]}", f"/search?q={words[i % len(words)]}",
                                    f"/thumbs/{(7 * i) % entries}.jpg"][i % 3], None) for i in range(args.search_requests)]
+    if entries and unit_layers and args.fill_units:
+        # fills in the deepest layer first (the slowest), then the others; hovers on distinct
+        # (entry, class) pairs and searches for distinct units, the first of each to warm up
+        plan["fill_candidates"] = [(name, u) for name, channels in layers[::-1] for u in range(channels)]
+        pairs = [(i % entries, (97 * i + 13) % 1000) for i in range(args.fill_probes + 1)]
+        search_layer = unit_layers[-1]
+        units = [f"{search_layer['name']}:{i % search_layer['units']}" for i in range(args.fill_probes + 1)]
+        plan["hovers"] = [f"/explain/{row}.jpg?class={cls}" for row, cls in pairs[1:]]
+        plan["unit_searches"] = [f"/api/search?unit={u}" for u in units[1:]]
+        plan["fill_warm"] = [("POST", "/api/image?explain=0", bodies[0]),
+                             ("GET", f"/explain/{pairs[0][0]}.jpg?class={pairs[0][1]}", None),
+                             ("GET", f"/api/search?unit={units[0]}", None)]
     return plan
 
 
@@ -339,6 +370,84 @@ async def phase_pages(server: Server, plan: dict, args) -> None:
     server.result["under"] = under
 
 
+def fill_url(layer: str, unit: int) -> str:
+    return f"/api/layers/{layer}/units/{unit}/fill"
+
+
+async def probe(client, url: str, at: float, timeout: float) -> tuple[float, str | None]:
+    """GET ``url`` at ``at`` (perf_counter): its latency (s) and None, or on a failure the
+    latency so far (``timeout`` for a timeout) and a line."""
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    t = time.perf_counter()
+    try:
+        r = await asyncio.wait_for(client.get(url, timeout=timeout), timeout)
+    except asyncio.TimeoutError:
+        return timeout, f"timed out after {timeout:.0f} s: {url}"
+    except Exception as exc:  # a dropped connection
+        return time.perf_counter() - t, f"{type(exc).__name__} {url}: {exc}"
+    took = time.perf_counter() - t
+    return took, None if r.status_code == 200 else f"{r.status_code} {url}: {r.text[:120]}"
+
+
+async def phase_fills(server: Server, plan: dict, args) -> None:
+    """Interactive work while the fill queue is full: ``--fill-units`` unit fills queued (units
+    whose projections or feature visualization this server's atlas lacks), then, once the first
+    one runs, the first ``/health``, ``--fill-probes`` uncached Grad-CAM hovers
+    (``/explain/ROW.jpg?class=C``, distinct pairs) and as many unit searches
+    (``/api/search?unit=L:U``), sent one every ``--fill-gap`` seconds as a person hovers, each
+    with ``--fill-timeout`` (a timeout counts as that many seconds and a failure). The server is
+    stopped afterwards: the fills left queued must not fall on the other tree's measurement."""
+    c, out = server.client, {"errors": []}
+    for method, url, body in plan["fill_warm"]:  # not measured: both models loaded, geometry probed
+        r = await (c.get(url, timeout=args.fill_timeout) if method == "GET" else
+                   c.post(url, content=body, headers={"content-type": "image/jpeg"}, timeout=args.fill_timeout))
+        if r.status_code != 200:
+            raise SystemExit(f"[{server.label}] warming up for the fills: {r.status_code} {url}: {r.text[:200]}")
+    chosen, tiles = [], {}
+    for layer, unit in plan["fill_candidates"]:
+        body = (await c.get(fill_url(layer, unit))).json()
+        if body.get("status") == "missing" and body.get("missing", {}).get("any"):
+            chosen.append((layer, unit))
+            tiles[(layer, unit)] = len(body.get("files", {}))
+            if len(chosen) == args.fill_units:
+                break
+    if len(chosen) < args.fill_units:
+        raise SystemExit(f"[{server.label}] the atlas lacks pictures for {len(chosen)} units, not --fill-units "
+                         f"{args.fill_units}: give an atlas built with --project 1 (the default small one is)")
+    for layer, unit in chosen:
+        r = await c.post(fill_url(layer, unit))
+        if r.status_code != 202:
+            raise SystemExit(f"[{server.label}] POST {fill_url(layer, unit)}: {r.status_code} {r.text[:200]}")
+    # the first fill is at work on the model thread once it wrote a tile (its projections come
+    # first) or is done; both trees say "running" for it (the before tree for every queued one)
+    first, t = chosen[0], time.perf_counter()
+    while time.perf_counter() - t < args.fill_timeout:
+        body = (await c.get(fill_url(*first))).json()
+        if body["status"] in ("done", "error") or (body["status"] == "running" and len(body.get("files", {})) > tiles[first]):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        print(f"[{server.label}] note: the first fill wrote nothing in {args.fill_timeout:.0f} s; measured anyway",
+              file=sys.stderr)
+    out["waited"] = time.perf_counter() - t
+    start = time.perf_counter()
+    kinds = ["health"] + [k for pair in zip(["hover"] * len(plan["hovers"]), ["unit"] * len(plan["unit_searches"]))
+                          for k in pair]
+    urls = ["/health"] + [u for pair in zip(plan["hovers"], plan["unit_searches"]) for u in pair]
+    results = await asyncio.gather(*(probe(c, url, start + i * args.fill_gap, args.fill_timeout)
+                                     for i, url in enumerate(urls)))
+    out["window"] = time.perf_counter() - start
+    for kind, (took, error) in zip(kinds, results):
+        out.setdefault(kind, []).append(took)
+        if error:
+            out["errors"].append(error)
+    states = [(await c.get(fill_url(*key))).json().get("status") for key in chosen]
+    out["done"] = sum(s == "done" for s in states)
+    out["fills"] = len(chosen)
+    server.result["fills"] = out
+    await asyncio.to_thread(stop, server.proc)  # its fills left queued stop with it
+
+
 async def settle(servers: list[Server], quiet: float = 0.05, timeout: float = 60.0) -> None:
     """Wait until every server is idle (under ``quiet`` CPU seconds in half a second): work a
     server still does after its last answer (the uploads' own after-work, memory handed back)
@@ -361,13 +470,19 @@ async def measure(args, servers: list[Server], plan: dict) -> None:
     # on a connection the server is closing at that moment
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
                           keepalive_expiry=3.0)
-    measured = [phase_bursts] + ([phase_search] if plan["search"] else []) + [phase_pages]
-    phases = [phase_warm] + measured * args.rounds
+    only = set(args.only.split(",")) if args.only else {"bursts", "search", "pages", "fills"}
+    measured = [phase for name, phase in (("bursts", phase_bursts), ("search", phase_search), ("pages", phase_pages))
+                if name in only and (name != "search" or plan["search"])]
+    # the fills phase last, once per server: it stops the server (its fills left queued with it)
+    fills = [phase_fills] if "fills" in only and "hovers" in plan else []
+    phases = ([phase_warm] if measured else []) + measured * args.rounds + fills
     for k, phase in enumerate(phases):
         for server in servers if k % 2 == 0 else servers[::-1]:
             # a fresh client per phase: the previous phase's hundreds of keep-alive connections
             # are closed now, not while the next phase is measured (on either server)
-            async with httpx.AsyncClient(base_url=server.base, timeout=args.timeout, limits=limits) as client:
+            # Origin: the gallery takes writes (uploads) only from its own origin, as its pages send them
+            async with httpx.AsyncClient(base_url=server.base, timeout=args.timeout, limits=limits,
+                                         headers={"Origin": server.base}) as client:
                 server.client = client
                 await settle(servers)
                 await phase(server, plan, args)
@@ -383,64 +498,97 @@ def report(args, server: Server, plan: dict) -> None:
     print(f"[{server.label}] atlas: {plan['model']}, {len(plan['layers'])} layers; uploads "
           f"{'with' if args.explain else 'without'} occlusion/Grad-CAM; server: uvicorn, 1 process, 127.0.0.1; "
           f"cores: {os.cpu_count()}")
-    print(f"{'endpoint group':20s} {'seq p50':>9s} {'conc p50':>9s} {'conc p99':>9s} {'p50 ratio':>9s} "
-          f"{'req/s':>7s} {'requests':>8s} {'errors':>6s}")
-    rows = list(r["rows"])
+    rows = list(r.get("rows", []))
     if "search" in r:
         seq, conc, nerr, wall, n = r["search"]
         rows.append((f"search ({args.page_concurrency} in flight)", seq, conc, nerr, wall, n))
-    for label, seq, conc, nerr, wall, n in rows:
-        s50, c50, c99 = pct(seq, 50), pct(conc, 50), pct(conc, 99)
-        print(f"{label:20s} {s50 * 1e3:7.1f}ms {c50 * 1e3:7.1f}ms {c99 * 1e3:7.1f}ms {c50 / s50:8.1f}x "
-              f"{n / wall:7.1f} {n:8d} {nerr:6d}")
-    print(f"({args.concurrency} in flight at once; 'seq' = {args.sequential} requests one at a time; "
-          + (f"{args.rounds} rounds pooled; " if args.rounds > 1 else "") +
-          "ratio = concurrent p50 / sequential p50" + ("; search: /api/search, /search, thumbnails" if "search" in r else "") + ")")
-    under = r["under"]
-    idle, loaded = under["idle"], under["loaded"]
-    print(f"HTML pages (home, layer, unit, example), {args.page_concurrency} in flight, {len(plan['pages'])} requests"
-          + (f" x {args.rounds} rounds, pooled" if args.rounds > 1 else "") + ":")
-    print(f"  alone:                      p50 {pct(idle, 50) * 1e3:7.1f} ms  p99 {pct(idle, 99) * 1e3:7.1f} ms")
-    print(f"  while {args.in_flight} uploads (12 Mpx JPEG) in flight:  p50 {pct(loaded, 50) * 1e3:7.1f} ms  "
-          f"p99 {pct(loaded, 99) * 1e3:7.1f} ms  ({len(loaded) / under['wall']:.1f} pages/s; "
-          f"{under['uploads']} uploads answered in that time)")
-    print("server RSS: "
-          f"after model load {mib(r['loaded_rss'])}; after the {args.requests}+{args.requests} bursts {mib(r['after_bursts'])}; "
-          f"before the {args.in_flight} uploads {mib(under['before'])}; peak during {mib(under['peak'])}; "
-          + "; ".join(f"{s} s after {mib(v)}" for s, v in under["after"].items()))
+    if rows:
+        print(f"{'endpoint group':20s} {'seq p50':>9s} {'conc p50':>9s} {'conc p99':>9s} {'p50 ratio':>9s} "
+              f"{'req/s':>7s} {'requests':>8s} {'errors':>6s}")
+        for label, seq, conc, nerr, wall, n in rows:
+            s50, c50, c99 = pct(seq, 50), pct(conc, 50), pct(conc, 99)
+            print(f"{label:20s} {s50 * 1e3:7.1f}ms {c50 * 1e3:7.1f}ms {c99 * 1e3:7.1f}ms {c50 / s50:8.1f}x "
+                  f"{n / wall:7.1f} {n:8d} {nerr:6d}")
+        print(f"({args.concurrency} in flight at once; 'seq' = {args.sequential} requests one at a time; "
+              + (f"{args.rounds} rounds pooled; " if args.rounds > 1 else "") +
+              "ratio = concurrent p50 / sequential p50" + ("; search: /api/search, /search, thumbnails" if "search" in r else "") + ")")
+    if "under" in r:
+        under = r["under"]
+        idle, loaded = under["idle"], under["loaded"]
+        print(f"HTML pages (home, layer, unit, example), {args.page_concurrency} in flight, {len(plan['pages'])} requests"
+              + (f" x {args.rounds} rounds, pooled" if args.rounds > 1 else "") + ":")
+        print(f"  alone:                      p50 {pct(idle, 50) * 1e3:7.1f} ms  p99 {pct(idle, 99) * 1e3:7.1f} ms")
+        print(f"  while {args.in_flight} uploads (12 Mpx JPEG) in flight:  p50 {pct(loaded, 50) * 1e3:7.1f} ms  "
+              f"p99 {pct(loaded, 99) * 1e3:7.1f} ms  ({len(loaded) / under['wall']:.1f} pages/s; "
+              f"{under['uploads']} uploads answered in that time)")
+        print("server RSS: "
+              + (f"after model load {mib(r['loaded_rss'])}; after the {args.requests}+{args.requests} bursts "
+                 f"{mib(r['after_bursts'])}; " if "rows" in r else "")
+              + f"before the {args.in_flight} uploads {mib(under['before'])}; peak during {mib(under['peak'])}; "
+              + "; ".join(f"{s} s after {mib(v)}" for s, v in under["after"].items()))
+    if "fills" in r:
+        f = r["fills"]
+        print(f"while {f['fills']} unit fills are queued (the first at work after {f['waited']:.1f} s; {f['done']} done "
+              f"{f['window']:.0f} s later), one probe every {args.fill_gap:g} s, each waiting at most "
+              f"{args.fill_timeout:.0f} s (a timeout counts as that):")
+        for kind, label in FILL_PROBES:
+            v = f.get(kind, [])
+            print(f"  {label:34s} p50 {pct(v, 50):7.2f} s  p99 {pct(v, 99):7.2f} s  max {max(v, default=float('nan')):7.2f} s"
+                  f"  ({len(v)} requests)")
+        for line in f["errors"][:10]:
+            print("  failed:", line)
     for line in r["failures"][:10]:
         print("error:", line)
     print(flush=True)
 
 
+#: The fills phase's probes: (kind, label).
+FILL_PROBES = (("hover", "Grad-CAM hover /explain/ROW.jpg"), ("unit", "unit search /api/search?unit="),
+               ("health", "first /health"))
+
+
 def figures(args, before: Server, after: Server) -> list[Figure]:
     """The figures of :func:`report`, both trees side by side."""
     out = []
-    for rb, ra in zip(before.result["rows"], after.result["rows"]):
+    rb_, ra_ = before.result, after.result
+    for rb, ra in zip(rb_.get("rows", []), ra_.get("rows", [])):
         label = rb[0]
         for name, fn in (("seq p50", lambda row: pct(row[1], 50)), ("conc p50", lambda row: pct(row[2], 50)),
                          ("conc p99", lambda row: pct(row[2], 99))):
             out.append(Figure(f"{label}: {name}, ms", fn(rb) * 1e3, fn(ra) * 1e3, "lower"))
         out.append(Figure(f"{label}: requests/s, {args.concurrency} in flight", rb[5] / rb[4], ra[5] / ra[4]))
-    if "search" in after.result:
-        sb, sa = before.result["search"], after.result["search"]
+    if "search" in ra_ and "search" in rb_:
+        sb, sa = rb_["search"], ra_["search"]
         out += [Figure("search: seq p50, ms", pct(sb[0], 50) * 1e3, pct(sa[0], 50) * 1e3, "lower"),
                 Figure(f"search: conc p50, ms ({args.page_concurrency} in flight)", pct(sb[1], 50) * 1e3, pct(sa[1], 50) * 1e3, "lower"),
                 Figure("search: conc p99, ms", pct(sb[1], 99) * 1e3, pct(sa[1], 99) * 1e3, "lower"),
                 Figure("search: requests/s", sb[4] / sb[3], sa[4] / sa[3])]
-    ub, ua = before.result["under"], after.result["under"]
-    out += [Figure("HTML pages alone: p50, ms", pct(ub["idle"], 50) * 1e3, pct(ua["idle"], 50) * 1e3, "lower"),
-            Figure("HTML pages alone: p99, ms", pct(ub["idle"], 99) * 1e3, pct(ua["idle"], 99) * 1e3, "lower"),
-            Figure(f"HTML pages, {args.in_flight} uploads in flight: p50, ms", pct(ub["loaded"], 50) * 1e3,
-                   pct(ua["loaded"], 50) * 1e3, "lower"),
-            Figure(f"HTML pages, {args.in_flight} uploads in flight: p99, ms", pct(ub["loaded"], 99) * 1e3,
-                   pct(ua["loaded"], 99) * 1e3, "lower"),
-            Figure("HTML pages under uploads: pages/s", len(ub["loaded"]) / ub["wall"], len(ua["loaded"]) / ua["wall"]),
-            Figure("server RSS after model load, MiB", before.result["loaded_rss"], after.result["loaded_rss"], "lower", digits=0),
-            Figure("server RSS after the bursts, MiB", before.result["after_bursts"], after.result["after_bursts"], "lower", digits=0),
-            Figure("server RSS peak during the uploads, MiB", ub["peak"], ua["peak"], "lower", digits=0),
-            Figure("server RSS 5 s after the uploads, MiB", ub["after"][5], ua["after"][5], "lower", digits=0),
-            Figure("failed requests", len(before.result["failures"]), len(after.result["failures"]), "lower", digits=0)]
+    if "under" in rb_ and "under" in ra_:
+        ub, ua = rb_["under"], ra_["under"]
+        out += [Figure("HTML pages alone: p50, ms", pct(ub["idle"], 50) * 1e3, pct(ua["idle"], 50) * 1e3, "lower"),
+                Figure("HTML pages alone: p99, ms", pct(ub["idle"], 99) * 1e3, pct(ua["idle"], 99) * 1e3, "lower"),
+                Figure(f"HTML pages, {args.in_flight} uploads in flight: p50, ms", pct(ub["loaded"], 50) * 1e3,
+                       pct(ua["loaded"], 50) * 1e3, "lower"),
+                Figure(f"HTML pages, {args.in_flight} uploads in flight: p99, ms", pct(ub["loaded"], 99) * 1e3,
+                       pct(ua["loaded"], 99) * 1e3, "lower"),
+                Figure("HTML pages under uploads: pages/s", len(ub["loaded"]) / ub["wall"], len(ua["loaded"]) / ua["wall"])]
+        if "rows" in rb_ and "rows" in ra_:
+            out += [Figure("server RSS after model load, MiB", rb_["loaded_rss"], ra_["loaded_rss"], "lower", digits=0),
+                    Figure("server RSS after the bursts, MiB", rb_["after_bursts"], ra_["after_bursts"], "lower", digits=0)]
+        out += [Figure("server RSS peak during the uploads, MiB", ub["peak"], ua["peak"], "lower", digits=0),
+                Figure("server RSS 5 s after the uploads, MiB", ub["after"][5], ua["after"][5], "lower", digits=0)]
+    if "fills" in rb_ and "fills" in ra_:
+        fb, fa = rb_["fills"], ra_["fills"]
+        for kind, label in FILL_PROBES:
+            b, a = fb.get(kind, []), fa.get(kind, [])
+            stats = (("p50", lambda v: pct(v, 50)), ("p99", lambda v: pct(v, 99)), ("max", max)) if kind != "health" \
+                else (("", max),)
+            for name, fn in stats:
+                out.append(Figure(f"{fa['fills']} fills queued: {label}{', ' + name if name else ''}, s",
+                                  fn(b) if b else None, fn(a) if a else None, "lower", digits=2))
+        out.append(Figure(f"{fa['fills']} fills queued: probes failed or timed out ({args.fill_timeout:.0f} s)",
+                          len(fb["errors"]), len(fa["errors"]), "lower", digits=0))
+    out.append(Figure("failed requests (other phases)", len(rb_["failures"]), len(ra_["failures"]), "lower", digits=0))
     return out
 
 
@@ -461,8 +609,22 @@ def main() -> int:
     ap.add_argument("--dev", type=Path, default=dev_photos_dir(), help="the dev photos, for --search-photos")
     ap.add_argument("--rounds", type=int, default=1,
                     help="times each measured phase runs (per server), the samples pooled (a noisy machine)")
+    ap.add_argument("--only", default=None, metavar="PHASES",
+                    help="run only these phases, comma-separated: bursts, search, pages, fills (default: all)")
+    ap.add_argument("--fill-units", type=int, default=8, help="fills phase: unit fills queued; 0: no fills phase")
+    ap.add_argument("--fill-probes", type=int, default=6,
+                    help="fills phase: Grad-CAM hovers, and as many unit searches, timed while the fills run")
+    ap.add_argument("--fill-gap", type=float, default=1.0, help="fills phase: seconds between one probe and the next")
+    ap.add_argument("--fill-timeout", type=float, default=120.0,
+                    help="fills phase: seconds a probe waits (a timeout counts as a failure of that latency)")
     Trees.add_arguments(ap)
     args = ap.parse_args()
+    if args.only and not set(args.only.split(",")) <= {"bursts", "search", "pages", "fills"}:
+        ap.error(f"--only {args.only}: give phases among bursts, search, pages, fills, comma-separated")
+    args.fill_units = max(0, min(args.fill_units, 64))  # the fill queue's bound
+    args.fill_probes = max(1, min(args.fill_probes, 7))  # all 15 probes within the model's queue of 16
+    args.fill_gap = max(0.0, min(args.fill_gap, 60.0))
+    args.fill_timeout = max(1.0, min(args.fill_timeout, 600.0))
     args.requests = max(1, min(args.requests, 5000))
     args.concurrency = max(1, min(args.concurrency, 1000))
     args.pages = max(4, min(args.pages, 5000))
@@ -479,6 +641,7 @@ def main() -> int:
         dev = sorted(p for p in args.dev.glob("*.*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.search_photos]
         if not dev:
             raise SystemExit(f"--dev {args.dev}: no photos to index (or --search-photos 0)")
+    fills = bool(dev) and args.fill_units > 0 and args.atlas is None and "fills" in (args.only or "fills")
     with tempfile.TemporaryDirectory(prefix="convscope-bench-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         photos = write_atlas_photos(tmp / "photos")
@@ -493,11 +656,18 @@ def main() -> int:
                 entries = build_small_index(tree, dev, index, tmp)
             print(f"[{tree.label}] built {'an index and ' if dev else ''}{'a small atlas' if args.atlas is None else ''} "
                   f"in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            if fills:
+                # every layer's geometry probed and cached ($CONVSCOPE_CACHE) before measuring: a
+                # first /health would otherwise probe them all (minutes on 2 busy cores, a few
+                # seconds once cached), in whichever tree came first
+                t = time.perf_counter()
+                tree.run("layers", "--json", cwd=tmp)
+                print(f"[{tree.label}] layer geometry cached in {time.perf_counter() - t:.0f} s", file=sys.stderr)
             port = free_port()
             log = stack.enter_context(open(tmp / f"server-{tree.label}.log", "w"))
             proc = start_server(tree, atlas, index, port, tmp, log)
             stack.callback(stop, proc)
-            servers.append(Server(tree.label, f"http://127.0.0.1:{port}", Memory(proc.pid)))
+            servers.append(Server(tree.label, f"http://127.0.0.1:{port}", Memory(proc.pid), proc))
             procs.append(proc)
         for server, proc in zip(servers, procs):
             wait_ready(server.base, proc, tmp / f"server-{server.label}.log")
@@ -506,13 +676,21 @@ def main() -> int:
         infos = [httpx.get(s.base + "/api/atlas", timeout=60).json() for s in servers]
         if len({json.dumps(i["layers"], sort_keys=True) for i in infos}) != 1:
             print("note: the two atlases list different layers; the requests follow the after tree's", file=sys.stderr)
-        plan = make_plan(args, infos[-1], entries)
+        unit_layers = None
+        if dev:
+            unit_layers = httpx.get(servers[-1].base + "/api/search", timeout=60).json().get("layers")
+        plan = make_plan(args, infos[-1], entries, unit_layers)
+        if "fills" in (args.only or "fills") and args.fill_units and "hovers" not in plan:
+            print("note: no fills phase (it needs an index: --search-photos)", file=sys.stderr)
         asyncio.run(measure(args, servers, plan))
     for server in servers:
         report(args, server, plan)
     if len(servers) == 2:
         print_table("gallery server: after / before", figures(args, *servers))
-    return 1 if any(s.result["failures"] for s in servers) else 0
+    # the before tree's probes may time out behind its fills (what the phase shows): only the
+    # after tree's (or the one tree's) count
+    failed = any(s.result["failures"] for s in servers) or servers[-1].result.get("fills", {}).get("errors")
+    return 1 if failed else 0
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -122,9 +122,13 @@ def _stat_kind(path: str | os.PathLike) -> tuple[str | None, str]:
     return ("file" if stat.S_ISREG(mode) else "special"), ""
 
 
+#: The reason a folder's link whose target is missing is skipped (said once, not dropped).
+DANGLING_LINK = "dangling link (its target is missing)"
+
+
 def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[ImageError]]:
-    """The regular files with image extensions under ``folder`` (sorted as ``Path`` objects,
-    symlinked folders not followed) and one error per subfolder that could not be listed."""
+    """The regular files with image extensions under ``folder`` (sorted as ``Path`` objects, symlinked
+    folders not followed), and one error per subfolder that could not be listed and per dangling link."""
     found: list[Path] = []
     errors: list[ImageError] = []
 
@@ -139,8 +143,11 @@ def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[ImageE
         for name in files:
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 p = base / name
-                if _stat_kind(p)[0] == "file":
+                kind = _stat_kind(p)[0]
+                if kind == "file":
                     found.append(p)
+                elif kind is None and os.path.islink(p):
+                    errors.append(ImageError(p, DANGLING_LINK))
     return sorted(found), errors
 
 
@@ -321,29 +328,37 @@ class _Budget:
         return cls(max_pixels, max_bytes, target_size)
 
 
-def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Photo:
-    # Looked at before it is opened: opening a FIFO blocks until a writer comes, and opening a
-    # device can act on it. O_NONBLOCK then keeps a file swapped for a FIFO meanwhile from
-    # blocking the open, and fstat checks what was opened.
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading in binary if it is a regular file, else :class:`ImageError`
+    (one line: a FIFO, a device, a folder, a name that cannot be opened). The one opening of an
+    input file (photos here, videos and hashes in :mod:`convscope.index.media`). Looked at before
+    it is opened (opening a FIFO blocks until a writer comes; opening a device can act on it);
+    ``O_NONBLOCK`` keeps a file swapped for a FIFO meanwhile from blocking, ``fstat`` checks it.
+
+    >>> with open_regular("photos/cat.jpg") as f:
+    ...     head = f.read(2)
+    """
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ImageError(path, _os_reason(exc)) from None
-    except ValueError:
-        raise ImageError(path, "not a valid file name (it holds a NUL character)") from None
-    why = _not_regular(st.st_mode)
-    if why:
-        raise ImageError(path, why)
-    try:
+        why = _not_regular(os.stat(path).st_mode)
+        if why:
+            raise ImageError(path, why)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
                      | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise ImageError(path, _os_reason(exc)) from None
-    with os.fdopen(fd, "rb") as f:
+    except ValueError:
+        raise ImageError(path, "not a valid file name (it holds a NUL character)") from None
+    f = os.fdopen(fd, "rb")
+    why = _not_regular(os.fstat(fd).st_mode)
+    if why:
+        f.close()
+        raise ImageError(path, why)
+    return f
+
+
+def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Photo:
+    with open_regular(path) as f:
         st = os.fstat(f.fileno())
-        why = _not_regular(st.st_mode)
-        if why:
-            raise ImageError(path, why)
         if not digest:
             if st.st_size == 0:
                 raise ImageError(path, "empty file (0 bytes)")

@@ -14,6 +14,7 @@ import errno
 import math
 import os
 import re
+import sqlite3
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -49,16 +50,23 @@ class DiskFullError(ConvscopeError, OSError):
         return type(self)(self.path, self.strerror, hint)
 
 
-def disk_full_cause(exc: BaseException) -> OSError | None:
+def disk_full_cause(exc: BaseException) -> Exception | None:
     """The ``ENOSPC``/``EDQUOT`` :class:`OSError` behind ``exc`` (itself, or one it was raised
-    from or while handling: ``torch.save`` turns its file's OSError into a RuntimeError), or None."""
+    from or while handling: ``torch.save`` turns its file's OSError into a RuntimeError), or
+    SQLite's ``SQLITE_FULL`` ("database or disk is full"), or None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _FULL:
             return exc
+        if isinstance(exc, sqlite3.OperationalError) and (
+                getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(exc)):
+            return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+_SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
 
 
 def as_disk_full(exc: BaseException, path: str | os.PathLike) -> DiskFullError | None:
@@ -68,6 +76,8 @@ def as_disk_full(exc: BaseException, path: str | os.PathLike) -> DiskFullError |
     cause = disk_full_cause(exc)
     if cause is None:
         return None
+    if not isinstance(cause, OSError):  # SQLite's: its own words
+        return DiskFullError(path, str(cause).splitlines()[0] if str(cause) else "database or disk is full")
     return DiskFullError(path, cause.strerror or os.strerror(cause.errno))
 
 
@@ -75,7 +85,8 @@ def as_disk_full(exc: BaseException, path: str | os.PathLike) -> DiskFullError |
 def disk_full_as_error(path: str | os.PathLike, hint: str = "free some space and try again") -> Iterator[None]:
     """Inside the block, any error a full disk caused (an ``ENOSPC`` OSError, SQLite's, or one
     wrapped by ``torch.save``) leaves as one :class:`DiskFullError` with ``hint`` as its next
-    step, naming the file that was written (or ``path``). Other errors pass unchanged.
+    step, naming the file that was written (or ``path``: SQLite's errors name none). Other
+    errors pass unchanged.
 
     >>> with disk_full_as_error(out, "free some space and run again with resume=True"):
     ...     build_everything(out)
@@ -84,7 +95,7 @@ def disk_full_as_error(path: str | os.PathLike, hint: str = "free some space and
         yield
     except Exception as exc:
         cause = disk_full_cause(exc)
-        full = as_disk_full(exc, cause.filename if cause is not None and cause.filename else path)
+        full = as_disk_full(exc, getattr(cause, "filename", None) or path)
         if full is None:
             raise
         raise full.with_hint(hint) from None

@@ -4,6 +4,7 @@ A store is a folder whose database (``atlas.sqlite``, ``index.sqlite``) is its c
 
     <db_name>        the committed store: it appears (or is replaced) by one atomic rename
     .partial/        a build in progress: its checkpoint, its database until the commit
+    .lock            while a build writes: who it is (:func:`writer_lock`)
     ...              the store's other files, written and fsynced before the commit
 
 A build writes into ``.partial/`` (and into new files of the folder that the committed database
@@ -12,23 +13,31 @@ renames its finished database over ``<db_name>`` (:func:`commit`: one rename, th
 folder). A reader therefore sees the old store or the new one, never a mix; a build stopped at
 any point leaves a folder that :func:`state` calls ``PARTIAL`` (or ``UPDATING``) and that the
 build resumes. :func:`state` is the one place that reads a folder's state from what it holds.
+One build writes a folder at a time: :func:`writer_lock`, which both builds hold from their first
+look at the folder to their commit, refuses a second writer with one line naming the first.
 
 >>> state("photos.index", "index.sqlite")
 <State.COMPLETE: 'complete'>
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import enum
+import errno
 import json
 import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Iterator
 
 from .errors import ConvscopeError, FolderInUseError
 
 #: The folder a build in progress lives in, inside the store's folder.
 PARTIAL = ".partial"
+#: The writer lock's file, inside the store's folder, while a build holds it.
+LOCK = ".lock"
 
 
 class State(enum.Enum):
@@ -74,7 +83,7 @@ def state(root: str | os.PathLike, db_name: str) -> State:
             return State.UPDATING if partial and (root / PARTIAL / db_name).exists() else State.COMPLETE
         if partial:
             return State.PARTIAL
-        return State.FOREIGN if any(root.iterdir()) else State.ABSENT
+        return State.FOREIGN if any(p.name != LOCK for p in root.iterdir()) else State.ABSENT
     except OSError:
         return State.FOREIGN
 
@@ -91,6 +100,10 @@ def check_folder(root: str | os.PathLike, db_name: str, *, kind: str, resume: bo
     <State.ABSENT: 'absent'>
     """
     root = Path(root)
+    writer = lock_holder(root)
+    if writer is not None:
+        raise FolderInUseError(f"{root} is being written by another {kind} build ({writer}); wait for it to end, "
+                               "or give another `out`", param="out")
     held = state(root, db_name)
     if root.exists() and not root.is_dir():
         raise FolderInUseError(f"`out` {root} is a file; give a folder for the {kind}", param="out")
@@ -138,6 +151,96 @@ def open_committed(root: str | os.PathLike, db_name: str, *, kind: str, format: 
         conn.close()
         raise incomplete(f"the {kind} in {root} is incomplete (its build stopped before the end); {resume_hint}")
     return conn
+
+
+def lock_holder(root: str | os.PathLike) -> str | None:
+    """Who holds the writer lock of the store folder ``root`` (``"pid 123, since 2026-12-05
+    13:20:01 UTC"``), if another process does; None when nobody does (a lock file left by a
+    process that died holds nothing: the system released its lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, no lock
+        return None
+    try:
+        fd = os.open(Path(root) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            return _describe_holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _describe_holder(fd: int) -> str | None:
+    """The holder's words from the lock file: None when it is this process."""
+    try:
+        who = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        who = {}
+    pid = who.get("pid") if isinstance(who, dict) else None
+    if pid == os.getpid():
+        return None
+    if not isinstance(pid, int):
+        return "a process that is starting"
+    return f"pid {pid}, since {who.get('since', 'an unknown time')}"
+
+
+@contextlib.contextmanager
+def writer_lock(root: str | os.PathLike, *, kind: str) -> Iterator[None]:
+    """Hold the writer lock of the store folder ``root`` (made if missing) for the block: a
+    second build of the folder, in another process, gets :class:`~convscope.errors.FolderInUseError`
+    naming the first (its pid and since when), from here and from :func:`check_folder`. The lock
+    is an ``flock`` on ``root/.lock``: the system releases it when its process dies, so the lock
+    of a killed build is taken over by the next one. Both builds hold it from their first look at
+    the folder to their commit and cleanup.
+
+    >>> with writer_lock("photos.index", kind="index"):
+    ...     build_there()
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one writer at a time is the user's to keep
+        yield
+        return
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise FolderInUseError(f"`out` {root} is a file; give a folder for the {kind}", param="out")
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _describe_holder(fd) if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) else None
+            os.close(fd)
+            if holder is None:
+                raise
+            raise FolderInUseError(f"{root} is being written by another {kind} build ({holder}); wait for it to "
+                                   "end, or give another `out`", param="out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed the file we locked as it left: lock the new one
+    try:
+        since = datetime.datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # before the unlock: a waiting opener of the old file sees it is gone
+        os.close(fd)
 
 
 def partial_dir(root: str | os.PathLike) -> Path:
@@ -198,5 +301,5 @@ def remove_partial(root: str | os.PathLike) -> None:
     shutil.rmtree(partial_dir(root), ignore_errors=True)
 
 
-__all__ = ["PARTIAL", "State", "check_folder", "commit", "fsync_dir", "fsync_file", "fsync_tree", "open_committed", "partial_dir",
-           "remove_partial", "state", "sync_written"]
+__all__ = ["LOCK", "PARTIAL", "State", "check_folder", "commit", "fsync_dir", "fsync_file", "fsync_tree", "lock_holder",
+           "open_committed", "partial_dir", "remove_partial", "state", "sync_written", "writer_lock"]

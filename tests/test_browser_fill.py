@@ -62,3 +62,34 @@ def test_missing_tiles_fill_in_and_the_atlas_keeps_them(served):
         assert atlas.featvis("features", 2) == "featvis/features/unit_0002.png"
         assert all(e["deconvnet"] and e["guided"] for e in atlas.examples("features", 2))
         assert atlas.path(atlas.featvis("features", 2)).is_file()
+
+
+def test_a_unit_queued_behind_another_says_its_place_then_fills_in(built, tmp_path):  # noqa: F811
+    """Issue 20, point 11: a queued unit's tiles say its place in the queue, not "computing"."""
+    import httpx
+
+    from tests.test_serve_lanes import gate_fills, post
+
+    atlas_dir = tmp_path / "atlas"
+    shutil.copytree(built / "partial", atlas_dir)
+    app = create_app(atlas_dir, model=relu6_model(), fill={"featvis": False})
+    gate = gate_fills(app)
+    with serving(app) as server, httpx.Client(base_url=server, timeout=60) as c, \
+            playwright_sync.sync_playwright() as p:
+        assert post(c, "/api/layers/features/units/0/fill").status_code == 202  # held: it runs, the next waits
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 860})
+            page.goto(server + "/layers/features/units/2")
+            page.wait_for_function("() => Array.from(document.querySelectorAll('.missing[data-fill]'))"
+                                   ".some(t => t.textContent.includes('queued: place 1 in the queue'))", timeout=20_000)
+            assert c.get("/api/layers/features/units/2/fill").json()["status"] == "queued"
+            gate.set()
+            page.wait_for_function("() => document.getElementById('unit-page').dataset.fill === 'done'", timeout=60_000)
+            left = page.eval_on_selector_all(".missing[data-fill]", "els => els.map(e => e.dataset.fill)")
+            assert left == ["featvis"]  # this server fills projections only
+        finally:
+            gate.set()
+            browser.close()

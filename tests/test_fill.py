@@ -128,7 +128,7 @@ def test_fill_endpoint_computes_once_writes_the_atlas_and_serves_the_files(parti
     model = relu6_model()
     app = create_app(partial, model=model, fill=FV)
     url = "/api/layers/features/units/2/fill"
-    with TestClient(app) as c:
+    with TestClient(app, headers={"Origin": "http://testserver"}) as c:
         before = c.get(url).json()
         assert before["status"] == "missing" and before["missing"]["projections"] == [1, 2]
         assert before["missing"]["featvis"] is True
@@ -162,7 +162,7 @@ def test_fill_refuses_cross_site_posts_a_full_queue_and_bad_units(partial):
     import threading
 
     app = create_app(partial, model=relu6_model(), fill=FV, fill_queue=1)
-    with TestClient(app) as c:
+    with TestClient(app, headers={"Origin": "http://testserver"}) as c:
         evil = c.post("/api/layers/features/units/0/fill", headers={"Origin": "http://evil.example.com"})
         assert evil.status_code == 403 and "cross-site request refused" in evil.json()["error"]
         assert c.get("/api/layers/features/units/0/fill").json()["status"] == "missing"  # nothing queued
@@ -173,6 +173,7 @@ def test_fill_refuses_cross_site_posts_a_full_queue_and_bad_units(partial):
         assert c.post("/api/layers/features/units/0/fill").status_code == 202
         full = c.post("/api/layers/features/units/1/fill")
         assert full.status_code == 503 and "at most 1 wait" in full.json()["error"]
+        assert full.headers["retry-after"] == "60"
         gate.set()
         assert wait_done(c, "/api/layers/features/units/0/fill")["status"] == "done"
         assert c.post("/api/layers/features/units/1/fill").status_code == 202  # room again
@@ -193,7 +194,8 @@ def test_fill_error_is_one_line_and_tried_again(partial, tmp_path):
     moved = tmp_path / "moved.png"
     shutil.move(photo, moved)
     try:
-        with TestClient(create_app(partial, model=relu6_model(), fill={"featvis": False})) as c:
+        with TestClient(create_app(partial, model=relu6_model(), fill={"featvis": False}),
+                        headers={"Origin": "http://testserver"}) as c:
             assert c.post("/api/layers/features/units/3/fill").status_code == 202
             data = wait_done(c, "/api/layers/features/units/3/fill")
             assert data["status"] == "error" and "cannot be read again" in data["error"] and "\n" not in data["error"]

@@ -120,7 +120,7 @@ def server(atlas_copy, tmp_path_factory):
     try:
         # the model loads on the first upload, and explanations import their modules: after
         # this one the server is as it stays, its post-load baseline
-        r = httpx.post(srv.base + "/api/image?explain=1", content=png_bytes(photo((300, 200))), timeout=60)
+        r = post_image(srv.base, png_bytes(photo((300, 200))), explain=True, timeout=60)
         assert r.status_code == 200, r.text
         time.sleep(0.5)
         srv.baseline = srv.status()["VmRSS"]
@@ -161,8 +161,11 @@ def grey16():
 
 
 def post_image(base: str, data: bytes, explain: bool = False, headers=None, timeout: float = 120) -> httpx.Response:
+    """POST ``data`` to ``/api/image`` as the gallery's own page would (its Origin; ``headers``
+    may replace it, ``None`` values leave a header out)."""
+    headers = {"content-type": "application/octet-stream", "Origin": base, **(headers or {})}
     return httpx.post(f"{base}/api/image?explain={int(explain)}", content=data, timeout=timeout,
-                      headers={"content-type": "application/octet-stream", **(headers or {})})
+                      headers={k: v for k, v in headers.items() if v is not None})
 
 
 # --------------------------------------------------------------------------- memory per upload
@@ -192,21 +195,49 @@ def test_four_concurrent_16bit_uploads_raise_the_peak_by_under_600mb(server, gre
     assert np.abs(seen - expected).max() <= 3 and np.abs(seen - expected).mean() < 1
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_photo_of_almost_40_megapixels_is_taken_as_the_docs_promise(server, mode):
+    """docs/api.md: 40 megapixels. A 6300 x 6300 (39.7 MP) 8-bit PNG takes 152 MiB to decode,
+    RGB or RGBA (4 bytes a pixel), within the 192 MiB budget the docs explain."""
+    big = png_bytes(Image.new(mode, (6300, 6300), (90, 120, 200, 255)[:len(mode)]), compress_level=1)
+    r = post_image(server.base, big)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 5
+
+
 def test_an_image_over_the_decoding_budget_is_413_with_its_reason(server):
-    big = png_bytes(Image.new("RGB", (6000, 6000), (90, 120, 200)), compress_level=1)
+    # a WebP's decoder keeps a second copy: the same 39.7 MP takes twice the memory
+    big = io.BytesIO()
+    Image.new("RGB", (6300, 6300), (90, 120, 200)).save(big, "WEBP", lossless=True, quality=0, method=0)
+    big = big.getvalue()
     r = post_image(server.base, big)
     assert r.status_code == 413
     reason = r.json()["error"]
-    assert reason == ("not a usable image: too large to decode (6000x6000 8-bit RGB takes 138 MiB, limit 128 MiB); "
+    assert reason == ("not a usable image: too large to decode (6300x6300 8-bit RGB takes 303 MiB, limit 192 MiB); "
                       "send a smaller image or a JPEG")
-    r = httpx.post(server.base + "/image", files={"image": ("big.png", big, "image/png")}, timeout=60)
+    r = httpx.post(server.base + "/image", files={"image": ("big.webp", big, "image/webp")}, timeout=60,
+                   headers={"Origin": server.base})
     assert r.status_code == 413 and "too large to decode" in r.text
-    # the same picture as a JPEG is decoded at 1/8 scale by libjpeg: taken, and cheap
+    # past 40 megapixels, whatever it would take
+    r = post_image(server.base, png_bytes(Image.new("L", (6400, 6400)), compress_level=1))
+    assert r.status_code == 413
+    assert "too large (6400x6400 = 40,960,000 pixels, limit 40,000,000)" in r.json()["error"]
+    # a JPEG of 36 MP is decoded at 1/8 scale by libjpeg: taken, and cheap
     before = server.status()["VmRSS"]
     server.reset_peak()
     r = post_image(server.base, jpeg_bytes(photo((6000, 6000))))
     assert r.status_code == 200, r.text
     assert server.status()["VmHWM"] - before < 60 * 2**20  # its full-size RGB alone is 144 MB
+
+
+def test_the_docs_state_the_upload_limits_the_server_has():
+    from convscope.web.upload import MAX_UPLOAD_BYTES
+    from convscope.web.upload_pages import MAX_DECODE_BYTES, MAX_UPLOAD_PIXELS
+
+    api = " ".join((ROOT / "docs" / "api.md").read_text().split())
+    assert (f"limited to {MAX_UPLOAD_BYTES >> 20} MB (`--max-upload-mb`) and {MAX_UPLOAD_PIXELS // 10**6} "
+            f"megapixels") in api
+    assert f"within {MAX_DECODE_BYTES >> 20} MiB of decoding memory" in api
 
 
 # --------------------------------------------------------------------------- memory comes back
@@ -259,24 +290,32 @@ def test_a_malformed_host_header_is_400(server):
         ({"Origin": "http://127.0.0.1:1"}, "its Origin 'http://127.0.0.1:1'"),  # another local server's page
         ({"Origin": "https://127.0.0.1:{port}"}, "is not this gallery"),
         ({"Referer": "http://evil.example.com/page.html"}, "its Referer 'http://evil.example.com/page.html'"),
+        # the fetch metadata alone: a browser that sends neither Origin nor Referer
+        ({"Sec-Fetch-Site": "cross-site"}, "its Sec-Fetch-Site is cross-site"),
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "http://127.0.0.1:{port}"}, "its Sec-Fetch-Site is cross-site"),
+        ({"Sec-Fetch-Site": "same-site"}, "neither Origin, Referer nor Sec-Fetch-Site: same-origin"),
+        # no signal at all: refused, with the header that makes a script's write work
+        ({}, "with the header Origin: http://127.0.0.1:{port}"),
     ],
 )
 def test_a_cross_site_upload_is_refused_with_a_reason(server, headers, words):
     headers = {k: v.format(port=server.port) for k, v in headers.items()}
-    r = post_image(server.base, png_bytes(photo((80, 60))), headers=headers)
+    r = post_image(server.base, png_bytes(photo((80, 60))), headers={"Origin": None, **headers})
     assert r.status_code == 403
-    assert "cross-site request refused" in r.json()["error"] and words in r.json()["error"]
+    assert "refused" in r.json()["error"] and words.format(port=server.port) in r.json()["error"]
     r = httpx.post(server.base + "/image", files={"image": ("x.png", png_bytes(photo((80, 60))), "image/png")},
                    headers=headers, timeout=30)
-    assert r.status_code == 403 and "cross-site request refused" in r.text
+    assert r.status_code == 403 and "refused" in r.text
 
 
-@pytest.mark.parametrize("origin, host", [("http://127.0.0.1:{port}", None), ("http://localhost:{port}", "localhost:{port}"),
-                                          (None, None)])
-def test_a_same_origin_upload_works(server, origin, host):
-    headers = {}
-    if origin:
-        headers["Origin"] = origin.format(port=server.port)
+@pytest.mark.parametrize("headers, host", [
+    ({"Origin": "http://127.0.0.1:{port}"}, None),
+    ({"Origin": "http://localhost:{port}"}, "localhost:{port}"),
+    ({"Referer": "http://127.0.0.1:{port}/image"}, None),  # a browser that sends no Origin
+    ({"Sec-Fetch-Site": "same-origin"}, None),  # nor a Referer (Referrer-Policy: no-referrer)
+])
+def test_a_same_origin_upload_works(server, headers, host):
+    headers = {"Origin": None, **{k: v.format(port=server.port) for k, v in headers.items()}}
     if host:
         headers["Host"] = host.format(port=server.port)
     r = post_image(server.base, png_bytes(photo((80, 60))), headers=headers)
@@ -358,7 +397,7 @@ def _trickle(port: int, head: bytes, body: bytes, limit_s: float) -> tuple[float
 def test_slow_clients_are_cut_at_their_deadlines_while_others_are_served(server):
     head = b"GET /api/atlas HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n"
     post = (b"POST /api/image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-            b"Content-Length: 100\r\n\r\n")
+            b"Sec-Fetch-Site: same-origin\r\nContent-Length: 100\r\n\r\n")
     with ThreadPoolExecutor(2) as pool:
         slow_head = pool.submit(_trickle, server.port, head, b"", 15)
         slow_body = pool.submit(_trickle, server.port, post, b"x" * 100, 15)
@@ -395,7 +434,7 @@ def test_connections_beyond_the_cap_get_503(server):
 def test_an_aborted_upload_logs_one_line(server):
     before = server.log().splitlines()
     head = (b"POST /api/image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-            b"Content-Length: 200000\r\n\r\n")
+            b"Sec-Fetch-Site: same-origin\r\nContent-Length: 200000\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(head + png_bytes(photo((300, 200)))[:1000] + b"\0" * 99_000)
         time.sleep(0.3)
@@ -498,3 +537,46 @@ def test_release_memory_gives_the_freed_heap_back():
                          env={k: v for k, v in os.environ.items() if k != "CONVSCOPE_KEEP_FREED_MEMORY"})
     kept, released, after = out.stdout.split()
     assert released == "True" and int(kept) - int(after) >= 250, out.stdout
+
+
+# --------------------------------------------------------------------------- ids in URLs
+
+
+BIG = "9223372036854775808"  # 2**63: one past SQLite's and numpy's integers
+
+
+@pytest.fixture(scope="module")
+def both(web_atlas_dir, tmp_path_factory):
+    """The tiny atlas and the search tests' index behind one real server (uvicorn on 127.0.0.1)."""
+    from convscope.web import create_app
+
+    from .served import serving
+    from .test_web_search import search_library
+
+    library = search_library(tmp_path_factory)
+    app = create_app(web_atlas_dir, model=tiny_model(), index=library / "index", fill=False)
+    with serving(app) as base:
+        yield base
+
+
+@pytest.mark.parametrize("url, words", [
+    (f"/files/{BIG}/x.jpg", f"there is no file {BIG}; no file is that large"),
+    (f"/files/{'9' * 5000}/x.jpg", "there is no file 99999999999999999999... (5000 digits)"),
+    ("/files/-1/x.jpg", "there is no file -1; files start at 0"),
+    ("/files/123456/x.jpg", "there is no file 123456 in this index"),
+    (f"/thumbs/{BIG}.jpg", f"there is no entry {BIG}; entries run from 0 to "),
+    ("/thumbs/-1.jpg", "there is no entry -1; entries start at 0"),
+    (f"/explain/{BIG}.jpg?class=0", f"there is no entry {BIG}; entries run from 0 to "),
+    (f"/explain/{'1' * 5000}.jpg?class=0", "there is no entry 11111111111111111111... (5000 digits)"),
+    (f"/api/layers/features.1/units/{BIG}", f"there is no unit {BIG}; no unit is that large"),
+    (f"/layers/features.1/units/{'7' * 5000}", "there is no unit 77777777777777777777... (5000 digits)"),
+    (f"/api/layers/features.1/units/0/examples/{BIG}", f"there is no rank {BIG}; no rank is that large"),
+    (f"/sources/features.1/{BIG}/0.jpg", f"there is no unit {BIG}"),
+    (f"/sources/features.1/0/{BIG}.jpg", f"there is no rank {BIG}"),
+], ids=lambda value: value[:48])
+def test_every_id_in_a_url_is_range_checked(both, url, words):
+    r = httpx.get(both + url, timeout=30)
+    assert r.status_code == 404, (url, r.status_code, r.text[-300:])
+    text = r.json()["error"] if url.startswith("/api/") else html.unescape(r.text)
+    assert words in text
+    assert "\n" not in (r.json()["error"] if url.startswith("/api/") else words)

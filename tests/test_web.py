@@ -24,6 +24,8 @@ from tests.tiny import TinyNet, small  # noqa: E402
 
 
 LAYERS = {"features.1": 8, "features": 6}
+#: What a page of the gallery sends with its writes (TestClient's base URL is http://testserver).
+SAME_ORIGIN = {"Origin": "http://testserver"}
 FEATVIS = {("features.1", 0), ("features.1", 2), ("features", 1)}
 
 
@@ -85,7 +87,8 @@ def atlas(atlas_dir):
 def client(atlas_dir):
     # fill=False: this atlas is the session's, shared by the tests (tests/test_fill.py fills copies)
     app = create_app(atlas_dir, model=tiny_model(), max_upload_bytes=200_000, fill=False)
-    with TestClient(app, raise_server_exceptions=True) as c:
+    # the gallery's own origin: its pages send it with every POST (a write without it is refused)
+    with TestClient(app, raise_server_exceptions=True, headers=SAME_ORIGIN) as c:
         yield c
 
 
@@ -494,7 +497,7 @@ def test_a_model_shared_by_upload_analyses_and_a_capture_gives_what_each_gives_a
 
 
 def test_upload_of_an_atlas_whose_model_cannot_be_loaded_is_503(atlas_dir):
-    with TestClient(create_app(atlas_dir)) as c:  # TinyNet was passed as an object: no spec to load
+    with TestClient(create_app(atlas_dir), headers=SAME_ORIGIN) as c:  # TinyNet was passed as an object: no spec to load
         r = c.post("/api/image", content=png_bytes())
         assert r.status_code == 503 and "create_app(atlas_dir, model=" in r.json()["error"]
         assert c.get("/api/layers/features").status_code == 200  # the gallery itself still works
@@ -502,7 +505,7 @@ def test_upload_of_an_atlas_whose_model_cannot_be_loaded_is_503(atlas_dir):
 
 def test_uploads_keep_only_the_newest(atlas_dir, tmp_path):
     app = create_app(atlas_dir, model=tiny_model(), upload_dir=tmp_path / "up", keep_uploads=2)
-    with TestClient(app) as c:
+    with TestClient(app, headers=SAME_ORIGIN) as c:
         ids = [c.post("/api/image?explain=0", content=png_bytes(colour=(i, i, i))).json()["id"] for i in range(3)]
         assert sorted(p.name for p in (tmp_path / "up").iterdir()) == sorted(ids[1:])
         assert c.get(f"/uploads/{ids[0]}/input.png").status_code == 404

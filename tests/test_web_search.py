@@ -85,7 +85,7 @@ def index(library):
 
 @pytest.fixture(scope="module")
 def client(library):
-    with TestClient(create_app(index=library / "index", model=search_model())) as c:
+    with TestClient(create_app(index=library / "index", model=search_model()), headers={"Origin": "http://testserver"}) as c:
         yield c
 
 

@@ -46,7 +46,7 @@ from ..progress import Bar
 from ..runtime import keep_freed_memory
 from ..scan import RESUME_HINT, Scan, scan
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
-from ..stores import PARTIAL, check_folder, commit, remove_partial, state, sync_written
+from ..stores import PARTIAL, check_folder, commit, remove_partial, state, sync_written, writer_lock
 from .store import DB_NAME, METHODS, STATE_NAME, Atlas, write_db
 
 
@@ -115,10 +115,11 @@ def build(
     if rank_by not in RANK_BY:
         raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
     choices = dict(rank_by=rank_by, deconvnet=deconvnet)
-    _prepare(out, resume, overwrite)
-    # A full disk stops the build with one line; every file written so far is whole, the last
-    # checkpoint included, and resume=True continues from it.
-    with disk_full_as_error(out, RESUME_HINT):
+    check_out(out, resume=resume, overwrite=overwrite)  # (a file as `out` is refused before the lock makes a folder)
+    # One writer at a time. A full disk stops the build with one line; every file written so far
+    # is whole, the last checkpoint included, and resume=True continues from it.
+    with writer_lock(out, kind="atlas"), disk_full_as_error(out, RESUME_HINT):
+        _prepare(out, resume, overwrite)
         if not ray:
             return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
                           project, methods, projection_batch, progress, on_skip, started, None, **choices)

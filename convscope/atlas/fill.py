@@ -51,9 +51,21 @@ def lacking(missing: dict, featvis: bool) -> dict:
     return {**missing, "featvis": False, "any": bool(missing["projections"])}
 
 
-class _NoBar:
+class _Steps:
+    """The projection step's progress bar, turned into the place between two projection
+    batches where a ``pause`` (see :meth:`Filler.fill`) lets other work use the model. The
+    user's model is free there: the batches run on the filler's private copy."""
+
+    def __init__(self, pause):
+        self.pause = pause
+
     def advance(self, n: int = 1) -> None:
-        pass
+        _between(self.pause)
+
+
+def _between(pause) -> None:
+    if pause is not None and pause.wanted():
+        pause()
 
 
 class Filler:
@@ -75,21 +87,24 @@ class Filler:
         visualization when this filler makes none."""
         return lacking(self.atlas.missing(layer, unit), bool(self.featvis))
 
-    def fill(self, layer: str, unit: int, on_projections=None) -> dict:
+    def fill(self, layer: str, unit: int, on_projections=None, pause=None) -> dict:
         """Compute and write what ``unit`` of ``layer`` lacks (:meth:`missing`); returns what was
         added (``projections``: ranks, ``featvis``: bool) and the ``seconds`` it took. A photo
         that can no longer be read, or changed since the scan, is one line
         (:class:`~convscope.errors.ConvscopeError`) and leaves the atlas as it was.
         ``on_projections()`` is called once the projections are written, before the (slower)
-        feature visualization, so a page can show them meanwhile."""
+        feature visualization, so a page can show them meanwhile. ``pause``: a server's
+        (:class:`convscope.web.workers.Pause`), called between steps (each photo read, each
+        projection batch, each feature-visualization step) when ``pause.wanted()``, with the
+        model as it was given; the pictures are the same."""
         started = time.monotonic()
         todo = self.missing(layer, unit)
         if todo["projections"]:
-            self._project(layer, unit, todo["projections"], todo["methods"])
+            self._project(layer, unit, todo["projections"], todo["methods"], pause)
             if on_projections is not None:
                 on_projections()
         if todo["featvis"]:
-            self._featvis(layer, unit)
+            self._featvis(layer, unit, pause)
         return {"layer": layer, "unit": int(unit), "projections": todo["projections"], "featvis": todo["featvis"],
                 "seconds": round(time.monotonic() - started, 2)}
 
@@ -104,7 +119,7 @@ class Filler:
             self._private = projection_module(self.model.module, example, self.atlas.layers)
         return self._private
 
-    def _project(self, layer: str, unit: int, ranks: list[int], methods: list[str]) -> None:
+    def _project(self, layer: str, unit: int, ranks: list[int], methods: list[str], pause) -> None:
         import warnings
 
         from ..backproject import ActivationRuleWarning
@@ -130,14 +145,17 @@ class Filler:
                                          f"{Path(ex['path']).name} changed since the scan (its sha256 differs); "
                                          "build the atlas again")
                 inputs[ex["image_id"]] = self.model.transform(img.crop(tuple(ex["window"] or (0, 0, *img.size))))
+                del img
+                _between(pause)
             group.append(ExampleRecord(layer, position, int(unit), rank, ex["image_id"], float(ex["value"]),
                                        ex["y"], ex["x"], tuple(ex["box"]), pre=ex["pre"]))
         module, memory_format = self._module()
+        _between(pause)
         group.sort(key=lambda e: (e.image_id, e.rank))  # the build's order within a layer
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ActivationRuleWarning)  # the build recorded them in its notes
             project_examples(module, memory_format, info, group, inputs, tuple(methods), self.batch_size,
-                           self.atlas.root, _NoBar())
+                           self.atlas.root, _Steps(pause))
         for e in group:  # the files are on disk before the database names them
             for rel in e.projections.values():
                 fsync_file(self.atlas.root / rel)
@@ -145,12 +163,12 @@ class Filler:
 
     # ------------------------------------------------------------------ feature visualization
 
-    def _featvis(self, layer: str, unit: int) -> None:
+    def _featvis(self, layer: str, unit: int, pause) -> None:
         from .. import featvis
 
         s = self.featvis
         result = featvis.render(self.model, layer, [int(unit)], steps=s["steps"], size=s["size"], seed=s["seed"],
-                                param=s["param"], lr=s["lr"], progress=False)
+                                param=s["param"], lr=s["lr"], progress=False, pause=pause)
         with tempfile.TemporaryDirectory(prefix="convscope-fill-") as tmp:
             png = Path(tmp) / "featvis.png"
             result.image(0).save(png)

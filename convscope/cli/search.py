@@ -3,6 +3,7 @@ by a word, by an example photo or by a unit of the network (``docs/search.md``).
 from __future__ import annotations
 
 import re
+import shlex
 import time
 
 import click
@@ -116,7 +117,12 @@ def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_j
     unit = parse_unit(unit) if unit is not None else None
     with Index.open(index_dir) as idx:
         if unit is not None:
-            idx.layer(unit[0])  # an unknown layer fails before a model loads
+            idx.check_unit(*unit)  # an unknown layer or a unit out of range fails before a model loads
+        if not idx.entries:
+            if text:
+                idx.search(text, top=top, min_score=min_score, sort=sort)  # a word it does not know still fails
+            note(_empty(idx))
+            return
         model = None
         if model_args.names_a_model:  # not the index's own model as it was built
             model = model_args.load(idx.meta["model"]["spec"])
@@ -136,6 +142,15 @@ def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_j
         note(f"nothing reached --min-score {min_score:g}" if text else "the index holds no other photo")
     if written:
         click.echo(f"wrote {len(written)} pictures to {printable_path(explain_dir)}", err=True)
+
+
+def _empty(idx) -> str:
+    """The note for an index that holds nothing (each of its inputs skipped, or none given), and
+    the command that adds photos to it."""
+    skipped = idx.info()["skipped"]
+    why = f" (its build skipped {skipped} file{'s' * (skipped != 1)})" if skipped else ""
+    return (f"the index in {printable_path(idx.root)} is empty{why}; add photos and videos with "
+            f"`convscope index PATHS --out {shlex.quote(printable_path(idx.root))} --update`")
 
 
 def _when(r) -> str:
@@ -184,6 +199,8 @@ def duplicates(index_dir, as_json):
     from ..index import Index
 
     with Index.open(index_dir) as idx:
+        if not idx.entries:
+            return note(_empty(idx))
         groups = idx.duplicates()
     for n, group in enumerate(groups, 1):
         if as_json:
@@ -211,6 +228,8 @@ def organize(index_dir, as_json):
     from ..index import Index
 
     with Index.open(index_dir) as idx:
+        if not idx.entries:
+            return note(_empty(idx))
         albums = idx.albums()
     for album in albums:
         if as_json:

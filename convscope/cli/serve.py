@@ -6,17 +6,41 @@ import click
 from ._common import emit, model_options, renamed
 
 
+def _secret(host: str, password_file: str | None):
+    """What the gallery asks for: the password file's, else beyond loopback a token made now,
+    else nothing. Read before any model loads (a bad file is one line at once)."""
+    from ..web.security import Secret, is_loopback
+
+    if password_file is not None:
+        return Secret.from_file(password_file)
+    return None if is_loopback(host) else Secret.generate()
+
+
 def _run_server(app, host: str, port: int) -> None:
     from ..web import serve as run
+    from ..web.security import is_loopback
 
+    secret = app.state.login.secret  # the app's (create_app(secret=...)), as _secret chose it
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     click.echo(f"serving the gallery at {where}  (Ctrl+C to stop)", err=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"note: listening on {host}, so other machines can reach this gallery", err=True)
+    if not is_loopback(host):
+        click.echo(f"note: listening on {host}, so other machines can reach this gallery; it asks for a secret",
+                   err=True)
+    if secret is not None and secret.token:
+        click.echo(f"sign in once by opening {where}?token={secret.token}  (a cookie keeps it; or give the token "
+                   f"at {where}login)", err=True)
+    elif secret is not None:
+        click.echo(f"sign in at {where}login with the password in {secret.source}", err=True)
     run(app, host=host, port=port)  # request deadlines, a connection cap, memory handed back when idle
 
 
 def allow_host_option(fn):
+    fn = click.option(
+        "--password-file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+        help="Ask every visitor for the password on this file's first line (at /login; a cookie keeps it). "
+             "Bound beyond loopback (--host 0.0.0.0) the gallery always asks for a secret: without this, a "
+             "token printed at start. Give it on loopback too behind a reverse proxy.",
+    )(fn)
     return click.option(
         "--allow-host", "allow_hosts", multiple=True, metavar="HOST",
         help="Another host name the gallery answers to (repeatable; * for any, behind a proxy that checks "
@@ -56,7 +80,7 @@ def _check_model(atlas_dir, spec: str | None) -> str | None:
                                               "(they are written into the atlas; use this for a read-only atlas).")
 @allow_host_option
 @model_options(own="atlas")
-def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allow_hosts, model_args):
+def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allow_hosts, password_file, model_args):
     """Browse an atlas in a web browser: layers, units, top patches, projections, feature
     visualizations; upload a photo to see what the model makes of it (the atlas's own model,
     loaded on the first upload, unless --model, --weights, --no-pretrained or --device say
@@ -74,11 +98,13 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
       convscope serve --index photos.index
       convscope serve atlas/ --evolve evolve-run/
       convscope serve atlas/ --host 0.0.0.0 --allow-host gallery.example.org
+      convscope serve --index photos.index --host 0.0.0.0 --password-file ~/.gallery-password
     """
     from ..web import create_app
 
     if atlas is None and index_dir is None and evolve_dir is None:
         raise click.UsageError("give an ATLAS folder, --index INDEX, --evolve RUN, or some of them")
+    secret = _secret(host, password_file)
     index = None
     if index_dir is not None:
         from ..index import Index
@@ -89,7 +115,8 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
         own = _check_model(atlas, model_args.spec) if atlas is not None else index.meta["model"]["spec"]
         model = model_args.load(own)
     app = create_app(atlas, model, index=index, pages=page_groups(evolve_dir),
-                     max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts, fill=not no_fill)
+                     max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts, fill=not no_fill,
+                     secret=secret)
     _run_server(app, host, port)
 
 
@@ -142,7 +169,7 @@ def export(atlas, out, model_spec, as_json):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @allow_host_option
 @model_options(own="atlas", weights=False, device=False)
-def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
+def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file, model_args):
     """Build an atlas of the default model (or --model, over its default layers) over
     scikit-image's sample photos (plus --images) and an index of the same photos; then open
     the gallery, with a search box on every page, whose uploads and pictures of why use the
@@ -161,6 +188,7 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
     """
     from ..web import demo as recipes
 
+    secret = None if no_serve else _secret(host, password_file)
     recipe = None
     if model_args.spec is not None or not model_args.pretrained:
         recipe = dict(recipes.RECIPE, pretrained=model_args.pretrained)
@@ -179,4 +207,4 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, model_args):
     from ..web import create_app
 
     _run_server(create_app(atlas_dir, index=index_dir, pages=page_groups(None),
-                           allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe)), host, port)
+                           allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret), host, port)

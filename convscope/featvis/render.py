@@ -7,10 +7,12 @@ element, summed -> Adam step. Each element has its own ``torch.Generator`` (seed
 transforms, and Adam works elementwise, so a unit's image does not depend on the batch it was
 rendered in. The model is put in eval mode with ``requires_grad`` off while rendering, and
 restored in ``finally``; its hooks are removed in ``finally`` too. All of it happens under the
-model's :func:`~convscope.hooks.model_lock`, so no other thread sees those changes.
+model's :func:`~convscope.hooks.model_lock`, so no other thread sees those changes; given a
+``pause``, the model is let go, as it was given, between two steps where other work waits for it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import time
@@ -185,6 +187,7 @@ def render(
     objective: Objective | None = None,
     lr: float = 0.05,
     progress: bool = True,
+    pause=None,
 ) -> FeatvisResult:
     """Feature visualizations of ``units`` (channels) of ``layer``.
 
@@ -197,7 +200,10 @@ def render(
     ImageParam``. ``transforms``: ``"default"`` (Lucid's standard set), ``"none"`` or a list.
     ``objective``: default ``channel(layer)``, each element maximizing its own unit (see
     :mod:`convscope.featvis.objectives`). ``lr``: Adam's learning rate. ``progress``: a bar on
-    stderr over all steps.
+    stderr over all steps. ``pause``: for a server's model thread (:class:`convscope.web.workers.Pause`):
+    between two steps, when ``pause.wanted()``, the model is let go (hooks removed, settings
+    restored, its lock released) and ``pause()`` called, which runs other work on the model; the
+    images are the same.
 
     >>> from convscope.models import load_model
     >>> result = render(load_model(), "blocks.2", "0-7", steps=256)   # doctest: +SKIP
@@ -221,75 +227,94 @@ def render(
         raise ValueError("the objective reads no layer; add one such as channel(layer)")
 
     # A bare module is wrapped by as_loaded (ImageNet preprocessing), which puts it in eval
-    # mode: its modes are taken before, and restored in `finally` like those of a LoadedModel.
+    # mode: its modes are taken before, and restored when the model is let go, like those of a
+    # LoadedModel. Without ``pause`` the lock is held throughout.
     module = model if isinstance(model, nn.Module) else as_loaded(model).module
+    with model_lock(module) if pause is None else contextlib.nullcontext():
+        return _render(model, module, layer, units, steps, size, batch, seed, make_param, compose, objective, lr,
+                       progress, pause)
+
+
+@contextlib.contextmanager
+def _held(module: nn.Module):
+    """``module`` under its lock, in eval mode with ``requires_grad`` off (the gradient is
+    wanted for the image only: turning it off for the weights saves the weight-gradient half of
+    each backward pass; eval mode keeps BatchNorm statistics fixed and the batch elements
+    independent); both restored on exit."""
     with model_lock(module):
-        return _render(model, module, layer, units, steps, size, batch, seed, make_param, compose, objective, lr, progress)
+        params = list(module.parameters())
+        grad_flags = [p.requires_grad for p in params]
+        modes = [(m, m.training) for m in module.modules()]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            module.eval()
+            yield
+        finally:
+            for p, flag in zip(params, grad_flags):
+                p.requires_grad_(flag)
+            for m, mode in modes:
+                m.training = mode
 
 
-def _render(model, module, layer, units, steps, size, batch, seed, make_param, compose, objective, lr, progress):
-    params = list(module.parameters())
-    grad_flags = [p.requires_grad for p in params]
-    modes = [(m, m.training) for m in module.modules()]
-    try:
+def _render(model, module, layer, units, steps, size, batch, seed, make_param, compose, objective, lr, progress,
+            pause):
+    with _held(module):
         loaded = as_loaded(model)
         prep, device = loaded.preprocessing, loaded.device
-        # The gradient is wanted for the image only; turning it off for the weights saves the
-        # weight-gradient half of each backward pass. Eval mode keeps BatchNorm statistics
-        # fixed and the batch elements independent.
-        for p in params:
-            p.requires_grad_(False)
-        module.eval()
         channels = layer_channels(module, layer, size, device)
-        units = resolve_units(units, channels, layer)
-        batch = min(int(batch or DEFAULT_BATCH), len(units))
-        seen: dict[int, int] = {}
-        seeds = []
-        for u in units:
-            seeds.append(element_seed(seed, u, seen.get(u, 0)))
-            seen[u] = seen.get(u, 0) + 1
-        n = len(units)
-        images = np.zeros((n, *size, 3), dtype=np.uint8)
-        final = np.zeros(n, dtype=np.float64)
-        history = np.zeros((steps, n), dtype=np.float32)
-        chunks = [range(i, min(i + batch, n)) for i in range(0, n, batch)]
-        start = time.perf_counter()
-        with torch.enable_grad(), capture(module, objective.layers, stop=True) as outs, \
-                Bar(steps * len(chunks), f"featvis {layer}", disable=None if progress else True) as bar:
+    units = resolve_units(units, channels, layer)
+    batch = min(int(batch or DEFAULT_BATCH), len(units))
+    seen: dict[int, int] = {}
+    seeds = []
+    for u in units:
+        seeds.append(element_seed(seed, u, seen.get(u, 0)))
+        seen[u] = seen.get(u, 0) + 1
+    n = len(units)
+    images = np.zeros((n, *size, 3), dtype=np.uint8)
+    final = np.zeros(n, dtype=np.float64)
+    history = np.zeros((steps, n), dtype=np.float32)
+    chunks = [range(i, min(i + batch, n)) for i in range(0, n, batch)]
+    start = time.perf_counter()
 
-            def forward(pixels, x, unit_t):
-                # Channels-last input: oneDNN then runs every convolution, depthwise ones
-                # included, without layout conversions (measured 1.3-1.8x faster on CPU).
-                # LayerNotRunError if a layer the objective reads did not run
-                run(module, prep.normalize(x).contiguous(memory_format=torch.channels_last), outs)
-                return objective(Context(dict(outs), pixels, x, unit_t))
+    def forward(outs, pixels, x, unit_t):
+        # Channels-last input: oneDNN then runs every convolution, depthwise ones
+        # included, without layout conversions (measured 1.3-1.8x faster on CPU).
+        # LayerNotRunError if a layer the objective reads did not run
+        run(module, prep.normalize(x).contiguous(memory_format=torch.channels_last), outs)
+        return objective(Context(dict(outs), pixels, x, unit_t))
 
-            for chunk in chunks:
-                gens = [torch.Generator().manual_seed(seeds[i]) for i in chunk]
-                unit_t = torch.tensor([units[i] for i in chunk], device=device)
-                image = make_param(len(chunk), size, gens, device=device)
-                opt = torch.optim.Adam(image.params, lr=lr)
-                for step in range(steps):
-                    opt.zero_grad(set_to_none=True)
-                    pixels = image()
-                    values = forward(pixels, compose(pixels, gens), unit_t)
-                    (-values.sum()).backward()
-                    opt.step()
-                    history[step, chunk.start:chunk.stop] = values.detach().float().cpu().numpy()
-                    bar.advance()
-                with torch.no_grad():
-                    # Measure what is saved: the final image, quantized, without transforms.
-                    q = (image().clamp(0, 1) * 255).round().to(torch.uint8)
-                    pixels = q.float() / 255
-                    values = forward(pixels, pixels, unit_t)
-                images[chunk.start:chunk.stop] = q.permute(0, 2, 3, 1).cpu().numpy()
-                final[chunk.start:chunk.stop] = values.double().cpu().numpy()
-        seconds = time.perf_counter() - start
-    finally:
-        for p, flag in zip(params, grad_flags):
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
+    with Bar(steps * len(chunks), f"featvis {layer}", disable=None if progress else True) as bar:
+        for chunk in chunks:
+            gens = [torch.Generator().manual_seed(seeds[i]) for i in chunk]
+            unit_t = torch.tensor([units[i] for i in chunk], device=device)
+            image = make_param(len(chunk), size, gens, device=device)
+            opt = torch.optim.Adam(image.params, lr=lr)
+            step = 0
+            while step < steps:
+                # the model is let go between steps only when ``pause`` has work waiting for it
+                with _held(module), torch.enable_grad(), capture(module, objective.layers, stop=True) as outs:
+                    while step < steps:
+                        opt.zero_grad(set_to_none=True)
+                        pixels = image()
+                        values = forward(outs, pixels, compose(pixels, gens), unit_t)
+                        (-values.sum()).backward()
+                        opt.step()
+                        history[step, chunk.start:chunk.stop] = values.detach().float().cpu().numpy()
+                        bar.advance()
+                        step += 1
+                        if pause is not None and pause.wanted():
+                            break
+                if pause is not None and step < steps:
+                    pause()
+            with _held(module), torch.no_grad(), capture(module, objective.layers, stop=True) as outs:
+                # Measure what is saved: the final image, quantized, without transforms.
+                q = (image().clamp(0, 1) * 255).round().to(torch.uint8)
+                pixels = q.float() / 255
+                values = forward(outs, pixels, pixels, unit_t)
+            images[chunk.start:chunk.stop] = q.permute(0, 2, 3, 1).cpu().numpy()
+            final[chunk.start:chunk.stop] = values.double().cpu().numpy()
+    seconds = time.perf_counter() - start
     return FeatvisResult(layer, units, images, final, history, seeds, objective.name, seconds)
 
 

@@ -77,7 +77,8 @@ class Index(IndexStore):
         exclude = None
         if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
             if not 0 <= int(target) < self.entries:
-                raise ValueError(f"entry {target} is not in this index of {self.entries} entries")
+                raise ArgumentError(f"entry {target} is not in this index of {self.entries} entries; give a row "
+                                    f"from 0 to {self.entries - 1} as `target`", param="target")
             vector, exclude = np.asarray(self.embedding[int(target)], np.float32), int(self.entry_file[int(target)])
         elif isinstance(target, np.ndarray):
             vector = target
@@ -102,7 +103,17 @@ class Index(IndexStore):
         """
         if unit is None:
             layer, unit = parse_unit(layer)
+        self.check_unit(layer, unit)  # before a model loads for the boxes
         return search.unit(self, layer, unit, top=top, box=self._box(layer, model) if boxes else None)
+
+    def check_unit(self, layer: str, unit: int) -> None:
+        """Raise one line for a ``layer`` the index does not keep (close matches) or a ``unit`` out
+        of its range; nothing loads.
+
+        >>> index.check_unit("blocks.4", 99999)
+        ArgumentError: layer 'blocks.4' has units 0..319, got 99999
+        """
+        search.unit_column(self, layer, unit)
 
     def unit_at(self, layer: str, unit: int, row: int, *, model=None) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         """Where ``unit`` of ``layer`` reached its maximum on entry ``row``: (y, x) on the
@@ -112,6 +123,7 @@ class Index(IndexStore):
         >>> index.unit_at("blocks.4", 17, row=3)
         ((2, 5), (48, 80, 144, 176))
         """
+        self.check_unit(layer, unit)
         return search.unit_at(self, layer, unit, row, box=self._box(layer, model))
 
     def _box(self, layer: str, model) -> search.BoxFn:
@@ -186,10 +198,11 @@ class Index(IndexStore):
         from .signals import decode_size
 
         model = self.checked_model(model)
+        target_size = decode_size(model.preprocessing.resize) if self.meta["draft"] else None  # as the index decoded
         if media.is_video(path):
-            image = media.frame_at(path, time or 0.0)
+            image = media.frame_at(path, time or 0.0, target_size=target_size)
         else:
-            image = load_image(path, target_size=decode_size(model.preprocessing.resize) if self.meta["draft"] else None)
+            image = load_image(path, target_size=target_size)
         if self._extractor is None or self._extractor.model is not model:  # its set-up costs two forward passes
             self._extractor = Extractor(model, [layer["name"] for layer in self.layers])
         x = model.transform(image)[None]

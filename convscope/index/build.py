@@ -36,12 +36,15 @@ from ..data import default_workers
 from ..errors import ConvscopeError, ImageError
 from ..models import as_loaded
 from ..progress import Bar
-from ..stores import State, check_folder, commit, fsync_file, fsync_tree, partial_dir, remove_partial, state
+from ..files import disk_full_as_error
+from ..stores import (State, check_folder, commit, fsync_file, fsync_tree, partial_dir, remove_partial, state,
+                      writer_lock)
 from . import media
 from .compute import Source, Task, decode, forward, write_rows
 from .features import Extractor, model_fingerprint
 from . import signals
-from .store import DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile, read_meta
+from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile, db_path,
+                    read_meta, read_path)
 
 #: Sampled video frames decoded per work item: long videos are read in pieces of this many
 #: frames (a worker seeks to the piece), so memory does not grow with a video's length.
@@ -96,7 +99,9 @@ def _tasks(sources: Sequence[Source], todo: Sequence[int], fps: float, skip) -> 
         except ImageError as exc:
             skip(src.path, exc.reason)
             continue
-        samples = int(info.duration * fps) + 1 if info.duration else 1
+        # planned from the packets there (a frame serves at most one sample), never from what a
+        # header claims: the work and the plan's memory follow the frames that exist
+        samples = min(int(info.duration * fps) + 1 if info.duration else 1, max(1, info.frames))
         pieces = max(1, -(-samples // SEGMENT_FRAMES))
         for j in range(pieces):
             last = j == pieces - 1
@@ -115,7 +120,7 @@ class _Partial:
     def __init__(self, root: Path, settings: dict, extractor: Extractor, resume: bool):
         self.dir = partial_dir(root)
         db = self.dir / DB_NAME
-        fresh = not (resume and db.is_file())
+        fresh = not (resume and _begun(db))
         if fresh:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir(parents=True)
@@ -140,9 +145,11 @@ class _Partial:
         self.arrays.mkdir(exist_ok=True)
         shapes = {name: shape for signal in signals.SIGNALS for name, shape in signal.arrays(extractor).items()}
         self.files = {name: RowFile(self.arrays / f"{name}.npy", dtype, row) for name, (dtype, row) in shapes.items()}
-        # committed rows: those of the committed files (a video's rows that were committed
-        # before the video finished are dropped and read again)
-        self.rows = int(self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM files").fetchone()[0])
+        # videos under way at the last commit: their records so far and the next piece to read
+        self.open: dict[str, dict] = self.meta.get("open") or {}
+        # committed rows: those of the committed files and of the videos under way
+        self.rows = int(self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM files").fetchone()[0]) \
+            + sum(v["record"]["rows"] for v in self.open.values())
         self.conn.execute("DELETE FROM entries WHERE row >= ?", (self.rows,))
         self.conn.execute("DELETE FROM thumbs WHERE row >= ?", (self.rows,))
         self.conn.commit()
@@ -151,8 +158,9 @@ class _Partial:
                 raise ConvscopeError(f"the unfinished build in {root} lost array rows ({f.path.name} holds {f.rows}, "
                                      f"the database {self.rows}); remove {self.dir} and build again")
             f.truncate(self.rows)
-        self.done = {r[0] for r in self.conn.execute("SELECT path FROM files")}
-        self.next_id = int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]) + 1
+        self.done = {read_path(r[0]) for r in self.conn.execute("SELECT path FROM files")}
+        self.next_id = max([int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0])]
+                           + [v["record"]["id"] for v in self.open.values()]) + 1
         self.pending = 0
 
     def add_rows(self, file_id: int, times: Sequence[float | None], entries: Sequence[dict],
@@ -169,17 +177,19 @@ class _Partial:
 
     def add_file(self, record: dict) -> None:
         cols = ", ".join(record)
-        self.conn.execute(f"INSERT INTO files ({cols}) VALUES ({', '.join('?' * len(record))})", list(record.values()))
+        values = [db_path(v) if k == "path" else v for k, v in record.items()]
+        self.conn.execute(f"INSERT INTO files ({cols}) VALUES ({', '.join('?' * len(record))})", values)
         self.done.add(record["path"])
 
     def skip(self, path: str, reason: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)", (path, reason))
+        self.conn.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)", (db_path(path), reason))
 
     def commit(self, force: bool = False) -> None:
         if not force and self.pending < CHUNK:
             return
         for f in self.files.values():  # arrays first: the database never counts rows not on disk
             f.commit()
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('open', ?)", (json.dumps(self.open),))
         self.conn.commit()
         self.pending = 0
 
@@ -187,6 +197,16 @@ class _Partial:
         for f in self.files.values():
             f.close()
         self.conn.close()
+
+
+def _begun(db: Path) -> bool:
+    """Whether a partial database holds its settings: a build whose disk filled up before they
+    were committed has nothing to resume, and starts again."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT 1 FROM meta WHERE key = 'format'").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False
 
 
 # --------------------------------------------------------------------------- the build
@@ -242,6 +262,21 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
         raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     out = Path(out)
     model = as_loaded(model)
+    check_out(out, update=update, resume=resume)  # (a file as `out` is refused before the lock makes a folder)
+    # One writer at a time; a full disk stops the build with one line, every commit so far whole.
+    # (SQLite's "database or disk is full" names no file: the partial database is the one written)
+    with writer_lock(out, kind="index"), disk_full_as_error(partial_dir(out) / DB_NAME, _disk_full_hint(update)):
+        return _build(model, inputs, out, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers,
+                      ray, ray_workers, started)
+
+
+def _disk_full_hint(update: bool) -> str:
+    return "free some space and run again with " + ("`update=True` and `resume=True`" if update else "`resume=True`")
+
+
+def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers, ray,
+           ray_workers, started) -> Path:
+    """:func:`build`'s steps, its arguments checked, holding the folder's writer lock."""
     held = _prepare(out, update, resume)
     if resume and not update and held is State.COMPLETE:
         return out  # finished already
@@ -278,7 +313,8 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
             # as an uninterrupted build (it committed only where a batch ended)
             computed = [i for i, s in enumerate(sources) if s.keep is None]
             unplayable = lambda path, reason: (skip(path, reason), bar.advance())  # noqa: E731 (a video)
-            tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, unplayable), partial.done)
+            tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, unplayable), partial.done,
+                                   partial.open)
             target_size = signals.decode_size(model.preprocessing.resize) if draft else None
             if ray and tasks:
                 from ..distributed import ray_index
@@ -353,11 +389,13 @@ def _tasks_and_ends(sources: Sequence[Source], todo: Sequence[int], fps: float, 
     return tasks, ends
 
 
-def _without(tasks: Sequence[Task], ends: Sequence[int], done: set[str]) -> tuple[list[Task], list[int]]:
-    """The tasks of files not in ``done``, each batch keeping its place (an empty one goes)."""
+def _without(tasks: Sequence[Task], ends: Sequence[int], done: set[str],
+             opened: dict[str, dict]) -> tuple[list[Task], list[int]]:
+    """The tasks of files not in ``done``, less the pieces of the videos under way (``opened``)
+    that were read already; each batch keeps its place (an empty one goes)."""
     kept, kept_ends, start = [], [], 0
     for end in ends:
-        kept.extend(t for t in tasks[start:end] if t.path not in done)
+        kept.extend(t for t in tasks[start:end] if t.path not in done and t.first >= opened.get(t.path, {}).get("next", 0))
         if kept and (not kept_ends or kept_ends[-1] != len(kept)):
             kept_ends.append(len(kept))
         start = end
@@ -395,6 +433,7 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
     np.save(arrays / "entry_date.npy", date_col)
     for signal in signals.SIGNALS:
         signal.finish(arrays, n, extractor)
+    conn.execute("DELETE FROM meta WHERE key = 'open'")  # (a partial build's record of videos under way)
     skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
     done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True,
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3)}

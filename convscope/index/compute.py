@@ -132,18 +132,22 @@ def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int
 def write_rows(partial, sources: Sequence[Source], computed: Iterable[tuple[Decoded, dict]],
                ends: Sequence[int], skip, bar) -> None:
     """Append the computed items' rows to ``partial`` (the build's partial index) in order; a
-    file's record is written once all its rows are. Commits come where a batch ends and no file
-    is half written, so that a resumed build starts on a batch of the uninterrupted one."""
+    file's record is written once all its rows are. Commits come where a batch ends, so that a
+    resumed build starts on a batch of the uninterrupted one; a video under way then (a long
+    one) is committed with its rows so far and the next piece to read (``partial.open``), and
+    a resumed build goes on from that piece."""
     open_files: dict[int, dict] = {}  # plan position -> record being filled
     ended: set[int] = set()  # files done with (finished, failed): their later pieces are ignored
     boundaries = set(ends)
     for k, (item, rows) in enumerate(computed, 1):
-        if k - 1 in boundaries and not open_files:
+        if k - 1 in boundaries:
             partial.commit()
         task, src = item.task, sources[item.task.file]
         if task.file in ended:
             continue
         record = open_files.get(task.file)
+        if record is None and src.path in partial.open:  # a video a resumed build goes on with
+            record = open_files[task.file] = partial.open[src.path]["record"]
         if item.error is not None and record is None:  # the file could not be read at all: skip it
             skip(src.path, item.error)
             ended.add(task.file)
@@ -163,8 +167,11 @@ def write_rows(partial, sources: Sequence[Source], computed: Iterable[tuple[Deco
         if task.last or item.error is not None:
             ended.add(task.file)
             open_files.pop(task.file)
+            partial.open.pop(src.path, None)
             if record["rows"] == 0:
                 skip(src.path, item.error or "no frame could be decoded")
             else:
                 partial.add_file(record)
             bar.advance()
+        else:  # a piece of a video: what a commit now keeps of it
+            partial.open[src.path] = {"record": dict(record), "next": task.stop}

@@ -36,11 +36,13 @@ BOX_WIDTH = 2
 
 
 def entry_image(path: str | os.PathLike, time: float | None = None, *, resize: int | None = None) -> Image.Image:
-    """The photo at ``path``, or the video frame at ``time`` seconds, RGB and upright; with the
-    model's ``resize``, a photo is decoded at the reduced scale the index decoded it at."""
+    """The photo at ``path``, or the video frame at ``time`` seconds, RGB and upright, within the
+    decoder's budget; with the model's ``resize``, decoded at the reduced scale the index
+    decoded it at (a photo's or a frame's alike)."""
+    target_size = None if resize is None else decode_size(resize)
     if time is not None or media.is_video(path):
-        return media.frame_at(path, time or 0.0)
-    return load_image(path, target_size=None if resize is None else decode_size(resize))
+        return media.frame_at(path, time or 0.0, target_size=target_size)
+    return load_image(path, target_size=target_size)
 
 
 def model_view(model, image: Image.Image) -> np.ndarray:

@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from ..errors import ArgumentError
 from ..vocab.albums import album_for
 from .store import IndexStore
 
@@ -70,7 +71,7 @@ def duplicates(store: IndexStore, *, threshold: float = DUPLICATE_COSINE, block:
     import torch
 
     if not -1 <= threshold <= 1:
-        raise ValueError(f"threshold is a cosine between -1 and 1, got {threshold!r}")
+        raise ArgumentError(f"`threshold` is a cosine between -1 and 1, got {threshold!r}", param="threshold")
     files = store.files()
     ids, vectors = file_vectors(store)
     union = _Union(len(ids))
@@ -105,6 +106,11 @@ def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_d
     >>> albums(store)
     [{'album': 'animals > cats', 'paths': [...]}, {'album': 'food', 'paths': [...]}, ...]
     """
+    if not 0 <= confidence <= 1:
+        raise ArgumentError(f"`confidence` is a probability between 0 and 1, got {confidence!r}", param="confidence")
+    if not 0 <= cluster_distance <= 2:
+        raise ArgumentError(f"`cluster_distance` is a cosine distance between 0 and 2, got {cluster_distance!r}",
+                            param="cluster_distance")
     files = store.files()
     ids, vectors = file_vectors(store)
     named: dict[str, list[int]] = defaultdict(list)

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..choices import MIN_SCORE, SORTS
-from ..errors import ConvscopeError
+from ..errors import ArgumentError, ConvscopeError
 from . import postings
 from .store import IndexStore
 
@@ -91,7 +91,7 @@ class Result:
 
 def _check_top(top: int) -> None:
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
-        raise ValueError(f"top must be a whole number of results, at least 1, got {top!r}")
+        raise ArgumentError(f"`top` must be a whole number of results, at least 1, got {top!r}", param="top")
 
 
 def segments(store: IndexStore, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -191,16 +191,18 @@ def search(store: IndexStore, query: str, *, top: int = 20, min_score: float = M
     Entries under ``min_score`` are left out; ``sort``: "score" (highest first) or "date"
     (newest first: EXIF date, else the file's mtime). ``paths``: the matched classes with their
     WordNet paths, to use instead of looking ``query`` up in :class:`convscope.vocab.Vocabulary`.
-    Unknown words raise :class:`~convscope.errors.UnknownNameError` with close matches.
+    Unknown words raise :class:`~convscope.errors.UnknownWordError` with close matches; a bad
+    argument (a query with no word or too long, see :func:`convscope.vocab.wordnet.check_query`)
+    :class:`~convscope.errors.ArgumentError` naming it.
 
     >>> [r.path for r in search(store, "cat", top=3)]
     ['/photos/chelsea.png', ...]
     """
     _check_top(top)
     if sort not in SORTS:
-        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
-    if not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
-        raise ValueError(f"min_score must be a probability between 0 and 1, got {min_score!r}")
+        raise ArgumentError(f"`sort` must be one of {', '.join(SORTS)}, got {sort!r}", param="sort")
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
+        raise ArgumentError(f"`min_score` must be a probability between 0 and 1, got {min_score!r}", param="min_score")
     if paths is None:
         if len(store.labels) != 1000:
             raise ConvscopeError(f"keyword search needs a model of the 1,000 ImageNet classes; this index's model has {len(store.labels)} classes")
@@ -237,8 +239,9 @@ def nearest(store: IndexStore, vector: np.ndarray, k: int, *, exclude: np.ndarra
 
     q = np.asarray(vector, np.float32).ravel()
     norm = float(np.linalg.norm(q))
-    if q.shape[0] != store.embedding.shape[1] or not norm > 0:
-        raise ValueError(f"a like query needs a non-zero vector of {store.embedding.shape[1]} numbers, got shape {q.shape}")
+    if q.shape[0] != store.embedding.shape[1] or not 0 < norm < math.inf:
+        raise ArgumentError(f"a like query needs a non-zero, finite `vector` of {store.embedding.shape[1]} numbers, "
+                            f"got shape {q.shape}", param="vector")
     q = q / norm
     q_half = torch.from_numpy(q).half()
     n, d = store.embedding.shape
@@ -304,7 +307,7 @@ def unit(store: IndexStore, layer: str, index: int, *, top: int = 20, box: BoxFn
     (48, 80, 144, 176)
     """
     _check_top(top)
-    column, width = _unit_column(store, layer, index)
+    column, width = unit_column(store, layer, index)
     values = np.asarray(store.units[column], np.float32)
     k = min(top, len(values))
     if k == 0:
@@ -325,16 +328,21 @@ def unit_at(store: IndexStore, layer: str, index: int, row: int, box: BoxFn | No
     >>> unit_at(store, "blocks.4", 17, 3, box=model.layers.get("blocks.4").box)
     ((2, 5), (48, 80, 144, 176))
     """
-    column, width = _unit_column(store, layer, index)
+    column, width = unit_column(store, layer, index)
+    if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not 0 <= row < store.entries:
+        raise ArgumentError(f"entry {row!r} is not in this index of {store.entries} entries; give a `row` "
+                            f"from 0 to {store.entries - 1}", param="row")
     return _place(store, column, width, row, box)
 
 
-def _unit_column(store: IndexStore, layer: str, index) -> tuple[int, int]:
-    """The column of unit ``index`` of ``layer`` in the unit arrays, and the layer's map width."""
+def unit_column(store: IndexStore, layer: str, index) -> tuple[int, int]:
+    """The column of unit ``index`` of ``layer`` in the unit arrays, and the layer's map width; an
+    unknown layer (:class:`~convscope.errors.UnknownNameError`, close matches) or a unit out of
+    the layer's range (:class:`~convscope.errors.ArgumentError`) raise one line."""
     info = store.layer(layer)
     channels, _, width = info["shape"]
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < channels:
-        raise ValueError(f"layer {layer!r} has units 0..{channels - 1}, got {index!r}")
+        raise ArgumentError(f"layer {layer!r} has units 0..{channels - 1}, got {index!r}", param="unit")
     return info["offset"] + int(index), width
 
 

@@ -19,8 +19,10 @@ mix. Indexes built before the decoder was recorded (no ``decoder`` in meta) read
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import sqlite3
 import threading
 from pathlib import Path
@@ -29,7 +31,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConvscopeError
-from ..stores import open_committed
+from ..files import printable_path
+from ..model_names import DEFAULT_MODEL
+from ..stores import PARTIAL, open_committed
 
 FORMAT = "convscope-index"
 FORMAT_VERSION = 1
@@ -70,6 +74,29 @@ def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     if pad < 0:
         raise ValueError(f"array shape {shape} does not fit an .npy header of {_HEADER} bytes")
     return b"\x93NUMPY\x01\x00" + (_HEADER - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+
+def db_path(path: str) -> str | bytes:
+    """A file name as the database holds it: text, or, for a name that is not valid UTF-8 (its
+    bytes ``os.fsdecode`` kept as surrogate escapes, which SQLite's text cannot hold), its bytes
+    as a blob; :func:`read_path` gives the same ``str`` back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def read_path(value: str | bytes) -> str:
+    """A file name the database holds (:func:`db_path`) as the ``str`` Python's file functions
+    take (undecodable bytes as surrogate escapes)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _record(row) -> dict:
+    record = dict(row)
+    record["path"] = read_path(record["path"])
+    return record
 
 
 class RowFile:
@@ -136,8 +163,48 @@ def read_meta(conn: sqlite3.Connection) -> dict:
     return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
 
 
+#: What to do with a folder whose database convscope cannot read as its index: an update would
+#: have to read it, so the index is built again, in another folder.
+_REBUILD = "build the index again in a new folder (`convscope index PATHS --out NEW`)"
+
+
 def resume_hint(root: Path) -> str:
-    return f"finish it with Index.build(..., {str(root)!r}, resume=True) and the same inputs (`convscope index PATHS --out {root}` again)"
+    return f"finish it with Index.build(..., {str(root)!r}, resume=True) and the same inputs (`{resume_command(root)}`)"
+
+
+def resume_command(root: Path) -> str:
+    """The command line that finishes the build stopped in ``root``: the inputs, model, layers
+    and fps its partial database records (``PATHS`` where it records none), quoted for a shell."""
+    meta: dict = {}
+    try:
+        db = (root / PARTIAL / DB_NAME).resolve()
+        if db.is_file():
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                meta = read_meta(conn)
+    except (sqlite3.Error, ValueError, OSError):  # a database cut short: the hint without its settings
+        meta = {}
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    spec, weights = str(model.get("spec") or ""), str(model.get("weights") or "")
+    inputs = [str(i) for i in meta.get("inputs") or [] if isinstance(meta.get("inputs"), list)]
+    words = ["convscope", "index", *(inputs or ["PATHS"]), "--out", str(root), "--resume"]
+    if spec and spec != DEFAULT_MODEL:
+        words += ["--model", spec]
+    if weights.startswith("random"):
+        words.append("--no-pretrained")
+    elif os.path.isfile(weights):
+        words += ["--weights", weights]
+    layers = meta.get("layers")
+    if isinstance(layers, list) and all(isinstance(layer, dict) and "name" in layer for layer in layers) and layers:
+        words += ["--layers", ",".join(str(layer["name"]) for layer in layers)]
+    fps = meta.get("fps", 1.0)
+    if isinstance(fps, (int, float)) and fps != 1.0:
+        words += ["--fps", f"{fps:g}"]
+    return " ".join(w if w == "PATHS" else shlex.quote(printable_path(w)) for w in words)
+
+
+def _shell(root: Path) -> str:
+    """``root`` as a hint's command line writes it: one line, quoted for a shell."""
+    return shlex.quote(printable_path(root))
 
 
 class IndexStore:
@@ -190,14 +257,14 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         """Open the index in ``directory``; an unfinished build raises :class:`IncompleteIndexError`
         (one line that says to resume it)."""
         root = Path(directory)
-        build = f"build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {root}`)"
+        build = f"build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {_shell(root)}`)"
         conn = open_committed(root, DB_NAME, kind="index", format=FORMAT, incomplete=IncompleteIndexError,
-                              resume_hint=resume_hint(root), build_hint=build, rebuild_hint=build)
+                              resume_hint=resume_hint(root), build_hint=build, rebuild_hint=_REBUILD)
         meta = read_meta(conn)
         if meta.get("version") != FORMAT_VERSION:
             conn.close()
             raise ConvscopeError(f"{root / DB_NAME} is an index of format version {meta.get('version')}; "
-                                 f"this convscope reads version {FORMAT_VERSION}: build it again")
+                                 f"this convscope reads version {FORMAT_VERSION}: {_REBUILD}")
         return cls(root, conn, meta)
 
     def close(self) -> None:
@@ -220,20 +287,20 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         """File records by id (all of them, or those of ``ids``): path, kind ("photo"/"video"),
         size, mtime_ns, sha256, taken, width, height, duration, first_row, rows."""
         if ids is None:
-            return {r["id"]: dict(r) for r in self.query("SELECT * FROM files ORDER BY id")}
+            return {r["id"]: _record(r) for r in self.query("SELECT * FROM files ORDER BY id")}
         want = sorted({int(i) for i in ids} - set(self._paths))
         for start in range(0, len(want), 900):  # SQLite's limit on bound parameters
             part = want[start:start + 900]
             rows = self.query(f"SELECT * FROM files WHERE id IN ({','.join('?' * len(part))})", part)
             for r in rows:
-                self._paths[r["id"]] = dict(r)
+                self._paths[r["id"]] = _record(r)
         return {int(i): self._paths[int(i)] for i in ids}
 
     def file_of(self, path: str | os.PathLike) -> dict | None:
         """The file record of an indexed ``path`` (absolute or as given), or None."""
         key = os.path.normpath(os.path.abspath(os.fspath(path)))
-        rows = self.query("SELECT * FROM files WHERE path = ?", [key])
-        return dict(rows[0]) if rows else None
+        rows = self.query("SELECT * FROM files WHERE path = ?", [db_path(key)])
+        return _record(rows[0]) if rows else None
 
     def thumbnail(self, row: int) -> bytes:
         """The JPEG thumbnail of entry ``row`` (at most 160 x 160 pixels)."""
@@ -244,7 +311,7 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
 
     def skipped(self) -> list[tuple[str, str]]:
         """The files the build skipped, with their one-line reasons."""
-        return [(r["path"], r["reason"]) for r in self.query("SELECT path, reason FROM skipped ORDER BY path")]
+        return [(read_path(r["path"]), r["reason"]) for r in self.query("SELECT path, reason FROM skipped ORDER BY path")]
 
     def layer(self, name: str) -> dict:
         """An indexed layer: name, offset (its first column in the unit arrays), shape (C, H, W)."""

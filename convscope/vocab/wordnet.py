@@ -33,7 +33,7 @@ from functools import cache
 from importlib import resources
 from typing import Mapping, Sequence
 
-from ..errors import QueryError, UnknownNameError, UnknownWordError, unknown_name_error
+from ..errors import ArgumentError, QueryError, UnknownWordError, unknown_name_error
 
 TABLE = "wordnet_imagenet.json"
 
@@ -41,6 +41,10 @@ TABLE = "wordnet_imagenet.json"
 NOUN_SUFFIXES = (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"),
                  ("shes", "sh"), ("men", "man"), ("ies", "y"))
 SEPARATORS = frozenset({",", "or", "and"})
+#: The longest query read: a search box's words, not a document. Past these a query is refused
+#: with one line before it is parsed (its cost, and the close matches of an unknown word, grow with it).
+MAX_QUERY_WORDS = 32
+MAX_QUERY_CHARS = 256
 UNKNOWN_HINT = ("Search words are WordNet nouns for ImageNet classes and their kinds "
                 "(dog, vehicle, fruit); try a broader or a narrower word.")
 
@@ -159,15 +163,18 @@ class Vocabulary:
 
         ``query`` is a word or phrase as a user types it ("dog", "Golden Retrievers", "hot-dog",
         "dogs or cats"); the module docstring says how several words combine. Raises
-        :class:`~convscope.errors.UnknownNameError` for a word the table does not hold, with close
-        matches, and :class:`NoClassError` when no class falls under all the words side by side.
+        :class:`~convscope.errors.UnknownWordError` for a word the table does not hold, with close
+        matches; :class:`NoClassError` when no class falls under all the words side by side; and
+        :class:`~convscope.errors.ArgumentError` (``param`` ``"query"``) for a query with no word,
+        or longer than :data:`MAX_QUERY_WORDS` words or :data:`MAX_QUERY_CHARS` characters.
 
         >>> Vocabulary.load().classes_for("dogs").paths[207]
         ('golden retriever', 'retriever', 'sporting dog', 'hunting dog', 'dog')
         """
-        alternatives = self._parse(_tokens(query))
+        tokens = check_query(query)
+        alternatives = self._parse(tokens)
         if not alternatives:
-            raise ValueError(f"the query {query!r} holds no word; give one such as 'dog'")
+            raise ArgumentError(f"the query {query!r} holds no word; give one such as 'dog'", param="query")
         paths: dict[int, tuple[str, ...]] = {}
         for terms in alternatives:
             for index, path in self._narrowed(terms).items():
@@ -241,7 +248,17 @@ class Vocabulary:
         return paths
 
     def _parse(self, tokens: list[str]) -> list[list[_Term]]:
-        """Alternatives (split at separators), each a list of terms read greedily from the left."""
+        """Alternatives (split at separators), each a list of terms read greedily from the left;
+        :class:`~convscope.errors.UnknownWordError` at the first word that does not read."""
+        alternatives, bad = self._read(tokens)
+        if bad is None:
+            return alternatives
+        raise unknown_name_error("word", self._culprit(tokens, bad), self.words, hint=UNKNOWN_HINT,
+                                 cls=UnknownWordError)
+
+    def _read(self, tokens: list[str]) -> tuple[list[list[_Term]], int | None]:
+        """The alternatives read from ``tokens``, and the position of the first token that no
+        term reads (None when all do). One pass, no recursion: its cost is linear in the tokens."""
         alternatives: list[list[_Term]] = [[]]
         i = 0
         while i < len(tokens):
@@ -253,9 +270,8 @@ class Vocabulary:
                 alternatives.append([])
                 i += 1
             else:
-                raise unknown_name_error("word", self._culprit(tokens, i), self.words, hint=UNKNOWN_HINT,
-                                         cls=UnknownWordError)
-        return [terms for terms in alternatives if terms]
+                return [terms for terms in alternatives if terms], i
+        return [terms for terms in alternatives if terms], None
 
     def _longest_term(self, tokens: list[str], i: int) -> tuple[_Term | None, int]:
         for j in range(min(len(tokens), i + self._longest), i, -1):
@@ -269,13 +285,28 @@ class Vocabulary:
 
     def _culprit(self, tokens: list[str], i: int) -> str:
         """What to call unknown: the word at ``i`` if the rest of its alternative reads, else the
-        whole rest ("sports cra"), whose close matches are then phrases ("sports car")."""
+        whole rest ("sports cra"), whose close matches are then phrases ("sports car"), when it is
+        no longer than a lemma can be."""
         end = next((k for k in range(i + 1, len(tokens)) if tokens[k] in SEPARATORS), len(tokens))
-        try:
-            self._parse(tokens[i + 1:end])
-        except UnknownNameError:
+        if end - i <= self._longest and self._read(tokens[i + 1:end])[1] is not None:
             return " ".join(tokens[i:end])
         return tokens[i]
+
+
+def check_query(query: str) -> list[str]:
+    """The tokens of ``query`` (words and commas), once it is a string within
+    :data:`MAX_QUERY_CHARS` characters and :data:`MAX_QUERY_WORDS` words; else
+    :class:`~convscope.errors.ArgumentError` (``param`` ``query``) with one line."""
+    if not isinstance(query, str):
+        raise ArgumentError(f"a query is a string of words, got {type(query).__name__}", param="query")
+    if len(query) > MAX_QUERY_CHARS:
+        raise ArgumentError(f"the query is {len(query):,} characters long; a search takes at most "
+                            f"{MAX_QUERY_CHARS} (and {MAX_QUERY_WORDS} words)", param="query")
+    tokens = _tokens(query)
+    words = sum(t != "," for t in tokens)
+    if words > MAX_QUERY_WORDS:
+        raise ArgumentError(f"the query holds {words} words; a search takes at most {MAX_QUERY_WORDS}", param="query")
+    return tokens
 
 
 def _unique(items) -> tuple:

@@ -35,14 +35,14 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ConvscopeError
 from .atlas_pages import AtlasPages
-from .common import error_response, error_status
+from .common import error_headers, error_response, error_status
 from .evolve_pages import EvolvePages
 from .fill_pages import MAX_QUEUE, FillPages
 from .gallery import Gallery
 from .health_pages import HealthPages
 from .render import STATIC, environment, render
 from .search_pages import SearchPages
-from .security import AllowedHosts, HostAndOrigin, SecurityHeaders
+from .security import AllowedHosts, HostAndOrigin, Login, LoginRequired, Secret, SecurityHeaders
 from .site import PageGroup, Site
 from .upload import MAX_UPLOAD_BYTES, Analyzer, UploadAborted, UploadStore
 from .upload_pages import BODY_TIMEOUT, MAX_DECODE_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_CONCURRENCY, UploadLimits, UploadPages
@@ -84,12 +84,13 @@ def create_app(
     keep_uploads: int = 200,
     allowed_hosts: Iterable[str] = (),
     body_timeout: float = BODY_TIMEOUT,
-    max_decode_bytes: int = MAX_DECODE_BYTES,
+    max_decode_bytes: int | None = None,
     max_pixels: int = MAX_UPLOAD_PIXELS,
     decode_concurrency: int = DECODE_CONCURRENCY,
     upload_concurrency: int = UPLOAD_CONCURRENCY,
     fill: bool | dict = True,
     fill_queue: int = MAX_QUEUE,
+    secret: Secret | str | None = None,
 ) -> Starlette:
     """A Starlette app serving the gallery of the atlas in ``atlas_dir``, the search pages of
     ``index``, or both (one of them at least).
@@ -108,10 +109,14 @@ def create_app(
 
     The app answers to the loopback names, the address a connection came in on and
     ``allowed_hosts`` (more names; ``"*"`` for any), and takes uploads and other writes only
-    from its own pages. An upload body must arrive within ``body_timeout`` seconds (else 408);
+    from its own pages. With ``secret`` (a :class:`~convscope.web.security.Secret`, or its
+    text) every request must give it (``/login``, or ``?token=``) or hold the cookie it earns;
+    :func:`~convscope.web.serve` sets one on an app it serves beyond loopback. An upload body must arrive within ``body_timeout`` seconds (else 408);
     at most ``upload_concurrency`` uploads are received at once (more wait), at most
     ``decode_concurrency`` decoded at once, each refused with 413 when it has more than
-    ``max_pixels`` pixels or would take more than ``max_decode_bytes`` bytes to decode.
+    ``max_pixels`` pixels or would take more than ``max_decode_bytes`` bytes to decode (default:
+    :data:`~convscope.web.upload_pages.MAX_DECODE_BYTES`, widened by as much as
+    ``max_upload_bytes`` exceeds its default, since the file is held while it is decoded).
 
     ``fill``: unit pages compute the projections and feature visualization their atlas lacks
     when they are opened (:mod:`convscope.web.fill_pages`), on the model thread, at most
@@ -127,6 +132,8 @@ def create_app(
     """
     if int(decode_concurrency) < 1:
         raise ValueError(f"decode_concurrency must be at least 1, got {decode_concurrency}")
+    if max_decode_bytes is None:
+        max_decode_bytes = MAX_DECODE_BYTES + max(0, max_upload_bytes - MAX_UPLOAD_BYTES)
     limits = UploadLimits(max_upload_bytes=max_upload_bytes, max_decode_bytes=max_decode_bytes, max_pixels=max_pixels,
                           body_timeout=body_timeout, concurrency=upload_concurrency)
     pages = list(pages)
@@ -136,6 +143,9 @@ def create_app(
     env = environment()
     analyzer = Analyzer(gallery, model) if gallery is not None else None
     hosts = AllowedHosts(allowed_hosts)
+    login = Login()
+    if secret is not None:
+        login.require(secret)
     workers = Workers(decoders=decode_concurrency)
 
     def page(template: str, status: int = 200, **data) -> HTMLResponse:
@@ -172,7 +182,7 @@ def create_app(
 
     async def on_error(request: Request, exc: Exception):
         status, reason = error_status(exc)
-        return error_response(page, request, status, reason)
+        return error_response(page, request, status, reason, error_headers(exc))
 
     async def on_aborted(request: Request, exc: UploadAborted):
         logger.info("%s", exc)  # one line: the client is gone, and so is its answer
@@ -195,13 +205,17 @@ def create_app(
         finally:
             workers.close()
 
+    def refuse(scope, status: int, reason: str):
+        return error_response(page, Request(scope), status, reason)
+
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(SecurityHeaders),
-            Middleware(HostAndOrigin, allowed=hosts, respond=lambda scope, status, reason: error_response(
-                page, Request(scope), status, reason)),
+            Middleware(HostAndOrigin, allowed=hosts, respond=refuse),
+            Middleware(LoginRequired, login=login, respond=refuse,
+                       page=lambda status, **data: page("login.html", status=status, **data)),
         ],
         exception_handlers={HTTPException: on_error, ConvscopeError: on_error, ValueError: on_error,
                             UploadAborted: on_aborted, Exception: on_error},
@@ -213,4 +227,5 @@ def create_app(
     app.state.groups = groups
     app.state.site = site
     app.state.allowed_hosts = hosts
+    app.state.login = login
     return app

@@ -16,28 +16,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import ConvscopeError, ImageError
-from .common import NotFound, jpeg
+from ..errors import ImageError
+from .common import NotFound, jpeg, parse_number
 from .gallery import Gallery
 from .site import Absent, Site
 
 #: How long a browser may keep an atlas image or a source photo, in seconds.
 CACHE = "public, max-age=600"
-
-
-class BadNumber(ConvscopeError, ValueError):
-    status = 400
-
-
-def parse_number(text: str, what: str = "unit") -> int:
-    """A unit or rank from a URL: 400 for what is not a whole number, 404 for a negative one."""
-    try:
-        value = int(text, 10)
-    except (TypeError, ValueError):
-        raise BadNumber(f"{what} must be a whole number, got {text[:40]!r}") from None
-    if value < 0:
-        raise NotFound(f"there is no {what} {value}; {what}s start at 0")
-    return value
 
 
 class AtlasPages:

@@ -6,6 +6,7 @@ elsewhere), and the confined serving of image files.
 >>> error_status(ImageTooLarge("upload", "too large (...)"))
 (413, 'not a usable image: too large (...)')
 >>> path, media_type = confined_image(atlas.root, "layers/conv1/unit_0000/top_00_patch.png", "atlas image")
+>>> parse_number("9223372036854775808", "file", stop=2**63)   # NotFound: 404, said in one line
 """
 from __future__ import annotations
 
@@ -47,6 +48,41 @@ class ModelUnavailable(ConvscopeError):
     status = 503
 
 
+class BadNumber(ConvscopeError, ValueError):
+    """A number in a URL that is not a whole number; 400."""
+
+    status = 400
+
+
+#: Ids in URLs (units, ranks, entry rows, file ids) are SQLite's and numpy's 64-bit integers.
+MAX_ID = 2**63 - 1
+
+
+def parse_number(text: str | int, what: str = "unit", *, stop: int | None = None) -> int:
+    """A unit, rank, entry row or file id named in a URL, range-checked before anything uses it:
+    :class:`BadNumber` (400) for what is not a whole number; :class:`NotFound` (404, one line)
+    for a negative one, or one of ``stop`` or more (default: past a 64-bit integer). A number
+    of more than 20 digits is never converted: it is out of range.
+
+    >>> parse_number("7", "entry", stop=10)
+    7
+    """
+    text, many = str(text), (what[:-1] + "ies" if what.endswith("y") else what + "s")
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise BadNumber(f"{what} must be a whole number, got {text[:40]!r}")
+    shown = text if len(text) <= 40 else f"{text[:20]}... ({len(digits)} digits)"
+    if text.startswith("-"):
+        raise NotFound(f"there is no {what} {shown}; {many} start at 0")
+    value = int(digits) if len(digits) <= 20 else MAX_ID + 1
+    if stop is not None and value >= stop:
+        there = f"{many} run from 0 to {stop - 1}" if stop > 0 else f"there are no {many}"
+        raise NotFound(f"there is no {what} {shown}; {there}")
+    if value > MAX_ID:
+        raise NotFound(f"there is no {what} {shown}; no {what} is that large")
+    return value
+
+
 #: The status of the library's own errors that are not a bad request (400).
 LIBRARY_STATUS = ((ImageTooLarge, 413), (RunUnreadable, 404))
 
@@ -69,16 +105,25 @@ def error_status(exc: Exception) -> tuple[int, str]:
     return 500, "internal error; the server log has the details"
 
 
-def error_response(page: Callable[..., Response], request: Request, status: int, reason: str) -> Response:
+def error_response(page: Callable[..., Response], request: Request, status: int, reason: str,
+                   headers: dict | None = None) -> Response:
     """The answer to a failed request: ``{"error", "status"}`` under ``/api``, else the error
-    page rendered by ``page`` (:attr:`convscope.web.site.Site.page`)."""
+    page rendered by ``page`` (:attr:`convscope.web.site.Site.page`); with the error's own
+    ``headers`` (a full queue's ``Retry-After``, see :func:`error_headers`)."""
     if request.url.path.startswith("/api/") or request.url.path == "/api":
         response = JSONResponse({"error": reason, "status": status}, status_code=status)
     else:
         response = page("error.html", status=status, code=status, title=TITLES.get(status, "Error"), reason=reason)
     if status == 408:  # the rest of a late body is not waited for
         response.headers["Connection"] = "close"
+    response.headers.update(headers or {})
     return response
+
+
+def error_headers(exc: Exception) -> dict:
+    """The headers an error's answer carries: its ``headers`` (``Retry-After`` of a full
+    queue, :class:`convscope.web.workers.Busy`; an ``HTTPException``'s own), else none."""
+    return dict(getattr(exc, "headers", None) or {})
 
 
 class Memo:

@@ -1,14 +1,18 @@
 """The gallery computes what a unit page lacks when the page asks: its examples' projections
-and its feature visualization (:mod:`convscope.atlas.fill`), queued on the one model thread and
+and its feature visualization (:mod:`convscope.atlas.fill`), one unit at a time in the model
+thread's batch lane (:mod:`convscope.web.workers`: a person's requests go between its steps) and
 written into the atlas, the page's grey tiles swapped for the pictures when they are ready.
 
 ``POST /api/layers/{layer}/units/{unit}/fill`` asks for it (from the gallery's own pages only,
 like uploads) and answers at once: ``{"status": "done" | "queued" | "running" | "error", ...}``;
 ``GET`` of the same URL says how it stands without asking (``"missing"`` when nothing was
-asked and something lacks). Requests for a unit already waiting or running join it; at most
-``max_queue`` units wait, more are refused with 503 and the reason. When a unit is done the
-answer (and every answer before, for the pictures ready so far) holds ``files``: for each tile (``"featvis"``, ``"<rank>:<method>"``) the URL of
-its picture. A failure is one line (``error``), and the next request tries again.
+asked and something lacks). One unit is ``running``; the others are ``queued``, each with its
+``place`` (1: the next to run). Requests for a unit already waiting or running join it; at most
+``max_queue`` units wait or run, more are refused with 503, the reason and ``Retry-After``. When
+a unit is done the answer (and every answer before, for the pictures ready so far) holds
+``files``: for each tile (``"featvis"``, ``"<rank>:<method>"``) the URL of its picture. A failure
+is one line (``error``), and the next request tries again. A unit that is not a whole number is
+400.
 
 >>> group = FillPages(site, gallery, lambda: analyzer.model, featvis={"steps": 128, "size": 96})
 """
@@ -25,17 +29,20 @@ from starlette.routing import Route
 
 from ..atlas.fill import lacking
 from ..errors import ConvscopeError
-from .common import NotFound
+from .common import parse_number
 from .gallery import Gallery
 from .site import Site
+from .workers import Busy
 
 #: Units waiting or running at once; more are refused with 503.
 MAX_QUEUE = 64
+#: Seconds a refused fill is told to wait (``Retry-After``): about one unit's fill.
+FILL_RETRY_AFTER = 60
 logger = logging.getLogger("convscope.web")
 
 
-class FillBusy(ConvscopeError):
-    status = 503
+class BadUnit(ConvscopeError):
+    status = 400
 
 
 class FillPages:
@@ -62,40 +69,52 @@ class FillPages:
         self.api = {"fill": "POST /api/layers/{layer}/units/{unit}/fill (GET: how it stands)"}
         self.links = site.links
         self._filler = None
-        self._tasks: dict[tuple[str, int], asyncio.Task] = {}
+        self._waiting: dict[tuple[str, int], None] = {}  # in order: the next to run first
+        self._running: tuple[str, int] | None = None
+        self._runner: asyncio.Task | None = None
         self._state: dict[tuple[str, int], dict] = {}
         self.runs = 0  # fills that computed something (the tests count them)
 
     def routes(self) -> list[Route]:
         return [Route("/api/layers/{layer}/units/{unit}/fill", self.endpoint, methods=["GET", "POST"])]
 
-    # ------------------------------------------------------------------ the work, on the model thread
+    # ------------------------------------------------------------------ the work, in the model thread's batch lane
 
     def _fill(self, layer: str, unit: int) -> dict:
         if self._filler is None:
             from ..atlas.fill import Filler
 
             self._filler = Filler(self.gallery.atlas, self.load_model(), self.featvis)
-        done = self._filler.fill(layer, unit, on_projections=lambda: self.gallery.forget(layer, unit))
+        done = self._filler.fill(layer, unit, on_projections=lambda: self.gallery.forget(layer, unit),
+                                 pause=self.site.workers.pause)
         self.gallery.forget(layer, unit)
         if done["projections"] or done["featvis"]:
             self.runs += 1
         return done
 
-    async def _run(self, key: tuple[str, int]) -> None:
-        self._state[key] = {"status": "running"}
+    async def _run(self) -> None:
+        """Runs the waiting units one by one, in the order they were asked for."""
+        try:
+            while self._waiting:
+                key = self._running = next(iter(self._waiting))
+                del self._waiting[key]
+                self._state[key] = await self._one(key)
+        finally:
+            self._running, self._runner = None, None
+
+    async def _one(self, key: tuple[str, int]) -> dict:
         try:
             async with self.site.workers.job():
-                done = await self.site.workers.model(self._fill, *key)
-            self._state[key] = {"status": "done", "seconds": done["seconds"]}
+                done = await self.site.workers.batch(self._fill, *key)
+            return {"status": "done", "seconds": done["seconds"]}
         except ConvscopeError as exc:
-            self._state[key] = {"status": "error", "error": str(exc).splitlines()[0]}
+            return {"status": "error", "error": str(exc).splitlines()[0]}
         except Exception as exc:  # noqa: BLE001 - a page waits for an answer, the log gets the rest
             logger.exception("filling unit %s of %r failed", key[1], key[0])
-            self._state[key] = {"status": "error", "error": f"internal error ({type(exc).__name__}); the server log "
-                                                            "has the details"}
-        finally:
-            self._tasks.pop(key, None)
+            return {"status": "error", "error": f"internal error ({type(exc).__name__}); the server log has the details"}
+
+    def _queue(self) -> int:
+        return len(self._waiting) + (self._running is not None)
 
     # ------------------------------------------------------------------ the endpoint
 
@@ -116,17 +135,19 @@ class FillPages:
         layer = request.path_params["layer"]
         self.gallery.check_layer(layer)
         text = request.path_params["unit"]
-        if not text.isdigit():
-            raise NotFound(f"unit must be a whole number from 0, got {text[:40]!r}")
-        unit = int(text)
+        if not (text.isascii() and text.isdigit()):
+            raise BadUnit(f"unit must be a whole number from 0, got {text[:40]!r}")
+        unit = parse_number(text, "unit")  # a 5,000-digit unit is out of range, not a bug
         self.gallery.check_unit(layer, unit)
         key = (layer, unit)
         # one read of the unit's page, off the event loop (a poll may meet the model thread's write)
         page = await run_in_threadpool(self.gallery.unit, layer, unit)
         missing = self._missing(page)
         state = self._state.get(key)
-        if key in self._tasks:
-            answer = {"status": "queued" if state is None else state["status"]}
+        if key == self._running:
+            answer = {"status": "running"}
+        elif key in self._waiting:
+            answer = {"status": "queued", "place": list(self._waiting).index(key) + 1}
         elif not missing["any"]:
             answer = {"status": "done"}
         elif state is not None and state["status"] == "error" and request.method == "GET":
@@ -134,13 +155,15 @@ class FillPages:
         elif request.method == "GET":
             answer = {"status": "missing"}
         else:
-            if len(self._tasks) >= self.max_queue:
-                raise FillBusy(f"the server is computing {len(self._tasks)} units already (at most {self.max_queue} "
-                               "wait); try again in a minute")
+            if self._queue() >= self.max_queue:
+                raise Busy(f"the server is computing {self._queue()} units already (at most {self.max_queue} "
+                           "wait); try again in a minute", retry_after=FILL_RETRY_AFTER)
             self._state.pop(key, None)
-            self._tasks[key] = asyncio.ensure_future(self._run(key))
-            answer = {"status": "queued"}
-        answer.update(layer=layer, unit=unit, missing=missing, queue=len(self._tasks))
+            self._waiting[key] = None
+            answer = {"status": "queued", "place": len(self._waiting)}
+            if self._runner is None:
+                self._runner = asyncio.ensure_future(self._run())
+        answer.update(layer=layer, unit=unit, missing=missing, queue=self._queue())
         answer["files"] = self._files(page)  # those there so far: a page shows them as they come
         return JSONResponse(answer, status_code=202 if answer["status"] in ("queued", "running") else 200)
 

@@ -31,10 +31,11 @@ import numpy as np
 
 from ..data import load_image
 from ..errors import ConvscopeError, ImageError
+from ..files import printable_path
 from ..index import parse_unit
 from ..index.explain import entry_image, why_picture
 from ..index.search import MIN_SCORE
-from .common import Memo, NotFound, jpeg
+from .common import Memo, NotFound, jpeg, parse_number
 from .render import Links
 
 #: Results on one page unless ``top`` says otherwise, and the most ``top`` may ask for.
@@ -113,7 +114,11 @@ class Roots:
     def display(self, path: str) -> str:
         """A short name for people: the path under its root folder (``2021/rex.jpg``), after
         the root folder's name where there are several (``photos/2021/rex.jpg``); a file
-        root's own name."""
+        root's own name. As :func:`~convscope.files.printable_path` shows it: a byte that is
+        not UTF-8 as ``\\xe9``, a control character escaped."""
+        return printable_path(self._display(path))
+
+    def _display(self, path: str) -> str:
         best = None
         for root in self.recorded:
             if _inside(path, root) and (best is None or len(root) > len(best)):
@@ -167,23 +172,25 @@ class Finder:
 
     # ------------------------------------------------------------------ records and files
 
-    def record(self, file_id: int) -> dict:
-        """The file record of ``file_id`` (the index keeps those it has read)."""
+    def record(self, file_id: int | str) -> dict:
+        """The file record of ``file_id`` (a number, or its text in a URL: range-checked by
+        :func:`~convscope.web.common.parse_number`; the index keeps those it has read)."""
+        file_id = parse_number(file_id, "file")
         try:
-            return self.index.files([int(file_id)])[int(file_id)]
+            return self.index.files([file_id])[file_id]
         except KeyError:
             raise NotFound(f"there is no file {file_id} in this index") from None
 
-    def entry(self, row: int) -> tuple[dict, float | None]:
-        """The file record of entry ``row`` and the entry's time (None for a photo)."""
-        if not 0 <= row < self.index.entries:
-            raise NotFound(f"there is no entry {row} in this index of {self.index.entries} entries")
+    def entry(self, row: int | str) -> tuple[dict, float | None]:
+        """The file record of entry ``row`` (a number, or its text in a URL) and the entry's time
+        (None for a photo)."""
+        row = parse_number(row, "entry", stop=self.index.entries)
         t = float(self.index.entry_time[row])
         return self.record(int(self.index.entry_file[row])), (None if math.isnan(t) else t)
 
     def check_served(self, record: dict) -> None:
         if not self.roots.allows(record["path"]):
-            raise Forbidden(f"{os.path.basename(record['path'])} lies outside the folders this index was built from "
+            raise Forbidden(f"{_shown(record['path'])} lies outside the folders this index was built from "
                             "(it is reached through a link); it is not served")
 
     def _on_disk(self, record: dict) -> str:
@@ -194,21 +201,24 @@ class Finder:
         except OSError:
             regular = False
         if not regular:
-            raise NotFound(f"{os.path.basename(record['path'])} is no longer on disk")
+            raise NotFound(f"{_shown(record['path'])} is no longer on disk")
         return real
 
-    def thumbnail(self, row: int) -> bytes:
-        """The JPEG the index stored for entry ``row``."""
+    def thumbnail(self, row: int | str) -> bytes:
+        """The JPEG the index stored for entry ``row`` (a number, or its text in a URL)."""
+        row = parse_number(row, "entry", stop=self.index.entries)
         record, _ = self.entry(row)
         self.check_served(record)
         return self.index.thumbnail(row)
 
     def original(self, file_id: int, name: str) -> tuple[str, str | None, bytes | None]:
         """An original to hand out: (path, media type, None) for a format browsers show, else
-        (name, "image/jpeg", JPEG bytes of it decoded, upright, at most :data:`MAX_SIDE` px)."""
+        (name, "image/jpeg", JPEG bytes of it decoded, upright, at most :data:`MAX_SIDE` px).
+        ``name``: the file's name, or (one that is not valid UTF-8) as
+        :func:`~convscope.files.printable_path` shows it (the id says which file)."""
         record = self.record(file_id)
-        if name != os.path.basename(record["path"]):
-            raise NotFound(f"file {file_id} of this index is not called {name[:80]!r}")
+        if name not in (os.path.basename(record["path"]), _shown(record["path"])):
+            raise NotFound(f"file {file_id} of this index is not called '{printable_path(name[:80])}'")
         real = self._on_disk(record)
         suffix = os.path.splitext(real)[1].lower()
         if suffix in BROWSER_TYPES:
@@ -266,7 +276,7 @@ class Finder:
         """The entries most like an indexed file (for a video, its frame nearest ``time``)."""
         record = self.index.file_of(path) if os.path.isabs(path) else None
         if record is None:
-            raise NotFound(f"{os.path.basename(path)[:80] or path[:80]!r} is not a file of this index; "
+            raise NotFound(f"'{printable_path(os.path.basename(path)[:80] or path[:80])}' is not a file of this index; "
                            "more like this takes a path the index records (a result's \"path\")")
         self.check_served(record)
         results = self.index.like(record["path"], top=top + 1, time=time)
@@ -396,6 +406,7 @@ class Finder:
         """JPEG: the Grad-CAM of class ``cls`` over entry ``row`` as the model sees it, or (with
         ``unit``, ``LAYER:UNIT``) the unit's receptive-field box at its maximum on that entry.
         Made on first request, then cached. Runs the model: call it on the model thread."""
+        row = parse_number(row, "entry", stop=self.index.entries)
         key = (row, cls, unit)
         with self._lock:
             if key in self._pictures:
@@ -412,13 +423,18 @@ class Finder:
         try:  # a JPEG decodes at the scale the model needs (as the index did)
             image = entry_image(path, time if record["kind"] == "video" else None, resize=model.preprocessing.resize)
         except ImageError as exc:
-            raise NotFound(f"{os.path.basename(path)} can no longer be read ({exc.reason})") from None
+            raise NotFound(f"{_shown(path)} can no longer be read ({exc.reason})") from None
         data = jpeg(why_picture(model, image, cls=cls, box=box))
         with self._lock:
             self._pictures[key] = data
             while len(self._pictures) > PICTURE_CACHE:
                 self._pictures.popitem(last=False)
         return data
+
+
+def _shown(path: str) -> str:
+    """A file's name in a message or a URL: as :func:`~convscope.files.printable_path` shows it."""
+    return printable_path(os.path.basename(path))
 
 
 def _day(seconds: float | None) -> str | None:

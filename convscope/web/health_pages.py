@@ -6,7 +6,9 @@ behind each flag and the layer's activation distribution; their JSON twins under
 
 The report is computed once, on the server's model thread (it loads the atlas's model unless
 one is given, and runs it once on a random input), when a health page is first asked for, and
-kept; the filter sheet is drawn once with it.
+kept; the filter sheet is drawn once with it. A person waits for it, so it is interactive work
+(:meth:`convscope.web.workers.Workers.model`): it goes before a running fill's next step, not
+after the fill.
 
 >>> pages = HealthPages(site, "atlas/", model=model)
 >>> app = Starlette(routes=pages.routes())

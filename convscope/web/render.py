@@ -19,6 +19,8 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 
+from ..files import printable_path
+
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
@@ -94,7 +96,9 @@ class Links:
     # the pages of the other groups: on the server only (an export has none of them)
 
     def search(self, **params) -> str:
-        params = {k: v for k, v in params.items() if v is not None and v != ""}
+        # a path that is not valid UTF-8 (``like``) keeps its bytes: ``%E9``
+        params = {k: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v
+                  for k, v in params.items() if v is not None and v != ""}
         return "/search" + ("?" + urlencode(params) if params else "")
 
     def like(self, path: str, time: float | None = None) -> str:
@@ -104,7 +108,15 @@ class Links:
         return f"/thumbs/{int(row)}.jpg"
 
     def file(self, file_id: int, path: str, time: float | None = None) -> str:
-        url = f"/files/{int(file_id)}/{segment(os.path.basename(path))}"
+        """An original, by id; its name as the last segment, a name that is not valid UTF-8 as
+        :func:`~convscope.files.printable_path` shows it (``caf%5Cxe9.png``)."""
+        name = os.path.basename(path)
+        if not name.isprintable():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                name = printable_path(name)
+        url = f"/files/{int(file_id)}/{segment(name)}"
         return url + (f"#t={time:g}" if time else "")
 
     def explain(self, row: int, *, cls: int | None = None, unit: str | None = None) -> str:
@@ -260,6 +272,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["fmt"] = fmt
+    env.filters["printable"] = printable_path
     env.filters["dims"] = dims
     env.filters["brief"] = brief
     env.filters["side"] = side

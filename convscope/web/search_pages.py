@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import threading
+from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import ConvscopeError
 from ..index.search import MIN_SCORE, SORTS
-from .common import ModelUnavailable, error_status
+from .common import ModelUnavailable, error_headers, error_status
 from .finder import MAX_TOP, TOP, Finder, close_matches
 from .site import Absent, NavLink, Site
 
@@ -35,6 +38,27 @@ logger = logging.getLogger("convscope.web")
 
 class BadQuery(ConvscopeError, ValueError):
     status = 400
+
+
+class PathJSON(JSONResponse):
+    """JSON whose paths are exact: a name that is not valid UTF-8 holds its undecodable bytes
+    as surrogate escapes (``os.fsdecode``), which UTF-8 cannot carry; such a document is
+    written as the CLI's ``--json`` writes it, ``\\udce9`` (``json.loads`` gives the exact
+    ``str`` back, ``os.fsencode`` its bytes). Every other document is as Starlette writes it."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def query_params(request: Request) -> QueryParams:
+    """The URL's parameters as Starlette reads them, but ``like`` (a path the index records)
+    with a byte that is not UTF-8 kept as ``os.fsdecode`` keeps it (``%E9`` -> ``\\udce9``)."""
+    pairs = parse_qsl(request.url.query, keep_blank_values=True, errors="surrogateescape")
+    return QueryParams([(k, v if k == "like" else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+                        for k, v in pairs])
 
 
 @dataclasses.dataclass
@@ -153,14 +177,15 @@ class SearchPages:
             Route("/api/albums", self.api_albums),
             Route("/albums/{name:path}", self.album_page),  # a class label in an album's name may hold a "/"
             Route("/api/albums/{name:path}", self.api_album),
-            Route("/thumbs/{row:int}.jpg", self.thumbnail),
-            Route("/files/{file_id:int}/{name}", self.original),
-            Route("/explain/{row:int}.jpg", self.picture),
+            # ids as text: the finder range-checks them (a 404 with the reason, never an overflow)
+            Route("/thumbs/{row}.jpg", self.thumbnail),
+            Route("/files/{file_id}/{name}", self.original),
+            Route("/explain/{row}.jpg", self.picture),
         ]
 
     # ------------------------------------------------------------------ search
 
-    async def _results(self, query: Query) -> dict | None:
+    async def _results(self, query: Query, request: Request) -> dict | None:
         finder, workers = self.finder, self.site.workers
         if query.q is not None:
             return await run_in_threadpool(functools.partial(
@@ -168,31 +193,33 @@ class SearchPages:
         if query.like is not None:
             return await run_in_threadpool(functools.partial(finder.like, query.like, time=query.t, top=query.top))
         if query.unit is not None:
-            async with workers.job():  # the model draws the boxes: on its own thread
-                return await workers.model(functools.partial(finder.unit, query.unit, top=query.top))
+            async with workers.job():  # the model draws the boxes: on its own thread, dropped if no one waits
+                return await workers.model(functools.partial(finder.unit, query.unit, top=query.top), request=request)
         return None
 
     async def search_page(self, request: Request):
-        data, error, status, query = None, None, 200, None
+        data, error, status, query, headers = None, None, 200, None, {}
         try:
-            query = Query.parse(request.query_params)
-            data = await self._results(query)
-        except (ConvscopeError, ValueError) as exc:  # an unknown word, a bad unit, ...: said on the page
-            status, error = error_status(exc)
+            query = Query.parse(query_params(request))
+            data = await self._results(query, request)
+        except (ConvscopeError, ValueError) as exc:  # an unknown word, a bad unit, a full queue...: said on the page
+            (status, error), headers = error_status(exc), error_headers(exc)
         home = await run_in_threadpool(self.finder.home)
         params = request.url.query
-        return self.site.page(
+        response = self.site.page(
             "search.html", status=status, data=data, home=home, error=error, query=query or Query(),
             suggestions=close_matches(error or ""), q=request.query_params.get("q", ""),
             api_url="/api/search" + ("?" + params if params else ""), sorts=SORTS,
         )
+        response.headers.update(headers)
+        return response
 
     async def api_search(self, request: Request):
-        query = Query.parse(request.query_params)
-        data = await self._results(query)
+        query = Query.parse(query_params(request))
+        data = await self._results(query, request)
         if data is None:
             data = {"mode": "home", **(await run_in_threadpool(self.finder.home))}
-        return JSONResponse(data)
+        return PathJSON(data)
 
     # ------------------------------------------------------------------ duplicates and albums
 
@@ -201,21 +228,21 @@ class SearchPages:
         return self.site.page("duplicates.html", data=data)
 
     async def api_duplicates(self, request: Request):
-        return JSONResponse(await run_in_threadpool(self.finder.duplicates))
+        return PathJSON(await run_in_threadpool(self.finder.duplicates))
 
     async def albums_page(self, request: Request):
         data = await run_in_threadpool(self.finder.albums)
         return self.site.page("albums.html", data=data)
 
     async def api_albums(self, request: Request):
-        return JSONResponse(await run_in_threadpool(self.finder.albums))
+        return PathJSON(await run_in_threadpool(self.finder.albums))
 
     async def album_page(self, request: Request):
         data = await run_in_threadpool(self.finder.album, request.path_params["name"])
         return self.site.page("album.html", album=data)
 
     async def api_album(self, request: Request):
-        return JSONResponse(await run_in_threadpool(self.finder.album, request.path_params["name"]))
+        return PathJSON(await run_in_threadpool(self.finder.album, request.path_params["name"]))
 
     # ------------------------------------------------------------------ files
 
@@ -226,7 +253,7 @@ class SearchPages:
     async def original(self, request: Request):
         p, workers = request.path_params, self.site.workers
         async with workers.job():  # a photo browsers cannot show is decoded: on a decode thread
-            path, media_type, data = await workers.decode(self.finder.original, p["file_id"], p["name"])
+            path, media_type, data = await workers.decode(self.finder.original, p["file_id"], p["name"], request=request)
         headers = {"Cache-Control": "private, max-age=600"}
         if data is None:
             return FileResponse(path, media_type=media_type, headers=headers)
@@ -242,5 +269,5 @@ class SearchPages:
                 raise BadQuery(f"class must be a class index, got {cls[:40]!r}")
             cls = int(cls)
         async with workers.job():
-            data = await workers.model(functools.partial(self.finder.picture, row, cls=cls, unit=unit))
+            data = await workers.model(functools.partial(self.finder.picture, row, cls=cls, unit=unit), request=request)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -13,12 +13,18 @@ Memory: the server keeps :func:`convscope.runtime.keep_freed_memory` on (a burst
 reuses freed blocks instead of page-faulting them in again) and the app trims its heaps after
 each decode and whenever its uploads go idle (:mod:`convscope.web.workers`).
 
+Beyond loopback the app asks every request for a secret (:mod:`convscope.web.security`):
+
 >>> serve(create_app("atlas/"), host="127.0.0.1", port=8000)     # doctest: +SKIP
+>>> serve(create_app("atlas/"), host="0.0.0.0", secret=Secret.generate())   # doctest: +SKIP
 """
 from __future__ import annotations
 
 import copy
 import functools
+
+from ..errors import ArgumentError
+from .security import is_loopback
 
 #: Seconds a client has to send a whole request head (line and headers).
 HEADER_TIMEOUT = 10.0
@@ -99,15 +105,26 @@ def log_config(level: str = "info") -> dict:
 
 
 def server_config(app, host: str = "127.0.0.1", port: int = 8000, *, header_timeout: float = HEADER_TIMEOUT,
-                  limit_concurrency: int = LIMIT_CONCURRENCY, log_level: str = "warning", access_log: bool = False):
+                  limit_concurrency: int = LIMIT_CONCURRENCY, log_level: str = "warning", access_log: bool = False,
+                  secret=None):
     """The :class:`uvicorn.Config` that :func:`serve` runs (for a server in a thread, as tests do).
 
     ``header_timeout``: seconds a client has to send a request head; ``limit_concurrency``:
     most connections plus requests in flight (503 beyond). ``host`` is added to the app's
-    allowed host names unless it is a wildcard address (0.0.0.0, ::).
+    allowed host names unless it is a wildcard address (0.0.0.0, ::). ``secret`` (a
+    :class:`~convscope.web.security.Secret`): every request must give it; a ``host`` beyond
+    loopback needs one (here or given to ``create_app``), else :class:`ArgumentError`.
     """
     import uvicorn
 
+    login = getattr(getattr(app, "state", None), "login", None)
+    if secret is not None:
+        if login is None:
+            raise ArgumentError("this app cannot ask for a `secret`: make it with convscope.web.create_app", param="secret")
+        login.require(secret)
+    if not is_loopback(host) and (login is None or not login.required):
+        raise ArgumentError(f"a gallery served beyond loopback (`host` {host!r}) asks for a secret: give `secret` "
+                            "(Secret.generate(), whose token you hand out, or Secret.from_file(PATH))", param="secret")
     if header_timeout <= 0:
         raise ValueError(f"header_timeout must be a positive number of seconds, got {header_timeout}")
     if limit_concurrency < 1:
@@ -123,17 +140,18 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, *, header_time
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, *, header_timeout: float = HEADER_TIMEOUT,
-          limit_concurrency: int = LIMIT_CONCURRENCY, log_level: str = "warning") -> None:
+          limit_concurrency: int = LIMIT_CONCURRENCY, log_level: str = "warning", secret=None) -> None:
     """Run ``app`` (from :func:`~convscope.web.create_app`) on uvicorn until Ctrl+C, as a server
     should: request heads get ``header_timeout`` seconds, at most ``limit_concurrency``
     connections and requests are served at once (503 beyond), and uvicorn's log lines and the
-    app's (one per aborted upload) go to stderr."""
+    app's (one per aborted upload) go to stderr. Beyond loopback every request must give
+    ``secret`` (see :func:`server_config`)."""
     import uvicorn
 
     from ..runtime import keep_freed_memory
 
     keep_freed_memory()  # whoever started the process: the app gives the memory back (see above)
     config = server_config(app, host, port, header_timeout=header_timeout, limit_concurrency=limit_concurrency,
-                           log_level=log_level)
+                           log_level=log_level, secret=secret)
     uvicorn.Server(config).run()
 

@@ -23,15 +23,18 @@ from starlette.routing import Route
 
 from ..data import load_image_bytes
 from ..errors import ConvscopeError
-from .common import NotFound, error_status
+from .common import NotFound, error_headers, error_status
 from .site import Absent, Site
 from .upload import (MAX_UPLOAD_BYTES, Analyzer, BadUpload, UploadAborted, UploadStore, UploadTimeout,
                      UploadTooLarge)
 
-#: The largest decode of one upload, in bytes of memory (a 24 Mpx RGB PNG takes 96 MB).
-MAX_DECODE_BYTES = 128 * 1024 * 1024
 #: Largest upload, in pixels (width x height), whatever the format.
 MAX_UPLOAD_PIXELS = 40_000_000
+#: The largest decode of one upload, in bytes of memory (:func:`convscope.data.decode_cost`, the
+#: file counted): room for every 8-bit photo of :data:`MAX_UPLOAD_PIXELS`, RGB or RGBA (Pillow
+#: holds both in 4 bytes a pixel: 160 MB), with its file up to the default 12 MB and the copy
+#: reduced to the model's scale. 16-bit and WebP images take more a pixel, and fit fewer.
+MAX_DECODE_BYTES = 192 * 1024 * 1024
 #: Seconds a client has to send a whole upload body.
 BODY_TIMEOUT = 60.0
 #: Uploads received and decoded at once; more wait their turn, their bodies unread.
@@ -167,9 +170,9 @@ class UploadPages:
         async with workers.job():
             async with self.receiving:  # bodies being received and decoded at once: bounded
                 data, explain = await self.read_upload(request, explain_default)
-                image = await workers.decode(self.decode, data)
+                image = await workers.decode(self.decode, data, request=request)
                 del data  # only the decoded image waits for the model
-            token, result, stored = await workers.model(self.analyze_and_store, image, explain)
+            token, result, stored = await workers.model(self.analyze_and_store, image, explain, request=request)
         result["id"] = token
         result["image"] = self.site.links.uploaded(token, "input.png")
         for name, entry in result["explanations"].items():
@@ -191,7 +194,9 @@ class UploadPages:
             result = await self.analyze(request, explain_default=False)  # an unticked box sends nothing
         except (ConvscopeError, HTTPException) as exc:
             status, reason = error_status(exc)
-            return self._page(status, error=reason)
+            response = self._page(status, error=reason)
+            response.headers.update(error_headers(exc))  # a full queue's Retry-After
+            return response
         return self._page(result=result)
 
     async def api_image(self, request: Request):

@@ -40,7 +40,11 @@
       }
       if (data.status === "error") throw new Error(data.error);
       swap(data.files || {});  // the projections come before the feature visualization
-      say(data.queue > 1 ? "computing… (" + data.queue + " units in the queue)" : "computing…");
+      if (data.status === "queued" && data.place) {
+        say("queued: place " + data.place + " in the queue (units are computed one at a time)");
+      } else {
+        say(data.queue > 1 ? "computing… (" + (data.queue - 1) + " more units waiting)" : "computing…");
+      }
       setTimeout(function () { fetch(fillUrl, { credentials: "same-origin" }).then(answer).then(step).catch(fail); }, 600);
     };
     var fail = function (err) {
