@@ -208,6 +208,19 @@ def serve_calls(namespace: dict) -> None:
         proto.write(json.dumps(result) + "\n")
 
 
+def two_tree_run(args, namespace: dict, compare) -> bool:
+    """The two-tree part of a bench script's ``main``: a worker serves ``namespace``'s calls; with
+    ``--before`` the driver runs ``compare(args, trees)``. True when either ran (``main`` returns)."""
+    if is_worker():
+        serve_calls(namespace)
+        return True
+    trees = Trees.from_args(args)
+    if trees is not None:
+        compare(args, trees)
+        return True
+    return False
+
+
 def dev_photos_dir() -> Path:
     """The dev photos (500 ImageNet photos, beside ``imagenet-samples-labels.tsv``):
     ``shared/data/imagenet-samples`` in the first folder above this checkout that has it. Benches

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _trees import Figure, Trees, is_worker, median, print_table, serve_calls
+from _trees import Figure, Trees, median, print_table, two_tree_run
 
 warnings.simplefilter("ignore")  # the projections' rule notes (ReLU6 treated as ReLU)
 
@@ -424,12 +424,7 @@ def main() -> None:
     if args.memory_child:
         memory_child(args)
         return
-    if is_worker():
-        serve_calls(globals())
-        return
-    trees = Trees.from_args(args)
-    if trees is not None:
-        compare(args, trees)
+    if two_tree_run(args, globals(), compare):
         return
     torch.set_num_threads(args.threads)
     from convscope.runtime import keep_freed_memory

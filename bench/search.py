@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _trees import ROOT, Figure, Trees, dev_photos_dir, is_worker, print_table, serve_calls
+from _trees import ROOT, Figure, Trees, dev_photos_dir, print_table, two_tree_run
 
 QUERIES = ("dog", "cat", "bird", "fish", "snake", "insect", "primate", "vehicle", "boat", "fruit",
            "musical instrument", "furniture", "tool", "building", "clothing")
@@ -699,12 +699,7 @@ def main() -> None:
     if args.write_synthetic:
         _write_synthetic_child(args.write_synthetic[0], int(args.write_synthetic[1]), args.dev, args.limit)
         return
-    if is_worker():
-        serve_calls(globals())
-        return
-    trees = Trees.from_args(args)
-    if trees is not None:
-        compare(args, trees)
+    if two_tree_run(args, globals(), compare):
         return
     from convscope.models import load_model
 
