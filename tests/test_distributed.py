@@ -206,10 +206,13 @@ def test_projections_on_ray_equal_the_one_process_ones(pool, model, reference, t
 
 
 def _slow_once(_model, info, marker: str, seconds: float) -> int:
-    """A job that hangs the first time any worker runs it (the marker says it ran)."""
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        time.sleep(seconds)
+    """A job that hangs the first time any worker runs it (the marker says it ran). The marker is
+    made atomically: two workers starting at once must not both think they are the first."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return info.pid
+    time.sleep(seconds)
     return info.pid
 
 
