@@ -177,7 +177,7 @@ def index_shard_bytes(model, paths: list[str], batch_size: int) -> dict:
     from convscope.distributed.pool import WorkerInfo
     from convscope.index.build import Source, _tasks_and_ends
     from convscope.index.features import Extractor
-    from convscope.index.shards import ShardSettings, index_shard
+    from convscope.distributed.ray_index import ShardSettings, index_shard
 
     paths = paths[:64]
     sources = [Source(p, os.path.getsize(p), 0, False) for p in paths]
