@@ -41,6 +41,13 @@ class ScanOptions:
     rank_by: str = "auto"
 
 
+def check_rank_by(rank_by: str) -> None:
+    """Raise :class:`~convscope.errors.ArgumentError` (one line) unless ``rank_by`` is one of
+    :data:`convscope.choices.RANK_BY`."""
+    if rank_by not in RANK_BY:
+        raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
+
+
 def ranking(module: torch.nn.Module, names: Sequence[str], rank_by: str = "auto",
             input_size: tuple[int, int] | None = None) -> dict[str, Saturation | None]:
     """Per layer, the saturating activation whose input ranks its top images, or None where the
@@ -48,8 +55,7 @@ def ranking(module: torch.nn.Module, names: Sequence[str], rank_by: str = "auto"
     :func:`~convscope.saturation.saturating_activations` finds one), ``"output"`` (every layer by
     its output, as before) or ``"pre-activation"`` (every layer; a layer without a saturating
     activation is a one-line error). ``input_size`` of the probe pass (default 64 x 64)."""
-    if rank_by not in RANK_BY:
-        raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
+    check_rank_by(rank_by)
     if rank_by == "output":
         return {name: None for name in names}
     x = None

@@ -37,7 +37,6 @@ import torch
 from PIL import Image
 
 from ..backproject import ActivationRuleWarning, check_deconvnet, layer_methods, project_boxes, projection_module
-from ..choices import RANK_BY
 from ..data import load_image_hashed
 from ..display import shown_box, to_picture
 from ..errors import ArgumentError, ImageError, unknown_name_error
@@ -45,6 +44,7 @@ from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_n
 from ..progress import Bar
 from ..runtime import keep_freed_memory
 from ..scan import RESUME_HINT, Scan, scan
+from ..scan_settings import check_rank_by
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
 from ..stores import PARTIAL, check_folder, commit, remove_partial, state, sync_written, writer_lock
 from .store import DB_NAME, METHODS, STATE_NAME, Atlas, write_db
@@ -106,14 +106,14 @@ def build(
         raise ValueError(f"top must be a positive whole number, got {top!r}")
     project = top if project is None else int(project)
     if project < 0:
-        raise ValueError(f"project (the examples per unit to project) must be 0 or more, got {project}")
+        raise ArgumentError(f"`project` (the examples per unit to project) must be 0 or more, got {project}",
+                            param="project")
     methods = tuple(methods)
     for m in methods:
         if m not in METHODS:  # the atlas has a column for these only
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
     check_deconvnet(deconvnet)
-    if rank_by not in RANK_BY:
-        raise ArgumentError(f"`rank_by` must be one of {', '.join(RANK_BY)}, got {rank_by!r}", param="rank_by")
+    check_rank_by(rank_by)
     choices = dict(rank_by=rank_by, deconvnet=deconvnet)
     check_out(out, resume=resume, overwrite=overwrite)  # (a file as `out` is refused before the lock makes a folder)
     # One writer at a time. A full disk stops the build with one line; every file written so far
