@@ -36,6 +36,7 @@ class ShardSettings:
     fps: float
     target_size: int | None
     workers: int | None
+    signals: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -65,7 +66,8 @@ def index_shard(model, info, settings: ShardSettings, tasks: Sequence[Task], end
     extractor = _extractor(model, settings.layers)
     workers = default_workers(len(tasks)) if settings.workers is None else max(0, settings.workers)
     items = []
-    for item, rows in forward_batches(extractor, decode(tasks, model.transform, settings.fps, settings.target_size, workers), ends):
+    decoded = decode(tasks, model.transform, settings.fps, settings.target_size, workers, settings.signals)
+    for item, rows in forward_batches(extractor, decoded, ends, settings.signals):
         if item.error is not None:
             item = dataclasses.replace(item, error=f"{item.error} (on node {info.node})")
         items.append((item, rows))
@@ -84,12 +86,13 @@ def shards(tasks: Sequence[Task], ends: Sequence[int], size: int) -> list[tuple[
 
 
 def forward(ray, ray_workers: int | None, extractor, tasks: Sequence, ends: Sequence[int], fps: float,
-            target_size: int | None, workers: int | None, shard_items: int | None = None) -> Iterator[tuple]:
+            target_size: int | None, workers: int | None, shard_items: int | None = None,
+            signals: Sequence[str] | None = None) -> Iterator[tuple]:
     """``(item, rows)`` of every work item of ``tasks`` (batches ending at ``ends``), in order,
     forwarded on Ray (``ray``: True, an address, or a running Pool, as :func:`open_pool` takes it)
     by ``extractor``'s model with ``ray_workers`` actors; ``shard_items``: items per shard, at
-    least (default :data:`SHARD_ITEMS`)."""
-    settings = ShardSettings(tuple(extractor.layers), fps, target_size, workers)
+    least (default :data:`SHARD_ITEMS`); ``signals``: the names of the signals computed (None: all)."""
+    settings = ShardSettings(tuple(extractor.layers), fps, target_size, workers, None if signals is None else tuple(signals))
     with open_pool(ray, extractor.model, ray_workers) as pool:
         jobs = [(settings, list(tasks[a:b]), local) for a, b, local in shards(tasks, ends, shard_items or SHARD_ITEMS)]
         for _job, shard in pool.map(index_shard, jobs, ordered=True):

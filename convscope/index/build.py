@@ -43,7 +43,7 @@ from . import media
 from .compute import Source, Task, decode, forward, write_rows
 from .features import Extractor, model_fingerprint
 from . import signals
-from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, SCHEMA, TOP_CLASSES, IndexStore, RowFile, db_path,
+from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, TOP_CLASSES, IndexStore, RowFile, db_path,
                     read_meta, read_path)
 
 #: Sampled video frames decoded per work item: long videos are read in pieces of this many
@@ -126,8 +126,9 @@ class _Partial:
             self.dir.mkdir(parents=True)
         self.conn = sqlite3.connect(db)
         self.conn.execute("PRAGMA synchronous = FULL")
+        self.names = tuple(settings["signals"])
         if fresh:
-            self.conn.executescript(SCHEMA)
+            self.conn.executescript(signals.schema(self.names))
             settings = {**settings, "arrays": f"arrays-{uuid.uuid4().hex[:12]}", "complete": False}
             self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in settings.items()])
             self.conn.commit()
@@ -143,7 +144,7 @@ class _Partial:
         if fresh:
             shutil.rmtree(self.arrays, ignore_errors=True)
         self.arrays.mkdir(exist_ok=True)
-        shapes = {name: shape for signal in signals.SIGNALS for name, shape in signal.arrays(extractor).items()}
+        shapes = {name: shape for signal in signals.chosen(self.names) for name, shape in signal.arrays(extractor).items()}
         self.files = {name: RowFile(self.arrays / f"{name}.npy", dtype, row) for name, (dtype, row) in shapes.items()}
         # videos under way at the last commit: their records so far and the next piece to read
         self.open: dict[str, dict] = self.meta.get("open") or {}
@@ -151,7 +152,8 @@ class _Partial:
         self.rows = int(self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM files").fetchone()[0]) \
             + sum(v["record"]["rows"] for v in self.open.values())
         self.conn.execute("DELETE FROM entries WHERE row >= ?", (self.rows,))
-        self.conn.execute("DELETE FROM thumbs WHERE row >= ?", (self.rows,))
+        for table in self._tables():
+            self.conn.execute(f"DELETE FROM {table} WHERE row >= ?", (self.rows,))
         self.conn.commit()
         for f in self.files.values():
             if f.rows < self.rows:
@@ -163,15 +165,29 @@ class _Partial:
                            + [v["record"]["id"] for v in self.open.values()]) + 1
         self.pending = 0
 
+    def _tables(self) -> list[str]:
+        """The signals' own tables (each keyed by the entry ``row``)."""
+        return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN "
+                                                "('meta', 'files', 'entries', 'skipped') AND name NOT LIKE 'sqlite_%'")]
+
     def add_rows(self, file_id: int, times: Sequence[float | None], entries: Sequence[dict],
-                 arrays: dict[str, np.ndarray]) -> None:
-        """Append entries: their video ``times``, the signals' per-entry values and row arrays."""
+                 arrays: dict[str, np.ndarray], copied: tuple[IndexStore, int] | None = None,
+                 names: Sequence[str] | None = None) -> None:
+        """Append entries: their video ``times``, the signals' per-entry values and row arrays.
+        ``names``: the signals whose per-entry values ``entries`` hold (None: all); ``copied``:
+        (the old index, the first of its rows) these entries are, whose tables the other
+        signals copy (where the old index has them)."""
         n = len(times)
         for name, f in self.files.items():
             f.append(arrays[name])
         rows = range(self.rows, self.rows + n)
         self.conn.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(r, file_id, t) for r, t in zip(rows, times)])
-        self.conn.executemany("INSERT INTO thumbs VALUES (?, ?)", [(r, sqlite3.Binary(e["thumb"])) for r, e in zip(rows, entries)])
+        for signal in signals.chosen(self.names):
+            if names is None or signal.name in names:
+                signal.insert(self.conn, rows, list(entries))
+            elif copied is not None and signal.name in copied[0].signals:
+                old, a = copied
+                signal.copy(old.db, self.conn, a, a + n, self.rows)
         self.rows += n
         self.pending += n
 
@@ -235,7 +251,7 @@ def _prepare(out: Path, update: bool, resume: bool) -> State:
 def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, fps: float = 1.0, update: bool = False,
           resume: bool = False, batch_size: int = 32, workers: int | None = None,
           on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None, draft: bool = True,
-          layers: Sequence[str] | None = None, ray=None, ray_workers: int | None = None) -> Path:
+          layers: Sequence[str] | None = None, ray=None, ray_workers: int | None = None, text: bool | None = None) -> Path:
     """Index ``inputs`` (files, folders, globs, ``@LIST``; photos and videos) into the folder ``out``.
 
     ``fps``: video frames sampled per second of video. ``update``: refresh an existing index
@@ -250,7 +266,9 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     (True: a local Ray, or the one this process joined; ``"auto"`` or ``"HOST:PORT"``: that
     cluster; or a running :class:`convscope.distributed.Pool`) with ``ray_workers`` actors
     (default: one per GPU, else one per node): the same records, vectors and thumbnails as one
-    process (:mod:`.shards`), ``workers`` then counting decoding processes per actor. Returns ``out``.
+    process (:mod:`.shards`), ``workers`` then counting decoding processes per actor. ``text``:
+    recognize text in photos (True; False: not; None: where the OCR engine is installed).
+    Returns ``out``.
 
     >>> build(load_model(), ["photos/"], "photos.index")
     PosixPath('photos.index')
@@ -262,12 +280,13 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
         raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     out = Path(out)
     model = as_loaded(model)
+    names = signals.choose({} if text is None else {"text": text})
     check_out(out, update=update, resume=resume)  # (a file as `out` is refused before the lock makes a folder)
     # One writer at a time; a full disk stops the build with one line, every commit so far whole.
     # (SQLite's "database or disk is full" names no file: the partial database is the one written)
     with writer_lock(out, kind="index"), disk_full_as_error(partial_dir(out) / DB_NAME, _disk_full_hint(update)):
         return _build(model, inputs, out, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers,
-                      ray, ray_workers, started)
+                      ray, ray_workers, names, started)
 
 
 def _disk_full_hint(update: bool) -> str:
@@ -275,7 +294,7 @@ def _disk_full_hint(update: bool) -> str:
 
 
 def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers, ray,
-           ray_workers, started) -> Path:
+           ray_workers, names, started) -> Path:
     """:func:`build`'s steps, its arguments checked, holding the folder's writer lock."""
     held = _prepare(out, update, resume)
     if resume and not update and held is State.COMPLETE:
@@ -287,7 +306,7 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
         inputs = old.meta["inputs"]
     inputs = [os.fspath(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     extractor = Extractor(model, layers)
-    settings = json.loads(json.dumps(_settings(model, extractor, fps, draft, inputs)))  # as the database holds them
+    settings = json.loads(json.dumps(_settings(model, extractor, fps, draft, inputs, names)))  # as the database holds them
     if old is not None:
         _check_compatible(old, settings, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,12 +321,15 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
 
     try:
         sources = _plan(inputs, old, skip)
+        if old is not None and any(signal.arrays(extractor) for signal in signals.chosen(names)
+                                   if signal.name not in old.signals):
+            for src in sources:  # a signal of the model's outputs that the old index lacks: run the model again
+                src.keep = None
         copy = [i for i, s in enumerate(sources) if s.keep is not None and s.path not in partial.done]
         todo = [i for i, s in enumerate(sources) if s.keep is None and s.path not in partial.done]
+        target_size = signals.decode_size(model.preprocessing.resize, names) if draft else None
         with Bar(len(copy) + len(todo), "indexing", disable=None if progress is None else not progress) as bar:
-            for i in copy:
-                _copy_file(partial, old, sources[i])
-                bar.advance()
+            _copy_files(partial, old, sources, copy, fps, target_size, workers, bar)
             partial.commit(force=True)
             # the batches of the whole plan, less the files a resumed build has: the same batches
             # as an uninterrupted build (it committed only where a batch ended)
@@ -315,16 +337,15 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
             unplayable = lambda path, reason: (skip(path, reason), bar.advance())  # noqa: E731 (a video)
             tasks, ends = _without(*_tasks_and_ends(sources, computed, fps, batch_size, unplayable), partial.done,
                                    partial.open)
-            target_size = signals.decode_size(model.preprocessing.resize) if draft else None
             if ray and tasks:
                 from ..distributed import ray_index
 
-                rows = ray_index.forward(ray, ray_workers, extractor, tasks, ends, fps, target_size, workers)
+                rows = ray_index.forward(ray, ray_workers, extractor, tasks, ends, fps, target_size, workers, signals=names)
                 write_rows(partial, sources, rows, ends, skip, bar)
             elif tasks:
                 decoded = decode(tasks, model.transform, fps, target_size,
-                                 default_workers(len(tasks)) if workers is None else max(0, workers))
-                write_rows(partial, sources, forward(extractor, decoded, ends), ends, skip, bar)
+                                 default_workers(len(tasks)) if workers is None else max(0, workers), names)
+                write_rows(partial, sources, forward(extractor, decoded, ends, names), ends, skip, bar)
         partial.commit(force=True)
         _finalize(out, partial, extractor, time.time() - started)
     finally:
@@ -335,7 +356,7 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
     return out
 
 
-def _settings(model, extractor: Extractor, fps: float, draft: bool, inputs: list[str]) -> dict:
+def _settings(model, extractor: Extractor, fps: float, draft: bool, inputs: list[str], names: Sequence[str]) -> dict:
     layers = [{"name": name, "offset": extractor.unit_offsets[name], "shape": list(extractor.layer_shapes[name])}
               for name in extractor.layers]
     return {
@@ -344,6 +365,7 @@ def _settings(model, extractor: Extractor, fps: float, draft: bool, inputs: list
         "preprocessing": model.preprocessing.to_dict(), "labels": list(model.labels), "layers": layers,
         "head": extractor.head, "embedding_dim": extractor.dim, "fps": float(fps), "draft": bool(draft), "decoder": DECODER,
         "top_classes": TOP_CLASSES, "prob_floor": PROB_FLOOR, "inputs": [os.path.abspath(i) if not i.startswith("@") else i for i in inputs],
+        "signals": list(names),
     }
 
 
@@ -355,18 +377,53 @@ def _check_compatible(old: IndexStore, settings: dict, out: Path) -> None:
                                  "an update must use the same settings: build a new index instead")
 
 
-def _copy_file(partial: _Partial, old: IndexStore, src: Source) -> None:
-    """Copy an unchanged file's rows from the old index (nothing is recomputed)."""
+def _copy_files(partial: _Partial, old: IndexStore | None, sources: Sequence[Source], copy: Sequence[int], fps: float,
+                target_size: int | None, workers: int | None, bar) -> None:
+    """Copy the unchanged files' rows from the old index; the signals it lacks (an index built
+    before them) run on those files, decoded again but not run through the model."""
+    if not copy:
+        return
+    missing = tuple(name for name in partial.names if name not in old.signals)
+    if not missing:
+        for i in copy:
+            _copy_file(partial, old, sources[i])
+            bar.advance()
+        return
+    tasks = _tasks(sources, copy, fps, lambda path, reason: None)  # (an unplayable video: copied without them)
+    decoded = decode(tasks, None, fps, target_size, default_workers(len(tasks)) if workers is None else max(0, workers),
+                     missing)
+    found: dict[int, dict] = {}
+    for item in decoded:
+        got = found.setdefault(item.task.file, {"columns": {}, "entries": [], "ended": False})
+        if got["ended"]:
+            continue
+        got["columns"].update(item.file or {})
+        got["entries"] += item.entries
+        got["ended"] = item.task.last or item.error is not None
+    for i in copy:
+        got = found.get(i)
+        if got is None or not got["entries"]:  # unreadable now: copied as it was, without the new signals
+            _copy_file(partial, old, sources[i])
+        else:
+            _copy_file(partial, old, sources[i], got["columns"], got["entries"], missing)
+        bar.advance()
+
+
+def _copy_file(partial: _Partial, old: IndexStore, src: Source, columns: dict | None = None,
+               entries: list[dict] | None = None, names: Sequence[str] = ()) -> None:
+    """Copy an unchanged file's rows from the old index (the model is not run); ``names``: the
+    signals that ran on it again, their file ``columns`` and per-entry values ``entries``."""
     was = src.keep
     a, b = was["first_row"], was["first_row"] + was["rows"]
     file_id = partial.next_id
     partial.next_id += 1
     times = [r["time"] for r in old.query("SELECT time FROM entries WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
-    entries = [{"thumb": bytes(r["jpeg"])} for r in old.query("SELECT jpeg FROM thumbs WHERE row >= ? AND row < ? ORDER BY row", [a, b])]
-    arrays = {k: v for signal in signals.SIGNALS for k, v in signal.stored(old, a, b).items()}
+    kept = [signal for signal in signals.chosen(partial.names) if signal.name in old.signals]
+    arrays = {k: v for signal in kept for k, v in signal.stored(old, a, b).items()}
+    entries = ((entries or []) + [{}] * (b - a))[:b - a]  # (a video whose frames read differently now)
     first = partial.rows
-    partial.add_rows(file_id, times, entries, arrays)
-    record = {k: was[k] for k in ("kind", "sha256", "taken", "width", "height", "duration")}
+    partial.add_rows(file_id, times, entries, arrays, copied=(old, a), names=names)
+    record = {"kind": was["kind"], **{k: was[k] for signal in kept for k in signal.columns}, **(columns or {})}
     partial.add_file({"id": file_id, "path": src.path, "size": src.size, "mtime_ns": src.mtime_ns, **record,
                       "first_row": first, "rows": b - a})
     partial.commit()
@@ -431,7 +488,7 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
     np.save(arrays / "entry_file.npy", file_col)
     np.save(arrays / "entry_time.npy", time_col)
     np.save(arrays / "entry_date.npy", date_col)
-    for signal in signals.SIGNALS:
+    for signal in signals.chosen(partial.names):
         signal.finish(arrays, n, extractor)
     conn.execute("DELETE FROM meta WHERE key = 'open'")  # (a partial build's record of videos under way)
     skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])

@@ -59,13 +59,17 @@ class Decoded:
 
 
 class Reader(torch.utils.data.Dataset):
-    """Tasks -> :class:`Decoded`; never raises on a bad file (its one-line reason instead)."""
+    """Tasks -> :class:`Decoded`; never raises on a bad file (its one-line reason instead).
+    ``names``: the signals that see each picture (None: all); ``transform`` None: no model
+    inputs (an update running a new signal on files whose model outputs it keeps)."""
 
-    def __init__(self, tasks: Sequence[Task], transform: Callable, fps: float, target_size: int | None):
+    def __init__(self, tasks: Sequence[Task], transform: Callable | None, fps: float, target_size: int | None,
+                 names: Sequence[str] | None = None):
         self.tasks = list(tasks)
         self.transform = transform
         self.fps = fps
         self.target_size = target_size
+        self.names = None if names is None else tuple(names)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -77,40 +81,42 @@ class Reader(torch.utils.data.Dataset):
             if task.video:
                 if task.first == 0:
                     info = dataclasses.replace(media.probe_video(task.path), sha256=media.sha256_file(task.path))
-                    out.file = _file_columns(info)
+                    out.file = self._file_columns(info)
                 for t, image in media.video_frames(task.path, self.fps, task.first, task.stop, target_size=self.target_size):
                     self._add(out, image, t)
             else:
                 photo = load_photo(task.path, target_size=self.target_size)
-                out.file = _file_columns(photo)
+                out.file = self._file_columns(photo)
                 self._add(out, photo.image, None)
         except Exception as exc:  # noqa: BLE001 (failure_reason: one line for every failure)
             out.error = failure_reason(exc)
         return out
 
     def _add(self, out: Decoded, image, t: float | None) -> None:
-        out.tensors.append(self.transform(image))
+        if self.transform is not None:
+            out.tensors.append(self.transform(image))
         out.times.append(t)
-        out.entries.append({k: v for signal in signals.SIGNALS for k, v in signal.entry(image).items()})
+        out.entries.append({k: v for signal in signals.chosen(self.names) for k, v in signal.entry(image).items()})
+
+    def _file_columns(self, read) -> dict:
+        return {k: v for signal in signals.chosen(self.names) for k, v in signal.file(read).items()}
 
 
-def _file_columns(read) -> dict:
-    return {k: v for signal in signals.SIGNALS for k, v in signal.file(read).items()}
+def decode(tasks: Sequence[Task], transform, fps: float, target_size: int | None, workers: int,
+           names: Sequence[str] | None = None) -> Iterator[Decoded]:
+    """The tasks decoded in order by ``workers`` processes (0: here), for the signals ``names``."""
+    return decode_in_workers(Reader(tasks, transform, fps, target_size, names), workers)
 
 
-def decode(tasks: Sequence[Task], transform, fps: float, target_size: int | None, workers: int) -> Iterator[Decoded]:
-    """The tasks decoded in order by ``workers`` processes (0: here)."""
-    return decode_in_workers(Reader(tasks, transform, fps, target_size), workers)
+def signal_rows(features, entries: list[dict], names: Sequence[str] | None = None) -> dict:
+    """The row arrays of a batch's entries, from every chosen signal."""
+    return {k: v for signal in signals.chosen(names) for k, v in signal.rows(features, entries).items()}
 
 
-def signal_rows(features, entries: list[dict]) -> dict:
-    """The row arrays of a batch's entries, from every signal."""
-    return {k: v for signal in signals.SIGNALS for k, v in signal.rows(features, entries).items()}
-
-
-def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int]) -> Iterator[tuple[Decoded, dict]]:
+def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int],
+            names: Sequence[str] | None = None) -> Iterator[tuple[Decoded, dict]]:
     """Each decoded item (its tensors dropped) with the rows of its entries
-    (:func:`signal_rows`), the items between two ``ends`` forwarded as one batch."""
+    (:func:`signal_rows` of the signals ``names``), the items between two ``ends`` forwarded as one batch."""
     group: list[Decoded] = []
     stops = iter(ends)
     stop = next(stops, None)
@@ -120,7 +126,7 @@ def forward(extractor: Extractor, decoded: Iterable[Decoded], ends: Sequence[int
             stop = next(stops, None)
             tensors = [t for it in group for t in it.tensors]
             entries = [e for it in group for e in it.entries]
-            rows = signal_rows(extractor(torch.stack(tensors)), entries) if tensors else {}
+            rows = signal_rows(extractor(torch.stack(tensors)), entries, names) if tensors else {}
             start = 0
             for it in group:
                 n = len(it.tensors)

@@ -44,19 +44,26 @@ DB_NAME = "index.sqlite"
 #: 0.0026, and keep 14 classes an entry on average.
 TOP_CLASSES = 32
 PROB_FLOOR = 1e-3
+#: The signals of an index built before they were recorded (meta ``signals``).
+BEFORE_RECORDED = ("classes", "embedding", "units", "thumbnail", "metadata")
 _HEADER = 128  # bytes reserved for an .npy header, so a growing array is rewritten in place
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE files (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
-    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, taken TEXT,
-    width INTEGER, height INTEGER, duration REAL, first_row INTEGER NOT NULL, rows INTEGER NOT NULL
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL{columns}, first_row INTEGER NOT NULL, rows INTEGER NOT NULL
 );
 CREATE TABLE entries (row INTEGER PRIMARY KEY, file INTEGER NOT NULL REFERENCES files(id), time REAL);
-CREATE TABLE thumbs (row INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);
 CREATE TABLE skipped (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
+{tables}
 """
+
+
+def schema(columns: dict[str, str], tables: str) -> str:
+    """The database of an index whose per-photo signals fill ``columns`` of ``files`` (name ->
+    SQL type) and make ``tables`` (SQL)."""
+    return SCHEMA.format(columns="".join(f", {name} {kind}" for name, kind in columns.items()), tables=tables)
 
 
 class IncompleteIndexError(ConvscopeError):
@@ -301,6 +308,16 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         key = os.path.normpath(os.path.abspath(os.fspath(path)))
         rows = self.query("SELECT * FROM files WHERE path = ?", [db_path(key)])
         return _record(rows[0]) if rows else None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The index's database, read-only (a build copies an old index's rows from it)."""
+        return self._conn
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """The names of the per-photo signals this index holds (:mod:`.signals`)."""
+        return tuple(self.meta.get("signals") or BEFORE_RECORDED)
 
     def thumbnail(self, row: int) -> bytes:
         """The JPEG thumbnail of entry ``row`` (at most 160 x 160 pixels)."""

@@ -6,6 +6,9 @@ stages, each optional (the base class's are empty).
   the file's record.
 - :meth:`Signal.entry` runs in the decoding worker on each decoded picture (a photo, or a
   sampled video frame) while its pixels are there: per-entry values (a thumbnail).
+- :attr:`Signal.columns` are the columns of the ``files`` table that :meth:`Signal.file` fills,
+  :attr:`Signal.tables` the SQL of its own per-entry tables, which :meth:`Signal.insert` fills
+  from the per-entry values and :meth:`Signal.copy` copies from an old index on an update.
 - :meth:`Signal.rows` runs after the batch's forward pass on its
   :class:`~convscope.index.features.Features` and its entries' values: per-entry row arrays, declared by
   :meth:`Signal.arrays`; :meth:`Signal.stored` reads them back from an index (an update copies
@@ -20,7 +23,9 @@ stages, each optional (the base class's are empty).
 """
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -32,6 +37,18 @@ class Signal:
     #: Pixels of the shorter side this signal needs of a decoded picture: a build decodes at
     #: reduced scale, but never smaller than the model's resize or any signal's ``min_size``.
     min_size: int = 0
+    #: Columns of the index's ``files`` table that :meth:`file` fills: name -> SQL type. An index
+    #: built before the signal existed lacks them (read as None) until an update fills them.
+    columns: dict[str, str] = {}
+    #: SQL of the signal's own tables (``CREATE TABLE ...``), keyed by the entry ``row``.
+    tables: str = ""
+    #: Whether a build may leave the signal out (``index --no-text``): then it is off where
+    #: :meth:`available` gives a reason, and a build asks for it by name.
+    optional: bool = False
+
+    def available(self) -> str | None:
+        """Why this signal cannot run here (a package missing), in one line; None if it can."""
+        return None
 
     def file(self, read) -> dict:
         """Columns of the file's record, from ``read`` (a decoded Photo, or a VideoInfo)."""
@@ -40,6 +57,12 @@ class Signal:
     def entry(self, image) -> dict:
         """Per-entry values of one decoded picture (RGB PIL image, upright)."""
         return {}
+
+    def insert(self, conn: sqlite3.Connection, rows: Sequence[int], entries: list[dict]) -> None:
+        """Write the per-entry values of :meth:`entry` of the entries ``rows`` into its tables."""
+
+    def copy(self, old: sqlite3.Connection, conn: sqlite3.Connection, a: int, b: int, first: int) -> None:
+        """Copy its tables' rows of the old index's entries ``a <= row < b`` to rows from ``first``."""
 
     def arrays(self, extractor) -> dict[str, tuple[type, tuple[int, ...]]]:
         """The row arrays this signal adds: name -> (dtype, shape of one row)."""

@@ -8,6 +8,7 @@ from .base import Signal
 
 class Metadata(Signal):
     name = "metadata"
+    columns = {"sha256": "TEXT NOT NULL", "taken": "TEXT", "width": "INTEGER", "height": "INTEGER", "duration": "REAL"}
 
     def file(self, read):
         return {"sha256": read.sha256, "taken": read.taken, "width": read.size[0], "height": read.size[1],
