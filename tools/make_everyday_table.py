@@ -11,7 +11,7 @@ Two sources, each mapping written with its own:
   ``make_wordnet_table``'s reader): from each sense that ``tools/everyday_words.py`` names for a
   word, and from every kind of it (hyponyms), its part/whole (``%p #p``), member (``%m #m``),
   substance (``%s #s``), topic-domain (``;c -c``) and derivation (``+``) pointers to a synset
-  that is an ImageNet class or has classes under it; the classes under the sense itself count
+  that is an ImageNet class or has classes under it (at most ``BROAD``); the classes under the sense itself count
   too ("wordnet:kind-of"). The reason is the path: "a beach is part of a shore; a seashore is a
   kind of shore". What such a path reaches but is no evidence is dropped in the source, with why.
 - The reviewed table ``tools/everyday_words.py`` for the rest, with a reason each, and the words
@@ -35,6 +35,9 @@ from make_wordnet_table import WORDNET, read_data_noun, read_exceptions, wordnet
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "convscope" / "vocab" / "everyday.json"
 COMMAND = "python tools/make_everyday_table.py"
+#: A relation to a synset with more classes under it than this is too broad to be evidence
+#: ("a diet belongs to the topic of animal": 398 classes).
+BROAD = 40
 #: pointer symbol -> (source, how the reason reads with the word's synset x and the target o)
 RELATIONS = {
     "#p": ("wordnet:part-of", "{x} is part of {o}"),
@@ -113,19 +116,25 @@ class WordNet:
                 todo.extend(reversed(self.kinds[x]))
         return out
 
+    def kinds_of(self, sense: str) -> dict[int, tuple[str, str]]:
+        """``{class: (reason, source)}`` of the classes that are kinds of ``sense``."""
+        return {index: (f"{a(self.labels[index])} is a kind of {self.name(sense)}", "wordnet:kind-of")
+                for index in self.under(sense)}
+
     def related(self, sense: str) -> dict[int, tuple[str, str]]:
         """``{class: (reason, source)}`` that the relations of ``sense`` and its kinds reach; the
         first (shortest to state) path wins."""
         out = {}
-        for index in self.under(sense):
-            out[index] = (f"{a(self.labels[index])} is a kind of {self.name(sense)}", "wordnet:kind-of")
         for x in self.subtree(sense):
             for sym, o in self.pointers.get(x, ()):
                 source, template = RELATIONS[sym]
                 reason = template.format(x=a(self.name(x)), o=a(self.name(o)))
                 if x != sense:
                     reason = f"{a(self.name(x))} is a kind of {self.name(sense)}; {reason}"
-                for index in self.under(o):
+                under = self.under(o)
+                if len(under) > BROAD:
+                    continue
+                for index in under:
                     if index not in out:
                         kind = "" if self.vocab.class_wnids[index] == o else \
                             f"; {a(self.labels[index])} is a kind of {self.name(o)}"
@@ -165,10 +174,13 @@ def build() -> dict:
     labels = net.labels
     words: dict[str, dict] = {}
     for word, spec in everyday_words.WORDS.items():
-        dropped = {i: why for key, why in spec.get("drop", {}).items() for i in resolve(key, labels, net)}
+        drops = {key: resolve(key, labels, net) for key in spec.get("drop", {})}
+        dropped = {i for found in drops.values() for i in found}
         classes = {}
-        for sense in spec.get("wordnet", ()):
-            for index, (reason, source) in net.related(sense).items():
+        senses = spec.get("wordnet", ())
+        found = [net.kinds_of(sense) for sense in senses] + [net.related(sense) for sense in senses]
+        for mappings in found:  # kinds first: "a pizza is a kind of food" says more than a relation
+            for index, (reason, source) in mappings.items():
                 if index not in dropped and index not in classes:
                     classes[index] = {"label": labels[index], "reason": reason, "source": source}
         for key, reason in spec.get("classes", {}).items():
@@ -178,9 +190,10 @@ def build() -> dict:
                                      f"({classes[index]['reason']}); leave out one")
                 classes[index] = {"label": labels[index], "reason": reason.format(label=labels[index]),
                                   "source": "reviewed"}
-        unused = set(dropped) - {i for s in spec.get("wordnet", ()) for i in net.related(s)}
+        reached = {i for mappings in found for i in mappings}
+        unused = [key for key, found in drops.items() if reached.isdisjoint(found)]
         if unused:
-            raise SystemExit(f"{word}: drop {sorted(labels[i] for i in unused)}: no relation reaches them")
+            raise SystemExit(f"{word}: drop {unused}: no relation reaches them")
         words[normalize(word)] = {"forms": split(spec.get("forms", "")),
                                   "classes": {str(i): classes[i] for i in sorted(classes)}}
     for forms, why in everyday_words.UNSEEN.items():
