@@ -60,7 +60,7 @@ def a(name: str) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
-MASS = {"military", "baseball", "basketball", "golf", "croquet", "ocean", "wedding"}
+MASS = {"military", "baseball", "basketball", "golf", "croquet", "ocean"}
 
 
 def read_pointers(path: Path) -> dict[str, list[tuple[str, str]]]:
