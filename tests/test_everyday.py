@@ -187,3 +187,14 @@ def test_the_committed_table_is_the_generators_output():
     finally:
         sys.path.remove(str(ROOT / "tools"))
     assert first == TABLE.read_text(encoding="utf-8"), "run `python tools/make_everyday_table.py`"
+
+
+def test_no_unseen_word_is_one_the_wordnet_vocabulary_reads(words):
+    """An unseen word's note says the network has no class for it: true only where WordNet's
+    words for the classes do not read it either ("spring" is a coil, "home" a dwelling)."""
+    vocab = Vocabulary.load()
+    for word, entry in words.entries.items():
+        if entry.unseen is not None:
+            for form in (word, *entry.forms):
+                with pytest.raises(ConvscopeError):
+                    vocab.classes_for(form)
