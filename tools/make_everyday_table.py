@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import everyday_words  # noqa: E402  (the reviewed source, beside this file)
+import make_wordnet_table  # noqa: E402
 from make_wordnet_table import WORDNET, read_data_noun, read_exceptions, wordnet_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,14 +225,8 @@ def check_forms(words: dict[str, dict]) -> None:
 
 
 def dump(doc: dict) -> str:
-    """JSON with one word and one exception a line, so that a regeneration diffs readably."""
-    head = {k: v for k, v in doc.items() if k not in ("words", "exceptions")}
-    lines = ["{"] + [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in head.items()]
-    for name in ("words", "exceptions"):
-        rows = [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in doc[name].items()]
-        lines += [f"{json.dumps(name)}: {{", ",\n".join(rows), "},"]
-    lines[-1] = "}"
-    return "\n".join(lines) + "\n}\n"
+    """JSON with one word and one exception a line (``make_wordnet_table.dump``'s layout)."""
+    return make_wordnet_table.dump(doc, tables=("words", "exceptions"))
 
 
 def main() -> None:
