@@ -124,11 +124,12 @@ def build() -> dict:
     }
 
 
-def dump(doc: dict) -> str:
-    """JSON with one synset and one exception a line, so that a regeneration diffs readably."""
-    head = {k: v for k, v in doc.items() if k not in ("synsets", "exceptions")}
+def dump(doc: dict, tables: tuple[str, ...] = ("synsets", "exceptions")) -> str:
+    """JSON with one entry of each of ``tables`` a line (one synset, one exception), so that a
+    regeneration diffs readably; the other keys of ``doc`` come first, one a line."""
+    head = {k: v for k, v in doc.items() if k not in tables}
     lines = ["{"] + [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in head.items()]
-    for name in ("synsets", "exceptions"):
+    for name in tables:
         rows = [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in doc[name].items()]
         lines += [f"{json.dumps(name)}: {{", ",\n".join(rows), "},"]
     lines[-1] = "}"

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Mapping, Sequence
+from typing import Container, Mapping, Sequence
 
 from ..errors import ArgumentError, QueryError, UnknownWordError, unknown_name_error
 
@@ -151,12 +151,7 @@ class Vocabulary:
     def base_forms(self, phrase: str) -> list[str]:
         """The lemmas that ``phrase`` (normalized) is or is a plural of, WordNet's way:
         ``base_forms("mice") == ["mouse"]``, ``base_forms("dogs") == ["dog"]``."""
-        if phrase in self._exceptions:
-            forms = [phrase, *self._exceptions[phrase]]
-        else:
-            forms = [phrase] + [phrase[: -len(end)] + base for end, base in NOUN_SUFFIXES
-                                if phrase.endswith(end)]
-        return [f for i, f in enumerate(forms) if f in self._by_lemma and f not in forms[:i]]
+        return base_forms(phrase, self._by_lemma, self._exceptions)
 
     def classes_for(self, query: str) -> QueryMatch:
         """The ImageNet classes under every noun sense of ``query``, with their WordNet paths.
@@ -291,6 +286,18 @@ class Vocabulary:
         if end - i <= self._longest and self._read(tokens[i + 1:end])[1] is not None:
             return " ".join(tokens[i:end])
         return tokens[i]
+
+
+def base_forms(phrase: str, known: Container[str], exceptions: Mapping[str, Sequence[str]]) -> list[str]:
+    """The words of ``known`` that ``phrase`` (normalized) is or is a noun plural of, read as
+    WordNet reads them: ``exceptions`` (irregular plurals, ``{"mice": ["mouse"]}``) first, else
+    its suffix rules (:data:`NOUN_SUFFIXES`). A phrase's last word carries its plural
+    ("birthday parties" -> "birthday party")."""
+    if phrase in exceptions:
+        forms = [phrase, *exceptions[phrase]]
+    else:
+        forms = [phrase] + [phrase[: -len(end)] + base for end, base in NOUN_SUFFIXES if phrase.endswith(end)]
+    return [f for i, f in enumerate(forms) if f in known and f not in forms[:i]]
 
 
 def check_query(query: str) -> list[str]:

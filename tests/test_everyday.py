@@ -1,0 +1,200 @@
+"""Everyday words (convscope/vocab/everyday.json): the table, its mappings and their whys, plurals,
+phrases, unseen words, a user's own entries, and the generator that writes the table."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from convscope.errors import ArgumentError, ConvscopeError
+from convscope.vocab import EverydayWords, Evidence, Vocabulary, unseen_note
+from convscope.vocab import everyday
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "convscope" / "vocab" / "everyday.json"
+SOURCES = {"reviewed", "wordnet:kind-of", "wordnet:part-of", "wordnet:member-of", "wordnet:domain",
+           "wordnet:substance-of", "wordnet:derivation"}
+LABELS = Vocabulary.load().labels
+
+
+@pytest.fixture(scope="module")
+def words() -> EverydayWords:
+    return EverydayWords.load()
+
+
+def test_table_loads_and_every_mapping_is_valid(words):
+    doc = json.loads(TABLE.read_text(encoding="utf-8"))
+    assert doc["generator"] == "python tools/make_everyday_table.py"
+    assert doc["wordnet"].startswith("WordNet 3.0")
+    assert len(doc["words"]) >= 60 and len(words.words) >= 300  # a few hundred words with their forms
+    mapped = unseen = 0
+    for word, entry in doc["words"].items():
+        if entry.get("unseen"):
+            assert entry["classes"] == {}, word
+            unseen += 1
+            continue
+        assert entry["classes"], word
+        mapped += 1
+        for index, mapping in entry["classes"].items():
+            assert 0 <= int(index) < 1000, (word, index)
+            assert mapping["label"] == LABELS[int(index)], (word, index)
+            assert mapping["reason"].strip(), (word, index)
+            assert mapping["source"] in SOURCES, (word, mapping)
+    assert mapped >= 40 and unseen >= 15
+    # every source of evidence the issue names is used
+    used = {m["source"] for e in doc["words"].values() for m in e["classes"].values()}
+    assert {"reviewed", "wordnet:part-of", "wordnet:member-of", "wordnet:domain"} <= used
+
+
+def test_known_mappings_and_their_reasons(words):
+    beach = words.lookup("beach")
+    assert beach.word == "beach" and not beach.unseen
+    assert beach.reasons[978] == "a beach is part of a shore; a seashore is a kind of shore"  # seashore
+    assert beach.sources[978] == "wordnet:part-of"
+    assert beach.sources[977] == "reviewed" and "sandbar" in beach.reasons[977]  # sandbar
+    assert {445, 842} <= beach.classes  # bikini, swimming trunks
+    assert beach.why(978) == "beach: a beach is part of a shore; a seashore is a kind of shore (wordnet:part-of)"
+
+    snow = words.lookup("snow")
+    assert {970, 795, 537, 802, 803} <= snow.classes  # alp, ski, dogsled, snowmobile, snowplow
+    assert snow.reasons[795] == "people ski on snow"
+
+    people = words.lookup("people")
+    for index in (981, 982, 983):  # ballplayer, groom, scuba diver: WordNet's persons
+        assert people.sources[index] == "wordnet:member-of"
+        assert people.reasons[index].startswith("a person is a member of people; ")
+    assert people.reasons[834] == "a suit is worn by a person"
+    assert 474 not in people.classes  # a cardigan: ImageNet's photos of it show no person
+
+    assert words.lookup("wedding").reasons[982] == "a groom is a member of a wedding"
+    assert words.lookup("sport").sources[416] == "wordnet:domain"  # balance beam, via gymnastics
+    assert "couch" in words.lookup("living room").reasons[831]
+
+
+def test_plurals_case_forms_and_phrases(words):
+    assert words.lookup("Beaches").word == "beach"
+    assert words.lookup("KIDS").word == words.lookup("children").word == "child"
+    assert words.lookup("women").word == "woman" and words.lookup("men").word == "man"
+    assert words.lookup("Living-Rooms").word == "living room"
+    assert words.lookup("pictures of food").word == "food"
+    assert words.lookup("photos of my beach") is None  # one lead, then the word
+    assert words.lookup("seaside").word == "beach"
+    ev = words.lookup("birthday parties")
+    assert ev.unseen and ev.phrase == "birthday parties" and ev.classes == frozenset()
+    assert words.lookup("new year").unseen
+    assert words.lookup("dog") is None and words.lookup("") is None
+    assert words.longest >= 3 and "new year's eve" in words.words
+    assert words.match(["my", "living", "room", "photos"], 1)[0].word == "living room"
+    assert words.match(["my", "living", "room", "photos"], 1)[1] == 3
+    assert words.match(["zzz"], 0) is None
+
+
+def test_scores_sum_the_mapped_probabilities(words):
+    probs = [0.0] * 1000
+    probs[978], probs[977], probs[1] = 0.5, 0.25, 0.2
+    assert words.lookup("beach").score(probs) == pytest.approx(0.75)
+
+
+def test_unseen_words_say_so_in_one_line(words):
+    assert words.unseen("sunset") and words.unseen("Sky") and words.unseen("Christmas trees")
+    assert not words.unseen("beach") and not words.unseen("zzz")
+    note = "the network has no class for 'sunset'; teach it from examples (`convscope teach`)"
+    assert words.note("Sunset") == note == unseen_note("sunset") == words.lookup("sunset").note
+    assert "\n" not in note
+    assert isinstance(words.lookup("sunsets"), Evidence) and words.lookup("sunsets").reasons == {}
+
+
+def _write(tmp_path, doc, name="mine.json") -> Path:
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def test_a_users_file_adds_and_overrides_entries(tmp_path, words):
+    path = _write(tmp_path, {"words": {
+        "picnic": {"forms": ["picnics in the park"], "classes": {"588": {"reason": "a hamper holds a picnic"}}},
+        "Sunset": {"classes": {"978": {"label": "seashore", "reason": "our sunsets are at the sea"}}},
+        "beach": {"classes": {"977": {"reason": "our beach has a sandbar", "source": "mine"}}},
+        "cafe": {"forms": ["seaside"], "classes": {"967": {"reason": "espresso at the cafe"}}},
+        "graffiti": {"unseen": "no class is a painted wall"},
+    }})
+    mine = EverydayWords.load(path)
+    picnic = mine.lookup("picnics")
+    assert picnic.reasons == {588: "a hamper holds a picnic"} and picnic.sources == {588: "user"}
+    assert mine.lookup("Picnics in the park").word == "picnic"
+    sunset = mine.lookup("sunset")
+    assert not sunset.unseen and sunset.reasons == {978: "our sunsets are at the sea"}
+    assert not mine.unseen("sunset") and mine.unseen("sundown") is False  # its old forms went with it
+    assert mine.lookup("beaches").reasons == {977: "our beach has a sandbar"}
+    assert mine.lookup("beaches").sources == {977: "mine"}
+    assert mine.lookup("seaside").word == "cafe"  # the user's form wins over the table's
+    assert mine.unseen("graffiti")
+    # the shipped table is unchanged
+    assert EverydayWords.load().lookup("beach").reasons[978].startswith("a beach is part of")
+    assert EverydayWords.load().unseen("sunset")
+
+
+@pytest.mark.parametrize("content, what", [
+    ("{not json", "not JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    ([1, 2], 'it holds no "words" object'),
+    ({"words": {"x": {"classes": {"1000": {"reason": "r"}}}}}, "word 'x': class '1000' is not a class index 0..999"),
+    ({"words": {"x": {"classes": {"-1": {"reason": "r"}}}}}, "word 'x': class '-1' is not a class index"),
+    ({"words": {"x": {"classes": {"978": {"reason": " "}}}}}, "word 'x': class 978 (seashore) has no \"reason\""),
+    ({"words": {"x": {"classes": {"978": "seashore"}}}}, "word 'x': class 978 (seashore) has no \"reason\""),
+    ({"words": {"x": {"classes": {"978": {"reason": "r", "label": "alp"}}}}}, "class 978 is 'seashore', not 'alp'"),
+    ({"words": {"x": {}}}, "word 'x': it has no classes; give some, or mark it \"unseen\" with why"),
+    ({"words": {"x": {"unseen": "why", "classes": {"978": {"reason": "r"}}}}}, "it is \"unseen\" but has classes"),
+    ({"words": {"x": {"forms": "xs", "unseen": "why"}}}, "word 'x': \"forms\" is not a list of words"),
+    ({"words": {"x": []}}, "word 'x': its entry is not an object"),
+])
+def test_a_bad_users_file_is_a_one_line_error(tmp_path, content, what):
+    path = _write(tmp_path, content)
+    with pytest.raises(ArgumentError) as err:
+        EverydayWords.load(path)
+    message = str(err.value)
+    assert message.startswith(f"everyday words file {str(path)!r}: ") and what in message
+    assert "\n" not in message and err.value.param == "extra"
+
+
+def test_an_unreadable_users_file_is_a_one_line_error(tmp_path):
+    for path in (tmp_path / "missing.json", tmp_path):  # no such file; a folder
+        with pytest.raises(ConvscopeError, match=r"^everyday words file .*: cannot be read \(") as err:
+            EverydayWords.load(path)
+        assert "\n" not in str(err.value)
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ArgumentError, match="cannot be read"):
+        EverydayWords.load(binary)
+
+
+def test_loading_is_pure_and_cached():
+    assert EverydayWords.load() is EverydayWords.load()
+    assert "torch" not in everyday.__dict__ and "sqlite3" not in everyday.__dict__
+
+
+@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").is_file(),
+                    reason="needs Debian's wordnet-base (/usr/share/wordnet) to run the generator")
+def test_the_committed_table_is_the_generators_output():
+    spec = importlib.util.spec_from_file_location("make_everyday_table", ROOT / "tools" / "make_everyday_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        first = module.dump(module.build())
+        assert module.dump(module.build()) == first  # deterministic
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    assert first == TABLE.read_text(encoding="utf-8"), "run `python tools/make_everyday_table.py`"
+
+
+def test_no_unseen_word_is_one_the_wordnet_vocabulary_reads(words):
+    """An unseen word's note says the network has no class for it: true only where WordNet's
+    words for the classes do not read it either ("spring" is a coil, "home" a dwelling)."""
+    vocab = Vocabulary.load()
+    for word, entry in words.entries.items():
+        if entry.unseen is not None:
+            for form in (word, *entry.forms):
+                with pytest.raises(ConvscopeError):
+                    vocab.classes_for(form)
