@@ -341,3 +341,24 @@ def test_a_server_without_an_index_says_why_on_the_browse_paths(web_atlas_dir):
             r = c.get(url)
             assert r.status_code == 404 and "has no places or timeline pages" in r.text
         assert 'href="/places"' not in c.get("/").text  # no link to what is not there
+
+
+def test_a_country_page_shows_a_few_cities_of_each_region_and_links_the_rest(client, monkeypatch):
+    from convscope.web import browse_pages
+
+    monkeypatch.setattr(browse_pages, "CITIES_PREVIEW", 1)
+    region = client.get("/api/places?country=Italy").json()["places"][0]
+    assert [c["name"] for c in region["places"]] == ["Bologna"] and region["more"] == 1
+    assert "and 1 more city of Emilia-Romagna" in client.get("/places?country=Italy").text
+    assert [c["name"] for c in client.get(region["url"].replace("/places", "/api/places")).json()["places"]] == [
+        "Bologna", "Sant'Agata Bolognese"]  # the region's own page: all of them
+
+
+def test_what_a_tile_says_of_bad_values():
+    from convscope.web.browse_pages import _offset, position_text, when_text
+
+    assert position_text(45.764, -4.8357) == "45.7640° N, 4.8357° W"
+    assert position_text("45.7", 4.8) is None and position_text(float("nan"), 0.0) is None and position_text(None, 1.0) is None
+    assert (_offset(120), _offset(-330), _offset(7200), _offset("x")) == ("UTC+02:00", "UTC-05:30", None, None)
+    assert when_text("2019-03-31T23:30:00", "file") == "31 March 2019, 23:30 UTC"
+    assert when_text("2015-05-02", "taken") == "2 May 2015" and when_text(None, "taken") is None

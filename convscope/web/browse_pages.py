@@ -32,6 +32,8 @@ from .site import Absent, NavLink, Site
 
 #: Photos on one page of a place or a month.
 PER_PAGE = 60
+#: Cities shown under each region on a country's page (the region's own page shows them all).
+CITIES_PREVIEW = 12
 
 
 def no_places_note(root) -> str:
@@ -63,14 +65,14 @@ def where_text(record: dict) -> str | None:
 
 def position_text(lat: float | None, lon: float | None) -> str | None:
     """``45.7640° N, 4.8357° E``; None without a position."""
-    if lat is None or lon is None or not (math.isfinite(lat) and math.isfinite(lon)):
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lat, lon)):
         return None
     return f"{abs(lat):.4f}° {'N' if lat >= 0 else 'S'}, {abs(lon):.4f}° {'E' if lon >= 0 else 'W'}"
 
 
 def _offset(minutes: int | None) -> str | None:
-    """A time zone offset in minutes east of UTC as ``UTC+02:00``."""
-    if not isinstance(minutes, int):
+    """A time zone offset in minutes east of UTC as ``UTC+02:00`` (None past UTC±14:00)."""
+    if not isinstance(minutes, int) or abs(minutes) > 14 * 60:
         return None
     sign, minutes = ("+" if minutes >= 0 else "-"), abs(minutes)
     return f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
@@ -163,7 +165,8 @@ class BrowsePages:
                "thumb": self._thumb(node.row), "newest": when_text(node.date, "taken"), "lat": node.lat, "lon": node.lon,
                "position": position_text(node.lat, node.lon), "code": node.code}
         if cities:
-            out["places"] = [self._place(c, keys + [c.key], cities=False) for c in node.children]
+            out["places"] = [self._place(c, keys + [c.key], cities=False) for c in node.children[:CITIES_PREVIEW]]
+            out["more"] = len(node.children) - len(out["places"])
         return out
 
     # ------------------------------------------------------------------ timeline
@@ -269,4 +272,4 @@ def _page_number(params: dict, count: int) -> int:
     return page
 
 
-__all__ = ["BrowsePages", "PER_PAGE", "no_places_note", "position_text", "when_text", "where_text"]
+__all__ = ["BrowsePages", "CITIES_PREVIEW", "PER_PAGE", "no_places_note", "position_text", "when_text", "where_text"]
