@@ -114,6 +114,9 @@ def without_places(index: Path, out: Path) -> Path:
     shutil.copytree(index, out)
     with sqlite3.connect(out / DB_NAME) as conn:
         have = {r[1] for r in conn.execute("PRAGMA table_info(files)")}
+        for index in [r[1] for r in conn.execute("PRAGMA index_list(files)") if r[3] == "c"]:  # made by CREATE INDEX
+            if {r[2] for r in conn.execute(f"PRAGMA index_info('{index}')")} & set(PLACE_COLUMNS):
+                conn.execute(f"DROP INDEX '{index}'")  # (a column in an index cannot be dropped)
         for column in PLACE_COLUMNS:
             if column in have:
                 conn.execute(f"ALTER TABLE files DROP COLUMN {column}")
@@ -315,13 +318,20 @@ def test_timeline_json_and_pages(client):
      "there is no page 2; pages run from 1 to 1"),
     ("/api/timeline?year=1999", 404, "unknown year '1999'"),
     ("/api/timeline?year=abc", 400, "year must be a whole number, got 'abc'"),
-    ("/api/timeline?year=2015&month=13", 404, "there is no month 13"),
+    ("/api/timeline?year=2015&month=13", 404, "there is no month 13; months run from 1 to 12"),
+    ("/api/timeline?year=2015&month=0", 404, "there is no month 0; months run from 1 to 12"),
+    ("/api/places?country=", 404, "unknown country ''"),
     ("/api/timeline?year=2015&month=6", 404, "unknown month 'June'. Close matches: July."),
     ("/api/timeline?year=99999999999999999999999", 404, "there is no year"),
 ])
 def test_bad_places_and_periods_get_one_line(client, url, status, says):
     r = client.get(url)
     assert r.status_code == status and says in r.json()["error"] and "\n" not in r.json()["error"]
+
+
+def test_an_unknown_place_page_escapes_what_the_url_asked(client):
+    r = client.get("/places?country=%E9%22%3Cb%3Ebold")
+    assert r.status_code == 404 and "<b>bold" not in r.text and "&lt;b&gt;bold" in r.text
 
 
 def test_an_index_without_places_says_so_in_one_line(old_client, old):

@@ -188,9 +188,11 @@ class BrowsePages:
         if "month" not in params:
             return {**data, "level": "year", "period": self._period(year, [year.key], months=False),
                     "periods": [self._period(m, [year.key, m.key], months=False) for m in year.children]}
-        number = parse_number(params["month"], "month", stop=13)
+        number = parse_number(params["month"], "month")
+        if not 1 <= number <= 12:
+            raise NotFound(f"there is no month {number}; months run from 1 to 12")
         month = _pick(year.children, number, "month", f"See {self.links.timeline(year.key)} for its months.",
-                      name=browse.MONTHS[number - 1] if number else str(number), known=[m.name for m in year.children])
+                      name=browse.MONTHS[number - 1], known=[m.name for m in year.children])
         data["trail"].append({"name": month.name, "url": self.links.timeline(year.key, month.key)})
         page = _page_number(params, month.count)
         found = browse.period_files(self.index, year.key, month.key, offset=(page - 1) * PER_PAGE, limit=PER_PAGE)
