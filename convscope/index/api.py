@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import ArgumentError, ConvscopeError
-from . import organize, search
+from . import browse, organize, search
 from .store import IndexStore
 
 
@@ -140,6 +140,22 @@ class Index(IndexStore):
     def albums(self, *, confidence: float = organize.ALBUM_CONFIDENCE) -> list[dict]:
         """Albums ``[{"album": str, "paths": [...]}]`` (:func:`convscope.index.organize.albums`)."""
         return organize.albums(self, confidence=confidence)
+
+    def places(self) -> list[browse.Node]:
+        """Countries -> regions -> cities with their file counts (:func:`convscope.index.browse.place_tree`;
+        empty for an index without places); a place's files: :func:`~convscope.index.browse.place_files`.
+
+        >>> [(c.name, c.count) for c in index.places()]      # [('France', 12)]
+        """
+        return browse.place_tree(self)
+
+    def timeline(self) -> list[browse.Node]:
+        """Years -> months with their file counts, by the date taken, else the file's time
+        (:func:`convscope.index.browse.period_tree`); a period's files: :func:`~convscope.index.browse.period_files`.
+
+        >>> [(y.name, y.count) for y in index.timeline()]    # [('2015', 40)]
+        """
+        return browse.period_tree(self)
 
     def explain(self, results: Sequence[search.Result], out_dir: str | os.PathLike, *, model=None) -> list[str]:
         """One PNG per result in ``out_dir``: Grad-CAM of the top matched class, or the unit's box."""

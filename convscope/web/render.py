@@ -132,6 +132,18 @@ class Links:
     def album(self, name: str) -> str:
         return "/albums/" + segment(name)
 
+    def places(self, country: str | None = None, region: str | None = None, city: str | None = None, *,
+               page: int | None = None) -> str:
+        """The places page: countries, a country's regions, a region's cities, a city's photos. A
+        place with no region or city has it as "" (``region=&city=Lyon``)."""
+        params = [(k, v) for k, v in (("country", country), ("region", region), ("city", city)) if v is not None]
+        return "/places" + _query(params, page)
+
+    def timeline(self, year: int | None = None, month: int | None = None, *, page: int | None = None) -> str:
+        """The timeline page: years and their months, a year's months, a month's photos."""
+        params = [(k, int(v)) for k, v in (("year", year), ("month", month)) if v is not None]
+        return "/timeline" + _query(params, page)
+
     def health(self, layer: str | None = None) -> str:
         return "/health" + (f"/{segment(layer)}" if layer is not None else "")
 
@@ -140,6 +152,11 @@ class Links:
 
     def evolve_file(self, relative: str | None) -> str | None:
         return None if not relative else "/evolve-files/" + quote(relative)
+
+
+def _query(params: list, page: int | None) -> str:
+    params = params + ([("page", int(page))] if page and page > 1 else [])
+    return "?" + urlencode(params) if params else ""
 
 
 def source_filename(layer: str, unit: int, rank: int, hash_: str | None) -> str:
