@@ -30,28 +30,16 @@ import numpy as np
 
 from ..choices import MIN_SCORE, SORTS
 from ..errors import ArgumentError, ConvscopeError
-from . import postings
+from . import query as query_grammar
+from . import terms
 from .store import IndexStore
+from .terms import Why, keyword_scores  # noqa: F401 (where they were first)
 
 #: Float16 dot products are within this of the float32 ones for unit vectors (measured error
 #: 4e-5 plus the float16 rounding of the result, 2.4e-4 near 1): candidates within it of the
 #: k-th best are ranked again in float32.
 _HALF_MARGIN = 2e-3
 LIKE_CHUNK = 32768
-
-
-@dataclasses.dataclass
-class Why:
-    """One matched class of a keyword result: its ``index``, ``label``, the ``probability`` the
-    classifier gave it, and the WordNet ``path`` from the class up to the query word."""
-
-    index: int
-    label: str
-    probability: float
-    path: list[str]
-
-    def to_json(self) -> dict:
-        return {"index": self.index, "label": self.label, "probability": round(self.probability, 6), "path": list(self.path)}
 
 
 @dataclasses.dataclass
@@ -154,77 +142,58 @@ def _results(store: IndexStore, best, score, first, last, sort: str, top: int) -
 # --------------------------------------------------------------------------- keyword
 
 
-def keyword_scores(store: IndexStore, classes: Sequence[int]) -> np.ndarray:
-    """(N,) float64: per entry, the sum of its stored probabilities of ``classes``: the columns
-    of the class blocks the classes cover whole (:mod:`.postings`), plus the inverted lists of
-    the others, gathered in runs of consecutive lists."""
-    offsets = store.post_offsets
-    count = len(offsets) - 1
-    whole, rest = [], sorted({int(c) for c in classes if 0 <= int(c) < count})
-    if store.class_blocks is not None and len(rest) >= 2 * postings.BLOCK:
-        whole, rest = postings.split(rest, count)
-    runs: list[list[int]] = []
-    for c in rest:
-        a, b = int(offsets[c]), int(offsets[c + 1])
-        if b == a:
-            continue
-        if runs and runs[-1][1] == a:  # the next class's list follows: one slice
-            runs[-1][1] = b
-        else:
-            runs.append([a, b])
-    scores = np.zeros(store.entries)
-    if runs:
-        # one pass of bincount over the gathered lists: twice as fast as adding list by list
-        entries = np.concatenate([store.post_entry[a:b] for a, b in runs])
-        probs = np.concatenate([store.post_prob[a:b] for a, b in runs]).astype(np.float64)
-        scores = np.bincount(entries, weights=probs, minlength=store.entries)
-    for b in whole:
-        scores += store.class_blocks[b]
-    return scores
-
-
 def search(store: IndexStore, query: str, *, top: int = 20, min_score: float = MIN_SCORE, sort: str = "score",
-           paths: Mapping[int, Sequence[str]] | None = None) -> list[Result]:
-    """The entries that ``query`` (a word or phrase, see ``docs/search.md``) matches, best first.
+           paths: Mapping[int, Sequence[str]] | None = None, words=None) -> list[Result]:
+    """The entries that ``query`` (words as people type them, see ``docs/search.md`` and
+    :mod:`.query`) matches, best first, each with every piece of evidence in its ``why``.
 
-    Score: the sum of the classifier's probabilities over the classes the query names (0..1).
-    Entries under ``min_score`` are left out; ``sort``: "score" (highest first) or "date"
-    (newest first: EXIF date, else the file's mtime). ``paths``: the matched classes with their
-    WordNet paths, to use instead of looking ``query`` up in :class:`convscope.vocab.Vocabulary`.
-    Unknown words raise :class:`~convscope.errors.UnknownWordError` with close matches; a bad
-    argument (a query with no word or too long, see :func:`convscope.vocab.wordnet.check_query`)
-    :class:`~convscope.errors.ArgumentError` naming it.
+    Score: per alternative of the query, the product of its terms' scores (the probability
+    mass of the classes a word names; 1 for a place or a time; the similarity of a recognized
+    word), the best alternative's; a word of the network's evidence counts only at
+    ``min_score`` or more. ``sort``: "score" (highest first) or "date" (newest first: EXIF
+    date, else the file's mtime). ``paths``: the classes to match with their WordNet paths,
+    instead of reading ``query``. ``words``: the everyday words
+    (:class:`convscope.vocab.EverydayWords`; default: the shipped table). A word no vocabulary
+    reads raises :class:`~convscope.errors.UnknownWordError` with close matches (on an index
+    with text, only when its text holds nothing like it); a bad argument (a query with no
+    word or too long, see :func:`.query.tokens`) :class:`~convscope.errors.ArgumentError` naming it.
 
     >>> [r.path for r in search(store, "cat", top=3)]
     ['/photos/chelsea.png', ...]
+    >>> search(store, "beach 2015")[0].why[-1].to_json()["kind"]
+    'time'
     """
     _check_top(top)
     if sort not in SORTS:
         raise ArgumentError(f"`sort` must be one of {', '.join(SORTS)}, got {sort!r}", param="sort")
     if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
         raise ArgumentError(f"`min_score` must be a probability between 0 and 1, got {min_score!r}", param="min_score")
-    if paths is None:
-        if len(store.labels) != 1000:
-            raise ConvscopeError(f"keyword search needs a model of the 1,000 ImageNet classes; this index's model has {len(store.labels)} classes")
-        from ..vocab import Vocabulary
-
-        paths = Vocabulary.load().classes_for(query).paths
-    scores = keyword_scores(store, list(paths))
-    rows = np.flatnonzero(scores >= min_score) if min_score > 0 else np.flatnonzero(scores > 0)
-    best, score, first, last = segments(store, rows, scores[rows])
-    results = _results(store, best, score, first, last, sort, top)
+    if paths is not None:
+        plan = query_grammar.Plan(query, [[terms.ClassTerm(query, paths)]])
+    else:
+        plan = query_grammar.read(store, query, words=words)
+    if any(t.network for alt in plan.alternatives for t in alt) and len(store.labels) != 1000:
+        raise ConvscopeError(f"searching for what is in the photos needs a model of the 1,000 ImageNet classes; "
+                             f"this index's model has {len(store.labels)} classes (places, times and text still work)")
+    best = np.zeros(store.entries)
+    chosen = np.full(store.entries, -1, np.int32)
+    for k, alternative in enumerate(plan.alternatives):
+        scores = np.ones(store.entries)
+        for term in alternative:
+            scores *= term.scores(store, min_score)
+        better = scores > best
+        best[better] = scores[better]
+        chosen[better] = k
+    rows = np.flatnonzero(best > 0)
+    found, score, first, last = segments(store, rows, best[rows])
+    results = _results(store, found, score, first, last, sort, top)
     for r in results:
-        r.why = why(store, r.entry, paths)
+        r.why = [w for term in plan.alternatives[chosen[r.entry]] for w in term.why(store, r.entry)]
+    if not results:
+        error = plan.nothing_found()
+        if error is not None:
+            raise error
     return results
-
-
-def why(store: IndexStore, row: int, paths: Mapping[int, Sequence[str]]) -> list[Why]:
-    """The matched classes among entry ``row``'s stored ones, most probable first."""
-    out = []
-    for c, p in zip(store.top_class[row].tolist(), store.top_prob[row].tolist()):
-        if c >= 0 and c in paths:
-            out.append(Why(int(c), store.labels[c], float(p), list(paths[c])))
-    return out
 
 
 # --------------------------------------------------------------------------- like

@@ -258,6 +258,7 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         self.labels: list[str] = meta["labels"]
         self.layers: list[dict] = meta["layers"]
         self._paths: dict[int, dict] = {}
+        self._memo: dict[str, object] = {}
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "IndexStore":
@@ -308,6 +309,13 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         key = os.path.normpath(os.path.abspath(os.fspath(path)))
         rows = self.query("SELECT * FROM files WHERE path = ?", [db_path(key)])
         return _record(rows[0]) if rows else None
+
+    def memo(self, key: str, make):
+        """What ``make()`` gives, made once per open index (an index never changes once open):
+        the vocabularies that searches read from the database, such as its place names."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     @property
     def db(self) -> sqlite3.Connection:

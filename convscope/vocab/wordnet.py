@@ -180,6 +180,13 @@ class Vocabulary:
                           senses=_unique(s for t in terms for s in t.senses),
                           paths=dict(sorted(paths.items())))
 
+    def term_end(self, tokens: Sequence[str], i: int) -> int | None:
+        """Where the longest noun of the table that starts at ``tokens[i]`` ends (the position
+        after its last token), or None when no noun starts there: how a query grammar that reads
+        other kinds of words too finds the nouns among them."""
+        term, end = self._longest_term(list(tokens), i)
+        return end if term is not None else None
+
     def path(self, index: int, senses: Sequence[str]) -> tuple[str, ...] | None:
         """The readable names from class ``index`` up to the nearest of ``senses`` (synset ids),
         or None if none of them is the class or one of its ancestors. Breadth first, parents in
