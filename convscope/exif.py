@@ -97,7 +97,8 @@ def _text(value) -> str | None:
     return value.strip("\x00 ") if isinstance(value, str) else None
 
 
-def check_date(value, offset: int | None = None, now: datetime.datetime | None = None) -> tuple[str | None, str | None]:
+def check_date(value, offset: int | None = None,
+               now: datetime.datetime | None = None) -> tuple[str | None, str | None]:
     """EXIF's ``"YYYY:MM:DD HH:MM:SS"`` as ISO 8601 (``"YYYY-MM-DDTHH:MM:SS"``), and None; or
     None and a note: not a date (0000:00:00 included), or more than :data:`FUTURE_SLACK` after
     ``now`` (its UTC time where ``offset``, minutes east of UTC, is known). Absent or blank (the
@@ -151,9 +152,11 @@ def gps_position(ifd) -> tuple[tuple[float, float] | None, str | None]:
         which = "latitude" if lat is None else "longitude"
         raw = ifd.get(_GPS_LATITUDE if lat is None else _GPS_LONGITUDE)
         return None, f"gps: {which} {raw!r:.60} is not degrees, minutes, seconds"
-    lat_ref, lon_ref = (_text(ifd.get(_GPS_LATITUDE_REF)) or "").upper(), (_text(ifd.get(_GPS_LONGITUDE_REF)) or "").upper()
+    lat_ref = (_text(ifd.get(_GPS_LATITUDE_REF)) or "").upper()
+    lon_ref = (_text(ifd.get(_GPS_LONGITUDE_REF)) or "").upper()
     if lat_ref not in ("N", "S") or lon_ref not in ("E", "W"):
-        return None, f"gps: no hemisphere (GPSLatitudeRef {lat_ref or 'missing'}, GPSLongitudeRef {lon_ref or 'missing'})"
+        return None, (f"gps: no hemisphere (GPSLatitudeRef {lat_ref or 'missing'}, "
+                      f"GPSLongitudeRef {lon_ref or 'missing'})")
     lat, lon = (-lat if lat_ref == "S" else lat), (-lon if lon_ref == "W" else lon)
     why = check_coordinates(lat, lon)
     if why:

@@ -56,7 +56,8 @@ def exif_of(lat=None, lon=None, date=None, offset=None, offset_time=None, gps_ex
 
 
 def save_photo(path, exif: Image.Exif, size=(64, 48)):
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, exif=exif)
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, exif=exif)
     return path
 
 
@@ -94,7 +95,8 @@ def test_gps_and_offset_come_from_the_photo_file(tmp_path, name):
 
 def test_load_photo_still_opens_the_file_once_with_gps(tmp_path, monkeypatch):
     lat, lon, _ = PHOTOS["sydney"]
-    path = save_photo(tmp_path / "sydney.jpg", exif_of(lat, lon, "2019:12:24 07:15:00", "+11:00"), size=(900, 600))
+    path = save_photo(tmp_path / "sydney.jpg", exif_of(lat, lon, "2019:12:24 07:15:00", "+11:00"),
+                      size=(900, 600))
     opened = []
     real_open = os.open
     monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(os.fspath(p)), real_open(p, *a, **k))[1])
@@ -208,7 +210,8 @@ def test_gps_names_the_place(tmp_path, name):
     lat, lon, (city, region, country, code) = PHOTOS[name]
     photo = load_photo(save_photo(tmp_path / f"{name}.jpg", exif_of(lat, lon, "2008:07:14 21:30:05", "+02:00")))
     columns = Location().file(photo)
-    assert (columns["city"], columns["region"], columns["country"], columns["country_code"]) == (city, region, country, code)
+    names = (columns["city"], columns["region"], columns["country"], columns["country_code"])
+    assert names == (city, region, country, code)
     assert columns["lat"] == pytest.approx(dms(lat, lon)[0], abs=1e-6)
     assert columns["lon"] == pytest.approx(dms(lat, lon)[1], abs=1e-6)
     assert (columns["utc_offset"], columns["taken_from"], columns["notes"]) == (120, "exif", None)
@@ -315,3 +318,24 @@ def test_a_videos_container_location_is_its_position(tmp_path):
     none = media.probe_video(make_video(tmp_path / "none.mp4", None))
     assert none.gps is None and none.notes == ()
     assert geo.container_position({"location": "somewhere"}) == (None, "location: 'somewhere' is not an ISO 6709 position")
+
+
+@pytest.mark.filterwarnings("ignore:(Corrupt EXIF|Tag data|Truncated File):UserWarning")  # Pillow's, on damage
+@pytest.mark.parametrize("seed", range(6))
+def test_damaged_exif_reads_as_none_never_a_crash(tmp_path, seed):
+    """EXIF whose bytes are cut short or scrambled after a valid header: the photo loads, and
+    what cannot be read is absent (or noted), never an exception."""
+    good = exif_of(PHOTOS["lyon"][0], PHOTOS["lyon"][1], "2008:07:14 21:30:05", "+02:00").tobytes()
+    rng = np.random.default_rng(seed)
+    data = bytearray(good)
+    if seed % 2:
+        data = data[: 8 + int(rng.integers(8, len(good) - 8))]  # cut short
+    else:
+        for k in rng.integers(14, len(good), 12):  # scrambled bytes after the TIFF header
+            data[k] = int(rng.integers(0, 256))
+    path = tmp_path / "damaged.jpg"
+    Image.new("RGB", (16, 16)).save(path, exif=bytes(data))
+    photo = load_photo(path)
+    assert photo.size == (16, 16)
+    assert photo.gps is None or all(math.isfinite(x) for x in photo.gps)
+    assert all(note.split(":")[0] in ("date", "offset", "gps") for note in photo.notes)
