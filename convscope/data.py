@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError
-from .exif import EXIF_TRANSPOSE, QUARTER_TURNS, date_taken, orientation
+from .exif import EXIF_TRANSPOSE, QUARTER_TURNS, Facts, orientation, read_facts
 from .files import atomic_write, cache_dir
 
 IMAGE_EXTENSIONS = frozenset(
@@ -277,24 +277,26 @@ def load_image_hashed(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, 
 
 @dataclasses.dataclass
 class Photo:
-    """A decoded photo and what the same read of its file tells: ``image`` (8-bit RGB, upright;
-    smaller than the file where ``target_size`` reduced it), ``size`` (width, height) of the
-    file's pixels, upright, ``taken`` (EXIF DateTimeOriginal as ISO 8601
-    ``YYYY-MM-DDTHH:MM:SS``, or None) and ``sha256`` (hex, of the bytes decoded)."""
+    """A decoded photo and what the same read of its file tells: ``image`` (8-bit RGB, upright; smaller
+    than the file where ``target_size`` reduced it), ``size`` (width, height of the file's pixels, upright),
+    ``sha256`` (hex, of the bytes decoded) and its EXIF's :class:`~convscope.exif.Facts`, by their names."""
 
     image: Image.Image
     size: tuple[int, int]
     taken: str | None = None
     sha256: str | None = None
+    gps: tuple[float, float] | None = None
+    offset: int | None = None
+    notes: tuple[str, ...] = ()
 
 
 def load_photo(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, *, max_bytes: int = MAX_BYTES,
                target_size: int | None = None) -> Photo:
     """:func:`load_image_hashed` with the file's facts: the file is opened and read once, and its
-    pixels, full size, EXIF date and sha256 all come from those bytes (what an index keeps).
+    pixels, full size, EXIF facts (date, offset, position) and sha256 come from those bytes.
 
     >>> photo = load_photo("holiday/beach.jpg", target_size=256)
-    >>> photo.image.size, photo.size, photo.taken   # ((500, 375), (2000, 1500), '2021-07-04T12:30:00')
+    >>> photo.size, photo.taken, photo.gps   # ((2000, 1500), '2021-07-04T12:30:00', (45.764, 4.8357))
     """
     return _load(Path(path), _Budget.of(max_pixels, max_bytes, target_size), digest=True, facts=True)
 
@@ -364,7 +366,6 @@ def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Pho
                 raise ImageError(path, "empty file (0 bytes)")
             return _decode(f, path, budget, facts=facts)
         try:  # the size a file claims is not what it holds (/proc): what is read decides
-
             data = f.read()
         except OSError as exc:
             raise ImageError(path, _os_reason(exc)) from None
@@ -376,8 +377,7 @@ def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Pho
 
 
 def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -> Photo:
-    """The budgeted decode of an open binary file; ``held``: bytes of the file already in memory;
-    ``facts``: read the EXIF date too (the size is always known)."""
+    """The budgeted decode of an open binary file (``held``: its bytes in memory; ``facts``: read EXIF's too)."""
     img = rgb = None
     try:
         img = Image.open(source)
@@ -398,7 +398,7 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
             )
         img.load()  # decode now, so truncation shows here
         turned = orientation(img)  # PNG may carry its EXIF after the pixels
-        taken = date_taken(img) if facts else None
+        found = read_facts(img) if facts else Facts()
         rgb = to_rgb(img, factor)
         if rgb is not img:
             img.close()  # the decoded pixels go before the upright copy is made
@@ -408,7 +408,7 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
                 rgb.info.pop(key, None)  # no longer true of these pixels: no one turns them again
             if turned in QUARTER_TURNS:
                 w, h = h, w
-        return Photo(rgb, (w, h), taken)
+        return Photo(rgb, (w, h), found.taken, gps=found.gps, offset=found.offset, notes=found.notes)
     except ImageError:
         raise
     except UnidentifiedImageError:

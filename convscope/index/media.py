@@ -24,6 +24,7 @@ from PIL import Image
 from ..data import (DANGLING_LINK, IMAGE_EXTENSIONS, MAX_BYTES, MAX_PIXELS, check_pixels, expand_inputs, open_regular,
                     pixel_bytes)
 from ..errors import ImageError
+from ..geo import container_position
 
 VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v".split())
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
@@ -93,13 +94,17 @@ class VideoInfo:
     """What a video holds: ``duration`` in seconds (None if unknown) and ``frames`` (at most
     that many can be decoded), both read from its packets, not from what its header claims;
     frame ``size`` (width, height, as the header says); ``taken`` (the container's creation time,
-    ISO 8601, or None); ``sha256`` of the file, where the reader hashed it."""
+    ISO 8601, or None); ``sha256`` of the file, where the reader hashed it; ``gps`` (latitude,
+    longitude from the container's ISO 6709 location, or None) and ``notes`` (why a location
+    there was ignored: :func:`convscope.geo.container_position`)."""
 
     duration: float | None
     size: tuple[int, int]
     taken: str | None
     sha256: str | None = None
     frames: int = 0
+    gps: tuple[float, float] | None = None
+    notes: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -157,7 +162,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         if frames and stream.time_base is not None:
             start = stream.start_time if stream.start_time is not None else first
             duration = max(0.0, float((end - start) * stream.time_base))
-        return VideoInfo(duration, size, taken or None, frames=frames)
+        gps, note = container_position(container.metadata)
+        return VideoInfo(duration, size, taken or None, frames=frames, gps=gps, notes=(note,) if note else ())
 
 
 def video_frames(path: str | os.PathLike, fps: float = 1.0, first: int = 0, stop: int | None = None, *,
