@@ -27,16 +27,22 @@ from ._ray import ray_options
               help="Layers whose units `search --unit` can ask for (default: `convscope layers --default-only`).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Model inputs per forward pass.")
 @click.option("--workers", default=None, type=click.IntRange(0, 64), help="Decoding processes (default: by input count).")
+@click.option("--text/--no-text", "text", default=None,
+              help="Recognize text in photos (signs, documents, screenshots), for search by the words written in "
+                   "them (default: where the OCR engine is installed, `pip install 'convscope[text]'`).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record for the index written: out, entries, photos, videos, skipped, model, layers, seconds.")
 @ray_options
 @model_options
-def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json, ray, ray_workers, model_args):
+def index(paths, out, fps, update, resume, layers, batch_size, workers, text, as_json, ray, ray_workers, model_args):
     """Index photos and videos (files, folders, globs, @LIST files) into --out, once, for
     `convscope search`, `duplicates` and `organize`.
 
     Per photo, and per sampled video frame, the index keeps the class probabilities, an
-    embedding, the strongest response of every unit of --layers and a thumbnail. Bad files are
+    embedding, the strongest response of every unit of --layers and a thumbnail; per file,
+    where (EXIF GPS, named offline) and when it was taken; with --text, the words written in
+    it. --update adds what an index built by an older convscope lacks (places, text) without
+    running the network again on unchanged files. Bad files are
     skipped with one line each and counted; a build killed half-way continues with --resume.
     With --ray the forward passes run on Ray workers, and the index is the one a single process
     writes.
@@ -57,7 +63,8 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
     model = model_args.load()
     started = time.time()
     with Index.build(model, list(paths) or None, out, fps=fps, update=update, resume=resume, batch_size=batch_size,
-                     workers=workers, layers=layers, on_skip=report_skipped, ray=ray, ray_workers=ray_workers) as built:
+                     workers=workers, layers=layers, on_skip=report_skipped, ray=ray, ray_workers=ray_workers,
+                     text=text) as built:
         info = built.info()
     report_built(f"index of {info['photos']} photos and {info['videos']} videos ({info['entries']} entries, "
                  f"{info['skipped']} skipped)", out, {k: v for k, v in info.items() if k != "path"},
@@ -79,24 +86,34 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, as_json,
 @click.option("--explain", "explain_dir", default=None, type=click.Path(file_okay=False),
               help="Folder for one picture per result, NN_<name>.png in result order: where the network saw "
                    "the matched class (Grad-CAM), or the unit's receptive-field box.")
+@click.option("--words", "words_file", default=None, type=click.Path(dir_okay=False),
+              help="A JSON file of your own everyday words and the classes that are evidence for them "
+                   "(docs/search.md), added to the shipped ones.")
 @click.option("--json", "as_json", is_flag=True,
-              help='One JSON record per result, best first: {"path", "time", "score", "why": [{"index", "label", '
-                   '"probability", "path"}]}, with "end" for a video segment and "box" for --unit.')
+              help='One JSON record per result, best first: {"path", "time", "score", "why": [{"kind", ...}]}, '
+                   'each piece of evidence with its kind (class, word, place, time, text: docs/search.md), '
+                   'with "end" for a video segment and "box" for --unit.')
 @model_options(own="index")
-def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_json, model_args):
-    """Search an index by a word or phrase (QUERY), by an example photo (--like) or by a unit of
-    the network (--unit). Every keyword result says why: the matched classes, their
-    probabilities, and the WordNet path from each class up to the query word.
+def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, words_file, as_json, model_args):
+    """Search an index by words (QUERY), by an example photo (--like) or by a unit of the
+    network (--unit). Every result says why: the classes the network saw (with the WordNet path
+    up to the word, or why they are evidence for an everyday word), where and when the photo
+    was taken, the text read in it.
 
-    Words are WordNet nouns for the ImageNet classes and their kinds: "dog" finds every dog
-    breed, "vehicle" every car, boat and plane. Commas, "or" and "and" list alternatives ("dog,
-    cat"); words side by side narrow each other ("retriever dog"). An unknown word is one line
-    with close matches, and exit status 1. --like and --unit load the index's own model (or
-    --model, ...) for a photo outside the index and for the unit's box.
+    Words are WordNet nouns for the ImageNet classes and their kinds ("dog" finds every breed,
+    "vehicle" every car, boat and plane), everyday words (people, beach, snow, food), places
+    the photos were taken (lyon, france), times ("2015", "may 2015", "2015-05-02", "night")
+    and, on an index built with --text, words written in the photos ("\"open\"" for the text
+    alone). Commas, "or" and "and" list alternatives ("dog, cat"); words side by side narrow
+    each other ("dog france 2015"). An unknown word is one line with close matches, and exit
+    status 1. --like and --unit load the index's own model (or --model, ...) for a photo
+    outside the index and for the unit's box.
 
     \b
     Examples:
       convscope search photos.index dog
+      convscope search photos.index beach july
+      convscope search photos.index dog france 2015 --json
       convscope search photos.index "sports car" --top 5 --sort date --json
       convscope search photos.index --like photos/rex.jpg
       convscope search photos.index --unit blocks.4:17 --explain why/
@@ -120,14 +137,14 @@ def search(index_dir, query, top, min_score, sort, like, unit, explain_dir, as_j
             idx.check_unit(*unit)  # an unknown layer or a unit out of range fails before a model loads
         if not idx.entries:
             if text:
-                idx.search(text, top=top, min_score=min_score, sort=sort)  # a word it does not know still fails
+                idx.search(text, top=top, min_score=min_score, sort=sort, words=words_file)  # a word it does not know still fails
             note(_empty(idx))
             return
         model = None
         if model_args.names_a_model:  # not the index's own model as it was built
             model = model_args.load(idx.meta["model"]["spec"])
         if text:  # a word the search does not know is a QueryError: exit 1, as for nothing found
-            results = idx.search(text, top=top, min_score=min_score, sort=sort)
+            results = idx.search(text, top=top, min_score=min_score, sort=sort, words=words_file)
         elif like is not None:
             results = idx.like(like, top=top, model=model)
         else:
@@ -163,7 +180,7 @@ def _why(r) -> str:
     if r.box is not None:
         top, left, bottom, right = r.box
         return f"at y={r.position[0]} x={r.position[1]}, input box rows {top}-{bottom - 1}, cols {left}-{right - 1}"
-    return "; ".join(f"{w.label} {w.probability:.2f}: {' > '.join(w.path)}" for w in r.why)
+    return "; ".join(w.line() for w in r.why)
 
 
 def _print_table(results) -> None:

@@ -58,13 +58,17 @@ class Index(IndexStore):
         return cls.open(out)
 
     def search(self, query: str, *, top: int = 20, min_score: float = search.MIN_SCORE,
-               sort: str = "score") -> list[search.Result]:
-        """Keyword search (:func:`convscope.index.search.search`): entries whose matched-class
-        probability sum is at least ``min_score``, by score or by date (newest first).
+               sort: str = "score", words=None) -> list[search.Result]:
+        """Search by words (:func:`convscope.index.search.search`): classes, everyday words,
+        places, times and text in photos; by score or by date (newest first). ``words``: the
+        everyday words, or a JSON file of the user's own added to the shipped ones.
 
         >>> index.search("sports car", top=3, sort="date")
+        >>> index.search("dog france 2015", words="my-words.json")
         """
-        return search.search(self, query, top=top, min_score=min_score, sort=sort)
+        if words is not None and not isinstance(words, EverydayWords):
+            words = EverydayWords.load(words)
+        return search.search(self, query, top=top, min_score=min_score, sort=sort, words=words)
 
     def like(self, target, *, top: int = 20, time: float | None = None, model=None) -> list[search.Result]:
         """Entries most like ``target`` by cosine of embeddings, exact. ``target``: an indexed

@@ -190,9 +190,9 @@ def file_columns(store: IndexStore) -> frozenset[str]:
 
 
 class Term:
-    """One word (or phrase) of a query read as one kind of evidence."""
+    """One word (or phrase) of a query read as one kind of evidence: ``words``, as the query said them."""
 
-    words: str = ""
+    words: str
     #: Whether the term is the network's evidence, cut at ``min_score``.
     network = False
 

@@ -20,11 +20,12 @@ from .base import Signal
 from .classes import Classes, top_classes
 from .embedding import Embedding
 from .metadata import Metadata
+from .place import Location
 from .thumbnail import Thumbnail
 from .units import Units
 
 #: The signals an index build can compute, in order (the arrays, columns and tables of the index).
-SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata())
+SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata(), Location())
 
 
 def choose(options: Mapping[str, bool | None] | None = None) -> tuple[str, ...]:
@@ -71,5 +72,5 @@ def schema(names: Sequence[str] | None) -> str:
     return store_schema(columns, "\n".join(signal.tables for signal in chosen(names) if signal.tables))
 
 
-__all__ = ["BEFORE_RECORDED", "SIGNALS", "Classes", "choose", "chosen", "decode_size", "Embedding", "Metadata",
+__all__ = ["BEFORE_RECORDED", "SIGNALS", "Classes", "choose", "chosen", "decode_size", "Embedding", "Location", "Metadata",
            "schema", "Signal", "Thumbnail", "Units", "top_classes"]
