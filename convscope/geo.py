@@ -268,7 +268,7 @@ def _gazetteer() -> _Gazetteer | str:
         return _MISSING
     try:
         return _Gazetteer(path)
-    except (OSError, ValueError, IndexError, StopIteration, csv.Error) as exc:
+    except (ImportError, OSError, ValueError, IndexError, StopIteration, csv.Error) as exc:  # scipy, the table
         return f"place names are not looked up: {PACKAGE}'s table {path} is unreadable ({type(exc).__name__}: {exc})"
 
 

@@ -1,16 +1,18 @@
 """Where and when a photo was taken, from its own metadata: columns of the ``files`` table.
 
 From the one read of the file (:class:`convscope.data.Photo`: EXIF GPS, offset, notes; or
-:class:`~convscope.index.media.VideoInfo`: the container's ISO 6709 location): the position
-(``lat``, ``lon``, degrees), its place names (``city``, ``district``, ``region``, ``country``,
-``country_code``: :mod:`convscope.geo`, NULL where the optional gazetteer is not installed or
-no town is near) and ``place_km``, how far the position is from the town named ``city`` (a why
-says "near Lyon (1.9 km)"; in a big city the nearest town can be a neighbourhood or a
-neighbour: see :mod:`convscope.geo`), the offset from UTC of the photo's time (``utc_offset``, minutes east; EXIF
-only), where its time came from (``taken_from``: "exif", "container" (a video's creation time,
-UTC) or "file" (no date inside: the build dates it by the file's modification time)), and
-``notes``: the metadata ignored as untrue, one line each (``"gps: latitude 91 is out of
-range (-90 to 90)"``), counted by :func:`count_notes`.
+:class:`~convscope.index.media.VideoInfo`: the container's ISO 6709 location):
+
+- ``lat``, ``lon``: the position, degrees (north, east positive).
+- ``city``, ``district``, ``region``, ``country``, ``country_code``: its place names
+  (:mod:`convscope.geo`), NULL where the optional gazetteer is not installed or no town is near;
+  ``place_km``: how far the position is from the town named ``city`` (a why says "near Lyon
+  (1.9 km)": in a big city the nearest town can be a neighbourhood or a neighbour).
+- ``utc_offset``: minutes east of UTC of the photo's ``taken`` (EXIF only).
+- ``taken_from``: where the time came from: "exif", "container" (a video's creation time, UTC)
+  or "file" (no date inside: the build dates it by the file's modification time).
+- ``notes``: the metadata ignored as untrue, one line each (``"gps: latitude 91 is out of range
+  (-90 to 90)"``), counted by :func:`count_notes`.
 
 Place names are looked up in the decoding worker (the gazetteer is loaded once per process,
 on the first photo with a position). Without the package, :meth:`Location.unavailable_names`
