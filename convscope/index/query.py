@@ -34,7 +34,7 @@ from .store import IndexStore
 
 _TOKEN = re.compile(r'"[^"]*"?|,|\d{4}[-/]\d{1,2}(?:[-/]\d{1,2})?|[^\s,_\-"]+')
 #: The columns of ``files`` whose names are places a query may name, most specific first.
-PLACE_LEVELS = ("city", "region", "country")
+PLACE_LEVELS = ("city", "district", "region", "country")
 
 
 class NoEvidenceError(UnknownWordError):

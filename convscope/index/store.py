@@ -349,7 +349,9 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
                                  hint="The index keeps the units of these layers only.")
 
     def info(self) -> dict:
-        """A summary: entries, files (photos, videos), skipped, model, layers, fps, built, seconds."""
+        """A summary: entries, files (photos, videos), skipped, model, layers, fps, built, seconds,
+        the signals it holds and its build's ``notes`` (metadata ignored as untrue, work capped:
+        how many of each kind, ``{"date": 2, "gps": 1}``)."""
         kinds = dict(self.query("SELECT kind, COUNT(*) FROM files GROUP BY kind"))
         m = self.meta
         return {
@@ -357,6 +359,7 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
             "skipped": m.get("skipped", 0), "model": m["model"]["spec"], "layers": [l["name"] for l in self.layers],
             "units": int(self.units.shape[0]), "embedding_dim": int(self.embedding.shape[1]), "fps": m["fps"],
             "top_classes": m["top_classes"], "prob_floor": m["prob_floor"], "built": m.get("built"), "seconds": m.get("seconds"),
+            "signals": list(self.signals), "notes": m.get("notes", {}),
         }
 
     def __repr__(self) -> str:

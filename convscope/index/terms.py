@@ -73,23 +73,26 @@ class PlaceWhy:
 
     words: str
     city: str | None
+    district: str | None
     region: str | None
     country: str | None
     lat: float | None
     lon: float | None
+    km: float | None = None  # how far the position is from the town named ``city``
     kind = "place"
 
     @property
     def place(self) -> str:
-        return ", ".join(p for p in (self.city, self.region, self.country) if p)
+        return ", ".join(p for p in (self.city, self.district, self.region, self.country) if p)
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "words": self.words, "place": self.place, "city": self.city, "region": self.region,
-                "country": self.country, "lat": self.lat, "lon": self.lon}
+        return {"kind": self.kind, "words": self.words, "place": self.place, "city": self.city, "district": self.district,
+                "region": self.region, "country": self.country, "lat": self.lat, "lon": self.lon, "km": self.km}
 
     def line(self) -> str:
         where = f" ({self.lat:.4f}, {self.lon:.4f})" if self.lat is not None and self.lon is not None else ""
-        return f"'{self.words}': taken in {self.place}{where}"
+        near = f"near {self.city} ({self.km:.1f} km), " if self.city and self.km is not None and self.km >= 1 else ""
+        return f"'{self.words}': taken {near}in {self.place}{where}"
 
 
 @dataclasses.dataclass
@@ -261,11 +264,12 @@ class PlaceTerm(Term):
         return out
 
     def why(self, store, row):
-        record = store.query("SELECT city, region, country, lat, lon FROM files WHERE id = ?", [int(store.entry_file[row])])
+        record = store.query("SELECT * FROM files WHERE id = ?", [int(store.entry_file[row])])
         if not record:
             return []
-        r = record[0]
-        return [PlaceWhy(self.words, r["city"], r["region"], r["country"], r["lat"], r["lon"])]
+        r = dict(record[0])
+        return [PlaceWhy(self.words, r.get("city"), r.get("district"), r.get("region"), r.get("country"), r.get("lat"),
+                         r.get("lon"), r.get("place_km"))]
 
 
 @dataclasses.dataclass

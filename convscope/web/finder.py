@@ -248,7 +248,9 @@ class Finder:
             out["explain"] = self.links.explain(r.entry, unit=unit) if served else None
             out["explain_title"] = f"receptive field of unit {unit}"
         else:
-            cls = r.why[0].index if r.why else (top["index"] if top else -1)
+            seen = [w.index for w in r.why if getattr(w, "index", None) is not None]
+            cls = seen[0] if seen else (top["index"] if top else -1)
+            out["text_boxes"] = _text_boxes(r.why, record)
             out["explain"] = self.links.explain(r.entry, cls=cls) if served and cls >= 0 else None
             out["explain_title"] = f"Grad-CAM: where the network saw {self.index.labels[cls]}" if cls >= 0 else None
         return out
@@ -441,3 +443,22 @@ def _day(seconds: float | None) -> str | None:
     if seconds is None or not math.isfinite(seconds):
         return None
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def _text_boxes(why, record: dict) -> list[dict]:
+    """The boxes of the words read in a photo that a result matched, as percentages of the
+    square tile that shows its thumbnail (``object-fit: cover``: the middle of a long side)."""
+    width, height = record.get("width") or 1, record.get("height") or 1
+    aspect = width / height
+    out = []
+    for w in why:
+        if getattr(w, "kind", None) != "text":
+            continue
+        left, top, right, bottom = w.box
+        if aspect >= 1:
+            left, right = (v * aspect - (aspect - 1) / 2 for v in (left, right))
+        else:
+            top, bottom = (v / aspect - (1 / aspect - 1) / 2 for v in (top, bottom))
+        out.append({"text": w.text, "left": round(100 * left, 2), "top": round(100 * top, 2),
+                    "width": round(100 * (right - left), 2), "height": round(100 * (bottom - top), 2)})
+    return out

@@ -58,6 +58,16 @@ class Signal:
         """Per-entry values of one decoded picture (RGB PIL image, upright)."""
         return {}
 
+    def notes(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """How many notes of each kind its values hold (metadata ignored as untrue, work
+        capped), from the finished build's database: what the index's ``info()`` counts."""
+        return {}
+
+    def warning(self) -> str | None:
+        """A line a build says once before it starts, where the signal runs with less here (a
+        package missing), or None."""
+        return None
+
     def insert(self, conn: sqlite3.Connection, rows: Sequence[int], entries: list[dict]) -> None:
         """Write the per-entry values of :meth:`entry` of the entries ``rows`` into its tables."""
 

@@ -15,7 +15,7 @@ From the one read of the file (:class:`convscope.data.Photo`: EXIF GPS, offset, 
   (-90 to 90)"``), counted by :func:`count_notes`.
 
 Place names are looked up in the decoding worker (the gazetteer is loaded once per process,
-on the first photo with a position). Without the package, :meth:`Location.unavailable_names`
+on the first photo with a position). Without the package, :meth:`Location.warning`
 is the one line a build says once; the coordinates are kept, so ``geo.places`` can name them
 later without reading the files again.
 """
@@ -39,12 +39,15 @@ class Location(Signal):
     optional = False
 
     def available(self) -> str | None:
-        """None: positions, offsets and notes need no package (names may: see :meth:`unavailable_names`)."""
+        """None: positions, offsets and notes need no package (names may: see :meth:`warning`)."""
         return None
 
-    def unavailable_names(self) -> str | None:
+    def warning(self) -> str | None:
         """The one line a build says once where place names cannot be looked up here, or None."""
         return geo.unavailable()
+
+    def notes(self, conn):
+        return count_notes(r[0] for r in conn.execute("SELECT notes FROM files WHERE notes IS NOT NULL"))
 
     def file(self, read) -> dict:
         video = isinstance(read, VideoInfo)
