@@ -91,7 +91,7 @@ def test_search_cat_puts_chelsea_first_and_says_why(real):
     assert names(r["path"] for r in rows)[0] in CHELSEAS and set(names(r["path"] for r in rows)) == CHELSEAS
     first = rows[0]
     assert set(first) == {"path", "time", "score", "why"} and first["time"] is None
-    assert set(first["why"][0]) == {"index", "label", "probability", "path"}
+    assert set(first["why"][0]) == {"kind", "index", "label", "probability", "path"} and first["why"][0]["kind"] == "class"
     assert first["why"][0]["path"][0] == first["why"][0]["label"] and first["why"][0]["path"][-1] == "cat"
     table = run("search", real, "cat", "--top", 1, "--sort", "date")
     assert table.exit_code == 0 and "chelsea" in table.stdout and " > cat" in table.stdout

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import ArgumentError, ConvscopeError
+from ..vocab import EverydayWords
 from . import browse, organize, search
 from .store import IndexStore
 

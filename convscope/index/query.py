@@ -28,11 +28,15 @@ from pathlib import Path
 
 from ..errors import ArgumentError, QueryError, UnknownWordError, unknown_name_error
 from ..vocab import EverydayWords, Vocabulary, times
-from ..vocab.wordnet import MAX_QUERY_CHARS, MAX_QUERY_WORDS, SEPARATORS, UNKNOWN_HINT
+from ..vocab.wordnet import MAX_QUERY_CHARS, MAX_QUERY_WORDS, SEPARATORS
 from . import terms as T
 from .store import IndexStore
 
 _TOKEN = re.compile(r'"[^"]*"?|,|\d{4}[-/]\d{1,2}(?:[-/]\d{1,2})?|[^\s,_\-"]+')
+#: What an unknown word's error says a query may hold.
+UNKNOWN_HINT = ("Search words are what is in the photo (WordNet nouns of the ImageNet classes: dog, vehicle, fruit; "
+                "everyday words: people, beach, snow), places of this index's photos (lyon, france) and times "
+                "(2015, may 2015, night); try a broader or a narrower word.")
 #: The columns of ``files`` whose names are places a query may name, most specific first.
 PLACE_LEVELS = ("city", "district", "region", "country")
 
