@@ -4,7 +4,8 @@ evidence (:mod:`.terms`), against the vocabularies and what this index holds.
 - Commas, "or" and "and" separate **alternatives**; a result matches one of them.
 - Within an alternative, **words side by side narrow**: a result matches every term. Each
   position is read as the longest of, in this order: a time ("2015", "may 2015",
-  "2015-05-02", "night": :mod:`convscope.vocab.times`); a place of this index ("lyon",
+  "2015-05-02", "night": :mod:`convscope.vocab.times`; or, for an everyday word that is a time
+  too, "winter", either: taken in winter, or snow in the photo); a place of this index ("lyon",
   "new york", "france": the city, region and country names its photos' GPS positions gave,
   accents and case ignored); a WordNet noun of the ImageNet classes or an everyday word
   (:mod:`convscope.vocab.everyday`), the longer of the two, both when they are as long;
@@ -163,7 +164,12 @@ def _read_alternative(toks, vocab, words, named, longest_place, text, plan) -> l
         if when is not None:
             flush()
             term, used = when
-            out.append(T.TimeTerm(" ".join(toks[i:i + used]), term))
+            phrase = " ".join(toks[i:i + used])
+            seen = words.match(toks, i)  # "winter": taken in winter, or snow in the photo
+            if seen and seen[1] == i + used and seen[0].reasons and not seen[0].unseen:
+                out.append(T.AnyOf(phrase, [T.TimeTerm(phrase, term), T.WordTerm(phrase, seen[0])]))
+            else:
+                out.append(T.TimeTerm(phrase, term))
             i += used
             continue
         place = _place_at(toks, i, named, longest_place)
