@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
+from .. import geo
 from ..errors import unknown_name_error
 from ..files import printable_path
 from ..index import browse
@@ -111,7 +112,7 @@ class BrowsePages:
 
     async def places_page(self, request: Request):
         data = await run_in_threadpool(self.places, dict(request.query_params))
-        return self.site.page("places.html", data=data, api_url=_api_url(request))
+        return self.site.page("places.html", data=data, api_url=_api_url(request), credit=geo.CREDIT)
 
     async def api_places(self, request: Request):
         return PathJSON(await run_in_threadpool(self.places, dict(request.query_params)))
