@@ -82,6 +82,12 @@ def test_places_are_named_offline_and_stored(built):
     assert rows["coffee"]["country"] == "Australia" and rows["astronaut"]["country"] == "United States"
     assert rows["rocket"]["city"] is None and rows["rocket"]["taken_from"] == "file"
     assert "place" in built.signals and built.info()["signals"] == list(built.signals)
+    tree = {c.name: c for c in built.places()}  # the places page's tree, from the photos' own EXIF
+    assert set(tree) == {"France", "United States", "Australia"}
+    (region,) = tree["France"].children
+    assert region.name == "Auvergne-Rhone-Alpes" and [c.name for c in region.children] == ["Lyon"]
+    years = {y.name: y for y in built.timeline()}
+    assert {"2015", "2008", "2019", "2011"} <= set(years) and years["2011"].by_file == 1
 
 
 @pytest.mark.parametrize("query, found", [

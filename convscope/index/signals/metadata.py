@@ -9,6 +9,11 @@ from .base import Signal
 class Metadata(Signal):
     name = "metadata"
     columns = {"sha256": "TEXT NOT NULL", "taken": "TEXT", "width": "INTEGER", "height": "INTEGER", "duration": "REAL"}
+    #: Time words and the timeline read ranges of dates (taken, else the file's time).
+    tables = """
+CREATE INDEX files_taken ON files (taken);
+CREATE INDEX files_mtime ON files (mtime_ns);
+"""
 
     def file(self, read):
         return {"sha256": read.sha256, "taken": read.taken, "width": read.size[0], "height": read.size[1],
