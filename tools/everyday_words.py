@@ -420,8 +420,9 @@ WORDS: dict[str, dict] = {
     "fashion": dict(forms="clothing style, outfit of the day, ootd, dress up",
                     classes={k: "a {label} is a garment" for k in GARMENTS}),
     # more activities and hobbies
-    "birdwatching": dict(forms="birding, bird watching, birdwatcher, birders",
-                         classes={"@n01503061": "a {label} is a bird, what birdwatchers watch"}),
+    "birdwatching": dict(forms="birding, bird watching, birdwatcher, birders", wordnet=["n01503061"],
+                         drop={"cock": "a farmyard cock is not what birdwatchers watch",
+                               "hen": "a farmyard hen is not what birdwatchers watch"}),
     "aviation": dict(forms="airshow, air show, planespotting, plane spotting, aircraft spotting",
                      classes={k: "a {label} is an aircraft" for k in ("airliner", "warplane", "airship")}),
     "navy": dict(forms="naval, navy ship, navy ships",
