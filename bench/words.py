@@ -49,6 +49,9 @@ JUDGED: dict[str, set[str]] = {
     "military": {"n04041544_radio.JPEG", "n04008634_projectile.JPEG"},  # a soldier; a missile
     "tv": {"screen"},  # a screen (CRT monitor) is a TV-like set
     "meal": {"n01983481_American_lobster.JPEG"},  # a plated lobster dish
+    "cycling": {"n04482393_tricycle.JPEG"},  # a man riding a tall bicycle
+    "wine": {"red wine"},  # a bottle of red wine
+    "workshop": {"hatchet"},  # a hatchet is a workshop tool too
 }
 CUTOFFS = (0.1, 0.2)
 THUMB = 128
@@ -127,7 +130,7 @@ def main() -> None:
             for row in rows:
                 sheet(store, truth, row, args.top, args.sheets / f"{row['word'].replace(' ', '_')}.png")
     head = "".join(f"  hits@{c}  strict  judged  recall" for c in CUTOFFS)
-    print(f"{'word':14s} classes  dev photos{head}")
+    print(f"{'word':17s} classes  dev photos{head}")
     for row in rows:
         cells = ""
         for c in CUTOFFS:
@@ -135,7 +138,7 @@ def main() -> None:
             recall = f"{strict / min(row['present'], args.top):.2f}" if row["present"] else "-"
             cells += f"  {n:7d}  " + (f"{strict / n:6.2f}  {judged / n:6.2f}" if n else f"{'-':>6s}  {'-':>6s}") \
                 + f"  {recall:>6s}"
-        print(f"{row['word']:14s} {row['classes']:7d}  {row['present']:10d}{cells}")
+        print(f"{row['word']:17s} {row['classes']:7d}  {row['present']:10d}{cells}")
     for c in CUTOFFS:
         scored = [r[c] for r in rows if r[c][0]]
         hits = sum(n for n, _, _ in scored)

@@ -162,6 +162,13 @@ def resolve(key: str, labels: list[str], net: WordNet) -> list[int]:
     return found
 
 
+def fill(reason: str, label: str) -> str:
+    """A reviewed reason with the class's label in it: "a {label} is a wild animal" reads "an
+    African elephant is a wild animal" (the article as the label sounds, by its first letter)."""
+    article = "an" if label[0].lower() in "aeiou" else "a"
+    return reason.replace("a {label}", f"{article} {{label}}").format(label=label)
+
+
 def split(forms: str) -> list[str]:
     from convscope.vocab import normalize
 
@@ -189,7 +196,7 @@ def build() -> dict:
                 if index in classes:
                     raise SystemExit(f"{word}: {labels[index]!r} is both reviewed and from WordNet "
                                      f"({classes[index]['reason']}); leave out one")
-                classes[index] = {"label": labels[index], "reason": reason.format(label=labels[index]),
+                classes[index] = {"label": labels[index], "reason": fill(reason, labels[index]),
                                   "source": "reviewed"}
         reached = {i for mappings in found for i in mappings}
         unused = [key for key, found in drops.items() if reached.isdisjoint(found)]
