@@ -291,7 +291,7 @@ def units(directory, word, layer, show_all, as_json):
             if not found:
                 note(f"no unit of {layer or 'this atlas'} has top examples that are mostly {word!r}")
             return
-        names = a.unit_names(layer, "wordnet")
+        names = a.unit_names(layer)
     for n in names:
         if not (n["named"] or show_all):
             continue
