@@ -42,7 +42,6 @@ caller that has them names units with ``source="concept"`` through :func:`name_u
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 from typing import Callable, Collection, Mapping, Sequence
 
@@ -224,8 +223,7 @@ def name_atlas(atlas: Atlas, model, batch_size: int = 32) -> dict:
     was built with, and write the names into it (:meth:`Atlas.set_names`), holding the atlas's
     writer lock. Returns the naming record (:meth:`Atlas.naming`): with ``available`` False and
     a ``reason`` where the model's classes are not ImageNet's, and no names written."""
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    record = {"model": model.describe().get("spec"), "created": created,
+    record = {"model": model.describe().get("spec"),
               "rule": {"top": TOP, "confident": CONFIDENT, "alpha": ALPHA, "partial_share": round(PARTIAL_SHARE, 4)}}
     reason = imagenet_reason(model)
     with writer_lock(atlas.root, kind="atlas"):

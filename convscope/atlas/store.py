@@ -325,7 +325,7 @@ class Atlas:
 
     def naming(self) -> dict | None:
         """How this atlas's units were named (:mod:`convscope.atlas.names`): the naming step's
-        record (``model``, ``rule``, ``classified``, ``unreadable``, ``created``; ``available``
+        record (``model``, ``rule``, ``classified``, ``unreadable``; ``available``
         False with a ``reason`` where it could not name), or None for an atlas never named."""
         rows = self._query("SELECT value FROM meta WHERE key = 'names'")
         return json.loads(rows[0]["value"]) if rows else None
