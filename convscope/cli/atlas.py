@@ -51,11 +51,14 @@ atlas.add_command(health_command)
 @click.option("--deconvnet", "deconvnet", type=click.Choice(DECONVNET_MODES), default="auto", show_default=True,
               help="auto: no deconvnet projections for layers where they cannot depend on the image (no max-pool "
               "below them); always: compute them everywhere.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, seconds.")
+@click.option("--no-names", "no_names", is_flag=True,
+              help="Do not name the units by WordNet at the end (one more read of the example photos); "
+              "`convscope atlas name` does it later.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, named, seconds.")
 @ray_options
 @model_options
 def build(images, out, samples, layers, top, crops, project, batch_size, workers, checkpoint_every, resume, overwrite,
-          rank_by, deconvnet, as_json, ray, ray_workers, model_args):
+          rank_by, deconvnet, no_names, as_json, ray, ray_workers, model_args):
     """Scan photos (files, folders, globs, @LIST files) and write an atlas to --out.
 
     One pass over the photos keeps each unit's --top images; then only those photos are read
@@ -85,15 +88,21 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
             model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
             resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project,
             on_skip=report_skipped, ray=ray, ray_workers=ray_workers, rank_by=rank_by, deconvnet=deconvnet,
+            names=not no_names,
         )
     for w in caught:  # one line each, no source line
         note(str(w.message))
     info = result.info()
     images_info = info["images"]
     units = sum(layer["units"] for layer in info["layers"])
+    naming = result.naming()
+    named = sum(n["named"] for n in result.unit_names()) if naming and naming["available"] else None
+    if naming and not naming["available"]:
+        note(f"no unit names: {naming['reason']}")
     record = {"model": info["model"], "layers": [layer["name"] for layer in info["layers"]], "units": units,
-              "images": images_info}
-    report_built(f"atlas of {len(info['layers'])} layers, {units} units over {images_info['scanned']} photos "
+              "images": images_info, "named": named}
+    named_text = "" if named is None else f", {named} named"
+    report_built(f"atlas of {len(info['layers'])} layers, {units} units{named_text} over {images_info['scanned']} photos "
                  f"({images_info['skipped']} skipped)", out, record, time.time() - started, as_json, images_info["scanned"])
 
 
