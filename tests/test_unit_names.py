@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from convscope.atlas import Atlas, build
-from convscope.atlas.names import (CONCEPT, chance, classify_images, name_atlas, name_unit, name_units, needed,
+from convscope.atlas.names import (CONCEPT, chance, name_atlas, name_unit, name_units, needed,
                                    synset_labels)
 from convscope.vocab import Vocabulary
 
@@ -228,8 +228,12 @@ def test_example_classes_are_the_classifiers_and_word_search(default_model, samp
     from convscope.atlas.names import word_units
     from convscope.classify import classify
 
-    atlas = build(default_model, [str(sample_dir)], tmp_path / "atlas", layers=["blocks"], top=3, project=0,
-                  progress=False)
+    directory = tmp_path / "atlas"
+    atlas = build(default_model, [str(sample_dir)], directory, layers=["blocks"], top=3, project=0, progress=False,
+                  names=False)
+    assert atlas.naming() is None and atlas.unit_names() == []
+    named = cli("atlas", "name", str(directory))  # the atlas's own model, loaded from what it records
+    assert named.stdout.startswith("blocks: ") and "units named" in named.stdout
     record = atlas.naming()
     assert record["available"] and record["classified"] == len(atlas.images())
     classes = atlas.image_classes()
@@ -249,9 +253,12 @@ def test_example_classes_are_the_classifiers_and_word_search(default_model, samp
         ids = [e["image_id"] for e in atlas.examples("blocks", r["unit"])]
         count = sum(1 for i in ids if sum(p for c, p in classes[i] if c in cats) >= 0.5)
         assert r["count"] == count and count >= needed(len(ids), True)
+    listed = [json.loads(line) for line in cli("atlas", "units", str(directory), "--word", "cat", "--json").stdout.splitlines()]
+    assert listed == json.loads(json.dumps(found))
+    unknown = cli("atlas", "units", str(directory), "--word", "dgo", check=False)
+    assert unknown.returncode != 0 and unknown.stderr.count("\n") == 1 and "dog" in unknown.stderr
     again = name_atlas(atlas, default_model)  # naming again replaces, and gives the same names
     assert again["classified"] == record["classified"] and atlas.unit_names("blocks") == names
-    assert classify_images(atlas, default_model)[1] == []
     atlas.close()
 
 
