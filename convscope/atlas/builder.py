@@ -72,6 +72,7 @@ def build(
     ray_workers: int | None = None,
     rank_by: str = "auto",
     deconvnet: str = "auto",
+    names: bool = True,
 ) -> Atlas:
     """Build an atlas of ``model`` over ``images`` in the folder ``out``; returns it opened.
 
@@ -95,7 +96,9 @@ def build(
     the deconvnet projection in every layer where the deconvnet cannot depend on the image
     (:func:`convscope.backproject.layer_methods`: no max-pool or other forward-dependent
     routing below the layer, so the picture is the same for every photo), ``"always"``
-    computes it everywhere; the dependence is recorded per layer either way.
+    computes it everywhere; the dependence is recorded per layer either way. ``names``: name the
+    units by WordNet once the atlas is committed (:func:`convscope.atlas.names.name_atlas`: one
+    more read and forward pass of the example images; False leaves that to ``atlas name``).
 
     >>> atlas = build(load_model(), ["photos/"], "atlas/", layers=["blocks.2"], top=9)
     """
@@ -121,13 +124,19 @@ def build(
     with writer_lock(out, kind="atlas"), disk_full_as_error(out, RESUME_HINT):
         _prepare(out, resume, overwrite)
         if not ray:
-            return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
-                          project, methods, projection_batch, progress, on_skip, started, None, **choices)
-        from .. import distributed
+            atlas = _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
+                           project, methods, projection_batch, progress, on_skip, started, None, **choices)
+        else:
+            from .. import distributed
 
-        with distributed.open_pool(ray, model, ray_workers) as pool:
-            return _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
-                          project, methods, projection_batch, progress, on_skip, started, pool, **choices)
+            with distributed.open_pool(ray, model, ray_workers) as pool:
+                atlas = _build(model, images, out, layers, top, crops, batch_size, workers, resume, checkpoint_every,
+                               project, methods, projection_batch, progress, on_skip, started, pool, **choices)
+    if names and atlas.naming() is None:  # after the build's lock: the naming step takes it again
+        from .names import name_atlas
+
+        name_atlas(atlas, model, batch_size)
+    return atlas
 
 
 def _build(model, images, out: Path, layers, top, crops, batch_size, workers, resume, checkpoint_every, project,

@@ -74,6 +74,19 @@ CREATE TABLE examples (
 CREATE TABLE skipped (path TEXT NOT NULL, reason TEXT NOT NULL, phase TEXT NOT NULL DEFAULT 'scan');
 """
 
+#: The unit names (:mod:`convscope.atlas.names`), added to a finished atlas by its naming step
+#: (:meth:`Atlas.set_names`): the classifier's top classes of each example image, and per unit
+#: and source ("wordnet", or "concept" for taught concepts) its name or, unnamed, the closest.
+NAMES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_classes (image INTEGER PRIMARY KEY REFERENCES images(id), top TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unit_names (
+    layer TEXT NOT NULL REFERENCES layers(name), unit INTEGER NOT NULL, source TEXT NOT NULL,
+    named INTEGER NOT NULL, key TEXT, name TEXT, count INTEGER NOT NULL, total INTEGER NOT NULL,
+    base REAL, chance REAL,
+    PRIMARY KEY (layer, unit, source)
+);
+"""
+
 
 class IncompleteAtlasError(ConvscopeError):
     """A folder whose atlas build stopped before the end."""
@@ -290,6 +303,90 @@ class Atlas:
                                        (*sets.values(), layer, int(unit), int(rank)))
             finally:
                 rw.close()
+
+    # ------------------------------------------------------------------ unit names
+
+    def images(self) -> list[dict]:
+        """Every model input some example is on, by image id: image_id, crop, path (the photo's),
+        sha256 (of the bytes the scan decoded), window (the crop on the photo: left, top, right,
+        bottom; None if the photo could not be read again)."""
+        rows = self._query("SELECT * FROM images ORDER BY id")
+        return [{"image_id": r["id"], "crop": r["crop"], "path": r["path"], "sha256": r["hash"],
+                 "window": None if r["crop_top"] is None else
+                 [r["crop_left"], r["crop_top"], r["crop_right"], r["crop_bottom"]]} for r in rows]
+
+    def example_images(self, layer: str) -> dict[int, list[int]]:
+        """Per unit of ``layer``, the image ids of its top examples, best first."""
+        self._layer_row(layer)
+        out: dict[int, list[int]] = {}
+        for r in self._query("SELECT unit, image FROM examples WHERE layer = ? ORDER BY unit, rank", (layer,)):
+            out.setdefault(r["unit"], []).append(r["image"])
+        return out
+
+    def naming(self) -> dict | None:
+        """How this atlas's units were named (:mod:`convscope.atlas.names`): the naming step's
+        record (``model``, ``rule``, ``classified``, ``unreadable``; ``available``
+        False with a ``reason`` where it could not name), or None for an atlas never named."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'names'")
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def image_classes(self) -> dict[int, list[tuple[int, float]]]:
+        """Per image id, the classifier's top classes of that model input as (class index,
+        probability), most probable first; empty for an atlas never named."""
+        if not self._has_table("image_classes"):
+            return {}
+        return {r["image"]: [(int(c), float(p)) for c, p in json.loads(r["top"])]
+                for r in self._query("SELECT image, top FROM image_classes")}
+
+    def unit_names(self, layer: str | None = None, source: str | None = None) -> list[dict]:
+        """The units' names (:mod:`convscope.atlas.names`), in network and unit order: layer,
+        unit, source ("wordnet" or "concept"), named (bool), key (a WordNet synset id or a
+        concept's name), name, count (of the unit's top examples that share it), total (its top
+        examples), base (the share of the atlas's example images that are one), chance (the
+        probability of ``count`` or more of ``total`` by luck at that base rate). An unnamed unit
+        gives its closest label, or None as key and name where no two examples share one. Empty
+        for an atlas never named."""
+        if layer is not None:
+            self._layer_row(layer)
+        if not self._has_table("unit_names"):
+            return []
+        where, args = [], []
+        for column, value in (("n.layer", layer), ("n.source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self._query("SELECT n.* FROM unit_names n JOIN layers l ON n.layer = l.name"
+                           + (" WHERE " + " AND ".join(where) if where else "")
+                           + " ORDER BY l.position, n.unit, n.source", args)
+        return [{"layer": r["layer"], "unit": r["unit"], "source": r["source"], "named": bool(r["named"]),
+                 "key": r["key"], "name": r["name"], "count": r["count"], "total": r["total"], "base": r["base"],
+                 "chance": r["chance"]} for r in rows]
+
+    def set_names(self, classes: dict[int, list[tuple[int, float]]], names: list[dict], record: dict) -> None:
+        """Write the naming step's results in one transaction, replacing any earlier ones:
+        ``classes`` ({image id: [(class, probability), ...]}), ``names`` (records as
+        :meth:`unit_names` gives them) and ``record`` (the meta entry :meth:`naming` gives)."""
+        with self._lock:
+            rw = sqlite3.connect(self.root / DB_NAME)
+            try:
+                with rw:
+                    rw.executescript(NAMES_SCHEMA)
+                with rw:
+                    rw.execute("DELETE FROM image_classes")
+                    rw.execute("DELETE FROM unit_names")
+                    rw.executemany("INSERT INTO image_classes VALUES (?, ?)",
+                                   [(int(i), json.dumps([[int(c), round(float(p), 6)] for c, p in top]))
+                                    for i, top in sorted(classes.items())])
+                    rw.executemany("INSERT INTO unit_names VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                   [(n["layer"], int(n["unit"]), n["source"], int(n["named"]), n["key"], n["name"],
+                                     int(n["count"]), int(n["total"]), json_number(n["base"]),
+                                     json_number(n["chance"])) for n in names])
+                    rw.execute("INSERT OR REPLACE INTO meta VALUES ('names', ?)", (json.dumps(record),))
+            finally:
+                rw.close()
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def path(self, relative: str | os.PathLike) -> Path:
         """Absolute path of a file inside the atlas; anything that would leave the atlas folder
@@ -515,6 +612,6 @@ def unit_rows(result, layer: str):
 
 
 __all__ = [
-    "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
+    "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "NAMES_SCHEMA", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
     "IncompleteAtlasError", "deconvnet_entry", "fsync_file", "unit_missing", "unit_rows", "write_db",
 ]

@@ -51,11 +51,14 @@ atlas.add_command(health_command)
 @click.option("--deconvnet", "deconvnet", type=click.Choice(DECONVNET_MODES), default="auto", show_default=True,
               help="auto: no deconvnet projections for layers where they cannot depend on the image (no max-pool "
               "below them); always: compute them everywhere.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, seconds.")
+@click.option("--no-names", "no_names", is_flag=True,
+              help="Do not name the units by WordNet at the end (one more read of the example photos); "
+              "`convscope atlas name` does it later.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record for the atlas written: out, model, layers, units, images, named, seconds.")
 @ray_options
 @model_options
 def build(images, out, samples, layers, top, crops, project, batch_size, workers, checkpoint_every, resume, overwrite,
-          rank_by, deconvnet, as_json, ray, ray_workers, model_args):
+          rank_by, deconvnet, no_names, as_json, ray, ray_workers, model_args):
     """Scan photos (files, folders, globs, @LIST files) and write an atlas to --out.
 
     One pass over the photos keeps each unit's --top images; then only those photos are read
@@ -85,15 +88,21 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
             model, inputs, out, layers=layers, top=top, crops=crops, batch_size=batch_size, workers=workers,
             resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, project=project,
             on_skip=report_skipped, ray=ray, ray_workers=ray_workers, rank_by=rank_by, deconvnet=deconvnet,
+            names=not no_names,
         )
     for w in caught:  # one line each, no source line
         note(str(w.message))
     info = result.info()
     images_info = info["images"]
     units = sum(layer["units"] for layer in info["layers"])
+    naming = result.naming()
+    named = sum(n["named"] for n in result.unit_names()) if naming and naming["available"] else None
+    if naming and not naming["available"]:
+        note(f"no unit names: {naming['reason']}")
     record = {"model": info["model"], "layers": [layer["name"] for layer in info["layers"]], "units": units,
-              "images": images_info}
-    report_built(f"atlas of {len(info['layers'])} layers, {units} units over {images_info['scanned']} photos "
+              "images": images_info, "named": named}
+    named_text = "" if named is None else f", {named} named"
+    report_built(f"atlas of {len(info['layers'])} layers, {units} units{named_text} over {images_info['scanned']} photos "
                  f"({images_info['skipped']} skipped)", out, record, time.time() - started, as_json, images_info["scanned"])
 
 
@@ -193,3 +202,114 @@ def show(directory, layers, units, as_json):
             click.echo(
                 f"{r['rank']:3d}  {r['value']:10.4f}  y={r['y']:<3d} x={r['x']:<3d} box={r['box']}  {r['path']}"
             )
+
+
+@atlas.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096), help="Model inputs per forward pass.")
+@model_options(own="atlas")
+def name(directory, batch_size, model_args):
+    """Name the units of an atlas by WordNet: each unit gets the class that most of its top
+    examples' images are (by the classifier), with the share, where that share is unlikely by
+    luck (docs/atlas.md, *Unit names*). `atlas build` does this itself; run it for an atlas built
+    before names existed, or with another rule. The model is the atlas's own unless --model says
+    otherwise.
+
+    \b
+    Example:
+      convscope atlas name atlas/
+    """
+    from ..atlas import Atlas
+    from ..atlas.names import name_atlas
+    from ..models import load_recorded
+
+    with Atlas.open(directory) as a:
+        if not model_args.names_a_model:
+            model = load_recorded(a.info()["model"], device=model_args.device,
+                                  hint="pass the model with --model (and --weights)")
+        else:
+            model = model_args.load((a.info()["model"] or {}).get("spec"))
+        record = name_atlas(a, model, batch_size)
+        names = a.unit_names(source="wordnet")
+    if not record["available"]:
+        note(f"no unit names: {record['reason']}")
+        return
+    for p in record["unreadable"]:
+        note(f"could not read {printable_path(p['path'])} again: {p['reason']} (its examples count as unnamed)")
+    for layer, total, named in _named_per_layer(names):
+        click.echo(f"{layer}: {named} of {total} units named")
+
+
+def _named_per_layer(names: list[dict]) -> list[tuple[str, int, int]]:
+    """(layer, units, named units) in network order."""
+    out: dict[str, list[int]] = {}
+    for n in names:
+        counts = out.setdefault(n["layer"], [0, 0])
+        counts[0] += 1
+        counts[1] += n["named"]
+    return [(layer, total, named) for layer, (total, named) in out.items()]
+
+
+def _share(count: int, total: int, base: float | None, odds: float | None) -> str:
+    luck = "" if base is None else f" ({base:.0%} of the atlas's images; by luck {odds:.0e})"
+    return f"{count} of {total}{luck}"
+
+
+@atlas.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--word", default=None, help="A WordNet word (dog, retrievers, vehicle): the units whose top examples are mostly one.")
+@click.option("--layer", default=None, help="Only this layer (see `convscope atlas info`).")
+@click.option("--all", "show_all", is_flag=True, help="Unnamed units too, with their closest label.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON record per unit: layer, unit, named, name, key, count, total, base, chance "
+                   "(with --word: word, count, total, base, chance and the unit's name record).")
+def units(directory, word, layer, show_all, as_json):
+    """The units of an atlas by name: what most of each unit's top examples are (a WordNet
+    class, with the share), or with --word the units whose top examples are mostly that word.
+    A name is the photo's class, not the part of it the unit sees: in layers with a small
+    receptive field it is weak evidence (docs/atlas.md, *Unit names*).
+
+    \b
+    Examples:
+      convscope atlas units atlas/
+      convscope atlas units atlas/ --word dog
+      convscope atlas units atlas/ --layer blocks.4 --all --json
+    """
+    from ..atlas import Atlas
+    from ..atlas.names import word_units
+    from ..errors import ConvscopeError
+
+    with Atlas.open(directory) as a:
+        if layer is not None:
+            a.layer(layer)  # an unknown layer: one line with close matches
+        record = a.naming()
+        if record is None:
+            raise ConvscopeError(f"the atlas {directory} has no unit names (it was built before they existed): "
+                                 f"run `convscope atlas name {directory}`")
+        if not record["available"]:
+            raise ConvscopeError(f"the atlas {directory} has no unit names: {record['reason']}")
+        if word is not None:
+            found = word_units(a, word, layer)
+            for r in found:
+                if as_json:
+                    emit(r)
+                else:
+                    own = r["name"]
+                    named = f"  named {own['name']}" if own and own["named"] else ""
+                    click.echo(f"{r['layer']}:{r['unit']}  {word}, {_share(r['count'], r['total'], r['base'], r['chance'])}{named}")
+            if not found:
+                note(f"no unit of {layer or 'this atlas'} has top examples that are mostly {word!r}")
+            return
+        names = a.unit_names(layer)
+    for n in names:
+        if not (n["named"] or show_all):
+            continue
+        if as_json:
+            emit(n)
+        elif n["named"]:
+            click.echo(f"{n['layer']}:{n['unit']}  {n['name']}, {_share(n['count'], n['total'], n['base'], n['chance'])}")
+        else:
+            closest = f"closest {n['name']}, {n['count']} of {n['total']}" if n["name"] else "no shared class"
+            click.echo(f"{n['layer']}:{n['unit']}  unnamed ({closest})")
+    for name_, total, named in _named_per_layer(names):
+        note(f"{name_}: {named} of {total} units named")

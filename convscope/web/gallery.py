@@ -22,6 +22,7 @@ from ..data import load_image
 from ..errors import ConvscopeError, unknown_name_error
 from .common import Memo, NotFound, confined_image
 from ..files import json_number
+from ..vocab import Vocabulary
 
 
 class Gallery:
@@ -120,7 +121,49 @@ class Gallery:
     def forget(self, layer: str, unit: int) -> None:
         """Drop the cached pages of ``unit`` of ``layer`` (after its projections or feature
         visualization were added to the atlas: :mod:`convscope.atlas.fill`)."""
-        self._cached.forget(("units", layer), ("examples", layer, unit), ("layer", layer))
+        self._cached.forget(("units", layer), ("examples", layer, unit), ("layer", layer), ("names", layer), ("naming",), ("classes",))
+
+    def names(self, layer: str) -> dict[int, dict]:
+        """The units of ``layer`` by their name record (:meth:`Atlas.unit_names`), cached: a named
+        one first, a taught concept's before WordNet's; empty for an atlas never named."""
+        def build():
+            out: dict[int, dict] = {}
+            for n in sorted(self.atlas.unit_names(layer), key=lambda n: (not n["named"], n["source"] != "concept")):
+                out.setdefault(n["unit"], n)
+            return out
+
+        return self._cached(("names", layer), build)
+
+    def image_classes(self) -> dict[int, dict]:
+        """Per example image, the classifier's most probable class ({label, probability}) that
+        the naming step kept (cached); empty for an atlas never named."""
+        def build():
+            labels = Vocabulary.load().labels
+            return {i: {"label": labels[top[0][0]] if 0 <= top[0][0] < len(labels) else f"class {top[0][0]}",
+                        "probability": top[0][1]}
+                    for i, top in self.atlas.image_classes().items() if top}
+
+        return self._cached(("classes",), build)
+
+    def naming(self, layer: str) -> dict:
+        """What a page says of ``layer``'s unit names: ``available`` (whether this atlas has
+        them), ``note`` (why not, or how to add them), ``partial`` (one sentence when the layer's
+        units see a part of the input, where a photo's class is weak evidence; else None)."""
+        record = self._cached(("naming",), self.atlas.naming)
+        if record is None:
+            note = "This atlas has no unit names (it was built before they existed): run `convscope atlas name` on it."
+        elif not record.get("available"):
+            note = f"No unit names: {record.get('reason')}."
+        else:
+            note = None
+        field = self._layer_meta[layer]["receptive_field"]
+        size = (self.info.get("preprocessing") or {}).get("input_size") or [0, 0]
+        partial = None
+        if not all(f >= s > 0 for f, s in zip(field, size)):
+            partial = (f"Units of this layer see {field[0]}x{field[1]} px of the {size[0]}x{size[1]} input: a name says "
+                       "what the photos are, not the part the unit responds to (an edge, a texture), so it is weak "
+                       "evidence here, and needs two thirds of the top examples.")
+        return {"available": note is None, "note": note, "partial": partial}
 
     def layer_summary(self, name: str) -> dict:
         meta = self._layer_meta[name]
@@ -157,6 +200,7 @@ class Gallery:
 
         def build():
             units = []
+            names = self.names(name)
             for record in self.unit_records(name):
                 u = record["unit"]
                 examples = self._examples(name, u)
@@ -169,8 +213,11 @@ class Gallery:
                     "deconvnet": top["deconvnet"],
                     "guided": top["guided"],
                     "featvis": record["featvis"],
+                    "name": names.get(u),
                 })
             return {
+                "naming": self.naming(name),
+                "named": sum(1 for x in units if x["name"] and x["name"]["named"]),
                 "layer": self.layer_summary(name),
                 "prev": self.layer_names[i - 1] if i > 0 else None,
                 "next": self.layer_names[i + 1] if i + 1 < len(self.layer_names) else None,
@@ -190,6 +237,7 @@ class Gallery:
         record = self.check_unit(layer, unit)
         n = len(self.unit_records(layer))
         stored = self._examples(layer, unit)
+        classes = self.image_classes()
         examples = [
             {
                 "rank": ex["rank"],
@@ -204,6 +252,7 @@ class Gallery:
                 "patch": ex["patch"],
                 "deconvnet": ex["deconvnet"],
                 "guided": ex["guided"],
+                "classified": classes.get(ex["image_id"]),
             }
             for ex in stored
         ]
@@ -224,6 +273,8 @@ class Gallery:
             "featvis": record["featvis"],
             "ranked_by": self.ranking(layer),
             **view,
+            "name": self.names(layer).get(unit),
+            "naming": self.naming(layer),
             "missing": missing,
             "examples": examples,
             "prev": unit - 1 if unit > 0 else None,
