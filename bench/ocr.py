@@ -13,7 +13,8 @@
    classes in the top 5) that would need the forward pass before OCR;
 4. matching: how many words drawn on a picture find it, exact and tolerant
    (``convscope.ocr.match``), and how many pictures without the word a query falsely finds;
-5. the caps: a 100-megapixel grey scan, time and peak memory of ``read``.
+5. the caps: a 100-megapixel grey scan, time and peak memory of ``read``;
+6. index throughput (``Index.build``) on camera-sized photos with the text signal and without.
 
     python bench/ocr.py                 # about 10 minutes on 2 shared CPU cores
     python bench/ocr.py --quick         # fewer pictures, a smoke test
@@ -288,22 +289,29 @@ def gate_part(sets, no_text, all_dev, quick):
             cells.append(f"{sum(passed[k:k + n])}/{n}")
             k += n
         print(f"| detector at {side} px{' or page-like' if pages else ''} | {np.mean(ms):.1f} | " + " | ".join(cells) + " |")
-    print(f"\nWhat ``read`` costs end to end, without and with the gate (at {ocr.GATE_SIDE} px), by decode size.\n")
+    print(f"\nWhat ``read`` costs end to end (median ms), without and with the gate, by decode size.\n")
     print("| shorter side | gate | ms / photo without text | ms / text picture | " + " | ".join(f"{name} recall" for name in sets) + " |")
     print("|---:|---|---:|---:|" + "---:|" * len(sets))
     for short in (256, 512):
-        for gate in (0, ocr.GATE_SIDE):
-            plain_ms = [timed(lambda im: ocr.read(im, gate_side=gate), shrink(image, short, up=True))[1] for image in no_text]
-            text_ms, recalls = [], []
-            for items in sets.values():
-                hits = total = 0
-                for image, truth in items:
+        # gate and no gate alternate picture by picture, and medians: the machine is shared
+        plain_ms = {0: [], ocr.GATE_SIDE: []}
+        text_ms = {0: [], ocr.GATE_SIDE: []}
+        hits = {(0, name): 0 for name in sets} | {(ocr.GATE_SIDE, name): 0 for name in sets}
+        totals = dict.fromkeys(sets, 0)
+        for image in no_text:
+            for gate in plain_ms:
+                plain_ms[gate].append(timed(lambda im: ocr.read(im, gate_side=gate), shrink(image, short, up=True))[1])
+        for name, items in sets.items():
+            for image, truth in items:
+                for gate in text_ms:
                     reading, t = timed(lambda im: ocr.read(im, gate_side=gate), shrink(image, short))
-                    text_ms.append(t)
+                    text_ms[gate].append(t)
                     h, n, *_ = score(truth, [w.text for w in reading.words])
-                    hits, total = hits + h, total + n
-                recalls.append(f"{hits / total:.3f}")
-            print(f"| {short} | {'none' if not gate else f'{gate} px'} | {np.mean(plain_ms):.1f} | {np.mean(text_ms):.0f} | " + " | ".join(recalls) + " |")
+                    hits[gate, name] += h
+                totals[name] += n
+        for gate in plain_ms:
+            print(f"| {short} | {'none' if not gate else f'{gate} px or page-like'} | {np.median(plain_ms[gate]):.1f} | "
+                  f"{np.median(text_ms[gate]):.0f} | " + " | ".join(f"{hits[gate, name] / totals[name]:.3f}" for name in sets) + " |")
     print()
     print("| class gate | ms / picture | text pictures let through | photos without text let through |")
     print("|---|---:|---:|---:|")
@@ -372,11 +380,59 @@ def caps_part():
           f"{reading.downscaled}, peak RSS grew {(after - before) / 1024:.0f} MiB (the scan itself: 95 MiB)")
 
 
+def throughput_part(dev, quick):
+    """Index.build over camera-sized copies of dev photos (2000x1500 JPEG), with the text signal
+    in the build's signals (its entry runs in the decoding workers) and without; the texts table
+    is not written yet (the lead's plumbing), so this is the cost of reading, not of storing."""
+    import tempfile
+
+    from convscope.index import Index, signals
+    from convscope.index.signals.base import Signal
+    from convscope.index.signals.text import Text
+    from convscope.models import load_model
+
+    class Decode512(Signal):   # the text signal's decode size, without reading text
+        name = "decode512"
+        min_size = Text.min_size
+
+    n = 32 if quick else 120
+    model = load_model()
+    base = signals.SIGNALS
+    print(f"\n## 6. Index throughput, {n} photos of 2000x1500 (dev photos enlarged), default workers\n")
+    print("| build | seconds | photos / s | photos with words |")
+    print("|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp, "photos")
+        folder.mkdir()
+        for p in sorted(dev.glob("*.JPEG"))[:n]:
+            Image.open(p).convert("RGB").resize((2000, 1500), Image.Resampling.BICUBIC).save(folder / f"{p.stem}.jpg", quality=90)
+        runs = (("without text", base), ("without text, decoded at the text's 512", base + (Decode512(),)),
+                ("with text", base + (Text(),)))
+        for name, chosen in runs:
+            worded = []
+
+            class Count(Signal):   # counts the entries that came back with words
+                name = "count"
+
+                def rows(self, features, entries):
+                    worded.extend(bool(e.get("text")) for e in entries)
+                    return {}
+
+            signals.SIGNALS = chosen + (Count(),)
+            try:
+                start = time.perf_counter()
+                Index.build(model, [folder], Path(tmp, name.replace(" ", "_")), progress=False)
+                took = time.perf_counter() - start
+            finally:
+                signals.SIGNALS = base
+            print(f"| {name} | {took:.1f} | {n / took:.1f} | {sum(worded) if 'with text' in name else '-'} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dev", type=Path, default=dev_photos_dir())
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", default=["engines", "resolution", "gate", "matching", "caps"])
+    parser.add_argument("--only", nargs="*", default=["engines", "resolution", "gate", "matching", "caps", "throughput"])
     args = parser.parse_args()
     if ocr.available():
         sys.exit(ocr.available())
@@ -399,6 +455,8 @@ def main():
         matching_part(sets, found)
     if "caps" in args.only:
         caps_part()
+    if "throughput" in args.only:
+        throughput_part(args.dev, args.quick)
 
 
 if __name__ == "__main__":
