@@ -178,7 +178,7 @@ def _engine():
             raise TextEngineMissing(reason)
         from rapidocr_onnxruntime import RapidOCR
         engine = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, use_cls=False,
-                          det_limit_type="max", det_limit_side_len=DETECT_SIDE, max_side_len=4 * DETECT_SIDE)
+                          det_limit_type="max", det_limit_side_len=DETECT_SIDE)
         _engines.clear()
         _engines[os.getpid()] = engine
     return engine

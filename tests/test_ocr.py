@@ -169,6 +169,7 @@ def test_words_are_capped_to_the_most_confident():
 def test_odd_pictures_give_no_words_and_no_error():
     assert ocr.read_text(Image.new("RGB", (8, 8), "white")) == []
     assert ocr.read_text(Image.new("RGB", (4000, 12), "white")) == []
+    assert ocr.read_text(Image.new("RGB", (100_000, 20), "white")) == []   # a strip, thinner than one pixel at 640
     for mode in ("L", "RGBA", "P", "1", "I;16", "CMYK"):
         assert ocr.read_text(Image.new(mode, (300, 200))) == []
 
