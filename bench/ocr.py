@@ -16,7 +16,7 @@
 5. the caps: a 100-megapixel grey scan, time and peak memory of ``read``;
 6. index throughput (``Index.build``) on camera-sized photos with the text signal and without.
 
-    python bench/ocr.py                 # about 10 minutes on 2 shared CPU cores
+    python bench/ocr.py                 # about 15 minutes on 2 shared CPU cores
     python bench/ocr.py --quick         # fewer pictures, a smoke test
 
 The dev photos (``--dev``, default ``../shared/data/imagenet-samples``) are used here only, never
@@ -41,8 +41,9 @@ os.environ.setdefault("OMP_THREAD_LIMIT", "1")   # Tesseract on one thread, as R
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from _trees import ROOT, dev_photos_dir  # noqa: E402  (puts this checkout first on sys.path)
+from _trees import ROOT, dev_photos_dir  # noqa: E402
 
+sys.path.insert(0, str(ROOT))   # this checkout's convscope, whatever PYTHONPATH says
 from convscope import ocr  # noqa: E402
 
 FONTS = [p for p in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -289,7 +290,7 @@ def gate_part(sets, no_text, all_dev, quick):
             cells.append(f"{sum(passed[k:k + n])}/{n}")
             k += n
         print(f"| detector at {side} px{' or page-like' if pages else ''} | {np.mean(ms):.1f} | " + " | ".join(cells) + " |")
-    print(f"\nWhat ``read`` costs end to end (median ms), without and with the gate, by decode size.\n")
+    print("\nWhat ``read`` costs end to end (median ms), without and with the gate, by decode size.\n")
     print("| shorter side | gate | ms / photo without text | ms / text picture | " + " | ".join(f"{name} recall" for name in sets) + " |")
     print("|---:|---|---:|---:|" + "---:|" * len(sets))
     for short in (256, 512):
