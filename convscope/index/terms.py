@@ -324,15 +324,15 @@ class TimeTerm(Term):
 @dataclasses.dataclass
 class TextTerm(Term):
     """Words recognized in the photos (the ``text`` signal) that match the query's word,
-    tolerant of recognition errors (:func:`convscope.ocr.similar`)."""
+    tolerant of recognition errors (:func:`convscope.ocr.close_norms`)."""
 
     words: str
 
     def _matches(self, store) -> dict[str, float]:
-        from ..ocr import similar
+        from ..ocr import close_norms
 
         norms = store.memo("text words", lambda: [r[0] for r in store.query("SELECT DISTINCT norm FROM texts")])
-        return dict(similar(self.words, norms))
+        return dict(close_norms(self.words, norms))
 
     def scores(self, store, min_score):
         out = np.zeros(store.entries)

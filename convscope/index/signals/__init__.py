@@ -21,11 +21,12 @@ from .classes import Classes, top_classes
 from .embedding import Embedding
 from .metadata import Metadata
 from .place import Location
+from .text import Text
 from .thumbnail import Thumbnail
 from .units import Units
 
 #: The signals an index build can compute, in order (the arrays, columns and tables of the index).
-SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata(), Location())
+SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata(), Location(), Text())
 
 
 def choose(options: Mapping[str, bool | None] | None = None) -> tuple[str, ...]:
@@ -73,4 +74,4 @@ def schema(names: Sequence[str] | None) -> str:
 
 
 __all__ = ["BEFORE_RECORDED", "SIGNALS", "Classes", "choose", "chosen", "decode_size", "Embedding", "Location", "Metadata",
-           "schema", "Signal", "Thumbnail", "Units", "top_classes"]
+           "schema", "Signal", "Text", "Thumbnail", "Units", "top_classes"]

@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS texts (
     left REAL, top REAL, right REAL, bottom REAL);
 CREATE INDEX IF NOT EXISTS texts_norm ON texts (norm);
 CREATE INDEX IF NOT EXISTS texts_row ON texts (row);
+CREATE TABLE IF NOT EXISTS text_capped (row INTEGER PRIMARY KEY, dropped INTEGER NOT NULL, downscaled INTEGER NOT NULL);
 """
 _COLUMNS = "row, word, norm, confidence, left, top, right, bottom"
 
@@ -40,13 +41,22 @@ class Text(Signal):
 
     def entry(self, image) -> dict:
         reading = ocr.read(image)
-        return {"text": reading.words, "text_dropped": reading.dropped}
+        return {"text": reading.words, "text_dropped": reading.dropped, "text_downscaled": reading.downscaled}
 
     def insert(self, conn: sqlite3.Connection, rows: Sequence[int], entries: list[dict]) -> None:
         conn.executemany(
             f"INSERT INTO texts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(row, w.text, w.norm, w.confidence, *w.box)
              for row, entry in zip(rows, entries) for w in entry.get("text", ())])
+        conn.executemany("INSERT INTO text_capped VALUES (?, ?, ?)",
+                         [(row, e.get("text_dropped", 0), int(bool(e.get("text_downscaled")))) for row, e in zip(rows, entries)
+                          if e.get("text_dropped") or e.get("text_downscaled")])
+
+    def notes(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """Pictures whose reading was capped: shrunk to the engine's budget (a huge scan), or
+        with more words than are kept."""
+        count = conn.execute("SELECT COUNT(*) FROM text_capped").fetchone()[0]
+        return {"text": int(count)} if count else {}
 
     def copy(self, old_conn: sqlite3.Connection, conn: sqlite3.Connection, a: int, b: int, first: int) -> None:
         if not _has_texts(old_conn):   # an index built without text: nothing to keep
@@ -54,6 +64,10 @@ class Text(Signal):
         found = old_conn.execute(f"SELECT {_COLUMNS} FROM texts WHERE row >= ? AND row < ? ORDER BY rowid", (a, b))
         conn.executemany(f"INSERT INTO texts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          ((row - a + first, *rest) for row, *rest in found))
+        if old_conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'text_capped'").fetchone():
+            conn.executemany("INSERT INTO text_capped VALUES (?, ?, ?)",
+                             [(row - a + first, d, s) for row, d, s in old_conn.execute(
+                                 "SELECT row, dropped, downscaled FROM text_capped WHERE row >= ? AND row < ?", (a, b))])
 
 
 def _has_texts(conn: sqlite3.Connection) -> bool:
