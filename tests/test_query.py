@@ -220,3 +220,90 @@ def test_untrue_metadata_is_ignored_and_counted(tmp_path, model):
     rows = index.query("SELECT city, lat, taken, taken_from FROM files")
     assert all(r["city"] is None and r["lat"] is None and r["taken"] is None and r["taken_from"] == "file" for r in rows)
     index.close()
+
+
+# --------------------------------------------------------------------------- text in photos
+
+from convscope import ocr  # noqa: E402
+from tests.test_ocr import draw_words, photo_background  # noqa: E402
+
+needs_engine = pytest.mark.skipif(ocr.available() is not None, reason=str(ocr.available()))
+
+
+def write_signs(folder: Path) -> dict[str, tuple]:
+    """A sign over a photo-like picture, a receipt, and a photo with no text; the signs' boxes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sign = photo_background((800, 600), seed=1)
+    boxes = draw_words(sign, [["BAKERY"], ["OPEN", "DAILY"]], (120, 160), 90, (250, 250, 250))
+    sign.save(folder / "sign.jpg", quality=92)
+    receipt = Image.new("RGB", (600, 800), "white")
+    boxes.update(draw_words(receipt, [["GROCERIES"], ["MILK", "2.50"], ["TOTAL", "7.80"]], (60, 80), 48, (20, 20, 20)))
+    receipt.save(folder / "receipt.png")
+    Image.fromarray(skimage.data.chelsea()).save(folder / "cat.jpg")
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def signs(tmp_path_factory, model):
+    root = tmp_path_factory.mktemp("signs")
+    boxes = write_signs(root / "photos")
+    index = Index.build(model, [root / "photos"], root / "index", workers=0, progress=False, text=True)
+    yield index, boxes, root
+    index.close()
+
+
+@needs_engine
+def test_a_word_written_in_a_photo_finds_it_with_its_box(signs):
+    index, boxes, _ = signs
+    assert "text" in index.signals
+    (hit,) = index.search("bakery")
+    assert Path(hit.path).stem == "sign" and [w.kind for w in hit.why] == ["text"]
+    why = hit.why[0]
+    assert why.text.lower() == "bakery" and why.similarity == 1.0
+    left, top, right, bottom = why.box
+    want = boxes["BAKERY"]
+    assert abs(left - want[0]) < 0.05 and abs(top - want[1]) < 0.05 and abs(right - want[2]) < 0.05
+    assert hit.to_json()["why"][0]["kind"] == "text"
+
+
+@needs_engine
+def test_text_is_tolerant_of_recognition_errors_and_combines(signs):
+    index, _, _ = signs
+    assert names(index.search("grocerys")) == ["receipt"]  # one letter off
+    assert names(index.search("total milk")) == ["receipt"]  # both written on it
+    assert names(index.search('"open"')) == ["sign"]  # quoted: the text alone
+    assert index.search("total bakery") == []  # not on the same photo
+    cat = index.search("cat")
+    assert names(cat)[:1] == ["cat"] and all(w.kind == "class" for w in cat[0].why)
+
+
+@needs_engine
+def test_an_unknown_word_is_looked_for_in_the_text_first(signs):
+    index, _, _ = signs
+    with pytest.raises(UnknownWordError, match="Close matches"):
+        index.search("dgo")  # no vocabulary reads it and no photo has it written
+
+
+@needs_engine
+def test_an_update_adds_text_to_an_index_built_without_it(tmp_path, model, monkeypatch):
+    write_signs(tmp_path / "photos")
+    old = Index.build(model, [tmp_path / "photos"], tmp_path / "index", workers=0, progress=False, text=False)
+    assert "text" not in old.signals and "texts" not in {r[0] for r in old.query("SELECT name FROM sqlite_master")}
+    top_class = np.asarray(old.top_class).copy()
+    old.close()
+    from convscope.index import build
+
+    monkeypatch.setattr(build, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")))
+    new = Index.build(model, None, tmp_path / "index", update=True, workers=0, progress=False, text=True)
+    assert "text" in new.signals and np.array_equal(np.asarray(new.top_class), top_class)
+    assert names(new.search("bakery")) == ["sign"]
+    new.close()
+
+
+def test_without_the_engine_a_text_build_says_what_to_install(tmp_path, model, monkeypatch):
+    monkeypatch.setattr(ocr, "available", lambda: "no OCR engine: pip install 'convscope[text]'")
+    from convscope.errors import ConvscopeError
+
+    with pytest.raises(ConvscopeError, match="pip install"):
+        Index.build(model, [tmp_path], tmp_path / "index", text=True)
+    assert signals.choose({}) == tuple(s.name for s in signals.SIGNALS if s.name != "text")

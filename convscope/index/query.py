@@ -57,9 +57,12 @@ class Plan:
     unknown: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # (word, note or None)
     known: list[str] = dataclasses.field(default_factory=list)  # every word a query may say, for close matches
 
-    def nothing_found(self) -> QueryError | None:
-        """The error to raise when no entry matched: the first unknown word's, else None."""
+    def nothing_found(self, store: IndexStore) -> QueryError | None:
+        """The error to raise when no entry matched: that of the first unknown word that no
+        photo's text holds either, else None (words that are there, just not together)."""
         for word, note in self.unknown:
+            if T.TextTerm(word).scores(store, 0.0).any():
+                continue
             if note:
                 return NoEvidenceError(note)
             return unknown_name_error("word", word, self.known, hint=UNKNOWN_HINT, cls=UnknownWordError)

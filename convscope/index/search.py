@@ -190,7 +190,7 @@ def search(store: IndexStore, query: str, *, top: int = 20, min_score: float = M
     for r in results:
         r.why = [w for term in plan.alternatives[chosen[r.entry]] for w in term.why(store, r.entry)]
     if not results:
-        error = plan.nothing_found()
+        error = plan.nothing_found(store)
         if error is not None:
             raise error
     return results
