@@ -3,7 +3,7 @@ their boxes and the engine's confidence, and the tolerant matching of a query wo
 
 The engine is RapidOCR (``rapidocr-onnxruntime``: PaddleOCR's PP-OCRv4 detector and recognizer
 as ONNX models inside the wheel, run by onnxruntime), an optional dependency (``pip install
-'convscope[text]'``); :func:`available` says in one line why it cannot run. bench/ocr.md has the
+'convscope[text]'``); :func:`available` says in one line why it cannot run. BENCHMARKS.md ("Text in photos") has the
 measurements that chose it over Tesseract and set the constants below.
 
 What a picture may cost is capped: a picture over :data:`MAX_PIXELS` is downscaled first, a cheap
@@ -91,7 +91,7 @@ def normalize(text: str) -> str:
 
 def tolerance(norm: str) -> int:
     """Edit operations a query word of this (normalized) length may differ by from a recognized
-    word: none up to 3 characters, 1 up to 7, 2 beyond (bench/ocr.md measures the choice)."""
+    word: none up to 3 characters, 1 up to 7, 2 beyond (BENCHMARKS.md ("Text in photos") measures the choice)."""
     return 0 if len(norm) <= 3 else 1 if len(norm) <= 7 else 2
 
 
@@ -227,7 +227,7 @@ def has_text(image: Image.Image, side: int = GATE_SIDE, *, pages: bool = True) -
     """The gate: whether the detector, shown ``image`` at ``side`` pixels on its longest side,
     sees any text box, or (with ``pages``) the picture looks like a page or a screen (at least
     :data:`PAGE_FRACTION` of it one colour), whose small print is lost at that size.
-    bench/ocr.md says what it costs and what it misses."""
+    BENCHMARKS.md ("Text in photos") says what it costs and what it misses."""
     small = _shrunk(image.convert("RGB"), side)
     return (pages and _page_like(small)) or bool(_detect(small, side))
 

@@ -124,7 +124,7 @@ def test_birdwatching_is_the_birds_of_wordnet_but_farmyard_ones(words):
 
 
 def test_mappings_the_contact_sheets_dropped_stay_out(words):
-    """What the dev photos' contact sheets showed to be weak (bench/words.md) is not in the table."""
+    """What the dev photos' contact sheets showed to be weak (BENCHMARKS.md, "Everyday words") is not in the table."""
     assert words.entry("dessert") is None  # WordNet's dessert reading is enough; chocolate sauce was melted chocolate
     assert 572 not in words.lookup("wine").classes  # goblet: ImageNet's goblets are not all wine glasses
     assert 309 not in words.lookup("beekeeping").classes  # a bee on a flower is no beekeeping

@@ -31,7 +31,7 @@ class Text(Signal):
 
     name = "text"
     optional = True
-    #: Small print needs pixels: at the model's 256 a screenshot's words are half lost (bench/ocr.md).
+    #: Small print needs pixels: at the model's 256 a screenshot's words are half lost (BENCHMARKS.md ("Text in photos")).
     min_size = 512
     columns: dict[str, str] = {}
     tables = TABLES
