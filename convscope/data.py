@@ -380,7 +380,7 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
     """The budgeted decode of an open binary file (``held``: its bytes in memory; ``facts``: read EXIF's too)."""
     img = rgb = None
     try:
-        if formats.is_raw(name):  # its preview JPEG or a half-size demosaic, within the budget
+        if formats.is_raw(name, source.getvalue() if isinstance(source, io.BytesIO) else b""):  # preview or demosaic
             img = formats.open_raw(source.getvalue(), name, budget.target_size, lambda w, h, cost: check_pixels(
                 name, w, h, budget.max_pixels, budget.max_bytes, cost + held))
         else:
@@ -431,7 +431,7 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
         if isinstance(exc, OSError) and exc.errno is not None:  # the system's, not the decoder's
             raise ImageError(name, _os_reason(exc)) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "truncated" in reason.lower():
+        if "truncated" in reason.lower() or "end of file" in reason.lower():  # libheif's words for it
             reason = "truncated image file"
         raise ImageError(name, f"corrupt image ({reason})") from None
     except MemoryError:

@@ -17,6 +17,7 @@ import functools
 import io
 import os
 import struct
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -35,12 +36,15 @@ RAW_EXTENSIONS = frozenset(
 PACKAGES = {"heif": ("HEIC/HEIF photo", "pillow-heif"), "raw": ("camera RAW file", "rawpy")}
 #: ISO BMFF brands of HEIF still pictures (the ``ftyp`` box, bytes 8..12 of the file).
 HEIF_BRANDS = frozenset(b"heic heix heim heis hevc hevx mif1 msf1".split())
+#: The first bytes of RAW formats that are not plain TIFF: Olympus ORF, Panasonic RW2.
+RAW_MAGIC = frozenset((b"IIRO", b"IIRS", b"MMOR", b"IIU\0"))
 #: LibRaw's ``flip`` -> the EXIF orientation that turns the unrotated picture upright.
 FLIP_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
 #: Bytes LibRaw holds per pixel for a half-size demosaic: the raw mosaic (2 per sensor pixel) and
 #: its working image (4 channels x 2 bytes per output pixel, a quarter of the sensor's).
 RAW_BYTES_PER_SENSOR_PIXEL = 2 + 8 / 4
 _EXIF_IFD, _GPS_IFD, _ORIENTATION, _MAKER_NOTE, _DATE_TIME_ORIGINAL = 0x8769, 0x8825, 0x0112, 0x927C, 36867
+_DNG_VERSION, _PHOTOMETRIC = 50706, 262
 
 
 @functools.cache
@@ -61,9 +65,27 @@ def kind(name) -> str | None:
     return "heif" if suffix in HEIF_EXTENSIONS else "raw" if suffix in RAW_EXTENSIONS else None
 
 
-def is_raw(name) -> bool:
-    """Whether ``name`` is read as a camera RAW file (by its extension)."""
-    return kind(name) == "raw"
+def is_raw(name, head: bytes = b"") -> bool:
+    """Whether a file is read as a camera RAW file: by the extension of ``name``, else by ``head``,
+    its bytes where they are in memory (an upload has no extension): the magic of CR2, CR3, ORF,
+    RW2 and RAF, or a TIFF whose first IFD names DNG or a Bayer mosaic (NEF and ARW uploads, whose
+    first IFD is a preview, are read as TIFF by Pillow)."""
+    if kind(name) == "raw":
+        return True
+    if head[:4] in RAW_MAGIC or head.startswith(b"FUJIFILMCCD-RAW") or head[4:12] == b"ftypcrx ":
+        return True
+    if head[:4] not in (b"II*\0", b"MM\0*"):
+        return False
+    if head[8:10] == b"CR":  # Canon's CR2 marks its TIFF header
+        return True
+    tags = Image.Exif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns of damaged values
+            tags.load(head)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error, UserWarning):
+        return False
+    return _DNG_VERSION in tags or tags.get(_PHOTOMETRIC) in (32803, 34892)  # CFA, LinearRaw
 
 
 def missing_package(name, head: bytes = b"") -> str | None:
@@ -94,7 +116,7 @@ def open_raw(data: bytes, name, target_size: int | None, check: Callable[[int, i
     (None: half the sensor's, what a half-size demosaic gives), else LibRaw's half-size demosaic
     (8-bit sRGB, camera white balance). The image's EXIF carries the file's orientation, date and
     position. ``check(width, height, cost)`` raises where the sensor's pixels, or the bytes a
-    demosaic takes besides the file's own, are over the caller's budget. Raises :class:`ImageError` (one line) for a file
+    demosaic takes (LibRaw's copy of the file included), are over the caller's budget. Raises :class:`ImageError` (one line) for a file
     LibRaw cannot read, naming rawpy where it is not installed.
     """
     if not _has_rawpy():
@@ -112,7 +134,7 @@ def open_raw(data: bytes, name, target_size: int | None, check: Callable[[int, i
         if preview is not None and min(preview.size) >= need:
             img = preview
         else:
-            check(sizes.width, sizes.height, int(sizes.raw_width * sizes.raw_height * RAW_BYTES_PER_SENSOR_PIXEL))
+            check(sizes.width, sizes.height, len(data) + int(sizes.raw_width * sizes.raw_height * RAW_BYTES_PER_SENSOR_PIXEL))
             img = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
             turned = 1  # LibRaw turns its output upright itself
         img.info["exif"] = _exif(data, raw, turned)

@@ -196,7 +196,7 @@ def test_bad_files_are_one_line_each_and_counted(tmp_path, photo):
     (folder / "IMG_0004.CR2").write_bytes(b"II*\0" + rng.bytes(20000))  # a TIFF magic, then garbage
     (folder / "DSC_0005.NEF").write_bytes(rng.bytes(20000))
     (folder / "clip.mov").write_bytes(b"")
-    for name, reason in [("cut.heic", "corrupt image"), ("IMG_0004.CR2", "not a RAW file LibRaw can read"),
+    for name, reason in [("cut.heic", "corrupt image (truncated image file)"), ("IMG_0004.CR2", "not a RAW file LibRaw can read"),
                          ("DSC_0005.NEF", "not a RAW file LibRaw can read")]:
         with pytest.raises(ImageError) as caught:
             data.load_photo(folder / name)
@@ -242,3 +242,15 @@ def test_a_format_this_machine_cannot_read_names_its_package(tmp_path, photo):
         "HEIC/HEIF photo: install pillow-heif to read it (pip install pillow-heif)",
         "camera RAW file: install rawpy to read it (pip install rawpy)",
     ]
+
+
+def test_uploads_read_heic_and_raw_by_their_bytes(tmp_path, photo):
+    """An upload has no file name: a HEIC and a DNG are known by their bytes, within the upload's budget."""
+    heic, dng = tmp_path / "a.heic", tmp_path / "a.dng"
+    photo.save(heic, quality=90)
+    write_dng(dng, np.asarray(photo), orientation=6, preview=photo)
+    assert data.load_image_bytes(heic.read_bytes(), "upload", target_size=100).size == (150, 100)
+    assert formats.is_raw("upload", dng.read_bytes()) and not formats.is_raw("upload", heic.read_bytes())
+    assert data.load_image_bytes(dng.read_bytes(), "upload", target_size=100).size == (100, 150)  # drafted 1/4, upright
+    with pytest.raises(data.ImageTooLarge):
+        data.load_image_bytes(dng.read_bytes(), "upload", max_pixels=100_000)  # the sensor's 240,000 pixels
