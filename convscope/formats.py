@@ -115,8 +115,9 @@ def open_raw(data: bytes, name, target_size: int | None, check: Callable[[int, i
     JPEG preview (not yet decoded) where the preview's shorter side is at least ``target_size``
     (None: half the sensor's, what a half-size demosaic gives), else LibRaw's half-size demosaic
     (8-bit sRGB, camera white balance). The image's EXIF carries the file's orientation, date and
-    position. ``check(width, height, cost)`` raises where the sensor's pixels, or the bytes a
-    demosaic takes (LibRaw's copy of the file included), are over the caller's budget. Raises :class:`ImageError` (one line) for a file
+    position. ``check(width, height, cost)`` raises where a demosaic's sensor pixels, or the bytes
+    it takes (LibRaw's copy of the file included), are over the caller's budget (a preview is
+    checked by the caller like any JPEG: a 150 Mpx back's preview is read where its sensor would not be). Raises :class:`ImageError` (one line) for a file
     LibRaw cannot read, naming rawpy where it is not installed.
     """
     if not _has_rawpy():
@@ -127,13 +128,12 @@ def open_raw(data: bytes, name, target_size: int | None, check: Callable[[int, i
     try:
         raw.open_buffer(io.BytesIO(data))
         sizes = raw.sizes
-        check(sizes.width, sizes.height, 0)
         turned = FLIP_ORIENTATION.get(sizes.flip, 1)
         preview = _preview(raw, name)
         need = target_size if target_size is not None else min(sizes.width, sizes.height) // 2
         if preview is not None and min(preview.size) >= need:
-            img = preview
-        else:
+            img = preview  # its pixels are the caller's to check, like any JPEG's
+        else:  # the sensor's pixels are read
             check(sizes.width, sizes.height, len(data) + int(sizes.raw_width * sizes.raw_height * RAW_BYTES_PER_SENSOR_PIXEL))
             img = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
             turned = 1  # LibRaw turns its output upright itself

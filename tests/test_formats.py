@@ -253,4 +253,8 @@ def test_uploads_read_heic_and_raw_by_their_bytes(tmp_path, photo):
     assert formats.is_raw("upload", dng.read_bytes()) and not formats.is_raw("upload", heic.read_bytes())
     assert data.load_image_bytes(dng.read_bytes(), "upload", target_size=100).size == (100, 150)  # drafted 1/4, upright
     with pytest.raises(data.ImageTooLarge):
-        data.load_image_bytes(dng.read_bytes(), "upload", max_pixels=100_000)  # the sensor's 240,000 pixels
+        data.load_image_bytes(dng.read_bytes(), "upload", max_pixels=100_000)  # the preview's 240,000 pixels
+    bare = tmp_path / "bare.dng"
+    write_dng(bare, np.asarray(photo))
+    with pytest.raises(data.ImageTooLarge, match="too large to decode"):  # a demosaic's bytes: mosaic, work, file
+        data.load_image_bytes(bare.read_bytes(), "upload", max_bytes=1 << 20)
