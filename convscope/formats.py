@@ -96,9 +96,13 @@ def missing_package(name, head: bytes = b"") -> str | None:
     if found is None and head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
         found = "heif"
     if found == "heif" and not register_heif() or found == "raw" and not _has_rawpy():
-        what, package = PACKAGES[found]
-        return f"{what}: install {package} to read it (pip install {package})"
+        return _install(found)
     return None
+
+
+def _install(found: str) -> str:
+    what, package = PACKAGES[found]
+    return f"{what}: install {package} to read it (pip install {package})"
 
 
 @functools.cache
@@ -116,12 +120,13 @@ def open_raw(data: bytes, name, target_size: int | None, check: Callable[[int, i
     (None: half the sensor's, what a half-size demosaic gives), else LibRaw's half-size demosaic
     (8-bit sRGB, camera white balance). The image's EXIF carries the file's orientation, date and
     position. ``check(width, height, cost)`` raises where a demosaic's sensor pixels, or the bytes
-    it takes (LibRaw's copy of the file included), are over the caller's budget (a preview is
-    checked by the caller like any JPEG: a 150 Mpx back's preview is read where its sensor would not be). Raises :class:`ImageError` (one line) for a file
-    LibRaw cannot read, naming rawpy where it is not installed.
+    it takes (LibRaw's copy of the file included), are over the caller's budget; a preview is
+    checked by the caller like any JPEG (a 150 Mpx back's preview is read where its sensor would
+    not be). Raises :class:`ImageError` (one line) for a file LibRaw cannot read, naming rawpy
+    where it is not installed.
     """
     if not _has_rawpy():
-        raise ImageError(name, missing_package(name))
+        raise ImageError(name, _install("raw"))
     import rawpy
 
     raw = rawpy.RawPy()
@@ -129,7 +134,7 @@ def open_raw(data: bytes, name, target_size: int | None, check: Callable[[int, i
         raw.open_buffer(io.BytesIO(data))
         sizes = raw.sizes
         turned = FLIP_ORIENTATION.get(sizes.flip, 1)
-        preview = _preview(raw, name)
+        preview = _preview(raw)
         need = target_size if target_size is not None else min(sizes.width, sizes.height) // 2
         if preview is not None and min(preview.size) >= need:
             img = preview  # its pixels are the caller's to check, like any JPEG's
@@ -148,7 +153,7 @@ def open_raw(data: bytes, name, target_size: int | None, check: Callable[[int, i
         raw.close()
 
 
-def _preview(raw, name) -> Image.Image | None:
+def _preview(raw) -> Image.Image | None:
     """The RAW file's embedded preview, opened (a JPEG is not decoded yet), or None."""
     import rawpy
 

@@ -219,11 +219,14 @@ MISSING = """
 import sys
 sys.modules["pillow_heif"] = None  # as on a machine without the package
 sys.modules["rawpy"] = None
-from convscope.data import load_image
+from convscope.data import load_image, load_image_bytes
 from convscope.errors import ImageError
 for path in sys.argv[1:]:
     try:
-        load_image(path)
+        if path.endswith("upload"):
+            load_image_bytes(open(path, "rb").read(), "upload")
+        else:
+            load_image(path)
     except ImageError as exc:
         print(exc.reason)
 """
@@ -234,12 +237,15 @@ def test_a_format_this_machine_cannot_read_names_its_package(tmp_path, photo):
     photo.save(heic, quality=80)
     disguised.write_bytes(heic.read_bytes())
     write_dng(dng, np.asarray(photo))
-    run = subprocess.run([sys.executable, "-c", MISSING, str(heic), str(disguised), str(dng)],
+    upload = tmp_path / "upload"  # an upload: no name, the DNG known by its bytes
+    upload.write_bytes(dng.read_bytes())
+    run = subprocess.run([sys.executable, "-c", MISSING, str(heic), str(disguised), str(dng), str(upload)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [
         "HEIC/HEIF photo: install pillow-heif to read it (pip install pillow-heif)",
         "HEIC/HEIF photo: install pillow-heif to read it (pip install pillow-heif)",
+        "camera RAW file: install rawpy to read it (pip install rawpy)",
         "camera RAW file: install rawpy to read it (pip install rawpy)",
     ]
 
