@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from . import formats
 from .errors import ImageError
 from .exif import EXIF_TRANSPOSE, QUARTER_TURNS, Facts, orientation, read_facts
 from .files import atomic_write, cache_dir
 
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico .jp2 .heic .avif".split()
-)
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico .jp2 .avif"
+                             .split()) | formats.HEIF_EXTENSIONS | formats.RAW_EXTENSIONS  # (convscope.formats)
 #: Largest image accepted, in pixels (width x height); larger files are rejected as possible
 #: decompression bombs. 100 megapixels covers any camera; raise it with ``max_pixels``.
 MAX_PIXELS = 100_000_000
@@ -195,7 +195,7 @@ class ImageTooLarge(ImageError):
 #: memory, not a bit), L and P; 2 for 16-bit grey; 4 for every other mode, RGB included.
 PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 #: Decoders that hold a second copy of the pixels while they decode (libwebp's own buffer).
-DECODER_COPIES = {"WEBP": 2}
+DECODER_COPIES = {"WEBP": 2, "HEIF": 2}
 #: Conversions to RGB run one strip of rows of about this many bytes at a time.
 STRIP_BYTES = 4 * 1024 * 1024
 _WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -361,7 +361,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
 def _load(path: Path, budget: _Budget, digest: bool, facts: bool = False) -> Photo:
     with open_regular(path) as f:
         st = os.fstat(f.fileno())
-        if not digest:
+        if not digest and not formats.is_raw(path):  # LibRaw reads a RAW file from memory
             if st.st_size == 0:
                 raise ImageError(path, "empty file (0 bytes)")
             return _decode(f, path, budget, facts=facts)
@@ -380,7 +380,11 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
     """The budgeted decode of an open binary file (``held``: its bytes in memory; ``facts``: read EXIF's too)."""
     img = rgb = None
     try:
-        img = Image.open(source)
+        if formats.is_raw(name, source.getvalue() if isinstance(source, io.BytesIO) else b""):  # preview or demosaic
+            img = formats.open_raw(source.getvalue(), name, budget.target_size, lambda w, h, cost: check_pixels(
+                name, w, h, budget.max_pixels, budget.max_bytes, cost + held))
+        else:
+            img = Image.open(source)
         w, h = img.size
         if w == 0 or h == 0:
             raise ImageError(name, "image has no pixels")
@@ -412,7 +416,9 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(name, "not an image (unknown or unsupported format)") from None
+        source.seek(0)
+        raise ImageError(name, formats.missing_package(name, source.read(16))
+                         or "not an image (unknown or unsupported format)") from None
     except Image.DecompressionBombError as exc:  # PIL's own limit, twice Image.MAX_IMAGE_PIXELS
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(pixels.group(1)):,} pixels, " if pixels else ""
@@ -425,7 +431,7 @@ def _decode(source, name, budget: _Budget, held: int = 0, facts: bool = False) -
         if isinstance(exc, OSError) and exc.errno is not None:  # the system's, not the decoder's
             raise ImageError(name, _os_reason(exc)) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "truncated" in reason.lower():
+        if "truncated" in reason.lower() or "end of file" in reason.lower():  # libheif's words for it
             reason = "truncated image file"
         raise ImageError(name, f"corrupt image ({reason})") from None
     except MemoryError:
@@ -586,17 +592,9 @@ def default_workers(n_images: int) -> int:
     return max(1, min(4, (os.cpu_count() or 1)))
 
 
-def iter_batches(
-    paths: Sequence[str | os.PathLike],
-    transform: Callable,
-    batch_size: int = 32,
-    workers: int | None = None,
-    max_pixels: int = MAX_PIXELS,
-    sha256: bool = False,
-    *,
-    max_bytes: int = MAX_BYTES,
-    target_size: int | None = None,
-) -> Iterator[Batch]:
+def iter_batches(paths: Sequence[str | os.PathLike], transform: Callable, batch_size: int = 32,
+                 workers: int | None = None, max_pixels: int = MAX_PIXELS, sha256: bool = False, *,
+                 max_bytes: int = MAX_BYTES, target_size: int | None = None) -> Iterator[Batch]:
     """Decode ``paths`` in worker processes and yield batches of up to ``batch_size`` good images,
     in path order. Bad files come back in ``Batch.errors`` (a batch may hold only errors). With
     ``sha256``, ``Batch.hashes`` has the sha256 of each good file, from the bytes decoded.
@@ -648,3 +646,4 @@ def sample_photos(dest: str | os.PathLike | None = None) -> list[Path]:
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, not silently grey
+formats.register_heif()  # once, here: classify, atlas, index and uploads all decode through this module

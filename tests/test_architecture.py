@@ -18,7 +18,7 @@ DATA_MODULES = {"convscope.imagenet_labels"}
 #: imports only from its own floor or the ones below.
 FLOORS = (
     ("errors", "files", "stores", "runtime", "progress", "choices", "lazy"),
-    ("geo", "exif", "data", "crops", "sketch", "ocr"),
+    ("geo", "exif", "formats", "data", "crops", "sketch", "ocr"),
     ("hooks",),
     ("model_names", "models", "checkpoints", "layers", "saturation", "vocab", "imagenet_labels"),
     ("scan", "scan_settings", "backproject", "display", "featvis", "explain", "index", "evolve", "probe",

@@ -26,7 +26,8 @@ from ..data import (DANGLING_LINK, IMAGE_EXTENSIONS, MAX_BYTES, MAX_PIXELS, chec
 from ..errors import ImageError
 from ..geo import container_position
 
-VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v".split())
+#: Videos PyAV reads, phones and cameras (3GP of older phones, AVCHD .mts and .m2ts of camcorders) included.
+VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v .3gp .3g2 .mts .m2ts .mpg .mpeg".split())
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 THUMBNAIL_SIZE = 160
 THUMBNAIL_QUALITY = 80
