@@ -7,6 +7,8 @@ patched), ``os.fsencode`` names the undecodable one.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import signal
@@ -248,11 +250,16 @@ def test_a_full_disk_during_index_is_one_line_and_resume_gives_an_equal_index(tm
     assert invoke("index", folder, "--out", reference, "--batch-size", "4", *ARGS).exit_code == 0
 
     real_connect = sqlite3.connect
+    from convscope.index import signals
+
+    with contextlib.closing(real_connect(":memory:")) as probe:  # the pages of an empty index's schema
+        probe.executescript(signals.schema(signals.choose({})))
+        empty = probe.execute("PRAGMA page_count").fetchone()[0]
 
     def small_disk(path, *args, **kwargs):
         conn = real_connect(path, *args, **kwargs)
         if str(path).endswith(os.path.join(".partial", "index.sqlite")):
-            conn.execute("PRAGMA max_page_count = 13")  # SQLite's own SQLITE_FULL once 13 pages are used
+            conn.execute(f"PRAGMA max_page_count = {empty + 4}")  # SQLite's own SQLITE_FULL: 4 pages of rows
         return conn
 
     out = tmp_path / "index"
