@@ -152,8 +152,10 @@ def test_counter_examples_move_the_boundary(index, library):
     after = refined.scores(index)[rows_of(index, coffee[3:])]
     assert len(refined.positives()) == 4 and [e.path for e in refined.counters()] == [str(coffee[2])]
     assert (after < before).all() and after.mean() < before.mean() - 0.2
-    cats = refined.scores(index)[rows_of(index, cat[2:])]
-    assert (cats >= refined.threshold).mean() >= 0.75  # the cats stay in
+    scores = refined.scores(index)
+    others = np.setdiff1d(np.arange(index.entries), rows_of(index, cat + coffee))
+    assert scores[rows_of(index, cat[2:])].min() > scores[others].max()  # the cats still rank first
+    assert scores[rows_of(index, cat[2:])].min() > scores[rows_of(index, coffee[3:])].max()  # now above the coffee
     # a photo given again moves to the side it is given on
     moved = concepts.teach(index, "things", [coffee[2]])
     assert not moved.counters() and len(moved.positives()) == 5
@@ -281,7 +283,6 @@ def test_cli_bad_input_is_one_line_and_leaves_the_index_as_it_was(index, library
         lines = run.stderr.strip().splitlines()
         assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, (args, run.stderr)
         assert table(root) == before, args
-    assert "not a photo" in cli("teach", root, "kitty", text).stderr or True
 
 
 HOLD = """

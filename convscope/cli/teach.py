@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import ArgumentError
 from ..files import printable_path
 from ._common import emit, model_options, note
 
@@ -35,13 +36,13 @@ def teach(index_dir, name, examples, counter, forget, as_json, model_args):
 
     if forget:
         if examples or counter:
-            raise click.UsageError("--forget removes the concept; give no EXAMPLE or --not with it")
+            raise ArgumentError("--forget removes the concept; give no EXAMPLE or --not with it")
         with Index.open(index_dir) as idx:
             gone = concepts.forget(idx, name)
         note(f"forgot concept {gone.name!r} ({len(gone.positives())} examples)")
         return
     if not examples and not counter:
-        raise click.UsageError("give at least one EXAMPLE photo of the concept (or --not EXAMPLE to refine one)")
+        raise ArgumentError("give at least one EXAMPLE photo of the concept (or --not EXAMPLE to refine one)")
     concepts.check_name(name)  # before a model loads
     with Index.open(index_dir) as idx:
         model = model_args.load(idx.meta["model"]["spec"]) if model_args.names_a_model else None

@@ -5,8 +5,8 @@ L2-normalized, stored per entry): a logistic regression of the examples against 
 rest of the index (the background) and the counter-examples, each of the three weighing alike,
 whatever their counts. Its score for an entry is calibrated to 0..1 on out-of-fold decisions:
 the examples each scored by a model taught without them, against background photos that no
-model saw (Platt scaling, the two sides weighing alike), so 0.5 is where an entry looks as much
-like a held-out example as like the background. ``bench/teach.py`` chose the features and the
+model saw (Platt scaling at the odds of :data:`PRIOR`, one example to four background photos),
+so 0.5 is where an entry looks four times as much like a held-out example as like the background. ``bench/teach.py`` chose the features and the
 model by measurement (``docs/concepts.md``).
 
 Storage: tables ``concepts`` and ``concept_examples`` of the index's database, written in one
@@ -53,6 +53,11 @@ C = 1.0
 #: The weight of each side of the calibration (examples, held-out background): fixes how
 #: steep a calibration the evidence of a few examples may ask for.
 PLATT_WEIGHT = 50.0
+#: The prior share of the concept the calibration assumes (the examples' side weighs this much
+#: against the background's 1 - PRIOR): on the dev photos a cut-off of 0.5 then keeps, with 5
+#: examples, about a third of the concept at about half precision (0.8 of the even-odds curve;
+#: the even-odds 0.5 kept 110 photos of 500 at precision 0.17; ``bench/teach.md``).
+PRIOR = 0.2
 #: The cut-off of a calibrated score (see the module's docstring).
 THRESHOLD = 0.5
 #: Out-of-fold calibration: folds over the examples (leave-one-out up to this many examples).
@@ -180,7 +185,7 @@ def fit(pos: np.ndarray, bg: np.ndarray, neg: np.ndarray, held_out: np.ndarray |
 def _platt(pos: np.ndarray, bg: np.ndarray) -> tuple[float, float]:
     """``scale, shift`` of a logistic curve over the decision values: a one-feature logistic
     regression of the examples' out-of-fold decisions against the held-out background's, the
-    two sides weighing alike (so 0.5 means as likely either way)."""
+    two sides weighing alike, then shifted to the odds of :data:`PRIOR`."""
     from sklearn.linear_model import LogisticRegression
 
     if not len(bg):
@@ -193,7 +198,7 @@ def _platt(pos: np.ndarray, bg: np.ndarray) -> tuple[float, float]:
     w = np.r_[np.full(len(pos), PLATT_WEIGHT / len(pos)), np.full(len(bg), PLATT_WEIGHT / len(bg))]
     model = LogisticRegression(C=1.0).fit(((d - mu) / sd)[:, None], y, sample_weight=w)
     a, c = float(model.coef_[0, 0]), float(model.intercept_[0])
-    return a / sd, c - a * mu / sd
+    return a / sd, c - a * mu / sd - math.log((1 - PRIOR) / PRIOR)
 
 
 # --------------------------------------------------------------------------- scoring
