@@ -45,8 +45,8 @@ MAX_NAME = 64
 #: Examples (and counter-examples) a concept keeps at most.
 MAX_EXAMPLES = 1000
 #: Background entries a teach samples for training, and (disjoint) for calibration.
-BACKGROUND = 4096
-HELD_OUT = 2048
+BACKGROUND = 2048
+HELD_OUT = 1024
 #: The regularization of the logistic regression (scikit-learn's C, with mean sample weight 1),
 #: chosen on the dev photos (``bench/teach.py``).
 C = 1.0
@@ -61,7 +61,7 @@ PRIOR = 0.2
 #: The cut-off of a calibrated score (see the module's docstring).
 THRESHOLD = 0.5
 #: Out-of-fold calibration: folds over the examples (leave-one-out up to this many examples).
-FOLDS = 5
+FOLDS = 3
 #: Rows per float16 product when scoring (as ``search.nearest`` reads the memory map).
 CHUNK = 65536
 #: The closest examples a why names.
