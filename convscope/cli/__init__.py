@@ -16,6 +16,7 @@ from ._common import Group
 COMMANDS = {
     "atlas": "atlas:atlas",
     "classify": "classify:classify",
+    "concepts": "teach:concepts_",
     "demo": "serve:demo",
     "duplicates": "search:duplicates",
     "evolve": "training:evolve",
@@ -31,6 +32,7 @@ COMMANDS = {
     "project": "project:project",
     "search": "search:search",
     "serve": "serve:serve",
+    "teach": "teach:teach",
 }
 
 

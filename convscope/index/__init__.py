@@ -7,10 +7,11 @@ and make albums (``docs/search.md``).
 >>> for r in index.search("dog", top=5):
 ...     print(r.to_json())
 """
+from . import concepts
 from .api import Index, parse_unit
 from .organize import ALBUM_CONFIDENCE, DUPLICATE_COSINE, album_for
 from .search import MIN_SCORE, Result, Why
 from .store import IncompleteIndexError
 
-__all__ = ["ALBUM_CONFIDENCE", "DUPLICATE_COSINE", "MIN_SCORE", "IncompleteIndexError", "Index", "Result", "Why",
+__all__ = ["concepts", "ALBUM_CONFIDENCE", "DUPLICATE_COSINE", "MIN_SCORE", "IncompleteIndexError", "Index", "Result", "Why",
            "album_for", "parse_unit"]

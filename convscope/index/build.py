@@ -42,7 +42,7 @@ from ..stores import (State, check_folder, commit, fsync_file, fsync_tree, parti
 from . import media
 from .compute import Source, Task, decode, forward, write_rows
 from .features import Extractor, model_fingerprint
-from . import signals
+from . import concepts, signals
 from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, TOP_CLASSES, IndexStore, RowFile, db_path,
                     read_meta, read_path)
 
@@ -168,7 +168,8 @@ class _Partial:
     def _tables(self) -> list[str]:
         """The signals' own tables (each keyed by the entry ``row``)."""
         return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN "
-                                                "('meta', 'files', 'entries', 'skipped') AND name NOT LIKE 'sqlite_%'")]
+                                                "('meta', 'files', 'entries', 'skipped', 'concepts', 'concept_examples') "
+                                                "AND name NOT LIKE 'sqlite_%'")]
 
     def add_rows(self, file_id: int, times: Sequence[float | None], entries: Sequence[dict],
                  arrays: dict[str, np.ndarray], copied: tuple[IndexStore, int] | None = None,
@@ -353,7 +354,7 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
                                  default_workers(len(tasks)) if workers is None else max(0, workers), names)
                 write_rows(partial, sources, forward(extractor, decoded, ends, names), ends, skip, bar)
         partial.commit(force=True)
-        _finalize(out, partial, extractor, time.time() - started)
+        _finalize(out, partial, extractor, time.time() - started, old)
     finally:
         partial.close()
         if old is not None:
@@ -476,9 +477,10 @@ def _date_seconds(taken: str | None, mtime_ns: int) -> float:
     return mtime_ns / 1e9
 
 
-def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float) -> None:
-    """Write the derived arrays (the entries' and the signals'), mark the database complete,
-    fsync every file, and commit: one rename of the database into place."""
+def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float, old: IndexStore | None) -> None:
+    """Write the derived arrays (the entries' and the signals'), carry the ``old`` index's taught
+    concepts over, mark the database complete, fsync every file, and commit: one rename of the
+    database into place."""
     conn, arrays, n = partial.conn, partial.arrays, partial.rows
     for f in partial.files.values():
         f.close()
@@ -497,6 +499,8 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
     for signal in signals.chosen(partial.names):
         signal.finish(arrays, n, extractor)
     conn.execute("DELETE FROM meta WHERE key = 'open'")  # (a partial build's record of videos under way)
+    if old is not None:  # the same model (an update requires it): the concepts' weights hold as they are
+        concepts.copy(old.db, conn)
     skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
     notes = {}
     for signal in signals.chosen(partial.names):

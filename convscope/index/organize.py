@@ -8,6 +8,9 @@
   one taxonomy), for files whose probability mass in one category is at least :data:`ALBUM_CONFIDENCE`; the rest
   are clustered by embedding (agglomerative, average linkage on cosine distance; k-means past
   :data:`AGGLOMERATIVE_LIMIT` files) and named after their most common top class.
+* Concept albums: one per taught concept (:mod:`.concepts`), ``"concept: NAME"``, the files
+  with an entry at or above the concept's threshold; these come on top of the album each file
+  is in.
 
 >>> [g["paths"] for g in duplicates(store)]
 [['/photos/cat.png', '/photos/cat-small.jpg', '/photos/cat-flipped.png']]
@@ -22,6 +25,7 @@ import numpy as np
 
 from ..errors import ArgumentError
 from ..vocab.albums import album_for
+from . import concepts
 from .store import IndexStore
 
 #: Cosine of the embeddings above which two files are near-duplicates. Measured on resized,
@@ -101,7 +105,8 @@ def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_d
     as a keyword query sums them; a video's averaged over its frames); the rest are
     clustered by embedding (average linkage, cosine distance under ``cluster_distance``) into
     albums named ``"similar: <most common top class>"``, and single leftovers into "other".
-    Albums are sorted by name.
+    Albums are sorted by name. Each taught concept adds an album ``"concept: NAME"`` of the
+    files it holds (an entry's score at or above its threshold), beside the one album of each file.
 
     >>> albums(store)
     [{'album': 'animals > cats', 'paths': [...]}, {'album': 'food', 'paths': [...]}, ...]
@@ -152,7 +157,20 @@ def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_d
             named[name].extend(members)
     elif rest:
         named["other"].extend(rest)
-    return [{"album": name, "paths": [files[ids[i]]["path"] for i in sorted(members)]} for name, members in sorted(named.items())]
+    out = [{"album": name, "paths": [files[ids[i]]["path"] for i in sorted(members)]} for name, members in sorted(named.items())]
+    return out + concept_albums(store)
+
+
+def concept_albums(store: IndexStore) -> list[dict]:
+    """One album per taught concept, ``{"album": "concept: NAME", "paths": [...]}`` (index
+    order): the files with an entry whose score reaches the concept's threshold."""
+    out = []
+    for concept in concepts.load(store):
+        rows = np.flatnonzero(concept.scores(store) >= concept.threshold)
+        ids = sorted(set(np.asarray(store.entry_file[rows]).tolist()))
+        files = store.files(ids)
+        out.append({"album": f"concept: {concept.name}", "paths": [files[i]["path"] for i in ids]})
+    return out
 
 
 #: Above this many files to cluster, k-means replaces agglomerative clustering (whose memory
