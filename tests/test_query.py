@@ -307,3 +307,25 @@ def test_without_the_engine_a_text_build_says_what_to_install(tmp_path, model, m
     with pytest.raises(ConvscopeError, match="pip install"):
         Index.build(model, [tmp_path], tmp_path / "index", text=True)
     assert signals.choose({}) == tuple(s.name for s in signals.SIGNALS if s.name != "text")
+
+
+# --------------------------------------------------------------------------- taught concepts
+
+
+def test_a_taught_concept_is_a_word_that_hides_its_namesake(built, tmp_path):
+    import shutil
+
+    from convscope.index import concepts
+
+    shutil.copytree(built.root, tmp_path / "index")
+    with Index.open(tmp_path / "index") as index:
+        concepts.teach(index, "Cat", [str(Path(built.files()[3]["path"]).with_name("coffee.jpg"))])
+    with Index.open(tmp_path / "index") as index:
+        hits = index.search("cat")
+        assert names(hits)[:1] == ["coffee"] and hits[0].why[0].kind == "concept"
+        record = hits[0].to_json()["why"][0]
+        assert record["concept"] == "Cat" and record["nearest"][0].endswith("coffee.jpg")
+        assert record["note"] == "your concept, not a WordNet word of the same spelling"
+        assert names(index.search("cat sydney")) == ["coffee"] and index.search("cat lyon") == []
+        assert sorted(names(index.search("cat, lyon"))) == ["chelsea", "coffee"]
+        assert names(index.search("domestic cat"))[:1] == ["chelsea"]  # the other words are as they were

@@ -212,7 +212,7 @@ def score_rows(embedding: np.ndarray, weights: np.ndarray, bias: float, *, chunk
 
     n, d = embedding.shape
     out = np.empty(n, np.float64)
-    w = torch.from_numpy(np.asarray(weights, np.float32)).half()
+    w = torch.from_numpy(np.array(weights, np.float32)).half()  # (a copy: the stored blob is read-only)
     for a in range(0, n, chunk):
         with warnings.catch_warnings():  # the memory map is read-only, and is only read
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")

@@ -2,6 +2,8 @@
 evidence (:mod:`.terms`), against the vocabularies and what this index holds.
 
 - Commas, "or" and "and" separate **alternatives**; a result matches one of them.
+- A concept a person taught this index (``convscope teach``: "rex", "our kitchen") is read
+  first, before any other word of the same spelling (its why says which word it hides).
 - Within an alternative, **words side by side narrow**: a result matches every term. Each
   position is read as the longest of, in this order: a time ("2015", "may 2015",
   "2015-05-02", "night": :mod:`convscope.vocab.times`; or, for an everyday word that is a time
@@ -127,6 +129,7 @@ def read(store: IndexStore, query: str, *, words: EverydayWords | None = None,
     named = places(store)
     longest_place = max((len(k.split()) for k in named), default=0)
     text = has_text(store)
+    taught = _taught(store)
     plan = Plan(query, [])
     alternatives: list[list[str]] = [[]]
     for t in toks:
@@ -136,15 +139,23 @@ def read(store: IndexStore, query: str, *, words: EverydayWords | None = None,
             alternatives[-1].append(t)
     for alt in alternatives:
         if alt:
-            plan.alternatives.append(_read_alternative(alt, vocab, words, named, longest_place, text, plan))
+            plan.alternatives.append(_read_alternative(alt, vocab, words, named, longest_place, text, plan, taught))
     if not plan.alternatives:
         raise ArgumentError(f"the query {query!r} holds no word; give one such as 'dog'", param="query")
     if plan.unknown:
-        plan.known = sorted({*vocab.words, *words.words, *named})
+        plan.known = sorted({*vocab.words, *words.words, *named, *taught})
     return _merged(plan)
 
 
-def _read_alternative(toks, vocab, words, named, longest_place, text, plan) -> list[T.Term]:
+def _taught(store: IndexStore) -> dict[str, object]:
+    """This index's taught concepts by their names as tokens ("our kitchen"); read at every
+    query (a teach writes them while the index is open)."""
+    from . import concepts
+
+    return {" ".join(tokens(c.name)): c for c in concepts.load(store)}
+
+
+def _read_alternative(toks, vocab, words, named, longest_place, text, plan, taught) -> list[T.Term]:
     out: list[T.Term] = []
     run: list[str] = []  # consecutive WordNet nouns: they narrow each other at the class level
 
@@ -154,9 +165,23 @@ def _read_alternative(toks, vocab, words, named, longest_place, text, plan) -> l
             out.append(_with_text(T.ClassTerm(phrase, vocab.classes_for(phrase).paths), text))
             run.clear()
 
+    longest_taught = max((len(k.split()) for k in taught), default=0)
     i = 0
     while i < len(toks):
         tok = toks[i]
+        found = next(((" ".join(toks[i:j]), j) for j in range(min(len(toks), i + longest_taught), i, -1)
+                      if " ".join(toks[i:j]) in taught), None)
+        if found is not None:
+            flush()
+            key, j = found
+            hides = [kind for kind, hit in (("a WordNet word", vocab.term_end(toks, i) == j),
+                                             ("an everyday word", (words.match(toks, i) or (None, None))[1] == j),
+                                             ("a place", _place_at(toks, i, named, j - i) == (plain(key), j)))
+                     if hit]
+            note = f"your concept, not {' or '.join(hides)} of the same spelling" if hides else None
+            out.append(T.ConceptTerm(key, taught[key], note))
+            i = j
+            continue
         if tok.startswith('"'):
             flush()
             inner = [w for w in re.split(r"[\s,_\-]+", tok.strip('"').lower()) if w]

@@ -91,8 +91,8 @@ class PlaceWhy:
 
     def line(self) -> str:
         where = f" ({self.lat:.4f}, {self.lon:.4f})" if self.lat is not None and self.lon is not None else ""
-        near = f"near {self.city} ({self.km:.1f} km), " if self.city and self.km is not None and self.km >= 1 else ""
-        return f"'{self.words}': taken {near}in {self.place}{where}"
+        far = f", {self.km:.1f} km from {self.city}'s point" if self.city and self.km is not None and self.km >= 1 else ""
+        return f"'{self.words}': taken in {self.place}{where}{far}"
 
 
 @dataclasses.dataclass
@@ -132,6 +132,28 @@ class TextWhy:
 
     def line(self) -> str:
         return f"'{self.words}': the photo reads {self.text!r}"
+
+
+@dataclasses.dataclass
+class ConceptWhy:
+    """A concept taught from examples (``convscope teach``): its calibrated ``score`` of the
+    photo, the ``nearest`` examples (paths), and a ``note`` where the name hides a word."""
+
+    concept: str
+    score: float
+    nearest: list[str]
+    note: str | None = None
+    kind = "concept"
+
+    def to_json(self) -> dict:
+        out = {"kind": self.kind, "concept": self.concept, "score": round(self.score, 6), "nearest": list(self.nearest)}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+    def line(self) -> str:
+        near = f", nearest example {self.nearest[0]}" if self.nearest else ""
+        return f"your concept '{self.concept}' {self.score:.2f}{near}" + (f" ({self.note})" if self.note else "")
 
 
 # --------------------------------------------------------------------------- scores
@@ -355,6 +377,24 @@ class TextTerm(Term):
 
 
 @dataclasses.dataclass
+class ConceptTerm(Term):
+    """A concept a person taught this index (:mod:`.concepts`): its calibrated score, cut at
+    the concept's own threshold. ``note``: said in its why (a name that hides a word)."""
+
+    words: str
+    concept: object
+    note: str | None = None
+
+    def scores(self, store, min_score):
+        scores = self.concept.scores(store)
+        return np.where(scores >= self.concept.threshold, scores, 0.0)
+
+    def why(self, store, row):
+        told = self.concept.why(store, row)
+        return [ConceptWhy(told["concept"], float(told["score"]), list(told["nearest"]), self.note)]
+
+
+@dataclasses.dataclass
 class AnyOf(Term):
     """Either of several readings of the same words (an everyday word that is also a WordNet
     noun; a word the network knows that the photo may also show written): the best score."""
@@ -375,5 +415,5 @@ class AnyOf(Term):
         return [w for t, s in zip(self.terms, scored) if s[row] > 0 for w in t.why(store, row)]
 
 
-__all__ = ["AnyOf", "ClassTerm", "PlaceTerm", "PlaceWhy", "Term", "TextTerm", "TextWhy", "TimeTerm", "TimeWhy", "Why",
+__all__ = ["AnyOf", "ClassTerm", "ConceptTerm", "ConceptWhy", "PlaceTerm", "PlaceWhy", "Term", "TextTerm", "TextWhy", "TimeTerm", "TimeWhy", "Why",
            "WordTerm", "WordWhy", "class_why", "file_columns", "file_rows", "keyword_scores"]
