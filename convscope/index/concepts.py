@@ -56,7 +56,7 @@ PLATT_WEIGHT = 50.0
 #: The prior share of the concept the calibration assumes (the examples' side weighs this much
 #: against the background's 1 - PRIOR): on the dev photos a cut-off of 0.5 then keeps, with 5
 #: examples, about a third of the concept at about half precision (0.8 of the even-odds curve;
-#: the even-odds 0.5 kept 110 photos of 500 at precision 0.17; ``bench/teach.md``).
+#: the even-odds 0.5 kept 110 photos of 500 at precision 0.17; BENCHMARKS.md, "Issue 22").
 PRIOR = 0.2
 #: The cut-off of a calibrated score (see the module's docstring).
 THRESHOLD = 0.5
