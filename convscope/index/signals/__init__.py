@@ -8,7 +8,7 @@ records their names (meta ``signals``), and an update runs a signal that the old
 its unchanged files without running the network again.
 
 >>> [s.name for s in SIGNALS]
-['classes', 'embedding', 'units', 'thumbnail', 'metadata']
+['classes', 'embedding', 'units', 'thumbnail', 'metadata', 'place', 'phash']
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from .base import Signal
 from .classes import Classes, top_classes
 from .embedding import Embedding
 from .metadata import Metadata
+from .phash import PerceptualHash
 from .place import Location
 from .thumbnail import Thumbnail
 from .units import Units
 
 #: The signals an index build can compute, in order (the arrays, columns and tables of the index).
-SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata(), Location())
+SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata(), Location(), PerceptualHash())
 
 
 def choose(options: Mapping[str, bool | None] | None = None) -> tuple[str, ...]:
@@ -33,7 +34,7 @@ def choose(options: Mapping[str, bool | None] | None = None) -> tuple[str, ...]:
     ``options[name]`` is True (one line if it cannot run here), or None/absent and it can.
 
     >>> choose({"text": False})
-    ('classes', 'embedding', 'units', 'thumbnail', 'metadata', 'place')"""
+    ('classes', 'embedding', 'units', 'thumbnail', 'metadata', 'place', 'phash')"""
     options = dict(options or {})
     known = {s.name for s in SIGNALS if s.optional}
     for name in options:
@@ -72,5 +73,5 @@ def schema(names: Sequence[str] | None) -> str:
     return store_schema(columns, "\n".join(signal.tables for signal in chosen(names) if signal.tables))
 
 
-__all__ = ["BEFORE_RECORDED", "SIGNALS", "Classes", "choose", "chosen", "decode_size", "Embedding", "Location", "Metadata",
+__all__ = ["BEFORE_RECORDED", "SIGNALS", "Classes", "choose", "chosen", "decode_size", "Embedding", "Location", "Metadata", "PerceptualHash",
            "schema", "Signal", "Thumbnail", "Units", "top_classes"]
