@@ -155,7 +155,7 @@ def synthetic(n: int, folder: Path, dim: int = 1280, seed: int = 0):
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     folder.mkdir(parents=True, exist_ok=True)
     vectors = np.lib.format.open_memmap(folder / "embedding.npy", "w+", np.float16, (n, dim))
-    hashes = rng.integers(0, 2**63, (n, 3), dtype=np.int64).astype(np.uint64)
+    hashes = rng.integers(0, 2**63, (n, 4), dtype=np.int64).astype(np.uint64)
     step = 50_000
     for a in range(0, n, step):
         m = min(step, n - a)

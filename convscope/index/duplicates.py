@@ -50,7 +50,7 @@ NO_HASH_NOTE = ("this index was built before perceptual hashes: copies are told 
 def file_rows(store) -> tuple[list[dict], object, np.ndarray | None]:
     """The files of an index in index order, one unit vector each (an (F, D) array: the
     embedding's memory map itself where every file is one photo; a video's normalized mean
-    frame embedding), and each file's perceptual hash row ((F, 3) uint64, a video's first
+    frame embedding), and each file's perceptual hash row ((F, 4) uint64, a video's first
     frame's; None where the index lacks them)."""
     files = sorted(store.files().values(), key=lambda f: f["first_row"])
     first = np.array([f["first_row"] for f in files], np.int64)
@@ -85,7 +85,7 @@ def groups(vectors, hashes: np.ndarray | None, sha256: Sequence[str] | None = No
            similar: float = SIMILAR_COSINE, bits: int = COPY_BITS, exact: bool | None = None,
            progress: bool | None = None) -> list[dict]:
     """Copies and similar groups among ``F`` files: ``vectors`` (F, D) unit embeddings,
-    ``hashes`` (F, 3) perceptual hash rows or None (then copies by cosine alone), ``sha256``
+    ``hashes`` (F, 4) perceptual hash rows or None (then copies by cosine alone), ``sha256``
     the files' digests (same bytes: copies). Returns the ``copies`` groups then the
     ``similar`` ones, each by its first member::
 

@@ -1,5 +1,5 @@
-"""The perceptual hash: 64 bits that keep the picture's layout, three per entry (``phash``,
-(N, 3) uint64: the picture, its mirror image, its centre), what tells a copy of a photo from a
+"""The perceptual hash: 64 bits that keep the picture's layout, four per entry (``phash``,
+(N, 4) uint64: the picture, its mirror image, its centre, its centre mirrored), what tells a copy of a photo from a
 different photo of the same subject (:mod:`convscope.index.duplicates`).
 
 Each hash is imagehash's ``phash`` (the same bits, checked in the tests): the picture in grey
@@ -10,7 +10,8 @@ different photos came nearer than 10 bits). Mirroring flips the sign of the coef
 horizontal frequency, so the mirror image's hash costs nothing more (the second column); a
 crop moves the layout (a tenth off each side: 12 to 28 bits), so the third column hashes the
 picture's centre (:data:`CENTRE` of each side), which a cropped copy's whole picture matches
-(2 to 4 bits): :func:`copy_distance` takes the nearest of these.
+(2 to 4 bits), and the fourth its mirror image (a crop of a mirrored copy): :func:`copy_distance`
+takes the nearest of these.
 
 It is computed in the decoding worker from the decoded picture, and needs no model output
 (:attr:`~.base.Signal.needs_model` False): an index built before it gets it on an update
@@ -50,17 +51,18 @@ def _hashes(image) -> tuple[int, int]:
     return int(_bits(low)), int(_bits(low * _MIRROR))
 
 
-def phash(image) -> tuple[int, int, int]:
-    """The perceptual hashes of a PIL picture: of the picture, of its mirror image and of its
-    centre (:data:`CENTRE` of each side), as 64-bit integers (imagehash's ``phash(image)``,
-    ``phash(ImageOps.mirror(image))`` and ``phash(image.crop(centre))``, bit for bit).
+def phash(image) -> tuple[int, int, int, int]:
+    """The perceptual hashes of a PIL picture: of the picture, of its mirror image, of its
+    centre (:data:`CENTRE` of each side) and of the centre's mirror image, as 64-bit integers
+    (imagehash's ``phash(image)``, ``phash(ImageOps.mirror(image))``, ``phash(centre)``,
+    ``phash(ImageOps.mirror(centre))``, bit for bit).
 
-    >>> whole, mirrored, centre = phash(Image.open("cat.jpg"))
+    >>> whole, mirrored, centre, centre_mirrored = phash(Image.open("cat.jpg"))
     """
     w, h = image.size
     dx, dy = round(w * (1 - CENTRE) / 2), round(h * (1 - CENTRE) / 2)
     whole, mirrored = _hashes(image)
-    return whole, mirrored, _hashes(image.crop((dx, dy, w - dx, h - dy)))[0]
+    return (whole, mirrored, *_hashes(image.crop((dx, dy, w - dx, h - dy))))
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -69,11 +71,13 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def copy_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bits between two pictures from their ``phash`` rows (..., 3): the nearest of the whole
-    pictures, one whole and the other mirrored, and one whole and the other's centre (a crop)."""
-    whole = distance(a[..., 0], b[..., 0])
-    return np.minimum(np.minimum(whole, distance(a[..., 0], b[..., 1])),
-                      np.minimum(distance(a[..., 2], b[..., 0]), distance(a[..., 0], b[..., 2])))
+    """Bits between two pictures from their ``phash`` rows (..., 4): the nearest of the whole
+    pictures, one whole and the other mirrored, and one whole and the other's centre, as it is
+    or mirrored (a crop)."""
+    near = distance(a[..., 0], b[..., 0])
+    for x, y in ((0, 1), (2, 0), (0, 2), (3, 0), (0, 3)):
+        near = np.minimum(near, distance(a[..., x], b[..., y]))
+    return near
 
 
 class PerceptualHash(Signal):
@@ -84,18 +88,18 @@ class PerceptualHash(Signal):
         return {"phash": phash(image)}
 
     def arrays(self, extractor):
-        return {"phash": (np.uint64, (3,))}
+        return {"phash": (np.uint64, (4,))}
 
     def rows(self, features, entries):
         # (an entry without it: a file an update could not read again, copied as it was)
-        return {"phash": np.array([e.get("phash", (0, 0, 0)) for e in entries], np.uint64).reshape(len(entries), 3)}
+        return {"phash": np.array([e.get("phash", (0, 0, 0, 0)) for e in entries], np.uint64).reshape(len(entries), 4)}
 
     def stored(self, store, first, stop):
         return {"phash": hashes(store)[first:stop]}
 
 
 def hashes(store) -> np.ndarray | None:
-    """The ``phash`` rows of an index (memory-mapped, (N, 3) uint64), or None where it was built
+    """The ``phash`` rows of an index (memory-mapped, (N, 4) uint64), or None where it was built
     before the signal (an update adds it)."""
     if "phash" not in store.signals:
         return None
