@@ -126,6 +126,19 @@ def groups(vectors, hashes: np.ndarray | None, sha256: Sequence[str] | None = No
     return out
 
 
+def rule(group: dict) -> str:
+    """A group's threshold in words, as it is applied to every pair of it.
+
+    >>> rule({"kind": "copies", "threshold": {"bits": 8, "cosine": 0.5}})
+    'at most 8 of 64 hash bits apart and an embedding cosine of at least 0.50, or the same bytes'
+    """
+    t = group["threshold"]
+    cosine = f"an embedding cosine of at least {t['cosine']:.2f}"
+    if group["kind"] == "similar":
+        return cosine
+    return (f"at most {t['bits']} of 64 hash bits apart and {cosine}" if "bits" in t else cosine) + ", or the same bytes"
+
+
 def _same_bytes(sha256: Sequence[str]) -> set[tuple[int, int]]:
     """Pairs (i < j) of files with the same digest."""
     by: dict[str, list[int]] = {}
@@ -171,4 +184,4 @@ def _group(kind: str, members: list[int], threshold: dict, pair_bits: dict, pair
     return {"kind": kind, "members": members, "threshold": threshold, "pairs": pairs}
 
 
-__all__ = ["COPY_BITS", "COPY_COSINE", "COPY_COSINE_ALONE", "SIMILAR_COSINE", "duplicates", "file_rows", "groups"]
+__all__ = ["COPY_BITS", "COPY_COSINE", "COPY_COSINE_ALONE", "SIMILAR_COSINE", "duplicates", "file_rows", "groups", "rule"]
