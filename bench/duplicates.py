@@ -8,7 +8,7 @@
    both (the rule applied); and the pairs the old rule (single linkage at cosine 0.80) found.
 2. ``scale``: a synthetic library of N files (1,280-dimensional unit float16 embeddings in a
    memory-mapped file, like an index's; 1,000 look-alike classes; one file in 20 with a
-   planted copy, with hash bits flipped) at 10k, 100k and 1M: time and peak memory of
+   planted copy, with hash bits flipped, and one in 20 with a burst shot, cosine near 0.85) at 10k, 100k and 1M: time and peak memory of
    ``groups`` (candidate pairs from the approximate index, exact check, grouping), each size in
    a fresh process; at 10k, recall of the approximate candidate pairs and of the copies pairs
    against all pairs.
@@ -171,6 +171,12 @@ def synthetic(n: int, folder: Path, dim: int = 1280, seed: int = 0):
         for _ in range(4):
             flips |= np.where(rng.random(len(c)) < 0.5, np.uint64(1) << rng.integers(0, 64, len(c)).astype(np.uint64), np.uint64(0))
         hashes[c, 0] = hashes[c - 1, 0] ^ flips
+    # one file in 20 is a burst shot of the file two before it: a cosine near 0.85, another hash
+    bursts = np.arange(3, n, 20)
+    for a in range(0, len(bursts), step):
+        c = bursts[a:a + step]
+        v = np.asarray(vectors[c - 2], np.float32) + 0.62 * rng.standard_normal((len(c), dim)).astype(np.float32) / np.sqrt(dim)
+        vectors[c] = v / np.linalg.norm(v, axis=1, keepdims=True)
     vectors.flush()
     np.save(folder / "phash.npy", hashes)
     return folder

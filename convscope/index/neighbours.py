@@ -99,20 +99,26 @@ def _approximate(vectors, cosine: float, k: int, progress, worth) -> list:
 
     n, dim = len(vectors), vectors.shape[1]
     rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(n, min(n, 50_000), replace=False))
-    train = np.asarray(vectors[sample], np.float32)
+    lists = max(1, int(4 * np.sqrt(n)))
+    # a sample: for the principal axes, and for the inverted lists' centres (16 per list)
+    sample = np.sort(rng.choice(n, min(n, max(20_000, 16 * lists)), replace=False))
+    train = _rows(vectors, sample)
     # the principal axes of a sample (uncentred: inner products are kept, not distances to a mean)
-    _, axes = np.linalg.eigh(train.T @ train)
+    _, axes = np.linalg.eigh(train[:20_000].T @ train[:20_000])
     axes = np.ascontiguousarray(axes[:, ::-1][:, :min(REDUCED, dim)])
     out = axes.shape[1]
-    lists = max(1, int(4 * np.sqrt(n)))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(out), out, lists, faiss.METRIC_INNER_PRODUCT)
     index.cp.min_points_per_centroid = 1  # (a sample of fewer than 39 per list: no warning, it is enough)
-    index.train(train[: 64 * lists] @ axes)
+    index.cp.niter = 10  # (centres that split the space evenly enough: the exact check follows)
+    centres = train @ axes
+    index.train(centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12))
     index.nprobe = min(PROBES, lists)
     reduced = np.zeros((n, out), np.float32)  # N x 64 float32: 256 MB at a million
     for a in range(0, n, BLOCK * 8):
         reduced[a:a + BLOCK * 8] = _block(vectors, a, a + BLOCK * 8) @ axes
+    # unit length again: the estimate is the cosine within the kept axes, which the part left
+    # out (for near vectors, mostly what they share) does not pull down
+    reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
     index.add(reduced)
     found = []
     with Bar(n, "finding near pairs", disable=None if progress is None else not progress) as bar:
