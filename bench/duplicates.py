@@ -25,10 +25,10 @@ import argparse
 import io
 import json
 import random
-import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -182,6 +182,14 @@ def synthetic(n: int, folder: Path, dim: int = 1280, seed: int = 0):
     return folder
 
 
+def _status(key: str) -> int:
+    """A field of /proc/self/status, KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def _one(folder: Path, exact: bool | None) -> dict:
     """One measured run in this (fresh) process."""
     from convscope.index import duplicates as dup
@@ -189,14 +197,27 @@ def _one(folder: Path, exact: bool | None) -> dict:
 
     vectors = np.load(folder / "embedding.npy", mmap_mode="r")
     hashes = np.load(folder / "phash.npy")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # the peak RSS from here (not the parent's, inherited)
+    base = _status("VmRSS")
+    anon = [_status("RssAnon")]
+    done = threading.Event()
+
+    def sample():  # the process's own memory (the embedding's mapped pages aside), every 50 ms
+        while not done.wait(0.05):
+            anon[0] = max(anon[0], _status("RssAnon"))
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
     t = time.perf_counter()
     got = dup.groups(vectors, hashes, None, exact=exact, progress=False)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    done.set()
+    watcher.join()
+    peak = _status("VmHWM")
     copies = [g["members"] for g in got if g["kind"] == "copies"]
     i, j, _ = near_pairs(vectors, dup.SIMILAR_COSINE, exact=exact, progress=False) if len(vectors) <= 20_000 else (None, None, None)
     return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak / 1024, 1), "rss_before_mib": round(base / 1024, 1),
+            "peak_anon_mib": round(anon[0] / 1024, 1),
             "copies_groups": len(copies), "copy_pairs": sorted(map(list, _pairs(copies))) if len(vectors) <= 20_000 else None,
             "similar_pairs": None if i is None else sorted(zip(i.tolist(), j.tolist()))}
 
@@ -213,7 +234,7 @@ def bench_scale(sizes: list[int], tmp: Path) -> dict:
                     f"print(json.dumps(_one(Path({str(folder)!r}), {exact!r})))")
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             res[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        row = {k: {x: v[x] for x in ("seconds", "peak_rss_mib", "rss_before_mib", "copies_groups")} for k, v in res.items()}
+        row = {k: {x: v[x] for x in ("seconds", "peak_rss_mib", "peak_anon_mib", "rss_before_mib", "copies_groups")} for k, v in res.items()}
         if "all_pairs" in res:
             for what in ("copy_pairs", "similar_pairs"):
                 exact = set(map(tuple, res["all_pairs"][what]))
@@ -242,10 +263,10 @@ def main() -> None:
         print(json.dumps(bench_dev(args.index), indent=1))
     else:
         res = bench_scale(args.sizes, args.tmp)
-        print(f"{'files':>10} {'seconds':>9} {'peak MiB':>9} {'copies groups':>14}")
+        print(f"{'files':>10} {'seconds':>9} {'peak RSS MiB':>13} {'peak anon MiB':>14} {'copies groups':>14}")
         for n, row in res.items():
             r = row["approximate"]
-            print(f"{n:>10,} {r['seconds']:>9} {r['peak_rss_mib']:>9} {r['copies_groups']:>14}")
+            print(f"{n:>10,} {r['seconds']:>9} {r['peak_rss_mib']:>13} {r['peak_anon_mib']:>14} {r['copies_groups']:>14}")
         print(json.dumps(res, indent=1))
 
 

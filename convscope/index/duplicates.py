@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ArgumentError
-from .neighbours import near_pairs
+from .neighbours import EXACT_LIMIT, near_pairs, unavailable
 from .signals import phash as phash_signal
 
 #: Copies: every pair at most this many bits of 64 apart in the perceptual hash ...
@@ -70,15 +70,19 @@ def duplicates(store, *, similar: float = SIMILAR_COSINE, bits: int = COPY_BITS,
                progress: bool | None = None, on_note: Callable[[str], None] | None = None) -> list[dict]:
     """Groups of duplicate files of an index (:func:`groups` on its files), each
     ``{"kind", "paths", "pairs", "threshold"}`` with ``paths`` in index order.
-    ``on_note(line)``: called once where the index has no perceptual hashes."""
+    ``on_note(line)``: called once where the index has no perceptual hashes, and once where a
+    library past 20,000 files is compared pair by pair (faiss is not installed)."""
     files, vectors, hashes = file_rows(store)
     if hashes is None and on_note is not None:
         on_note(NO_HASH_NOTE)
+    if exact is None and len(files) > EXACT_LIMIT and unavailable() is not None:
+        exact = True
+        if on_note is not None:
+            on_note(f"comparing all pairs of {len(files):,} files, which takes long: {unavailable()}")
     found = groups(vectors, hashes, [f["sha256"] for f in files], similar=similar, bits=bits, exact=exact,
                    progress=progress)
-    for g in found:
-        g["paths"] = [files[i]["path"] for i in g.pop("members")]
-    return found
+    return [{"kind": g["kind"], "paths": [files[i]["path"] for i in g["members"]], "threshold": g["threshold"],
+             "pairs": g["pairs"]} for g in found]
 
 
 def groups(vectors, hashes: np.ndarray | None, sha256: Sequence[str] | None = None, *,
@@ -107,9 +111,12 @@ def groups(vectors, hashes: np.ndarray | None, sha256: Sequence[str] | None = No
     i, j, cos = near_pairs(vectors, min(copy_cosine, similar), exact=exact, progress=progress, worth=worth)
     same = _same_bytes(sha256 or [])
     d = phash_signal.copy_distance(hashes[i], hashes[j]) if hashes is not None else None
+    is_copy = (cos >= copy_cosine) & (d <= bits if d is not None else True)
+    keep = is_copy | (cos >= similar)  # (the pairs above the copy gate alone are many in a library of pets)
+    i, j, cos, is_copy = i[keep], j[keep], cos[keep], is_copy[keep]
+    d = None if d is None else d[keep]
     pair_bits = {} if d is None else dict(zip(zip(i.tolist(), j.tolist()), d.tolist()))
     pair_cos = dict(zip(zip(i.tolist(), j.tolist()), cos.tolist()))
-    is_copy = (cos >= copy_cosine) & (d <= bits if d is not None else True)
     copy_edges = {(a, b) for a, b in zip(i[is_copy].tolist(), j[is_copy].tolist())} | same
     # strongest first: fewest bits apart (then highest cosine); same bytes before all
     order = sorted(copy_edges, key=lambda e: (e not in same, pair_bits.get(e, 0), -pair_cos.get(e, 1.0)))

@@ -100,25 +100,23 @@ def _approximate(vectors, cosine: float, k: int, progress, worth) -> list:
     n, dim = len(vectors), vectors.shape[1]
     rng = np.random.default_rng(0)
     lists = max(1, int(4 * np.sqrt(n)))
-    # a sample: for the principal axes, and for the inverted lists' centres (16 per list)
-    sample = np.sort(rng.choice(n, min(n, max(20_000, 16 * lists)), replace=False))
-    train = _rows(vectors, sample)
     # the principal axes of a sample (uncentred: inner products are kept, not distances to a mean)
-    _, axes = np.linalg.eigh(train[:20_000].T @ train[:20_000])
+    train = _rows(vectors, np.sort(rng.choice(n, min(n, 20_000), replace=False)))
+    _, axes = np.linalg.eigh(train.T @ train)
+    del train
     axes = np.ascontiguousarray(axes[:, ::-1][:, :min(REDUCED, dim)])
     out = axes.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(out), out, lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.min_points_per_centroid = 1  # (a sample of fewer than 39 per list: no warning, it is enough)
-    index.cp.niter = 10  # (centres that split the space evenly enough: the exact check follows)
-    centres = train @ axes
-    index.train(centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12))
-    index.nprobe = min(PROBES, lists)
     reduced = np.zeros((n, out), np.float32)  # N x 64 float32: 256 MB at a million
-    for a in range(0, n, BLOCK * 8):
-        reduced[a:a + BLOCK * 8] = _block(vectors, a, a + BLOCK * 8) @ axes
+    for a in range(0, n, BLOCK):
+        reduced[a:a + BLOCK] = _block(vectors, a, a + BLOCK) @ axes
     # unit length again: the estimate is the cosine within the kept axes, which the part left
     # out (for near vectors, mostly what they share) does not pull down
     reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(out), out, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1  # (a sample of fewer than 39 per list: no warning, it is enough)
+    index.cp.niter = 10  # (centres that split the space evenly enough: the exact check follows)
+    index.train(reduced[np.sort(rng.choice(n, min(n, 16 * lists), replace=False))])  # 16 per list
+    index.nprobe = min(PROBES, lists)
     index.add(reduced)
     found = []
     with Bar(n, "finding near pairs", disable=None if progress is None else not progress) as bar:
@@ -134,8 +132,8 @@ def _approximate(vectors, cosine: float, k: int, progress, worth) -> list:
                 rows, cols = rows[keep], cols[keep]
             # the exact check: the cosine of the full vectors of each candidate pair
             sims = np.empty(len(cols), np.float32)
-            for s in range(0, len(cols), BLOCK * 8):  # rows read in order: a memory map pages in once
-                r, c = rows[s:s + BLOCK * 8], cols[s:s + BLOCK * 8]
+            for s in range(0, len(cols), BLOCK):  # rows read in order: a memory map pages in once
+                r, c = rows[s:s + BLOCK], cols[s:s + BLOCK]
                 sims[s:s + len(r)] = np.einsum("ij,ij->i", _rows(vectors, r), _rows(vectors, c))
             hit = sims >= cosine
             found.append((rows[hit], cols[hit], sims[hit]))
