@@ -208,15 +208,15 @@ def _one(folder: Path, exact: bool | None) -> dict:
 
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     got = dup.groups(vectors, hashes, None, exact=exact, progress=False)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     done.set()
     watcher.join()
     peak = _status("VmHWM")
     copies = [g["members"] for g in got if g["kind"] == "copies"]
     i, j, _ = near_pairs(vectors, dup.SIMILAR_COSINE, exact=exact, progress=False) if len(vectors) <= 20_000 else (None, None, None)
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak / 1024, 1), "rss_before_mib": round(base / 1024, 1),
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "peak_rss_mib": round(peak / 1024, 1), "rss_before_mib": round(base / 1024, 1),
             "peak_anon_mib": round(anon[0] / 1024, 1),
             "copies_groups": len(copies), "copy_pairs": sorted(map(list, _pairs(copies))) if len(vectors) <= 20_000 else None,
             "similar_pairs": None if i is None else sorted(zip(i.tolist(), j.tolist()))}
@@ -234,7 +234,7 @@ def bench_scale(sizes: list[int], tmp: Path) -> dict:
                     f"print(json.dumps(_one(Path({str(folder)!r}), {exact!r})))")
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             res[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        row = {k: {x: v[x] for x in ("seconds", "peak_rss_mib", "peak_anon_mib", "rss_before_mib", "copies_groups")} for k, v in res.items()}
+        row = {k: {x: v[x] for x in ("seconds", "cpu_seconds", "peak_rss_mib", "peak_anon_mib", "rss_before_mib", "copies_groups")} for k, v in res.items()}
         if "all_pairs" in res:
             for what in ("copy_pairs", "similar_pairs"):
                 exact = set(map(tuple, res["all_pairs"][what]))
