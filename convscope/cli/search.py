@@ -206,26 +206,30 @@ def _print_table(results) -> None:
 
 @click.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help='One JSON record per group: {"paths": [...]}.')
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON record per group: {"kind": "copies"|"similar", "paths": [...], "pairs": [...], "threshold": {...}}.')
 def duplicates(index_dir, as_json):
-    """Groups of near-duplicate files in an index: exact copies (the same bytes), and resized,
-    recompressed, cropped, flipped or re-encoded copies (their embeddings alike).
+    """Groups of duplicate files in an index, two kinds apart: copies (the same photo resized,
+    recompressed, cropped, mirrored or re-encoded, or the same bytes: the perceptual hash and
+    the embedding agree) and similar photos (the same subject or moment: the embedding alone).
+    Every pair of a group passes its threshold, shown as it is applied.
 
     \b
     Example:
       convscope duplicates photos.index --json
     """
     from ..index import Index
+    from ..index.duplicates import rule
 
     with Index.open(index_dir) as idx:
         if not idx.entries:
             return note(_empty(idx))
-        groups = idx.duplicates()
+        groups = idx.duplicates(on_note=note)
     for n, group in enumerate(groups, 1):
         if as_json:
-            emit({"paths": group["paths"]})
+            emit(group)
             continue
-        click.echo(f"group {n}: {len(group['paths'])} files")
+        click.echo(f"group {n}: {group['kind']}, {len(group['paths'])} files (every pair: {rule(group)})")
         for path in group["paths"]:
             click.echo(f"  {printable_path(path)}")
     if not groups:

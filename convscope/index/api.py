@@ -140,9 +140,13 @@ class Index(IndexStore):
         info, size = model.layers.get(layer), model.input_size
         return lambda y, x: info.box(y, x, input_size=size)
 
-    def duplicates(self, *, threshold: float = organize.DUPLICATE_COSINE) -> list[dict]:
-        """Groups of near-duplicate files, ``[{"paths": [...]}]`` (:func:`convscope.index.organize.duplicates`)."""
-        return organize.duplicates(self, threshold=threshold)
+    def duplicates(self, *, threshold: float = organize.DUPLICATE_COSINE, progress: bool | None = None,
+                   on_note=None) -> list[dict]:
+        """Groups of duplicate files, ``[{"kind": "copies" | "similar", "paths": [...], "pairs": [...],
+        "threshold": {...}}]`` (:func:`convscope.index.duplicates.duplicates`); ``threshold``: the
+        cosine of every pair of a similar group; ``on_note(line)``: once, where the index has no
+        perceptual hashes."""
+        return organize.duplicates(self, threshold=threshold, progress=progress, on_note=on_note)
 
     def albums(self, *, confidence: float = organize.ALBUM_CONFIDENCE) -> list[dict]:
         """Albums ``[{"album": str, "paths": [...]}]`` (:func:`convscope.index.organize.albums`)."""

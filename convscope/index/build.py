@@ -328,7 +328,7 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
 
     try:
         sources = _plan(inputs, old, skip)
-        if old is not None and any(signal.arrays(extractor) for signal in signals.chosen(names)
+        if old is not None and any(signal.arrays(extractor) and signal.needs_model for signal in signals.chosen(names)
                                    if signal.name not in old.signals):
             for src in sources:  # a signal of the model's outputs that the old index lacks: run the model again
                 src.keep = None
@@ -428,6 +428,10 @@ def _copy_file(partial: _Partial, old: IndexStore, src: Source, columns: dict | 
     kept = [signal for signal in signals.chosen(partial.names) if signal.name in old.signals]
     arrays = {k: v for signal in kept for k, v in signal.stored(old, a, b).items()}
     entries = ((entries or []) + [{}] * (b - a))[:b - a]  # (a video whose frames read differently now)
+    # the row arrays of a signal the old index lacks that needs no model output: from the entries
+    # decoded again (a signal's ``rows`` fills what a file unreadable now left empty)
+    added = [s for s in signals.chosen(partial.names) if s.name not in old.signals and not s.needs_model]
+    arrays.update({k: v for signal in added for k, v in signal.rows(None, entries).items()})
     first = partial.rows
     partial.add_rows(file_id, times, entries, arrays, copied=(old, a), names=names)
     record = {"kind": was["kind"], **{k: was[k] for signal in kept for k in signal.columns}, **(columns or {})}

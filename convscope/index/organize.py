@@ -1,9 +1,7 @@
 """Organize an index: groups of near-duplicate files, and albums.
 
-* Duplicates: files with the same SHA-256 first; then files whose embeddings have a cosine of
-  at least :data:`DUPLICATE_COSINE` (a photo's embedding; a video's mean frame embedding),
-  joined transitively (union-find). All pairs are compared, in blocks of float16 products:
-  O(files^2) work, seconds for ten thousand files.
+* Duplicates: :mod:`.duplicates` (copies by perceptual hash and embedding, similar by
+  embedding; complete linkage; candidate pairs from an approximate index past 20,000 files).
 * Albums: by WordNet category, at a readable depth (:func:`convscope.vocab.album_for`, the
   one taxonomy), for files whose probability mass in one category is at least :data:`ALBUM_CONFIDENCE`; the rest
   are clustered by embedding (agglomerative, average linkage on cosine distance; k-means past
@@ -12,8 +10,8 @@
   with an entry at or above the concept's threshold; these come on top of the album each file
   is in.
 
->>> [g["paths"] for g in duplicates(store)]
-[['/photos/cat.png', '/photos/cat-small.jpg', '/photos/cat-flipped.png']]
+>>> [(g["kind"], g["paths"]) for g in duplicates(store)]
+[('copies', ['/photos/cat.png', '/photos/cat-small.jpg', '/photos/cat-flipped.png'])]
 >>> albums(store)[0]
 {'album': 'animals > cats', 'paths': ['/photos/cat.png', ...]}
 """
@@ -26,11 +24,11 @@ import numpy as np
 from ..errors import ArgumentError
 from ..vocab.albums import album_for
 from . import concepts
+from .duplicates import SIMILAR_COSINE, duplicates as find_duplicates
 from .store import IndexStore
 
-#: Cosine of the embeddings above which two files are near-duplicates. Measured on resized,
-#: recompressed, cropped and flipped copies of the 500 dev photos (BENCHMARKS.md).
-DUPLICATE_COSINE = 0.80
+#: Cosine of the embeddings of every pair of a ``similar`` group (:mod:`.duplicates`).
+DUPLICATE_COSINE = SIMILAR_COSINE
 #: Probability mass of a category's classes above which a file goes to that category's album.
 ALBUM_CONFIDENCE = 0.5
 
@@ -48,55 +46,18 @@ def file_vectors(store: IndexStore) -> tuple[list[int], np.ndarray]:
     return ids, vectors
 
 
-class _Union:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
+def duplicates(store: IndexStore, *, threshold: float = DUPLICATE_COSINE, exact: bool | None = None,
+               progress: bool | None = None, on_note=None) -> list[dict]:
+    """Groups of duplicate files (:func:`convscope.index.duplicates.duplicates`): ``copies``
+    (the same picture: perceptual hash and embedding) and ``similar`` (every pair's embedding
+    cosine at least ``threshold``), each ``{"kind", "paths", "pairs", "threshold"}``.
 
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def join(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def duplicates(store: IndexStore, *, threshold: float = DUPLICATE_COSINE, block: int = 4096) -> list[dict]:
-    """Groups of near-duplicate files, ``[{"paths": [...]}, ...]``: exact copies (same SHA-256)
-    and files whose embeddings have a cosine of at least ``threshold`` (resized, recompressed,
-    cropped, flipped or re-encoded copies). Paths in index order; groups by their first file.
-
-    >>> duplicates(store)
-    [{'paths': ['/photos/cat.png', '/photos/copy/cat.jpg']}]
+    >>> [(g["kind"], g["paths"]) for g in duplicates(store)]
+    [('copies', ['/photos/cat.png', '/photos/copy/cat.jpg'])]
     """
-    import torch
-
     if not -1 <= threshold <= 1:
         raise ArgumentError(f"`threshold` is a cosine between -1 and 1, got {threshold!r}", param="threshold")
-    files = store.files()
-    ids, vectors = file_vectors(store)
-    union = _Union(len(ids))
-    by_hash: dict[str, int] = {}
-    for i, fid in enumerate(ids):
-        h = files[fid]["sha256"]
-        if h in by_hash:
-            union.join(by_hash[h], i)
-        else:
-            by_hash[h] = i
-    half = torch.from_numpy(vectors).half()
-    for a in range(0, len(ids), block):
-        sims = (half[a:a + block] @ half[a:].T).float().numpy()
-        ii, jj = np.nonzero(sims >= threshold)
-        for i, j in zip((ii + a).tolist(), (jj + a).tolist()):
-            if j > i:
-                union.join(i, j)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(ids)):
-        groups[union.find(i)].append(i)
-    return [{"paths": [files[ids[i]]["path"] for i in members]} for _, members in sorted(groups.items()) if len(members) > 1]
+    return find_duplicates(store, similar=threshold, exact=exact, progress=progress, on_note=on_note)
 
 
 def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_distance: float = 0.5) -> list[dict]:

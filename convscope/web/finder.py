@@ -351,29 +351,32 @@ class Finder:
         return self._cached("by_path", lambda: {f["path"]: f for f in self.index.files().values()})
 
     def duplicates(self) -> dict:
-        """Groups of near-duplicate files (:meth:`convscope.index.Index.duplicates`), each file
-        with its thumbnail and size; after the group's first, the earlier file of the group it
-        is a byte-exact copy of (``copy_of``, its name, or None) and the cosine of its embedding
-        to the first's (``cosine``)."""
+        """Groups of duplicate files (:meth:`convscope.index.Index.duplicates`), copies then
+        similar ones, each with its ``kind``, its ``threshold`` (and ``rule``, in words, as it
+        is applied to every pair) and ``pairs``; each file with its thumbnail and size; after
+        the group's first, the earlier file of the group it is a byte-exact copy of
+        (``copy_of``, its name, or None), and its evidence to the first: the cosine of the
+        embeddings (``cosine``) and, for copies, the perceptual hash's bits apart (``bits``).
+        ``note``: a line where the index has no perceptual hashes, or None."""
 
         def build():
-            from ..index.organize import file_vectors
+            from ..index.duplicates import rule
 
             by_path = self._by_path()
-            groups = []
-            found = self.index.duplicates()
-            if found:
-                ids, vectors = file_vectors(self.index)
-                vector_of = dict(zip(ids, vectors))
-            for n, group in enumerate(found, 1):
+            groups, notes = [], []
+            for n, group in enumerate(self.index.duplicates(on_note=notes.append), 1):
                 files = [self._file_card(by_path[p]) for p in group["paths"]]
-                first = files[0]
+                to_first = {p["b"]: p for p in group["pairs"] if p["a"] == 0}
                 for i, f in enumerate(files[1:], 1):
                     same = next((g for g in files[:i] if g["sha256"] == f["sha256"]), None)
                     f["copy_of"] = same["name"] if same is not None else None
-                    f["cosine"] = round(float(vector_of[f["file_id"]] @ vector_of[first["file_id"]]), 4)
-                groups.append({"group": n, "paths": group["paths"], "files": files})
-            return {"groups": groups, "files": len(by_path)}
+                    f["cosine"] = to_first[i]["cosine"]
+                    f["bits"] = to_first[i].get("bits")
+                groups.append({"group": n, "kind": group["kind"], "threshold": group["threshold"], "rule": rule(group),
+                               "pairs": group["pairs"], "paths": group["paths"], "files": files})
+            return {"groups": groups, "files": len(by_path), "note": notes[0] if notes else None,
+                    "copies": sum(g["kind"] == "copies" for g in groups),
+                    "similar": sum(g["kind"] == "similar" for g in groups)}
 
         return self._cached("duplicates", build)
 

@@ -8,7 +8,7 @@ records their names (meta ``signals``), and an update runs a signal that the old
 its unchanged files without running the network again.
 
 >>> [s.name for s in SIGNALS]
-['classes', 'embedding', 'units', 'thumbnail', 'metadata']
+['classes', 'embedding', 'units', 'thumbnail', 'metadata', 'place', 'phash']
 """
 from __future__ import annotations
 
@@ -20,13 +20,15 @@ from .base import Signal
 from .classes import Classes, top_classes
 from .embedding import Embedding
 from .metadata import Metadata
+from .phash import PerceptualHash
 from .place import Location
 from .text import Text
 from .thumbnail import Thumbnail
 from .units import Units
 
 #: The signals an index build can compute, in order (the arrays, columns and tables of the index).
-SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata(), Location(), Text())
+SIGNALS: tuple[Signal, ...] = (Classes(), Embedding(), Units(), Thumbnail(), Metadata(), Location(), PerceptualHash(),
+                             Text())
 
 
 def choose(options: Mapping[str, bool | None] | None = None) -> tuple[str, ...]:
@@ -34,7 +36,7 @@ def choose(options: Mapping[str, bool | None] | None = None) -> tuple[str, ...]:
     ``options[name]`` is True (one line if it cannot run here), or None/absent and it can.
 
     >>> choose({"text": False})
-    ('classes', 'embedding', 'units', 'thumbnail', 'metadata', 'place')"""
+    ('classes', 'embedding', 'units', 'thumbnail', 'metadata', 'place', 'phash')"""
     options = dict(options or {})
     known = {s.name for s in SIGNALS if s.optional}
     for name in options:
@@ -74,4 +76,4 @@ def schema(names: Sequence[str] | None) -> str:
 
 
 __all__ = ["BEFORE_RECORDED", "SIGNALS", "Classes", "choose", "chosen", "decode_size", "Embedding", "Location", "Metadata",
-           "schema", "Signal", "Text", "Thumbnail", "Units", "top_classes"]
+           "PerceptualHash", "schema", "Signal", "Text", "Thumbnail", "Units", "top_classes"]

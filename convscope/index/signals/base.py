@@ -45,6 +45,10 @@ class Signal:
     #: Whether a build may leave the signal out (``index --no-text``): then it is off where
     #: :meth:`available` gives a reason, and a build asks for it by name.
     optional: bool = False
+    #: Whether its row arrays come from the model's outputs (:meth:`rows` reads ``features``): an
+    #: update that adds such a signal to an old index runs the model again; one that needs only
+    #: the decoded picture (``False``: a perceptual hash) gets its rows from :meth:`entry` alone.
+    needs_model: bool = True
 
     def available(self) -> str | None:
         """Why this signal cannot run here (a package missing), in one line; None if it can."""
