@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -84,6 +85,18 @@ class Watching:
         assert not self.thread.is_alive()
 
 
+def assert_fresh(model, out: Path, lib: Path, fresh: Path) -> None:
+    """The index in ``out`` holds what a fresh build of ``lib`` holds: the same files, records
+    and thumbnails, and alike vectors (a file computed in a batch of 1 there and of 4 here may
+    differ in a kernel's last bit)."""
+    a, b = Index.open(out), Index.build(model, [lib], fresh, batch_size=4, workers=0)
+    sa, sb = snapshot(a), snapshot(b)
+    assert {k: (v["record"], v["thumbs"]) for k, v in sa.items()} == {k: (v["record"], v["thumbs"]) for k, v in sb.items()}
+    order = lambda idx: [f["first_row"] for f in sorted(idx.files().values(), key=lambda f: f["path"])]  # noqa: E731
+    assert np.allclose(np.asarray(a.embedding, np.float32)[order(a)], np.asarray(b.embedding, np.float32)[order(b)],
+                       atol=2e-3)
+
+
 def names(paths) -> list[str]:
     return sorted(Path(p).name for p in paths)
 
@@ -134,8 +147,7 @@ def test_watch_adds_changes_deletes_and_waits_for_a_file_being_written(tiny, sam
         assert not w.skips
     finally:
         w.close()
-    fresh = Index.build(tiny, [lib], tmp_path / "fresh", batch_size=4, workers=0)
-    assert snapshot(Index.open(out)) == snapshot(fresh)  # the watched index is a fresh build of the folder
+    assert_fresh(tiny, out, lib, tmp_path / "fresh")  # the watched index is a fresh build of the folder
 
 
 def test_two_writers_one_line_for_the_second(tiny, sample_dir, tmp_path):
@@ -233,7 +245,8 @@ def test_a_file_renamed_and_a_folder_deleted_while_watched(tiny, sample_dir, tmp
 
         monkeypatch.setattr(watching._Pending, "settled", meanwhile)
         shutil.copy(sample_dir / "moon.png", lib / "moon.png")
-        rounds = w.until(lambda r: r.files == 3 and "coffee-2.png" in names(r.added) and "moon.png" in names(r.added))
+        rounds = w.until(lambda r: r.files == 3)  # (the renamed file's new name comes in its own round)
+        assert names(sum((r.added for r in rounds), [])) == ["coffee-2.png", "moon.png"]
         gone = names(sum((r.removed for r in rounds), []))
         assert gone == ["astronaut.png", "camera.png", "coffee.png", "rocket.png"]
         lines = [r for _p, r in w.skips]
@@ -251,7 +264,7 @@ def test_a_file_renamed_and_a_folder_deleted_while_watched(tiny, sample_dir, tmp
         w.until(lambda r: r.files == 1)
     finally:
         w.close()
-    assert snapshot(Index.open(out)) == snapshot(Index.build(tiny, [lib], tmp_path / "fresh", batch_size=4, workers=0))
+    assert_fresh(tiny, out, lib, tmp_path / "fresh")
 
 
 def test_the_gallery_serves_each_update_and_lists_what_was_added(tiny, sample_dir, tmp_path):
