@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import ArgumentError
-from ..stores import State, state, writer_lock
+from ..stores import state, writer_lock
 from .build import build, check_out
 from .media import MEDIA_EXTENSIONS
 from .store import DB_NAME, IndexStore, read_path
