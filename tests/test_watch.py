@@ -293,3 +293,18 @@ def test_the_gallery_serves_each_update_and_lists_what_was_added(tiny, sample_di
         assert client.get("/timeline").status_code == 200
     assert not app.state.follower.thread.is_alive()
     assert any(line.startswith("index updated: 1 new") for line in lines)
+
+
+def test_what_a_watch_cannot_follow_is_one_line(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from convscope.cli import main
+    from convscope.errors import ArgumentError
+
+    (tmp_path / "list.txt").write_text("a.jpg\n")
+    with pytest.raises(ArgumentError, match="not @LIST files"):
+        watch(tiny, [f"@{tmp_path / 'list.txt'}"], tmp_path / "index")
+    with pytest.raises(ValueError, match="settle must be seconds"):
+        watch(tiny, [tmp_path], tmp_path / "index", settle=-1)
+    done = CliRunner().invoke(main, ["serve", "--watch"])
+    assert done.exit_code == 2 and "--watch keeps an index up to date: give --index INDEX" in done.output

@@ -106,10 +106,10 @@ def serve(atlas, index_dir, watch, evolve_dir, host, port, max_upload_mb, no_fil
     """
     from ..web import create_app
 
-    if atlas is None and index_dir is None and evolve_dir is None:
-        raise click.UsageError("give an ATLAS folder, --index INDEX, --evolve RUN, or some of them")
     if watch and index_dir is None:
         raise click.UsageError("--watch keeps an index up to date: give --index INDEX")
+    if atlas is None and index_dir is None and evolve_dir is None:
+        raise click.UsageError("give an ATLAS folder, --index INDEX, --evolve RUN, or some of them")
     secret = _secret(host, password_file)
     index = None
     if index_dir is not None:

@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from ..errors import ConvscopeError
 from ..index.search import MIN_SCORE, SORTS
+from ..index.store import read_path
 from .common import ModelUnavailable, error_headers, error_status
 from .finder import MAX_TOP, TOP, Finder, close_matches
 from .site import Absent, NavLink, Site
@@ -109,6 +110,10 @@ class Query:
         return query
 
 
+def _paths(index) -> set[str]:
+    return {read_path(r[0]) for r in index.query("SELECT path FROM files")}
+
+
 class SearchPages:
     """The page group of one index (see the module's docstring). ``model``: a
     :class:`~convscope.models.LoadedModel` the app was given, used when it has the index's
@@ -148,8 +153,7 @@ class SearchPages:
         it), from now on: a request under way ends on the version it began with (its database
         and memory maps stay readable after the commit removes their names). The files it has
         that the last one lacked lead the search home's "added" list."""
-        before = {f["path"] for f in self.index.files().values()}
-        now = {f["path"] for f in index.files().values()}
+        before, now = _paths(self.index), _paths(index)
         fresh = sorted(now - before)
         self.added = (fresh + [p for p in self.added if p in now and p not in fresh])[:ADDED]
         self.index, self.finder = index, Finder(index, self.model, self.links)
