@@ -15,6 +15,7 @@ next round (:func:`.build.build`'s ``settled``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -222,7 +223,7 @@ def watch(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
             elif not there and root not in missing:
                 missing.add(root)
                 if root in watched:
-                    with _suppress():
+                    with contextlib.suppress(OSError, KeyError):  # (watchdog, a folder gone)
                         observer.unschedule(watched.pop(root))
                 if on_note is not None:
                     on_note(f"{root} is gone (deleted, or its disk unmounted); the index keeps its files until it is back")
@@ -253,8 +254,8 @@ def watch(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     with writer_lock(out, kind="index"):
         observer.start()
         try:
-            follow()
-            update()  # what changed while nobody watched
+            if follow():
+                update()  # what changed while nobody watched
             tick = max(0.05, min(0.25, settle / 4))
             while not stop.is_set():
                 if not pending.wake.is_set() and not pending.paths:
@@ -268,7 +269,7 @@ def watch(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
                     follow()
         finally:
             observer.stop()
-            with _suppress():
+            with contextlib.suppress(OSError, KeyError):  # (watchdog, a folder gone)
                 observer.join(timeout=5)
     return out
 
@@ -276,16 +277,6 @@ def watch(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
 def _entries(out: Path) -> int:
     with IndexStore.open(out) as idx:
         return idx.entries
-
-
-class _suppress:
-    """Errors of watchdog's threads when a folder they followed is gone (OSError, KeyError)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is not None and issubclass(kind, (OSError, KeyError))
 
 
 __all__ = ["Round", "SETTLE", "watch"]
