@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +39,9 @@ from .errors import ConvscopeError, FolderInUseError
 PARTIAL = ".partial"
 #: The writer lock's file, inside the store's folder, while a build holds it.
 LOCK = ".lock"
+#: The folders whose writer lock this process holds, and the thread holding each: that thread may
+#: take it again (a watch holds its index's lock between the updates it runs), no other may.
+_HELD: dict[str, int] = {}
 
 
 class State(enum.Enum):
@@ -199,7 +203,8 @@ def writer_lock(root: str | os.PathLike, *, kind: str) -> Iterator[None]:
     naming the first (its pid and since when), from here and from :func:`check_folder`. The lock
     is an ``flock`` on ``root/.lock``: the system releases it when its process dies, so the lock
     of a killed build is taken over by the next one. Both builds hold it from their first look at
-    the folder to their commit and cleanup.
+    the folder to their commit and cleanup. The thread that holds it may take it again (a watch
+    holds it for its life, its updates within); another thread of the process may not.
 
     >>> with writer_lock("photos.index", kind="index"):
     ...     build_there()
@@ -210,6 +215,14 @@ def writer_lock(root: str | os.PathLike, *, kind: str) -> Iterator[None]:
         yield
         return
     root = Path(root)
+    key = os.path.realpath(root)
+    holder = _HELD.get(key)
+    if holder == threading.get_ident():
+        yield
+        return
+    if holder is not None:
+        raise FolderInUseError(f"{root} is being written by another {kind} build of this process; wait for it to "
+                               "end, or give another `out`", param="out")
     if root.exists() and not root.is_dir():
         raise FolderInUseError(f"`out` {root} is a file; give a folder for the {kind}", param="out")
     root.mkdir(parents=True, exist_ok=True)
@@ -236,8 +249,10 @@ def writer_lock(root: str | os.PathLike, *, kind: str) -> Iterator[None]:
         since = datetime.datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
+        _HELD[key] = threading.get_ident()
         yield
     finally:
+        _HELD.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # before the unlock: a waiting opener of the old file sees it is gone
         os.close(fd)

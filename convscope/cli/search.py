@@ -30,11 +30,17 @@ from ._ray import ray_options
 @click.option("--text/--no-text", "text", default=None,
               help="Recognize text in photos (signs, documents, screenshots), for search by the words written in "
                    "them (default: where the OCR engine is installed, `pip install 'convscope[text]'`).")
+@click.option("--watch", is_flag=True,
+              help="Then keep the index up to date until Ctrl+C: a photo added, changed or deleted in PATHS is "
+                   "indexed once it has not changed for --settle seconds (a file being copied is not read half-written).")
+@click.option("--settle", default=2.0, show_default=True, type=click.FloatRange(0),
+              help="With --watch: seconds a file must stay unchanged before it is read.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record for the index written: out, entries, photos, videos, skipped, model, layers, seconds.")
 @ray_options
 @model_options
-def index(paths, out, fps, update, resume, layers, batch_size, workers, text, as_json, ray, ray_workers, model_args):
+def index(paths, out, fps, update, resume, layers, batch_size, workers, text, watch, settle, as_json, ray, ray_workers,
+          model_args):
     """Index photos and videos (files, folders, globs, @LIST files) into --out, once, for
     `convscope search`, `duplicates` and `organize`.
 
@@ -53,12 +59,16 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, text, as
       convscope index --update --out photos.index        # after adding, changing or deleting photos
       convscope index photos/ --out photos.index --resume
       convscope index photos/ --out photos.index --ray --ray-workers 2
+      convscope index photos/ --out photos.index --watch   # and keep it up to date
     """
     from ..index import Index
     from ..index.build import check_out
 
     if not paths and not update:
         raise click.UsageError("give photos and videos to index (files, folders, globs or @LIST files)")
+    if watch:
+        return _watch(paths, out, settle, model_args, fps=fps, batch_size=batch_size, workers=workers, layers=layers,
+                      text=text, ray=ray, ray_workers=ray_workers)
     check_out(out, update=update, resume=resume)  # before the model loads
     model = model_args.load()
     started = time.time()
@@ -71,6 +81,26 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, text, as
     report_built(f"index of {info['photos']} photos and {info['videos']} videos ({info['entries']} entries, "
                  f"{info['skipped']} skipped)", out, {k: v for k, v in info.items() if k != "path"},
                  time.time() - started, as_json, info["entries"])
+
+
+def _watch(paths, out, settle, model_args, **options) -> None:
+    """``index --watch``: build or update, then follow PATHS until Ctrl+C, a line per update."""
+    from ..index import Index
+    from ..index.build import check_out
+    from ..index.watch import watch
+
+    check_out(out, update=True, resume=True)  # a second writer: one line, before the model loads
+    if not paths:
+        with Index.open(out) as idx:
+            paths = idx.meta["inputs"]
+    model = model_args.load()
+    click.echo(f"watching {', '.join(printable_path(p) for p in paths)} for {printable_path(out)} (Ctrl+C to stop)",
+               err=True)
+    try:
+        watch(model, list(paths), out, settle=settle, on_change=lambda done: click.echo(done.line(), err=True),
+              on_skip=report_skipped, on_note=note, **options)
+    except KeyboardInterrupt:
+        click.echo(f"stopped; {printable_path(out)} holds the last complete update", err=True)
 
 
 @click.command()

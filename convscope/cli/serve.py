@@ -71,6 +71,9 @@ def _check_model(atlas_dir, spec: str | None) -> str | None:
 @click.option("--index", "index_dir", default=None, type=click.Path(file_okay=False), metavar="INDEX",
               help="Also search this index (`convscope index`) in the browser: a search box on every page, results "
                    "with why and Grad-CAM, duplicates and albums. Without ATLAS the search page is the home page.")
+@click.option("--watch", is_flag=True,
+              help="With --index: keep the index up to date while serving (photos added, changed or deleted in its "
+                   "folders are searchable seconds later; the search page lists what was added).")
 @click.option("--evolve", "evolve_dir", default=None, type=click.Path(exists=True, file_okay=False), metavar="RUN",
               help="Also show this evolve run (`convscope evolve ... --out RUN`): units across its checkpoints at /evolve.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
@@ -80,7 +83,7 @@ def _check_model(atlas_dir, spec: str | None) -> str | None:
                                               "(they are written into the atlas; use this for a read-only atlas).")
 @allow_host_option
 @model_options(own="atlas")
-def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allow_hosts, password_file, model_args):
+def serve(atlas, index_dir, watch, evolve_dir, host, port, max_upload_mb, no_fill, allow_hosts, password_file, model_args):
     """Browse an atlas in a web browser: layers, units, top patches, projections, feature
     visualizations; upload a photo to see what the model makes of it (the atlas's own model,
     loaded on the first upload, unless --model, --weights, --no-pretrained or --device say
@@ -96,18 +99,25 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
       convscope serve atlas/ --port 8000
       convscope serve atlas/ --index photos.index
       convscope serve --index photos.index
+      convscope serve --index photos.index --watch
       convscope serve atlas/ --evolve evolve-run/
       convscope serve atlas/ --host 0.0.0.0 --allow-host gallery.example.org
       convscope serve --index photos.index --host 0.0.0.0 --password-file ~/.gallery-password
     """
     from ..web import create_app
 
+    if watch and index_dir is None:
+        raise click.UsageError("--watch keeps an index up to date: give --index INDEX")
     if atlas is None and index_dir is None and evolve_dir is None:
         raise click.UsageError("give an ATLAS folder, --index INDEX, --evolve RUN, or some of them")
     secret = _secret(host, password_file)
     index = None
     if index_dir is not None:
         from ..index import Index
+        from ..index.build import check_out
+
+        if watch:
+            check_out(index_dir, update=True, resume=True)  # another writer there: one line
 
         index = Index.open(index_dir)  # a missing or unfinished index is one line, before any model loads
     model = None
@@ -116,7 +126,8 @@ def serve(atlas, index_dir, evolve_dir, host, port, max_upload_mb, no_fill, allo
         model = model_args.load(own)
     app = create_app(atlas, model, index=index, pages=page_groups(evolve_dir),
                      max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts, fill=not no_fill,
-                     secret=secret)
+                     secret=secret, watch=2.0 if watch else None,
+                     on_note=lambda line: click.echo(line, err=True))
     _run_server(app, host, port)
 
 

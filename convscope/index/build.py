@@ -62,7 +62,8 @@ DECODER = "data.load_photo"
 # --------------------------------------------------------------------------- the plan
 
 
-def _plan(inputs: Iterable, old: IndexStore | None, skip: Callable[[str, str], None]) -> list[Source]:
+def _plan(inputs: Iterable, old: IndexStore | None, skip: Callable[[str, str], None],
+          settled: Callable[[str, os.stat_result], bool] | None = None) -> list[Source]:
     paths, missing = media.expand_media(inputs)
     for err in missing:
         skip(err.path, err.reason)
@@ -74,8 +75,12 @@ def _plan(inputs: Iterable, old: IndexStore | None, skip: Callable[[str, str], N
         except OSError as exc:
             skip(str(p), f"cannot read ({exc.strerror or type(exc).__name__})")
             continue
+        was = old_files.get(str(p))
+        if settled is not None and not settled(str(p), st):  # still being written: not read now
+            if was is not None:  # kept as it was, its old size and time too: the next update computes it
+                sources.append(Source(str(p), was["size"], was["mtime_ns"], media.is_video(p), keep=was))
+            continue
         src = Source(str(p), st.st_size, st.st_mtime_ns, media.is_video(p))
-        was = old_files.get(src.path)
         if was is not None and was["size"] == src.size:
             if was["mtime_ns"] == src.mtime_ns:
                 src.keep = was
@@ -253,7 +258,8 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
           resume: bool = False, batch_size: int = 32, workers: int | None = None,
           on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None, draft: bool = True,
           layers: Sequence[str] | None = None, ray=None, ray_workers: int | None = None, text: bool | None = None,
-          on_note: Callable[[str], None] | None = None) -> Path:
+          on_note: Callable[[str], None] | None = None,
+          settled: Callable[[str, os.stat_result], bool] | None = None) -> Path:
     """Index ``inputs`` (files, folders, globs, ``@LIST``; photos and videos) into the folder ``out``.
 
     ``fps``: video frames sampled per second of video. ``update``: refresh an existing index
@@ -271,7 +277,9 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     process (:mod:`.shards`), ``workers`` then counting decoding processes per actor. ``text``:
     recognize text in photos (True; False: not; None: where the OCR engine is installed).
     ``on_note(line)`` is called once for each signal that runs with less here (place names
-    without the gazetteer package). Returns ``out``.
+    without the gazetteer package). ``settled(path, stat)``: False for a file still being written
+    (:mod:`.watch`): it is not read now; an indexed one keeps its rows and its old record, so
+    that the next update computes it. Returns ``out``.
 
     >>> build(load_model(), ["photos/"], "photos.index")
     PosixPath('photos.index')
@@ -293,7 +301,7 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     # (SQLite's "database or disk is full" names no file: the partial database is the one written)
     with writer_lock(out, kind="index"), disk_full_as_error(partial_dir(out) / DB_NAME, _disk_full_hint(update)):
         return _build(model, inputs, out, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers,
-                      ray, ray_workers, names, started)
+                      ray, ray_workers, names, started, settled)
 
 
 def _disk_full_hint(update: bool) -> str:
@@ -301,7 +309,7 @@ def _disk_full_hint(update: bool) -> str:
 
 
 def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers, ray,
-           ray_workers, names, started) -> Path:
+           ray_workers, names, started, settled=None) -> Path:
     """:func:`build`'s steps, its arguments checked, holding the folder's writer lock."""
     held = _prepare(out, update, resume)
     if resume and not update and held is State.COMPLETE:
@@ -327,7 +335,7 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
             on_skip(str(path), reason)
 
     try:
-        sources = _plan(inputs, old, skip)
+        sources = _plan(inputs, old, skip, settled)
         if old is not None and any(signal.arrays(extractor) and signal.needs_model for signal in signals.chosen(names)
                                    if signal.name not in old.signals):
             for src in sources:  # a signal of the model's outputs that the old index lacks: run the model again

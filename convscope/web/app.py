@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import Callable, Iterable
 
 from starlette.applications import Starlette
@@ -92,6 +93,8 @@ def create_app(
     fill: bool | dict = True,
     fill_queue: int = MAX_QUEUE,
     secret: Secret | str | None = None,
+    watch: float | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Starlette:
     """A Starlette app serving the gallery of the atlas in ``atlas_dir``, the search pages of
     ``index``, or both (one of them at least).
@@ -126,6 +129,11 @@ def create_app(
     ``{"featvis": False}`` fills projections only, False turns it off (a read-only atlas).
 
     >>> from starlette.testclient import TestClient
+    ``watch``: keep the index up to date while the app runs (:func:`convscope.index.watch.watch`,
+    ``watch`` its settle seconds), on a thread of its own, with the index's model: each update is
+    served from its commit on, the files it added listed on the search home. ``on_note(line)``
+    hears a line per update, per file it skips, and why it stopped (else the log).
+
     >>> client = TestClient(create_app("atlas/"))
     >>> client.get("/api/atlas").json()["layers"][0]["name"]
     'conv1'
@@ -170,6 +178,10 @@ def create_app(
         opened = open_index(index)
         makers += [lambda site: SearchPages(site, opened, model), lambda site: BrowsePages(site, opened)]
     groups = [make(site) for make in makers + pages]
+    if watch is not None and index is None:
+        raise ValueError("watch keeps an index up to date: give the index (index=)")
+    follower = _Follower([g for g in groups if isinstance(g, (SearchPages, BrowsePages))], watch,
+                         on_note or logger.info) if watch is not None else None
     for group in groups:
         site.nav.extend(group.nav)
         site.search = site.search or group.search
@@ -201,9 +213,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if follower is not None:
+            follower.start()
         try:
             yield
         finally:
+            if follower is not None:
+                follower.stop()
             workers.close()
 
     def refuse(scope, status: int, reason: str):
@@ -229,4 +245,43 @@ def create_app(
     app.state.site = site
     app.state.allowed_hosts = hosts
     app.state.login = login
+    app.state.follower = follower
     return app
+
+
+class _Follower:
+    """The thread that keeps the app's index up to date (``create_app(watch=...)``)."""
+
+    def __init__(self, live: list, settle: float, say: Callable[[str], None]):
+        self.live, self.settle, self.say = live, settle, say
+        self.pages = next(g for g in live if isinstance(g, SearchPages))
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="convscope-watch", daemon=True)
+        self.rounds = 0  # updates served so far
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.thread.join(timeout=30)
+
+    def _reopen(self, done) -> None:
+        from ..index import Index
+
+        index = Index.open(self.pages.index.root)
+        for group in self.live:
+            group.reopen(index)
+        self.rounds += 1
+        self.say(done.line())
+
+    def _run(self) -> None:
+        from ..index.watch import watch
+
+        index = self.pages.index
+        try:
+            watch(self.pages.model(), index.meta["inputs"], index.root, settle=self.settle, stop=self.halt,
+                  on_change=self._reopen, on_skip=lambda path, reason: self.say(f"skipped {path}: {reason}"),
+                  on_note=self.say)
+        except (ConvscopeError, ValueError, OSError) as exc:
+            self.say(f"the index is no longer kept up to date: {exc}")

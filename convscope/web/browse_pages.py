@@ -100,6 +100,10 @@ class BrowsePages:
             "timeline": "/api/timeline[?year={year}[&month={1..12}]][&page=N]",
         }
 
+    def reopen(self, index) -> None:
+        """Serve ``index``, a newer version of this one, from now on (see :meth:`SearchPages.reopen`)."""
+        self.index, self.roots, self._cached = index, Roots(index.meta.get("inputs") or []), Memo()
+
     def routes(self) -> list[Route]:
         return [
             Route("/places", self.places_page),

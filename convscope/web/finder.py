@@ -347,6 +347,11 @@ class Finder:
             "like": self.links.like(record["path"]) if served else None,
         }
 
+    def cards(self, paths) -> list[dict]:
+        """The cards of the indexed files at ``paths`` (those the index has), in that order."""
+        by_path = self._by_path()
+        return [self._file_card(by_path[p]) for p in paths if p in by_path]
+
     def _by_path(self) -> dict[str, dict]:
         return self._cached("by_path", lambda: {f["path"]: f for f in self.index.files().values()})
 

@@ -29,11 +29,14 @@ from starlette.routing import Route
 
 from ..errors import ConvscopeError
 from ..index.search import MIN_SCORE, SORTS
+from ..index.store import read_path
 from .common import ModelUnavailable, error_headers, error_status
 from .finder import MAX_TOP, TOP, Finder, close_matches
 from .site import Absent, NavLink, Site
 
 logger = logging.getLogger("convscope.web")
+#: Files the search home lists as added while the gallery was open (``serve --watch``).
+ADDED = 24
 
 
 class BadQuery(ConvscopeError, ValueError):
@@ -107,6 +110,10 @@ class Query:
         return query
 
 
+def _paths(index) -> set[str]:
+    return {read_path(r[0]) for r in index.query("SELECT path FROM files")}
+
+
 class SearchPages:
     """The page group of one index (see the module's docstring). ``model``: a
     :class:`~convscope.models.LoadedModel` the app was given, used when it has the index's
@@ -139,6 +146,21 @@ class SearchPages:
             "why picture": "/explain/{entry}.jpg?class={class} | unit={layer}:{unit}",
         }
         self.home = self.search_page
+        self.added: list[str] = []  # files a newer version brought (reopen), newest first
+
+    def reopen(self, index) -> None:
+        """Serve ``index``, a newer version of this one (:mod:`convscope.index.watch` committed
+        it), from now on: a request under way ends on the version it began with (its database
+        and memory maps stay readable after the commit removes their names). The files it has
+        that the last one lacked lead the search home's "added" list."""
+        before, now = _paths(self.index), _paths(index)
+        fresh = sorted(now - before)
+        self.added = (fresh + [p for p in self.added if p in now and p not in fresh])[:ADDED]
+        self.index, self.finder = index, Finder(index, self.model, self.links)
+
+    def _home(self) -> dict:
+        finder = self.finder
+        return {**finder.home(), "added": finder.cards(self.added)}
 
     def model(self):
         """The index's model, loaded on the first call (:class:`ModelUnavailable`, 503, when it
@@ -204,7 +226,7 @@ class SearchPages:
             data = await self._results(query, request)
         except (ConvscopeError, ValueError) as exc:  # an unknown word, a bad unit, a full queue...: said on the page
             (status, error), headers = error_status(exc), error_headers(exc)
-        home = await run_in_threadpool(self.finder.home)
+        home = await run_in_threadpool(self._home)
         params = request.url.query
         response = self.site.page(
             "search.html", status=status, data=data, home=home, error=error, query=query or Query(),
@@ -218,7 +240,7 @@ class SearchPages:
         query = Query.parse(query_params(request))
         data = await self._results(query, request)
         if data is None:
-            data = {"mode": "home", **(await run_in_threadpool(self.finder.home))}
+            data = {"mode": "home", **(await run_in_threadpool(self._home))}
         return PathJSON(data)
 
     # ------------------------------------------------------------------ duplicates and albums
