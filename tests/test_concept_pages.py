@@ -180,5 +180,8 @@ def test_mark_two_results_teach_and_search_the_name_in_chromium(index_dir, libra
         n, broken = images_loaded(page)
         assert not broken
         shot(page, "concept-page")
+        page.locator(".card.example button.remove").first.click()  # the page's own form: same-origin
+        page.wait_for_function("document.querySelectorAll('.card.example').length === 1", timeout=60_000)
+        assert "1 example," in page.locator(".hero p.muted").inner_text()
         context.close()
     assert not errors, errors
