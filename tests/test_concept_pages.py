@@ -9,11 +9,14 @@ cat and coffee, seven transformed copies each), indexed with the embedded Effici
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from starlette.testclient import TestClient
 
 from convscope.index import Index, concepts
@@ -69,6 +72,15 @@ def test_teach_from_two_results_list_remove_one_and_forget(client, library, inde
     assert found[0]["why"][0]["kind"] == "concept" and found[0]["why"][0]["concept"] == "Rex"
     assert all(Path(h["path"]).name.startswith("chelsea") for h in found[:4])
     assert [h["entry"] for h in data["results"]][:4] == entries[:4]  # the concept's page shows them
+    # hover shows where the network saw the concept: the Grad-CAM of its score
+    assert found[0]["explain"] == f"/concepts/Rex/why/{found[0]['entry']}.jpg"
+    r = client.get(found[0]["explain"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    cam = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), np.float32)
+    photo = np.asarray(Image.open(io.BytesIO(client.get(f"/explain/{found[0]['entry']}.jpg?class=281").content))
+                       .convert("RGB"), np.float32)
+    assert cam.shape == photo.shape and cam.std() > 10 and np.abs(cam - photo).mean() > 1  # not the class's picture
+    assert client.get(f"/concepts/Rex/why/{10**6}.jpg").status_code == 404
 
     # refine: a third example and a counter-example, by indexed path
     r = client.post("/api/concepts/rex", json={"examples": [hits[2]["entry"]], "counter": [str(coffee[0])]},
@@ -174,6 +186,10 @@ def test_mark_two_results_teach_and_search_the_name_in_chromium(index_dir, libra
         found = [page.locator(".hit").nth(i).get_attribute("data-entry") for i in range(page.locator(".hit").count())]
         assert set(chosen) <= set(found)
         assert "our cat" in page.locator(".hit").first.locator(".why").inner_text()
+        page.locator(".hit .pic").first.hover()  # where the network saw the concept
+        page.wait_for_function("() => { const i = document.querySelector('.hit img.cam'); "
+                               "return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+        assert "/concepts/our%20cat/why/" in page.locator(".hit img.cam").first.get_attribute("src")
         shot(page, "concept-search")
         page.goto(base + "/concepts/our%20cat")
         assert page.locator(".card.example").count() == 2

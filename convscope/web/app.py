@@ -170,7 +170,7 @@ def create_app(
     if index is not None:
         opened = open_index(index)
         makers += [lambda site: SearchPages(site, opened, model), lambda site: BrowsePages(site, opened),
-                   lambda site: ConceptPages(site, opened)]
+                   lambda site: ConceptPages(site, opened, model)]
     groups = [make(site) for make in makers + pages]
     for group in groups:
         site.nav.extend(group.nav)

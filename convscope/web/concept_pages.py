@@ -16,6 +16,7 @@ the next one sees it.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -25,13 +26,13 @@ from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import RedirectResponse
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from ..errors import ArgumentError, ConvscopeError, UnknownNameError
 from ..files import printable_path
 from ..index import concepts
-from .common import NotFound, parse_number
+from .common import ModelUnavailable, NotFound, jpeg, parse_number
 from .finder import Finder
 from .search_pages import PathJSON
 from .site import Absent, NavLink, Site
@@ -42,6 +43,8 @@ MAX_BODY = 64 * 1024
 MAX_ITEMS = 200
 #: Results shown on a concept's page.
 TOP = 24
+#: Pictures of why (Grad-CAM of a concept's score) kept in memory, about 20 kB each.
+PICTURES = 256
 
 
 class TooLarge(ConvscopeError, ValueError):
@@ -70,9 +73,13 @@ class ConceptPages:
     absent = Absent(("/concepts", "/api/concepts", "/concepts/{rest:path}", "/api/concepts/{rest:path}"),
                     "this server has no index (it was started without one), so it has no concepts; start from /")
 
-    def __init__(self, site: Site, index):
+    def __init__(self, site: Site, index, model=None):
         self.site = site
         self.index = index
+        self.given = model
+        self._model = None
+        self._loading = threading.Lock()
+        self._pictures: collections.OrderedDict = collections.OrderedDict()  # the pictures of why, newest last
         self.finder = Finder(index, lambda: None, site.links)  # keyword results only: no model
         self.writing = threading.Lock()  # one write at a time in this server
         self.nav = [NavLink("Concepts", "/concepts")]
@@ -82,6 +89,7 @@ class ConceptPages:
             "teach": "POST /api/concepts/{name} {\"examples\": [entry or indexed path...], \"counter\": [...]}",
             "remove example": "POST /api/concepts/{name}/remove {\"example\": path or sha256}",
             "forget": "POST /api/concepts/{name}/forget",
+            "concept why picture": "/concepts/{name}/why/{entry}.jpg",
         }
 
     def routes(self) -> list[Route]:
@@ -89,6 +97,7 @@ class ConceptPages:
             Route("/concepts", self.list_page),
             Route("/api/concepts", self.api_list),
             # a name may hold a "/": the actions first
+            Route("/concepts/{name:path}/why/{row}.jpg", self.picture),
             Route("/concepts/{name:path}/remove", self.remove_form, methods=["POST"]),
             Route("/concepts/{name:path}/forget", self.forget_form, methods=["POST"]),
             Route("/api/concepts/{name:path}/remove", self.api_remove, methods=["POST"]),
@@ -135,6 +144,49 @@ class ConceptPages:
         except (ConvscopeError, ValueError) as exc:  # a name that is no word of the grammar
             out["results"], out["more"], out["results_error"] = [], False, str(exc)
         return out
+
+    def model(self):
+        """The index's model (the one the app was given when it has the index's weights), loaded
+        on first use: :class:`ModelUnavailable` (503) when it cannot be had."""
+        with self._loading:
+            if self._model is None:
+                try:
+                    self._model = self.index.checked_model(self.given)
+                except ConvscopeError:
+                    try:
+                        self._model = self.index.checked_model(None)
+                    except ConvscopeError as exc:
+                        raise ModelUnavailable(f"the model of this index cannot be loaded: {exc}") from None
+            return self._model
+
+    def why_picture(self, name: str, row) -> bytes:
+        """JPEG: the Grad-CAM of the concept's score over entry ``row``, as the model sees it.
+        Runs the model: call it on the model thread."""
+        concept = self._concept(name)
+        record, time = self.finder.entry(row)
+        key = (concept.key, concept.taught, int(parse_number(row, "entry", stop=self.index.entries)))
+        with self._loading:
+            if key in self._pictures:
+                self._pictures.move_to_end(key)
+                return self._pictures[key]
+        data = self._draw(concept, record, time)
+        with self._loading:
+            self._pictures[key] = data
+            while len(self._pictures) > PICTURES:
+                self._pictures.popitem(last=False)
+        return data
+
+    def _draw(self, concept, record, time) -> bytes:
+        from ..errors import ImageError
+        from ..index.explain import entry_image
+
+        model = self.model()
+        path = self.finder._on_disk(record)
+        try:
+            image = entry_image(path, time if record["kind"] == "video" else None, resize=model.preprocessing.resize)
+        except ImageError as exc:
+            raise NotFound(f"{printable_path(os.path.basename(path))} can no longer be read ({exc.reason})") from None
+        return jpeg(concept_picture(model, image, concept, self.index.meta.get("head")))
 
     # ------------------------------------------------------------------ writes
 
@@ -249,6 +301,12 @@ class ConceptPages:
         await self.read_json(request)  # bounded, and otherwise unused
         return PathJSON(await run_in_threadpool(self.forget, request.path_params["name"]))
 
+    async def picture(self, request: Request):
+        workers, p = self.site.workers, request.path_params
+        async with workers.job():
+            data = await workers.model(functools.partial(self.why_picture, p["name"], p["row"]), request=request)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=600"})
+
     async def remove_form(self, request: Request):
         form = await self.read_form(request)
         done = await run_in_threadpool(functools.partial(self.remove, request.path_params["name"], form.get("example")))
@@ -258,3 +316,41 @@ class ConceptPages:
         await self.read_form(request)
         await run_in_threadpool(self.forget, request.path_params["name"])
         return RedirectResponse("/concepts", status_code=303)
+
+
+def concept_picture(model, image, concept: concepts.Concept, head: str | None):
+    """The Grad-CAM of a concept's decision (``normalize(embedding) @ weights + bias``, the
+    embedding being the input of the classifier ``head``, as the index stores it) at the model's
+    default Grad-CAM layer, blended over the image as the model sees it (a PIL image)."""
+    import numpy as np
+    import torch
+
+    from ..display import heat_picture
+    from ..explain._common import check_layer, normalize01, prepare, upsample
+    from ..hooks import capture, model_lock, run
+
+    if not head:
+        raise ModelUnavailable("this index records no classifier head, so a concept's picture cannot be drawn")
+    layer = check_layer(model, None)
+    x, pixels, _ = prepare(model, image)
+    kept: dict = {}
+
+    def keep(name, t):
+        kept[name] = t
+        return t.clone()
+
+    w = torch.from_numpy(np.array(concept.weights, np.float32)).to(x.device)
+    with model_lock(model.module), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        with capture(model.module, [layer], stop=False, transform=keep, inputs=[head]) as outs:
+            run(model.module, xg, outs)
+        emb = outs.inputs[head].float()
+        if emb.dim() > 2:  # a head over tokens: pooled, as the index pools them
+            emb = emb.reshape(emb.shape[0], -1, emb.shape[-1]).mean(1)
+        decision = torch.nn.functional.normalize(emb, dim=1)[0] @ w + concept.bias
+        (grad,) = torch.autograd.grad(decision, kept[layer])
+    weights = grad[0].mean(dim=(1, 2))
+    cam = torch.relu((weights[:, None, None] * kept[layer].detach()[0]).sum(0)).float().cpu().numpy()
+    heat = normalize01(upsample(normalize01(cam), x.shape[2:]))
+    view = np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+    return heat_picture(view, heat)
