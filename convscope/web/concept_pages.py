@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import threading
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -221,8 +221,6 @@ class ConceptPages:
             body += chunk
             if len(body) > MAX_BODY:
                 raise TooLarge(f"the request is too large; the limit is {MAX_BODY:,} bytes")
-        from urllib.parse import parse_qs
-
         return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
     def _paths(self, items, what: str) -> list[str]:
