@@ -310,3 +310,28 @@ def test_a_teach_while_a_build_holds_the_lock_gets_the_lock_line(index, library)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
     assert table(root) == before
+
+
+def test_remove_one_example_teaches_again_from_the_rest(index, library):
+    _, groups = library
+    cat, coffee = groups["chelsea"], groups["coffee"]
+    concepts.teach(index, "rex", cat[:3], counter=[coffee[0]])
+    before = table(index.root)
+    sha = hashlib.sha256(Path(cat[1]).read_bytes()).hexdigest()
+    after = concepts.remove_example(index, "REX", sha)  # by SHA-256
+    assert sorted(e.path for e in after.positives()) == sorted(str(p) for p in (cat[0], cat[2]))
+    held = concepts.load(index).get("rex")
+    assert [e.path for e in held.counters()] == [str(coffee[0])]
+    assert not np.array_equal(held.weights, np.frombuffer(before[0][0][4], np.float32))  # taught again
+    assert concepts.remove_example(index, "rex", str(coffee[0])).counters() == []  # by path
+    scores = concepts.load(index).get("rex").scores(index)
+    assert scores[rows_of(index, cat)].mean() > scores[rows_of(index, coffee)].mean()
+    left = table(index.root)
+    with pytest.raises(ArgumentError, match="holds no example"):
+        concepts.remove_example(index, "rex", str(coffee[3]))
+    concepts.remove_example(index, "rex", str(cat[0]))
+    with pytest.raises(ArgumentError, match="last example of concept 'rex'; forget the concept instead"):
+        concepts.remove_example(index, "rex", str(cat[2]))
+    with pytest.raises(UnknownNameError):
+        concepts.remove_example(index, "max", str(cat[2]))
+    assert len(table(index.root)[1]) == len(left[1]) - 1  # the refusals left it as it was

@@ -472,15 +472,56 @@ def teach(index, name: str, examples: Sequence = (), counter: Sequence = (), *, 
             if len(every) > MAX_EXAMPLES:
                 raise ArgumentError(f"a concept keeps at most {MAX_EXAMPLES} examples and counter-examples; "
                                     f"{name!r} would have {len(every)}", param="examples")
-            neg = [e for e in every if e.kind == "counter"]
-            exclude = _rows_of(index, {e.sha256 for e in every})
-            fitted, count = teach_vectors(index.embedding, np.stack([e.vector for e in pos]),
-                                          np.stack([e.vector for e in neg]) if neg else np.zeros((0, len(pos[0].vector)), np.float32),
-                                          exclude=exclude, seed=_seed(name))
-            concept = Concept(name, _now(), (fitted.weights * fitted.scale).astype(np.float32),
-                              float(fitted.bias * fitted.scale + fitted.shift), fitted.threshold, fitted.separation,
-                              count, every)
-            _write(conn, concept, index.meta["model"])
+            concept = _retrain(index, conn, name, every)
+        finally:
+            conn.close()
+    return concept
+
+
+def _retrain(index, conn: sqlite3.Connection, name: str, every: list[Example]) -> Concept:
+    """Teach ``name`` again from ``every`` stored example and counter-example and write it
+    (the caller holds the writer lock and ``conn``)."""
+    pos = [e for e in every if e.kind == "example"]
+    neg = [e for e in every if e.kind == "counter"]
+    exclude = _rows_of(index, {e.sha256 for e in every})
+    fitted, count = teach_vectors(index.embedding, np.stack([e.vector for e in pos]),
+                                  np.stack([e.vector for e in neg]) if neg else np.zeros((0, len(pos[0].vector)), np.float32),
+                                  exclude=exclude, seed=_seed(name))
+    concept = Concept(name, _now(), (fitted.weights * fitted.scale).astype(np.float32),
+                      float(fitted.bias * fitted.scale + fitted.shift), fitted.threshold, fitted.separation,
+                      count, every)
+    _write(conn, concept, index.meta["model"])
+    return concept
+
+
+def remove_example(index, name: str, example: str) -> Concept:
+    """Take one example or counter-example out of the concept ``name`` (``example``: its path as
+    stored, or its SHA-256) and teach the concept again from what is left, in one transaction
+    under the writer lock; returns the concept as it now is. One line for an unknown concept or
+    example, and for the last example (forget the concept instead).
+
+    >>> remove_example(index, "rex", "photos/max.jpg").counters()
+    """
+    name = check_name(name)
+    if not isinstance(example, str) or not example:
+        raise ArgumentError("give the example to remove: its path or SHA-256", param="example")
+    with writer_lock(index.root, kind="index"):
+        conn = _writable(index)
+        try:
+            held = _read(conn)
+            old = next((c for c in held if c.key == normalize(name)), None)
+            if old is None:
+                raise unknown_name_error("concept", name, [c.name for c in held],
+                                         hint="`convscope concepts INDEX` lists them.")
+            full = os.path.normpath(os.path.abspath(example))
+            gone = {id(e) for e in old.examples if example in (e.sha256, e.path) or e.path == full}
+            if not gone:
+                raise ArgumentError(f"concept {old.name!r} holds no example {example[:200]!r}", param="example")
+            every = [e for e in old.examples if id(e) not in gone]
+            if not any(e.kind == "example" for e in every):
+                raise ArgumentError(f"{example[:200]!r} is the last example of concept {old.name!r}; "
+                                    "forget the concept instead", param="example")
+            concept = _retrain(index, conn, old.name, every)
         finally:
             conn.close()
     return concept

@@ -37,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from ..errors import ConvscopeError
 from .atlas_pages import AtlasPages
 from .browse_pages import BrowsePages
+from .concept_pages import ConceptPages
 from .common import error_headers, error_response, error_status
 from .evolve_pages import EvolvePages
 from .fill_pages import MAX_QUEUE, FillPages
@@ -53,7 +54,7 @@ from .workers import Workers
 #: Uploads decoded at once (each within ``max_decode_bytes``).
 DECODE_CONCURRENCY = 2
 #: Every kind of page group, for a server without one to say so on its paths (their ``absent``).
-GROUPS = (AtlasPages, UploadPages, FillPages, SearchPages, BrowsePages, EvolvePages, HealthPages)
+GROUPS = (AtlasPages, UploadPages, FillPages, SearchPages, BrowsePages, ConceptPages, EvolvePages, HealthPages)
 logger = logging.getLogger("convscope.web")
 
 
@@ -176,7 +177,8 @@ def create_app(
         makers.append(lambda site: FillPages(site, gallery, site.model, featvis=featvis, max_queue=fill_queue))
     if index is not None:
         opened = open_index(index)
-        makers += [lambda site: SearchPages(site, opened, model), lambda site: BrowsePages(site, opened)]
+        makers += [lambda site: SearchPages(site, opened, model), lambda site: BrowsePages(site, opened),
+                   lambda site: ConceptPages(site, opened, model)]
     groups = [make(site) for make in makers + pages]
     if watch is not None and index is None:
         raise ValueError("watch keeps an index up to date: give the index (index=)")

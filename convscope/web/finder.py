@@ -26,6 +26,7 @@ import re
 import stat
 import threading
 from typing import Callable
+from urllib.parse import quote
 
 import numpy as np
 
@@ -253,6 +254,10 @@ class Finder:
             out["text_boxes"] = _text_boxes(r.why, record)
             out["explain"] = self.links.explain(r.entry, cls=cls) if served and cls >= 0 else None
             out["explain_title"] = f"Grad-CAM: where the network saw {self.index.labels[cls]}" if cls >= 0 else None
+            taught = next((w.concept for w in r.why if getattr(w, "kind", None) == "concept"), None)
+            if taught is not None and served:  # a taught concept: the Grad-CAM of its own score
+                out["explain"] = f"/concepts/{quote(taught, safe='')}/why/{int(r.entry)}.jpg"
+                out["explain_title"] = f"Grad-CAM: where the network saw {taught}"
         return out
 
     def _top(self, row: int) -> dict | None:
