@@ -132,8 +132,9 @@ class FillPages:
         files = {}
         if page["featvis"]:
             files["featvis"] = self.links.atlas_file(page["featvis"])
+        on_demand = self.gallery.atlas.patches_on_demand
         for ex in page["examples"]:
-            if ex["patch"]:
+            if ex["patch"] and on_demand:
                 files[f"{ex['rank']}:patch"] = self.links.atlas_file(ex["patch"])
             for m in page["methods"]:
                 if ex[m]:
