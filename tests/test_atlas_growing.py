@@ -231,3 +231,44 @@ def test_publisher_snapshots_are_whole_and_rarely_written(model, photos, tmp_pat
     done = [s["photos_done"] for s in seen]
     assert done == sorted(done) and done[-1] == len(photos) and seen[-1]["phase"] == "finishing"
     assert not (out / ".partial").exists()
+
+
+def test_demo_serves_its_first_snapshot_while_the_atlas_builds(tmp_path, monkeypatch):
+    """`convscope demo`'s way (DemoBuild): the gallery opens on the first snapshot, says how far
+    the build is, and takes up the finished atlas when the build commits."""
+    from convscope.web import demo
+
+    tiny = {"version": 1, "model": "torchvision:alexnet", "pretrained": False, "layers": ["features.1", "features.4"],
+            "top": 2, "project": 1, "crops": "1,2", "featvis": {"units": 1, "steps": 2, "size": 32}}
+    monkeypatch.setattr(demo, "RECIPE", tiny)
+    monkeypatch.setattr(demo, "ensure_demo_index", lambda *a, **k: None)  # the index has tests of its own
+    publish = builder.Publisher.publish
+    gate = threading.Event()
+
+    def held(self, result, phase):  # the build waits after its first snapshot until the test has looked
+        publish(self, result, phase)
+        gate.wait(60)
+
+    monkeypatch.setattr(builder.Publisher, "publish", held)
+    lines: list[str] = []
+    run = demo.DemoBuild(tmp_path / "demo", echo=lines.append)
+    try:
+        folder = run.wait_servable(timeout=120)
+        assert not run.atlas_done.is_set()
+        app = create_app(folder, fill=demo.fill_settings(tiny))
+        with serving(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+            info = http.get("/api/atlas").json()
+            assert info["complete"] is False and info["building"]["photos"] == len(demo._photos([])[0])
+            assert "Building:" in http.get("/layers/features.1").text
+            gate.set()
+            assert run.atlas_done.wait(300) and run.error is None, lines
+            run.thread.join(60)
+            info = http.get("/api/atlas").json()
+            assert info["complete"] is True and info["building"] is None
+            assert info["settings"]["projections"]["patches"] is False  # cut when a page asks
+    finally:
+        gate.set()
+        run.thread.join(300)
+    assert any("each unit's patches" in line for line in lines)
+    with Atlas.open(tmp_path / "demo") as atlas:
+        assert atlas.patches_on_demand and atlas.examples("features.1", 0)[0]["patch"] is None
