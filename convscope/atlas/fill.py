@@ -158,7 +158,7 @@ class Filler:
                 used.add(i)
                 rel = save_patch(pixels[i], ex["box"], self.atlas.root, i)
                 fsync_file(self.atlas.root / rel)
-                cut[ex["rank"]] = (rel, prep.input_box_to_original(tuple(ex["box"]), images[i][1]))
+                cut[ex["rank"]] = (rel, prep.input_box_to_original(tuple(ex["box"]), images[i][1]), i)
             self.atlas.set_patches(layer, unit, cut, {i: images[i] for i in used})
 
     def _photo(self, layer: str, unit: int, ex: dict, load):

@@ -342,8 +342,10 @@ class Atlas:
 
     def set_patches(self, layer: str, unit: int, examples: dict, images: dict) -> None:
         """Record patches already in the atlas (written by the caller: :mod:`convscope.atlas.fill`)
-        for ``unit`` of ``layer``: ``examples`` is ``{rank: (relative path or None, box_original
-        or None)}``, ``images`` ``{image id: ((W, H) of its photo, window)}``; one transaction."""
+        for ``unit`` of ``layer``: ``examples`` is ``{rank: (relative path, box_original, image
+        id)}``, ``images`` ``{image id: ((W, H) of its photo, window)}``; one transaction. An
+        example is updated only where its rank still holds that image: a build's next snapshot
+        may have replaced the file meanwhile (an image id is the same photo and crop in every one)."""
         self._check_unit(layer, unit)
         with self._lock:
             rw = sqlite3.connect(self._db)
@@ -353,10 +355,10 @@ class Atlas:
                         rw.execute("UPDATE images SET width = ?, height = ?, crop_top = ?, crop_left = ?, "
                                    "crop_bottom = ?, crop_right = ? WHERE id = ?",
                                    (w, h, top, left, bottom, right, int(image_id)))
-                    for rank, (rel, box) in examples.items():
+                    for rank, (rel, box, image_id) in examples.items():
                         rw.execute("UPDATE examples SET patch = ?, orig_top = ?, orig_left = ?, orig_bottom = ?, "
-                                   "orig_right = ? WHERE layer = ? AND unit = ? AND rank = ?",
-                                   (rel, *(box or (None,) * 4), layer, int(unit), int(rank)))
+                                   "orig_right = ? WHERE layer = ? AND unit = ? AND rank = ? AND image = ?",
+                                   (rel, *box, layer, int(unit), int(rank), int(image_id)))
             finally:
                 rw.close()
 

@@ -51,7 +51,7 @@ def allow_host_option(fn):
 def _built_with(atlas_dir) -> str | None:
     from ..atlas import Atlas
 
-    with Atlas.open(atlas_dir) as a:
+    with Atlas.open(atlas_dir, building=True) as a:  # a build in progress is served from its snapshot
         return (a.info()["model"] or {}).get("spec")
 
 
