@@ -2,8 +2,8 @@
 the same photos for the search pages, ready for the gallery.
 
 One recipe (:data:`RECIPE`) sized to finish in minutes on a laptop's CPU: seven stages from edges
-to objects, every photo also seen as 2x2 and 3x3 overlapping crops (so small patterns have
-their own examples), top 6 examples per unit with deconvnet and guided projections for the top
+to objects, every photo also seen as 2x2 and 3x3 overlapping crops while there are at most
+:data:`CROPS_UP_TO` photos (so small patterns have their own examples), top 6 examples per unit with deconvnet and guided projections for the top
 3, and feature visualizations for the first units of each layer. A stamp file beside the atlas
 records the recipe and the photos (path, size, modification time); the next run reuses the atlas
 while both are unchanged, resumes an interrupted build, and rebuilds otherwise. The index lives
