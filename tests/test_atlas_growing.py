@@ -272,3 +272,18 @@ def test_demo_serves_its_first_snapshot_while_the_atlas_builds(tmp_path, monkeyp
     assert any("each unit's patches" in line for line in lines)
     with Atlas.open(tmp_path / "demo") as atlas:
         assert atlas.patches_on_demand and atlas.examples("features.1", 0)[0]["patch"] is None
+
+
+def test_demo_scans_whole_photos_beyond_crops_up_to(tmp_path, monkeypatch):
+    """The recipe's 14 crops per photo only while the photos are few (docs/atlas.md, Crops)."""
+    from convscope.web import demo
+
+    tiny = {"version": 1, "model": "torchvision:alexnet", "pretrained": False, "layers": ["features.1"], "top": 2,
+            "project": 0, "crops": "1,2,3", "featvis": {"units": 1, "steps": 2, "size": 32}}
+    monkeypatch.setattr(demo, "RECIPE", tiny)
+    monkeypatch.setattr(demo, "CROPS_UP_TO", 5)  # the sample photos are more
+    demo.ensure_demo_atlas(tmp_path / "demo", echo=lambda line: None, up_front=False)
+    with Atlas.open(tmp_path / "demo") as atlas:
+        assert atlas.info()["crops"]["levels"] == [1]
+        assert atlas.info()["images"]["crops_per_photo"] == 1
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["recipe"]["crops"] == "1"
