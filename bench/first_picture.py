@@ -4,7 +4,7 @@ page, and to a layer page of the first layer with every unit's top patch, agains
 
 For each size the demo runs as a new user starts it, as a subprocess, in a fresh folder:
 ``convscope demo --out TMP --port P`` (its own 15 sample photos), or with ``--images DIR`` (DIR:
-links to the first N - 15 dev photos, sorted, spread over the classes, so N photos in all). The
+links to N - 15 dev photos, one per ``500 // (N - 15)`` of the sorted 500, so N photos in all). The
 bench polls ``/api/atlas`` until it answers (the first page), then asks the first layer's top
 patches as its layer page does (``POST /api/layers/L/fill``) and polls until every unit of the
 layer has its patch. The demo is then stopped (the rest of its build is not timed: the pages
@@ -44,7 +44,7 @@ def env() -> dict:
 
 
 def dev_folder(tmp: Path, n: int) -> Path | None:
-    """A folder of links to ``n`` dev photos spread over the classes, or None for none."""
+    """A folder of links to ``n`` dev photos, one per ``len // n`` of them sorted, or None for none."""
     if n <= 0:
         return None
     photos = sorted(p for p in DEV.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
