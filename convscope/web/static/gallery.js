@@ -64,7 +64,8 @@
       return r.json().then(function (data) {
         if (data.status === "done") { window.location.reload(); return; }
         if (data.status === "error" || (!r.ok && data.error)) { if (note) note.textContent = "Top patches could not be cut: " + data.error; return; }
-        setTimeout(function () { fetch(topsUrl, { credentials: "same-origin" }).then(poll); }, 700);
+        var again = data.status === "missing" ? { method: "POST", credentials: "same-origin" } : { credentials: "same-origin" };
+        setTimeout(function () { fetch(topsUrl, again).then(poll); }, 700);
       });
     };
     fetch(topsUrl, { method: "POST", credentials: "same-origin" }).then(poll);
