@@ -418,7 +418,9 @@ class Scan:
     network order), ``crops``, the ``skipped`` photos as (path, reason), the ``offset`` of
     ``paths[0]`` in a larger list, ``hashes``: the sha256 of the bytes scanned of every photo
     that is among the top examples (index into ``paths`` -> hex digest), and ``ranking``: per
-    layer ranked by its pre-activation, its :class:`~convscope.saturation.Saturation`.
+    layer ranked by its pre-activation, its :class:`~convscope.saturation.Saturation`; ``done``:
+    how many of ``paths`` the scan has gone through (scanned or skipped; fewer than
+    ``len(paths)`` in a snapshot of a scan in progress, None where not counted).
 
     >>> result.image_id(*result.photo_of(412)) == 412
     True
@@ -432,6 +434,7 @@ class Scan:
     offset: int = 0
     hashes: dict[int, str] = dataclasses.field(default_factory=dict)
     ranking: dict = dataclasses.field(default_factory=dict)
+    done: int | None = None
 
     def ranked_by(self, layer: str) -> str:
         """What ranks ``layer``: ``"output"`` or ``"pre-activation (input of ReLU6 'bn1.act')"``."""
@@ -538,6 +541,7 @@ def scan(
     progress: bool | None = None,
     on_skip: Callable[[str, str], None] | None = None,
     rank_by: str = "auto",
+    on_batch: Callable[[Scan], None] | None = None,
 ) -> Scan:
     """Scan photos through ``model`` once, keeping each unit's ``top`` images in ``layers``.
 
@@ -555,7 +559,8 @@ def scan(
     images (:func:`convscope.scan_settings.ranking`): ``"auto"`` the input of a saturating
     activation that ends the layer (ReLU6) and the output elsewhere, ``"output"`` the output
     everywhere, ``"pre-activation"`` the pre-activation everywhere (an error for a layer
-    without a saturating activation).
+    without a saturating activation). ``on_batch(partial)``, after every batch: a :class:`Scan`
+    of the first ``partial.done`` photos, on the live state (read it before returning).
 
     >>> result = scan(load_model(), ["photos/"], top=9)
     >>> result.examples(result.state.layers[0], 0)
@@ -625,13 +630,17 @@ def scan(
                 n = len(batch.indices) + len(batch.errors)
                 done += n
                 bar.advance(n)
+                if on_batch is not None:
+                    on_batch(Scan(state, paths, infos, crops, list(skipped), offset, dict(hashes),
+                                  {n: s for n, s in sats.items() if s is not None}, done=done))
                 if done - last_saved >= every and done < len(paths):
                     hashes = {p: hashes[p] for p in referenced_photos(state, crops, offset) if p in hashes}
                     save(done)
                     last_saved = done
     hashes = {p: hashes[p] for p in sorted(referenced_photos(state, crops, offset)) if p in hashes}
     save(len(paths))
-    return Scan(state, paths, infos, crops, skipped, offset, hashes, {n: s for n, s in sats.items() if s is not None})
+    return Scan(state, paths, infos, crops, skipped, offset, hashes, {n: s for n, s in sats.items() if s is not None},
+                done=len(paths))
 
 
 __all__ = [

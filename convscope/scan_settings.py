@@ -39,6 +39,7 @@ class ScanOptions:
     progress: bool | None = None
     on_skip: Callable[[str, str], None] | None = None
     rank_by: str = "auto"
+    on_batch: Callable | None = None  # the snapshots of one process's scan; a scan on Ray calls it not
 
 
 def check_rank_by(rank_by: str) -> None:

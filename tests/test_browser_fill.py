@@ -93,3 +93,38 @@ def test_a_unit_queued_behind_another_says_its_place_then_fills_in(built, tmp_pa
         finally:
             gate.set()
             browser.close()
+
+
+def test_an_atlas_with_patches_on_demand_fills_its_layer_and_unit_pages(tmp_path):
+    """Issue 24: the demo's atlas cuts no patch while it builds; the layer page asks for its top
+    patches and reloads with them, the unit page's grey patch tiles become the patches."""
+    from convscope.atlas import Atlas, build
+    from tests.test_atlas import SETTINGS, make_photos, tiny_model
+
+    model = tiny_model()
+    out = tmp_path / "atlas"
+    build(model, make_photos(tmp_path / "photos", 8), out, **dict(SETTINGS, project=0, names=False), patches=False)
+    with serving(create_app(out, model=model, fill={"featvis": False})) as server, \
+            playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 860})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server + "/layers/features.1")
+            page.wait_for_function("() => !document.getElementById('tops-cutting') && "
+                                   "document.querySelectorAll('#units .tile img').length === 8", timeout=60_000)
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
+                                   timeout=10_000)
+            page.goto(server + "/layers/features.1/units/3")  # (no feature visualizations in this server)
+            page.wait_for_function("() => document.querySelectorAll('.ex .missing[data-fill]').length === 0",
+                                   timeout=60_000)
+            assert page.eval_on_selector_all(".ex img.ex-img", "els => els.filter(e => e.alt.startsWith('patch')).length") == 4
+            assert not errors, errors
+        finally:
+            browser.close()
+    with Atlas.open(out) as atlas:
+        assert all(ex["patch"] and (out / ex["patch"]).is_file() for ex in atlas.examples("features.1", 3))
+        assert all(atlas.examples("features.1", u)[0]["patch"] for u in range(8))

@@ -96,7 +96,7 @@ def test_fill_unit_equals_the_build_with_every_projection_and_is_idempotent(part
     with Atlas.open(partial) as atlas:
         assert [e["guided"] is not None for e in atlas.examples("features", 2)] == [True, False, False]
         filler = Filler(atlas, model, featvis=False)
-        assert filler.missing("features", 2) == {"projections": [1, 2], "featvis": False,
+        assert filler.missing("features", 2) == {"patches": [], "projections": [1, 2], "featvis": False,
                                                    "methods": ["deconvnet", "guided"], "any": True}
         assert atlas.missing("features", 2)["featvis"] is True  # the atlas's answer; this filler makes none
         # features.1's deconvnet was left out as image-independent: the fill leaves it out too

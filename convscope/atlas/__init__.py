@@ -1,6 +1,7 @@
 """Atlases: Zeiler & Fergus's figure 2 for every unit of chosen layers, over any photos, on disk.
 
-* :mod:`~convscope.atlas.store`: the SQLite schema, the reader :class:`Atlas` and the writer;
+* :mod:`~convscope.atlas.store`: the SQLite schema and the reader :class:`Atlas`;
+* :mod:`~convscope.atlas.write`: the writer of a build's database (or of a snapshot while it runs);
 * :mod:`~convscope.atlas.records`: the records of a build, one dataclass per row it writes;
 * :mod:`~convscope.atlas.builder`: :func:`build`, step by step (scan, records, render, write).
 

@@ -47,7 +47,8 @@ from ..scan import RESUME_HINT, Scan, scan
 from ..scan_settings import check_rank_by
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
 from ..stores import PARTIAL, check_folder, commit, remove_partial, state, sync_written, writer_lock
-from .store import DB_NAME, METHODS, STATE_NAME, Atlas, write_db
+from .store import DB_NAME, METHODS, SNAPSHOT_NAME, STATE_NAME, Atlas
+from .write import write_db
 
 
 def build(
@@ -73,6 +74,8 @@ def build(
     rank_by: str = "auto",
     deconvnet: str = "auto",
     names: bool = True,
+    snapshots: bool = False,
+    patches: bool = True,
 ) -> Atlas:
     """Build an atlas of ``model`` over ``images`` in the folder ``out``; returns it opened.
 
@@ -99,6 +102,13 @@ def build(
     computes it everywhere; the dependence is recorded per layer either way. ``names``: name the
     units by WordNet once the atlas is committed (:func:`convscope.atlas.names.name_atlas`: one
     more read and forward pass of the example images; False leaves that to ``atlas name``).
+    ``snapshots``: while the scan runs (in one process), publish what it has so far as
+    ``out/.partial/snapshot.sqlite`` (:data:`~convscope.atlas.store.SNAPSHOT_NAME`), after the
+    first batch, then every few seconds, and once more when the scan is done: a consistent atlas
+    of the photos scanned so far, without patches, that ``Atlas.open(out, building=True)``
+    reads (a gallery serves it while the build runs). ``patches=False`` (with ``project=0``)
+    leaves every patch to be cut when its unit is first filled (:mod:`convscope.atlas.fill`),
+    so the atlas is complete right after the scan.
 
     >>> atlas = build(load_model(), ["photos/"], "atlas/", layers=["blocks.2"], top=9)
     """
@@ -117,7 +127,7 @@ def build(
             raise unknown_name_error("projection method", m, METHODS, list_all=True)
     check_deconvnet(deconvnet)
     check_rank_by(rank_by)
-    choices = dict(rank_by=rank_by, deconvnet=deconvnet)
+    choices = dict(rank_by=rank_by, deconvnet=deconvnet, snapshots=snapshots, patches=patches or project > 0)
     check_out(out, resume=resume, overwrite=overwrite)  # (a file as `out` is refused before the lock makes a folder)
     # One writer at a time. A full disk stops the build with one line; every file written so far
     # is whole, the last checkpoint included, and resume=True continues from it.
@@ -140,7 +150,8 @@ def build(
 
 
 def _build(model, images, out: Path, layers, top, crops, batch_size, workers, resume, checkpoint_every, project,
-           methods, projection_batch, progress, on_skip, started, pool, rank_by="auto", deconvnet="auto") -> Atlas:
+           methods, projection_batch, progress, on_skip, started, pool, rank_by="auto", deconvnet="auto",
+           snapshots=False, patches=True) -> Atlas:
     """:func:`build`'s steps, once its arguments are checked and ``out`` is prepared."""
     partial = out / PARTIAL
     if resume and state(out, DB_NAME).committed:  # finished already (say, killed while cleaning up)
@@ -149,14 +160,17 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
     partial.mkdir(parents=True, exist_ok=True)
     kwargs = dict(crops=crops, batch_size=batch_size, workers=workers, checkpoint=partial / "scan.ckpt",
                   checkpoint_every=checkpoint_every, resume=resume, progress=progress, on_skip=on_skip, rank_by=rank_by)
+    publish = Publisher(model, out, methods, started, deconvnet=deconvnet, layers=layers) if snapshots else None
     if pool is None:
-        result = scan(model, images, layers, top, **kwargs)
+        result = scan(model, images, layers, top, on_batch=publish, **kwargs)
     else:
         from .. import distributed
 
         result = distributed.scan_with(pool, images, layers, top, **kwargs)
+    if publish is not None:
+        publish.publish(result, "finishing")  # the scan's final top-k, while the patches are cut
     records = _records(result, model)
-    dependence, skip_note = _deconvnet_methods(model, result, records, methods, deconvnet)
+    dependence, skip_note = _deconvnet_methods(model, [info.name for info in result.layers], records, methods, deconvnet)
     if projection_batch is None:
         on_gpu = model.device.type == "cuda" if pool is None else pool.infos()[0].device.startswith("cuda")
         projection_batch = batch_size if on_gpu else min(batch_size, 8)
@@ -165,7 +179,9 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
                     progress)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if pool is None:
+        if not patches:  # nothing to read again: every patch is cut on demand (convscope.atlas.fill)
+            incomplete = set()
+        elif pool is None:
             incomplete = render(model, job, stats)
         else:
             incomplete = distributed.render(pool, render, job, stats)
@@ -176,7 +192,8 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
         if leftover.exists():  # of a killed write: SQLite would replay an old journal into the new file
             leftover.unlink()
     projections = {"methods": list(methods), "per_unit": project, "layers": stats, "notes": notes, "deconvnet": deconvnet,
-                   "layer_methods": {name: list(ms) for name, ms in records.methods.items()}}
+                   "layer_methods": {name: list(ms) for name, ms in records.methods.items()},
+                   **({} if patches else {"patches": False})}
     write_db(db_tmp, model, result, records, incomplete, projections, time.time() - started, dependence)
     result.state.save(out / STATE_NAME, {"paths": result.paths, "crops": list(result.crops.levels)})
     sync_written(out)  # the PNGs, written without an fsync each, are on disk before the commit
@@ -233,12 +250,11 @@ def _summarize_warnings(caught) -> list[str]:
     return notes
 
 
-def _deconvnet_methods(model, result, records: Records, methods, deconvnet: str) -> tuple[dict, str | None]:
+def _deconvnet_methods(model, names: list[str], records: Records, methods, deconvnet: str) -> tuple[dict, str | None]:
     """Each layer's projection methods (:func:`convscope.backproject.layer_methods`, one traced
     forward pass for all): ``records.methods`` holds those of the layers where guided backprop
     stands in for the deconvnet; returns whether each layer's deconvnet depends on the image, as
     the atlas records it, and the note saying where it was left out, for the build's notes."""
-    names = [info.name for info in result.layers]
     chosen = layer_methods(model.module, names, methods, deconvnet, tuple(model.preprocessing.input_size))
     left_out = [n for n in names if chosen[n].note is not None]
     for n in left_out:
@@ -344,7 +360,8 @@ def render(model, job: RenderJob, stats: dict) -> set[str]:
     incomplete: set[str] = set()
     per_layer = {info.name: records.methods_of(info.name, job.methods) for info in result.layers}
     work = job.work()
-    with Bar(sum(work.values()), "projecting", disable=None if job.progress is None else not job.progress) as bar:
+    label = "cutting patches and projecting" if project else "cutting patches"
+    with Bar(sum(work.values()), label, disable=None if job.progress is None else not job.progress) as bar:
         for ids in job.chunks:
             inputs: dict[int, torch.Tensor] = {}
             wanted: dict[int, list[int]] = {}
@@ -376,10 +393,9 @@ def render(model, job: RenderJob, stats: dict) -> set[str]:
                     t, l, b, r = e.box
                     e.box_original = prep.input_box_to_original(e.box, image.window)
                     rel = f"patches/{i}/{t}_{l}_{b}_{r}.png"
-                    if rel not in image.written:
+                    if rel not in image.written and not (out / rel).is_file():  # or cut on demand already
                         if pixels is None:
-                            pixels = prep.denormalize(inputs[i].unsqueeze(0))[0].clamp(0, 1)
-                            pixels = (pixels * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                            pixels = input_pixels(prep, inputs[i])
                         _save_png(np.ascontiguousarray(pixels[t:b, l:r]), out / rel)
                         image.written.add(rel)
                     e.patch = rel
@@ -395,6 +411,68 @@ def render(model, job: RenderJob, stats: dict) -> set[str]:
                 for k, v in counts.items():
                     layer_counts[k] = layer_counts.get(k, 0) + v
     return incomplete
+
+
+def input_pixels(prep, tensor: torch.Tensor) -> np.ndarray:
+    """A model input (3, H, W) as the (H, W, 3) uint8 picture its patches are cut from."""
+    pixels = prep.denormalize(tensor.unsqueeze(0))[0].clamp(0, 1)
+    return (pixels * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_patch(pixels: np.ndarray, box, out: Path, image_id: int) -> str:
+    """Write the patch of ``box`` (top, left, bottom, right) of an input's ``pixels``
+    (:func:`input_pixels`) in the atlas ``out`` unless it is there; returns its relative path."""
+    t, l, b, r = box
+    rel = f"patches/{image_id}/{t}_{l}_{b}_{r}.png"
+    if not (out / rel).is_file():
+        _save_png(np.ascontiguousarray(pixels[t:b, l:r]), out / rel)
+    return rel
+
+
+class Publisher:
+    """The snapshots of a build with ``snapshots=True``: called with the scan so far after each
+    batch (:func:`convscope.scan.scan`'s ``on_batch``), it writes an atlas database of it into
+    ``.partial/`` (:func:`~convscope.atlas.write.write_db` with ``building``) and renames it
+    over the last one, so a reader sees one whole snapshot or the next. The first batch is
+    published at once, then at most one snapshot per ``every`` seconds or four times the time
+    the last one took to write, whichever is longer, so publishing costs the scan little."""
+
+    def __init__(self, model, out: Path, methods, started: float, every: float = 3.0, deconvnet: str = "auto",
+                 layers=None):
+        self.model, self.out, self.methods, self.started, self.every = model, out, tuple(methods), started, every
+        self.deconvnet = deconvnet
+        # each layer's methods, as the finished atlas records them: one traced pass, before the
+        # scan's hooks are on the model
+        names = [info.name for info in model.layers.select(layers)]
+        records = Records([], {}, {})
+        dependence, _note = _deconvnet_methods(model, names, records, self.methods, deconvnet)
+        self._chosen = (dependence, dict(records.methods))
+        self._next = 0.0
+        self.published = 0
+
+    def __call__(self, partial: Scan) -> None:
+        if time.monotonic() >= self._next:
+            self.publish(partial, "scanning")
+
+    def publish(self, result: Scan, phase: str) -> None:
+        begun = time.monotonic()
+        records = _records(result, self.model)
+        dependence, records.methods = self._chosen[0], dict(self._chosen[1])
+        done = len(result.paths) if result.done is None else result.done
+        building = {"phase": phase, "photos_done": done, "photos": len(result.paths),
+                    "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        projections = {"methods": list(self.methods), "per_unit": 0, "layers": {}, "notes": [], "patches": False,
+                       "deconvnet": self.deconvnet,
+                       "layer_methods": {name: list(ms) for name, ms in records.methods.items()}}
+        final = self.out / PARTIAL / SNAPSHOT_NAME
+        tmp = final.with_name(SNAPSHOT_NAME + ".writing")
+        if tmp.exists():  # of a killed run
+            tmp.unlink()
+        write_db(tmp, self.model, result, records, {info.name for info in result.layers}, projections,
+                 time.time() - self.started, dependence, building=building)
+        os.replace(tmp, final)
+        self.published += 1
+        self._next = time.monotonic() + max(self.every, 4 * (time.monotonic() - begun))
 
 
 def project_examples(module, memory_format, info, group: list[ExampleRecord], inputs, methods, batch_size, out,
@@ -427,4 +505,4 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(f, format="PNG", compress_level=6)
 
 
-__all__ = ["RenderJob", "build", "image_chunks", "render"]
+__all__ = ["Publisher", "RenderJob", "build", "image_chunks", "input_pixels", "render", "save_patch"]

@@ -48,7 +48,7 @@ def lacking(missing: dict, featvis: bool) -> dict:
     feature visualization unless it fills them (``featvis``)."""
     if featvis:
         return missing
-    return {**missing, "featvis": False, "any": bool(missing["projections"])}
+    return {**missing, "featvis": False, "any": bool(missing["patches"]) or bool(missing["projections"])}
 
 
 class _Steps:
@@ -99,14 +99,78 @@ class Filler:
         model as it was given; the pictures are the same."""
         started = time.monotonic()
         todo = self.missing(layer, unit)
+        patches = todo["patches"]
+        if patches:
+            self._patches(layer, {int(unit): patches}, pause)
+            todo = self.missing(layer, unit)  # the projections of the examples that now have a patch
+            if on_projections is not None and not todo["projections"]:
+                on_projections()
         if todo["projections"]:
             self._project(layer, unit, todo["projections"], todo["methods"], pause)
             if on_projections is not None:
                 on_projections()
         if todo["featvis"]:
             self._featvis(layer, unit, pause)
-        return {"layer": layer, "unit": int(unit), "projections": todo["projections"], "featvis": todo["featvis"],
+        return {"layer": layer, "unit": int(unit), "patches": patches, "projections": todo["projections"],
+                "featvis": todo["featvis"],
                 "seconds": round(time.monotonic() - started, 2)}
+
+    # ------------------------------------------------------------------ patches
+
+    def fill_tops(self, layer: str, pause=None) -> dict:
+        """Cut the top patch of every unit of ``layer`` that lacks one (what its layer page
+        shows first), each photo read once; returns ``{"layer", "patches": how many, "seconds"}``."""
+        started = time.monotonic()
+        wanted = {}
+        if self.atlas.patches_on_demand:
+            for u in range(self.atlas.layer(layer)["shape"][0]):
+                top = self.atlas.examples(layer, u)[:1]
+                if top and not top[0]["patch"]:
+                    wanted[u] = [0]
+        self._patches(layer, wanted, pause)
+        return {"layer": layer, "patches": len(wanted), "seconds": round(time.monotonic() - started, 2)}
+
+    def _patches(self, layer: str, wanted: dict[int, list[int]], pause) -> None:
+        """Cut the patches of the examples ``wanted`` (unit -> ranks) as the build does
+        (:func:`~convscope.atlas.builder.render`: the same pixels, file names and boxes on the
+        photo), each photo read again once and its sha256 checked against the scan's; the files
+        are on disk before the database names them (:meth:`Atlas.set_patches`, a unit at a time)."""
+        from ..data import load_image_hashed
+        from .builder import input_pixels, save_patch
+
+        prep = self.model.preprocessing
+        pixels: dict[int, object] = {}
+        images: dict[int, tuple] = {}
+        for unit, ranks in wanted.items():
+            cut: dict[int, tuple] = {}
+            used: set[int] = set()
+            for ex in self.atlas.examples(layer, unit):
+                if ex["rank"] not in ranks:
+                    continue
+                i = ex["image_id"]
+                if i not in pixels:
+                    img = self._photo(layer, unit, ex, load_image_hashed)
+                    window = self.atlas.crop_window(ex["crop"], *img.size)
+                    pixels[i] = input_pixels(prep, self.model.transform(img.crop(window)))
+                    images[i] = (img.size, window)
+                    del img
+                    _between(pause)
+                used.add(i)
+                rel = save_patch(pixels[i], ex["box"], self.atlas.root, i)
+                fsync_file(self.atlas.root / rel)
+                cut[ex["rank"]] = (rel, prep.input_box_to_original(tuple(ex["box"]), images[i][1]), i)
+            self.atlas.set_patches(layer, unit, cut, {i: images[i] for i in used})
+
+    def _photo(self, layer: str, unit: int, ex: dict, load):
+        """The photo of example ``ex``, read again; one line if it cannot be, or changed."""
+        what = f"example {ex['rank'] + 1} of unit {unit} of {layer!r}: its photo {Path(ex['path']).name}"
+        try:
+            img, sha256 = load(ex["path"])
+        except ImageError as exc:
+            raise ConvscopeError(f"cannot show {what} cannot be read again ({exc.reason})") from None
+        if ex["sha256"] is not None and sha256 != ex["sha256"]:
+            raise ConvscopeError(f"cannot show {what} changed since the scan (its sha256 differs); build the atlas again")
+        return img
 
     # ------------------------------------------------------------------ projections
 

@@ -200,7 +200,7 @@ def classify_images(atlas: Atlas, model, batch_size: int = 32, top: int = TOP) -
             unreadable.append((path, "changed since the scan (its sha256 differs)"))
             continue
         for image in images:
-            window = image["window"] or (0, 0, *img.size)
+            window = image["window"] or atlas.crop_window(image["crop"], *img.size)  # patches cut on demand: none yet
             pending.append((image["image_id"], model.transform(img.crop(tuple(window)))))
             if len(pending) >= batch_size:
                 run()

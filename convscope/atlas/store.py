@@ -14,7 +14,6 @@ then the build lives in ``.partial/``, and :meth:`Atlas.open` says so.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -24,19 +23,20 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..choices import DRAWN_PROJECTIONS
 from ..errors import ConvscopeError, unknown_name_error
-from ..files import DiskFullError, atomic_write, json_number, safe_name
+from ..files import atomic_write, json_number, safe_name
 from ..scan import ScanState
-from ..stores import PARTIAL, fsync_file, open_committed
-from .records import Records
+from ..stores import PARTIAL, fsync_file, open_committed, state
 
 FORMAT = "convscope-atlas"
 FORMAT_VERSION = 1
 DB_NAME = "atlas.sqlite"
 STATE_NAME = "scan_state.pt"
+#: A build's latest published snapshot, in ``.partial/``: an atlas database of the photos scanned
+#: so far, its meta ``complete`` false and ``building`` saying how far (see :meth:`Atlas.open`).
+SNAPSHOT_NAME = "snapshot.sqlite"
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HISTOGRAM_BINS = 32
 METHODS = DRAWN_PROJECTIONS  # the projection columns of the examples table, and the default
@@ -105,8 +105,9 @@ class Atlas:
     >>> atlas.path(atlas.examples("blocks.2", 7)[0]["deconvnet"])    # absolute Path
     """
 
-    def __init__(self, root: Path, conn: sqlite3.Connection):
+    def __init__(self, root: Path, conn: sqlite3.Connection, db: Path | None = None):
         self.root = root
+        self._db = db or root / DB_NAME  # the file the fill writes to (a snapshot's own while building)
         self._conn = conn
         self._lock = threading.Lock()
         self._meta = {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
@@ -117,10 +118,21 @@ class Atlas:
         self._example_columns = {r["name"] for r in self._query("PRAGMA table_info(examples)")}
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "Atlas":
+    def open(cls, directory: str | os.PathLike, building: bool = False) -> "Atlas":
         """Open the atlas in ``directory``; an unfinished build raises :class:`IncompleteAtlasError`
-        (one line, saying to run the build again with ``resume=True``)."""
+        (one line, saying to run the build again with ``resume=True``). ``building=True`` opens,
+        where the build is unfinished, its latest snapshot instead (a build with
+        ``snapshots=True`` publishes them: the photos scanned so far, patches cut on demand), an
+        atlas whose :attr:`building` says how far it is and whose ``info()["complete"]`` is False.
+
+        >>> Atlas.open("atlas/", building=True).building
+        {'phase': 'scanning', 'photos_done': 120, 'photos': 370, ...}"""
         root = Path(directory)
+        snapshot = root / PARTIAL / SNAPSHOT_NAME
+        if building and not state(root, DB_NAME).committed and snapshot.is_file():
+            conn = sqlite3.connect(f"file:{snapshot.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            return cls(root, conn, snapshot)
         conn = open_committed(root, DB_NAME, kind="atlas", format=FORMAT, incomplete=IncompleteAtlasError,
                               resume_hint="finish it by running the build again with resume=True and the same arguments",
                               build_hint="build one with convscope.atlas.build (`convscope atlas build`)",
@@ -161,7 +173,22 @@ class Atlas:
             "build_seconds": m.get("build_seconds"),
             "layers": [self._layer_dict(r) for r in self._layers],
             "complete": m.get("complete") is True,
+            "building": self.building,
         }
+
+    @property
+    def building(self) -> dict | None:
+        """For a snapshot of a build in progress (:meth:`open` with ``building=True``): ``phase``
+        (``"scanning"``, ``"finishing"``), ``photos_done`` (scanned or skipped) of ``photos``,
+        ``updated`` (ISO time); None for a finished atlas."""
+        return self._meta.get("building")
+
+    @property
+    def patches_on_demand(self) -> bool:
+        """Whether examples' patches are cut when their unit is first filled
+        (:mod:`convscope.atlas.fill`) rather than by the build: a snapshot's, or a build's with
+        ``patches=False``."""
+        return self.building is not None or (self._meta.get("projections") or {}).get("patches") is False
 
     @property
     def layers(self) -> list[str]:
@@ -256,7 +283,8 @@ class Atlas:
 
     def missing(self, layer: str, unit: int) -> dict:
         """What ``unit`` of ``layer`` lacks (:func:`unit_missing`)."""
-        return unit_missing(self.examples(layer, unit), self.featvis(layer, unit), self.methods(layer))
+        return unit_missing(self.examples(layer, unit), self.featvis(layer, unit), self.methods(layer),
+                            self.patches_on_demand, self.building is not None)
 
     def featvis(self, layer: str, unit: int) -> str | None:
         """Relative path of the unit's feature visualization, or None."""
@@ -275,7 +303,7 @@ class Atlas:
         with open(src, "rb") as source, atomic_write(self.root / relative) as dest:
             shutil.copyfileobj(source, dest)
         with self._lock:
-            rw = sqlite3.connect(self.root / DB_NAME)
+            rw = sqlite3.connect(self._db)
             try:
                 with rw:
                     rw.execute("UPDATE units SET featvis = ? WHERE layer = ? AND unit = ?", (relative, layer, int(unit)))
@@ -290,7 +318,7 @@ class Atlas:
         self._check_unit(layer, unit)
         display = ("display_top", "display_left", "display_bottom", "display_right")
         with self._lock:
-            rw = sqlite3.connect(self.root / DB_NAME)
+            rw = sqlite3.connect(self._db)
             try:
                 with rw:
                     for rank, (files, box) in examples.items():
@@ -301,6 +329,36 @@ class Atlas:
                             assignments = ", ".join(f"{k} = ?" for k in sets)
                             rw.execute(f"UPDATE examples SET {assignments} WHERE layer = ? AND unit = ? AND rank = ?",
                                        (*sets.values(), layer, int(unit), int(rank)))
+            finally:
+                rw.close()
+
+    def crop_window(self, crop: int, width: int, height: int) -> tuple[int, int, int, int]:
+        """The window (left, top, right, bottom) of crop ``crop`` on a ``width`` x ``height``
+        photo, by the atlas's crops (:class:`convscope.crops.Crops`)."""
+        from ..crops import Crops
+
+        levels = (self._meta.get("crops") or {}).get("levels") or [1]
+        return Crops(tuple(int(n) for n in levels)).windows(width, height)[int(crop)]
+
+    def set_patches(self, layer: str, unit: int, examples: dict, images: dict) -> None:
+        """Record patches already in the atlas (written by the caller: :mod:`convscope.atlas.fill`)
+        for ``unit`` of ``layer``: ``examples`` is ``{rank: (relative path, box_original, image
+        id)}``, ``images`` ``{image id: ((W, H) of its photo, window)}``; one transaction. An
+        example is updated only where its rank still holds that image: a build's next snapshot
+        may have replaced the file meanwhile (an image id is the same photo and crop in every one)."""
+        self._check_unit(layer, unit)
+        with self._lock:
+            rw = sqlite3.connect(self._db)
+            try:
+                with rw:
+                    for image_id, ((w, h), (left, top, right, bottom)) in images.items():
+                        rw.execute("UPDATE images SET width = ?, height = ?, crop_top = ?, crop_left = ?, "
+                                   "crop_bottom = ?, crop_right = ? WHERE id = ?",
+                                   (w, h, top, left, bottom, right, int(image_id)))
+                    for rank, (rel, box, image_id) in examples.items():
+                        rw.execute("UPDATE examples SET patch = ?, orig_top = ?, orig_left = ?, orig_bottom = ?, "
+                                   "orig_right = ? WHERE layer = ? AND unit = ? AND rank = ? AND image = ?",
+                                   (rel, *box, layer, int(unit), int(rank), int(image_id)))
             finally:
                 rw.close()
 
@@ -367,7 +425,7 @@ class Atlas:
         ``classes`` ({image id: [(class, probability), ...]}), ``names`` (records as
         :meth:`unit_names` gives them) and ``record`` (the meta entry :meth:`naming` gives)."""
         with self._lock:
-            rw = sqlite3.connect(self.root / DB_NAME)
+            rw = sqlite3.connect(self._db)
             try:
                 with rw:
                     rw.executescript(NAMES_SCHEMA)
@@ -452,15 +510,20 @@ class Atlas:
         return f"Atlas({str(self.root)!r}, {len(self._layers)} layers)"
 
 
-def unit_missing(examples: list[dict], featvis: str | None, methods: Sequence[str]) -> dict:
+def unit_missing(examples: list[dict], featvis: str | None, methods: Sequence[str], on_demand: bool = False,
+                 building: bool = False) -> dict:
     """What a unit lacks, from its ``examples`` (:meth:`Atlas.examples`), its ``featvis`` file (or
-    None) and its layer's ``methods`` (:meth:`Atlas.methods`): ``projections``, the ranks of the
-    examples that have a patch (their photo was read) but not every method's projection;
-    ``featvis``, True when it has none; ``methods``; ``any``, whether anything lacks. What the
-    fill (:mod:`convscope.atlas.fill`) adds and the unit page offers to compute."""
-    ranks = [ex["rank"] for ex in examples if ex["patch"] and any(not ex[m] for m in methods)]
-    return {"projections": ranks, "featvis": featvis is None, "methods": list(methods),
-            "any": bool(ranks) or featvis is None}
+    None) and its layer's ``methods`` (:meth:`Atlas.methods`): ``patches``, the ranks without a
+    patch where patches are cut ``on_demand`` (:attr:`Atlas.patches_on_demand`); ``projections``, the
+    ranks of the examples that have a patch (their photo was read) but not every method's
+    projection; ``featvis``, True when it has none; ``methods``; ``any``, whether anything lacks.
+    A snapshot of a build in progress (``building``) lacks only patches: the rest waits for the
+    finished atlas. What the fill (:mod:`convscope.atlas.fill`) adds and the unit page offers."""
+    patches = [ex["rank"] for ex in examples if on_demand and not ex["patch"]]
+    ranks = [] if building else [ex["rank"] for ex in examples if ex["patch"] and any(not ex[m] for m in methods)]
+    featvis_lacking = featvis is None and not building
+    return {"patches": patches, "projections": ranks, "featvis": featvis_lacking, "methods": list(methods),
+            "any": bool(patches) or bool(ranks) or featvis_lacking}
 
 
 def deconvnet_entry(r: dict) -> dict | None:
@@ -481,137 +544,7 @@ def deconvnet_entry(r: dict) -> dict | None:
 # --------------------------------------------------------------------------- writing
 
 
-def _display_histogram(hist: torch.Tensor, mids: np.ndarray, lo: float, hi: float) -> dict:
-    """One unit's sketch counts (value order) rebinned into HISTOGRAM_BINS equal bins over
-    [lo, hi] (each sketch bin goes whole to the bin of its midpoint), for drawing."""
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        return {"counts": [], "edges": []}
-    if hi <= lo:
-        hi = lo + max(1e-6, abs(lo) * 1e-6)
-    out_edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
-    counts = hist.numpy()
-    nz = counts > 0
-    which = np.clip(np.searchsorted(out_edges, np.clip(mids[nz], lo, hi), side="right") - 1, 0, HISTOGRAM_BINS - 1)
-    binned = np.bincount(which, weights=counts[nz], minlength=HISTOGRAM_BINS)
-    return {"counts": [int(v) for v in binned], "edges": [float(v) for v in out_edges]}
-
-
-def write_db(path: Path, model, result, records: Records, incomplete: set[str], projections: dict,
-             seconds: float, deconvnet: dict | None = None) -> None:
-    """Write the whole atlas database of a build to ``path`` (a new file) in one transaction, the
-    ``complete`` flag last, then fsync it: ``model`` (LoadedModel), ``result`` (the
-    :class:`~convscope.scan.Scan`), ``records`` (the build's), ``incomplete`` (layers some of
-    whose examples have no files), ``projections`` (the meta entry), ``seconds`` (build time)
-    and ``deconvnet`` (per layer, :meth:`convscope.backproject.Dependence.to_dict` plus
-    ``computed``). A full disk raises :class:`~convscope.files.DiskFullError`."""
-    try:
-        _write_db(path, model, result, records, incomplete, projections, seconds, deconvnet or {})
-    except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(exc):
-            raise DiskFullError(path) from None
-        raise
-    fsync_file(path)
-
-
-_SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
-
-
-def _write_db(path: Path, model, result, records: Records, incomplete: set[str], projections: dict,
-              seconds: float, deconvnet: dict) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.executescript(SCHEMA)
-        with conn:  # one transaction: all of the atlas, the `complete` flag last
-            crops = result.crops
-            describe = model.describe()
-            meta = {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "model": describe,
-                "preprocessing": model.preprocessing.to_dict(),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "images": {
-                    "inputs": len(result.paths),
-                    "scanned": result.photos_scanned,
-                    "skipped": len(result.skipped),
-                    "crops_per_photo": crops.count,
-                    "scanned_crops": result.state.images,
-                },
-                "top_k": result.state.top_k,
-                "crops": crops.to_dict(),
-                "projections": projections,
-                "sketch": {**result.state.sketch.to_dict(), "bins": result.state.sketch.bins},
-                "sampled_positions": {i.name: result.state.sketch.positions(*i.shape[1:]) for i in result.layers},
-                "quantile_levels": list(QUANTILES),
-                "build_seconds": round(seconds, 1),
-            }
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-            for pos, info in enumerate(result.layers):
-                c, h, w = info.shape
-                dep = deconvnet.get(info.name)
-                conn.execute(
-                    "INSERT INTO layers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (info.name, pos, info.type, c, h, w, info.stride[0], info.stride[1], info.receptive_field[0],
-                     info.receptive_field[1], info.offset[0], info.offset[1], int(info.name not in incomplete),
-                     result.ranked_by(info.name),
-                     *((None,) * 4 if dep is None else
-                       (int(dep["depends"]), dep["reason"], json.dumps(dep["switches"]), int(dep["computed"])))),
-                )
-                conn.executemany("INSERT INTO units VALUES (?,?,?,?,?,?,?,?,?,?,?)", unit_rows(result, info.name))
-            for image_id in sorted(records.images):
-                image = records.images[image_id]
-                photo = records.photos[image.photo]
-                size, win = photo.size, image.window
-                conn.execute(
-                    "INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (image_id, image.photo + result.offset, image.crop, photo.path, photo.sha256,
-                     size[0] if size else None, size[1] if size else None,
-                     win[1] if win else None, win[0] if win else None, win[3] if win else None, win[2] if win else None),
-                )
-            conn.executemany(
-                "INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (e.layer, e.unit, e.rank, e.image_id, e.value, e.y, e.x, *e.box, *(e.box_original or (None,) * 4),
-                     e.patch, *(e.projections.get(m) for m in METHODS), e.pre, *(e.display_box or (None,) * 4))
-                    for e in records.examples
-                ],
-            )
-            conn.executemany("INSERT INTO skipped VALUES (?, ?, 'scan')", [(p, r) for p, r in result.skipped])
-            unreadable = [(result.paths[p.index], p.error) for _i, p in sorted(records.photos.items()) if p.error]
-            conn.executemany("INSERT INTO skipped VALUES (?, ?, 'render')", unreadable)
-            conn.execute("INSERT INTO meta VALUES ('complete', 'true')")
-    finally:
-        conn.close()
-
-
-def unit_rows(result, layer: str):
-    """The ``units`` rows of ``layer``, from the scan state's summary."""
-    s = result.state.summary(layer, QUANTILES)
-    values = result.state.outputs(layer)  # the layer's output, also where the pre-activation ranks
-    edges = s["edges"]
-    mids = result.state.sketch.mids().numpy()
-    for u in range(values.shape[0]):
-        hist = s["hist"][u]
-        nz = torch.nonzero(hist).flatten()
-        first, last = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
-        sketch = {
-            "first": first,
-            "counts": hist[first:last].tolist(),
-            "edges": [json_number(float(e)) for e in edges[first : last + 1]] if last else [],
-        }
-        lo, hi = float(s["min"][u]), float(s["max"][u])
-        yield (
-            layer, u, json_number(float(values[u, 0])), float(s["mean"][u]), json_number(lo), json_number(hi),
-            float(s["frac_positive"][u]),
-            json.dumps({str(q): json_number(float(v)) for q, v in zip(QUANTILES, s["quantiles"][u].tolist())}),
-            json.dumps(_display_histogram(hist, mids, lo, hi)),
-            json.dumps(sketch),
-            None,
-        )
-
-
 __all__ = [
-    "DB_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "NAMES_SCHEMA", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
-    "IncompleteAtlasError", "deconvnet_entry", "fsync_file", "unit_missing", "unit_rows", "write_db",
+    "DB_NAME", "SNAPSHOT_NAME", "FORMAT", "FORMAT_VERSION", "METHODS", "NAMES_SCHEMA", "PARTIAL", "QUANTILES", "SCHEMA", "STATE_NAME", "Atlas",
+    "IncompleteAtlasError", "deconvnet_entry", "fsync_file", "unit_missing",
 ]

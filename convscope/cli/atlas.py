@@ -112,7 +112,9 @@ def build(images, out, samples, layers, top, crops, project, batch_size, workers
 def info(directory, as_json):
     """Model, preprocessing, images and layers of an atlas (with what ranks each layer and
     whether its deconvnet depends on the image), and the photos that could not be read again
-    for their patches and projections (removed, changed or damaged since the scan).
+    for their patches and projections (removed, changed or damaged since the scan). A build
+    still running (or stopped) that publishes snapshots (`convscope demo`) shows its latest one,
+    with how far it got: such an atlas is not complete ("complete": false, "building": ...).
 
     \b
     Example:
@@ -120,7 +122,7 @@ def info(directory, as_json):
     """
     from ..atlas import Atlas
 
-    with Atlas.open(directory) as a:
+    with Atlas.open(directory, building=True) as a:
         data = a.info()
         unreadable = a.unreadable()
     if as_json:
@@ -128,6 +130,11 @@ def info(directory, as_json):
         return
     model = data["model"] or {}
     imgs = data["images"] or {}
+    building = data.get("building")
+    if building is not None:
+        click.echo(f"NOT COMPLETE: a snapshot of a build in progress ({building['phase']}: {building['photos_done']} of "
+                   f"{building['photos']} photos scanned, at {building['updated']}); finish it with "
+                   "`convscope atlas build ... --resume` if it stopped")
     click.echo(f"model        {model.get('spec')} ({model.get('weights')})")
     prep = data["preprocessing"] or {}
     click.echo(f"input        {prep.get('input_size')} (resize {prep.get('resize')}, {prep.get('interpolation')})")

@@ -51,7 +51,7 @@ def allow_host_option(fn):
 def _built_with(atlas_dir) -> str | None:
     from ..atlas import Atlas
 
-    with Atlas.open(atlas_dir) as a:
+    with Atlas.open(atlas_dir, building=True) as a:  # a build in progress is served from its snapshot
         return (a.info()["model"] or {}).get("spec")
 
 
@@ -184,8 +184,9 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
     """Build an atlas of the default model (or --model, over its default layers) over
     scikit-image's sample photos (plus --images) and an index of the same photos; then open
     the gallery, with a search box on every page, whose uploads and pictures of why use the
-    same model. The gallery opens right after the scan: each unit's projections and feature
-    visualization are computed when its page is first opened, and kept in the atlas.
+    same model. The gallery opens within seconds and grows while the atlas builds (pages say
+    how many photos are scanned): each unit's patches, projections and feature visualization
+    are computed when its page is first opened, and kept in the atlas.
     --no-serve builds them up front instead (guided projections, and deconvnet ones where
     they depend on the image, of each unit's top 3 examples; feature visualizations of 8
     units per layer). A second run reuses both while their inputs are unchanged (photos
@@ -207,15 +208,24 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
             # the recipe's layers are the default model's: take the other model's default selection
             recipe.update(model=model_args.spec, layers=model_args.load().layers.default)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    # serving: the scan only, the gallery computing each unit's pictures when its page is opened
-    kwargs = {} if no_serve else {"up_front": False}
-    atlas_dir = recipes.ensure_demo_atlas(out, images, rebuild=rebuild, recipe=recipe, echo=echo, **kwargs)
-    index_dir = recipes.ensure_demo_index(atlas_dir, images, rebuild=rebuild, recipe=recipe, echo=echo)
     if no_serve:
+        atlas_dir = recipes.ensure_demo_atlas(out, images, rebuild=rebuild, recipe=recipe, echo=echo)
+        index_dir = recipes.ensure_demo_index(atlas_dir, images, rebuild=rebuild, recipe=recipe, echo=echo)
         click.echo(f"atlas and index ready in {atlas_dir}; browse and search them with "
                    f"`convscope serve {atlas_dir} --index {index_dir}`", err=True)
         return
     from ..web import create_app
+    from ..index.store import DB_NAME as INDEX_DB
+    from ..stores import state
 
+    # serving: the build goes on on a thread; the gallery opens on its first snapshot and grows,
+    # each unit's pictures computed when its page is opened
+    building = recipes.DemoBuild(out, images, rebuild=rebuild, recipe=recipe, echo=echo)
+    atlas_dir = building.wait_servable()
+    index_dir = atlas_dir / recipes.INDEX_DIR
+    if not state(index_dir, INDEX_DB).committed:  # built after the atlas: search comes with the next start
+        echo("the search box comes once the index is built: start `convscope demo` again then")
+        index_dir = None
+    echo(f"the gallery is open at http://{host}:{port}/ (the atlas grows while the build runs)")
     _run_server(create_app(atlas_dir, index=index_dir, pages=page_groups(None),
                            allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret), host, port)

@@ -63,8 +63,21 @@ def open_atlas(atlas):
     if isinstance(atlas, (str, os.PathLike)):
         from ..atlas import Atlas
 
-        return Atlas.open(atlas)
+        return Atlas.open(atlas, building=True)  # a build in progress: its latest snapshot
     return atlas
+
+
+class FollowBuild:
+    """Before each request, let the gallery of an atlas still building take up the build's
+    newest snapshot (:meth:`Gallery.refresh`), so its pages grow as the scan goes on."""
+
+    def __init__(self, app, gallery: Gallery):
+        self.app, self.gallery = app, gallery
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.gallery.refresh()
+        await self.app(scope, receive, send)
 
 
 def open_index(index):
@@ -149,7 +162,8 @@ def create_app(
     pages = list(pages)
     if atlas_dir is None and index is None and not pages:
         raise ValueError("create_app needs something to serve: an atlas (atlas_dir), an index (index=), or both")
-    gallery = Gallery(open_atlas(atlas_dir)) if atlas_dir is not None else None
+    gallery = Gallery(open_atlas(atlas_dir), atlas_dir if isinstance(atlas_dir, (str, os.PathLike)) else None) \
+        if atlas_dir is not None else None
     env = environment()
     analyzer = Analyzer(gallery, model) if gallery is not None else None
     hosts = AllowedHosts(allowed_hosts)
@@ -159,6 +173,8 @@ def create_app(
     workers = Workers(decoders=decode_concurrency)
 
     def page(template: str, status: int = 200, **data) -> HTMLResponse:
+        if gallery is not None:
+            data.setdefault("building", gallery.building_line())
         return HTMLResponse(render(env, template, site.links, site=site, **data), status_code=status)
 
     site = Site(page=page, workers=workers, uploads=gallery is not None,
@@ -231,6 +247,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            *([Middleware(FollowBuild, gallery=gallery)] if gallery is not None else []),
             Middleware(SecurityHeaders),
             Middleware(HostAndOrigin, allowed=hosts, respond=refuse),
             Middleware(LoginRequired, login=login, respond=refuse,

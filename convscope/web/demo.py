@@ -2,8 +2,8 @@
 the same photos for the search pages, ready for the gallery.
 
 One recipe (:data:`RECIPE`) sized to finish in minutes on a laptop's CPU: seven stages from edges
-to objects, every photo also seen as 2x2 and 3x3 overlapping crops (so small patterns have
-their own examples), top 6 examples per unit with deconvnet and guided projections for the top
+to objects, every photo also seen as 2x2 and 3x3 overlapping crops while there are at most
+:data:`CROPS_UP_TO` photos (so small patterns have their own examples), top 6 examples per unit with deconvnet and guided projections for the top
 3, and feature visualizations for the first units of each layer. A stamp file beside the atlas
 records the recipe and the photos (path, size, modification time); the next run reuses the atlas
 while both are unchanged, resumes an interrupted build, and rebuilds otherwise. The index lives
@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +38,11 @@ RECIPE = {
     "crops": "1,2,3",
     "featvis": {"units": 8, "steps": 128, "size": 96},
 }
+#: The demo scans each photo as the recipe's 14 crops only while it has at most this many photos
+#: (its own 15 and a few of the user's): crops let a dozen photos fill each unit's top examples,
+#: but on 150 dev photos they cost 23 times the scan's time and filled 62% of bn1's top-9 slots
+#: (38% of bn2's) with another window of a photo already there (docs/atlas.md, *Crops*).
+CROPS_UP_TO = 50
 STAMP = "demo.json"
 #: The demo index's folder and stamp, inside the demo folder.
 INDEX_DIR = "index"
@@ -80,10 +86,11 @@ def ensure_demo_atlas(
     """Build the demo atlas in ``out`` (default :func:`default_dir`) over the sample photos and
     ``images``, or reuse it when it is up to date; returns its folder. Progress goes to stderr.
 
-    ``up_front=False`` (``convscope demo``, which serves the gallery next) builds the scan and
-    the patches only, for the gallery to compute each unit's projections and feature
-    visualization when its page is opened (:mod:`convscope.web.fill_pages`); such an atlas is
-    reused by a later serving run, and built again by an ``up_front`` one (``--no-serve``)."""
+    ``up_front=False`` (``convscope demo``, which serves the gallery meanwhile: :class:`DemoBuild`)
+    builds the scan only, publishing snapshots as it goes (``build(snapshots=True)``), for the
+    gallery to cut each unit's patches and compute its projections and feature visualization
+    when its page is opened (:mod:`convscope.web.fill_pages`); such an atlas is reused by a
+    later serving run, and built again by an ``up_front`` one (``--no-serve``)."""
     from ..atlas import DB_NAME, Atlas, build
     from ..errors import ConvscopeError
     from ..models import load_model
@@ -92,6 +99,8 @@ def ensure_demo_atlas(
     recipe = dict(recipe or RECIPE)
     out = Path(out) if out else default_dir()
     paths, listing = _photos(images)
+    if len(paths) > CROPS_UP_TO:  # whole photos: see CROPS_UP_TO
+        recipe["crops"] = "1"
     wanted = {"recipe": recipe, "photos": listing}
     stamp = _read_stamp(out)
     enough = stamp is not None and (stamp.get("up_front", True) or not up_front)
@@ -125,7 +134,7 @@ def ensure_demo_atlas(
         return build(
             model, paths, out, layers=recipe["layers"], top=recipe["top"], crops=recipe["crops"],
             project=recipe["project"] if up_front else 0, resume=resume, overwrite=overwrite, progress=True,
-            on_skip=lambda p, r: echo(f"skipped {p}: {r}"),
+            on_skip=lambda p, r: echo(f"skipped {p}: {r}"), snapshots=not up_front, patches=up_front,
         )
 
     with warnings.catch_warnings(record=True) as caught:
@@ -145,8 +154,8 @@ def ensure_demo_atlas(
         echo(f"scanned and projected in {time.time() - started:.0f} s")
         _featvis(model, atlas, recipe["featvis"], echo)
     else:
-        echo(f"scanned in {time.time() - started:.0f} s; each unit's projections and feature visualization are "
-             "computed when its page is first opened")
+        echo(f"scanned in {time.time() - started:.0f} s; each unit's patches, projections and feature visualization "
+             "are computed when its page is first opened")
     atlas.close()
     write_text_atomic(out / STAMP, json.dumps({**wanted, "complete": True, "up_front": up_front}, indent=1))
     if relu6:
@@ -233,6 +242,63 @@ def ensure_demo_index(
     write_text_atomic(demo_dir / INDEX_STAMP, json.dumps(wanted, indent=1))
     echo(f"demo index ready in {time.time() - started:.0f} s")
     return folder
+
+
+class DemoBuild:
+    """The demo's atlas, then its index, built on a thread while the gallery serves: the atlas
+    publishes snapshots (:func:`ensure_demo_atlas` with ``up_front=False``), so
+    :meth:`wait_servable` returns after its first batch of photos, not after the whole scan.
+    ``error``: the one line of a build that stopped (the gallery keeps its last snapshot);
+    ``index_dir``: the index once it is built.
+
+    >>> demo = DemoBuild(None, ["my_photos/"], echo=print)
+    >>> app = create_app(demo.wait_servable())  # within seconds; the pages grow as the scan goes on
+    """
+
+    def __init__(self, out: str | os.PathLike | None, images: Iterable[str | os.PathLike] = (), rebuild: bool = False,
+                 recipe: dict | None = None, echo: Callable[[str], None] = print):
+        self.out = Path(out) if out else default_dir()
+        self.error: str | None = None
+        self.index_dir: Path | None = None
+        self.atlas_done = threading.Event()
+        self._args = (list(images), rebuild, recipe, echo)
+        self.thread = threading.Thread(target=self._run, name="convscope-demo-build", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from ..errors import ConvscopeError
+
+        images, rebuild, recipe, echo = self._args
+        try:
+            ensure_demo_atlas(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe, up_front=False)
+            self.atlas_done.set()
+            self.index_dir = ensure_demo_index(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe)
+        except (ConvscopeError, ValueError, OSError) as exc:  # one line; the gallery keeps what it has
+            self.error = str(exc).splitlines()[0]
+            echo(f"the demo build stopped: {self.error}")
+        finally:
+            self.atlas_done.set()
+
+    def wait_servable(self, timeout: float | None = None) -> Path:
+        """The atlas folder, once the gallery can serve it: the finished atlas (reused or built),
+        or the first snapshot of this build. A build that stopped before either is its error."""
+        from ..atlas import Atlas
+        from ..atlas.store import SNAPSHOT_NAME
+        from ..errors import ConvscopeError
+        from ..stores import PARTIAL
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            done = self.atlas_done.wait(0.1)
+            if done or (self.out / PARTIAL / SNAPSHOT_NAME).is_file():
+                try:
+                    Atlas.open(self.out, building=True).close()
+                    return self.out
+                except ConvscopeError:
+                    if done:
+                        raise ConvscopeError(self.error or f"the demo atlas in {self.out} could not be built") from None
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the demo atlas in {self.out} was not ready in {timeout} s")
 
 
 def fill_settings(recipe: dict | None = None) -> dict:

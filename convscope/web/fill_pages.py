@@ -76,19 +76,26 @@ class FillPages:
         self.runs = 0  # fills that computed something (the tests count them)
 
     def routes(self) -> list[Route]:
-        return [Route("/api/layers/{layer}/units/{unit}/fill", self.endpoint, methods=["GET", "POST"])]
+        return [Route("/api/layers/{layer}/units/{unit}/fill", self.endpoint, methods=["GET", "POST"]),
+                Route("/api/layers/{layer}/fill", self.layer_endpoint, methods=["GET", "POST"])]
 
     # ------------------------------------------------------------------ the work, in the model thread's batch lane
 
-    def _fill(self, layer: str, unit: int) -> dict:
+    def _fill(self, layer: str, unit: int | None) -> dict:
         if self._filler is None:
             from ..atlas.fill import Filler
 
             self._filler = Filler(self.gallery.atlas, self.load_model(), self.featvis)
+        self._filler.atlas = self.gallery.atlas  # a building atlas's newest snapshot, or the finished one
+        if unit is None:  # a layer page's top patches
+            done = self._filler.fill_tops(layer, pause=self.site.workers.pause)
+            self.gallery.forget_layer(layer)
+            self.runs += bool(done["patches"])
+            return done
         done = self._filler.fill(layer, unit, on_projections=lambda: self.gallery.forget(layer, unit),
                                  pause=self.site.workers.pause)
         self.gallery.forget(layer, unit)
-        if done["projections"] or done["featvis"]:
+        if done["patches"] or done["projections"] or done["featvis"]:
             self.runs += 1
         return done
 
@@ -110,7 +117,7 @@ class FillPages:
         except ConvscopeError as exc:
             return {"status": "error", "error": str(exc).splitlines()[0]}
         except Exception as exc:  # noqa: BLE001 - a page waits for an answer, the log gets the rest
-            logger.exception("filling unit %s of %r failed", key[1], key[0])
+            logger.exception("filling unit %s of %r failed", "tops" if key[1] is None else key[1], key[0])
             return {"status": "error", "error": f"internal error ({type(exc).__name__}); the server log has the details"}
 
     def _queue(self) -> int:
@@ -125,7 +132,10 @@ class FillPages:
         files = {}
         if page["featvis"]:
             files["featvis"] = self.links.atlas_file(page["featvis"])
+        on_demand = self.gallery.atlas.patches_on_demand
         for ex in page["examples"]:
+            if ex["patch"] and on_demand:
+                files[f"{ex['rank']}:patch"] = self.links.atlas_file(ex["patch"])
             for m in page["methods"]:
                 if ex[m]:
                     files[f"{ex['rank']}:{m}"] = self.links.atlas_file(ex[m])
@@ -143,12 +153,29 @@ class FillPages:
         # one read of the unit's page, off the event loop (a poll may meet the model thread's write)
         page = await run_in_threadpool(self.gallery.unit, layer, unit)
         missing = self._missing(page)
+        answer = self._answer(request, key, missing["any"])
+        answer.update(layer=layer, unit=unit, missing=missing, queue=self._queue())
+        answer["files"] = self._files(page)  # those there so far: a page shows them as they come
+        return JSONResponse(answer, status_code=202 if answer["status"] in ("queued", "running") else 200)
+
+    async def layer_endpoint(self, request: Request):
+        """The top patches a layer page lacks (an atlas whose patches are cut on demand): POST
+        queues them like a unit (the layer page reloads when they are done), GET says how it stands."""
+        layer = request.path_params["layer"]
+        self.gallery.check_layer(layer)
+        page = await run_in_threadpool(self.gallery.layer, layer)
+        answer = self._answer(request, (layer, None), page["missing_tops"] > 0)
+        answer.update(layer=layer, missing_tops=page["missing_tops"], queue=self._queue())
+        return JSONResponse(answer, status_code=202 if answer["status"] in ("queued", "running") else 200)
+
+    def _answer(self, request: Request, key: tuple, lacking: bool) -> dict:
+        """How the fill of ``key`` stands; a POST queues it when something is ``lacking``."""
         state = self._state.get(key)
         if key == self._running:
             answer = {"status": "running"}
         elif key in self._waiting:
             answer = {"status": "queued", "place": list(self._waiting).index(key) + 1}
-        elif not missing["any"]:
+        elif not lacking:
             answer = {"status": "done"}
         elif state is not None and state["status"] == "error" and request.method == "GET":
             answer = dict(state)
@@ -163,9 +190,7 @@ class FillPages:
             answer = {"status": "queued", "place": len(self._waiting)}
             if self._runner is None:
                 self._runner = asyncio.ensure_future(self._run())
-        answer.update(layer=layer, unit=unit, missing=missing, queue=self._queue())
-        answer["files"] = self._files(page)  # those there so far: a page shows them as they come
-        return JSONResponse(answer, status_code=202 if answer["status"] in ("queued", "running") else 200)
+        return answer
 
 
 __all__ = ["FillPages", "MAX_QUEUE"]

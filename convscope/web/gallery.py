@@ -15,9 +15,10 @@ guided backprop as the picture and say why (``deconvnet``, ``methods``, ``projec
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
-from ..atlas.store import METHODS, unit_missing
+from ..atlas.store import DB_NAME, METHODS, PARTIAL, SNAPSHOT_NAME, Atlas, unit_missing
 from ..data import load_image
 from ..errors import ConvscopeError, unknown_name_error
 from .common import Memo, NotFound, confined_image
@@ -32,9 +33,54 @@ class Gallery:
     ``layers``, ``units(layer)``, ``examples(layer, unit)`` and ``path(relative)``.
     """
 
-    def __init__(self, atlas):
+    def __init__(self, atlas, folder: str | os.PathLike | None = None):
         self.atlas = atlas
         self._cached = Memo()  # page data and source sizes, by key
+        # an atlas still building: its folder, to follow the build's snapshots (refresh)
+        self._folder = Path(folder) if folder is not None and atlas.building is not None else None
+        self._seen = self._stamp()
+
+    def _stamp(self):
+        if self._folder is None:
+            return None
+        try:
+            st = (self._folder / PARTIAL / SNAPSHOT_NAME).stat()
+            snapshot = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            snapshot = None
+        return (self._folder / DB_NAME).exists(), snapshot
+
+    def refresh(self) -> bool:
+        """For an atlas still building, open its newest snapshot, or the finished atlas once it is
+        committed, and drop every cached page; True when it changed. A request that began on the
+        old one finishes on it (it stays open). Cheap when nothing changed: two ``stat`` calls."""
+        if self._folder is None:
+            return False
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        try:
+            atlas = Atlas.open(self._folder, building=True)
+        except ConvscopeError:  # between the commit and the snapshot's removal, say: next time
+            return False
+        self._seen = stamp
+        if atlas.building is None:
+            self._folder = None  # finished: it changes only by the fill from now on
+        self.atlas = atlas
+        for name in ("info", "layer_names", "_layer_meta"):
+            self.__dict__.pop(name, None)
+        self._cached = Memo()
+        return True
+
+    def building_line(self) -> str | None:
+        """One sentence on the build in progress for every page, or None for a finished atlas."""
+        b = self.atlas.building
+        if b is None:
+            return None
+        if b["phase"] == "scanning":
+            return (f"Building: {b['photos_done']:,} of {b['photos']:,} photos scanned (every layer at once). "
+                    "These are the top examples so far; pages fill in as the scan goes on.")
+        return f"Building: all {b['photos']:,} photos scanned; writing the atlas. These are its final top examples."
 
     @functools.cached_property
     def info(self) -> dict:
@@ -123,6 +169,10 @@ class Gallery:
         visualization were added to the atlas: :mod:`convscope.atlas.fill`)."""
         self._cached.forget(("units", layer), ("examples", layer, unit), ("layer", layer), ("names", layer), ("naming",), ("classes",))
 
+    def forget_layer(self, layer: str) -> None:
+        """Drop every cached page (after patches of many units of ``layer`` were cut)."""
+        self._cached = Memo()
+
     def names(self, layer: str) -> dict[int, dict]:
         """The units of ``layer`` by their name record (:meth:`Atlas.unit_names`), cached: a named
         one first, a taught concept's before WordNet's; empty for an atlas never named."""
@@ -181,12 +231,13 @@ class Gallery:
         """The atlas: model, preprocessing, how it was made, and its layers in network order."""
         info = self.info
         # shown elsewhere on the page, or internal detail (the histogram sketch's binning)
-        known = {"model", "preprocessing", "created", "images", "layers", "complete", "sketch", "format"}
+        known = {"model", "preprocessing", "created", "images", "layers", "complete", "building", "sketch", "format"}
         return {
             "model": info["model"],
             "preprocessing": info["preprocessing"],
             "created": info["created"],
             "complete": info["complete"],
+            "building": info.get("building"),
             "images": info["images"],
             "settings": {k: v for k, v in info.items() if k not in known and v is not None},
             "layers": [self.layer_summary(name) for name in self.layer_names],
@@ -222,6 +273,9 @@ class Gallery:
                 "prev": self.layer_names[i - 1] if i > 0 else None,
                 "next": self.layer_names[i + 1] if i + 1 < len(self.layer_names) else None,
                 "units": units,
+                "building": self.atlas.building,
+                # top patches still to cut (an atlas whose patches are cut on demand)
+                "missing_tops": sum(1 for x in units if not x["patch"]) if self.atlas.patches_on_demand else 0,
                 "computed": {
                     kind: sum(1 for x in units if x[kind])
                     for kind in ("patch", "deconvnet", "guided", "projection", "featvis")
@@ -259,7 +313,8 @@ class Gallery:
         hist = record["histogram"]
         view = self.projection_view(layer)
         # what the on-demand fill (convscope.atlas.fill) would add
-        missing = unit_missing(stored, record["featvis"], view["methods"])
+        missing = unit_missing(stored, record["featvis"], view["methods"], self.atlas.patches_on_demand,
+                               self.atlas.building is not None)
         return {
             "layer": self.layer_summary(layer),
             "unit": unit,
@@ -276,6 +331,7 @@ class Gallery:
             "name": self.names(layer).get(unit),
             "naming": self.naming(layer),
             "missing": missing,
+            "building": self.atlas.building,
             "examples": examples,
             "prev": unit - 1 if unit > 0 else None,
             "next": unit + 1 if unit + 1 < n else None,

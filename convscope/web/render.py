@@ -64,9 +64,12 @@ class Links:
     def example(self, layer: str, unit: int, rank: int) -> str:
         return self._page("layers", layer, "units", unit, "examples", rank)
 
-    def fill(self, layer: str, unit: int) -> str | None:
-        """The endpoint that computes a unit's missing pictures (None in an export)."""
-        return None if self.static else f"/api/layers/{segment(layer)}/units/{unit}/fill"
+    def fill(self, layer: str, unit: int | None = None) -> str | None:
+        """The endpoint that computes a unit's missing pictures, or (``unit`` None) the top
+        patches a layer page lacks (None in an export)."""
+        if self.static:
+            return None
+        return f"/api/layers/{segment(layer)}/fill" if unit is None else f"/api/layers/{segment(layer)}/units/{unit}/fill"
 
     def upload(self) -> str | None:
         return None if self.static else "/image"

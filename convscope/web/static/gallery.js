@@ -55,6 +55,22 @@
     fetch(fillUrl, { method: "POST", credentials: "same-origin" }).then(answer).then(step).catch(fail);
   }
 
+  // Layer page of an atlas whose patches are cut on demand: ask for the top patches, reload when cut.
+  var grid = document.getElementById("units");
+  var topsUrl = grid && grid.dataset.fillUrl;
+  if (topsUrl && window.fetch) {
+    var note = document.getElementById("tops-cutting");
+    var poll = function (r) {
+      return r.json().then(function (data) {
+        if (data.status === "done") { window.location.reload(); return; }
+        if (data.status === "error" || (!r.ok && data.error)) { if (note) note.textContent = "Top patches could not be cut: " + data.error; return; }
+        var again = data.status === "missing" ? { method: "POST", credentials: "same-origin" } : { credentials: "same-origin" };
+        setTimeout(function () { fetch(topsUrl, again).then(poll); }, 700);
+      });
+    };
+    fetch(topsUrl, { method: "POST", credentials: "same-origin" }).then(poll);
+  }
+
   // Arrow keys step like a slideshow: ← previous, → next, ↑ up one level.
   document.addEventListener("keydown", function (e) {
     if (e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;

@@ -1,0 +1,137 @@
+"""Time to the first picture (issue 24): seconds from starting ``convscope demo`` to its first
+page, and to a layer page of the first layer with every unit's top patch, against the time
+``convscope classify`` takes over the same photos; side by side in one run.
+
+For each size the demo runs as a new user starts it, as a subprocess, in a fresh folder:
+``convscope demo --out TMP --port P`` (its own 15 sample photos), or with ``--images DIR`` (DIR:
+links to N - 15 dev photos, one per ``500 // (N - 15)`` of the sorted 500, so N photos in all). The
+bench polls ``/api/atlas`` until it answers (the first page), then asks the first layer's top
+patches as its layer page does (``POST /api/layers/L/fill``) and polls until every unit of the
+layer has its patch. The demo is then stopped (the rest of its build is not timed: the pages
+already show the atlas growing). ``classify`` runs over the same photos (``--samples`` and DIR).
+
+    python bench/first_picture.py                    # 15 and 370 photos
+    python bench/first_picture.py --sizes 15         # the demo's own photos only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV = ROOT.parents[1] / "shared/data/imagenet-samples"
+SAMPLES = 15
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "CONVSCOPE_PROGRESS": "0"}
+
+
+def dev_folder(tmp: Path, n: int) -> Path | None:
+    """A folder of links to ``n`` dev photos, one per ``len // n`` of them sorted, or None for none."""
+    if n <= 0:
+        return None
+    photos = sorted(p for p in DEV.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    chosen = photos[:: max(1, len(photos) // n)][:n]
+    folder = tmp / f"dev{n}"
+    folder.mkdir()
+    for p in chosen:
+        (folder / p.name).symlink_to(p)
+    return folder
+
+
+def time_demo(tmp: Path, images: Path | None, timeout: float) -> dict:
+    port = free_port()
+    out = tmp / f"demo-{port}"
+    cmd = [sys.executable, "-m", "convscope", "demo", "--out", str(out), "--port", str(port)]
+    if images is not None:
+        cmd += ["--images", str(images)]
+    log = open(tmp / f"demo-{port}.log", "w")
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    result: dict = {"command": " ".join(cmd[1:])}
+    try:
+        with httpx.Client(base_url=url, timeout=30, headers={"Origin": url}) as http:
+            info = None
+            while time.monotonic() - started < timeout and proc.poll() is None:
+                try:
+                    r = http.get("/api/atlas")
+                    if r.status_code == 200:
+                        info = r.json()
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            if info is None:
+                raise RuntimeError(f"no page in {timeout} s; see {log.name}")
+            result["first_page_s"] = round(time.monotonic() - started, 1)
+            result["first_page_building"] = info["building"]
+            layer = info["layers"][0]["name"]
+            while time.monotonic() - started < timeout:
+                page = http.get(f"/api/layers/{layer}").json()
+                if page["units"] and all(u["patch"] for u in page["units"]):
+                    break
+                if page["missing_tops"]:
+                    http.post(f"/api/layers/{layer}/fill")
+                time.sleep(0.3)
+            else:
+                raise RuntimeError(f"no top patches of {layer} in {timeout} s; see {log.name}")
+            result["first_layer_patches_s"] = round(time.monotonic() - started, 1)
+            result["first_layer"] = layer
+            result["units"] = len(page["units"])
+            result["building_then"] = page["building"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    return result
+
+
+def time_classify(images: Path | None) -> float:
+    cmd = [sys.executable, "-m", "convscope", "classify", "--samples", "--json"] + ([str(images)] if images else [])
+    t = time.monotonic()
+    subprocess.run(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return round(time.monotonic() - t, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="15,370", help="photos in all (the 15 sample photos included)")
+    ap.add_argument("--timeout", type=float, default=900)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="convscope-first-picture-") as tmp:
+        for n in (int(v) for v in args.sizes.split(",")):
+            images = dev_folder(Path(tmp), n - SAMPLES)
+            row = {"photos": n, **time_demo(Path(tmp), images, args.timeout), "classify_s": time_classify(images)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("| photos | first page | first layer's top patches | classify the same photos |")
+    print("| ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['photos']} | {r['first_page_s']} s | {r['first_layer_patches_s']} s | {r['classify_s']} s |")
+
+
+if __name__ == "__main__":
+    main()
