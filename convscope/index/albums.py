@@ -60,10 +60,12 @@ _NAMES = tuple(name for name, _words in ALBUMS)
 
 
 def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_distance: float = 0.5,
-           min_size: int = 2, progress: bool | None = None) -> list[dict]:
+           min_size: int = 2, loose: float | None = LOOSE_CONFIDENCE, progress: bool | None = None) -> list[dict]:
     """Albums ``[{"album", "kind", "paths", "covers", "why"}, ...]``, sorted by name, concept
     albums last (module docstring: which file goes where). ``paths`` in index order; ``kind``
-    one of "category", "concept", "look-alike", "place", "time", "other".
+    one of "category", "concept", "look-alike", "place", "time", "other". ``loose``: the mass
+    of step 4 (None: no step 4); ``min_size``: the fewest files of a look-alike, place or time
+    album.
 
     >>> albums(store)[0]
     {'album': 'animals > cats', 'kind': 'category', 'paths': [...], 'covers': [...], 'why': '...'}
@@ -73,6 +75,8 @@ def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_d
     if not 0 <= cluster_distance <= 2:
         raise ArgumentError(f"`cluster_distance` is a cosine distance between 0 and 2, got {cluster_distance!r}",
                             param="cluster_distance")
+    if loose is not None and not 0 <= loose <= 1:
+        raise ArgumentError(f"`loose` is a probability between 0 and 1, got {loose!r}", param="loose")
     if min_size < 2:
         raise ArgumentError(f"`min_size` is at least 2 files, got {min_size!r}", param="min_size")
     rows = store.query("SELECT id, first_row, rows FROM files ORDER BY id")
@@ -113,12 +117,12 @@ def albums(store: IndexStore, *, confidence: float = ALBUM_CONFIDENCE, cluster_d
             put(name, "look-alike", i)
         left[members] = False
     # a category on weaker evidence
-    if len(store.labels) == 1000 and mass.shape[1] > 1:
+    if loose is not None and len(store.labels) == 1000:
         second = np.sort(mass, axis=1)[:, -2]
-        loose = left & (best_mass >= LOOSE_CONFIDENCE) & (best_mass >= LOOSE_MARGIN * second)
-        for i in np.flatnonzero(loose).tolist():
+        leaning = left & (best_mass >= loose) & (best_mass >= LOOSE_MARGIN * second)
+        for i in np.flatnonzero(leaning).tolist():
             put(_NAMES[best[i]], "category", i, float(best_mass[i]))
-        left &= ~loose
+        left &= ~leaning
     # places, then times
     for kind, keys in (("place", _places), ("time", _times)):
         for name, members in keys(store, ids, np.flatnonzero(left), min_size).items():
