@@ -46,7 +46,8 @@ def synthetic_index(out: Path, n: int, *, dim: int = 64, units: int = 4, seed: i
     k = b.TOP_CLASSES
     for a in range(0, n, block):
         m = min(block, n - a)
-        top_class = np.stack([rng.choice(1000, k, replace=False) for _ in range(m)]).astype(np.int16)
+        # k distinct classes a row: a random start plus the block's k distinct offsets
+        top_class = ((rng.integers(0, 1000, (m, 1)) + rng.choice(1000, k, replace=False)) % 1000).astype(np.int16)
         rest = rng.dirichlet(np.ones(k - 1), m) * (1 - lead)
         top_prob = np.concatenate([np.full((m, 1), lead), -np.sort(-rest, axis=1)], axis=1).astype(np.float16)
         emb = rng.standard_normal((m, dim)).astype(np.float32)
