@@ -3,6 +3,7 @@ outlier first by name is not one), places and times take what no category holds,
 a store too large for all pairs finish with bounded memory."""
 from __future__ import annotations
 
+import re
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -124,3 +125,28 @@ def test_albums_of_a_store_too_large_for_all_pairs_finish_with_bounded_memory(tm
         assert album_of  # (every path has its album)
     finally:
         store.close()
+
+
+def test_the_albums_pages_show_covers_first_with_why(library, tmp_path):
+    from starlette.testclient import TestClient
+
+    from convscope.web import create_app
+    from tests.test_web_search import search_model
+
+    placed = with_places(library / "index", tmp_path / "placed")
+    with TestClient(create_app(index=placed, model=search_model()), headers={"Origin": "http://testserver"}) as client:
+        listed = client.get("/api/albums").json()
+        assert sum(a["count"] for a in listed["albums"] if a["kind"] != "concept") == listed["files"] == 8
+        for a in listed["albums"]:
+            assert [f["path"] for f in a["files"]] == a["covers"][:4] and a["why"]
+        lyon = max(listed["albums"], key=lambda a: a["count"])
+        assert lyon["count"] >= 2
+        one = client.get("/api" + lyon["url"]).json()
+        assert one["covers"] == lyon["covers"] and set(one["paths"]) == {f["path"] for f in one["files"]}
+        page = client.get(lyon["url"]).text
+        assert f"Covers: {lyon['why']}." in page.replace("&#39;", "'")
+        import markupsafe
+
+        cards = re.split('class="card[ "]', page)[1:]
+        names = [str(markupsafe.escape(f["name"])) for f in lyon["files"]]  # the covers' cards
+        assert [next(k for k, c in enumerate(cards) if name in c) for name in names] == list(range(len(names)))
