@@ -56,6 +56,7 @@ COVERS = 4
 AGGLOMERATIVE_LIMIT = 5000
 LEAF = 1000
 _CHUNK = 65536  # entries (or files) read at once
+_VECTORS = 8192  # embeddings read at once (float32: 40 MB at 1,280 dimensions)
 _NAMES = tuple(name for name, _words in ALBUMS)
 
 
@@ -205,9 +206,12 @@ def _concepts(store: IndexStore, ids: np.ndarray) -> tuple[list[dict], np.ndarra
 
 def _vectors(store: IndexStore, first: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Unit vectors (float32) of these files: a photo's embedding, a video's mean frame embedding."""
+    single = count == 1
     out = np.empty((len(first), store.embedding.shape[1]), np.float32)
-    for k, (f, n) in enumerate(zip(first.tolist(), count.tolist())):
-        out[k] = np.asarray(store.embedding[f:f + n], np.float32).mean(0)
+    if single.any():  # photos: one read of their rows
+        out[single] = store.embedding[first[single]]
+    for k in np.flatnonzero(~single).tolist():
+        out[k] = np.asarray(store.embedding[first[k]:first[k] + count[k]], np.float32).mean(0)
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
 
@@ -245,10 +249,10 @@ def _leaves(store: IndexStore, first: np.ndarray, count: np.ndarray, seed: int =
 
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(first), min(len(first), 8192), replace=False))
-    pca = PCA(n_components=min(64, store.embedding.shape[1]), random_state=seed).fit(_vectors(store, first[sample], count[sample]))
+    pca = PCA(n_components=min(64, store.embedding.shape[1]), svd_solver="randomized", random_state=seed).fit(_vectors(store, first[sample], count[sample]))
     reduced = np.empty((len(first), pca.n_components_), np.float32)
-    for a in range(0, len(first), _CHUNK):
-        reduced[a:a + _CHUNK] = pca.transform(_vectors(store, first[a:a + _CHUNK], count[a:a + _CHUNK]))
+    for a in range(0, len(first), _VECTORS):
+        reduced[a:a + _VECTORS] = pca.transform(_vectors(store, first[a:a + _VECTORS], count[a:a + _VECTORS]))
     leaves, todo = [], [np.arange(len(first))]
     while todo:
         part = todo.pop()
@@ -322,14 +326,13 @@ def _two_levels(values: dict[int, tuple], min_size: int, fine, coarse) -> dict[s
 
 def _finish(store, ids, first, count, albums_: dict, concept_albums: list) -> list[dict]:
     """The album records: paths, covers and why."""
-    paths: dict[int, str] = {}
+    paths: list[str] = []  # by position: the files in id order, as ``ids``
     last = -1
     while True:
         rows = store.query(f"SELECT id, path FROM files WHERE id > ? ORDER BY id LIMIT {_CHUNK}", [last])
         if not rows:
             break
-        for r in rows:
-            paths[int(np.searchsorted(ids, r[0]))] = read_path(r[1])
+        paths.extend(read_path(r[1]) for r in rows)
         last = rows[-1][0]
     out = []
     for name, album in [*sorted(albums_.items()), *concept_albums]:
@@ -351,13 +354,13 @@ def _typical(store, first, count, members: list[int]) -> tuple[list[int], str]:
     """The members nearest the album's mean embedding, read a chunk at a time, and why."""
     sel = np.asarray(members, np.int64)
     mean = np.zeros(store.embedding.shape[1], np.float64)
-    for a in range(0, len(sel), _CHUNK):
-        mean += _vectors(store, first[sel[a:a + _CHUNK]], count[sel[a:a + _CHUNK]]).sum(0)
+    for a in range(0, len(sel), _VECTORS):
+        mean += _vectors(store, first[sel[a:a + _VECTORS]], count[sel[a:a + _VECTORS]]).sum(0)
     mean /= max(float(np.linalg.norm(mean)), 1e-12)
     best: list[tuple[float, int]] = []
-    for a in range(0, len(sel), _CHUNK):
-        cos = _vectors(store, first[sel[a:a + _CHUNK]], count[sel[a:a + _CHUNK]]) @ mean.astype(np.float32)
-        for s, i in zip(cos.tolist(), sel[a:a + _CHUNK].tolist()):
+    for a in range(0, len(sel), _VECTORS):
+        cos = _vectors(store, first[sel[a:a + _VECTORS]], count[sel[a:a + _VECTORS]]) @ mean.astype(np.float32)
+        for s, i in zip(cos.tolist(), sel[a:a + _VECTORS].tolist()):
             item = (s, -i)
             if len(best) < COVERS:
                 heapq.heappush(best, item)
