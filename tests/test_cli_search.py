@@ -145,11 +145,12 @@ def test_organize_puts_every_file_in_one_album(real):
     res = run("organize", real, "--json")
     assert res.exit_code == 0, res.output
     albums = records(res)
-    assert all(set(a) == {"album", "paths"} for a in albums)
+    assert all(set(a) == {"album", "kind", "paths", "covers", "why"} for a in albums)  # (the covers, with why: issue 23)
     paths = [p for a in albums for p in a["paths"]]
     assert len(paths) == len(set(paths)) == 7
     cats = next(a for a in albums if a["album"] == "animals > cats")
     assert "chelsea.png" in names(cats["paths"])
+    assert cats["kind"] == "category" and set(cats["covers"]) <= set(cats["paths"])
 
 
 # --------------------------------------------------------------------------- training

@@ -268,11 +268,15 @@ def duplicates(index_dir, as_json):
 
 @click.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help='One JSON record per album: {"album": str, "paths": [...]}.')
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON record per album: {"album", "kind", "paths", "covers", "why"}.')
 def organize(index_dir, as_json):
     """Albums of an index's files: by WordNet category at a readable depth ("animals > dogs",
-    "food", "vehicles > cars"), and by clusters of the embeddings for what no category names
-    ("similar: <its most common class>"); the rest in "other". Every file is in one album.
+    "food", "vehicles > cars"); what no category holds, by taught concept ("concept: NAME"), by
+    clusters of the embeddings ("similar: <its most common class>"), by place ("places >
+    France > Lyon") or by the month it was taken ("times > 2015 > May"); the rest in "other".
+    Every file is in one album (a concept's album also lists the files of others it holds);
+    each album opens with its covers, its most typical files.
 
     \b
     Example:
@@ -286,8 +290,9 @@ def organize(index_dir, as_json):
         albums = idx.albums()
     for album in albums:
         if as_json:
-            emit({"album": album["album"], "paths": album["paths"]})
+            emit({key: album[key] for key in ("album", "kind", "paths", "covers", "why")})
             continue
-        click.echo(f"{album['album']} ({len(album['paths'])})")
-        for path in album["paths"]:
+        click.echo(f"{album['album']} ({len(album['paths'])}, {album['kind']}; covers: {album['why']})")
+        covers = set(album["covers"])
+        for path in [*album["covers"], *(p for p in album["paths"] if p not in covers)]:
             click.echo(f"  {printable_path(path)}")

@@ -149,7 +149,7 @@ class Index(IndexStore):
         return organize.duplicates(self, threshold=threshold, progress=progress, on_note=on_note)
 
     def albums(self, *, confidence: float = organize.ALBUM_CONFIDENCE) -> list[dict]:
-        """Albums ``[{"album": str, "paths": [...]}]`` (:func:`convscope.index.organize.albums`)."""
+        """Albums ``[{"album", "kind", "paths", "covers", "why"}]`` (:func:`convscope.index.albums.albums`)."""
         return organize.albums(self, confidence=confidence)
 
     def places(self) -> list[browse.Node]:

@@ -1,6 +1,6 @@
 """Albums: a readable WordNet category for each ImageNet class ("animals > dogs", "food").
 
-The one album taxonomy of convscope (the index's albums, :func:`convscope.index.organize.albums`,
+The one album taxonomy of convscope (the index's albums, :func:`convscope.index.albums.albums`,
 file photos under it). :data:`ALBUMS` is 24 categories, each a name and the query words whose
 classes it holds (read as a keyword search reads them, :meth:`Vocabulary.classes_for`), most
 specific first: a class goes to the first album whose words hold it ("animals > dogs" before

@@ -391,9 +391,10 @@ class Finder:
         return self._cached("duplicates", build)
 
     def albums(self) -> dict:
-        """Albums (:meth:`convscope.index.Index.albums`): name, size, and a few files each."""
+        """Albums (:meth:`convscope.index.Index.albums`): name, kind, size, and their covers (the
+        most typical files, with why)."""
         full = self._albums()
-        albums = [{**a, "files": a["files"][:ALBUM_PREVIEW]} for a in full]
+        albums = [{**a, "files": a["cover_files"][:ALBUM_PREVIEW]} for a in full]
         return {"albums": albums, "files": len(self._by_path())}
 
     def album(self, name: str) -> dict:
@@ -409,8 +410,10 @@ class Finder:
     def _albums(self) -> list[dict]:
         def build():
             by_path = self._by_path()
-            return [{"album": a["album"], "count": len(a["paths"]), "url": self.links.album(a["album"]),
-                     "paths": a["paths"], "files": [self._file_card(by_path[p]) for p in a["paths"]]}
+            return [{"album": a["album"], "kind": a["kind"], "count": len(a["paths"]), "url": self.links.album(a["album"]),
+                     "paths": a["paths"], "covers": a["covers"], "why": a["why"],
+                     "cover_files": [self._file_card(by_path[p]) for p in a["covers"]],
+                     "files": [self._file_card(by_path[p]) for p in a["paths"]]}
                     for a in self.index.albums()]
 
         return self._cached("albums", build)
