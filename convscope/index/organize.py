@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-from collections import defaultdict
 
 import numpy as np
 
