@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 
-import numpy as np
 
 from ..errors import ArgumentError
 from ..vocab.albums import album_for  # noqa: F401 (re-exported)
@@ -23,19 +22,6 @@ from .store import IndexStore
 
 #: Cosine of the embeddings of every pair of a ``similar`` group (:mod:`.duplicates`).
 DUPLICATE_COSINE = SIMILAR_COSINE
-
-
-def file_vectors(store: IndexStore) -> tuple[list[int], np.ndarray]:
-    """File ids and one unit vector per file (float32, (F, D)): a photo's embedding, a video's
-    normalized mean frame embedding."""
-    files = store.files()
-    ids = list(files)
-    vectors = np.zeros((len(ids), store.embedding.shape[1]), np.float32)
-    for i, fid in enumerate(ids):
-        f = files[fid]
-        v = np.asarray(store.embedding[f["first_row"]:f["first_row"] + f["rows"]], np.float32).mean(0)
-        vectors[i] = v / max(float(np.linalg.norm(v)), 1e-12)
-    return ids, vectors
 
 
 def duplicates(store: IndexStore, *, threshold: float = DUPLICATE_COSINE, exact: bool | None = None,
