@@ -329,3 +329,28 @@ def test_a_taught_concept_is_a_word_that_hides_its_namesake(built, tmp_path):
         assert names(index.search("cat sydney")) == ["coffee"] and index.search("cat lyon") == []
         assert sorted(names(index.search("cat, lyon"))) == ["chelsea", "coffee"]
         assert names(index.search("domestic cat"))[:1] == ["chelsea"]  # the other words are as they were
+
+
+def test_a_live_photo_is_one_result(tmp_path, model):
+    """An iPhone Live Photo (IMG_1.HEIC beside IMG_1.MOV; here a JPEG and an MP4 of the same
+    name) is one moment: one result, which names both files."""
+    import av
+
+    folder = tmp_path / "live"
+    folder.mkdir()
+    cat = Image.fromarray(skimage.data.chelsea()).convert("RGB")
+    cat.save(folder / "IMG_1.jpg")
+    with av.open(str(folder / "IMG_1.mp4"), "w") as out:
+        stream = out.add_stream("mpeg4", rate=2)
+        stream.width, stream.height, stream.pix_fmt = 448, 300, "yuv420p"
+        for _ in range(3):
+            frame = av.VideoFrame.from_image(cat.resize((448, 300)))
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    index = Index.build(model, [folder], tmp_path / "index", workers=0, progress=False)
+    hits = index.search("cat")
+    assert len(hits) == 1 and hits[0].moment["kind"] == "live"
+    assert sorted(Path(f).name for f in hits[0].to_json()["moment"]["files"]) == ["IMG_1.jpg", "IMG_1.mp4"]
+    index.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from pathlib import Path
 from typing import Callable, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -62,6 +63,7 @@ class Result:
     date: float | None = None
     position: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
+    moment: dict | None = None
 
     def to_json(self) -> dict:
         """The JSON record: ``{"path", "time", "score", "why"}``, plus ``"end"`` for a video segment
@@ -71,6 +73,8 @@ class Result:
             out["end"] = self.end
         if self.box is not None:
             out["box"] = list(self.box)
+        if self.moment is not None:
+            out["moment"] = self.moment
         return out
 
 
@@ -193,7 +197,29 @@ def search(store: IndexStore, query: str, *, top: int = 20, min_score: float = M
         error = plan.nothing_found(store)
         if error is not None:
             raise error
-    return results
+    return one_per_moment(results)
+
+
+def one_per_moment(results: list[Result]) -> list[Result]:
+    """The results with the files of one moment (a Live Photo's still and its video, a RAW
+    file and its JPEG: same folder, same name; :func:`.moments.moments`) as one: the best
+    ranked, with ``moment`` ``{"kind", "files"}`` naming the others."""
+    from .moments import moments
+
+    grouped = [m for m in moments([r.path for r in results], read=None) if len(m.files) > 1]
+    if not grouped:
+        return results
+    of = {str(f): m for m in grouped for f in m.files}
+    out, seen = [], set()
+    for r in results:
+        m = of.get(str(Path(r.path)))
+        if m is None:
+            out.append(r)
+        elif id(m) not in seen:
+            seen.add(id(m))
+            r.moment = {"kind": m.kind, "files": [str(f) for f in m.files]}
+            out.append(r)
+    return out
 
 
 # --------------------------------------------------------------------------- like
