@@ -508,11 +508,7 @@ def remove_example(index, name: str, example: str) -> Concept:
     with writer_lock(index.root, kind="index"):
         conn = _writable(index)
         try:
-            held = _read(conn)
-            old = next((c for c in held if c.key == normalize(name)), None)
-            if old is None:
-                raise unknown_name_error("concept", name, [c.name for c in held],
-                                         hint="`convscope concepts INDEX` lists them.")
+            old = _held(conn, name)
             full = os.path.normpath(os.path.abspath(example))
             gone = {id(e) for e in old.examples if example in (e.sha256, e.path) or e.path == full}
             if not gone:
@@ -527,6 +523,15 @@ def remove_example(index, name: str, example: str) -> Concept:
     return concept
 
 
+def _held(conn: sqlite3.Connection, name: str) -> Concept:
+    """The concept ``name`` the database holds; one line with the close matches if none."""
+    held = _read(conn)
+    found = next((c for c in held if c.key == normalize(name)), None)
+    if found is None:
+        raise unknown_name_error("concept", name, [c.name for c in held], hint="`convscope concepts INDEX` lists them.")
+    return found
+
+
 def forget(index, name: str) -> Concept:
     """Remove the concept ``name`` from ``index`` (one transaction under the writer lock);
     returns what it held. An unknown name raises one line with the close matches."""
@@ -534,11 +539,7 @@ def forget(index, name: str) -> Concept:
     with writer_lock(index.root, kind="index"):
         conn = _writable(index)
         try:
-            held = _read(conn)
-            old = next((c for c in held if c.key == normalize(name)), None)
-            if old is None:
-                raise unknown_name_error("concept", name, [c.name for c in held],
-                                         hint="`convscope concepts INDEX` lists them.")
+            old = _held(conn, name)
             with conn:
                 conn.execute("DELETE FROM concept_examples WHERE key = ?", (old.key,))
                 conn.execute("DELETE FROM concepts WHERE key = ?", (old.key,))
