@@ -354,3 +354,21 @@ def test_a_live_photo_is_one_result(tmp_path, model):
     assert len(hits) == 1 and hits[0].moment["kind"] == "live"
     assert sorted(Path(f).name for f in hits[0].to_json()["moment"]["files"]) == ["IMG_1.jpg", "IMG_1.mp4"]
     index.close()
+
+
+def test_the_demo_serves_search_before_its_index_exists_then_the_index(built, tmp_path):
+    """`convscope demo` serves while it builds: its search pages start on an empty index and
+    take up the real one once it is built (`reopen_index`), without a restart."""
+    from starlette.testclient import TestClient
+
+    from convscope.web import create_app
+    from convscope.web.app import reopen_index
+    from convscope.web.demo import empty_index
+
+    app = create_app(index=empty_index(tmp_path))
+    with TestClient(app) as client:
+        assert client.get("/api/search", params={"q": "cat"}).json()["count"] == 0
+        reopen_index(app, built.root)
+        found = client.get("/api/search", params={"q": "cat lyon"}).json()
+        assert [Path(r["path"]).stem for r in found["results"]] == ["chelsea"]
+        assert client.get("/places").status_code == 200 and client.get("/concepts").status_code == 200

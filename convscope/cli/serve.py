@@ -215,6 +215,7 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
                    f"`convscope serve {atlas_dir} --index {index_dir}`", err=True)
         return
     from ..web import create_app
+    from ..web.app import reopen_index
     from ..index.store import DB_NAME as INDEX_DB
     from ..stores import state
 
@@ -223,9 +224,11 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
     building = recipes.DemoBuild(out, images, rebuild=rebuild, recipe=recipe, echo=echo)
     atlas_dir = building.wait_servable()
     index_dir = atlas_dir / recipes.INDEX_DIR
-    if not state(index_dir, INDEX_DB).committed:  # built after the atlas: search comes with the next start
-        echo("the search box comes once the index is built: start `convscope demo` again then")
-        index_dir = None
+    if not state(index_dir, INDEX_DB).committed:  # built after the atlas: search answers from then on
+        echo("search finds the photos once their index is built, after the atlas")
+        index_dir = recipes.empty_index(out, recipe)
     echo(f"the gallery is open at http://{host}:{port}/ (the atlas grows while the build runs)")
-    _run_server(create_app(atlas_dir, index=index_dir, pages=page_groups(None),
-                           allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret), host, port)
+    app = create_app(atlas_dir, index=index_dir, pages=page_groups(None),
+                     allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret)
+    building.when_indexed(lambda folder: reopen_index(app, folder))
+    _run_server(app, host, port)

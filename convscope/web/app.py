@@ -198,7 +198,7 @@ def create_app(
     groups = [make(site) for make in makers + pages]
     if watch is not None and index is None:
         raise ValueError("watch keeps an index up to date: give the index (index=)")
-    follower = _Follower([g for g in groups if isinstance(g, (SearchPages, BrowsePages))], watch,
+    follower = _Follower([g for g in groups if isinstance(g, (SearchPages, BrowsePages, ConceptPages))], watch,
                          on_note or logger.info) if watch is not None else None
     for group in groups:
         site.nav.extend(group.nav)
@@ -266,6 +266,17 @@ def create_app(
     app.state.login = login
     app.state.follower = follower
     return app
+
+
+def reopen_index(app, folder: str | os.PathLike) -> None:
+    """Serve the index in ``folder`` (a newer version, or the one a build just finished) on every
+    page of ``app`` that searches one, from now on."""
+    from ..index import Index
+
+    index = Index.open(folder)
+    for group in app.state.groups:
+        if isinstance(group, (SearchPages, BrowsePages, ConceptPages)):
+            group.reopen(index)
 
 
 class _Follower:

@@ -92,6 +92,10 @@ class ConceptPages:
             "concept why picture": "/concepts/{name}/why/{entry}.jpg",
         }
 
+    def reopen(self, index) -> None:
+        """Serve ``index``, a newer version of this one, from now on (see :meth:`SearchPages.reopen`)."""
+        self.index, self.finder = index, Finder(index, lambda: None, self.site.links)
+
     def routes(self) -> list[Route]:
         return [
             Route("/concepts", self.list_page),

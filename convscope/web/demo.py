@@ -183,6 +183,26 @@ def _index_inputs(images: Iterable[str | os.PathLike]) -> tuple[list[str], list[
     return inputs, listing
 
 
+def empty_index(out: str | os.PathLike | None = None, recipe: dict | None = None) -> Path:
+    """An index of no photo, with the recipe's model (``out/index-empty``): what the search
+    pages serve, finding nothing, until the demo's own index is built."""
+    from ..index import Index
+    from ..index.store import DB_NAME
+    from ..models import load_model
+    from ..stores import state
+
+    recipe = dict(recipe or RECIPE)
+    folder = (Path(out) if out else default_dir()) / "index-empty"
+    if state(folder, DB_NAME).committed:
+        with Index.open(folder) as old:
+            if old.meta["model"]["spec"] == recipe["model"]:
+                return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    model = load_model(recipe["model"], device="cpu", pretrained=recipe.get("pretrained", True))
+    Index.build(model, [], folder, progress=False, text=False).close()
+    return folder
+
+
 def ensure_demo_index(
     out: str | os.PathLike | None = None,
     images: Iterable[str | os.PathLike] = (),
@@ -261,6 +281,8 @@ class DemoBuild:
         self.error: str | None = None
         self.index_dir: Path | None = None
         self.atlas_done = threading.Event()
+        self._indexed: Callable[[Path], None] | None = None
+        self._lock = threading.Lock()
         self._args = (list(images), rebuild, recipe, echo)
         self.thread = threading.Thread(target=self._run, name="convscope-demo-build", daemon=True)
         self.thread.start()
@@ -272,12 +294,23 @@ class DemoBuild:
         try:
             ensure_demo_atlas(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe, up_front=False)
             self.atlas_done.set()
-            self.index_dir = ensure_demo_index(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe)
+            folder = ensure_demo_index(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe)
+            with self._lock:
+                self.index_dir, then = folder, self._indexed
+            if then is not None:
+                then(folder)
         except (ConvscopeError, ValueError, OSError) as exc:  # one line; the gallery keeps what it has
             self.error = str(exc).splitlines()[0]
             echo(f"the demo build stopped: {self.error}")
         finally:
             self.atlas_done.set()
+
+    def when_indexed(self, then: Callable[[Path], None]) -> None:
+        """Call ``then(index_dir)`` once the index is built (now, if it is already)."""
+        with self._lock:
+            done, self._indexed = self.index_dir, then
+        if done is not None:
+            then(done)
 
     def wait_servable(self, timeout: float | None = None) -> Path:
         """The atlas folder, once the gallery can serve it: the finished atlas (reused or built),
