@@ -338,7 +338,7 @@ def _read(conn: sqlite3.Connection) -> list[Concept]:
         return []
     examples: dict[str, list[Example]] = {}
     for key, kind, path, sha, vector, added in conn.execute(
-            "SELECT key, kind, path, sha256, vector, added FROM concept_examples ORDER BY key, added, path"):
+            "SELECT key, kind, path, sha256, vector, added FROM concept_examples ORDER BY key, added, rowid"):
         examples.setdefault(key, []).append(Example(read_path(path), sha, kind, np.frombuffer(vector, np.float32), added))
     out = []
     for key, name, taught, _features, weights, bias, threshold, separation, background, _model in conn.execute(

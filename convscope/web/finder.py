@@ -393,8 +393,9 @@ class Finder:
     def albums(self) -> dict:
         """Albums (:meth:`convscope.index.Index.albums`): name, kind, size, and their covers (the
         most typical files, with why)."""
-        full = self._albums()
-        albums = [{**a, "files": a["cover_files"][:ALBUM_PREVIEW]} for a in full]
+        full = self._albums()  # a preview: the covers first, then the album's other files
+        albums = [{**a, "files": (a["cover_files"] + [f for f in a["files"] if f["path"] not in a["covers"]])[:ALBUM_PREVIEW]}
+                  for a in full]
         return {"albums": albums, "files": len(self._by_path())}
 
     def album(self, name: str) -> dict:
