@@ -42,7 +42,7 @@ from ..errors import ArgumentError
 from ..progress import Bar
 from ..vocab.albums import ALBUMS, album_for
 from . import concepts
-from .browse import MONTHS, _TAKEN_OK, columns
+from .browse import MONTHS, _TAKEN_OK
 from .store import IndexStore, read_path
 
 #: Probability mass of a category's classes above which a file goes to that category's album.
@@ -273,7 +273,7 @@ def _leaves(store: IndexStore, first: np.ndarray, count: np.ndarray, seed: int =
 
 def _places(store: IndexStore, ids: np.ndarray, left: np.ndarray, min_size: int) -> dict[str, list[int]]:
     """Place albums of the ``left`` files: by city where one holds ``min_size``, else by country."""
-    if not {"city", "country"} <= columns(store) or not len(left):
+    if not {"city", "country"} <= store.file_columns or not len(left):
         return {}
     found = _column_values(store, ids, left, "country, city", "country IS NOT NULL")
     return _two_levels({i: (v[0], v[1]) for i, v in found.items()}, min_size,

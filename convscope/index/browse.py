@@ -69,14 +69,9 @@ class FilePage:
     offset: int
 
 
-def columns(store) -> set[str]:
-    """The columns of the index's ``files`` table."""
-    return {r["name"] for r in store.query("PRAGMA table_info(files)")}
-
-
 def has_places(store) -> bool:
     """Whether the index has the place columns at all (an index built before them has not)."""
-    return set(PLACE_COLUMNS) <= columns(store)
+    return set(PLACE_COLUMNS) <= store.file_columns
 
 
 # --------------------------------------------------------------------------- places
@@ -177,7 +172,7 @@ def period_files(store, year: int, month: int | None = None, *, offset: int = 0,
 
 
 def _page(store, where: str, args: list, offset: int, limit: int) -> FilePage:
-    have = columns(store)
+    have = store.file_columns
     extra = ", ".join(c if c in have else f"NULL AS {c}" for c in EXTRA_COLUMNS)
     total = store.query(f"SELECT COUNT(*) AS n FROM files WHERE {where}", args)[0]["n"]
     rows = store.query(f"SELECT id, path, kind, size, mtime_ns, taken, width, height, duration, first_row, rows, {extra}, "
@@ -192,5 +187,5 @@ def _page(store, where: str, args: list, offset: int, limit: int) -> FilePage:
     return FilePage(files, int(total), int(offset))
 
 
-__all__ = ["EXTRA_COLUMNS", "FilePage", "MONTHS", "Node", "PLACE_COLUMNS", "columns", "has_places", "period_files",
+__all__ = ["EXTRA_COLUMNS", "FilePage", "MONTHS", "Node", "PLACE_COLUMNS", "has_places", "period_files",
            "period_tree", "place_files", "place_tree"]

@@ -97,7 +97,7 @@ def plain(text: str) -> str:
 def places(store: IndexStore) -> dict[str, list[tuple[str, str]]]:
     """This index's place names: the plain name -> the (column, value) it names."""
     def make():
-        columns = T.file_columns(store)
+        columns = store.file_columns
         out: dict[str, list[tuple[str, str]]] = {}
         for level in PLACE_LEVELS:
             if level not in columns:
@@ -143,7 +143,7 @@ def read(store: IndexStore, query: str, *, words: EverydayWords | None = None,
     if not plan.alternatives:
         raise ArgumentError(f"the query {query!r} holds no word; give one such as 'dog'", param="query")
     if plan.unknown:
-        plan.known = sorted({*vocab.words, *words.words, *named, *taught})
+        plan.known = _known(vocab, words, named, taught)
     return _merged(plan)
 
 
@@ -231,18 +231,24 @@ def _read_alternative(toks, vocab, words, named, longest_place, text, plan, taug
         else:
             flush()
             if not text:  # the one-line error, with close matches from every vocabulary
-                known = sorted({*vocab.words, *words.words, *named})
-                raise unknown_name_error("word", tok, known, hint=UNKNOWN_HINT, cls=UnknownWordError)
+                raise unknown_name_error("word", tok, _known(vocab, words, named, taught), hint=UNKNOWN_HINT,
+                                         cls=UnknownWordError)
             _unknown(out, plan, tok, None, text)
             i += 1
     flush()
     return out
 
 
+def _known(vocab, words, named, taught) -> list[str]:
+    """Every word a query may say here, for the close matches of an unknown one."""
+    return sorted({*vocab.words, *words.words, *named, *taught})
+
+
 def _unknown(out, plan, phrase, note, text) -> None:
-    """A word no vocabulary reads as evidence: looked for in the photos' text, else the error."""
+    """An everyday word with no evidence (``note`` says so), or on an index with text any word
+    no vocabulary reads: looked for in the photos' text; without text, ``note`` is the error."""
     if not text:
-        raise NoEvidenceError(note) if note else UnknownWordError(f"unknown word {phrase!r}")
+        raise NoEvidenceError(note)
     plan.unknown.append((phrase, note))
     out.append(T.TextTerm(phrase))
 

@@ -318,6 +318,11 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         return self._memo[key]
 
     @property
+    def file_columns(self) -> frozenset[str]:
+        """The columns of the ``files`` table (an index built before a signal lacks its columns)."""
+        return self.memo("file columns", lambda: frozenset(r["name"] for r in self.query("PRAGMA table_info(files)")))
+
+    @property
     def db(self) -> sqlite3.Connection:
         """The index's database, read-only (a build copies an old index's rows from it)."""
         return self._conn

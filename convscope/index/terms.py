@@ -206,11 +206,6 @@ def file_rows(store: IndexStore, firsts: Sequence[int], counts: Sequence[int]) -
     return starts + np.arange(int(counts.sum()))
 
 
-def file_columns(store: IndexStore) -> frozenset[str]:
-    """The columns of the index's ``files`` table (an index built before a signal lacks its own)."""
-    return store.memo("file columns", lambda: frozenset(r["name"] for r in store.query("PRAGMA table_info(files)")))
-
-
 # --------------------------------------------------------------------------- terms
 
 
@@ -303,7 +298,7 @@ class TimeTerm(Term):
     term: times.TimeTerm
 
     def _when(self, store, record) -> times.When:
-        columns = file_columns(store)
+        columns = store.file_columns
         source = record["taken_from"] if "taken_from" in columns and record["taken_from"] else None
         if record["taken"] and times.year_month(record["taken"]) is not None:
             taken, source = record["taken"], source or ("container" if record["kind"] == "video" else "exif")
@@ -314,7 +309,7 @@ class TimeTerm(Term):
         return times.When(taken, source, offset, lat)
 
     def _records(self, store, ids=None):
-        columns = file_columns(store)
+        columns = store.file_columns
         wanted = ["id", "kind", "taken", "mtime_ns", "first_row", "rows"] + [
             c for c in ("taken_from", "utc_offset", "lat") if c in columns]
         sql, args = f"SELECT {', '.join(wanted)} FROM files", []
@@ -351,10 +346,15 @@ class TextTerm(Term):
     words: str
 
     def _matches(self, store) -> dict[str, float]:
+        """The index's recognized words within tolerance of the query's, with their similarity:
+        found once per query and index (its scores and each result's why read them)."""
         from ..ocr import close_norms
 
-        norms = store.memo("text words", lambda: [r[0] for r in store.query("SELECT DISTINCT norm FROM texts")])
-        return dict(close_norms(self.words, norms))
+        found = getattr(self, "_found", None)
+        if found is None or found[0] is not store:
+            norms = store.memo("text words", lambda: [r[0] for r in store.query("SELECT DISTINCT norm FROM texts")])
+            found = self._found = (store, dict(close_norms(self.words, norms)))
+        return found[1]
 
     def scores(self, store, min_score):
         out = np.zeros(store.entries)
@@ -416,4 +416,4 @@ class AnyOf(Term):
 
 
 __all__ = ["AnyOf", "ClassTerm", "ConceptTerm", "ConceptWhy", "PlaceTerm", "PlaceWhy", "Term", "TextTerm", "TextWhy", "TimeTerm", "TimeWhy", "Why",
-           "WordTerm", "WordWhy", "class_why", "file_columns", "file_rows", "keyword_scores"]
+           "WordTerm", "WordWhy", "class_why", "file_rows", "keyword_scores"]
