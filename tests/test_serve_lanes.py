@@ -79,8 +79,14 @@ def gate_fills(app) -> threading.Event:
     """Fills wait for the returned event before they start: the model thread is held, without
     pausing, as a long step of batch work would hold it."""
     group, gate = fill_group(app), threading.Event()
+    gate.entered = threading.Event()  # set once a fill holds the model thread
     real = group._fill
-    group._fill = lambda layer, unit: gate.wait(60) and real(layer, unit)
+
+    def held(layer, unit):
+        gate.entered.set()
+        return gate.wait(60) and real(layer, unit)
+
+    group._fill = held
     return gate
 
 
@@ -208,11 +214,13 @@ def test_a_request_abandoned_before_its_job_started_is_not_computed(atlas_dir, l
     with served as base, httpx.Client(base_url=base, timeout=60) as c:
         c.get(explain_url(c, 1, 1))  # the index's model loaded
         assert post(c, "/api/layers/features/units/0/fill").status_code == 202
+        assert gate.entered.wait(60)  # the fill holds the model thread: the hover must wait
         host, port = base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as s:  # a hover, then the pointer leaves the page
             s.sendall(f"GET {explain_url(c, 2, 7)} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
             deadline = time.monotonic() + 10
-            while not app.state.site.workers.pause.wanted() and time.monotonic() < deadline:
+            while not app.state.site.workers.pause.wanted():
+                assert time.monotonic() < deadline, "the hover never waited for the model"
                 time.sleep(0.02)  # it waits for the model
         deadline = time.monotonic() + 10
         while not any("dropped before it started" in r.getMessage() for r in caplog.records):
@@ -238,6 +246,7 @@ def test_full_queues_answer_503_with_retry_after(atlas_dir, library):
         assert post(c, "/api/layers/features/units/0/fill").status_code == 202
         full = post(c, "/api/layers/features/units/1/fill")
         assert full.status_code == 503 and full.headers["retry-after"] == "60" and "at most 1" in full.json()["error"]
+        assert gate.entered.wait(60)  # the fill holds the model thread: the hovers wait
         results = {}
 
         def hover(cls):
