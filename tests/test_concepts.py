@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from convscope.errors import ArgumentError, UnknownNameError
-from convscope.index import Index, concepts
+from convscope.index import Index, concept_model, concepts
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -135,8 +136,16 @@ def test_a_concept_separates_the_planted_groups(index, library):
         assert (held >= concept.threshold).mean() >= 0.75 and (others < concept.threshold).all(), (held, others.max())
         # (the held-out background holds unlabeled copies of the group too: a small index measures it low)
         assert concept.separation is not None and concept.separation > 0.8
-        # the scores are the calibrated linear model on the stored embedding, in float32 to float16 rounding
-        exact = 1 / (1 + np.exp(-(np.asarray(index.embedding, np.float32) @ concept.weights + concept.bias)))
+        # its features: the embedding, then the classes its examples' stored probabilities name
+        layout = concept.layout
+        assert layout.embedding == index.embedding.shape[1] and 0 < len(layout.classes) <= 3 * 32
+        named = {int(c) for r in rows_of(index, taught) for c in index.top_class[r] if c >= 0}
+        assert set(layout.classes) == named and len(concept.weights) == layout.width
+        # the scores (embedding in float16, the classes from the inverted lists) are the calibrated
+        # linear model on the stored features, in float32 to float16 rounding
+        x = concept_model.store_features(index, np.arange(index.entries), layout)
+        assert np.count_nonzero(x[:, layout.embedding:]) > 0
+        exact = 1 / (1 + np.exp(-(x @ concept.weights + concept.bias)))
         np.testing.assert_allclose(scores, exact, atol=2e-3)
         why = concept.why(index, int(rest[relevant][0]))
         assert why["concept"] == f"my {name}" and abs(why["score"] - scores[rest[relevant][0]]) < 2e-3
@@ -185,6 +194,13 @@ def test_an_example_outside_the_index_is_embedded_by_the_index_model_and_survive
     stored = next(e for e in concept.examples if e.path == str(outside))
     np.testing.assert_allclose(stored.vector, index.embed(outside, model=default_model), atol=1e-5)
     assert stored.sha256 == hashlib.sha256(outside.read_bytes()).hexdigest()
+    # its classes kept as the index keeps an entry's: the 32 most probable above 0.001, square-rooted
+    probs = index.features(outside, model=default_model).probs[0]
+    kept = np.argsort(-probs)[:32]
+    kept = kept[probs[kept] >= 1e-3]
+    assert set(np.flatnonzero(stored.roots)) == set(kept.tolist())
+    np.testing.assert_allclose(stored.roots[kept], np.sqrt(probs[kept]), rtol=1e-3)
+    assert set(kept.tolist()) <= set(concept.layout.classes)
     before = concept.scores(index)
     outside.unlink()  # the example is gone: the concept keeps its vector
     again = concepts.load(index).get("cat")
@@ -223,11 +239,15 @@ def test_teaching_scales_to_a_large_index_in_memory():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     direction = rng.standard_normal(64).astype(np.float32)
     planted = np.flatnonzero(emb @ direction > 2.0 * np.linalg.norm(direction) / 8)
-    fitted, count = concepts.teach_vectors(emb.astype(np.float16), emb[planted[:10]], np.zeros((0, 64), np.float32),
-                                           exclude=planted[:10], seed=1)
-    assert count == concepts.BACKGROUND
-    scores = concepts.score_rows(emb.astype(np.float16), fitted.weights * fitted.scale,
-                                 fitted.bias * fitted.scale + fitted.shift)
+    half = emb.astype(np.float16)
+    read = []
+    fitted, count = concept_model.teach_vectors(lambda rows: read.append(rows) or np.asarray(half[rows], np.float32),
+                                                len(emb), emb[planted[:10]], np.zeros((0, 64), np.float32),
+                                                exclude=planted[:10], seed=1)
+    assert count == concept_model.BACKGROUND
+    assert [len(r) for r in read] == [concept_model.BACKGROUND, concept_model.HELD_OUT]
+    assert not np.isin(np.concatenate(read), planted[:10]).any() and len(np.unique(np.concatenate(read))) == 3072
+    scores = concept_model.score_rows(half, fitted.weights * fitted.scale, fitted.bias * fitted.scale + fitted.shift)
     relevant = np.zeros(len(emb), bool)
     relevant[planted[10:]] = True
     assert average_precision(scores, relevant) > 10 * relevant.mean()  # far above chance
@@ -335,3 +355,29 @@ def test_remove_one_example_teaches_again_from_the_rest(index, library):
     with pytest.raises(UnknownNameError):
         concepts.remove_example(index, "max", str(cat[2]))
     assert len(table(index.root)[1]) == len(left[1]) - 1  # the refusals left it as it was
+
+
+def test_a_concept_taught_before_classes_counted_scores_as_taught_then_teaches_again_with_them(index, library):
+    """A concept stored with the embedding alone (features "embedding", example vectors D wide)
+    is scored as it was taught; taught again, its examples' classes come from the index."""
+    _, groups = library
+    concept = concepts.teach(index, "old rex", groups["coffee"][:3])
+    d = index.embedding.shape[1]
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(d).astype(np.float32)
+    with sqlite3.connect(index.root / "index.sqlite") as conn:  # as an index of the earlier format holds it
+        conn.execute("UPDATE concepts SET features = 'embedding', weights = ?, bias = -0.5 WHERE key = 'old rex'",
+                     (w.tobytes(),))
+        for sha, vector in conn.execute("SELECT sha256, vector FROM concept_examples WHERE key = 'old rex'").fetchall():
+            conn.execute("UPDATE concept_examples SET vector = ? WHERE sha256 = ?", (vector[:4 * d], sha))
+    conn.close()
+    old = concepts.load(index).get("old rex")
+    assert old.layout.classes == () and all(e.roots is None for e in old.examples)
+    exact = 1 / (1 + np.exp(-(np.asarray(index.embedding, np.float32) @ w - 0.5)))
+    np.testing.assert_allclose(old.scores(index), exact, atol=2e-3)
+    again = concepts.teach(index, "old rex", [groups["coffee"][3]])
+    assert set(again.layout.classes) == {int(c) for r in rows_of(index, groups["coffee"][:4])
+                                         for c in index.top_class[r] if c >= 0}
+    assert all(e.roots is not None for e in concepts.load(index).get("old rex").examples)
+    np.testing.assert_allclose(concepts.load(index).get("old rex").scores(index), again.scores(index))
+    assert concept.layout.classes  # (taught now, it had them from the start)

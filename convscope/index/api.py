@@ -217,6 +217,11 @@ class Index(IndexStore):
     def embed(self, path: str | os.PathLike, *, model=None, time: float | None = None) -> np.ndarray:
         """The embedding (D,) float32 of any photo (or a video's frame at ``time``, default 0),
         computed with the index's model."""
+        return self.features(path, model=model, time=time).embedding[0]
+
+    def features(self, path: str | os.PathLike, *, model=None, time: float | None = None):
+        """What the index's model gives of any photo (or a video's frame at ``time``), as the
+        build computes it: :class:`~convscope.index.features.Features` with one row."""
         import torch
 
         from ..data import load_image
@@ -233,7 +238,7 @@ class Index(IndexStore):
         if self._extractor is None or self._extractor.model is not model:  # its set-up costs two forward passes
             self._extractor = Extractor(model, [layer["name"] for layer in self.layers])
         x = model.transform(image)[None]
-        return self._extractor(torch.as_tensor(x)).embedding[0]
+        return self._extractor(torch.as_tensor(x))
 
     def __repr__(self) -> str:
         return f"Index({str(self.root)!r}, entries={self.entries})"

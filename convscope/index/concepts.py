@@ -1,18 +1,15 @@
 """Concepts a person teaches an index from a few example photos ("rex", "our kitchen", "receipts").
 
-A concept is a linear model on the index's pooled embedding (the input of the classifier head,
-L2-normalized, stored per entry): a logistic regression of the examples against a sample of the
-rest of the index (the background) and the counter-examples, each of the three weighing alike,
-whatever their counts. Its score for an entry is calibrated to 0..1 on out-of-fold decisions:
-the examples each scored by a model taught without them, against background photos that no
-model saw (Platt scaling at the odds of :data:`PRIOR`, one example to four background photos),
-so 0.5 is where an entry looks four times as much like a held-out example as like the background. ``bench/teach.py`` chose the features and the
-model by measurement (``docs/concepts.md``).
+A concept is a calibrated linear model on what the index stores of each entry: its pooled
+embedding beside the square roots of its probabilities of the classes the examples name
+(:mod:`.concept_model`: the features, the fit, the calibration and the scores; ``bench/teach.py``
+chose them by measurement, docs/search.md "Concepts").
 
 Storage: tables ``concepts`` and ``concept_examples`` of the index's database, written in one
 SQLite transaction under the folder's writer lock (:func:`convscope.stores.writer_lock`), so a
 reader sees the old set or the new one and a build never runs beside a teach. An example is kept
-as its path, its SHA-256 and its embedding, so a concept survives the file moving or going; an
+as its path, its SHA-256, its embedding and the square roots of its class probabilities (as the
+index keeps them), so a concept survives the file moving or going; an
 ``index --update`` copies both tables into the new database (:func:`copy`).
 
 >>> concepts.teach(index, "rex", ["photos/rex1.jpg", "photos/rex2.jpg"], counter=["photos/max.jpg"])
@@ -30,7 +27,6 @@ import math
 import os
 import sqlite3
 import unicodedata
-import warnings
 import zlib
 from typing import Iterator, Sequence
 
@@ -38,35 +34,15 @@ import numpy as np
 
 from ..errors import ArgumentError, ConvscopeError, ImageError, unknown_name_error
 from ..stores import writer_lock
+from . import concept_model as cm
 from .store import DB_NAME, IndexStore, db_path, read_path
 
 #: The longest concept name, in characters.
 MAX_NAME = 64
 #: Examples (and counter-examples) a concept keeps at most.
 MAX_EXAMPLES = 1000
-#: Background entries a teach samples for training, and (disjoint) for calibration.
-BACKGROUND = 2048
-HELD_OUT = 1024
-#: The regularization of the logistic regression (scikit-learn's C, with mean sample weight 1),
-#: chosen on the dev photos (``bench/teach.py``).
-C = 1.0
-#: The weight of each side of the calibration (examples, held-out background): fixes how
-#: steep a calibration the evidence of a few examples may ask for.
-PLATT_WEIGHT = 50.0
-#: The prior share of the concept the calibration assumes (the examples' side weighs this much
-#: against the background's 1 - PRIOR): on the dev photos a cut-off of 0.5 then keeps, with 5
-#: examples, about a third of the concept at about half precision (0.8 of the even-odds curve;
-#: the even-odds 0.5 kept 110 photos of 500 at precision 0.17; BENCHMARKS.md, "Issue 22").
-PRIOR = 0.2
-#: The cut-off of a calibrated score (see the module's docstring).
-THRESHOLD = 0.5
-#: Out-of-fold calibration: folds over the examples (leave-one-out up to this many examples).
-FOLDS = 3
-#: Rows per float16 product when scoring (as ``search.nearest`` reads the memory map).
-CHUNK = 65536
 #: The closest examples a why names.
 NEAREST = 3
-FEATURES = "embedding"
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS concepts (
@@ -105,135 +81,22 @@ def check_name(name) -> str:
     return tidy
 
 
-# --------------------------------------------------------------------------- the model
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # exact, and no overflow warning for large |x|
-
-
-@dataclasses.dataclass
-class Fitted:
-    """A taught linear model: raw decision ``x @ weights + bias``; the calibrated score
-    ``sigmoid(scale * decision + shift)``; ``separation``: the ROC AUC of the examples' out-of-fold
-    decisions against held-out background (None with one example)."""
-
-    weights: np.ndarray
-    bias: float
-    scale: float
-    shift: float
-    separation: float | None
-    threshold: float = THRESHOLD
-
-    def calibrated(self, decision: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.scale * np.asarray(decision, np.float64) + self.shift)
-
-
-def _logistic(pos: np.ndarray, bg: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weights and bias of a logistic regression: ``pos`` against ``bg`` and ``neg``, each of the
-    three groups weighing alike (mean sample weight 1)."""
-    from sklearn.linear_model import LogisticRegression
-
-    groups = [g for g in (pos, bg, neg) if len(g)]
-    x = np.vstack(groups).astype(np.float32)
-    y = np.r_[np.ones(len(pos)), np.zeros(len(x) - len(pos))]
-    w = np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])
-    w *= len(x) / w.sum()
-    model = LogisticRegression(C=C, max_iter=500, tol=1e-4).fit(x, y, sample_weight=w)
-    return model.coef_[0].astype(np.float32), float(model.intercept_[0])
-
-
-def _auc(pos: np.ndarray, bg: np.ndarray) -> float:
-    """P(a positive outranks a background value), ties half."""
-    both = np.concatenate([pos, bg])
-    order = both.argsort(kind="mergesort")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    # average ranks of ties
-    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    ranks = (sums / counts)[inverse]
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(bg)))
-
-
-def fit(pos: np.ndarray, bg: np.ndarray, neg: np.ndarray, held_out: np.ndarray | None = None) -> Fitted:
-    """Teach a model from example vectors ``pos`` (k, D), background vectors ``bg`` (B, D) and
-    counter-examples ``neg`` (m, D), and calibrate it on out-of-fold decisions: each example
-    scored by a model taught without its fold, ``held_out`` background vectors (default: the
-    last quarter of ``bg``, then left out of the training) by the full model."""
-    if len(pos) < 1:
-        raise ArgumentError("a concept needs at least one example", param="examples")
-    pos, bg, neg = (np.asarray(a, np.float32) for a in (pos, bg, neg))
-    if held_out is None:
-        cut = len(bg) - len(bg) // 4
-        bg, held_out = bg[:cut], bg[cut:]
-    weights, bias = _logistic(pos, bg, neg)
-    if len(pos) >= 2:
-        folds = np.arange(len(pos)) % min(FOLDS, len(pos))
-        oof = np.empty(len(pos))
-        for f in np.unique(folds):
-            w, b = _logistic(pos[folds != f], bg, neg)
-            oof[folds == f] = pos[folds == f] @ w + b
-        separation = _auc(oof, held_out @ weights + bias) if len(held_out) else None
-    else:  # one example: no model taught without it; its own decision stands in
-        oof = pos @ weights + bias
-        separation = None
-    scale, shift = _platt(oof, np.asarray(held_out @ weights + bias, np.float64) if len(held_out) else np.zeros(0))
-    return Fitted(weights, bias, scale, shift, separation)
-
-
-def _platt(pos: np.ndarray, bg: np.ndarray) -> tuple[float, float]:
-    """``scale, shift`` of a logistic curve over the decision values: a one-feature logistic
-    regression of the examples' out-of-fold decisions against the held-out background's, the
-    two sides weighing alike, then shifted to the odds of :data:`PRIOR`."""
-    from sklearn.linear_model import LogisticRegression
-
-    if not len(bg):
-        return 1.0, 0.0
-    d = np.concatenate([pos, bg])
-    mu, sd = float(d.mean()), float(d.std()) or 1.0
-    y = np.r_[np.ones(len(pos)), np.zeros(len(bg))]
-    # each side weighs PLATT_WEIGHT in all, so that the slope's regularization does not depend
-    # on the index's size or the number of examples
-    w = np.r_[np.full(len(pos), PLATT_WEIGHT / len(pos)), np.full(len(bg), PLATT_WEIGHT / len(bg))]
-    model = LogisticRegression(C=1.0).fit(((d - mu) / sd)[:, None], y, sample_weight=w)
-    a, c = float(model.coef_[0, 0]), float(model.intercept_[0])
-    return a / sd, c - a * mu / sd - math.log((1 - PRIOR) / PRIOR)
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-def score_rows(embedding: np.ndarray, weights: np.ndarray, bias: float, *, chunk: int = CHUNK) -> np.ndarray:
-    """``sigmoid(embedding @ weights + bias)`` for every row of a (N, D) float16 array (a memory
-    map), a chunk of rows at a time in float16, as :func:`convscope.index.search.nearest` reads
-    it: (N,) float64."""
-    import torch
-
-    n, d = embedding.shape
-    out = np.empty(n, np.float64)
-    w = torch.from_numpy(np.array(weights, np.float32)).half()  # (a copy: the stored blob is read-only)
-    for a in range(0, n, chunk):
-        with warnings.catch_warnings():  # the memory map is read-only, and is only read
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            block = torch.from_numpy(np.ascontiguousarray(embedding[a:a + chunk]))
-        out[a:a + len(block)] = (block.view(-1, d) @ w).float().numpy()
-    return _sigmoid(out + bias)
-
-
 # --------------------------------------------------------------------------- concepts as stored
 
 
 @dataclasses.dataclass
 class Example:
     """One example (``kind`` "example") or counter-example ("counter") of a concept: the file it
-    was taught from, its SHA-256, its embedding (D,) float32 and when it was added."""
+    was taught from, its SHA-256, its embedding (D,) float32, the square roots of its class
+    probabilities as the index keeps them (C,) float32 (None for an example kept before they
+    were), and when it was added."""
 
     path: str
     sha256: str
     kind: str
     vector: np.ndarray
     added: str
+    roots: np.ndarray | None = None
 
     def to_json(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "kind": self.kind, "added": self.added}
@@ -242,9 +105,10 @@ class Example:
 @dataclasses.dataclass
 class Concept:
     """A taught concept: ``name`` as first given, its examples and counter-examples, when it was
-    last taught, the calibrated linear model on the index's embedding (``weights`` (D,) float32,
-    ``bias``: score = sigmoid(embedding @ weights + bias)), its ``threshold`` and ``separation``
-    (the chance that a held-out example outranks a background photo; None with one example)."""
+    last taught, the calibrated linear model (``weights`` over ``layout``'s features, ``bias``:
+    score = sigmoid(features @ weights + bias), :mod:`.concept_model`), its ``threshold`` and
+    ``separation`` (the chance that a held-out example outranks a background photo; None with
+    one example)."""
 
     name: str
     taught: str
@@ -254,6 +118,11 @@ class Concept:
     separation: float | None
     background: int
     examples: list[Example]
+    layout: cm.Layout | None = None
+
+    def __post_init__(self):
+        if self.layout is None:
+            self.layout = cm.Layout(len(self.weights))
 
     @property
     def key(self) -> str:
@@ -266,23 +135,23 @@ class Concept:
         return [e for e in self.examples if e.kind == "counter"]
 
     def scores(self, store: IndexStore) -> np.ndarray:
-        """(N,) float64 in 0..1: every entry's calibrated score (:func:`score_rows`). An entry
-        at or above :attr:`threshold` belongs.
+        """(N,) float64 in 0..1: every entry's calibrated score (:func:`.concept_model.decisions`).
+        An entry at or above :attr:`threshold` belongs.
 
         >>> (concept.scores(index) >= concept.threshold).sum()
         """
-        if store.embedding.shape[1] != len(self.weights):
-            raise ConvscopeError(f"concept {self.name!r} was taught on embeddings of {len(self.weights)} numbers; this "
-                                 f"index has {store.embedding.shape[1]}: teach it again")
-        return score_rows(store.embedding, self.weights, self.bias)
+        try:
+            return cm._sigmoid(cm.decisions(store, self.weights, self.bias, self.layout))
+        except ConvscopeError as exc:
+            raise ConvscopeError(f"concept {self.name!r}: {exc}") from None
 
     def why(self, store: IndexStore, row: int) -> dict:
         """``{"concept": NAME, "score": 0..1, "nearest": [paths of the closest examples]}`` for
         entry ``row``: its score and the :data:`NEAREST` examples whose embeddings are closest."""
         if not 0 <= int(row) < store.entries:
             raise ArgumentError(f"entry {row} is not in this index of {store.entries} entries", param="row")
+        score = float(cm._sigmoid(np.float64(cm.row_decision(store, int(row), self.weights, self.bias, self.layout))))
         v = np.asarray(store.embedding[int(row)], np.float32)
-        score = float(_sigmoid(np.float64(v @ self.weights + self.bias)))
         pos = self.positives()
         sims = np.array([float(e.vector @ v) for e in pos])
         order = np.argsort(-sims, kind="stable")[:NEAREST]
@@ -293,7 +162,8 @@ class Concept:
         return {"concept": self.name, "taught": self.taught, "threshold": self.threshold,
                 "separation": None if self.separation is None else round(self.separation, 4),
                 "background": self.background, "examples": [e.path for e in self.positives()],
-                "counter_examples": [e.path for e in self.counters()]}
+                "counter_examples": [e.path for e in self.counters()],
+                "classes": [int(c) for c in self.layout.classes]}
 
 
 class Concepts:
@@ -336,16 +206,20 @@ def _has_tables(conn: sqlite3.Connection) -> bool:
 def _read(conn: sqlite3.Connection) -> list[Concept]:
     if not _has_tables(conn):
         return []
+    rows = conn.execute("SELECT key, name, taught, features, weights, bias, threshold, separation, background, model "
+                        "FROM concepts").fetchall()
+    layouts = {key: cm.Layout.from_text(features, len(weights) // 4) for key, _n, _t, features, weights, *_ in rows}
     examples: dict[str, list[Example]] = {}
     for key, kind, path, sha, vector, added in conn.execute(
             "SELECT key, kind, path, sha256, vector, added FROM concept_examples ORDER BY key, added, rowid"):
-        examples.setdefault(key, []).append(Example(read_path(path), sha, kind, np.frombuffer(vector, np.float32), added))
-    out = []
-    for key, name, taught, _features, weights, bias, threshold, separation, background, _model in conn.execute(
-            "SELECT key, name, taught, features, weights, bias, threshold, separation, background, model FROM concepts"):
-        out.append(Concept(name, taught, np.frombuffer(weights, np.float32), float(bias), float(threshold),
-                           None if separation is None else float(separation), int(background), examples.get(key, [])))
-    return out
+        v = np.frombuffer(vector, np.float32)
+        d = layouts[key].embedding if key in layouts else len(v)
+        # stored as the embedding, then (from when classes counted) the square-rooted probabilities
+        examples.setdefault(key, []).append(Example(read_path(path), sha, kind, v[:d], added, v[d:] if len(v) > d else None))
+    return [Concept(name, taught, np.frombuffer(weights, np.float32), float(bias), float(threshold),
+                    None if separation is None else float(separation), int(background), examples.get(key, []),
+                    layouts[key])
+            for key, name, taught, _f, weights, bias, threshold, separation, background, _m in rows]
 
 
 def load(store: IndexStore) -> Concepts:
@@ -377,65 +251,44 @@ def _seed(name: str) -> int:
     return zlib.crc32(normalize(name).encode())
 
 
-def background_rows(n: int, count: int, exclude: np.ndarray, seed: int) -> np.ndarray:
-    """Up to ``count`` entry rows drawn without replacement from ``0..n-1``, less ``exclude``
-    (rows of the examples' own files), sorted (the memory map is read in order)."""
-    rng = np.random.default_rng(seed)
-    take = min(n, count + len(exclude))
-    rows = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
-    return rows[~np.isin(rows, exclude)][:count] if len(exclude) else rows[:count]
-
-
-def teach_vectors(embedding: np.ndarray, pos: np.ndarray, neg: np.ndarray, *, exclude: np.ndarray | None = None,
-                  seed: int = 0) -> tuple[Fitted, int]:
-    """Fit a concept from example vectors ``pos`` and counter-example vectors ``neg`` against
-    background sampled from the (N, D) ``embedding``: :data:`BACKGROUND` rows to train on and
-    :data:`HELD_OUT` others to calibrate on (``exclude``: rows never drawn). Returns the fitted
-    model and the background count."""
-    n = embedding.shape[0]
-    rows = background_rows(n, BACKGROUND + HELD_OUT, np.asarray(exclude if exclude is not None else [], np.int64), seed)
-    rng = np.random.default_rng(seed + 1)
-    rng.shuffle(rows)
-    held = max(1, len(rows) * HELD_OUT // (BACKGROUND + HELD_OUT)) if len(rows) >= 2 else 0
-    train, calib = np.sort(rows[held:]), np.sort(rows[:held])
-    bg = np.asarray(embedding[train], np.float32)
-    held_out = np.asarray(embedding[calib], np.float32)
-    return fit(pos, bg, neg, held_out), len(train)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _resolve(index, paths: Sequence, kind: str, model) -> list[Example]:
-    """Examples from ``paths``: files of the index (their stored embedding) or any photo (run
-    through the index's model); one line for a path that is missing or not a photo."""
+    """Examples from ``paths``: files of the index (their stored embedding and classes) or any
+    photo (run through the index's model, its classes kept as the index keeps them); one line
+    for a path that is missing or not a photo."""
     from .media import sha256_file
+    from .signals.classes import top_classes
 
     param = "examples" if kind == "example" else "counter"
+    what = kind.replace("counter", "counter-example")
     out = []
     for path in paths:
         path = os.fspath(path)
         record = index.file_of(path)
         now = _now()
         if record is not None:
-            rows = slice(record["first_row"], record["first_row"] + record["rows"])
+            rows = np.arange(record["first_row"], record["first_row"] + record["rows"])
             v = np.asarray(index.embedding[rows], np.float32).mean(0)
-            v /= max(float(np.linalg.norm(v)), 1e-12)
-            out.append(Example(record["path"], record["sha256"], kind, v, now))
+            roots = cm.sqrt_probs(np.asarray(index.top_class[rows]), np.asarray(index.top_prob[rows]), len(index.labels))
+            out.append(Example(record["path"], record["sha256"], kind, v / max(float(np.linalg.norm(v)), 1e-12), now,
+                               roots.mean(0)))
             continue
         full = os.path.normpath(os.path.abspath(path))
         if not os.path.exists(full):
-            raise ArgumentError(f"{kind.replace('counter', 'counter-example')} {path}: no such file in the index or on disk",
-                                param=param)
+            raise ArgumentError(f"{what} {path}: no such file in the index or on disk", param=param)
         if not os.path.isfile(full):
-            raise ArgumentError(f"{kind.replace('counter', 'counter-example')} {path}: not a photo file", param=param)
+            raise ArgumentError(f"{what} {path}: not a photo file", param=param)
         try:
-            v = np.asarray(index.embed(full, model=model), np.float32)
+            f = index.features(full, model=model)
             sha = sha256_file(full)
         except ImageError as exc:
-            raise ArgumentError(f"{kind.replace('counter', 'counter-example')} {path}: {exc.reason}", param=param) from None
-        out.append(Example(full, sha, kind, v / max(float(np.linalg.norm(v)), 1e-12), now))
+            raise ArgumentError(f"{what} {path}: {exc.reason}", param=param) from None
+        v = np.asarray(f.embedding[0], np.float32)
+        roots = cm.sqrt_probs(*top_classes(f.probs[:1]), len(index.labels))[0]
+        out.append(Example(full, sha, kind, v / max(float(np.linalg.norm(v)), 1e-12), now, roots))
     return out
 
 
@@ -480,18 +333,44 @@ def teach(index, name: str, examples: Sequence = (), counter: Sequence = (), *, 
 
 def _retrain(index, conn: sqlite3.Connection, name: str, every: list[Example]) -> Concept:
     """Teach ``name`` again from ``every`` stored example and counter-example and write it
-    (the caller holds the writer lock and ``conn``)."""
+    (the caller holds the writer lock and ``conn``). Its features: the embedding, and the
+    examples' classes where every example keeps its class probabilities (an example kept
+    before they were, whose file the index no longer holds, leaves the embedding alone)."""
+    every = [_with_roots(index, e) for e in every]
     pos = [e for e in every if e.kind == "example"]
     neg = [e for e in every if e.kind == "counter"]
+    d = index.embedding.shape[1]
+    dense = all(e.roots is not None for e in every)
+    layout = cm.Layout(d, cm.choose_classes(np.stack([e.roots for e in pos]),
+                                            np.stack([e.roots for e in neg]) if neg else np.zeros((0, 1)))
+                       if dense else ())
+
+    def vectors(group: list[Example]) -> np.ndarray:
+        if not group:
+            return np.zeros((0, layout.width), np.float32)
+        return cm.features(np.stack([e.vector for e in group]), np.stack([e.roots for e in group]) if dense else None,
+                           layout)
+
     exclude = _rows_of(index, {e.sha256 for e in every})
-    fitted, count = teach_vectors(index.embedding, np.stack([e.vector for e in pos]),
-                                  np.stack([e.vector for e in neg]) if neg else np.zeros((0, len(pos[0].vector)), np.float32),
-                                  exclude=exclude, seed=_seed(name))
+    fitted, count = cm.teach_vectors(lambda rows: cm.store_features(index, rows, layout), index.entries,
+                                     vectors(pos), vectors(neg), exclude=exclude, seed=_seed(name))
     concept = Concept(name, _now(), (fitted.weights * fitted.scale).astype(np.float32),
                       float(fitted.bias * fitted.scale + fitted.shift), fitted.threshold, fitted.separation,
-                      count, every)
+                      count, every, layout)
     _write(conn, concept, index.meta["model"])
     return concept
+
+
+def _with_roots(index, e: Example) -> Example:
+    """``e`` with its class probabilities: as kept, else from the index's entry of the same
+    file (an example kept before they were), else as it is (None)."""
+    if e.roots is not None:
+        return e
+    rows = _rows_of(index, {e.sha256})
+    if not len(rows):
+        return e
+    roots = cm.sqrt_probs(np.asarray(index.top_class[rows]), np.asarray(index.top_prob[rows]), len(index.labels))
+    return dataclasses.replace(e, roots=roots.mean(0))
 
 
 def remove_example(index, name: str, example: str) -> Concept:
@@ -582,10 +461,16 @@ def _write(conn: sqlite3.Connection, concept: Concept, model: dict) -> None:
         conn.execute("DELETE FROM concept_examples WHERE key = ?", (concept.key,))
         conn.execute("DELETE FROM concepts WHERE key = ?", (concept.key,))
         conn.execute("INSERT INTO concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (concept.key, concept.name, concept.taught, FEATURES, concept.weights.astype(np.float32).tobytes(),
+                     (concept.key, concept.name, concept.taught, concept.layout.to_text(), concept.weights.astype(np.float32).tobytes(),
                       concept.bias, concept.threshold,
                       None if concept.separation is None or math.isnan(concept.separation) else concept.separation,
                       concept.background, json.dumps({"fingerprint": model.get("fingerprint"), "spec": model.get("spec")})))
         conn.executemany("INSERT INTO concept_examples VALUES (?, ?, ?, ?, ?, ?)",
-                         [(concept.key, e.kind, db_path(e.path), e.sha256, np.asarray(e.vector, np.float32).tobytes(), e.added)
+                         [(concept.key, e.kind, db_path(e.path), e.sha256, _vector_blob(e), e.added)
                           for e in concept.examples])
+
+
+def _vector_blob(e: Example) -> bytes:
+    """An example as stored: its embedding, then the square roots of its class probabilities."""
+    parts = [np.asarray(e.vector, np.float32)] + ([np.asarray(e.roots, np.float32)] if e.roots is not None else [])
+    return np.concatenate(parts).tobytes()

@@ -51,6 +51,32 @@ def write_class_blocks(arrays: Path, classes: int, n: int, rows: int = 65536) ->
         out.flush()
 
 
+def gather(offsets: np.ndarray, entry: np.ndarray, prob: np.ndarray, classes, *,
+           positions: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The postings of ``classes`` (class ids, each once): their entries (int32), probabilities
+    (float64) and, with ``positions``, for each the position of its class in ``classes`` (else
+    None); read in runs of consecutive inverted lists (one slice for lists that follow each other)."""
+    count = len(offsets) - 1
+    wanted = [(int(c), i) for i, c in enumerate(classes) if 0 <= int(c) < count]
+    wanted.sort()
+    runs: list[list[int]] = []
+    which: list[np.ndarray] = []
+    for c, i in wanted:
+        a, b = int(offsets[c]), int(offsets[c + 1])
+        if b == a:
+            continue
+        if positions:
+            which.append(np.full(b - a, i, np.int64))
+        if runs and runs[-1][1] == a:  # the next class's list follows: one slice
+            runs[-1][1] = b
+        else:
+            runs.append([a, b])
+    if not runs:
+        return np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.int64) if positions else None
+    return (np.concatenate([entry[a:b] for a, b in runs]), np.concatenate([prob[a:b] for a, b in runs]).astype(np.float64),
+            np.concatenate(which) if positions else None)
+
+
 def split(classes, count: int) -> tuple[list[int], list[int]]:
     """``classes`` (of ``count`` in all) -> (the blocks they cover whole, their classes outside
     those blocks), both ascending. The last block may be short: it is whole when all of its

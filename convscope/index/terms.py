@@ -168,20 +168,9 @@ def keyword_scores(store: IndexStore, classes: Sequence[int]) -> np.ndarray:
     whole, rest = [], sorted({int(c) for c in classes if 0 <= int(c) < count})
     if store.class_blocks is not None and len(rest) >= 2 * postings.BLOCK:
         whole, rest = postings.split(rest, count)
-    runs: list[list[int]] = []
-    for c in rest:
-        a, b = int(offsets[c]), int(offsets[c + 1])
-        if b == a:
-            continue
-        if runs and runs[-1][1] == a:  # the next class's list follows: one slice
-            runs[-1][1] = b
-        else:
-            runs.append([a, b])
     scores = np.zeros(store.entries)
-    if runs:
-        # one pass of bincount over the gathered lists: twice as fast as adding list by list
-        entries = np.concatenate([store.post_entry[a:b] for a, b in runs])
-        probs = np.concatenate([store.post_prob[a:b] for a, b in runs]).astype(np.float64)
+    entries, probs, _ = postings.gather(offsets, store.post_entry, store.post_prob, rest)
+    if len(entries):  # one pass of bincount over the gathered lists: twice as fast as adding list by list
         scores = np.bincount(entries, weights=probs, minlength=store.entries)
     for b in whole:
         scores += store.class_blocks[b]

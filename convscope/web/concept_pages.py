@@ -322,8 +322,9 @@ class ConceptPages:
 
 def concept_picture(model, image, concept: concepts.Concept, head: str | None):
     """The Grad-CAM of a concept's decision (``normalize(embedding) @ weights + bias``, the
-    embedding being the input of the classifier ``head``, as the index stores it) at the model's
-    default Grad-CAM layer, blended over the image as the model sees it (a PIL image)."""
+    embedding being the input of the classifier ``head``, as the index stores it, plus the
+    weighted square roots of the probabilities of the concept's classes) at the model's default
+    Grad-CAM layer, blended over the image as the model sees it (a PIL image)."""
     import numpy as np
     import torch
 
@@ -342,14 +343,18 @@ def concept_picture(model, image, concept: concepts.Concept, head: str | None):
         return t.clone()
 
     w = torch.from_numpy(np.array(concept.weights, np.float32)).to(x.device)
+    d, classes = concept.layout.embedding, list(concept.layout.classes)
     with model_lock(model.module), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         with capture(model.module, [layer], stop=False, transform=keep, inputs=[head]) as outs:
-            run(model.module, xg, outs)
+            logits = run(model.module, xg, outs)
         emb = outs.inputs[head].float()
         if emb.dim() > 2:  # a head over tokens: pooled, as the index pools them
             emb = emb.reshape(emb.shape[0], -1, emb.shape[-1]).mean(1)
-        decision = torch.nn.functional.normalize(emb, dim=1)[0] @ w + concept.bias
+        decision = torch.nn.functional.normalize(emb, dim=1)[0] @ w[:d] + concept.bias
+        if classes:
+            roots = torch.softmax(logits.float(), dim=1)[0, classes].clamp_min(1e-12).sqrt()
+            decision = decision + roots @ w[d:]
         (grad,) = torch.autograd.grad(decision, kept[layer])
     weights = grad[0].mean(dim=(1, 2))
     cam = torch.relu((weights[:, None, None] * kept[layer].detach()[0]).sum(0)).float().cpu().numpy()
