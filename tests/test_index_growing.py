@@ -218,3 +218,56 @@ def test_a_killed_build_leaves_a_snapshot_never_complete_and_resumes_exactly(pho
     assert snapshot(resumed) == snapshot(reference)
     done = json.loads(runner.invoke(main, ["index", "--out", str(out), "--info", "--json"]).output)
     assert done["complete"] is True and done["building"] is None
+
+
+def test_the_demo_searches_its_index_while_it_builds(tmp_path, monkeypatch, every_batch):
+    """`convscope demo`'s way (DemoBuild): the index starts once the atlas serves, the search
+    pages answer from its first snapshot on, say how far it is, then serve the finished index."""
+    from convscope.web import demo
+
+    tiny = {"version": 1, "model": "torchvision:alexnet", "pretrained": False, "layers": ["features.1", "features.4"],
+            "top": 2, "project": 1, "crops": "1", "featvis": {"units": 1, "steps": 2, "size": 32}}
+    monkeypatch.setattr(demo, "RECIPE", tiny)
+    monkeypatch.setattr(demo, "INDEX_BATCH", 4)
+    gate, first = threading.Event(), threading.Event()
+    publish = index_build._Snapshots.publish
+
+    def held(self, partial):
+        publish(self, partial)
+        first.set()
+        gate.wait(120)
+
+    monkeypatch.setattr(index_build._Snapshots, "publish", held)
+    lines: list[str] = []
+    run = demo.DemoBuild(tmp_path / "demo", echo=lines.append)
+    try:
+        app = create_app(run.wait_servable(timeout=120), index=run.servable_index(), fill=False)
+        run.follow(app)
+        app.state.following.every = 0.0
+        with serving(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+            answer = http.get("/api/search", params={"q": "cat"}).json()
+            if answer["building"] is None:  # the index has not published yet: an empty one stands in
+                assert answer["complete"] is False and answer["count"] == 0
+                assert "Indexing the photos starts once" in http.get("/search").text
+            assert first.wait(120), lines
+            with Index.open(run.index_folder, building=True) as snap:
+                held_paths, so_far = _paths(snap), snap.building["files_done"]
+            photo = sorted(held_paths)[0]
+            answer = http.get("/api/search", params={"like": photo, "top": 50}).json()
+            assert answer["complete"] is False and answer["building"]["files"] == 15
+            assert {r["path"] for r in answer["results"]} == held_paths - {photo}
+            assert f"Indexing: {so_far} of 15 photos; results so far." in http.get("/search").text
+            gate.set()
+            assert run.index_done.wait(300) and run.error is None, lines
+            for _ in range(100):
+                answer = http.get("/api/search", params={"like": photo, "top": 50}).json()
+                if answer["complete"]:
+                    break
+                time.sleep(0.05)
+            assert answer["complete"] is True and len(answer["results"]) == 14
+            assert "Indexing" not in http.get("/search").text
+    finally:
+        gate.set()
+        run.thread.join(300)
+        run.index_thread.join(300)
+    assert run.index_dir == run.index_folder and Index.open(run.index_folder).entries == 15

@@ -44,6 +44,9 @@ RECIPE = {
 #: (38% of bn2's) with another window of a photo already there (docs/atlas.md, *Crops*).
 CROPS_UP_TO = 50
 STAMP = "demo.json"
+#: Photos per forward pass of the demo's index: a snapshot is published where a batch ends, so
+#: the first search answers after the first batch.
+INDEX_BATCH = 16
 #: The demo index's folder and stamp, inside the demo folder.
 INDEX_DIR = "index"
 INDEX_STAMP = "demo-index.json"
@@ -252,6 +255,7 @@ def ensure_demo_index(
 
     def run(update: bool, resume: bool) -> None:
         Index.build(model, inputs, folder, update=update, resume=resume, progress=True, snapshots=snapshots,
+                    batch_size=INDEX_BATCH,
                     on_skip=lambda p, r: echo(f"skipped {p}: {r}")).close()
 
     try:
