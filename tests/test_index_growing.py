@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from convscope.cli import main
-from convscope.index import Index, IncompleteIndexError
+from convscope.errors import ConvscopeError
+from convscope.index import Index, IncompleteIndexError, concepts
 from convscope.index import build as index_build
 from convscope.web import create_app
 from tests.served import serving
@@ -201,6 +202,9 @@ def test_a_killed_build_leaves_a_snapshot_never_complete_and_resumes_exactly(pho
         assert info["complete"] is False and 8 <= info["entries"] < reference.entries
         assert info["building"]["files_done"] < info["building"]["files"] == 20
         assert _hits(snap.like(0, top=100)) == _hits(reference.like(0, top=100), _paths(snap))
+        with pytest.raises(ConvscopeError, match="still being built"):  # no committed database to write, nor made
+            concepts.teach(snap, "mine", [sorted(_paths(snap))[0]], model=tiny)
+    assert not (out / "index.sqlite").exists()
     runner = CliRunner()  # the CLI
     text = runner.invoke(main, ["index", "--out", str(out), "--info"])
     assert text.exit_code == 0 and "NOT COMPLETE" in text.output and "of 20 files indexed" in text.output
