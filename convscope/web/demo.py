@@ -274,9 +274,9 @@ def ensure_demo_index(
 #: When ``convscope demo`` starts its index beside the atlas (:class:`DemoBuild`): ``"scan"``
 #: once the atlas's scan has published its first snapshot (the gallery is open), the index's
 #: forward passes then sharing the cores with the scan's; ``"scanned"`` once the scan has passed
-#: every photo; ``"atlas"`` once the atlas is committed. Measured in docs/atlas.md ("The demo's
-#: index"): on 2 cores ``"scan"`` answers the first search soonest and costs the first atlas
-#: page nothing, since it starts after that page.
+#: every photo; ``"atlas"`` once the atlas is committed. Measured (docs/search.md, *An index that
+#: answers while it builds*; ``bench/index_start.py``): on 2 cores ``"scan"`` answers the first
+#: search soonest and costs the first atlas page nothing, since it starts after that page.
 INDEX_START = "scan"
 INDEX_STARTS = ("scan", "scanned", "atlas")
 
