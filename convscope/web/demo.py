@@ -306,6 +306,8 @@ class DemoBuild:
         self.atlas_done = threading.Event()
         self.index_done = threading.Event()
         self.index_start = index_start
+        self._stand_in: Path | None = None  # the empty index served until the index's first snapshot
+        self._stand_in_ready = threading.Event()
         self._indexed: Callable[[Path], None] | None = None
         self._lock = threading.Lock()
         self._args = (list(images), rebuild, recipe, echo)
@@ -350,11 +352,31 @@ class DemoBuild:
         except ConvscopeError:  # between its last snapshot and its commit
             return False
 
+    def _begun(self) -> bool:
+        """Whether the atlas build has looked at its folder (it refuses one holding something
+        else: nothing of the index's may be there before)."""
+        from ..atlas import DB_NAME
+        from ..stores import PARTIAL
+
+        return self.atlas_done.is_set() or (self.out / PARTIAL).is_dir() or (self.out / DB_NAME).is_file()
+
     def _run_index(self) -> None:
         from ..errors import ConvscopeError
+        from ..index import Index
 
         images, rebuild, recipe, echo = self._args
         try:
+            try:  # the stand-in, made while the atlas scans its first photos (not after: the first page waits for it)
+                while not self._begun():
+                    time.sleep(0.1)
+                if self.error is not None:
+                    return  # the atlas stopped: so does the demo
+                try:
+                    Index.open(self.index_folder, building=True).close()
+                except ConvscopeError:
+                    self._stand_in = empty_index(self.out, recipe)
+            finally:
+                self._stand_in_ready.set()
             while not self._index_may_start():
                 time.sleep(0.2)
             if self.error is not None:
@@ -383,11 +405,12 @@ class DemoBuild:
         from ..errors import ConvscopeError
         from ..index import Index
 
+        self._stand_in_ready.wait()
         try:
             Index.open(self.index_folder, building=True).close()
             return self.index_folder
         except ConvscopeError:
-            return empty_index(self.out, self._args[2])
+            return self._stand_in or empty_index(self.out, self._args[2])
 
     def follow(self, app) -> None:
         """Let the search pages of ``app`` follow the demo's index: each new snapshot of its
