@@ -35,12 +35,15 @@ from ._ray import ray_options
                    "indexed once it has not changed for --settle seconds (a file being copied is not read half-written).")
 @click.option("--settle", default=2.0, show_default=True, type=click.FloatRange(0),
               help="With --watch: seconds a file must stay unchanged before it is read.")
+@click.option("--info", "show_info", is_flag=True,
+              help="Say what the index in --out holds (entries, files, model, layers) instead of indexing; a build "
+                   "in progress shows its latest snapshot, NOT COMPLETE.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record for the index written: out, entries, photos, videos, skipped, model, layers, seconds.")
 @ray_options
 @model_options
-def index(paths, out, fps, update, resume, layers, batch_size, workers, text, watch, settle, as_json, ray, ray_workers,
-          model_args):
+def index(paths, out, fps, update, resume, layers, batch_size, workers, text, watch, settle, show_info, as_json, ray,
+          ray_workers, model_args):
     """Index photos and videos (files, folders, globs, @LIST files) into --out, once, for
     `convscope search`, `duplicates` and `organize`.
 
@@ -60,9 +63,13 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, text, wa
       convscope index photos/ --out photos.index --resume
       convscope index photos/ --out photos.index --ray --ray-workers 2
       convscope index photos/ --out photos.index --watch   # and keep it up to date
+      convscope index --out photos.index --info
     """
     from ..index import Index
     from ..index.build import check_out
+
+    if show_info:
+        return _info(out, as_json)
 
     if not paths and not update:
         raise click.UsageError("give photos and videos to index (files, folders, globs or @LIST files)")
@@ -81,6 +88,25 @@ def index(paths, out, fps, update, resume, layers, batch_size, workers, text, wa
     report_built(f"index of {info['photos']} photos and {info['videos']} videos ({info['entries']} entries, "
                  f"{info['skipped']} skipped)", out, {k: v for k, v in info.items() if k != "path"},
                  time.time() - started, as_json, info["entries"])
+
+
+def _info(out, as_json) -> None:
+    """``index --info``: the index in ``out``, or the latest snapshot of its build in progress."""
+    from ..index import Index
+
+    with Index.open(out, building=True) as idx:
+        info = idx.info()
+    if as_json:
+        emit(info)
+        return
+    building = info["building"]
+    if building is not None:
+        click.echo(f"NOT COMPLETE: a snapshot of a build in progress ({building['files_done']} of {building['files']} "
+                   f"files indexed, at {building['updated']}); finish it with `convscope index ... --resume` if it stopped")
+    click.echo(f"entries      {info['entries']} ({info['photos']} photos, {info['videos']} videos, "
+               f"{info['skipped']} skipped)")
+    click.echo(f"model        {info['model']}; layers {', '.join(info['layers'])}")
+    click.echo(f"built        {info['built'] or '-'} in {info['seconds'] or '-'} s; signals {', '.join(info['signals'])}")
 
 
 def _watch(paths, out, settle, model_args, **options) -> None:

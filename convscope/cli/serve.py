@@ -215,20 +215,14 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
                    f"`convscope serve {atlas_dir} --index {index_dir}`", err=True)
         return
     from ..web import create_app
-    from ..web.app import reopen_index
-    from ..index.store import DB_NAME as INDEX_DB
-    from ..stores import state
 
     # serving: the build goes on on a thread; the gallery opens on its first snapshot and grows,
     # each unit's pictures computed when its page is opened
     building = recipes.DemoBuild(out, images, rebuild=rebuild, recipe=recipe, echo=echo)
     atlas_dir = building.wait_servable()
-    index_dir = atlas_dir / recipes.INDEX_DIR
-    if not state(index_dir, INDEX_DB).committed:  # built after the atlas: search answers from then on
-        echo("search finds the photos once their index is built, after the atlas")
-        index_dir = recipes.empty_index(out, recipe)
-    echo(f"the gallery is open at http://{host}:{port}/ (the atlas grows while the build runs)")
-    app = create_app(atlas_dir, index=index_dir, pages=page_groups(None),
+    echo(f"the gallery is open at http://{host}:{port}/ (the atlas grows while the build runs; "
+         "search answers from the first photos indexed)")
+    app = create_app(atlas_dir, index=building.servable_index(), pages=page_groups(None),
                      allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret)
-    building.when_indexed(lambda folder: reopen_index(app, folder))
+    building.follow(app)  # the index's snapshots as its build goes on, then the finished index
     _run_server(app, host, port)

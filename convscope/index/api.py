@@ -46,10 +46,11 @@ class Index(IndexStore):
               on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None,
               draft: bool = True, layers: Sequence[str] | None = None, ray=None,
               ray_workers: int | None = None, text: bool | None = None,
-              on_note: Callable[[str], None] | None = None) -> "Index":
+              on_note: Callable[[str], None] | None = None, snapshots: bool = False) -> "Index":
         """Index photos and videos into the folder ``out`` and open it (arguments: see
         :func:`convscope.index.build.build`; ``ray=True``, an address or a Pool computes on Ray,
-        with the same result; ``text``: recognize text in photos, None where the engine is installed).
+        with the same result; ``text``: recognize text in photos, None where the engine is installed;
+        ``snapshots``: publish what the build holds so far, for ``Index.open(out, building=True)``).
 
         >>> index = Index.build(load_model(), ["photos/"], "photos.index", on_skip=print)
         """
@@ -57,7 +58,7 @@ class Index(IndexStore):
 
         build(model, inputs, out, fps=fps, update=update, resume=resume, batch_size=batch_size, workers=workers,
               on_skip=on_skip, progress=progress, draft=draft, layers=layers, ray=ray, ray_workers=ray_workers, text=text,
-              on_note=on_note)
+              on_note=on_note, snapshots=snapshots)
         return cls.open(out)
 
     def search(self, query: str, *, top: int = 20, min_score: float = search.MIN_SCORE,

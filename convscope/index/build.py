@@ -43,8 +43,8 @@ from . import media
 from .compute import Source, Task, decode, forward, write_rows
 from .features import Extractor, model_fingerprint
 from . import concepts, signals
-from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, TOP_CLASSES, IndexStore, RowFile, db_path,
-                    read_meta, read_path)
+from .store import (DB_NAME, FORMAT, FORMAT_VERSION, PROB_FLOOR, SNAPSHOT_NAME, TOP_CLASSES, IndexStore, RowFile,
+                    db_path, entry_columns, read_meta, read_path)
 
 #: Sampled video frames decoded per work item: long videos are read in pieces of this many
 #: frames (a worker seeks to the piece), so memory does not grow with a video's length.
@@ -166,6 +166,7 @@ class _Partial:
                                      f"the database {self.rows}); remove {self.dir} and build again")
             f.truncate(self.rows)
         self.done = {read_path(r[0]) for r in self.conn.execute("SELECT path FROM files")}
+        self.publisher: _Snapshots | None = None  # with ``snapshots``: publishes after a commit when due
         self.next_id = max([int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0])]
                            + [v["record"]["id"] for v in self.open.values()]) + 1
         self.pending = 0
@@ -207,18 +208,68 @@ class _Partial:
         self.conn.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)", (db_path(path), reason))
 
     def commit(self, force: bool = False) -> None:
-        if not force and self.pending < CHUNK:
+        """Commit the rows so far where ``CHUNK`` entries wait (or ``force``), or where a snapshot
+        is due (then publish it): called where a batch ends, so that a resumed build starts on a
+        batch of the uninterrupted one."""
+        publish = self.publisher is not None and self.publisher.due(self)
+        if not (force or publish) and self.pending < CHUNK:
             return
         for f in self.files.values():  # arrays first: the database never counts rows not on disk
             f.commit()
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('open', ?)", (json.dumps(self.open),))
         self.conn.commit()
         self.pending = 0
+        if publish:
+            self.publisher.publish(self)
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
         self.conn.close()
+
+
+class _Snapshots:
+    """The snapshots of a build with ``snapshots=True``: after a commit, a copy of the partial
+    database (SQLite's backup of the committed state) cut to the files whose rows are all there,
+    marked ``complete`` false with how far the build is (``building``), written beside it and
+    renamed over the last one (:data:`~convscope.index.store.SNAPSHOT_NAME`), so a reader sees
+    one whole snapshot or the next. Its rows' arrays are the build's own growing files, read up
+    to its rows. The first commit with files is published at once, then at most one per
+    ``every`` seconds or four times the time the last one took, whichever is longer."""
+
+    def __init__(self, files: int, videos: int, classes: int, every: float = 3.0):
+        self.files, self.videos, self.classes, self.every = files, videos, classes, every
+        self._next = 0.0
+        self._seen = -1  # files indexed at the last snapshot
+        self.published = 0
+
+    def due(self, partial: _Partial) -> bool:
+        return time.monotonic() >= self._next and len(partial.done) not in (self._seen, 0)
+
+    def publish(self, partial: _Partial) -> None:
+        begun = time.monotonic()
+        final = partial.dir / SNAPSHOT_NAME
+        tmp = final.with_name(SNAPSHOT_NAME + ".writing")
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):  # of a killed run: never replayed into this one
+            leftover.unlink(missing_ok=True)
+        with contextlib.closing(sqlite3.connect(tmp)) as conn:
+            partial.conn.backup(conn)
+            files, rows = conn.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM files").fetchone()
+            skipped = int(conn.execute("SELECT COUNT(*) FROM skipped").fetchone()[0])
+            for table in ("entries", *partial._tables()):  # the frames of a video under way
+                conn.execute(f"DELETE FROM {table} WHERE row >= ?", (rows,))
+            building = {"files_done": min(self.files, files + skipped), "files": self.files, "videos": self.videos,
+                        "entries": rows, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            conn.execute("DELETE FROM meta WHERE key = 'open'")
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in {
+                "complete": False, "entries": rows, "files": files, "skipped": skipped, "classes": self.classes,
+                "building": building}.items()])
+            conn.commit()
+        fsync_file(tmp)
+        os.replace(tmp, final)
+        self._seen = len(partial.done)
+        self.published += 1
+        self._next = time.monotonic() + max(self.every, 4 * (time.monotonic() - begun))
 
 
 def _begun(db: Path) -> bool:
@@ -259,7 +310,7 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
           on_skip: Callable[[str, str], None] | None = None, progress: bool | None = None, draft: bool = True,
           layers: Sequence[str] | None = None, ray=None, ray_workers: int | None = None, text: bool | None = None,
           on_note: Callable[[str], None] | None = None,
-          settled: Callable[[str, os.stat_result], bool] | None = None) -> Path:
+          settled: Callable[[str, os.stat_result], bool] | None = None, snapshots: bool = False) -> Path:
     """Index ``inputs`` (files, folders, globs, ``@LIST``; photos and videos) into the folder ``out``.
 
     ``fps``: video frames sampled per second of video. ``update``: refresh an existing index
@@ -279,7 +330,10 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     ``on_note(line)`` is called once for each signal that runs with less here (place names
     without the gazetteer package). ``settled(path, stat)``: False for a file still being written
     (:mod:`.watch`): it is not read now; an indexed one keeps its rows and its old record, so
-    that the next update computes it. Returns ``out``.
+    that the next update computes it. ``snapshots``: while a new build (not an update) runs,
+    publish what it holds so far, which :meth:`IndexStore.open(out, building=True)
+    <convscope.index.store.IndexStore.open>` reads (after the first batch, then every few
+    seconds; a crash leaves the last one readable). Returns ``out``.
 
     >>> build(load_model(), ["photos/"], "photos.index")
     PosixPath('photos.index')
@@ -301,7 +355,7 @@ def build(model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     # (SQLite's "database or disk is full" names no file: the partial database is the one written)
     with writer_lock(out, kind="index"), disk_full_as_error(partial_dir(out) / DB_NAME, _disk_full_hint(update)):
         return _build(model, inputs, out, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers,
-                      ray, ray_workers, names, started, settled)
+                      ray, ray_workers, names, started, settled, snapshots)
 
 
 def _disk_full_hint(update: bool) -> str:
@@ -309,7 +363,7 @@ def _disk_full_hint(update: bool) -> str:
 
 
 def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, on_skip, progress, draft, layers, ray,
-           ray_workers, names, started, settled=None) -> Path:
+           ray_workers, names, started, settled=None, snapshots=False) -> Path:
     """:func:`build`'s steps, its arguments checked, holding the folder's writer lock."""
     held = _prepare(out, update, resume)
     if resume and not update and held is State.COMPLETE:
@@ -336,6 +390,9 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
 
     try:
         sources = _plan(inputs, old, skip, settled)
+        if snapshots and old is None:  # (an update serves its committed index meanwhile)
+            classes = len(model.labels) if model.labels else extractor.classes  # as the class signal counts them
+            partial.publisher = _Snapshots(len(sources) + len(skipped), sum(s.video for s in sources), classes)
         if old is not None and any(signal.arrays(extractor) and signal.needs_model for signal in signals.chosen(names)
                                    if signal.name not in old.signals):
             for src in sources:  # a signal of the model's outputs that the old index lacks: run the model again
@@ -361,6 +418,7 @@ def _build(model, inputs, out: Path, fps, update, resume, batch_size, workers, o
                 decoded = decode(tasks, model.transform, fps, target_size,
                                  default_workers(len(tasks)) if workers is None else max(0, workers), names)
                 write_rows(partial, sources, forward(extractor, decoded, ends, names), ends, skip, bar)
+        partial.publisher = None  # the last commit: finished next, no snapshot
         partial.commit(force=True)
         _finalize(out, partial, extractor, time.time() - started, old)
     finally:
@@ -481,30 +539,17 @@ def _without(tasks: Sequence[Task], ends: Sequence[int], done: set[str],
 # --------------------------------------------------------------------------- finishing
 
 
-def _date_seconds(taken: str | None, mtime_ns: int) -> float:
-    """Sort key of a file: its EXIF (or container) date read as UTC, else its mtime."""
-    if taken:
-        with contextlib.suppress(ValueError):
-            return datetime.datetime.fromisoformat(taken).replace(tzinfo=datetime.timezone.utc).timestamp()
-    return mtime_ns / 1e9
-
-
 def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float, old: IndexStore | None) -> None:
     """Write the derived arrays (the entries' and the signals'), carry the ``old`` index's taught
     concepts over, mark the database complete, fsync every file, and commit: one rename of the
     database into place."""
     conn, arrays, n = partial.conn, partial.arrays, partial.rows
+    # no snapshot from here on: the row arrays a snapshot reads are turned into the final ones
+    (partial.dir / SNAPSHOT_NAME).unlink(missing_ok=True)
     for f in partial.files.values():
         f.close()
-    files = {r[0]: r[1:] for r in conn.execute("SELECT id, taken, mtime_ns FROM files")}
-    file_col = np.zeros(n, np.int32)
-    time_col = np.full(n, np.nan, np.float32)
-    for row, fid, t in conn.execute("SELECT row, file, time FROM entries ORDER BY row"):
-        file_col[row] = fid
-        if t is not None:
-            time_col[row] = t
-    dates = {fid: _date_seconds(taken, mtime) for fid, (taken, mtime) in files.items()}
-    date_col = np.array([dates[f] for f in file_col], np.float64) + np.nan_to_num(time_col)
+    files = int(conn.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+    file_col, time_col, date_col = entry_columns(conn, n)
     np.save(arrays / "entry_file.npy", file_col)
     np.save(arrays / "entry_time.npy", time_col)
     np.save(arrays / "entry_date.npy", date_col)
@@ -517,7 +562,7 @@ def _finalize(out: Path, partial: _Partial, extractor: Extractor, seconds: float
     notes = {}
     for signal in signals.chosen(partial.names):
         notes.update(signal.notes(conn))
-    done = {"entries": n, "files": len(files), "skipped": skipped, "complete": True, "notes": notes,
+    done = {"entries": n, "files": files, "skipped": skipped, "complete": True, "notes": notes,
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3)}
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in done.items()])
     conn.commit()

@@ -442,6 +442,8 @@ def _rows_of(index, hashes: set[str]) -> np.ndarray:
 def _writable(index) -> sqlite3.Connection:
     """A writable connection to the index's committed database, once it is still the version
     ``index`` opened (an update may have replaced it since)."""
+    if index.building is not None:  # a snapshot: no committed database to write (nor to make)
+        raise ConvscopeError(f"the index in {index.root} is still being built; teach concepts once it is finished")
     conn = sqlite3.connect(os.fspath(index.root / DB_NAME), timeout=30)
     try:
         arrays = conn.execute("SELECT value FROM meta WHERE key = 'arrays'").fetchone()

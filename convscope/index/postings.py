@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import load_rows
+from .arrays import load_rows
 
 #: Classes per block: 40 columns for 1,000 classes (160 bytes an entry, 6 percent of the
 #: float16 embedding of the default model). Smaller blocks cover more of a query whole, but a
@@ -93,20 +93,21 @@ def split(classes, count: int) -> tuple[list[int], list[int]]:
     return whole, [c for c in wanted if c not in inside]
 
 
-def write_postings(arrays: Path, classes: int, n: int, block: int = 65536) -> None:
-    """Write the inverted lists class -> (entry, probability), entries ascending within a class
-    (``post_offsets``, ``post_entry``, ``post_prob``), and the class blocks, from the arrays
-    folder's ``top_class`` and ``top_prob`` rows."""
-    top_class, top_prob = load_rows(arrays / "top_class.npy"), load_rows(arrays / "top_prob.npy")
+def _offsets(top_class, classes: int, n: int, block: int) -> np.ndarray:
+    """Where each class's list starts in the inverted lists, and their end: (classes + 1,)."""
     counts = np.zeros(classes, np.int64)
     for a in range(0, n, block):
         c = np.asarray(top_class[a:a + block]).ravel()
         counts += np.bincount(c[c >= 0], minlength=classes)[:classes]
     offsets = np.zeros(classes + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    total = int(offsets[-1])
-    entry = np.lib.format.open_memmap(arrays / "post_entry.npy", mode="w+", dtype=np.int32, shape=(total,)) if total else np.zeros(0, np.int32)
-    prob = np.lib.format.open_memmap(arrays / "post_prob.npy", mode="w+", dtype=np.float16, shape=(total,)) if total else np.zeros(0, np.float16)
+    return offsets
+
+
+def _fill(top_class, top_prob, offsets: np.ndarray, entry, prob, n: int, block: int) -> None:
+    """Write each entry's classes into the inverted lists ``entry``, ``prob`` (by class, entries
+    ascending within it), ``block`` entries at a time."""
+    classes = len(offsets) - 1
     cursor = offsets[:-1].copy()
     for a in range(0, n, block):
         c = np.asarray(top_class[a:a + block])
@@ -121,6 +122,29 @@ def write_postings(arrays: Path, classes: int, n: int, block: int = 65536) -> No
         entry[place] = rows
         prob[place] = p
         cursor += np.bincount(c, minlength=classes)[:classes]
+
+
+def inverted_lists(top_class, top_prob, classes: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inverted lists of the rows ``top_class`` (N, K) and ``top_prob`` (N, K), in memory:
+    (``post_offsets``, ``post_entry``, ``post_prob``) as :func:`write_postings` writes them. A
+    snapshot of a build in progress reads its lists so (:class:`~convscope.index.store.IndexStore`)."""
+    n = len(top_class)
+    offsets = _offsets(top_class, classes, n, block)
+    entry, prob = np.zeros(int(offsets[-1]), np.int32), np.zeros(int(offsets[-1]), np.float16)
+    _fill(top_class, top_prob, offsets, entry, prob, n, block)
+    return offsets, entry, prob
+
+
+def write_postings(arrays: Path, classes: int, n: int, block: int = 65536) -> None:
+    """Write the inverted lists class -> (entry, probability), entries ascending within a class
+    (``post_offsets``, ``post_entry``, ``post_prob``), and the class blocks, from the arrays
+    folder's ``top_class`` and ``top_prob`` rows."""
+    top_class, top_prob = load_rows(arrays / "top_class.npy"), load_rows(arrays / "top_prob.npy")
+    offsets = _offsets(top_class, classes, n, block)
+    total = int(offsets[-1])
+    entry = np.lib.format.open_memmap(arrays / "post_entry.npy", mode="w+", dtype=np.int32, shape=(total,)) if total else np.zeros(0, np.int32)
+    prob = np.lib.format.open_memmap(arrays / "post_prob.npy", mode="w+", dtype=np.float16, shape=(total,)) if total else np.zeros(0, np.float16)
+    _fill(top_class, top_prob, offsets, entry, prob, n, block)
     if total:
         entry.flush()
         prob.flush()

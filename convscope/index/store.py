@@ -6,7 +6,8 @@ A folder (schema in ``docs/search.md``, "Index format")::
     arrays-<gen>/         top_class, top_prob, embedding (rows = entries);
                           units, unit_pos (rows = units); post_* (the class -> entry lists);
                           entry_file, entry_time, entry_date
-    .partial/             a build in progress: its database (its arrays-<gen>/ beside the others)
+    .partial/             a build in progress: its database (its arrays-<gen>/ beside the others),
+                          and, with ``snapshots``, snapshot.sqlite: what it holds so far
 
 An entry is one photo or one sampled video frame; its row in every entry array is its
 ``entries.row``. The folder follows :mod:`convscope.stores`: ``index.sqlite`` appears (or is
@@ -14,12 +15,21 @@ replaced) by one atomic rename only when a build is complete and every file is f
 names the arrays folder it goes with, so a reader sees the old index or the new one and never a
 mix. Indexes built before the decoder was recorded (no ``decoder`` in meta) read alike.
 
+A build with ``snapshots`` publishes what it holds so far as ``.partial/snapshot.sqlite``
+(:data:`SNAPSHOT_NAME`): a copy of its database at a commit, cut to the files whose rows are all
+there, ``complete`` false and ``building`` saying how far it is. ``IndexStore.open(DIR,
+building=True)`` reads it: the growing row arrays up to its rows (:func:`.arrays.head_rows`), and
+what a build writes only at its end computed as it opens (the entries' files and dates, the
+inverted lists in memory, the units read through the transpose of their rows); the class-block
+sums are left out, which gives the same scores (:mod:`.postings`).
+
 >>> store = IndexStore.open("photos.index")
 >>> store.entries, store.embedding.shape            # (1234, (1234, 1280))
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shlex
@@ -33,11 +43,15 @@ import numpy as np
 from ..errors import ConvscopeError
 from ..files import printable_path
 from ..model_names import DEFAULT_MODEL
-from ..stores import PARTIAL, open_committed
+from ..stores import PARTIAL, open_committed, state
+from . import postings
+from .arrays import RowFile, head_rows, load_rows  # noqa: F401 (RowFile and load_rows: read from here too)
 
 FORMAT = "convscope-index"
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"
+#: A build's latest published snapshot, in ``.partial/`` (see the module's docstring).
+SNAPSHOT_NAME = "snapshot.sqlite"
 #: Classes kept per entry, most probable first, and the smallest probability kept: measured on
 #: the dev photos (BENCHMARKS.md), 32 classes above 0.001 give keyword search the mean average
 #: precision of the full 1,000 probabilities (0.988 against 0.987) with a mean score error of
@@ -46,7 +60,6 @@ TOP_CLASSES = 32
 PROB_FLOOR = 1e-3
 #: The signals of an index built before they were recorded (meta ``signals``).
 BEFORE_RECORDED = ("classes", "embedding", "units", "thumbnail", "metadata")
-_HEADER = 128  # bytes reserved for an .npy header, so a growing array is rewritten in place
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,19 +81,6 @@ def schema(columns: dict[str, str], tables: str) -> str:
 
 class IncompleteIndexError(ConvscopeError):
     """A folder whose index build stopped before the end."""
-
-
-# --------------------------------------------------------------------------- growing arrays
-
-
-def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    """An .npy 1.0 header padded to exactly :data:`_HEADER` bytes (NumPy reads the padding)."""
-    text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
-    body = text.encode("latin1")
-    pad = _HEADER - 10 - len(body) - 1
-    if pad < 0:
-        raise ValueError(f"array shape {shape} does not fit an .npy header of {_HEADER} bytes")
-    return b"\x93NUMPY\x01\x00" + (_HEADER - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
 
 
 def db_path(path: str) -> str | bytes:
@@ -106,68 +106,35 @@ def _record(row) -> dict:
     return record
 
 
-class RowFile:
-    """An .npy file that grows by rows: ``append`` writes rows at the end, ``commit`` rewrites the
-    header for the rows so far and fsyncs, ``truncate`` cuts it back to a committed row count (to
-    resume). Between commits the file reads as the last committed array.
-
-    >>> f = RowFile("probs.npy", np.float16, (32,))
-    >>> f.append(np.zeros((8, 32), np.float16)); f.commit(); f.rows      # 8
-    """
-
-    def __init__(self, path: str | os.PathLike, dtype, row_shape: Sequence[int]):
-        self.path = Path(path)
-        self.dtype = np.dtype(dtype)
-        self.row_shape = tuple(int(s) for s in row_shape)
-        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        new = not self.path.exists()
-        self._f = open(self.path, "w+b" if new else "r+b")
-        if new:
-            self._f.write(_header(self.dtype, (0, *self.row_shape)))
-            self._f.flush()
-        self.rows = (os.fstat(self._f.fileno()).st_size - _HEADER) // self.row_bytes
-
-    def append(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        if rows.shape[1:] != self.row_shape:
-            raise ValueError(f"{self.path.name}: rows of shape {rows.shape[1:]} where {self.row_shape} was expected")
-        self._f.seek(_HEADER + self.rows * self.row_bytes)
-        self._f.write(rows.tobytes())
-        self.rows += len(rows)
-
-    def truncate(self, rows: int) -> None:
-        self._f.truncate(_HEADER + rows * self.row_bytes)
-        self.rows = rows
-        self.commit()
-
-    def commit(self) -> None:
-        self._f.seek(0)
-        self._f.write(_header(self.dtype, (self.rows, *self.row_shape)))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-
-def load_rows(path: Path) -> np.ndarray:
-    """An .npy array memory-mapped read-only (an empty one read into memory: mmap cannot map
-    0 bytes)."""
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, _ = read(f)
-    if 0 in shape:
-        return np.load(path)
-    return np.load(path, mmap_mode="r")
-
-
 # --------------------------------------------------------------------------- reading
 
 
 def read_meta(conn: sqlite3.Connection) -> dict:
     return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def _date_seconds(taken: str | None, mtime_ns: int) -> float:
+    """Sort key of a file: its EXIF (or container) date read as UTC, else its mtime."""
+    if taken:
+        with contextlib.suppress(ValueError):
+            return datetime.datetime.fromisoformat(taken).replace(tzinfo=datetime.timezone.utc).timestamp()
+    return mtime_ns / 1e9
+
+
+def entry_columns(conn: sqlite3.Connection, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entry arrays a build derives from its database's first ``n`` entries: ``entry_file``
+    (n,) int32, ``entry_time`` (n,) float32 (NaN for a photo) and ``entry_date`` (n,) float64 (the
+    file's EXIF date, else its mtime, plus the frame's time)."""
+    files = {r[0]: r[1:] for r in conn.execute("SELECT id, taken, mtime_ns FROM files")}
+    file_col = np.zeros(n, np.int32)
+    time_col = np.full(n, np.nan, np.float32)
+    for row, fid, t in conn.execute("SELECT row, file, time FROM entries WHERE row < ? ORDER BY row", (n,)):
+        file_col[row] = fid
+        if t is not None:
+            time_col[row] = t
+    dates = {fid: _date_seconds(taken, mtime) for fid, (taken, mtime) in files.items()}
+    date_col = np.array([dates[f] for f in file_col], np.float64) + np.nan_to_num(time_col)
+    return file_col, time_col, date_col
 
 
 #: What to do with a folder whose database convscope cannot read as its index: an update would
@@ -237,34 +204,61 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
         self.meta = meta
         arrays = root / meta["arrays"]
         self.arrays_dir = arrays
-
-        def load(name):
-            return load_rows(arrays / f"{name}.npy")
-
-        self.top_class = load("top_class")
-        self.top_prob = load("top_prob")
-        self.embedding = load("embedding")
-        self.units = load("units")
-        self.unit_pos = load("unit_pos")
-        self.post_offsets = np.asarray(load("post_offsets"))
-        self.post_entry = load("post_entry")
-        self.post_prob = load("post_prob")
-        blocks = arrays / "class_blocks.npy"  # absent in indexes built before it (format 1 still)
-        self.class_blocks = load_rows(blocks) if blocks.is_file() else None
-        self.entry_file = load("entry_file")
-        self.entry_time = load("entry_time")
-        self.entry_date = load("entry_date")
         self.entries = int(meta["entries"])
         self.labels: list[str] = meta["labels"]
         self.layers: list[dict] = meta["layers"]
         self._paths: dict[int, dict] = {}
         self._memo: dict[str, object] = {}
+        load = self.array
+        self.top_class = load("top_class")
+        self.top_prob = load("top_prob")
+        self.embedding = load("embedding")
+        if self.building is None:
+            self.units = load("units")
+            self.unit_pos = load("unit_pos")
+            self.post_offsets = np.asarray(load("post_offsets"))
+            self.post_entry = load("post_entry")
+            self.post_prob = load("post_prob")
+            blocks = arrays / "class_blocks.npy"  # absent in indexes built before it (format 1 still)
+            self.class_blocks = load_rows(blocks) if blocks.is_file() else None
+            self.entry_file = load("entry_file")
+            self.entry_time = load("entry_time")
+            self.entry_date = load("entry_date")
+        else:  # a snapshot: what the build derives at its end, computed here (module docstring)
+            self.units, self.unit_pos = load("unit_rows").T, load("unit_pos_rows").T
+            self.post_offsets, self.post_entry, self.post_prob = postings.inverted_lists(
+                self.top_class, self.top_prob, int(meta["classes"]))
+            self.class_blocks = None
+            with self._lock:
+                self.entry_file, self.entry_time, self.entry_date = entry_columns(conn, self.entries)
+
+    def array(self, name: str) -> np.ndarray:
+        """The row array ``name`` (``"embedding"``, ``"phash"``...) of the index's entries,
+        memory-mapped read-only: of a snapshot, its first :attr:`entries` rows."""
+        path = self.arrays_dir / f"{name}.npy"
+        return load_rows(path) if self.building is None else head_rows(path, self.entries)
+
+    @property
+    def building(self) -> dict | None:
+        """For a snapshot of a build in progress (:meth:`open` with ``building=True``):
+        ``files_done`` (indexed or skipped) of ``files`` planned (``videos`` of them videos),
+        ``entries`` so far and ``updated`` (ISO time); None for a finished index."""
+        return self.meta.get("building")
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "IndexStore":
+    def open(cls, directory: str | os.PathLike, building: bool = False) -> "IndexStore":
         """Open the index in ``directory``; an unfinished build raises :class:`IncompleteIndexError`
-        (one line that says to resume it)."""
+        (one line that says to resume it). ``building=True`` opens, where the build is unfinished
+        and nothing is committed, its latest snapshot instead (a build with ``snapshots=True``
+        publishes them): the entries indexed so far, an index whose :attr:`building` says how
+        far it is and whose ``info()["complete"]`` is False.
+
+        >>> IndexStore.open("photos.index", building=True).building
+        {'files_done': 120, 'files': 370, 'videos': 0, 'entries': 120, 'updated': '...'}"""
         root = Path(directory)
+        snapshot = root / PARTIAL / SNAPSHOT_NAME
+        if building and not state(root, DB_NAME).committed and snapshot.is_file():
+            return cls._snapshot(root, snapshot)
         build = f"build one with Index.build(model, inputs, {str(root)!r}) (`convscope index PATHS --out {_shell(root)}`)"
         conn = open_committed(root, DB_NAME, kind="index", format=FORMAT, incomplete=IncompleteIndexError,
                               resume_hint=resume_hint(root), build_hint=build, rebuild_hint=_REBUILD)
@@ -274,6 +268,24 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
             raise ConvscopeError(f"{root / DB_NAME} is an index of format version {meta.get('version')}; "
                                  f"this convscope reads version {FORMAT_VERSION}: {_REBUILD}")
         return cls(root, conn, meta)
+
+    @classmethod
+    def _snapshot(cls, root: Path, snapshot: Path) -> "IndexStore":
+        """The snapshot ``snapshot`` of the build in ``root``; one line when it cannot be read
+        (replaced or removed as it opened: the build went on or is finishing)."""
+        conn = None
+        try:
+            conn = sqlite3.connect(f"file:{snapshot.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            meta = read_meta(conn)
+            if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION or "building" not in meta:
+                raise ValueError("not a snapshot of this convscope's index")
+            return cls(root, conn, meta)
+        except (sqlite3.Error, OSError, ValueError, KeyError) as exc:
+            if conn is not None:
+                conn.close()
+            raise IncompleteIndexError(f"the snapshot of the index build in {root} cannot be read now ({exc}); "
+                                       "open it again in a moment") from None
 
     def close(self) -> None:
         with self._lock:
@@ -355,8 +367,9 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
 
     def info(self) -> dict:
         """A summary: entries, files (photos, videos), skipped, model, layers, fps, built, seconds,
-        the signals it holds and its build's ``notes`` (metadata ignored as untrue, work capped:
-        how many of each kind, ``{"date": 2, "gps": 1}``)."""
+        the signals it holds, its build's ``notes`` (metadata ignored as untrue, work capped:
+        how many of each kind, ``{"date": 2, "gps": 1}``), ``complete`` and ``building`` (a
+        snapshot's: how far its build is; None for a finished index)."""
         kinds = dict(self.query("SELECT kind, COUNT(*) FROM files GROUP BY kind"))
         m = self.meta
         return {
@@ -365,7 +378,8 @@ Inverted lists: ``post_offsets`` (C + 1,), ``post_entry`` and ``post_prob``; ``c
             "units": int(self.units.shape[0]), "embedding_dim": int(self.embedding.shape[1]), "fps": m["fps"],
             "top_classes": m["top_classes"], "prob_floor": m["prob_floor"], "built": m.get("built"), "seconds": m.get("seconds"),
             "signals": list(self.signals), "notes": m.get("notes", {}),
+            "complete": m.get("complete") is True, "building": self.building,
         }
 
     def __repr__(self) -> str:
-        return f"IndexStore({str(self.root)!r}, entries={self.entries})"
+        return f"IndexStore({str(self.root)!r}, entries={self.entries}{', building' if self.building else ''})"

@@ -24,9 +24,12 @@ import contextlib
 import logging
 import os
 import threading
+import time
+from pathlib import Path
 from typing import Callable, Iterable
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -69,23 +72,98 @@ def open_atlas(atlas):
 
 class FollowBuild:
     """Before each request, let the gallery of an atlas still building take up the build's
-    newest snapshot (:meth:`Gallery.refresh`), so its pages grow as the scan goes on."""
+    newest snapshot (:meth:`Gallery.refresh`), so its pages grow as the scan goes on, and the
+    search pages the newest snapshot of an index still building (:class:`IndexFollower`)."""
 
-    def __init__(self, app, gallery: Gallery):
-        self.app, self.gallery = app, gallery
+    def __init__(self, app, gallery: Gallery | None, follower: "IndexFollower | None"):
+        self.app, self.gallery, self.follower = app, gallery, follower
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            self.gallery.refresh()
+            if self.gallery is not None:
+                self.gallery.refresh()
+            if self.follower is not None and self.follower.due():
+                await run_in_threadpool(self.follower.refresh)  # (a snapshot's lists are computed as it opens)
         await self.app(scope, receive, send)
 
 
+class IndexFollower:
+    """The search pages (search, browse, concepts) of an index still building follow its
+    folder: before a request, at most once per ``every`` seconds and only when the folder's
+    snapshot or committed index is newer than the one served (two ``stat`` calls), that one is
+    opened (:meth:`convscope.index.Index.open` with ``building=True``) and served from then on.
+    Following ends once the folder's committed index is served and ``until()`` (default: at
+    once) is true. Meanwhile an index served from elsewhere (an empty one, before the build's
+    first snapshot) shows the line ``waiting``."""
+
+    def __init__(self, groups: list, every: float = 2.0):
+        self.groups, self.every = groups, every
+        self.folder: Path | None = None
+        self.until: Callable[[], bool] | None = None
+        self._seen = None
+        self._next = 0.0
+        self._final = False
+        self._lock = threading.Lock()
+
+    def follow(self, folder: str | os.PathLike, until: Callable[[], bool] | None = None,
+               waiting: str | None = None) -> None:
+        with self._lock:
+            self.folder, self.until, self._seen, self._next, self._final = Path(folder), until, None, 0.0, False
+        for group in self.groups:
+            if isinstance(group, SearchPages):
+                group.waiting = waiting
+
+    def due(self) -> bool:
+        return self.folder is not None and time.monotonic() >= self._next
+
+    def _stamp(self, folder: Path):
+        from ..index.store import DB_NAME, SNAPSHOT_NAME
+        from ..stores import PARTIAL
+
+        def stat(path):
+            try:
+                st = path.stat()
+                return st.st_ino, st.st_mtime_ns
+            except OSError:
+                return None
+
+        return stat(folder / DB_NAME), stat(folder / PARTIAL / SNAPSHOT_NAME)
+
+    def refresh(self) -> bool:
+        """Serve the folder's newest snapshot or its committed index when it is newer than the
+        one served; True when it changed. A request under way ends on the one it began with."""
+        from ..index import Index
+
+        if not self._lock.acquire(blocking=False):  # another request is opening it
+            return False
+        try:
+            folder = self.folder
+            if folder is None:
+                return False
+            self._next = time.monotonic() + self.every
+            stamp = self._stamp(folder)
+            changed = stamp != self._seen
+            if changed:
+                try:
+                    index = Index.open(folder, building=True)
+                except ConvscopeError:  # nothing there yet, or between the last snapshot and the commit
+                    return False
+                self._seen, self._final = stamp, index.building is None
+                reopen_groups(self.groups, index)
+            if self._final and (self.until is None or self.until()):
+                self.folder = None  # finished: served as any index from now on
+            return changed
+        finally:
+            self._lock.release()
+
+
 def open_index(index):
-    """An open index from a folder (via :meth:`convscope.index.Index.open`) or an index object."""
+    """An open index from a folder (via :meth:`convscope.index.Index.open`; a build in progress
+    that publishes snapshots: its latest one) or an index object."""
     if isinstance(index, (str, os.PathLike)):
         from ..index import Index
 
-        return Index.open(index)
+        return Index.open(index, building=True)
     return index
 
 
@@ -198,8 +276,11 @@ def create_app(
     groups = [make(site) for make in makers + pages]
     if watch is not None and index is None:
         raise ValueError("watch keeps an index up to date: give the index (index=)")
-    follower = _Follower([g for g in groups if isinstance(g, (SearchPages, BrowsePages, ConceptPages))], watch,
-                         on_note or logger.info) if watch is not None else None
+    live = [g for g in groups if isinstance(g, (SearchPages, BrowsePages, ConceptPages))]
+    follower = _Follower(live, watch, on_note or logger.info) if watch is not None else None
+    following = IndexFollower(live) if live else None
+    if following is not None and isinstance(index, (str, os.PathLike)) and live[0].index.building is not None:
+        following.follow(index)  # an index still building: its snapshots, then the finished index
     for group in groups:
         site.nav.extend(group.nav)
         site.search = site.search or group.search
@@ -247,7 +328,8 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            *([Middleware(FollowBuild, gallery=gallery)] if gallery is not None else []),
+            *([Middleware(FollowBuild, gallery=gallery, follower=following)]
+              if gallery is not None or following is not None else []),
             Middleware(SecurityHeaders),
             Middleware(HostAndOrigin, allowed=hosts, respond=refuse),
             Middleware(LoginRequired, login=login, respond=refuse,
@@ -265,7 +347,15 @@ def create_app(
     app.state.allowed_hosts = hosts
     app.state.login = login
     app.state.follower = follower
+    app.state.following = following
     return app
+
+
+def reopen_groups(groups: Iterable, index) -> None:
+    """Serve the open ``index`` on every one of ``groups`` that searches one, from now on."""
+    for group in groups:
+        if isinstance(group, (SearchPages, BrowsePages, ConceptPages)):
+            group.reopen(index)
 
 
 def reopen_index(app, folder: str | os.PathLike) -> None:
@@ -273,10 +363,19 @@ def reopen_index(app, folder: str | os.PathLike) -> None:
     page of ``app`` that searches one, from now on."""
     from ..index import Index
 
-    index = Index.open(folder)
-    for group in app.state.groups:
-        if isinstance(group, (SearchPages, BrowsePages, ConceptPages)):
-            group.reopen(index)
+    reopen_groups(app.state.groups, Index.open(folder))
+
+
+def follow_index(app, folder: str | os.PathLike, until: Callable[[], bool] | None = None,
+                 waiting: str | None = None) -> None:
+    """Let the search pages of ``app`` (made with an index) follow the build in ``folder``: its
+    snapshots as they come (:class:`IndexFollower`), then its finished index, until ``until()``;
+    until the first snapshot the pages say ``waiting``.
+
+    >>> follow_index(app, "demo/index", until=build.index_done.is_set)"""
+    if app.state.following is None:
+        raise ValueError("follow_index needs an app made with an index (create_app(index=...))")
+    app.state.following.follow(folder, until, waiting)
 
 
 class _Follower:
@@ -299,9 +398,7 @@ class _Follower:
     def _reopen(self, done) -> None:
         from ..index import Index
 
-        index = Index.open(self.pages.index.root)
-        for group in self.live:
-            group.reopen(index)
+        reopen_groups(self.live, Index.open(self.pages.index.root))
         self.rounds += 1
         self.say(done.line())
 

@@ -44,6 +44,9 @@ RECIPE = {
 #: (38% of bn2's) with another window of a photo already there (docs/atlas.md, *Crops*).
 CROPS_UP_TO = 50
 STAMP = "demo.json"
+#: Photos per forward pass of the demo's index: a snapshot is published where a batch ends, so
+#: the first search answers after the first batch.
+INDEX_BATCH = 16
 #: The demo index's folder and stamp, inside the demo folder.
 INDEX_DIR = "index"
 INDEX_STAMP = "demo-index.json"
@@ -209,12 +212,15 @@ def ensure_demo_index(
     rebuild: bool = False,
     echo: Callable[[str], None] = print,
     recipe: dict | None = None,
+    snapshots: bool = False,
 ) -> Path:
     """Index the demo's photos (the sample photos and ``images``) with the recipe's model into
     ``out/index`` (``out``: the demo folder, default :func:`default_dir`), for the search
     pages; returns the index folder. The next run reuses it while the model and the photos are
     unchanged, updates it when photos came, changed or went, resumes a build that stopped, and
-    builds it again for another model or with ``rebuild``. Progress goes to stderr."""
+    builds it again for another model or with ``rebuild``. Progress goes to stderr.
+    ``snapshots``: a new build publishes what it holds so far, for the search pages to serve
+    meanwhile (:func:`convscope.web.app.follow_index`)."""
     from ..errors import ConvscopeError
     from ..index import Index
     from ..index.store import DB_NAME
@@ -248,7 +254,8 @@ def ensure_demo_index(
     model = load_model(recipe["model"], device="cpu", pretrained=recipe.get("pretrained", True))
 
     def run(update: bool, resume: bool) -> None:
-        Index.build(model, inputs, folder, update=update, resume=resume, progress=True,
+        Index.build(model, inputs, folder, update=update, resume=resume, progress=True, snapshots=snapshots,
+                    batch_size=INDEX_BATCH,
                     on_skip=lambda p, r: echo(f"skipped {p}: {r}")).close()
 
     try:
@@ -264,28 +271,54 @@ def ensure_demo_index(
     return folder
 
 
+#: When ``convscope demo`` starts its index beside the atlas (:class:`DemoBuild`): ``"scan"``
+#: once the atlas's scan has published its first snapshot (the gallery is open), the index's
+#: forward passes then sharing the cores with the scan's; ``"scanned"`` once the scan has passed
+#: every photo; ``"atlas"`` once the atlas is committed. Measured (docs/search.md, *An index that
+#: answers while it builds*; ``bench/index_start.py``): on 2 cores ``"scan"`` answers the first
+#: search soonest and costs the first atlas page nothing, since it starts after that page.
+INDEX_START = "scan"
+INDEX_STARTS = ("scan", "scanned", "atlas")
+
+
 class DemoBuild:
-    """The demo's atlas, then its index, built on a thread while the gallery serves: the atlas
+    """The demo's atlas and its index, built on threads while the gallery serves: the atlas
     publishes snapshots (:func:`ensure_demo_atlas` with ``up_front=False``), so
-    :meth:`wait_servable` returns after its first batch of photos, not after the whole scan.
-    ``error``: the one line of a build that stopped (the gallery keeps its last snapshot);
-    ``index_dir``: the index once it is built.
+    :meth:`wait_servable` returns after its first batch of photos, not after the whole scan;
+    the index starts at ``index_start`` (:data:`INDEX_START`) and publishes snapshots too, which
+    the search pages follow (:meth:`follow`). ``error``: the one line of a build that stopped
+    (the gallery keeps its last snapshot); ``index_dir``: the index once it is built
+    (``index_done`` set then, or when its build stopped).
 
     >>> demo = DemoBuild(None, ["my_photos/"], echo=print)
-    >>> app = create_app(demo.wait_servable())  # within seconds; the pages grow as the scan goes on
+    >>> app = create_app(demo.wait_servable(), index=demo.servable_index())  # within seconds
+    >>> demo.follow(app)                     # search answers from the first indexed photos on
     """
 
     def __init__(self, out: str | os.PathLike | None, images: Iterable[str | os.PathLike] = (), rebuild: bool = False,
-                 recipe: dict | None = None, echo: Callable[[str], None] = print):
+                 recipe: dict | None = None, echo: Callable[[str], None] = print, index_start: str = INDEX_START):
+        if index_start not in INDEX_STARTS:
+            raise ValueError(f"index_start must be one of {', '.join(INDEX_STARTS)}, got {index_start!r}")
         self.out = Path(out) if out else default_dir()
+        self.index_folder = self.out / INDEX_DIR
         self.error: str | None = None
         self.index_dir: Path | None = None
         self.atlas_done = threading.Event()
+        self.index_done = threading.Event()
+        self.index_start = index_start
+        self._stand_in: Path | None = None  # the empty index served until the index's first snapshot
+        self._stand_in_ready = threading.Event()
         self._indexed: Callable[[Path], None] | None = None
         self._lock = threading.Lock()
         self._args = (list(images), rebuild, recipe, echo)
         self.thread = threading.Thread(target=self._run, name="convscope-demo-build", daemon=True)
+        self.index_thread = threading.Thread(target=self._run_index, name="convscope-demo-index", daemon=True)
         self.thread.start()
+        self.index_thread.start()
+
+    def _stopped(self, exc: Exception) -> None:
+        self.error = str(exc).splitlines()[0]
+        self._args[3](f"the demo build stopped: {self.error}")
 
     def _run(self) -> None:
         from ..errors import ConvscopeError
@@ -293,17 +326,70 @@ class DemoBuild:
         images, rebuild, recipe, echo = self._args
         try:
             ensure_demo_atlas(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe, up_front=False)
+        except (ConvscopeError, ValueError, OSError) as exc:  # one line; the gallery keeps what it has
+            self._stopped(exc)
+        finally:
             self.atlas_done.set()
-            folder = ensure_demo_index(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe)
+
+    def _index_may_start(self) -> bool:
+        """Whether the atlas build is far enough for the index to start (``index_start``): it
+        has begun, so the atlas finds its folder as it left it, and the index's work comes
+        after the gallery's first page."""
+        from ..atlas import Atlas
+        from ..atlas.store import SNAPSHOT_NAME
+        from ..errors import ConvscopeError
+        from ..stores import PARTIAL
+
+        if self.atlas_done.is_set() or self.index_start == "atlas":
+            return self.atlas_done.is_set()
+        if not (self.out / PARTIAL / SNAPSHOT_NAME).is_file():
+            return False
+        if self.index_start == "scan":
+            return True
+        try:
+            with Atlas.open(self.out, building=True) as atlas:
+                return atlas.building is None or atlas.building["phase"] != "scanning"
+        except ConvscopeError:  # between its last snapshot and its commit
+            return False
+
+    def _begun(self) -> bool:
+        """Whether the atlas build has looked at its folder (it refuses one holding something
+        else: nothing of the index's may be there before)."""
+        from ..atlas import DB_NAME
+        from ..stores import PARTIAL
+
+        return self.atlas_done.is_set() or (self.out / PARTIAL).is_dir() or (self.out / DB_NAME).is_file()
+
+    def _run_index(self) -> None:
+        from ..errors import ConvscopeError
+        from ..index import Index
+
+        images, rebuild, recipe, echo = self._args
+        try:
+            try:  # the stand-in, made while the atlas scans its first photos (not after: the first page waits for it)
+                while not self._begun():
+                    time.sleep(0.1)
+                if self.error is not None:
+                    return  # the atlas stopped: so does the demo
+                try:
+                    Index.open(self.index_folder, building=True).close()
+                except ConvscopeError:
+                    self._stand_in = empty_index(self.out, recipe)
+            finally:
+                self._stand_in_ready.set()
+            while not self._index_may_start():
+                time.sleep(0.2)
+            if self.error is not None:
+                return  # the atlas stopped: so does the demo
+            folder = ensure_demo_index(self.out, images, rebuild=rebuild, echo=echo, recipe=recipe, snapshots=True)
             with self._lock:
                 self.index_dir, then = folder, self._indexed
             if then is not None:
                 then(folder)
-        except (ConvscopeError, ValueError, OSError) as exc:  # one line; the gallery keeps what it has
-            self.error = str(exc).splitlines()[0]
-            echo(f"the demo build stopped: {self.error}")
+        except (ConvscopeError, ValueError, OSError) as exc:  # one line; the search pages keep what they have
+            self._stopped(exc)
         finally:
-            self.atlas_done.set()
+            self.index_done.set()
 
     def when_indexed(self, then: Callable[[Path], None]) -> None:
         """Call ``then(index_dir)`` once the index is built (now, if it is already)."""
@@ -311,6 +397,31 @@ class DemoBuild:
             done, self._indexed = self.index_dir, then
         if done is not None:
             then(done)
+
+    def servable_index(self) -> Path:
+        """An index folder the search pages can open now: the demo's own (finished, or a
+        snapshot of its build), else an empty one (:func:`empty_index`) until its first
+        snapshot, which :meth:`follow` then takes up."""
+        from ..errors import ConvscopeError
+        from ..index import Index
+
+        self._stand_in_ready.wait()
+        try:
+            Index.open(self.index_folder, building=True).close()
+            return self.index_folder
+        except ConvscopeError:
+            return self._stand_in or empty_index(self.out, self._args[2])
+
+    def follow(self, app) -> None:
+        """Let the search pages of ``app`` follow the demo's index: each new snapshot of its
+        build (at most one every few seconds), then the finished index
+        (:func:`convscope.web.app.follow_index`)."""
+        from .app import follow_index
+
+        after = {"scan": "the atlas's first photos are scanned", "scanned": "the atlas's scan is done",
+                 "atlas": "the atlas is built"}[self.index_start]
+        waiting = f"Indexing the photos starts once {after}; search finds them as they are indexed."
+        follow_index(app, self.index_folder, until=self.index_done.is_set, waiting=waiting)
 
     def wait_servable(self, timeout: float | None = None) -> Path:
         """The atlas folder, once the gallery can serve it: the finished atlas (reused or built),

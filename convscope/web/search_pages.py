@@ -147,16 +147,35 @@ class SearchPages:
         }
         self.home = self.search_page
         self.added: list[str] = []  # files a newer version brought (reopen), newest first
+        #: The line the pages show while the index served stands in for one not built yet
+        #: (:func:`convscope.web.app.follow_index`), None otherwise.
+        self.waiting: str | None = None
 
     def reopen(self, index) -> None:
         """Serve ``index``, a newer version of this one (:mod:`convscope.index.watch` committed
-        it), from now on: a request under way ends on the version it began with (its database
-        and memory maps stay readable after the commit removes their names). The files it has
-        that the last one lacked lead the search home's "added" list."""
-        before, now = _paths(self.index), _paths(index)
-        fresh = sorted(now - before)
-        self.added = (fresh + [p for p in self.added if p in now and p not in fresh])[:ADDED]
-        self.index, self.finder = index, Finder(index, self.model, self.links)
+        it, or a build's snapshot: :class:`~convscope.web.app.IndexFollower`), from now on: a
+        request under way ends on the version it began with (its database and memory maps stay
+        readable after the commit removes their names). The files an update brought (not a
+        build's snapshots) lead the search home's "added" list."""
+        updated = index.building is None and self.index.building is None and self.waiting is None
+        if updated and index.root == self.index.root:
+            before, now = _paths(self.index), _paths(index)
+            fresh = sorted(now - before)
+            self.added = (fresh + [p for p in self.added if p in now and p not in fresh])[:ADDED]
+        self.index, self.finder, self.waiting = index, Finder(index, self.model, self.links), None
+
+    def building_line(self) -> str | None:
+        """The banner of the search pages while the index is being built, else None:
+        ``"Indexing: 120 of 370 photos; results so far."``"""
+        b = self.index.building
+        if b is None:
+            return self.waiting
+        what = "photos and videos" if b.get("videos") else "photos"
+        return f"Indexing: {b['files_done']:,} of {b['files']:,} {what}; results so far."
+
+    def _page(self, template: str, **data):
+        line = self.building_line()  # (else the atlas's line, where the app has one building)
+        return self.site.page(template, **({"building": line} if line else {}), **data)
 
     def _home(self) -> dict:
         finder = self.finder
@@ -228,7 +247,7 @@ class SearchPages:
             (status, error), headers = error_status(exc), error_headers(exc)
         home = await run_in_threadpool(self._home)
         params = request.url.query
-        response = self.site.page(
+        response = self._page(
             "search.html", status=status, data=data, home=home, error=error, query=query or Query(),
             suggestions=close_matches(error or ""), q=request.query_params.get("q", ""),
             api_url="/api/search" + ("?" + params if params else ""), sorts=SORTS,
@@ -238,30 +257,31 @@ class SearchPages:
 
     async def api_search(self, request: Request):
         query = Query.parse(query_params(request))
+        building = self.index.building  # (of the index the search reads: taken before it)
         data = await self._results(query, request)
         if data is None:
             data = {"mode": "home", **(await run_in_threadpool(self._home))}
-        return PathJSON(data)
+        return PathJSON({**data, "complete": building is None and self.waiting is None, "building": building})
 
     # ------------------------------------------------------------------ duplicates and albums
 
     async def duplicates_page(self, request: Request):
         data = await run_in_threadpool(self.finder.duplicates)
-        return self.site.page("duplicates.html", data=data)
+        return self._page("duplicates.html", data=data)
 
     async def api_duplicates(self, request: Request):
         return PathJSON(await run_in_threadpool(self.finder.duplicates))
 
     async def albums_page(self, request: Request):
         data = await run_in_threadpool(self.finder.albums)
-        return self.site.page("albums.html", data=data)
+        return self._page("albums.html", data=data)
 
     async def api_albums(self, request: Request):
         return PathJSON(await run_in_threadpool(self.finder.albums))
 
     async def album_page(self, request: Request):
         data = await run_in_threadpool(self.finder.album, request.path_params["name"])
-        return self.site.page("album.html", album=data)
+        return self._page("album.html", album=data)
 
     async def api_album(self, request: Request):
         return PathJSON(await run_in_threadpool(self.finder.album, request.path_params["name"]))

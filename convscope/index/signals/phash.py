@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..store import load_rows
 from .base import Signal
 
 #: Side of the grey picture the DCT is taken of, and of the block of its lowest frequencies kept.
@@ -103,7 +102,7 @@ def hashes(store) -> np.ndarray | None:
     before the signal (an update adds it)."""
     if "phash" not in store.signals:
         return None
-    return load_rows(store.arrays_dir / "phash.npy")
+    return store.array("phash")
 
 
 __all__ = ["PerceptualHash", "copy_distance", "distance", "hashes", "phash"]

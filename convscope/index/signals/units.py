@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import load_rows
+from ..arrays import load_rows
 from .base import Signal
 
 #: float16's largest finite value: larger maxima are clipped to it.
