@@ -13,7 +13,7 @@ keep the quality and make the score cheap: over an index, the class half is a su
 inverted lists of those classes (:func:`.postings.gather`), not a read of every entry's classes.
 
 Model: a logistic regression of the examples against a sample of the rest of the index (the
-background) and the counter-examples (:func:`_logistic` says how each weighs).
+background) and the counter-examples, each of the three weighing alike, whatever their counts.
 Its decision is calibrated to 0..1 on out-of-fold decisions: the examples each scored by a model
 taught without them, against background photos that no model saw (Platt scaling at the odds of
 :data:`PRIOR`, one example to four background photos), so 0.5 is where an entry looks four
@@ -56,8 +56,6 @@ FOLDS = 3
 CHUNK = 65536
 #: The most classes a concept's features hold (their inverted lists are read when scoring).
 MAX_CLASSES = 128
-#: How much the counter-examples together weigh against the examples together (:func:`_logistic`).
-COUNTER = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,19 +154,19 @@ class Fitted:
 
 
 def _logistic(pos: np.ndarray, bg: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weights and bias of a logistic regression: ``pos`` against ``bg`` and ``neg``. Examples
-    and background photos weigh 1 each (a plain regression ranked the dev photos' new concepts
-    better than one where the examples weigh as much as the background: 0.514 against 0.501 at 5
-    examples; BENCHMARKS.md "Issue 22"); the counter-examples together weigh :data:`COUNTER`
-    times as much as the examples together: a photo a person rejected is strong evidence. In
-    the tests' index one counter-example moves its group's copies from 0.47 to 0.23 while the
-    examples' other copies still rank first (at 1 times: 0.37; at 16, the examples' own copies
-    fall below unrelated photos)."""
+    """Weights and bias of a logistic regression: ``pos`` against ``bg`` and ``neg``, each of the
+    three groups weighing alike (mean sample weight 1). A plain regression (every photo weighing
+    1) ranked the dev photos' new concepts about as well (0.514 against 0.501 at 5 examples, two
+    draws per group), but its out-of-fold decisions calibrate badly: at 5 examples the cut-off
+    kept under one photo on average (precision 0.40, recall 0.03; this model: 0.56 and 0.24),
+    and no prior gave both back (BENCHMARKS.md "Issue 22")."""
     from sklearn.linear_model import LogisticRegression
 
-    x = np.vstack([g for g in (pos, bg, neg) if len(g)]).astype(np.float32)
+    groups = [g for g in (pos, bg, neg) if len(g)]
+    x = np.vstack(groups).astype(np.float32)
     y = np.r_[np.ones(len(pos)), np.zeros(len(x) - len(pos))]
-    w = np.r_[np.ones(len(pos) + len(bg)), np.full(len(neg), COUNTER * len(pos) / max(len(neg), 1))]
+    w = np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])
+    w *= len(x) / w.sum()
     model = LogisticRegression(C=C, max_iter=500, tol=1e-4).fit(x, y, sample_weight=w)
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
 
