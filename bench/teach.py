@@ -188,6 +188,89 @@ class Synthetic:
             setattr(self, name, np.load(folder / f"{name}.npy", mmap_mode=mode))
 
 
+def variants(store: IndexStore, dev: Path, trials: int) -> None:
+    """The side runs: the shipped model's neighbours (C, the class half's weight, all classes,
+    unit maxima beside it, a plain regression) and the plain regression's calibration by prior."""
+    import math
+
+    truth, vocab, feats = labels(store, dev), Vocabulary.load(), feature_sets(store)
+    x, units, d = feats["embedding|roots"], feats["units"], feats["embedding"].shape[1]
+
+    def classes_of(pos):
+        return list(cm.choose_classes(x[pos, d:], np.zeros((0, 1000), np.float32)))
+
+    def fitted(f, pos, bg, c=1.0):
+        old, cm.C = cm.C, c
+        try:
+            m = cm.fit(f[pos], f[np.random.default_rng(len(pos)).permutation(bg)], np.zeros((0, f.shape[1]), np.float32))
+        finally:
+            cm.C = old
+        return f @ m.weights + m.bias
+
+    def with_units(k):
+        def run(pos, bg):
+            f = np.hstack([x[:, :d], x[:, d:][:, classes_of(pos)], units])
+            m = cm.fit(f[pos], f[np.random.default_rng(len(pos)).permutation(bg)], np.zeros((0, f.shape[1]), np.float32))
+            keep = np.argsort(-np.abs(m.weights[f.shape[1] - units.shape[1]:]))[:k]
+            return fitted(np.hstack([x[:, :d], x[:, d:][:, classes_of(pos)], units[:, keep]]), pos, bg)
+        return run
+
+    def plain(pos, bg):
+        f = np.hstack([x[:, :d], x[:, d:][:, classes_of(pos)]])
+        return plain_logreg(f, pos, bg)
+
+    runs = {"C=0.5": lambda p, b: fitted(np.hstack([x[:, :d], x[:, d:][:, classes_of(p)]]), p, b, 0.5),
+            "C=2": lambda p, b: fitted(np.hstack([x[:, :d], x[:, d:][:, classes_of(p)]]), p, b, 2.0),
+            "classes x0.7": lambda p, b: fitted(np.hstack([x[:, :d], 0.7 * x[:, d:][:, classes_of(p)]]), p, b),
+            "classes x2": lambda p, b: fitted(np.hstack([x[:, :d], 2 * x[:, d:][:, classes_of(p)]]), p, b),
+            "all classes": lambda p, b: fitted(x, p, b),
+            "+64 units": with_units(64), "+all units": with_units(units.shape[1]), "plain weights": plain}
+    found = {name: {k: [] for k in SHOTS} for name in runs}
+    for group in GROUPS:
+        members = np.flatnonzero(np.isin(truth, list(vocab.classes_for(group).paths)))
+        for k in SHOTS:
+            for t in range(trials):
+                pos = np.random.default_rng(zlib.crc32(f"{group}/{k}/{t}".encode())).choice(members, k, replace=False)
+                rest = np.setdiff1d(np.arange(store.entries), pos)
+                for name, run in runs.items():
+                    found[name][k].append(average_precision_score(np.isin(rest, members), run(pos, rest)[rest]))
+    for name, by_k in found.items():
+        print(f"{name:14s} " + " ".join(f"{np.mean(by_k[k]):.3f}" for k in SHOTS))
+    # the plain regression, calibrated as the shipped model is, at several priors
+    priors = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    kept = {(k, p): [] for k in (3, 5, 10) for p in priors}
+    for group in GROUPS:
+        members = np.flatnonzero(np.isin(truth, list(vocab.classes_for(group).paths)))
+        for k in (3, 5, 10):
+            for t in range(trials):
+                pos = np.random.default_rng(zlib.crc32(f"{group}/{k}/{t}".encode())).choice(members, k, replace=False)
+                rest = np.setdiff1d(np.arange(store.entries), pos)
+                y = np.isin(rest, members)
+                f = np.hstack([x[:, :d], x[:, d:][:, classes_of(pos)]])
+                old = cm._logistic
+                cm._logistic = lambda a, b, c: _plain_fit(a, b, c)
+                try:
+                    m = cm.fit(f[pos], f[np.random.default_rng(len(pos)).permutation(rest)], np.zeros((0, f.shape[1]), np.float32))
+                finally:
+                    cm._logistic = old
+                for p in priors:
+                    shift = m.shift + math.log((1 - cm.PRIOR) / cm.PRIOR) - math.log((1 - p) / p)
+                    hit = cm._sigmoid(m.scale * (f[rest] @ m.weights + m.bias) + shift) >= 0.5
+                    kept[(k, p)].append(((hit & y).sum() / hit.sum() if hit.any() else np.nan, (hit & y).sum() / y.sum(),
+                                         hit.sum()))
+    for p in priors:
+        print(f"plain, prior {p}: " + "  ".join(
+            f"k={k} precision {np.nanmean([r[0] for r in kept[(k, p)]]):.2f} recall {np.mean([r[1] for r in kept[(k, p)]]):.2f}"
+            f" kept {np.mean([r[2] for r in kept[(k, p)]]):.1f}" for k in (3, 5, 10)))
+
+
+def _plain_fit(pos, bg, neg):
+    """A plain logistic regression (every photo weighing 1), as ``concept_model._logistic`` returns."""
+    x = np.vstack([g for g in (pos, bg, neg) if len(g)])
+    model = LogisticRegression(max_iter=1000).fit(x, np.r_[np.ones(len(pos)), np.zeros(len(x) - len(pos))])
+    return model.coef_[0].astype(np.float32), float(model.intercept_[0])
+
+
 def synthetic_speed(rounds: int) -> None:
     """Teaching on 100,000 synthetic entries and scoring over 1,000,000, beside ``--like``."""
     import tempfile
@@ -236,8 +319,12 @@ def main() -> None:
     ap.add_argument("--dev", default="/work/shared/data/imagenet-samples")
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--only", choices=("quality", "speed"))
+    ap.add_argument("--only", choices=("quality", "speed", "variants"))
     args = ap.parse_args()
+    if args.only == "variants":
+        with IndexStore.open(args.index) as store:
+            variants(store, Path(args.dev), args.trials)
+        return
     if args.only != "speed":
         with IndexStore.open(args.index) as store:
             quality(store, Path(args.dev), args.trials)
