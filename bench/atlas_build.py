@@ -33,7 +33,7 @@ PHASE = re.compile(r"^(?P<phase>[a-z ,]+?) (?P<done>\d+)/(?P<total>\d+) in (?P<h
 
 def export(rev: str, into: Path) -> Path:
     """The tree of ``rev`` (this repository's) in ``into``."""
-    into.mkdir(parents=True)
+    into.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into

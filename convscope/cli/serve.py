@@ -186,7 +186,8 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
     the gallery, with a search box on every page, whose uploads and pictures of why use the
     same model. The gallery opens within seconds and grows while the atlas builds (pages say
     how many photos are scanned): each unit's patches, projections and feature visualization
-    are computed when its page is first opened, and kept in the atlas.
+    are computed when its page is first opened, and kept in the atlas; once the atlas and the
+    index are built, the patches no page asked for are cut behind the pages, layer by layer.
     --no-serve builds them up front instead (guided projections, and deconvnet ones where
     they depend on the image, of each unit's top 3 examples; feature visualizations of 8
     units per layer). A second run reuses both while their inputs are unchanged (photos
@@ -216,6 +217,7 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
         return
     from ..web import create_app
     from ..web.app import reopen_index
+    from ..web.fill_pages import cut_in_background
     from ..index.store import DB_NAME as INDEX_DB
     from ..stores import state
 
@@ -230,5 +232,6 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
     echo(f"the gallery is open at http://{host}:{port}/ (the atlas grows while the build runs)")
     app = create_app(atlas_dir, index=index_dir, pages=page_groups(None),
                      allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret)
-    building.when_indexed(lambda folder: reopen_index(app, folder))
+    # then the patches no page asked for yet, layer by layer, behind the pages' own requests
+    building.when_indexed(lambda folder: (reopen_index(app, folder), cut_in_background(app)))
     _run_server(app, host, port)
