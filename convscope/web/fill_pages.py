@@ -184,6 +184,7 @@ class FillPages:
             counts = workers.batch_future(lambda: self.gallery.atlas.patch_counts(), generation=generation).result()
             c.update(done=sum(cut for cut, _n in counts.values()), total=sum(n for _cut, n in counts.values()))
             c["state"] = "cutting"
+            unreadable: set[str] = set()  # a step stopped early reads them again in the next
             with Bar(c["total"], "cutting patches") as bar:
                 bar.advance(c["done"])
                 for position, (layer, (cut, n)) in enumerate(counts.items(), start=1):
@@ -192,7 +193,8 @@ class FillPages:
                         self._idle.wait()  # the fills pages asked for first
                         step = workers.batch_future(self._cut_step, layer, bar, generation, generation=generation)
                         done = step.result()
-                        c["unreadable"] += len(done["unreadable"])
+                        unreadable.update(path for path, _why in done["unreadable"])
+                        c["unreadable"] = len(unreadable)
                         if done["done"]:
                             break
             c["state"] = "done"
