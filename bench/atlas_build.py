@@ -42,10 +42,15 @@ def export(rev: str, into: Path) -> Path:
 def run_build(tree: Path, photos: list[str], out: Path, extra: list[str]) -> dict:
     """One build with the code in ``tree``: its wall seconds, each phase's, the load before and after."""
     env = {**os.environ, "PYTHONPATH": str(tree), "CONVSCOPE_PROGRESS": "1"}
+    where = subprocess.run([sys.executable, "-c", "import convscope; print(convscope.__file__)"], env=env, cwd=tree,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not where.startswith(str(tree)):
+        raise SystemExit(f"the build would import {where}, not the tree in {tree}")
     cmd = [sys.executable, "-m", "convscope", "atlas", "build", *photos, "--out", str(out), *extra]
     load = os.getloadavg()[0]
     started = time.monotonic()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # run in the tree itself: `python -m` puts the working folder first on sys.path, before PYTHONPATH
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -104,9 +109,10 @@ def main() -> None:
     ap.add_argument("--build-args", default="", help="more `atlas build` options, as one string")
     args = ap.parse_args()
     extra = args.build_args.split()
+    photos = [p if p.startswith("@") else os.path.abspath(p) for p in args.photos]  # the builds run in their trees
     rows = []
     with tempfile.TemporaryDirectory(prefix="convscope-bench-build-") as tmp:
-        tmp = Path(args.keep or tmp)
+        tmp = Path(args.keep or tmp).resolve()
         before = export(args.before, Path(tempfile.mkdtemp(prefix="convscope-before-")))
         try:
             for r in range(args.repeat):
@@ -115,7 +121,7 @@ def main() -> None:
                     if out.exists():
                         shutil.rmtree(out)
                     row = {"build": name, "rev": args.before if name == "before" else "this checkout", "round": r,
-                           **run_build(tree, args.photos, out, extra)}
+                           **run_build(tree, photos, out, extra)}
                     row.update(examples(out))
                     render = next((v for k, v in row["phases"].items() if k.startswith("cutting patches")), None)
                     if render:
