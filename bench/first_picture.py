@@ -4,7 +4,9 @@ page, and to a layer page of the first layer with every unit's top patch, agains
 
 For each size the demo runs as a new user starts it, as a subprocess, in a fresh folder:
 ``convscope demo --out TMP --port P`` (its own 15 sample photos), or with ``--images DIR`` (DIR:
-links to N - 15 dev photos, one per ``500 // (N - 15)`` of the sorted 500, so N photos in all). The
+links to N - 15 dev photos, one per ``500 // (N - 15)`` of the sorted 500, so N photos in all; beyond
+500, :func:`dev_folder` makes distinct photos of them: each dev photo, then a mirrored, a cropped and a
+slightly rotated copy of each, re-encoded as JPEG, until there are N - 15). The
 bench polls ``/api/atlas`` until it answers (the first page), then asks the first layer's top
 patches as its layer page does (``POST /api/layers/L/fill``) and polls until every unit of the
 layer has its patch; meanwhile a thread polls ``/api/search?q=cat`` for the first search answer. The demo is then stopped (the rest of its build is not timed: the pages
@@ -12,6 +14,7 @@ already show the atlas growing). ``classify`` runs over the same photos (``--sam
 
     python bench/first_picture.py                    # 15 and 370 photos
     python bench/first_picture.py --sizes 15         # the demo's own photos only
+    python bench/first_picture.py --sizes 15,370,2000
 """
 from __future__ import annotations
 
@@ -44,16 +47,47 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "CONVSCOPE_PROGRESS": "0"}
 
 
+#: The copies that make more distinct photos than the dev set holds (:func:`dev_folder`), in order.
+COPIES = ("mirrored", "cropped", "rotated")
+
+
+def copy_of(photo: Path, kind: str, out: Path) -> None:
+    """A distinct photo made of ``photo``: ``mirrored`` left to right, ``cropped`` to its central
+    80 %, or ``rotated`` by 7 degrees (cropped to the inside of the turn); re-encoded as a JPEG
+    (quality 90) in ``out``, so its bytes, hash and pixels are its own."""
+    from PIL import Image, ImageOps
+
+    with Image.open(photo) as opened:
+        img = ImageOps.exif_transpose(opened).convert("RGB")
+    w, h = img.size
+    if kind == "mirrored":
+        img = ImageOps.mirror(img)
+    elif kind == "cropped":
+        img = img.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+    elif kind == "rotated":
+        img = img.rotate(7, resample=Image.BICUBIC).crop((w // 8, h // 8, w - w // 8, h - h // 8))
+    else:
+        raise ValueError(f"unknown copy {kind!r}; one of {COPIES}")
+    img.save(out, format="JPEG", quality=90)
+
+
 def dev_folder(tmp: Path, n: int) -> Path | None:
-    """A folder of links to ``n`` dev photos, one per ``len // n`` of them sorted, or None for none."""
+    """A folder of ``n`` distinct photos, or None for none: links to ``n`` dev photos, one per
+    ``len // n`` of them sorted; beyond the dev set's size, all of them, then their copies
+    (:data:`COPIES`, each kind over every photo before the next kind), up to four per photo."""
     if n <= 0:
         return None
     photos = sorted(p for p in DEV.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if n > len(COPIES) * len(photos) + len(photos):
+        raise SystemExit(f"{n} photos: the dev set's {len(photos)} make at most {(1 + len(COPIES)) * len(photos)}")
     chosen = photos[:: max(1, len(photos) // n)][:n]
     folder = tmp / f"dev{n}"
     folder.mkdir()
     for p in chosen:
         (folder / p.name).symlink_to(p)
+    made = [(p, kind) for kind in COPIES for p in photos][: n - len(chosen)]
+    for p, kind in made:
+        copy_of(p, kind, folder / f"{p.stem}_{kind}.jpg")
     return folder
 
 
@@ -142,7 +176,7 @@ def time_classify(images: Path | None) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="15,370", help="photos in all (the 15 sample photos included)")
+    ap.add_argument("--sizes", default="15,370", help="photos in all (the 15 sample photos included; up to 2,015)")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()
     rows = []

@@ -39,6 +39,9 @@ import torch
 from ..errors import ConvscopeError, ImageError
 from .store import Atlas, fsync_file
 
+#: Seconds between two records of patches cut photo by photo (:meth:`Filler.cut_layer`): a
+#: page sees them within about this long, and a layer of 1,280 units takes a few transactions.
+RECORD_EVERY = 1.0
 #: ``convscope featvis``'s defaults: what ``featvis --atlas`` renders with unless told otherwise.
 FEATVIS = {"steps": 512, "size": 128, "seed": 0, "param": "fourier", "lr": 0.05}
 
@@ -123,43 +126,90 @@ class Filler:
         started = time.monotonic()
         wanted = {}
         if self.atlas.patches_on_demand:
-            for u in range(self.atlas.layer(layer)["shape"][0]):
-                top = self.atlas.examples(layer, u)[:1]
-                if top and not top[0]["patch"]:
-                    wanted[u] = [0]
+            wanted = {u: [0] for u, ranks in self.atlas.lacking_patches(layer).items() if 0 in ranks}
         self._patches(layer, wanted, pause)
         return {"layer": layer, "patches": len(wanted), "seconds": round(time.monotonic() - started, 2)}
 
-    def _patches(self, layer: str, wanted: dict[int, list[int]], pause) -> None:
+    def cut_layer(self, layer: str, pause=None, stop=None, on_record=None) -> dict:
+        """Cut every patch ``layer`` lacks (an atlas whose patches are cut on demand), photo by
+        photo in image-id order, each photo read once for all its examples in the layer. A photo
+        that cannot be read again, or changed, is skipped and listed (``unreadable``: path,
+        reason) instead of stopping the rest. ``stop()``, asked between photos, ends it early
+        when true (what is cut so far is recorded); ``on_record(units, patches)`` hears the units
+        whose patches each record named and how many it named (a record every
+        :data:`RECORD_EVERY` seconds: one transaction, the files fsynced before). Returns
+        ``{"layer", "patches": how many cut, "done": whether none lacks now but the unreadable
+        photos', "unreadable", "seconds"}``."""
+        started = time.monotonic()
+        wanted = self.atlas.lacking_patches(layer) if self.atlas.patches_on_demand else {}
+        unreadable: list[tuple[str, str]] = []
+        cut, stopped = self._patches(layer, wanted, pause, stop=stop, on_record=on_record, unreadable=unreadable,
+                                     every=RECORD_EVERY)
+        return {"layer": layer, "patches": cut, "done": not stopped, "unreadable": unreadable,
+                "seconds": round(time.monotonic() - started, 2)}
+
+    def _patches(self, layer: str, wanted: dict[int, list[int]], pause, stop=None, on_record=None,
+                 unreadable: list | None = None, every: float | None = None) -> tuple[int, bool]:
         """Cut the patches of the examples ``wanted`` (unit -> ranks) as the build does
         (:func:`~convscope.atlas.builder.render`: the same pixels, file names and boxes on the
-        photo), each photo read again once and its sha256 checked against the scan's; the files
-        are on disk before the database names them (:meth:`Atlas.set_patches`, a unit at a time)."""
+        photo), photo by photo, each read again once and its sha256 checked against the scan's
+        (a photo that fails is one line, or, given ``unreadable``, listed there and skipped); the
+        files are fsynced before the database names them (:meth:`Atlas.set_patches`, in one
+        transaction at the end, so a failure leaves the atlas as it was; or, given ``every``,
+        also whenever that many seconds passed since the last record). Returns how many were cut
+        and whether ``stop()`` ended it early."""
         from ..data import load_image_hashed
         from .builder import input_pixels, save_patch
 
-        prep = self.model.preprocessing
-        pixels: dict[int, object] = {}
-        images: dict[int, tuple] = {}
+        prep, root = self.model.preprocessing, self.atlas.root
+        by_photo: dict[str, list[tuple[int, dict]]] = {}
         for unit, ranks in wanted.items():
-            cut: dict[int, tuple] = {}
-            used: set[int] = set()
             for ex in self.atlas.examples(layer, unit):
-                if ex["rank"] not in ranks:
-                    continue
+                if ex["rank"] in ranks:
+                    by_photo.setdefault(ex["path"], []).append((unit, ex))
+        order = sorted(by_photo.values(), key=lambda group: min(ex["image_id"] for _u, ex in group))
+        cut: dict[int, dict[int, tuple]] = {}
+        images: dict[int, tuple] = {}
+        count, recorded = 0, time.monotonic()
+
+        def record() -> None:
+            if cut:
+                self.atlas.set_patches(layer, cut, images)
+                if on_record is not None:
+                    on_record(sorted(cut), sum(len(ranks) for ranks in cut.values()))
+                cut.clear()
+                images.clear()
+
+        for done, group in enumerate(order):
+            if stop is not None and done and stop():
+                record()
+                return count, True
+            unit, ex = group[0]
+            try:
+                img = self._photo(layer, unit, ex, load_image_hashed)
+            except ConvscopeError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append((ex["path"], str(exc)))
+                continue
+            pixels: dict[int, object] = {}
+            for unit, ex in group:
                 i = ex["image_id"]
                 if i not in pixels:
-                    img = self._photo(layer, unit, ex, load_image_hashed)
                     window = self.atlas.crop_window(ex["crop"], *img.size)
                     pixels[i] = input_pixels(prep, self.model.transform(img.crop(window)))
                     images[i] = (img.size, window)
-                    del img
-                    _between(pause)
-                used.add(i)
-                rel = save_patch(pixels[i], ex["box"], self.atlas.root, i)
-                fsync_file(self.atlas.root / rel)
-                cut[ex["rank"]] = (rel, prep.input_box_to_original(tuple(ex["box"]), images[i][1]), i)
-            self.atlas.set_patches(layer, unit, cut, {i: images[i] for i in used})
+                rel = save_patch(pixels[i], ex["box"], root, i)
+                fsync_file(root / rel)
+                cut.setdefault(unit, {})[ex["rank"]] = (rel, prep.input_box_to_original(tuple(ex["box"]), images[i][1]), i)
+                count += 1
+            del img, pixels
+            if every is not None and time.monotonic() - recorded >= every:
+                record()
+                recorded = time.monotonic()
+            _between(pause)
+        record()
+        return count, False
 
     def _photo(self, layer: str, unit: int, ex: dict, load):
         """The photo of example ``ex``, read again; one line if it cannot be, or changed."""
@@ -239,4 +289,4 @@ class Filler:
             self.atlas.set_featvis(layer, int(unit), png)  # atomic file, then one UPDATE
 
 
-__all__ = ["FEATVIS", "Filler", "lacking"]
+__all__ = ["FEATVIS", "Filler", "RECORD_EVERY", "lacking"]

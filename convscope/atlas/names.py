@@ -49,6 +49,7 @@ import torch
 
 from ..errors import ImageError
 from ..hooks import model_lock
+from ..progress import Bar
 from ..stores import writer_lock
 from ..vocab import Vocabulary
 from .store import Atlas
@@ -190,23 +191,25 @@ def classify_images(atlas: Atlas, model, batch_size: int = 32, top: int = TOP) -
             classes[i] = list(zip(c, v))
         pending.clear()
 
-    for path, images in by_photo.items():
-        try:
-            img, sha256 = load_image_hashed(path)
-        except ImageError as exc:
-            unreadable.append((path, exc.reason))
-            continue
-        if images[0]["sha256"] is not None and sha256 != images[0]["sha256"]:
-            unreadable.append((path, "changed since the scan (its sha256 differs)"))
-            continue
-        for image in images:
-            window = image["window"] or atlas.crop_window(image["crop"], *img.size)  # patches cut on demand: none yet
-            pending.append((image["image_id"], model.transform(img.crop(tuple(window)))))
-            if len(pending) >= batch_size:
-                run()
-        del img
-    if pending:
-        run()
+    with Bar(len(by_photo), "naming units") as bar:
+        for path, images in by_photo.items():
+            bar.advance()
+            try:
+                img, sha256 = load_image_hashed(path)
+            except ImageError as exc:
+                unreadable.append((path, exc.reason))
+                continue
+            if images[0]["sha256"] is not None and sha256 != images[0]["sha256"]:
+                unreadable.append((path, "changed since the scan (its sha256 differs)"))
+                continue
+            for image in images:
+                window = image["window"] or atlas.crop_window(image["crop"], *img.size)  # patches cut on demand: none yet
+                pending.append((image["image_id"], model.transform(img.crop(tuple(window)))))
+                if len(pending) >= batch_size:
+                    run()
+            del img
+        if pending:
+            run()
     return classes, unreadable
 
 

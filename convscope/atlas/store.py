@@ -340,13 +340,15 @@ class Atlas:
         levels = (self._meta.get("crops") or {}).get("levels") or [1]
         return Crops(tuple(int(n) for n in levels)).windows(width, height)[int(crop)]
 
-    def set_patches(self, layer: str, unit: int, examples: dict, images: dict) -> None:
-        """Record patches already in the atlas (written by the caller: :mod:`convscope.atlas.fill`)
-        for ``unit`` of ``layer``: ``examples`` is ``{rank: (relative path, box_original, image
-        id)}``, ``images`` ``{image id: ((W, H) of its photo, window)}``; one transaction. An
-        example is updated only where its rank still holds that image: a build's next snapshot
-        may have replaced the file meanwhile (an image id is the same photo and crop in every one)."""
-        self._check_unit(layer, unit)
+    def set_patches(self, layer: str, cut: dict, images: dict) -> None:
+        """Record patches already in the atlas (written and fsynced by the caller:
+        :mod:`convscope.atlas.fill`) for units of ``layer``: ``cut`` is ``{unit: {rank: (relative
+        path, box_original, image id)}}``, ``images`` ``{image id: ((W, H) of its photo, window)}``;
+        one transaction. An example is updated only where its rank still holds that image: a
+        build's next snapshot may have replaced the file meanwhile (an image id is the same photo
+        and crop in every one)."""
+        for unit in cut:
+            self._check_unit(layer, unit)
         with self._lock:
             rw = sqlite3.connect(self._db)
             try:
@@ -355,12 +357,29 @@ class Atlas:
                         rw.execute("UPDATE images SET width = ?, height = ?, crop_top = ?, crop_left = ?, "
                                    "crop_bottom = ?, crop_right = ? WHERE id = ?",
                                    (w, h, top, left, bottom, right, int(image_id)))
-                    for rank, (rel, box, image_id) in examples.items():
-                        rw.execute("UPDATE examples SET patch = ?, orig_top = ?, orig_left = ?, orig_bottom = ?, "
-                                   "orig_right = ? WHERE layer = ? AND unit = ? AND rank = ? AND image = ?",
-                                   (rel, *box, layer, int(unit), int(rank), int(image_id)))
+                    for unit, ranks in cut.items():
+                        for rank, (rel, box, image_id) in ranks.items():
+                            rw.execute("UPDATE examples SET patch = ?, orig_top = ?, orig_left = ?, orig_bottom = ?, "
+                                       "orig_right = ? WHERE layer = ? AND unit = ? AND rank = ? AND image = ?",
+                                       (rel, *box, layer, int(unit), int(rank), int(image_id)))
             finally:
                 rw.close()
+
+    def lacking_patches(self, layer: str) -> dict[int, list[int]]:
+        """The examples of ``layer`` without a patch file, ``{unit: [ranks]}`` (an atlas whose
+        patches are cut on demand; a finished build's lack only those of unreadable photos)."""
+        self._layer_row(layer)
+        out: dict[int, list[int]] = {}
+        for r in self._query("SELECT unit, rank FROM examples WHERE layer = ? AND patch IS NULL ORDER BY unit, rank",
+                             (layer,)):
+            out.setdefault(r["unit"], []).append(r["rank"])
+        return out
+
+    def patch_counts(self) -> dict[str, tuple[int, int]]:
+        """Per layer, in network order: (examples with a patch, examples)."""
+        rows = {r["layer"]: (r["cut"], r["n"]) for r in self._query(
+            "SELECT layer, count(patch) AS cut, count(*) AS n FROM examples GROUP BY layer")}
+        return {name: rows.get(name, (0, 0)) for name in self.layers}
 
     # ------------------------------------------------------------------ unit names
 

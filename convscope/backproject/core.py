@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..hooks import Handles, model_lock
-from .rules import FUNCTIONAL, METHODS, ActivationRuleWarning, Rule, activation_kind, get_rule, rule_note
+from .rules import FUNCTIONAL, METHODS, ActivationRuleWarning, Rule, activation_kind, get_rule, rectify, rule_note
 
 class _Mode:
     """The rule the next backward pass follows; one per :func:`modified_backward` block, held by
@@ -30,16 +30,42 @@ class _Mode:
         self.rule = rule
 
 
-def _unit_backward(kind: str, module: nn.Module | None):
+class _UnitBackward:
     """The unit's own derivative applied to a signal, given what :class:`_RuleUnit` saved: the
     output for ReLU and clamps (exactly PyTorch's own backward kernels), or the derivative
-    itself for other rectifiers."""
-    if kind == "relu":
-        return lambda g, out: torch.ops.aten.threshold_backward(g, out, 0)
-    if kind == "clamp":
-        hi = float(getattr(module, "max_val", 6.0)) if module is not None else 6.0
-        return lambda g, out: torch.ops.aten.hardtanh_backward(g, out, 0.0, hi)
-    return lambda g, deriv: g * deriv
+    itself for other rectifiers.
+
+    For a ReLU or a clamp, :meth:`rectified` is the guided rule's step in one pass (``relu(g)``,
+    then the unit's mask): ``clamp(g, 0, limit)``, where ``limit`` is +inf where the unit passes
+    its signal and 0 where it does not, computed once per forward pass by the unit's own backward
+    kernel (on an infinite signal) and kept for the backward passes that follow. The same values
+    as the two steps (up to the sign of a zero); the two steps read and wrote every gradient
+    twice, 39 % of a whole-input backward pass through EfficientNet's ReLU6s."""
+
+    def __init__(self, kind: str, module: nn.Module | None):
+        self.kind = kind
+        self.fused = kind in ("relu", "clamp")
+        self.hi = (float(getattr(module, "max_val", 6.0)) if module is not None else 6.0) if kind == "clamp" else None
+
+    def __call__(self, g: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+        if self.kind == "relu":
+            return torch.ops.aten.threshold_backward(g, saved, 0)
+        if self.kind == "clamp":
+            return torch.ops.aten.hardtanh_backward(g, saved, 0.0, self.hi)
+        return g * saved
+
+    def limit(self, out: torch.Tensor) -> torch.Tensor:
+        """+inf where the unit (its output ``out``) passes a signal, 0 where it does not."""
+        inf = torch.full((), float("inf"), dtype=out.dtype, device=out.device).expand_as(out)
+        return self(inf, out)
+
+    def rectified(self, g: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+        """``self(relu(g), out)`` in one pass, given ``limit`` (:meth:`limit` of ``out``)."""
+        return torch.clamp(g, torch.zeros((), dtype=g.dtype, device=g.device), limit)
+
+
+def _unit_backward(kind: str, module: nn.Module | None) -> _UnitBackward:
+    return _UnitBackward(kind, module)
 
 
 class _RuleUnit(torch.autograd.Function):
@@ -66,12 +92,18 @@ class _RuleUnit(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         rule = ctx.mode.rule
+        seed = getattr(ctx, "seed", None)  # set while this unit's output is being projected
+        if rule.signal is rectify and rule.through_unit and ctx.own.fused and seed is None:  # guided, in one pass
+            limit = getattr(ctx, "limit", None)
+            if limit is None:  # the first guided pass over this forward: kept for the next ones
+                (saved,) = ctx.saved_tensors
+                limit = ctx.limit = ctx.own.limit(saved)
+            return ctx.own.rectified(grad, limit), None, None, None, None
         if rule.signal is not None:
             grad = rule.signal(grad)
         if rule.through_unit:
             (saved,) = ctx.saved_tensors
             through = ctx.own(grad, saved)
-            seed = getattr(ctx, "seed", None)  # set while this unit's output is being projected
             if seed is not None and rule.signal is not None:
                 # The projected unit's own mask is not applied to its seed: a ReLU6 saturated at
                 # 6 (most of EfficientNet's top examples) would otherwise project to nothing.

@@ -24,7 +24,8 @@ class ActivationRuleWarning(UserWarning):
     """A nonlinearity that is not an ``nn.ReLU`` got a documented substitute rule."""
 
 
-def _rectify(grad: torch.Tensor) -> torch.Tensor:
+def rectify(grad: torch.Tensor) -> torch.Tensor:
+    """The deconvnet's and guided backprop's signal rule: ``relu(grad)``."""
     return grad.clamp(min=0)
 
 
@@ -48,7 +49,7 @@ class Rule:
 METHODS: dict[str, Rule] = {
     name: Rule(name, signal, through_unit, PROJECTION_METHODS[name])
     for name, (signal, through_unit) in keyed(PROJECTION_METHODS, {
-        "deconvnet": (_rectify, False), "guided": (_rectify, True), "gradient": (None, True),
+        "deconvnet": (rectify, False), "guided": (rectify, True), "gradient": (None, True),
     }).items()
 }
 
@@ -112,4 +113,4 @@ def rule_note(where: str, type_name: str, kind: str, rule: Rule) -> str | None:
     return f"{where} is {type_name} ({what}), not ReLU: {rule.name} rule applied to it: {how}"
 
 
-__all__ = ["FUNCTIONAL", "METHODS", "ActivationRuleWarning", "Rule", "activation_kind", "get_rule", "rule_note"]
+__all__ = ["FUNCTIONAL", "METHODS", "ActivationRuleWarning", "Rule", "activation_kind", "get_rule", "rectify", "rule_note"]

@@ -186,7 +186,8 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
     the gallery, with a search box on every page, whose uploads and pictures of why use the
     same model. The gallery opens within seconds and grows while the atlas builds (pages say
     how many photos are scanned): each unit's patches, projections and feature visualization
-    are computed when its page is first opened, and kept in the atlas.
+    are computed when its page is first opened, and kept in the atlas; once the atlas and the
+    index are built, the patches no page asked for are cut behind the pages, layer by layer.
     --no-serve builds them up front instead (guided projections, and deconvnet ones where
     they depend on the image, of each unit's top 3 examples; feature visualizations of 8
     units per layer). A second run reuses both while their inputs are unchanged (photos
@@ -215,6 +216,7 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
                    f"`convscope serve {atlas_dir} --index {index_dir}`", err=True)
         return
     from ..web import create_app
+    from ..web.fill_pages import cut_in_background
 
     # serving: the build goes on on a thread; the gallery opens on its first snapshot and grows,
     # each unit's pictures computed when its page is opened
@@ -225,4 +227,6 @@ def demo(images, out, no_serve, rebuild, host, port, allow_hosts, password_file,
     app = create_app(atlas_dir, index=building.servable_index(), pages=page_groups(None),
                      allowed_hosts=allow_hosts, fill=recipes.fill_settings(recipe), secret=secret)
     building.follow(app)  # the index's snapshots as its build goes on, then the finished index
+    # then the patches no page asked for yet, layer by layer, behind the pages' own requests
+    building.when_indexed(lambda folder: cut_in_background(app))
     _run_server(app, host, port)

@@ -14,12 +14,26 @@ a unit is done the answer (and every answer before, for the pictures ready so fa
 is one line (``error``), and the next request tries again. A unit that is not a whole number is
 400.
 
+The rest follows (:meth:`FillPages.cut_rest`, :func:`cut_in_background`; the demo starts it once
+its atlas and index are built): every patch an atlas whose patches are cut on demand still lacks,
+layer by layer from the first, photo by photo (each photo read once per layer), on a thread of its
+own that hands the model thread one step at a time in the batch lane. A person's requests go
+first: an interactive job between two photos (:attr:`Workers.pause`), and a unit or layer a page
+asks for as soon as the photo being cut is done (the step stops, and the next waits until no fill
+a page asked for is queued or running). Pages say how far it is ("Cutting patches: 3,120 of
+10,560 ...", :meth:`FillPages.cutting_line`), ``GET /api/fill`` answers ``{"cutting": {...}}``,
+and a progress bar on stderr says ``cutting patches``.
+
 >>> group = FillPages(site, gallery, lambda: analyzer.model, featvis={"steps": 128, "size": 96})
+>>> group.cut_rest()  # once the atlas is finished
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from concurrent.futures import CancelledError
 from typing import Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +43,8 @@ from starlette.routing import Route
 
 from ..atlas.fill import lacking
 from ..errors import ConvscopeError
+from ..progress import Bar
+from ..runtime import release_memory
 from .common import parse_number
 from .gallery import Gallery
 from .site import Site
@@ -66,7 +82,8 @@ class FillPages:
         self.load_model = model
         self.featvis = featvis
         self.max_queue = int(max_queue)
-        self.api = {"fill": "POST /api/layers/{layer}/units/{unit}/fill (GET: how it stands)"}
+        self.api = {"fill": "POST /api/layers/{layer}/units/{unit}/fill (GET: how it stands)",
+                    "cutting": "GET /api/fill: the patches cut in the background so far"}
         self.links = site.links
         self._filler = None
         self._waiting: dict[tuple[str, int], None] = {}  # in order: the next to run first
@@ -74,19 +91,31 @@ class FillPages:
         self._runner: asyncio.Task | None = None
         self._state: dict[tuple[str, int], dict] = {}
         self.runs = 0  # fills that computed something (the tests count them)
+        self._idle = threading.Event()  # set while no fill a page asked for waits or runs
+        self._idle.set()
+        self._cutter: threading.Thread | None = None
+        self.cutting: dict | None = None  # how the background cutting stands (cut_rest), None before it
+        gallery.activity = self.cutting_line  # the pages' banner while it runs
 
     def routes(self) -> list[Route]:
         return [Route("/api/layers/{layer}/units/{unit}/fill", self.endpoint, methods=["GET", "POST"]),
-                Route("/api/layers/{layer}/fill", self.layer_endpoint, methods=["GET", "POST"])]
+                Route("/api/layers/{layer}/fill", self.layer_endpoint, methods=["GET", "POST"]),
+                Route("/api/fill", self.cutting_endpoint, methods=["GET"])]
 
     # ------------------------------------------------------------------ the work, in the model thread's batch lane
 
-    def _fill(self, layer: str, unit: int | None) -> dict:
+    def _filler_now(self):
+        """The filler (made on the model thread, on first use) on the gallery's atlas: a
+        building atlas's newest snapshot, or the finished one."""
         if self._filler is None:
             from ..atlas.fill import Filler
 
             self._filler = Filler(self.gallery.atlas, self.load_model(), self.featvis)
-        self._filler.atlas = self.gallery.atlas  # a building atlas's newest snapshot, or the finished one
+        self._filler.atlas = self.gallery.atlas
+        return self._filler
+
+    def _fill(self, layer: str, unit: int | None) -> dict:
+        self._filler_now()
         if unit is None:  # a layer page's top patches
             done = self._filler.fill_tops(layer, pause=self.site.workers.pause)
             self.gallery.forget_layer(layer)
@@ -108,6 +137,7 @@ class FillPages:
                 self._state[key] = await self._one(key)
         finally:
             self._running, self._runner = None, None
+            self._idle.set()
 
     async def _one(self, key: tuple[str, int]) -> dict:
         try:
@@ -122,6 +152,91 @@ class FillPages:
 
     def _queue(self) -> int:
         return len(self._waiting) + (self._running is not None)
+
+    # ------------------------------------------------------------------ the rest, in the background
+
+    def cut_rest(self) -> bool:
+        """Start cutting, on a thread of its own, every patch the atlas lacks (see the module's
+        docstring), once the gallery's atlas is finished; False if it was started already."""
+        if self._cutter is not None:
+            return False
+        self.cutting = {"state": "waiting", "done": 0, "total": 0, "layer": None, "layers": len(self.gallery.atlas.layers),
+                        "position": 0, "unreadable": 0, "order": []}
+        self._cutter = threading.Thread(target=self._cut_all, name="convscope-cut-patches", daemon=True)
+        self._cutter.start()
+        return True
+
+    def cutting_line(self) -> str | None:
+        """The pages' line while the background cutting runs, else None."""
+        c = self.cutting
+        if c is None or c["state"] != "cutting":
+            return None
+        return (f"Cutting patches: {c['done']:,} of {c['total']:,} cut (layer {c['layer']}, {c['position']} of "
+                f"{c['layers']}). A unit or layer you open has its own patches cut first.")
+
+    def _cut_all(self) -> None:
+        workers = self.site.workers
+        generation = workers.generation
+        c = self.cutting
+        try:
+            while not workers.batch_future(self._finished, generation=generation).result():
+                time.sleep(1.0)  # a build still running: its examples may change; wait for the finished atlas
+            counts = workers.batch_future(lambda: self.gallery.atlas.patch_counts(), generation=generation).result()
+            c.update(done=sum(cut for cut, _n in counts.values()), total=sum(n for _cut, n in counts.values()))
+            c["state"] = "cutting"
+            unreadable: set[str] = set()  # a step stopped early reads them again in the next
+            with Bar(c["total"], "cutting patches") as bar:
+                bar.advance(c["done"])
+                for position, (layer, (cut, n)) in enumerate(counts.items(), start=1):
+                    c.update(layer=layer, position=position)
+                    while cut < n:
+                        self._idle.wait()  # the fills pages asked for first
+                        step = workers.batch_future(self._cut_step, layer, bar, generation, generation=generation)
+                        done = step.result()
+                        unreadable.update(path for path, _why in done["unreadable"])
+                        c["unreadable"] = len(unreadable)
+                        if done["done"]:
+                            break
+            c["state"] = "done"
+            workers.batch_future(release_memory, generation=generation)
+        except CancelledError:  # the server is closing
+            c["state"] = "stopped"
+        except Exception as exc:  # noqa: BLE001 - a background job has no page to answer; the log has it
+            logger.exception("cutting patches in the background failed")
+            c.update(state="error", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _finished(self) -> bool:
+        """On the model thread: the gallery on the newest atlas; whether it is the finished one."""
+        self.gallery.refresh()
+        return self.gallery.atlas.building is None
+
+    def _cut_step(self, layer: str, bar, generation: int) -> dict:
+        """On the model thread: cut ``layer``'s patches until none lacks, or a page asks for a fill
+        or the server closes (checked between photos)."""
+        filler = self._filler_now()
+        workers = self.site.workers
+        c = self.cutting
+
+        def recorded(units: list[int], patches: int) -> None:
+            for u in units:
+                self.gallery.forget(layer, u)
+            c["done"] += patches
+            c["order"].append((layer, units))
+            bar.advance(patches)
+
+        done = filler.cut_layer(layer, pause=workers.pause, on_record=recorded,
+                                stop=lambda: not self._idle.is_set() or workers.generation != generation)
+        self.gallery.forget_layer(layer)
+        c["done"] = sum(cut for cut, _n in filler.atlas.patch_counts().values())  # with those the pages' fills cut
+        bar.update(completed=c["done"])
+        return done
+
+    async def cutting_endpoint(self, request: Request):
+        """How the background cutting stands: ``{"cutting": {"state": "waiting" | "cutting" |
+        "done" | "stopped" | "error", "done", "total", "layer", "position", "layers",
+        "unreadable"}}``, or ``{"cutting": null}`` when it was never started."""
+        c = self.cutting
+        return JSONResponse({"cutting": None if c is None else {k: v for k, v in c.items() if k != "order"}})
 
     # ------------------------------------------------------------------ the endpoint
 
@@ -187,10 +302,21 @@ class FillPages:
                            "wait); try again in a minute", retry_after=FILL_RETRY_AFTER)
             self._state.pop(key, None)
             self._waiting[key] = None
+            self._idle.clear()
             answer = {"status": "queued", "place": len(self._waiting)}
             if self._runner is None:
                 self._runner = asyncio.ensure_future(self._run())
         return answer
 
 
-__all__ = ["FillPages", "MAX_QUEUE"]
+def cut_in_background(app) -> bool:
+    """Start cutting the patches the atlas of ``app`` (:func:`convscope.web.create_app`) lacks,
+    in the background (:meth:`FillPages.cut_rest`); False where the app fills nothing (no atlas,
+    ``fill=False``) or cuts already. Safe from any thread."""
+    for group in app.state.groups:
+        if isinstance(group, FillPages):
+            return group.cut_rest()
+    return False
+
+
+__all__ = ["FillPages", "MAX_QUEUE", "cut_in_background"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..atlas.store import DB_NAME, METHODS, PARTIAL, SNAPSHOT_NAME, Atlas, unit_missing
 from ..data import load_image
@@ -39,6 +40,9 @@ class Gallery:
         # an atlas still building: its folder, to follow the build's snapshots (refresh)
         self._folder = Path(folder) if folder is not None and atlas.building is not None else None
         self._seen = self._stamp()
+        #: A line on work that goes on behind a finished atlas's pages (the fill's background
+        #: cutting: :meth:`convscope.web.fill_pages.FillPages.cutting_line`), or None.
+        self.activity: Callable[[], str | None] | None = None
 
     def _stamp(self):
         if self._folder is None:
@@ -73,10 +77,11 @@ class Gallery:
         return True
 
     def building_line(self) -> str | None:
-        """One sentence on the build in progress for every page, or None for a finished atlas."""
+        """One sentence on the build in progress for every page; for a finished atlas, the
+        :attr:`activity` line (None when nothing goes on)."""
         b = self.atlas.building
         if b is None:
-            return None
+            return self.activity() if self.activity is not None else None
         if b["phase"] == "scanning":
             return (f"Building: {b['photos_done']:,} of {b['photos']:,} photos scanned (every layer at once). "
                     "These are the top examples so far; pages fill in as the scan goes on.")

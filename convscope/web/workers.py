@@ -182,6 +182,7 @@ class Workers:
         #: Given to a batch job, to call between its steps (:class:`Pause`).
         self.pause = Pause(self._lane)
         self.jobs = 0  # in progress
+        self._closed = 0
 
     async def decode(self, fn, *args, request=None):
         """``fn(*args)`` on a decode thread; dropped if ``request``'s client goes away first."""
@@ -211,6 +212,24 @@ class Workers:
         call :attr:`pause` between its steps (give it ``pause=workers.pause``)."""
         return await self._submit(BATCH, functools.partial(fn, *args, **kwargs), None)
 
+    def batch_future(self, fn, *args, generation: int | None = None, **kwargs) -> Future:
+        """:meth:`batch` for a thread of its own (not the event loop): the job's
+        :class:`concurrent.futures.Future`, cancelled if the workers are closed before it runs.
+        Given the :attr:`generation` its thread started in, a job submitted after :meth:`close`
+        is cancelled at once, so a background thread never starts the model thread again."""
+        future: Future = Future()
+        if generation is not None and generation != self.generation:
+            future.cancel()
+            return future
+        self._lane.submit(future, functools.partial(fn, *args, **kwargs), BATCH)
+        return future
+
+    @property
+    def generation(self) -> int:
+        """How many times the workers were closed: a background thread notes it when it starts
+        and stops when it changed (:meth:`batch_future`)."""
+        return self._closed
+
     async def _submit(self, lane: str, fn, request):
         future: Future = Future()
         self._lane.submit(future, fn, lane)
@@ -228,6 +247,7 @@ class Workers:
                 await self._submit(BATCH, release_memory, None)
 
     def close(self) -> None:
+        self._closed += 1
         self._lane.close()
         pool, self._decode = self._decode, None
         if pool is not None:
