@@ -247,7 +247,7 @@ def test_teaching_scales_to_a_large_index_in_memory():
     assert count == concept_model.BACKGROUND
     assert [len(r) for r in read] == [concept_model.BACKGROUND, concept_model.HELD_OUT]
     assert not np.isin(np.concatenate(read), planted[:10]).any() and len(np.unique(np.concatenate(read))) == 3072
-    scores = concept_model.score_rows(half, fitted.weights * fitted.scale, fitted.bias * fitted.scale + fitted.shift)
+    scores = fitted.calibrated(concept_model.embedding_products(half, fitted.weights) + fitted.bias)
     relevant = np.zeros(len(emb), bool)
     relevant[planted[10:]] = True
     assert average_precision(scores, relevant) > 10 * relevant.mean()  # far above chance

@@ -8,7 +8,7 @@ index stores it) beside the square roots of its stored probabilities of the conc
 vector have unit length, as the embedding has: the two halves weigh alike. On the dev photos
 (``bench/teach.py``, BENCHMARKS.md "Issue 22") this ranks new concepts at mean average precision
 0.501 from 5 examples, against 0.457 for the embedding alone, 0.468 for a plain logistic
-regression and 0.385 for ``--like``; all 1,000 classes gave 0.503, so the concept's own classes
+regression and 0.385 for ``--like``; all 1,000 classes gave 0.509 (one draw), so the concept's own classes
 keep the quality and make the score cheap: over an index, the class half is a sum over the
 inverted lists of those classes (:func:`.postings.gather`), not a read of every entry's classes.
 
@@ -156,9 +156,9 @@ class Fitted:
 def _logistic(pos: np.ndarray, bg: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
     """Weights and bias of a logistic regression: ``pos`` against ``bg`` and ``neg``, each of the
     three groups weighing alike (mean sample weight 1). A plain regression (every photo weighing
-    1) ranked the dev photos' new concepts about as well (0.514 against 0.501 at 5 examples, two
+    1) ranked the dev photos' new concepts about as well (0.515 at 5 examples, one draw, against 0.501, two
     draws per group), but its out-of-fold decisions calibrate badly: at 5 examples the cut-off
-    kept under one photo on average (precision 0.40, recall 0.03; this model: 0.56 and 0.24),
+    kept under one photo on average (0.4 photos, recall 0.01; this model: precision 0.56, recall 0.24),
     and no prior gave both back (BENCHMARKS.md "Issue 22")."""
     from sklearn.linear_model import LogisticRegression
 
@@ -294,12 +294,7 @@ def row_decision(store, row: int, weights: np.ndarray, bias: float, layout: Layo
     return float(x @ np.asarray(weights, np.float32) + bias)
 
 
-def score_rows(embedding: np.ndarray, weights: np.ndarray, bias: float, *, chunk: int = CHUNK) -> np.ndarray:
-    """``sigmoid(embedding @ weights + bias)`` for every row of a (N, D) float16 array."""
-    return _sigmoid(embedding_products(embedding, weights, chunk=chunk) + bias)
-
-
 __all__ = ["BACKGROUND", "C", "Fitted", "HELD_OUT", "Layout", "MAX_CLASSES", "PRIOR", "THRESHOLD", "background_rows",
-           "choose_classes", "decisions", "embedding_products", "features", "fit", "row_decision", "score_rows",
+           "choose_classes", "decisions", "embedding_products", "features", "fit", "row_decision",
            "sqrt_probs", "store_features", "teach_vectors"]
 
