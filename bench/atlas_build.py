@@ -11,6 +11,7 @@ them. Then the two atlases are compared: every table of ``atlas.sqlite`` (less t
 
     python bench/atlas_build.py ../shared/data/imagenet-samples --before fc0ce62
     python bench/atlas_build.py photos/ --before HEAD~3 --repeat 2 --keep /tmp/builds
+    python bench/atlas_build.py --compare /tmp/builds/before-0 /tmp/builds/after-0
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE = re.compile(r"^(?P<phase>[a-z ,]+?) (?P<done>\d+)/(?P<total>\d+) in (?P<h>\d+):(?P<m>\d\d):(?P<s>\d\d)$")
@@ -81,12 +85,36 @@ def files(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.png"))}
 
 
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+
 def compare(a: Path, b: Path) -> dict:
+    """The two atlases' tables, and their PNG files: the same bytes, else the same pixels, else
+    how far apart (the largest difference of one channel of one pixel, in levels of 255, and the
+    share of the files' pixels that differ at all)."""
     ta, tb = tables(a / "atlas.sqlite"), tables(b / "atlas.sqlite")
     fa, fb = files(a), files(b)
+    names = sorted(fa.keys() | fb.keys())
+    missing = [k for k in names if k not in fa or k not in fb]
+    other_bytes = [k for k in names if k in fa and k in fb and fa[k] != fb[k]]
+    other_pixels, largest, differ, total = [], 0, 0, 0
+    for k in other_bytes:
+        pa, pb = pixels(a / k), pixels(b / k)
+        if pa.shape != pb.shape:
+            other_pixels.append(k)
+            continue
+        d = np.abs(pa - pb).max(axis=-1)
+        total += d.size
+        if d.any():
+            other_pixels.append(k)
+            largest, differ = max(largest, int(d.max())), differ + int((d > 0).sum())
     return {"tables_equal": ta == tb, "tables_differing": sorted(k for k in ta.keys() | tb.keys() if ta.get(k) != tb.get(k)),
-            "png_files": len(fb), "png_equal": fa == fb,
-            "png_differing": sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))[:20]}
+            "png_files": len(fb), "png_equal": fa == fb, "png_missing": missing[:20],
+            "png_other_bytes": len(other_bytes), "png_other_pixels": len(other_pixels),
+            "largest_pixel_difference": largest, "pixels_differing_share": round(differ / total, 6) if total else 0.0,
+            "png_differing": other_pixels[:20]}
 
 
 def examples(out: Path) -> dict:
@@ -102,12 +130,18 @@ def examples(out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("photos", nargs="+", help="what `atlas build` takes")
-    ap.add_argument("--before", required=True, help="the git revision to compare with (its tree, exported)")
+    ap.add_argument("photos", nargs="*", help="what `atlas build` takes")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="only compare two atlases built before")
+    ap.add_argument("--before", help="the git revision to compare with (its tree, exported)")
     ap.add_argument("--repeat", type=int, default=1, help="before/after pairs, alternating")
     ap.add_argument("--keep", type=Path, default=None, help="keep the atlases in this folder")
     ap.add_argument("--build-args", default="", help="more `atlas build` options, as one string")
     args = ap.parse_args()
+    if args.compare:
+        print(json.dumps(compare(*args.compare), indent=1))
+        return
+    if not args.photos or not args.before:
+        ap.error("give the photos and --before REV (or --compare A B)")
     extra = args.build_args.split()
     photos = [p if p.startswith("@") else os.path.abspath(p) for p in args.photos]  # the builds run in their trees
     rows = []
@@ -141,7 +175,9 @@ def main() -> None:
         rest = round(r["wall_s"] - scan - r.get("render_s", 0))
         print(f"| {r['build']} ({r['rev']}) | {r['wall_s']} s | {scan} s | {r.get('render_s', '')} s | {rest} s | "
               f"{r.get('patches_per_s', '')} | {r['load'][0]}, {r['load'][1]} |")
-    print(f"same atlas: tables {same['tables_equal']}, {same['png_files']} PNG files byte for byte {same['png_equal']}")
+    print(f"same atlas: tables {same['tables_equal']}, {same['png_files']} PNG files byte for byte {same['png_equal']}; "
+          f"{same['png_other_bytes']} with other bytes, {same['png_other_pixels']} with other pixels "
+          f"(largest difference {same['largest_pixel_difference']}/255), {len(same['png_missing'])} missing")
 
 
 if __name__ == "__main__":

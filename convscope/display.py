@@ -45,6 +45,8 @@ def _as_array(projection) -> np.ndarray:
         p = p[None]
     if p.ndim != 3 or p.shape[0] not in (1, 3):
         raise ValueError(f"a projection has shape (3, H, W) or (H, W), got {p.shape}")
+    if np.isfinite(p).all():  # one pass, no copy: the usual case, and each drawing converts up to three times
+        return p
     return np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -55,11 +57,10 @@ def robust_scale(projection, percentile: float = PERCENTILE) -> float:
     a = np.abs(_as_array(projection)).ravel()
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    nonzero = a[a > 0]
-    if nonzero.size == 0:
+    if a.size == 0 or not a.max() > 0:
         return 0.0
-    scale = float(np.percentile(a, percentile))
-    return scale if scale > 0 else float(np.percentile(nonzero, percentile))
+    scale = float(np.percentile(a, percentile, overwrite_input=True))  # `a` is ours: no copy
+    return scale if scale > 0 else float(np.percentile(a[a > 0], percentile))
 
 
 def energy_box(projection, fraction: float = FRACTION, pad: float = 0.15, min_size: float = 0.25) -> tuple[int, int, int, int]:
@@ -148,8 +149,15 @@ def to_picture(projection, crop: bool = False, percentile: float = PERCENTILE, f
     t, l, b, r = box
     p = p[:, t:b, l:r]
     scale = robust_scale(p, percentile)
-    img = np.full(p.shape, 0.5) if scale == 0 else 0.5 + 0.5 * np.clip(p / scale, -1.0, 1.0)
-    img = np.round(img * 255).astype(np.uint8).transpose(1, 2, 0)
+    if scale == 0:
+        img = np.full(p.shape, 0.5)
+    else:  # 0.5 + 0.5 * clip(p / scale, -1, 1), in place: the same numbers, a third of the passes
+        img = p / scale
+        np.clip(img, -1.0, 1.0, out=img)
+        img *= 0.5
+        img += 0.5
+    img *= 255
+    img = np.round(img, out=img).astype(np.uint8).transpose(1, 2, 0)
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
     return np.ascontiguousarray(img), box

@@ -17,7 +17,7 @@ DATA_MODULES = {"convscope.imagenet_labels"}
 #: The floors of docs/architecture.md, bottom to top, by the first name under ``convscope``. A module
 #: imports only from its own floor or the ones below.
 FLOORS = (
-    ("errors", "files", "stores", "runtime", "progress", "choices", "lazy"),
+    ("errors", "files", "stores", "runtime", "progress", "choices", "lazy", "pngfile"),
     ("geo", "exif", "formats", "data", "crops", "sketch", "ocr"),
     ("hooks",),
     ("model_names", "models", "checkpoints", "layers", "saturation", "vocab", "imagenet_labels"),

@@ -417,6 +417,36 @@ def test_whole_input_examples_share_a_forward_pass_per_input():
     assert hook_count(net.module) == 0
 
 
+def test_projections_handed_over_as_they_come_equal_the_ones_kept():
+    """With ``on_result`` each example's projections are handed over once, as soon as they are
+    done (the build draws them as they come and holds a few batches, not thousands of arrays),
+    and are the ones ``project_boxes`` returns without it; the list it returns is then empty."""
+    from convscope.backproject import project_boxes
+
+    torch.manual_seed(0)
+    prep = Preprocessing((64, 64), 64, "bilinear", (0.5,) * 3, (0.25,) * 3)
+    net = load_model("torchvision:resnet18", pretrained=False, preprocessing=prep, device="cpu")
+    images = list(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+    which = [0, 1, 0, 2, 0, 1, 0, 2]
+    for layer, units, positions in (("layer4", [3, 8, 3, 100, 511, 0, 42, 7], [(0, 0), (1, 1), (1, 0), (0, 1)] * 2),
+                                    ("layer1", [1, 2, 3, 4, 5, 6, 7, 8], [(1, 1), (5, 9), (15, 15), (0, 0)] * 2)):
+        info = net.layers.get(layer)
+        inputs = [images[i] for i in which]
+        kept, counts = project_boxes(net.module, info, inputs, units, positions, batch_size=2)
+        got, done = {}, []
+        returned, counts_again = project_boxes(net.module, info, inputs, units, positions, batch_size=2,
+                                               on_result=lambda k, res: got.setdefault(k, []).append(res),
+                                               on_done=done.append)
+        assert counts_again == counts and sum(done) == len(which)
+        assert returned == [{}] * len(which)
+        assert sorted(got) == list(range(len(which))) and all(len(v) == 1 for v in got.values())
+        for k in range(len(which)):
+            assert set(got[k][0]) == {"deconvnet", "guided"}
+            for method, pixels in kept[k].items():
+                assert torch.equal(got[k][0][method], pixels)
+                assert pixels.abs().sum() > 0
+
+
 @pytest.mark.filterwarnings("ignore::convscope.backproject.ActivationRuleWarning")
 def test_private_projection_copy_of_the_default_model_projects_as_the_model(default_model):
     """The atlas projects on a private copy (BatchNorm folded, static TF padding, channels-last):

@@ -191,7 +191,7 @@ def test_projections_on_ray_equal_the_one_process_ones(pool, model, reference, t
 
     def run(out, how):
         records, stats = _records(reference, model), {}
-        job = RenderJob(reference, records, out, TOP, METHODS, 4, image_chunks(records, 4), False)
+        job = RenderJob(reference, records, out, TOP, METHODS, 4, image_chunks(records, 16), False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             incomplete = how(job, stats)
@@ -274,7 +274,7 @@ def test_the_render_on_ray_cuts_whole_chunks_of_the_builder(model, reference):
     from convscope.distributed.ray_project import _runs
 
     records = _records(reference, model)
-    chunks = image_chunks(records, 2)  # 8 images a chunk
+    chunks = image_chunks(records, 8)
     assert [i for c in chunks for i in c] == sorted(records.images) and {len(c) for c in chunks[:-1]} == {8}
     job = RenderJob(reference, records, "out", TOP, METHODS, 2, chunks, None)
     runs = _runs(job, 20)  # three chunks a run

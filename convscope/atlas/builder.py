@@ -36,11 +36,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backproject import ActivationRuleWarning, check_deconvnet, layer_methods, project_boxes, projection_module
+from ..backproject import ActivationRuleWarning, check_deconvnet, layer_methods, projection_module
 from ..data import load_image_hashed
-from ..display import shown_box, to_picture
 from ..errors import ArgumentError, ImageError, unknown_name_error
-from ..files import atomic_write, disk_full_as_error, remove_stale_temps, safe_name
+from ..files import atomic_write, disk_full_as_error, remove_stale_temps
 from ..progress import Bar
 from ..runtime import keep_freed_memory
 from ..scan import RESUME_HINT, Scan, scan
@@ -48,7 +47,15 @@ from ..scan_settings import check_rank_by
 from .records import ExampleRecord, ImageRecord, PhotoRecord, Records
 from ..stores import PARTIAL, check_folder, commit, remove_partial, state, sync_written, writer_lock
 from .store import DB_NAME, METHODS, SNAPSHOT_NAME, STATE_NAME, Atlas
+from .projecting import Drawer, project_examples
 from .write import write_db
+
+#: Images read and projected together (:func:`image_chunks`). The examples of one layer whose
+#: field is the whole input share a forward pass per image and run in rounds of one example per
+#: image; with many images to choose from, the images of one batch have about as many examples
+#: each, so few rows of a round run empty (on the 500 dev photos: 17,100 backward rows for
+#: 15,400 such examples, against 21,200 with 32 images a chunk). 256 inputs are 150 MB.
+CHUNK_IMAGES = 256
 
 
 def build(
@@ -175,7 +182,7 @@ def _build(model, images, out: Path, layers, top, crops, batch_size, workers, re
         on_gpu = model.device.type == "cuda" if pool is None else pool.infos()[0].device.startswith("cuda")
         projection_batch = batch_size if on_gpu else min(batch_size, 8)
     stats: dict = {}
-    job = RenderJob(result, records, out, project, methods, projection_batch, image_chunks(records, projection_batch),
+    job = RenderJob(result, records, out, project, methods, projection_batch, image_chunks(records),
                     progress)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -335,12 +342,12 @@ class RenderJob:
         return work
 
 
-def image_chunks(records: Records, batch_size: int) -> list[list[int]]:
+def image_chunks(records: Records, size: int = CHUNK_IMAGES) -> list[list[int]]:
     """The image ids of ``records`` in the order the render reads them (by id), cut into chunks of
-    up to four projection batches (at most 256 images): the photos of a chunk are read, then
-    its examples projected together. The one owner of the cut, on one process or on Ray."""
+    ``size`` images: the photos of a chunk are read, then its examples projected together, a
+    layer at a time. The one owner of the cut, on one process or on Ray."""
     order = sorted(records.images)
-    size = max(1, min(256, 4 * batch_size))
+    size = max(1, size)
     return [order[start : start + size] for start in range(0, len(order), size)]
 
 
@@ -476,82 +483,10 @@ class Publisher:
         self._next = time.monotonic() + max(self.every, 4 * (time.monotonic() - begun))
 
 
-def project_examples(module, memory_format, info, group: list[ExampleRecord], inputs, methods, batch_size, out,
-                     bar, drawer: "Drawer | None" = None) -> dict:
-    """Projections of one layer's examples (``group``), written as PNG files in the atlas's
-    layout (so this stays with the atlas; the batching is :func:`convscope.backproject.project_boxes`),
-    drawn by :func:`convscope.display.to_picture`: robust contrast, and for an example whose field
-    is (nearly) the whole input the crop to the energy of its guided projection (one box for all
-    its methods, recorded as its ``display_box`` on the model input). With a ``drawer``
-    (:class:`Drawer`) the pictures are drawn and written on its thread while the caller goes on;
-    the records are filled once the drawer has waited for them."""
-    results, counts = project_boxes(
-        module, info, [inputs[e.image_id] for e in group], [e.unit for e in group],
-        [(e.y, e.x) for e in group], [e.value for e in group], methods, batch_size, memory_format,
-        on_done=lambda k: bar.advance(k * len(methods)),
-    )
-    sizes = [tuple(inputs[e.image_id].shape[-2:]) for e in group]
-    if drawer is None:
-        _draw(info.name, group, results, sizes, out)
-    else:
-        drawer.submit(_draw, info.name, group, results, sizes, out)
-    return counts
-
-
-def _draw(layer: str, group: list[ExampleRecord], results: list[dict], sizes: list[tuple[int, int]], out: Path) -> None:
-    """:func:`project_examples`'s pictures: drawn, written, and named in their records."""
-    for e, res, size in zip(group, results, sizes):
-        ref = res["guided"] if "guided" in res else next(iter(res.values()))
-        t, l, b, r = shown_box(ref, e.box, size)
-        e.display_box = (e.box[0] + t, e.box[1] + l, e.box[0] + b, e.box[1] + r)
-        for method, p in res.items():
-            rel = f"layers/{safe_name(layer)}/unit_{e.unit:04d}/top_{e.rank:02d}_{method}.png"
-            _save_png(to_picture(p[:, t:b, l:r])[0], out / rel)
-            e.projections[method] = rel
-
-
-class Drawer:
-    """Draws and writes one group of projection pictures (:func:`project_examples`) on a thread
-    of its own while the next group is projected: the drawing (the energy crop, the contrast,
-    the PNG encoding) took a quarter of a whole build's render on one thread. At most one group
-    waits (each holds its projections' arrays). As a context manager: on a normal exit, every
-    picture is written (and a failure in writing one raised); on an error, what is running ends.
-
-    >>> with Drawer() as drawer:
-    ...     project_examples(..., drawer=drawer)
-    """
-
-    def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="convscope-draw")
-        self._pending = None
-
-    def submit(self, fn, *args) -> None:
-        self.wait()
-        self._pending = self._pool.submit(fn, *args)
-
-    def wait(self) -> None:
-        """Until the group submitted last is written (its error, if any, raised here)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def __enter__(self) -> "Drawer":
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        try:
-            if kind is None:
-                self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
 def _save_png(array: np.ndarray, path: Path) -> None:
-    """An atomic PNG write; not fsynced one by one (see :func:`build`)."""
+    """An atomic PNG write of a photo's patch; not fsynced one by one (see :func:`build`)."""
     with atomic_write(path, fsync=False) as f:
         Image.fromarray(array).save(f, format="PNG", compress_level=6)
 
 
-__all__ = ["Drawer", "Publisher", "RenderJob", "build", "image_chunks", "input_pixels", "render", "save_patch"]
+__all__ = ["Publisher", "RenderJob", "build", "image_chunks", "input_pixels", "render", "save_patch"]

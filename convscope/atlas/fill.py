@@ -7,7 +7,7 @@ each unit's top examples and feature visualizations for a few units. A gallery s
 model, so it computes the rest when a page asks (:mod:`convscope.web.fill_pages`); this module
 is that computation, and knows nothing of the web.
 
-- Projections: :func:`convscope.atlas.builder.project_examples`, the build's own step, on the
+- Projections: :func:`convscope.atlas.projecting.project_examples`, the build's own step, on the
   same private copy of the model (:func:`convscope.backproject.projection_module` made for all
   the atlas's layers, as the build makes it), the same display (robust contrast, the energy
   crop) and the same file names; the methods are the layer's own (the deconvnet stays out
@@ -238,7 +238,7 @@ class Filler:
 
         from ..backproject import ActivationRuleWarning
         from ..data import load_image_hashed
-        from .builder import project_examples
+        from .projecting import project_examples
         from .records import ExampleRecord
 
         examples = {ex["rank"]: ex for ex in self.atlas.examples(layer, unit)}

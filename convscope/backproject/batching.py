@@ -37,6 +37,7 @@ def project_boxes(
     batch_size: int = 32,
     memory_format: torch.memory_format = torch.contiguous_format,
     on_done: Callable[[int], None] | None = None,
+    on_result: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], dict]:
     """Projections of N examples of layer ``info`` (a LayerInfo), each cropped to its unit's
     receptive-field box: example ``k`` is unit ``units[k]`` at ``positions[k]`` (y, x) on the
@@ -60,6 +61,11 @@ def project_boxes(
     runs forward once, then one backward pass per method for each round of at most one
     example per input (the rectifying rules are not linear, so two seeds on one input cannot
     share a backward pass).
+
+    ``on_result(k, {method: (3, h, w)})``: called as soon as example ``k``'s projections are
+    done, which are then not kept (the list returned holds empty dicts): a caller that draws
+    them as they come holds a batch of arrays, not every example's. ``on_done(n)``: ``n`` more
+    examples done (a progress bar's).
 
     >>> crops, counts = project_boxes(module, model.layers.get("blocks.2"), [x[0], x[1]], [3, 7], [(5, 9), (0, 2)])
     """
@@ -87,6 +93,14 @@ def project_boxes(
         t, l, b, r = info.box(*positions[k], size)
         results[k][method] = p[:, t - w[0] : b - w[0], l - w[1] : r - w[1]]
 
+    def finished(ks: list[int]) -> None:
+        if on_result is not None:
+            for k in ks:
+                on_result(k, results[k])
+                results[k] = {}
+        if on_done is not None:
+            on_done(len(ks))
+
     def run_windows(entries: list[tuple[int, tuple]]) -> list[int]:
         failed: list[int] = []
         if not entries:
@@ -107,8 +121,7 @@ def project_boxes(
                 for good, (k, w), p in zip(ok, batch, res[method].pixels.float().cpu()):
                     if good:
                         keep(k, w, method, p)
-            if on_done is not None:
-                on_done(sum(ok))
+            finished([k for good, (k, _w) in zip(ok, batch) if good])
         return failed
 
     def run_whole(ks: list[int]) -> None:
@@ -133,8 +146,7 @@ def project_boxes(
                         pixels = fp.backward({info.name: seed}, method, retain=not last).float().cpu()
                         for i, k in rows:
                             keep(k, full, method, pixels[i])
-                    if on_done is not None:
-                        on_done(len(rows))
+                    finished([k for _i, k in rows])
 
     by_size: dict[tuple[int, int], list[tuple[int, tuple]]] = {}
     for k in range(n):
