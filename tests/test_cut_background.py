@@ -152,3 +152,26 @@ def test_cut_layer_skips_an_unreadable_photo_and_cuts_the_rest(model, photos, tm
     assert {(u, r) for u, ranks in lacking.items() for r in ranks} == on_gone and on_gone
     again = filler.cut_layer(layer)  # nothing else to cut
     assert again["patches"] == 0 and again["done"]
+
+
+def test_serve_cuts_the_rest_in_the_background_unless_told_not_to_fill(model, photos, tmp_path, monkeypatch):
+    """`convscope serve ATLAS` starts the background cutting for the app it serves (the demo
+    did; serve alone did not); with --no-fill it fills and cuts nothing."""
+    from click.testing import CliRunner
+
+    from convscope.cli import main
+    from convscope.cli import serve as serve_cli
+    from convscope.web import fill_pages
+
+    out = tmp_path / "atlas"
+    build(model, photos, out, patches=False, **ON_DEMAND).close()
+    served, started = [], []
+    monkeypatch.setattr(serve_cli, "_run_server", lambda app, host, port: served.append(app))
+    monkeypatch.setattr(fill_pages, "cut_in_background", lambda app: started.append(app) or True)
+    runner = CliRunner()
+    r = runner.invoke(main, ["serve", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(served) == 1 and started == served
+    r = runner.invoke(main, ["serve", str(out), "--no-fill"])
+    assert r.exit_code == 0, r.output
+    assert len(served) == 2 and started == served[:1]

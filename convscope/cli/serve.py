@@ -91,7 +91,9 @@ def serve(atlas, index_dir, watch, evolve_dir, host, port, max_upload_mb, no_fil
     duplicates and albums; the pictures of why use the index's own model (or --model, ..., when
     that is the index's model). Only files inside the folders the index was built from are
     served. A unit page whose projections or feature visualization the atlas lacks has them
-    computed by the model and written into the atlas (--no-fill: not). With an atlas,
+    computed by the model and written into the atlas (--no-fill: not); an atlas whose patches
+    are cut on demand (or one still building) has the rest cut in the background once it is
+    finished, layer by layer, the units pages ask for first. With an atlas,
     /health shows the model's health; with --evolve, /evolve an evolve run.
 
     \b
@@ -128,6 +130,12 @@ def serve(atlas, index_dir, watch, evolve_dir, host, port, max_upload_mb, no_fil
                      max_upload_bytes=max_upload_mb * 1024 * 1024, allowed_hosts=allow_hosts, fill=not no_fill,
                      secret=secret, watch=2.0 if watch else None,
                      on_note=lambda line: click.echo(line, err=True))
+    if atlas is not None and not no_fill:
+        from ..web.fill_pages import cut_in_background
+
+        # an atlas whose patches are cut on demand (or still building): the patches no page asked
+        # for are cut behind the pages' own requests, layer by layer, once the atlas is finished
+        cut_in_background(app)
     _run_server(app, host, port)
 
 
