@@ -33,7 +33,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV = ROOT.parents[1] / "shared/data/imagenet-samples"
+#: the dev photos: ../shared beside the checkout (or beside a worktree's parent folder)
+DEV = next((d for d in (ROOT.parent / "shared/data/imagenet-samples", ROOT.parents[1] / "shared/data/imagenet-samples")
+            if d.is_dir()), ROOT.parent / "shared/data/imagenet-samples")
 SAMPLES = 15
 
 
