@@ -22,30 +22,11 @@ from convscope.atlas.fill import Filler
 from convscope.cli import main
 from convscope.web import create_app
 from convscope.web.gallery import Gallery
+from tests.on_demand import ON_DEMAND, model, photos, reference  # noqa: F401 (fixtures)
 from tests.served import serving
-from tests.test_atlas import SETTINGS, _files, _tables, make_photos, tiny_model
+from tests.test_atlas import _files, _tables, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-ON_DEMAND = dict(SETTINGS, project=0, names=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return make_photos(tmp_path_factory.mktemp("photos"))
-
-
-@pytest.fixture(scope="module")
-def reference(model, photos, tmp_path_factory):
-    """The same atlas built the usual way, every patch cut by the build."""
-    out = tmp_path_factory.mktemp("ref") / "atlas"
-    build(model, photos, out, **ON_DEMAND)
-    return out
 
 
 def _slow(model, seconds: float):

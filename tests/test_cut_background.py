@@ -15,30 +15,11 @@ from convscope.atlas import Atlas, build
 from convscope.atlas.store import Atlas as AtlasStore
 from convscope.web import create_app
 from convscope.web.fill_pages import cut_in_background
+from tests.on_demand import ON_DEMAND, model, photos, reference  # noqa: F401 (fixtures)
 from tests.served import serving
-from tests.test_atlas import SETTINGS, _files, make_photos, tiny_model
+from tests.test_atlas import _files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-ON_DEMAND = dict(SETTINGS, project=0, names=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return make_photos(tmp_path_factory.mktemp("photos"))
-
-
-@pytest.fixture(scope="module")
-def reference(model, photos, tmp_path_factory):
-    """The same atlas with every patch cut by the build."""
-    out = tmp_path_factory.mktemp("ref") / "atlas"
-    build(model, photos, out, **ON_DEMAND)
-    return out
 
 
 def _wait(check, seconds: float = 60.0, every: float = 0.02):
