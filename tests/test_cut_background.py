@@ -156,3 +156,18 @@ def test_serve_cuts_the_rest_in_the_background_unless_told_not_to_fill(model, ph
     r = runner.invoke(main, ["serve", str(out), "--no-fill"])
     assert r.exit_code == 0, r.output
     assert len(served) == 2 and started == served[:1]
+
+
+def test_an_atlas_with_every_patch_cut_has_nothing_cut_and_no_bar(model, reference, monkeypatch, capfd):
+    """What `serve` mostly opens: an atlas whose build cut every patch. The background cutting
+    counts them all as cut, ends at once, and shows no `cutting patches` bar or page line."""
+    monkeypatch.setenv("CONVSCOPE_PROGRESS", "1")
+    app = create_app(reference, model=model, fill={"featvis": False})
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30, headers={"Origin": url}) as http:
+        assert cut_in_background(app)
+        cutting = _wait(lambda: (c := http.get("/api/fill").json()["cutting"]) and c["state"] == "done" and c)
+        with AtlasStore.open(reference) as atlas:
+            total = sum(n for _cut, n in atlas.patch_counts().values())
+        assert total > 0 and cutting["done"] == cutting["total"] == total
+        assert "Cutting patches" not in http.get("/").text
+    assert "cutting patches" not in capfd.readouterr().err

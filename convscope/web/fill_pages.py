@@ -183,6 +183,9 @@ class FillPages:
                 time.sleep(1.0)  # a build still running: its examples may change; wait for the finished atlas
             counts = workers.batch_future(lambda: self.gallery.atlas.patch_counts(), generation=generation).result()
             c.update(done=sum(cut for cut, _n in counts.values()), total=sum(n for _cut, n in counts.values()))
+            if c["done"] >= c["total"]:  # a build that cut them all (what `serve` mostly opens): no bar, no line
+                c["state"] = "done"
+                return
             c["state"] = "cutting"
             unreadable: set[str] = set()  # a step stopped early reads them again in the next
             with Bar(c["total"], "cutting patches") as bar:
